@@ -1,0 +1,26 @@
+"""Shared test set-up: CPU-only Triton, offline HF, and tiny locally built models."""
+
+import os
+
+# Must be set before any module that defines Triton kernels is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict:
+    """Paths of a generated corpus, a BPE tokenizer, a tiny teacher and a smaller student."""
+    from smash.precompute.tiny import build_tiny_setup
+
+    return build_tiny_setup(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny["tokenizer"])
