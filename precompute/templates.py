@@ -1,0 +1,191 @@
+"""LM-BFF's template language: parse a prompt template once, encode sentences into it.
+
+A template is a string of parts separated by ``*`` (Gao et al., 2021, ``src/dataset.py``)::
+
+    *cls**sent_0*_It_was*mask*.*sep+*              <s>x0 It was <mask>.</s>
+    *cls**sent-_0*?*mask*,*+sentl_1**sep+*         <s>x0?<mask>, x1</s>  (x0 minus its last
+                                                   character, x1 with a lower-cased first letter)
+
+Parts: ``cls``, ``mask``, ``sep`` and ``sep+`` are the tokenizer's special tokens (``sep+``
+also starts a new segment in LM-BFF; RoBERTa has no segments, so here it is a plain ``sep``).
+``sent_i`` is sentence ``i``, with modifiers as in LM-BFF: a leading ``+`` puts a space before
+it, ``l`` (``u``) lower-cases (upper-cases) its first character, a trailing ``-`` deletes its
+last character, e.g. ``+sentl-_1``. Any other part is literal text in which ``_`` is a space;
+empty parts (between ``**``) contribute nothing. LM-BFF's demonstration parts (``label_i``,
+``labelx_i``) are not supported and are rejected.
+
+Each part is tokenized on its own (``add_special_tokens=False``) and the pieces are concatenated,
+as LM-BFF does, so ``It_was`` after a sentence becomes `` It was`` with its leading space.
+Truncation differs from LM-BFF on purpose: LM-BFF cuts the whole sequence's tail, which can drop
+the mask; here only sentence tokens are removed (longest sentence first, from its end), so the
+template words, special tokens and the mask always survive.
+
+Both the few-shot evaluation (``smash.train.fewshot``) and the intermediate tasks
+(``smash.precompute``) use this module, so a template means the same tokens everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["EncodedPrompt", "Part", "Template", "parse_template", "verbalizer_ids"]
+
+_SPECIAL = ("cls", "mask", "sep", "sep+")
+_SENT = re.compile(r"^(?P<space>\+?)sent(?P<case>[lu]?)(?P<drop>-?)_(?P<index>\d+)$")
+# Parts that look like LM-BFF variables but are not supported here: rejected, not taken as text.
+_UNSUPPORTED = re.compile(r"^(labelx?_\d+|\+?sent[^_]*_.*)$")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One template part. ``kind`` is ``"special"`` (``text`` is cls/mask/sep/sep+),
+    ``"sentence"`` (``index`` and the modifiers apply) or ``"literal"`` (``text`` with spaces)."""
+
+    kind: str
+    text: str = ""
+    index: int = -1
+    space: bool = False
+    case: str = ""
+    drop_last: bool = False
+
+    def sentence_text(self, sentence: str) -> str:
+        """Apply this sentence part's modifiers to the raw sentence (LM-BFF semantics)."""
+        if self.case == "l":
+            sentence = sentence[:1].lower() + sentence[1:]
+        elif self.case == "u":
+            sentence = sentence[:1].upper() + sentence[1:]
+        if self.drop_last:
+            sentence = sentence[:-1]
+        return " " + sentence if self.space else sentence
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """Token ids of one filled-in template (no padding) and the index of its ``<mask>``."""
+
+    input_ids: list[int]
+    mask_position: int
+
+
+@dataclass(frozen=True)
+class Template:
+    """A parsed template: the original ``spec`` and its non-empty ``parts`` in order."""
+
+    spec: str
+    parts: tuple[Part, ...]
+
+    @property
+    def num_sentences(self) -> int:
+        """How many input sentences the template reads (highest ``sent`` index + 1)."""
+        return 1 + max((p.index for p in self.parts if p.kind == "sentence"), default=-1)
+
+    def encode(self, tokenizer, sentences: Sequence[str], max_length: int) -> EncodedPrompt:
+        """Fill the template with ``sentences`` and tokenize it into at most ``max_length`` ids.
+
+        Only sentence tokens are truncated: while too long, one token is removed from the end of
+        the currently longest sentence part (the first such part on ties). Raises ValueError
+        when a sentence is missing or the template's own tokens alone exceed ``max_length``.
+        """
+        if len(sentences) < self.num_sentences:
+            raise ValueError(f"template {self.spec!r} reads {self.num_sentences} sentence(s), "
+                             f"got {len(sentences)}")
+        pieces: list[list[int]] = []
+        for part in self.parts:
+            if part.kind == "special":
+                pieces.append([_special_id(tokenizer, part.text, self.spec)])
+            elif part.kind == "sentence":
+                pieces.append(_encode(tokenizer, part.sentence_text(sentences[part.index])))
+            else:
+                pieces.append(_encode(tokenizer, part.text))
+        is_sentence = [p.kind == "sentence" for p in self.parts]
+        fixed = sum(len(ids) for ids, s in zip(pieces, is_sentence) if not s)
+        if fixed > max_length:
+            raise ValueError(f"template {self.spec!r} alone is {fixed} tokens, more than "
+                             f"max_length={max_length}")
+        _truncate_longest_first(pieces, is_sentence, max_length - fixed)
+        input_ids: list[int] = []
+        mask_position = -1
+        for ids, part in zip(pieces, self.parts):
+            if part.kind == "special" and part.text == "mask":
+                mask_position = len(input_ids)
+            input_ids.extend(ids)
+        return EncodedPrompt(input_ids=input_ids, mask_position=mask_position)
+
+
+def parse_template(spec: str) -> Template:
+    """Parse an LM-BFF template string; exactly one ``*mask*`` is required.
+
+    >>> parse_template("*cls**sent_0*_It_was*mask*.*sep+*").num_sentences
+    1
+    """
+    parts: list[Part] = []
+    for raw in spec.split("*"):
+        if raw == "":
+            continue
+        if raw in _SPECIAL:
+            parts.append(Part(kind="special", text=raw))
+        elif (m := _SENT.match(raw)) is not None:
+            parts.append(Part(kind="sentence", index=int(m["index"]), space=m["space"] == "+",
+                              case=m["case"], drop_last=m["drop"] == "-"))
+        elif _UNSUPPORTED.match(raw):
+            raise ValueError(f"template {spec!r}: part *{raw}* is not supported (sentence parts "
+                             "are [+]sent[l|u][-]_i; demonstrations label_i are not supported)")
+        else:
+            parts.append(Part(kind="literal", text=raw.replace("_", " ")))
+    masks = sum(p.kind == "special" and p.text == "mask" for p in parts)
+    if masks != 1:
+        raise ValueError(f"template {spec!r} must contain exactly one *mask*, found {masks}")
+    return Template(spec=spec, parts=tuple(parts))
+
+
+def verbalizer_ids(tokenizer, words: Sequence[str]) -> list[int]:
+    """Token id of each label word, tokenized with a leading space (as LM-BFF does for RoBERTa).
+
+    Each ``" " + word`` must be exactly one token; otherwise ValueError names the word and the
+    pieces it splits into, since a multi-token word has no single logit at the mask.
+    """
+    ids = []
+    for word in words:
+        pieces = _encode(tokenizer, " " + word)
+        if len(pieces) != 1:
+            names = tokenizer.convert_ids_to_tokens(pieces)
+            raise ValueError(f"label word {word!r} is not a single token with a leading space: "
+                             f"it splits into {names}; choose another word")
+        ids.append(pieces[0])
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"label words {list(words)} map to repeated token ids {ids}")
+    return ids
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    if text == "":
+        return []
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _special_id(tokenizer, name: str, spec: str) -> int:
+    attr = {"cls": "cls_token_id", "mask": "mask_token_id", "sep": "sep_token_id",
+            "sep+": "sep_token_id"}[name]
+    token_id = getattr(tokenizer, attr, None)
+    if token_id is None:
+        raise ValueError(f"template {spec!r} uses *{name}* but the tokenizer has no {attr}")
+    return token_id
+
+
+def _truncate_longest_first(pieces: list[list[int]], is_sentence: list[bool], budget: int) -> None:
+    """Shorten sentence pieces in place until their total length fits ``budget`` (>= 0)."""
+    lengths = [len(ids) if s else -1 for ids, s in zip(pieces, is_sentence)]
+    excess = sum(n for n in lengths if n > 0) - budget
+    while excess > 0:
+        longest = max(range(len(lengths)), key=lambda i: (lengths[i], -i))
+        # Cut the longest down to the second longest (or by the whole excess) in one step.
+        others = [n for i, n in enumerate(lengths) if i != longest]
+        floor = max(max(others, default=0), 0)
+        cut = min(excess, max(lengths[longest] - floor, 1))
+        lengths[longest] -= cut
+        excess -= cut
+    for i, n in enumerate(lengths):
+        if n >= 0:
+            del pieces[i][n:]
