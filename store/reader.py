@@ -1,0 +1,158 @@
+"""``StoreDataset``: a resumable, shuffling, rank- and worker-aware stream over a store.
+
+Who reads what. With R ranks (torch.distributed) and W DataLoader workers there are
+G = R * W readers; reader g = rank * W + worker. Each epoch has one global order: the shards
+permuted by (seed, epoch), each shard's samples permuted by (seed, epoch, shard). When there
+are at least G shards, reader g takes every G-th shard of that order; with fewer shards,
+every reader walks all of them and takes every G-th sample. Either way one epoch yields each
+sample exactly once across all readers.
+
+Resuming. A reader's position is (epoch, samples yielded this epoch). ``state_dict()`` gives
+it and ``load_state_dict()`` restarts right after the last yielded sample; shards before that
+point are skipped by their manifest counts without being fetched. Inside DataLoader workers,
+use ``torchdata.stateful_dataloader.StatefulDataLoader``, which calls these two methods in
+each worker and snapshots them per batch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .errors import StoreError
+from .fingerprint import check_tokenizer
+from .manifest import Manifest, load_manifest, manifest_location
+from .shards import read_shard
+
+__all__ = ["StoreDataset"]
+
+
+def _permutation(n: int, *entropy: int) -> np.ndarray:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(entropy)))).permutation(n)
+
+
+class StoreDataset(IterableDataset):
+    """Stream the examples of a store (directory, ``manifest.json`` path or URL).
+
+    Args:
+        store: where the manifest is; shards are read beside it unless ``shard_url`` is given.
+        shard_url: template for shard locations, e.g. ``"pipe:curl -s http://h/s/{name}"``.
+        seed, shuffle: the per-epoch order; ``shuffle=False`` keeps manifest order.
+        epochs: how many epochs one iteration streams, from the start epoch (0, or what
+            ``set_epoch``/``load_state_dict`` set); ``None`` streams forever.
+        rank, world_size: override torch.distributed's (for tests and custom launchers).
+        tokenizer: if given (a tokenizer or its fingerprint), refuse a store written with
+            another tokenizer.
+        verify: check each shard's byte count and sha256 before decoding it.
+    """
+
+    def __init__(self, store: str | os.PathLike, *, shard_url: str | None = None, seed: int = 0,
+                 shuffle: bool = True, epochs: int | None = 1, rank: int | None = None,
+                 world_size: int | None = None, tokenizer: Any = None, verify: bool = True):
+        super().__init__()
+        self.source = str(store)
+        self.manifest: Manifest = load_manifest(store)
+        if tokenizer is not None:
+            check_tokenizer(self.manifest, tokenizer, self.source)
+        _, base = manifest_location(store)
+        self._template = shard_url or (base + "/{name}")
+        self.seed, self.shuffle, self.epochs, self.verify = seed, shuffle, epochs, verify
+        self._rank, self._world = rank, world_size
+        self._start = {"epoch": 0, "position": 0}
+        self._epoch, self._position = 0, 0
+        self._reader: tuple[int, int] | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return self.manifest.num_samples
+
+    def shard_url(self, name: str) -> str:
+        return self._template.format(name=name)
+
+    def _readers(self) -> tuple[int, int]:
+        """(index of this reader, number of readers)."""
+        if self._rank is not None or self._world is not None:
+            rank, world = self._rank or 0, self._world or 1
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            rank, world = 0, 1
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank * workers + worker, world * workers
+
+    def _epoch_plan(self, epoch: int, reader: int, readers: int) -> list[tuple[int, np.ndarray]]:
+        """This reader's (shard index, sample indices in reading order) for one epoch."""
+        shards = self.manifest.shards
+        order = _permutation(len(shards), self.seed, epoch) if self.shuffle else np.arange(
+            len(shards))
+
+        def samples_of(s: int) -> np.ndarray:
+            n = shards[s].samples
+            return _permutation(n, self.seed, epoch, s) if self.shuffle else np.arange(n)
+
+        if len(shards) >= readers:
+            return [(int(s), samples_of(int(s))) for s in order[reader::readers]]
+        plan, seen = [], 0
+        for s in order:
+            n = shards[int(s)].samples
+            first = (reader - seen) % readers  # first global position >= seen owned by reader
+            plan.append((int(s), samples_of(int(s))[first::readers]))
+            seen += n
+        return plan
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        reader, readers = self._readers()
+        start = self._start
+        if "readers" in start and (start["readers"], start["reader"]) != (readers, reader):
+            raise StoreError(
+                f"{self.source}: the saved stream position belongs to reader {start['reader']} "
+                f"of {start['readers']}, but this process is reader {reader} of {readers}; "
+                f"resume with the same number of ranks and DataLoader workers")
+        self._reader = (reader, readers)
+        epoch, skip = start["epoch"], start["position"]
+        last = None if self.epochs is None else start["epoch"] + self.epochs
+        while last is None or epoch < last:
+            self._epoch, self._position = epoch, skip
+            position = 0  # samples of this reader's epoch stream passed so far
+            for shard_index, samples in self._epoch_plan(epoch, reader, readers):
+                if position + len(samples) <= skip:
+                    position += len(samples)
+                    continue
+                info = self.manifest.shards[shard_index]
+                chunks = read_shard(self.shard_url(info.name), info, verify=self.verify)
+                chunk_of = np.repeat(np.arange(len(chunks)), [c.n for c in chunks])
+                chunk_start = np.cumsum([0] + [c.n for c in chunks])
+                first = max(skip - position, 0)
+                position += first
+                for i in samples[first:]:
+                    c = chunk_of[i]
+                    example = chunks[c].example(int(i - chunk_start[c]))
+                    example["__key__"] = f"{info.name}/{int(i)}"
+                    position += 1
+                    self._position = position
+                    yield example
+            epoch, skip = epoch + 1, 0
+            self._epoch, self._position = epoch, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start the next iteration at the beginning of ``epoch`` (as DistributedSampler does)."""
+        self._start = {"epoch": epoch, "position": 0}
+        self._epoch, self._position = epoch, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"epoch": self._epoch, "position": self._position, "seed": self.seed}
+        if self._reader is not None:
+            state["reader"], state["readers"] = self._reader
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise StoreError(f"{self.source}: the saved stream used seed {state['seed']}, this "
+                             f"dataset uses seed {self.seed}")
+        self._start = dict(state)
+        self._epoch, self._position = state["epoch"], state["position"]

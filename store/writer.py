@@ -1,0 +1,162 @@
+"""Writing teacher outputs into WebDataset tar shards.
+
+``ShardFile`` writes one shard: chunks of examples go into a tar under a temporary name;
+``close`` renames it into place and returns its ``ShardInfo`` (samples, bytes, sha256).
+``StoreWriter`` starts a new shard at a sample or byte limit and records every closed shard
+in its process's part manifest, so several processes can write one store without clashing.
+Tar headers carry a fixed mtime and owner, so the same examples give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import webdataset as wds
+
+from .codec import CHUNK_SUFFIX, ChunkLayout, encode_chunk
+from .manifest import Manifest, ShardInfo, part_path, read_part, write_json_atomic
+
+__all__ = ["ShardFile", "StoreWriter", "shard_name"]
+
+DEFAULT_CHUNK_SIZE = 1024
+
+
+def shard_name(index: int, prefix: str = "shard") -> str:
+    return f"{prefix}-{index:06d}.tar"
+
+
+class ShardFile:
+    """One shard being written; use as a context manager or call ``close()``."""
+
+    def __init__(self, path: str | Path, *, k: int, vocab_size: int,
+                 layout: ChunkLayout = ChunkLayout(), chunk_size: int = DEFAULT_CHUNK_SIZE):
+        self.path = Path(path)
+        self.k, self.vocab_size, self.layout, self.chunk_size = k, vocab_size, layout, chunk_size
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self._file = open(self._tmp, "wb")
+        self._tar = wds.TarWriter(self._file, mtime=0, user="smash", group="smash")
+        self._pending: list[Mapping[str, Any]] = []
+        self._chunks = 0
+        self.samples = 0
+        self.compressed_bytes = 0
+
+    def write(self, example: Mapping[str, Any]) -> None:
+        self._pending.append(example)
+        self.samples += 1
+        if len(self._pending) >= self.chunk_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        blob = encode_chunk(self._pending, k=self.k, vocab_size=self.vocab_size,
+                            layout=self.layout)
+        self._tar.write({"__key__": f"{self._chunks:06d}", CHUNK_SUFFIX: blob})
+        self.compressed_bytes += len(blob)
+        self._chunks += 1
+        self._pending = []
+
+    def close(self) -> ShardInfo:
+        self._flush()
+        self._tar.close()
+        self._file.close()
+        data = self._tmp.read_bytes()
+        info = ShardInfo(self.path.name, self.samples, len(data),
+                         "sha256:" + hashlib.sha256(data).hexdigest())
+        os.replace(self._tmp, self.path)
+        return info
+
+    def abort(self) -> None:
+        """Drop the unfinished shard; nothing under its final name is touched."""
+        try:
+            self._tar.close()
+            self._file.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardFile":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.info = self.close()
+        else:
+            self.abort()
+
+
+class StoreWriter:
+    """Writes examples into numbered shards of a store directory and keeps a part manifest.
+
+    ``part`` names this writer's part manifest (one per process, e.g. its rank);
+    ``first_shard`` lets processes use disjoint shard-number ranges. Finished shards already
+    recorded in the part manifest (from an earlier, interrupted run) are kept.
+    """
+
+    def __init__(self, root: str | Path, *, producer: dict[str, Any], tokenizer: dict[str, Any],
+                 k: int, layout: ChunkLayout = ChunkLayout(),
+                 max_samples: int = 10_000, max_bytes: int | None = 256 << 20,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, part: str = "0", first_shard: int = 0):
+        if max_samples < 1:
+            raise ValueError("max_samples must be at least 1")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.part = part
+        self.max_samples, self.max_bytes, self.chunk_size = max_samples, max_bytes, chunk_size
+        self.manifest = read_part(self.root, part) or Manifest(
+            producer=producer, tokenizer=tokenizer, k=k, layout=layout.to_json())
+        self.layout = layout
+        self.next_shard = first_shard + len(self.manifest.shards)
+        self._shard: ShardFile | None = None
+
+    @property
+    def shards(self) -> list[ShardInfo]:
+        return list(self.manifest.shards)
+
+    def _open(self) -> ShardFile:
+        path = self.root / shard_name(self.next_shard)
+        self.next_shard += 1
+        return ShardFile(path, k=self.manifest.k, vocab_size=self.manifest.vocab_size,
+                         layout=self.layout, chunk_size=self.chunk_size)
+
+    def write(self, example: Mapping[str, Any]) -> None:
+        if self._shard is None:
+            self._shard = self._open()
+        self._shard.write(example)
+        full = self._shard.samples >= self.max_samples or (
+            self.max_bytes is not None and self._shard.compressed_bytes >= self.max_bytes)
+        if full:
+            self.close_shard()
+
+    def write_all(self, examples: Iterable[Mapping[str, Any]]) -> None:
+        for ex in examples:
+            self.write(ex)
+
+    def record(self, info: ShardInfo) -> None:
+        """Add a closed shard to the part manifest (written atomically)."""
+        self.manifest.shards.append(info)
+        write_json_atomic(part_path(self.root, self.part), self.manifest.to_json())
+
+    def close_shard(self) -> ShardInfo | None:
+        if self._shard is None:
+            return None
+        info = self._shard.close()
+        self._shard = None
+        self.record(info)
+        return info
+
+    def close(self) -> list[ShardInfo]:
+        self.close_shard()
+        return self.shards
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._shard is not None:
+            self._shard.abort()  # finished shards stay recorded; the partial one is dropped
+            self._shard = None

@@ -1,0 +1,234 @@
+"""Store: bit-exact round trips, manifest merging, and clear errors on damaged input."""
+
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from smash.store import (
+    ChunkLayout, FingerprintMismatch, ManifestError, ShardError, StoreDataset, StoreWriter,
+    decode_chunk, encode_chunk, finalize_store, load_manifest, tokenizer_fingerprint,
+)
+from smash.store.codec import canonical_order
+from smash.store.shards import read_shard
+
+VOCAB = 50_265
+
+
+def make_examples(n, k=8, vocab=VOCAB, seed=0, max_masks=2, with_meta=False):
+    """Random examples with distinct top-k ids per row and float16 log-probs."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        length = int(rng.integers(3, 40))
+        m = int(rng.integers(1, max_masks + 1))
+        ids = np.stack([rng.choice(vocab, size=k, replace=False) for _ in range(m)])
+        logits = rng.normal(size=(m, k)) * 3
+        lp = (logits - np.log(np.exp(logits).sum(1, keepdims=True) * 1.3 + 1e-30)).astype(np.float16)
+        out.append({
+            "input_ids": rng.integers(0, vocab, size=length),
+            "mask_positions": np.sort(rng.choice(length, size=m, replace=False)),
+            "topk_ids": ids,
+            "topk_logprobs": lp,
+            "tail_logmass": np.log(np.full(m, 0.3 / 1.3, dtype=np.float32)) + rng.normal(
+                size=m).astype(np.float32) * 1e-3,
+            "label": int(rng.integers(-1, 3)),
+            "meta": {"doc": i} if with_meta else None,
+        })
+    return out
+
+
+def canonical(ex, order="value"):
+    perm = canonical_order(np.asarray(ex["topk_ids"]), ex["topk_logprobs"], order)
+    return {**ex,
+            "topk_ids": np.take_along_axis(np.asarray(ex["topk_ids"]), perm, 1),
+            "topk_logprobs": np.take_along_axis(ex["topk_logprobs"], perm, 1)}
+
+
+def assert_same(written, read):
+    for key in ("input_ids", "mask_positions", "topk_ids", "tail_logmass"):
+        a, b = np.asarray(written[key]), np.asarray(read[key])
+        assert a.shape == b.shape, key
+        assert np.array_equal(a.view(np.uint8) if a.dtype.kind == "f" else a,
+                              b.view(np.uint8) if b.dtype.kind == "f" else b), key
+    assert read["topk_logprobs"].dtype == np.float16
+    assert np.array_equal(written["topk_logprobs"].view(np.uint16),
+                          read["topk_logprobs"].view(np.uint16))
+    assert read["label"] == written["label"]
+    assert read["meta"] == written["meta"]
+
+
+@pytest.mark.parametrize("layout", [
+    ChunkLayout(), ChunkLayout(planes=False, delta=False), ChunkLayout(order="id", level=3)])
+def test_chunk_round_trip_is_bit_exact(layout):
+    examples = make_examples(50, k=16, with_meta=True)
+    chunk = decode_chunk(encode_chunk(examples, k=16, vocab_size=VOCAB, layout=layout))
+    assert chunk.n == 50 and chunk.k == 16
+    for written, read in zip(examples, chunk):
+        assert_same(canonical(written, layout.order), read)
+
+
+def test_special_float_values_survive():
+    ex = make_examples(1, k=4, max_masks=1)[0]
+    ex["topk_logprobs"] = np.array([[0.0, -0.0, -65504.0, -np.inf]], dtype=np.float16)
+    ex["tail_logmass"] = np.array([-np.inf], dtype=np.float32)
+    read = next(iter(decode_chunk(encode_chunk([ex], k=4, vocab_size=VOCAB))))
+    assert_same(canonical(ex), read)
+
+
+def test_k_zero_stores_examples_without_teacher():
+    ex = make_examples(3, k=0)
+    read = list(decode_chunk(encode_chunk(ex, k=0, vocab_size=VOCAB)))
+    assert [r["topk_ids"].shape for r in read] == [(len(e["mask_positions"]), 0) for e in ex]
+    assert [list(r["input_ids"]) for r in read] == [list(e["input_ids"]) for e in ex]
+
+
+def test_encode_rejects_bad_input():
+    ex = make_examples(1, k=4)[0]
+    with pytest.raises(TypeError, match="float16"):
+        encode_chunk([{**ex, "topk_logprobs": ex["topk_logprobs"].astype(np.float32)}],
+                     k=4, vocab_size=VOCAB)
+    with pytest.raises(ValueError, match="out of range"):
+        encode_chunk([{**ex, "input_ids": np.array([VOCAB])}], k=4, vocab_size=VOCAB)
+    with pytest.raises(ValueError, match="topk_ids must have one row of k=5.*got shape"):
+        encode_chunk([ex], k=5, vocab_size=VOCAB)
+
+
+def write_store(root, examples, *, max_samples=40, part="0", first_shard=0, fp="sha256:abc",
+                k=8):
+    with StoreWriter(root, producer={"task": "test", "seed": 1},
+                     tokenizer={"fingerprint": fp, "name": "tok", "vocab_size": VOCAB},
+                     k=k, max_samples=max_samples, chunk_size=16, part=part,
+                     first_shard=first_shard) as writer:
+        writer.write_all(examples)
+    return writer.shards
+
+
+def test_store_round_trip_through_reader(tmp_path):
+    examples = make_examples(130, seed=1)
+    shards = write_store(tmp_path, examples)
+    assert [s.samples for s in shards] == [40, 40, 40, 10]
+    manifest = finalize_store(tmp_path)
+    assert manifest.num_samples == 130
+    assert json.loads((tmp_path / "manifest.json").read_text())["format_version"] == 1
+    read = list(StoreDataset(tmp_path, shuffle=False))
+    assert [r["__key__"] for r in read][:2] == ["shard-000000.tar/0", "shard-000000.tar/1"]
+    for written, got in zip(examples, read):
+        assert_same(canonical(written), got)
+
+
+def test_same_examples_give_byte_identical_shards(tmp_path):
+    examples = make_examples(60, seed=2)
+    write_store(tmp_path / "a", examples)
+    write_store(tmp_path / "b", examples)
+    for name in ("shard-000000.tar", "shard-000001.tar"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_two_writers_merge_into_one_manifest(tmp_path):
+    write_store(tmp_path, make_examples(50, seed=3), part="rank0", first_shard=0)
+    write_store(tmp_path, make_examples(30, seed=4), part="rank1", first_shard=100)
+    manifest = finalize_store(tmp_path)
+    assert [s.name for s in manifest.shards] == [
+        "shard-000000.tar", "shard-000001.tar", "shard-000100.tar"]
+    assert manifest.num_samples == 80
+
+
+def test_finalize_refuses_disagreeing_parts(tmp_path):
+    write_store(tmp_path, make_examples(5), part="rank0")
+    write_store(tmp_path, make_examples(5), part="rank1", first_shard=10, fp="sha256:other")
+    with pytest.raises(ManifestError, match="manifest.part-rank1.json.*tokenizer"):
+        finalize_store(tmp_path)
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_failed_writer_keeps_finished_shards(tmp_path):
+    examples = make_examples(50, seed=5)
+    with pytest.raises(RuntimeError):
+        with StoreWriter(tmp_path, producer={}, tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
+                         k=8, max_samples=20) as writer:
+            writer.write_all(examples[:45])
+            raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "manifest.part-0.json", "shard-000000.tar", "shard-000001.tar"]
+    # A restarted writer keeps the recorded shards and continues numbering after them.
+    with StoreWriter(tmp_path, producer={}, tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
+                     k=8, max_samples=20) as writer:
+        writer.write_all(examples[40:])
+    assert [s.samples for s in finalize_store(tmp_path).shards] == [20, 20, 10]
+
+
+@pytest.fixture
+def small_store(tmp_path):
+    write_store(tmp_path, make_examples(100, seed=6), max_samples=30)
+    finalize_store(tmp_path)
+    return tmp_path
+
+
+def test_corrupted_byte_is_detected(small_store):
+    path = small_store / "shard-000001.tar"
+    data = bytearray(path.read_bytes())
+    data[2000] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match="shard-000001.tar.*corrupted"):
+        list(StoreDataset(small_store, shuffle=False))
+
+
+def test_corruption_is_caught_by_zstd_without_checksum_pass(small_store):
+    path = small_store / "shard-000001.tar"
+    with tarfile.open(path) as tar:
+        member = tar.getmembers()[0]
+    data = bytearray(path.read_bytes())
+    data[member.offset_data + member.size // 2] ^= 0x40  # inside the first zstd frame
+    path.write_bytes(bytes(data))
+    info = load_manifest(small_store).shards[1]
+    with pytest.raises(ShardError, match="shard-000001.tar.*does not decode"):
+        read_shard(str(path), info, verify=False)
+
+
+def test_truncated_shard_is_detected(small_store):
+    path = small_store / "shard-000002.tar"
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(ShardError, match="shard-000002.tar.*truncated"):
+        list(StoreDataset(small_store, shuffle=False))
+    info = load_manifest(small_store).shards[2]
+    with pytest.raises(ShardError, match="shard-000002.tar"):
+        read_shard(str(path), info, verify=False)
+
+
+def test_missing_shard_is_detected(small_store):
+    (small_store / "shard-000003.tar").unlink()
+    with pytest.raises(ShardError, match="shard-000003.tar.*missing"):
+        list(StoreDataset(small_store, shuffle=False))
+
+
+def test_unknown_format_version_is_refused(small_store):
+    path = small_store / "manifest.json"
+    data = json.loads(path.read_text())
+    data["format_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="manifest.json.*format_version.*99"):
+        StoreDataset(small_store)
+
+
+def test_missing_or_broken_manifest(tmp_path):
+    with pytest.raises(ManifestError, match="no such file"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        load_manifest(tmp_path)
+
+
+def test_tokenizer_fingerprint_is_checked(tmp_path, tiny_tokenizer):
+    from transformers import AddedToken
+
+    fp = tokenizer_fingerprint(tiny_tokenizer)
+    write_store(tmp_path, make_examples(5, vocab=len(tiny_tokenizer)), fp=fp)
+    finalize_store(tmp_path)
+    assert StoreDataset(tmp_path, tokenizer=tiny_tokenizer).num_samples == 5
+    other = type(tiny_tokenizer).from_pretrained(tiny_tokenizer.name_or_path)
+    other.add_tokens([AddedToken("zebra-word")])
+    assert tokenizer_fingerprint(other) != fp
+    with pytest.raises(FingerprintMismatch, match="tokenizer mismatch.*tok"):
+        StoreDataset(tmp_path, tokenizer=other)
