@@ -1,0 +1,149 @@
+"""StoreDataset: exact coverage across ranks and workers, deterministic shuffles, exact resume,
+and reading over http://."""
+
+import functools
+import http.server
+import threading
+from collections import Counter
+
+import pytest
+import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from smash.store import StoreDataset, StoreError, collate_examples, finalize_store
+from test_store import assert_same, canonical, make_examples, write_store
+
+N = 137
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    examples = make_examples(N, seed=11)
+    write_store(root, examples, max_samples=20)  # 7 shards: 6 x 20 + 17
+    finalize_store(root)
+    return root, {f"shard-{i // 20:06d}.tar/{i % 20}": ex for i, ex in enumerate(examples)}
+
+
+def keys(dataset):
+    return [ex["__key__"] for ex in dataset]
+
+
+class _Worker:
+    """Stands in for torch's worker info inside one process."""
+
+    def __init__(self, monkeypatch, wid, num):
+        info = type("Info", (), {"id": wid, "num_workers": num})()
+        monkeypatch.setattr("smash.store.reader.get_worker_info", lambda: info)
+
+
+@pytest.mark.parametrize("ranks,workers", [(1, 1), (2, 1), (2, 3), (4, 2), (3, 5)])
+def test_ranks_and_workers_cover_every_sample_once(store, monkeypatch, ranks, workers):
+    root, _ = store  # 7 shards: (4, 2) and (3, 5) have more readers than shards
+    seen = Counter()
+    for rank in range(ranks):
+        for wid in range(workers):
+            _Worker(monkeypatch, wid, workers)
+            seen.update(keys(StoreDataset(root, rank=rank, world_size=ranks, seed=3)))
+    assert sum(seen.values()) == N
+    assert len(seen) == N and set(seen.values()) == {1}
+
+
+def test_shuffle_is_deterministic_per_epoch(store):
+    root, _ = store
+    first = keys(StoreDataset(root, seed=5))
+    assert first == keys(StoreDataset(root, seed=5))
+    assert first != keys(StoreDataset(root, seed=6))
+    assert first != keys(StoreDataset(root, shuffle=False))
+    two_epochs = keys(StoreDataset(root, seed=5, epochs=2))
+    assert two_epochs[:N] == first and sorted(two_epochs[N:]) == sorted(first)
+    assert two_epochs[N:] != first
+    ds = StoreDataset(root, seed=5)
+    ds.set_epoch(1)
+    assert keys(ds) == two_epochs[N:]
+
+
+def test_values_survive_the_reader(store):
+    root, by_key = store
+    for ex in StoreDataset(root, seed=1):
+        assert_same(canonical(by_key[ex["__key__"]]), ex)
+
+
+@pytest.mark.parametrize("stop", [0, 1, 19, 20, 21, 70, 136, 137, 150])
+def test_resume_joins_to_the_uninterrupted_stream(store, stop):
+    root, _ = store
+    full = keys(StoreDataset(root, seed=9, epochs=2))
+    ds = StoreDataset(root, seed=9, epochs=2)
+    it = iter(ds)
+    head = [next(it)["__key__"] for _ in range(stop)]
+    state = ds.state_dict()
+    resumed = StoreDataset(root, seed=9, epochs=2)
+    resumed.load_state_dict(state)
+    # epochs counts from the resume point, so stop the tail where the full run stops.
+    tail = keys(resumed)[: 2 * N - stop]
+    assert head + tail == full
+
+
+def test_resume_across_ranks_and_workers_with_stateful_loader(store, monkeypatch):
+    root, _ = store
+
+    def loader(ds):
+        return StatefulDataLoader(ds, batch_size=4, num_workers=2,
+                                  collate_fn=functools.partial(collate_examples, pad_id=1))
+
+    for rank in range(2):
+        full = [k for b in loader(StoreDataset(root, rank=rank, world_size=2, seed=2))
+                for k in b["keys"]]
+        dl = loader(StoreDataset(root, rank=rank, world_size=2, seed=2))
+        it = iter(dl)
+        head = [k for _ in range(5) for k in next(it)["keys"]]
+        state = dl.state_dict()
+        del it
+        dl2 = loader(StoreDataset(root, rank=rank, world_size=2, seed=2))
+        dl2.load_state_dict(state)
+        tail = [k for b in dl2 for k in b["keys"]]
+        assert sorted(head + tail) == sorted(full) and len(head + tail) == len(full)
+        assert head == full[:20]
+
+
+def test_resume_with_other_reader_count_is_refused(store):
+    root, _ = store
+    ds = StoreDataset(root, rank=0, world_size=2)
+    next(iter(ds))
+    state = ds.state_dict()
+    other = StoreDataset(root, rank=0, world_size=3)
+    other.load_state_dict(state)
+    with pytest.raises(StoreError, match="reader 0 of 2.*reader 0 of 3"):
+        next(iter(other))
+
+
+def test_collate_pads_and_flattens_mask_rows(store):
+    root, _ = store
+    examples = list(StoreDataset(root, shuffle=False))[:5]
+    batch = collate_examples(examples, pad_id=1)
+    lengths = [len(e["input_ids"]) for e in examples]
+    assert batch["input_ids"].shape == (5, max(lengths))
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    rows = sum(len(e["mask_positions"]) for e in examples)
+    assert batch["topk_ids"].shape == (rows, 8) and batch["topk_logprobs"].dtype == torch.float16
+    b, p = batch["mask_batch"], batch["mask_positions"]
+    assert all(p[i] < lengths[b[i]] for i in range(rows))
+
+
+def test_reads_over_http(store):
+    root, by_key = store
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        got = list(StoreDataset(url, seed=4))
+        assert [e["__key__"] for e in got] == keys(StoreDataset(root, seed=4))
+        for ex in got[:10]:
+            assert_same(canonical(by_key[ex["__key__"]]), ex)
+        piped = StoreDataset(url, shard_url=f"pipe:curl -s -f {url}/{{name}}", seed=4)
+        assert keys(piped) == [e["__key__"] for e in got]
+    finally:
+        server.shutdown()
