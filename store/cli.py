@@ -1,0 +1,137 @@
+"""``smash-store``: inspect and verify a teacher store.
+
+    smash-store inspect DIR [--json]   summary, producer config, teacher statistics
+    smash-store verify DIR             every shard's checksum and decode; exit 1 naming bad ones
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import StoreError
+from .manifest import Manifest, load_manifest, manifest_location
+from .shards import read_shard
+
+__all__ = ["main", "teacher_statistics", "verify_store"]
+
+
+def _shard_urls(store: str, manifest: Manifest) -> list[str]:
+    _, base = manifest_location(store)
+    return [f"{base}/{s.name}" for s in manifest.shards]
+
+
+def teacher_statistics(store: str, max_shards: int | None = None) -> dict[str, Any]:
+    """Mean top-k mass, mean entropy of the stored top-k part, and length statistics.
+
+    The entropy is over the top-k entries plus the tail mass as one bucket, a lower bound of
+    the teacher's full entropy.
+    """
+    manifest = load_manifest(store)
+    shards = list(zip(_shard_urls(store, manifest), manifest.shards))[:max_shards]
+    mass, entropy, lengths, masks, top1 = [], [], [], [], []
+    for url, info in tqdm(shards, desc="reading shards", unit="shard", disable=len(shards) < 4):
+        for chunk in read_shard(url, info):
+            lp = chunk.topk_logprobs.astype(np.float64)
+            p = np.exp(lp)
+            tail = np.exp(chunk.tail_logmass.astype(np.float64))
+            mass.append(p.sum(1))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                tail_term = np.where(tail > 0, -tail * np.log(tail), 0.0)
+            entropy.append(-(p * np.where(p > 0, lp, 0.0)).sum(1) + tail_term)
+            top1.append(p[:, 0] if p.shape[1] else np.zeros(len(p)))
+            lengths.append(chunk.lengths)
+            masks.append(chunk.n_masks)
+    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0))  # noqa: E731
+    mass, entropy, lengths, masks, top1 = map(cat, (mass, entropy, lengths, masks, top1))
+    return {
+        "shards_read": len(shards),
+        "examples": int(len(lengths)),
+        "mask_rows": int(masks.sum()),
+        "mean_length": float(lengths.mean()) if len(lengths) else 0.0,
+        "max_length": int(lengths.max()) if len(lengths) else 0,
+        "mean_topk_mass": float(mass.mean()) if len(mass) else 0.0,
+        "min_topk_mass": float(mass.min()) if len(mass) else 0.0,
+        "mean_top1_prob": float(top1.mean()) if len(top1) else 0.0,
+        "mean_entropy_nats": float(entropy.mean()) if len(entropy) else 0.0,
+    }
+
+
+def verify_store(store: str) -> list[tuple[str, str]]:
+    """Check every shard; returns (shard name, problem) for each bad one."""
+    manifest = load_manifest(store)
+    bad = []
+    for url, info in tqdm(list(zip(_shard_urls(store, manifest), manifest.shards)),
+                          desc="verifying", unit="shard"):
+        try:
+            read_shard(url, info, verify=True)
+        except StoreError as err:
+            bad.append((info.name, getattr(err, "problem", str(err))))
+    return bad
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    manifest = load_manifest(args.store)
+    stats = teacher_statistics(args.store, max_shards=args.max_shards)
+    if args.json:
+        print(json.dumps({"manifest": manifest.to_json() | {"shards": len(manifest.shards)},
+                          "statistics": stats}, indent=1))
+        return 0
+    print(f"store       {args.store}")
+    print(f"format      v{manifest.format_version}, layout {manifest.layout}")
+    print(f"tokenizer   {manifest.tokenizer.get('name')} ({manifest.tokenizer['fingerprint']}, "
+          f"vocab {manifest.vocab_size})")
+    print(f"k           {manifest.k}")
+    print(f"shards      {len(manifest.shards)}, {manifest.num_samples:,} examples, "
+          f"{manifest.num_bytes / 1e6:,.2f} MB "
+          f"({manifest.num_bytes / max(manifest.num_samples, 1):,.1f} bytes/example)")
+    print("producer")
+    for key, value in manifest.producer.items():
+        print(f"  {key:<22}{json.dumps(value)}")
+    print(f"statistics  (from {stats['shards_read']} shards)")
+    for key, value in stats.items():
+        if key != "shards_read":
+            print(f"  {key:<22}{value:,.4f}" if isinstance(value, float) else
+                  f"  {key:<22}{value:,}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    manifest = load_manifest(args.store)
+    bad = verify_store(args.store)
+    for name, problem in bad:
+        print(f"BAD  {name}: {problem}", file=sys.stderr)
+    good = len(manifest.shards) - len(bad)
+    print(f"{good}/{len(manifest.shards)} shards ok"
+          + (f", {len(bad)} bad: {', '.join(n for n, _ in bad)}" if bad else ""))
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="smash-store", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="summary and teacher statistics")
+    p.add_argument("store", help="store directory, manifest.json path or URL")
+    p.add_argument("--max-shards", type=int, default=None,
+                   help="compute statistics from the first N shards only")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_inspect)
+    p = sub.add_parser("verify", help="check every shard's checksum and that it decodes")
+    p.add_argument("store", help="store directory, manifest.json path or URL")
+    p.set_defaults(run=_verify)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except StoreError as err:
+        print(f"smash-store: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
