@@ -1,0 +1,227 @@
+"""Triton kernel for the soft cross-entropy of :mod:`smash.kernels.soft_ce`, and its launcher.
+
+One program per row of the (N, V) logits. Each program
+
+1. builds the tempered teacher target ``q`` (k values) and ``q_tail`` from the stored
+   top-k log-probabilities and tail mass, and gathers the student's k logits at the ids;
+2. sweeps the row once with an online max / log-sum-exp (plus the row sum of the
+   logits for the ``uniform`` tail), accumulating in fp32;
+3. writes the row's loss, and, when a gradient is wanted, sweeps the row a second
+   time writing ``(p - q_tail-part) * scale`` in the logits' dtype, then, after a
+   barrier, overwrites the k top-k columns with ``(p_j - q_j) * scale``.
+
+Gradient in the forward pass, not recomputed in backward (why)
+-------------------------------------------------------------
+Let ``B = N·V·bytes(logits)``. The floor for loss-plus-gradient is ``2B``: read the
+logits once, write the gradient once.
+
+* Gradient computed in the forward (this design, as Liger-Kernel does): the loss sweep
+  reads ``B``; the gradient sweep reads the same row again right after, while it is
+  still in L2 (one bf16 RoBERTa row is 100 KB; the rows in flight on an H100 are a few
+  tens of MB, inside its 50 MB L2), and writes ``B``. Backward costs nothing when the
+  upstream gradient is 1, else one in-place scale (``2B``). DRAM traffic ≈ ``2B``.
+* Recompute in backward: forward reads ``B`` and keeps only the log-sum-exp, backward
+  reads ``B`` again (cold: a separate launch, long after) and writes ``B``: ``3B``, and
+  the logits must stay alive from forward to backward.
+
+Peak memory is the same (logits plus one N×V gradient either way), so the gradient is
+computed in the forward. When no gradient is needed (eval, ``no_grad``) the second
+sweep is compiled out and the kernel reads the logits exactly once.
+``benchmarks/bench_kernel.py`` measures the achieved fraction of the ``2B`` floor.
+
+The gradient may be written over the logits (``grad_out=logits``): every element is
+read before its own store, and the top-k logits are gathered before the sweeps. The
+fused-linear path uses this on its private logits chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .soft_ce_inputs import TAIL_MODES, SoftCEInputs
+
+__all__ = ["DEFAULT_BLOCK_V", "DEFAULT_NUM_WARPS", "soft_ce_fwd_triton"]
+
+DEFAULT_BLOCK_V = 4096
+DEFAULT_NUM_WARPS = 8
+# Floor on the student's tail mass 1 - sum_j p_j in the bucket mode, where fp32
+# cancellation leaves nothing meaningful below ~1e-7 anyway.
+_TAIL_MASS_FLOOR = 1e-30
+
+
+@triton.jit
+def _soft_ce_kernel(
+    logits_ptr,
+    stride_logits,
+    grad_ptr,
+    stride_grad,
+    ids_ptr,
+    stride_ids,
+    tlp_ptr,
+    stride_tlp,
+    tail_ptr,
+    weight_ptr,
+    grad_scale_ptr,
+    loss_ptr,
+    V,
+    K,
+    inv_t,
+    loss_scale,
+    TAIL: tl.constexpr,  # 0 renorm, 1 bucket, 2 uniform (index in TAIL_MODES)
+    HAS_WEIGHT: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    TAIL_FLOOR: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    logits_ptr += row * stride_logits
+    grad_ptr += row * stride_grad
+    cols = tl.arange(0, BLOCK_V)
+
+    w = 1.0
+    if HAS_WEIGHT:
+        w = tl.load(weight_ptr + row).to(tl.float32)
+    if w == 0.0:
+        # A row that does not count: zero loss and gradient, logits never read.
+        tl.store(loss_ptr + row, 0.0)
+        if COMPUTE_GRAD:
+            for start in range(0, V, BLOCK_V):
+                offs = start + cols
+                zero = tl.zeros([BLOCK_V], dtype=grad_ptr.dtype.element_ty)
+                tl.store(grad_ptr + offs, zero, mask=offs < V)
+        return
+
+    # --- teacher target: q over the k ids, q_tail over the other V-k tokens -----------
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_k = offs_k < K
+    ids = tl.load(ids_ptr + row * stride_ids + offs_k, mask=mask_k, other=0)
+    a = tl.load(tlp_ptr + row * stride_tlp + offs_k, mask=mask_k, other=float("-inf"))
+    a = a.to(tl.float32) * inv_t  # (BLOCK_K,) tempered teacher logits
+    n_tail = V - K
+    b = float("-inf")  # log of the tail's total tempered weight
+    if TAIL != 0:  # noqa: SIM102 (constexpr branch, compiled out for renorm)
+        if n_tail > 0:
+            tau = tl.load(tail_ptr + row).to(tl.float32)
+            log_n = tl.log(n_tail.to(tl.float32))
+            b = log_n + (tau - log_n) * inv_t
+    m_t = tl.maximum(tl.max(a, axis=0), b)
+    e_a = tl.exp(a - m_t)
+    e_b = tl.exp(b - m_t)
+    z_t = tl.sum(e_a, axis=0) + e_b
+    q = e_a / z_t  # (BLOCK_K,), 0 on padding
+    q_tail = e_b / z_t
+
+    # --- student: gathered top-k logits, then one online sweep ------------------------
+    x_k = tl.load(logits_ptr + ids, mask=mask_k, other=0.0).to(tl.float32) * inv_t
+    m = float("-inf")
+    d = 0.0
+    row_sum = 0.0
+    for start in range(0, V, BLOCK_V):
+        offs = start + cols
+        mask = offs < V
+        x = tl.load(logits_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+        m = m_new
+        if TAIL == 2:
+            row_sum += tl.sum(tl.where(mask, x, 0.0), axis=0)
+    lse = m + tl.log(d)
+
+    logp_k = x_k - lse  # (BLOCK_K,) student log-probs at the ids
+    loss = -tl.sum(tl.where(mask_k, q * logp_k, 0.0), axis=0)
+    p_tail = 1.0
+    if TAIL == 1:
+        p_top = tl.sum(tl.where(mask_k, tl.exp(logp_k), 0.0), axis=0)
+        p_tail = tl.maximum(1.0 - p_top, TAIL_FLOOR)
+        loss -= tl.where(q_tail > 0.0, q_tail * tl.log(p_tail), 0.0)
+    q_each = 0.0  # uniform: target of each tail token
+    if TAIL == 2:  # noqa: SIM102 (constexpr branch)
+        if n_tail > 0:
+            q_each = q_tail / n_tail
+            tail_logp = row_sum - tl.sum(tl.where(mask_k, x_k, 0.0), axis=0) - n_tail * lse
+            loss -= q_each * tail_logp
+    tl.store(loss_ptr + row, loss * loss_scale * w)
+
+    if COMPUTE_GRAD:
+        g_scale = tl.load(grad_scale_ptr).to(tl.float32) * w * loss_scale * inv_t
+        for start in range(0, V, BLOCK_V):
+            offs = start + cols
+            mask = offs < V
+            x = tl.load(logits_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
+            p = tl.exp(x * inv_t - lse)
+            if TAIL == 1:
+                # d/dz of -q_tail log P_tail on a tail token: -q_tail p / P_tail (<= q_tail).
+                g = p - q_tail * tl.minimum(p / p_tail, 1.0)
+            elif TAIL == 2:
+                g = p - q_each
+            else:
+                g = p
+            tl.store(grad_ptr + offs, (g * g_scale).to(grad_ptr.dtype.element_ty), mask=mask)
+        # The top-k columns were written above with the tail formula; every store of
+        # the sweep must land before they are overwritten.
+        tl.debug_barrier()
+        g_k = (tl.exp(logp_k) - q) * g_scale
+        tl.store(grad_ptr + ids, g_k.to(grad_ptr.dtype.element_ty), mask=mask_k)
+
+
+def soft_ce_fwd_triton(
+    logits: torch.Tensor,  # (N, V), unit stride along V
+    inputs: SoftCEInputs,
+    *,
+    grad_scale: torch.Tensor | None,
+    grad_out: torch.Tensor | None = None,
+    loss_out: torch.Tensor | None = None,
+    block_v: int | None = None,
+    num_warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-row losses (N,) fp32 and, if ``grad_scale`` is given, d(loss)/d(logits).
+
+    ``grad_scale`` is a 0-d fp32 tensor on the logits' device that multiplies every
+    row's gradient (``1/sum(weights)`` for a mean); keeping it on the device avoids a
+    host sync. The gradient (N, V) has the logits' dtype and goes to ``grad_out`` when
+    given (it may be ``logits`` itself). ``loss_out`` likewise receives the losses.
+    """
+    n, vocab = logits.shape
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    compute_grad = grad_scale is not None
+    if compute_grad and grad_out is None:
+        grad_out = torch.empty_like(logits)
+    if loss_out is None:
+        loss_out = torch.empty(n, device=logits.device, dtype=torch.float32)
+    if n == 0:
+        return loss_out, grad_out
+    ids = inputs.teacher_ids
+    tlp = inputs.teacher_logprobs
+    k = ids.shape[-1]
+    dummy = loss_out  # stands in for pointers a constexpr branch never reads
+    block_v = block_v or min(DEFAULT_BLOCK_V, triton.next_power_of_2(vocab))
+    _soft_ce_kernel[(n,)](
+        logits,
+        logits.stride(0),
+        grad_out if compute_grad else logits,
+        grad_out.stride(0) if compute_grad else 0,
+        ids,
+        ids.stride(0),
+        tlp,
+        tlp.stride(0),
+        inputs.tail_logmass if inputs.tail_logmass is not None else dummy,
+        inputs.weights if inputs.weights is not None else dummy,
+        grad_scale if compute_grad else dummy,
+        loss_out,
+        vocab,
+        k,
+        1.0 / inputs.temperature,
+        inputs.loss_scale,
+        TAIL=TAIL_MODES.index(inputs.tail),
+        HAS_WEIGHT=inputs.weights is not None,
+        COMPUTE_GRAD=compute_grad,
+        BLOCK_V=block_v,
+        BLOCK_K=triton.next_power_of_2(k),
+        TAIL_FLOOR=_TAIL_MASS_FLOOR,
+        num_warps=num_warps or DEFAULT_NUM_WARPS,
+    )
+    return loss_out, grad_out
