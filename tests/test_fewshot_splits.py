@@ -1,0 +1,74 @@
+"""The k-shot split maker reproduces LM-BFF's sampling rule (tools/generate_k_shot_data.py)."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from smash.train.fewshot.splits import main, make_kshot, select_kshot
+from smash.train.fewshot.tasks import get_task
+
+ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
+
+
+def test_rule_pinned():
+    # Rows 0..9 alternate between labels 0 and 1. Pinned from NumPy's legacy MT19937 stream: a
+    # change here means splits no longer match the published LM-BFF ones.
+    rows, groups = list(range(10)), [i % 2 for i in range(10)]
+    assert select_kshot(rows, groups, 13, 2) == ([3, 5, 6, 4], [1, 7, 8, 0])
+    assert select_kshot(rows, groups, 42, 2) == ([8, 0, 1, 5], [2, 4, 7, 9])
+
+
+def _lmbff_reference(lines, label_of, seed, k):
+    """LM-BFF's steps with its global-state calls: seed, shuffle the list, group, slice."""
+    lines = list(lines)
+    np.random.seed(seed)
+    np.random.shuffle(lines)
+    groups = {}
+    for line in lines:
+        groups.setdefault(label_of(line), []).append(line)
+    return ([x for g in groups.values() for x in g[:k]],
+            [x for g in groups.values() for x in g[k:2 * k]])
+
+
+def test_sst2_lines_land_where_lmbff_puts_them(tmp_path):
+    make_kshot(ORIGINAL, tmp_path, [get_task("SST-2")], seeds=[13, 87], k=4)
+    with open(ORIGINAL / "SST-2" / "train.tsv") as f:
+        header, *lines = f.readlines()
+    for seed in (13, 87):
+        train, dev = _lmbff_reference(lines, lambda s: s.strip().split("\t")[-1], seed, 4)
+        folder = tmp_path / "SST-2" / f"4-{seed}"
+        assert (folder / "train.tsv").read_text() == header + "".join(train)
+        assert (folder / "dev.tsv").read_text() == header + "".join(dev)
+        # The original dev set becomes the test set, verbatim.
+        assert (folder / "test.tsv").read_text() == (ORIGINAL / "SST-2" / "dev.tsv").read_text()
+
+
+def test_csv_task_and_stsb_binning(tmp_path):
+    make_kshot(ORIGINAL, tmp_path, [get_task("MR"), get_task("STS-B")], seeds=[21], k=3)
+    with open(ORIGINAL / "mr" / "train.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    train, dev = _lmbff_reference(rows, lambda r: r[0], 21, 3)
+    with open(tmp_path / "mr" / "3-21" / "train.csv", newline="") as f:
+        assert list(csv.reader(f)) == train
+    with open(tmp_path / "mr" / "3-21" / "dev.csv", newline="") as f:
+        assert list(csv.reader(f)) == dev
+    assert (tmp_path / "mr" / "3-21" / "test.csv").read_text() == \
+        (ORIGINAL / "mr" / "test.csv").read_text()
+
+    with open(ORIGINAL / "STS-B" / "train.tsv") as f:
+        header, *lines = f.readlines()
+    train, dev = _lmbff_reference(lines, lambda s: 0 if float(s.split("\t")[-1]) < 2.5 else 1,
+                                  21, 3)
+    assert (tmp_path / "STS-B" / "3-21" / "train.tsv").read_text() == header + "".join(train)
+    assert (tmp_path / "STS-B" / "3-21" / "dev.tsv").read_text() == header + "".join(dev)
+
+
+def test_mnli_file_names_and_cli(tmp_path, capsys):
+    main(["--original", str(ORIGINAL), "--out", str(tmp_path), "--tasks", "MNLI", "--seeds",
+          "100", "--k", "2"])
+    folder = tmp_path / "MNLI" / "2-100"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "dev_matched.tsv", "test_matched.tsv", "test_mismatched.tsv", "train.tsv"]
+    assert (folder / "test_mismatched.tsv").read_text() == \
+        (ORIGINAL / "MNLI" / "dev_mismatched.tsv").read_text()
+    assert str(folder) in capsys.readouterr().out

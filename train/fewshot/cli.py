@@ -1,0 +1,154 @@
+"""``evaluate-fewshot``: few-shot evaluation of one or more model folders, LM-BFF protocol.
+
+    evaluate-fewshot --model before/ --model after/ --name before after \\
+        --tasks SST-2 MNLI STS-B --data data/k-shot --mode prompt zero-shot --out results/
+
+Every (task, seed) split is read and checked before any training starts. The grid, steps,
+seeds and K are flags so that the same command runs tiny on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from smash.train.fewshot.data import load_kshot
+from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
+from smash.train.fewshot.protocol import Protocol, run_seed, zero_shot
+from smash.train.fewshot.report import Entry, write_report
+from smash.train.fewshot.splits import SEEDS
+from smash.train.fewshot.tasks import TASKS, Task, get_task
+from tqdm.auto import tqdm
+
+__all__ = ["evaluate_models", "main"]
+
+MODES = ("prompt", "zero-shot", "finetune")
+_ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert", "data2vec-text"}
+
+
+def evaluate_models(models: Sequence[tuple[str, str]], tasks: Sequence[Task], data: str | Path,
+                    modes: Sequence[str], protocol: Protocol, seeds: Sequence[int] = SEEDS,
+                    k: int = 16, templates: dict[str, str] | None = None,
+                    words: dict[str, Sequence[str]] | None = None,
+                    max_length: int | None = None, device: str = "cpu") -> list[Entry]:
+    """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
+    from transformers import AutoTokenizer
+
+    templates, words = templates or {}, words or {}
+    splits = {(t.name, s): load_kshot(data, t, k, s) for t in tasks for s in seeds}
+    runs_per_seed = {m: 1 if m == "zero-shot" else len(protocol.grid) for m in modes}
+    total = len(models) * len(tasks) * len(seeds) * sum(runs_per_seed.values())
+    bar = tqdm(total=total, desc="few-shot", unit="run", dynamic_ncols=True)
+    dev = torch.device(device)
+    entries = []
+    for name, path in models:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        for mode in modes:
+            for task in tasks:
+                length = max_length or task.max_length
+                _check_length(path, length, task)
+                make = _factory(mode, path, tokenizer, task, length,
+                                templates.get(task.name, task.template),
+                                words.get(task.name, task.words))
+                cache: dict = {}
+                results = []
+                for seed in seeds:
+                    bar.set_postfix_str(f"{name} {mode} {task.name} seed {seed}")
+                    split = splits[(task.name, seed)]
+                    if mode == "zero-shot":
+                        torch.manual_seed(seed)
+                        results.append(zero_shot(make(), split, seed, protocol.eval_batch_size,
+                                                 dev, cache))
+                        bar.update(1)
+                    else:
+                        results.append(run_seed(make, split, task, seed, protocol, dev,
+                                                on_config_done=lambda: bar.update(1)))
+                entries.append(Entry(model=name, path=str(path), mode=mode, task=task.name,
+                                     metric=task.metric, seeds=results))
+    bar.close()
+    return entries
+
+
+def _factory(mode: str, path: str, tokenizer, task: Task, max_length: int, template: str,
+             label_words: Sequence[str]):
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    if mode == "finetune":
+        def make():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=task.num_outputs)
+            return FinetuneLearner(model, tokenizer, task, max_length)
+    else:
+        def make():
+            model = AutoModelForMaskedLM.from_pretrained(path)
+            return PromptLearner(model, tokenizer, task, template, label_words, max_length)
+    make()  # fail early on a bad template, label word or model folder
+    return make
+
+
+def _check_length(path: str, max_length: int, task: Task) -> None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    limit = config.max_position_embeddings
+    if config.model_type in _ROBERTA_LIKE:
+        limit -= config.pad_token_id + 1  # RoBERTa positions start after the padding index
+    if max_length > limit:
+        raise ValueError(f"{task.name}: max length {max_length} exceeds the {limit} positions "
+                         f"of {path}; pass --max-length {limit} or less")
+
+
+def _overrides(items: Sequence[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        task, sep, value = item.partition("=")
+        if not sep or not value:
+            raise SystemExit(f"{flag} {item!r}: expected TASK=VALUE")
+        out[get_task(task).name] = value
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="evaluate-fewshot", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", action="append", required=True, help="model folder (repeatable)")
+    p.add_argument("--name", nargs="+", help="a display name per --model (default: folder name)")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS))
+    p.add_argument("--data", required=True, help="k-shot root holding TASK/K-SEED folders")
+    p.add_argument("--mode", nargs="+", choices=MODES, default=["prompt"])
+    p.add_argument("--out", default="fewshot-results", help="folder for results.json/.md/.png")
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument("--lrs", nargs="+", type=float, default=[1e-5, 2e-5, 5e-5])
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 4])
+    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, help="override every task's max length")
+    p.add_argument("--template", action="append", default=[], metavar="TASK=SPEC",
+                   help="LM-BFF template for a task, e.g. 'SST-2=*cls**sent_0*_It_was*mask*.*sep+*'")
+    p.add_argument("--words", action="append", default=[], metavar="TASK=W1,W2",
+                   help="label words for a task in label order, e.g. SST-2=bad,good")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+
+    names = args.name or [Path(m).name for m in args.model]
+    if len(names) != len(args.model):
+        p.error(f"--name gives {len(names)} names for {len(args.model)} models")
+    protocol = Protocol(learning_rates=tuple(args.lrs), batch_sizes=tuple(args.batch_sizes),
+                        max_steps=args.max_steps, eval_every=args.eval_every,
+                        eval_batch_size=args.eval_batch_size)
+    tasks = [get_task(t) for t in args.tasks]
+    words = {t: w.split(",") for t, w in _overrides(args.words, "--words").items()}
+    entries = evaluate_models(list(zip(names, args.model)), tasks, args.data, args.mode,
+                              protocol, args.seeds, args.k, _overrides(args.template, "--template"),
+                              words, args.max_length, args.device)
+    config = {**vars(args), **dataclasses.asdict(protocol), "tasks": [t.name for t in tasks]}
+    for path in write_report(args.out, entries, config):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

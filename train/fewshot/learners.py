@@ -1,0 +1,164 @@
+"""The two ways a masked LM is fitted to a task: prompt-based (label words at ``<mask>``) and
+standard fine-tuning (a new classification or regression head).
+
+Both expose the same small interface used by the protocol: ``encode`` examples once,
+``forward`` a padded batch to per-example outputs, ``loss`` against labels and ``predict``
+labels from outputs. Prompt-based STS-B is regression by interpolation between two label words
+(LM-BFF, paper section 3.1); its loss is the KL divergence from the target two-word
+distribution, with the target given as probabilities (LM-BFF passes probabilities where its
+loss expects log-probabilities).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from smash.precompute.templates import parse_template, verbalizer_ids
+from smash.train.fewshot.data import Example
+from smash.train.fewshot.tasks import Task
+
+__all__ = [
+    "Batch",
+    "Features",
+    "FinetuneLearner",
+    "PromptLearner",
+    "collate",
+    "interpolation_loss",
+    "interpolation_predict",
+]
+
+
+@dataclass(frozen=True)
+class Features:
+    """One tokenized example; ``mask_position`` is -1 when there is no ``<mask>``."""
+
+    input_ids: list[int]
+    mask_position: int
+    label: int | float
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T) right-padded
+    attention_mask: torch.Tensor  # (B, T)
+    mask_positions: torch.Tensor  # (B,)
+    labels: torch.Tensor  # (B,) long for classes, float for scores
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
+                                               self.mask_positions, self.labels)))
+
+
+def collate(features: Sequence[Features], pad_id: int, regression: bool) -> Batch:
+    """Pad a list of features to the longest one (dynamic padding keeps batches small)."""
+    width = max(len(f.input_ids) for f in features)
+    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(features), width), dtype=torch.long)
+    for i, f in enumerate(features):
+        ids[i, :len(f.input_ids)] = torch.tensor(f.input_ids)
+        attn[i, :len(f.input_ids)] = 1
+    labels = torch.tensor([f.label for f in features],
+                          dtype=torch.float32 if regression else torch.long)
+    masks = torch.tensor([f.mask_position for f in features], dtype=torch.long)
+    return Batch(ids, attn, masks, labels)
+
+
+def interpolation_loss(word_logits: torch.Tensor, scores: torch.Tensor,
+                       bounds: tuple[float, float]) -> torch.Tensor:
+    """KL(p_gold || p_pred) averaged over the batch, for regression by interpolation.
+
+    ``word_logits`` (B, 2) are the low and high label words' logits at the mask; a score y in
+    [l, u] gives the target p_gold = [(u - y) / (u - l), (y - l) / (u - l)] as probabilities.
+    """
+    lo, hi = bounds
+    high = (scores.float() - lo) / (hi - lo)
+    target = torch.stack([1.0 - high, high], dim=-1)
+    log_pred = F.log_softmax(word_logits.float(), dim=-1)
+    return F.kl_div(log_pred, target, reduction="batchmean", log_target=False)
+
+
+def interpolation_predict(word_logits: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    """y_hat = l * p(low word) + u * p(high word), shape (B,)."""
+    lo, hi = bounds
+    p = F.softmax(word_logits.float(), dim=-1)
+    return lo * p[:, 0] + hi * p[:, 1]
+
+
+class PromptLearner:
+    """A masked LM scored by its label words' logits at the template's ``<mask>``."""
+
+    def __init__(self, model, tokenizer, task: Task, template: str, words: Sequence[str],
+                 max_length: int):
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.template = parse_template(template)
+        if self.template.num_sentences > len(task.text_columns):
+            raise ValueError(f"template {template!r} reads {self.template.num_sentences} "
+                             f"sentences, {task.name} has {len(task.text_columns)}")
+        expected = 2 if task.is_regression else len(task.labels)
+        if len(words) != expected:
+            raise ValueError(f"{task.name} needs {expected} label words, got {list(words)}")
+        self.word_ids = torch.tensor(verbalizer_ids(tokenizer, words))
+        self.max_length = max_length
+        # RoBERTa-family heads can run on the mask rows only: (B, H) instead of (B, T, V).
+        self._head = getattr(model, "lm_head", None)
+
+    def encode(self, examples: Sequence[Example]) -> list[Features]:
+        out = []
+        for ex in examples:
+            enc = self.template.encode(self.tokenizer, ex.texts, self.max_length)
+            out.append(Features(enc.input_ids, enc.mask_position, ex.label))
+        return out
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Label-word logits at the mask, (B, C); C = 2 (low, high) for regression."""
+        rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
+        if self._head is not None:
+            hidden = self.model.base_model(input_ids=batch.input_ids,
+                                           attention_mask=batch.attention_mask)[0]
+            logits = self._head(hidden[rows, batch.mask_positions])  # (B, V)
+        else:
+            logits = self.model(input_ids=batch.input_ids,
+                                attention_mask=batch.attention_mask).logits
+            logits = logits[rows, batch.mask_positions]  # (B, V)
+        return logits[:, self.word_ids.to(logits.device)]
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.task.is_regression:
+            return interpolation_loss(outputs, labels, self.task.bounds)
+        return F.cross_entropy(outputs.float(), labels)
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        if self.task.is_regression:
+            return interpolation_predict(outputs, self.task.bounds)
+        return outputs.argmax(dim=-1)
+
+
+class FinetuneLearner:
+    """A sequence-classification model: ``<s> x0 </s></s> x1 </s>`` into a fresh head
+    (one regression output trained with MSE for STS-B)."""
+
+    def __init__(self, model, tokenizer, task: Task, max_length: int):
+        self.model, self.tokenizer, self.task, self.max_length = model, tokenizer, task, max_length
+
+    def encode(self, examples: Sequence[Example]) -> list[Features]:
+        out = []
+        for ex in examples:
+            ids = self.tokenizer(*ex.texts, truncation=True, max_length=self.max_length)
+            out.append(Features(list(ids["input_ids"]), -1, ex.label))
+        return out
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Head outputs: (B, C) logits, or (B,) scores for regression."""
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return logits[:, 0] if self.task.is_regression else logits
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.task.is_regression:
+            return F.mse_loss(outputs.float(), labels)
+        return F.cross_entropy(outputs.float(), labels)
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.float() if self.task.is_regression else outputs.argmax(dim=-1)

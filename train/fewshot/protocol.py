@@ -1,0 +1,157 @@
+"""LM-BFF's few-shot protocol for one task and one seed: grid search, best-dev checkpoint, test.
+
+For each (learning rate, batch size) of the grid the model starts afresh from its folder
+(seeded, so a new head is the same for every grid point), trains up to ``max_steps`` with
+AdamW and a linear decay (HF Trainer defaults: no warmup, no weight decay, clipping at 1.0), and
+is evaluated on dev every ``eval_every`` steps. The best dev checkpoint is kept as an in-memory
+copy of the weights, never a file. Across the grid the configuration with the best dev metric
+wins (earliest on ties), and only its checkpoint is evaluated on the test set(s), which gives
+the same number as LM-BFF's "test every configuration, report the best-dev one".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from smash.train.fewshot.data import KShotData
+from smash.train.fewshot.learners import Features, collate
+from smash.train.fewshot.metrics import compute_metric, select_best
+from smash.train.fewshot.tasks import Task
+
+__all__ = ["Protocol", "SeedResult", "evaluate", "predict", "run_seed", "zero_shot"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The knobs of the protocol; the defaults are the paper's (appendix A.1)."""
+
+    learning_rates: tuple[float, ...] = (1e-5, 2e-5, 5e-5)
+    batch_sizes: tuple[int, ...] = (2, 4)
+    max_steps: int = 1000
+    eval_every: int = 100
+    eval_batch_size: int = 32
+    max_grad_norm: float = 1.0
+
+    @property
+    def grid(self) -> list[tuple[float, int]]:
+        return [(lr, bs) for lr in self.learning_rates for bs in self.batch_sizes]
+
+
+@dataclass
+class SeedResult:
+    """Outcome of one seed: the chosen configuration, its dev metric and test metric(s)."""
+
+    seed: int
+    dev: float
+    tests: dict[str, float]
+    lr: float | None = None
+    batch_size: int | None = None
+    step: int | None = None
+    grid_dev: list[float] = field(default_factory=list)
+
+
+@torch.no_grad()
+def predict(learner, features: Sequence[Features], batch_size: int,
+            device: torch.device) -> list[float]:
+    """Predictions for ``features`` in their order, in length-sorted batches (little padding)."""
+    learner.model.eval()
+    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
+    preds: list[float] = [0.0] * len(features)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = collate([features[i] for i in idx], learner.tokenizer.pad_token_id,
+                        learner.task.is_regression).to(device)
+        for i, p in zip(idx, learner.predict(learner.forward(batch)).tolist()):
+            preds[i] = p
+    return preds
+
+
+def evaluate(learner, features: Sequence[Features], batch_size: int,
+             device: torch.device) -> float:
+    preds = predict(learner, features, batch_size, device)
+    return compute_metric(learner.task.metric, preds, [f.label for f in features])
+
+
+def zero_shot(learner, data: KShotData, seed: int, batch_size: int, device: torch.device,
+              cache: dict | None = None) -> SeedResult:
+    """The untrained model through the same template and label words.
+
+    GLUE test sets are the same file for every seed, so test metrics are memoised in ``cache``
+    (keyed by the examples themselves) when one is given; dev is evaluated per seed.
+    """
+    learner.model.to(device)
+    cache = {} if cache is None else cache
+    tests = {}
+    for col, examples in data.tests.items():
+        key = (col, tuple(examples))
+        if key not in cache:
+            cache[key] = evaluate(learner, learner.encode(examples), batch_size, device)
+        tests[col] = cache[key]
+    dev = evaluate(learner, learner.encode(data.dev), batch_size, device)
+    return SeedResult(seed=seed, dev=dev, tests=tests)
+
+
+def run_seed(make_learner: Callable[[], object], data: KShotData, task: Task, seed: int,
+             protocol: Protocol, device: torch.device,
+             on_config_done: Callable[[], None] = lambda: None) -> SeedResult:
+    """Grid-search one k-shot split and test the best-dev checkpoint."""
+    train = dev = None
+    best: tuple[float, dict, float, int, int] | None = None  # dev, state, lr, bs, step
+    grid_dev = []
+    learner = None
+    for lr, bs in protocol.grid:
+        torch.manual_seed(seed)
+        learner = make_learner()
+        learner.model.to(device)
+        if train is None:
+            train, dev = learner.encode(data.train), learner.encode(data.dev)
+        score, state, step = _train(learner, train, dev, lr, bs, seed, protocol, device)
+        grid_dev.append(score)
+        if best is None or select_best([best[0], score]) == 1:
+            best = (score, state, lr, bs, step)
+        on_config_done()
+    score, state, lr, bs, step = best
+    learner.model.load_state_dict(state)
+    tests = {col: evaluate(learner, learner.encode(ex), protocol.eval_batch_size, device)
+             for col, ex in data.tests.items()}
+    return SeedResult(seed=seed, dev=score, tests=tests, lr=lr, batch_size=bs, step=step,
+                      grid_dev=grid_dev)
+
+
+def _train(learner, train: list[Features], dev: list[Features], lr: float, batch_size: int,
+           seed: int, protocol: Protocol, device: torch.device) -> tuple[float, dict, int]:
+    """Train one configuration; returns (best dev metric, its weights on CPU, its step)."""
+    model = learner.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    total = protocol.max_steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
+    order = torch.Generator().manual_seed(seed)
+    pad, regression = learner.tokenizer.pad_token_id, learner.task.is_regression
+    best_score, best_state, best_step = -math.inf, None, 0
+    step = 0
+    while step < total:
+        perm = torch.randperm(len(train), generator=order).tolist()
+        for start in range(0, len(perm), batch_size):
+            model.train()
+            batch = collate([train[i] for i in perm[start:start + batch_size]], pad,
+                            regression).to(device)
+            loss = learner.loss(learner.forward(batch), batch.labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, protocol.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step % protocol.eval_every == 0 or step == total:
+                score = evaluate(learner, dev, protocol.eval_batch_size, device)
+                if best_state is None or select_best([best_score, score]) == 1:
+                    best_score, best_step = score, step
+                    best_state = {k: v.detach().to("cpu", copy=True)
+                                  for k, v in model.state_dict().items()}
+            if step == total:
+                break
+    return best_score, best_state, best_step

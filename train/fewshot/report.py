@@ -1,0 +1,148 @@
+"""Write the evaluation's results: ``results.json`` (everything, per seed), ``results.md`` (a
+table shaped like the paper's Table 2) and ``results.png`` (per-task bars with std whiskers,
+when matplotlib is installed).
+
+A cell is the mean (std) over seeds of the test metric x 100. With several models, each mode
+gets a delta row per later model against the first (e.g. after SMASH minus before).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from smash.train.fewshot.metrics import aggregate
+from smash.train.fewshot.protocol import SeedResult
+
+__all__ = ["Entry", "delta_rows", "table_rows", "write_report"]
+
+_METRIC_NAMES = {"acc": "acc", "f1": "F1", "pearson": "Pearson"}
+
+
+@dataclass
+class Entry:
+    """All seeds of one (model, mode, task); one task can fill several columns (MNLI-m/mm)."""
+
+    model: str
+    path: str
+    mode: str
+    task: str
+    metric: str
+    seeds: list[SeedResult]
+
+    def column_values(self, column: str) -> list[float]:
+        return [100.0 * s.tests[column] for s in self.seeds]
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.seeds[0].tests) if self.seeds else []
+
+
+def table_rows(entries: list[Entry]) -> tuple[dict[str, str], list[tuple[str, str, dict]]]:
+    """Columns ``{column: "column (metric)"}`` in task order and rows
+    ``(model, mode, {column: (mean, std)})``."""
+    columns: dict[str, str] = {}
+    rows: dict[tuple[str, str], dict] = {}
+    for e in entries:
+        for col in e.columns:
+            columns.setdefault(col, f"{col} ({_METRIC_NAMES[e.metric]})")
+            rows.setdefault((e.model, e.mode), {})[col] = aggregate(e.column_values(col))
+    return columns, [(m, mode, cells) for (m, mode), cells in rows.items()]
+
+
+def delta_rows(rows: list[tuple[str, str, dict]]) -> list[tuple[str, str, dict]]:
+    """For each mode, later models minus the first model, column by column (means only)."""
+    out = []
+    for mode in dict.fromkeys(r[1] for r in rows):
+        of_mode = [r for r in rows if r[1] == mode]
+        base_model, _, base = of_mode[0]
+        for model, _, cells in of_mode[1:]:
+            diff = {c: (cells[c][0] - base[c][0], math.nan) for c in cells if c in base}
+            out.append((f"Δ {model} − {base_model}", mode, diff))
+    return out
+
+
+def write_report(out_dir: str | Path, entries: list[Entry], config: dict) -> list[Path]:
+    """Write results.json, results.md and (with matplotlib) results.png; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    columns, rows = table_rows(entries)
+    deltas = delta_rows(rows)
+    payload = {
+        "config": config,
+        "entries": [{**{k: v for k, v in asdict(e).items() if k != "seeds"},
+                     "seeds": [_clean(asdict(s)) for s in e.seeds],
+                     "summary": {c: dict(zip(("mean", "std"), _clean(aggregate(
+                         e.column_values(c))))) for c in e.columns}} for e in entries],
+        "table": [{"model": m, "mode": mode, **{c: _clean(v) for c, v in cells.items()}}
+                  for m, mode, cells in rows + deltas],
+    }
+    paths = [out / "results.json", out / "results.md"]
+    paths[0].write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    paths[1].write_text(_markdown(columns, rows, deltas, config), encoding="utf-8")
+    png = _plot(out / "results.png", columns, rows)
+    return paths + ([png] if png else [])
+
+
+def _clean(value):
+    """JSON has no NaN: undefined metrics become null."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def _cell(mean: float, std: float, delta: bool) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    if delta:
+        return f"{mean:+.1f}"
+    return f"{mean:.1f} ({std:.1f})"
+
+
+def _markdown(columns, rows, deltas, config) -> str:
+    lines = [
+        "# Few-shot results",
+        "",
+        (f"K = {config['k']} per label, seeds {config['seeds']}; prompt and fine-tune modes "
+         f"pick the best dev checkpoint over lr {config['learning_rates']} × batch "
+         f"{config['batch_sizes']}, up to {config['max_steps']} steps, dev every "
+         f"{config['eval_every']}. Cells: test metric × 100, mean (std) over seeds."),
+        "",
+        "| model | mode | " + " | ".join(columns.values()) + " |",
+        "|---|---|" + "---:|" * len(columns),
+    ]
+    for (model, mode, cells), is_delta in ([(r, False) for r in rows]
+                                           + [(r, True) for r in deltas]):
+        vals = [_cell(*cells[c], is_delta) if c in cells else "" for c in columns]
+        lines.append(f"| {model} | {mode} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(path: Path, columns: dict[str, str], rows) -> Path | None:
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / max(len(rows), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(columns)), 4.0))
+    for i, (model, mode, cells) in enumerate(rows):
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(columns))]
+        means = [cells.get(c, (math.nan, 0.0))[0] for c in columns]
+        stds = [cells.get(c, (0.0, 0.0))[1] for c in columns]
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"{model} · {mode}")
+    ax.set_xticks(range(len(columns)), list(columns.values()), rotation=30, ha="right")
+    ax.set_ylabel("test metric × 100 (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,123 @@
+"""``make-kshot``: build LM-BFF's k-shot splits from the original task files.
+
+The rule is LM-BFF's (``tools/generate_k_shot_data.py``), so splits rebuilt here match the
+published ones line for line:
+
+* for each seed and task, seed NumPy's legacy generator with the seed and shuffle the original
+  training rows (the header of a TSV stays on top);
+* group the shuffled rows by label, groups in order of first appearance; ``train`` takes the
+  first K rows of each group, ``dev`` the next K (STS-B is grouped by score < 2.5 or not);
+* the original development set(s) become the test set(s) for GLUE tasks (``dev`` ->
+  ``test``, ``dev_mismatched`` -> ``test_mismatched``) and MNLI's dev split is named
+  ``dev_matched``; SST-5, MR and CR keep their original test set.
+
+Input: ``ORIGINAL/TASK/{train,dev}.tsv`` (MNLI: ``dev_matched``, ``dev_mismatched``) or
+``ORIGINAL/{sst-5,mr,cr}/{train,test}.csv``. Output: ``OUT/TASK/K-SEED/...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from smash.train.fewshot.data import parse_label, read_rows
+from smash.train.fewshot.tasks import TASKS, Task, get_task
+
+__all__ = ["SEEDS", "main", "make_kshot", "select_kshot"]
+
+SEEDS = (13, 21, 42, 87, 100)
+
+
+def select_kshot(rows: Sequence, groups: Sequence, seed: int, k: int) -> tuple[list, list]:
+    """LM-BFF's sampling rule on ``rows`` with group keys ``groups`` (one per row).
+
+    Returns ``(train, dev)``: after shuffling with ``np.random.RandomState(seed)`` (the same
+    stream as LM-BFF's ``np.random.seed(seed); np.random.shuffle``), the first ``k`` rows of
+    each group and the next ``k``, groups in order of first appearance.
+    """
+    order = list(range(len(rows)))
+    np.random.RandomState(seed).shuffle(order)
+    by_group: dict = {}
+    for i in order:
+        by_group.setdefault(groups[i], []).append(rows[i])
+    train = [r for members in by_group.values() for r in members[:k]]
+    dev = [r for members in by_group.values() for r in members[k:2 * k]]
+    return train, dev
+
+
+def make_kshot(original: str | Path, out: str | Path, tasks: Sequence[Task],
+               seeds: Sequence[int] = SEEDS, k: int = 16) -> list[Path]:
+    """Write the k-shot splits of ``tasks`` for ``seeds``; returns the folders written."""
+    written = []
+    for task in tasks:
+        src = Path(original) / task.dirname
+        splits = {name: _read_original(task, src / f"{name}.{task.fmt}")
+                  for name in task.original_splits}
+        header, rows, groups = splits["train"]
+        for seed in seeds:
+            train, dev = select_kshot(rows, groups, seed, k)
+            folder = Path(out) / task.dirname / f"{k}-{seed}"
+            folder.mkdir(parents=True, exist_ok=True)
+            _write(task, folder / f"train.{task.fmt}", header, train)
+            _write(task, folder / f"{task.dev}.{task.fmt}", header, dev)
+            for name, (test_header, test_rows, _) in splits.items():
+                if name != "train":
+                    stem = name.replace("dev", "test")
+                    _write(task, folder / f"{stem}.{task.fmt}", test_header, test_rows)
+            written.append(folder)
+    return written
+
+
+def _read_original(task: Task, path: Path) -> tuple[str, list, list]:
+    """Header line, rows and sampling groups of one original file, each row validated.
+
+    TSV rows are kept as their original text lines so they are written back byte for byte;
+    CSV rows are kept as parsed columns and re-quoted on writing, as LM-BFF does via pandas.
+    """
+    header = ""
+    rows, groups = [], []
+    lines = None
+    if task.fmt == "tsv":
+        with path.open(encoding="utf-8") as f:
+            lines = f.readlines()
+        header = lines[0] if lines else ""
+    for line, row in read_rows(task, path):
+        label = parse_label(task, row, path, line)
+        groups.append(int(label >= task.bin_at) if task.is_regression else label)
+        rows.append(row if lines is None else _terminated(lines[line - 1]))
+    return header, rows, groups
+
+
+def _terminated(line: str) -> str:
+    return line if line.endswith("\n") else line + "\n"
+
+
+def _write(task: Task, path: Path, header: str, rows: list) -> None:
+    if task.fmt == "tsv":
+        path.write_text(_terminated(header) + "".join(rows), encoding="utf-8")
+        return
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    path.write_text(buf.getvalue(), encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: ``make-kshot --original data/original --out data/k-shot [--tasks ...]``."""
+    parser = argparse.ArgumentParser(prog="make-kshot", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--original", required=True, help="folder of the original task folders")
+    parser.add_argument("--out", required=True, help="k-shot root to write TASK/K-SEED into")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="task names")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--k", type=int, default=16, help="examples per label in train and dev")
+    args = parser.parse_args(argv)
+    tasks = [get_task(name) for name in args.tasks]
+    for folder in make_kshot(args.original, args.out, tasks, args.seeds, args.k):
+        print(folder)
+
+
+if __name__ == "__main__":
+    main()
