@@ -50,7 +50,7 @@ _HEADER = struct.Struct("<I")
 class ChunkLayout:
     """Knobs of the chunk encoding; the store's defaults are the measured best."""
 
-    level: int = 10          # zstd level
+    level: int = 3           # zstd level (higher: ~2% smaller, 1.5x slower writes)
     planes: bool = True      # byte-plane split of multi-byte integer columns
     delta: bool = True       # delta-code the float16 patterns along each row
     order: str = "value"     # canonical row order: "value" (descending) or "id" (ascending)
