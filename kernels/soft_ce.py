@@ -51,7 +51,8 @@ Options
 -------
 ``scale_t2`` multiplies the loss by ``T**2`` (Hinton et al.), keeping gradient magnitudes
 comparable across temperatures. ``weights`` (N,) (float or bool, >= 0) multiply each
-row's loss; a weight of 0 ignores the row (its logits are not even read by the kernel).
+row's loss; a weight of 0 ignores the row: its logits are never read (they may be
+padding, even NaN).
 ``reduction``: ``sum`` of weighted row losses, ``mean`` = that sum over ``sum(weights)``
 (the number of rows that count; 0 when none count, never NaN), or ``none`` (weighted
 per-row losses in the logits' batch shape).

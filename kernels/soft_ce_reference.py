@@ -60,6 +60,10 @@ def soft_ce_rows_reference(logits: torch.Tensor, inputs: SoftCEInputs) -> torch.
     k = ids.shape[-1]
     tail = inputs.tail if k < vocab else "renorm"  # an empty tail has nothing to model
     x = logits.to(acc) / inputs.temperature  # (N, V)
+    keep = None
+    if inputs.weights is not None:  # rows with weight 0 are not read (they may be padding)
+        keep = inputs.weights > 0  # (N,)
+        x = x.masked_fill(~keep[:, None], 0.0)
     logp = x - torch.logsumexp(x, dim=-1, keepdim=True)  # (N, V) student log-probs
     logp_k = logp.gather(1, ids)  # (N, k)
     q, q_tail = teacher_targets(
@@ -79,8 +83,8 @@ def soft_ce_rows_reference(logits: torch.Tensor, inputs: SoftCEInputs) -> torch.
         tail_logp_sum = logp.sum(-1) - logp_k.sum(-1)  # sum of log p over the V-k others
         loss = loss - q_tail / (vocab - k) * tail_logp_sum
     loss = loss * inputs.loss_scale
-    if inputs.weights is not None:
-        loss = loss * inputs.weights.to(acc)
+    if keep is not None:
+        loss = torch.where(keep, loss * inputs.weights.to(acc), 0.0)
     return loss
 
 

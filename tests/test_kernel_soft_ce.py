@@ -37,8 +37,9 @@ def make_teacher(n, vocab, k, gen, full_mass_rows=()):
     return ids, lp.to(torch.float16), tail.to(torch.float32)
 
 
-def make_logits(n, vocab, dtype, gen, scale=3.0):
-    return (torch.randn(n, vocab, generator=gen) * scale).to(dtype)
+def make_logits(n, vocab, dtype, gen, scale=3.0, offset=4.0):
+    """Random logits, shifted: the loss is shift-invariant but the uniform tail's row sum is not."""
+    return (torch.randn(n, vocab, generator=gen) * scale + offset).to(dtype)
 
 
 def reference_f64(logits, ids, lp, tail_mass, *, upstream, **kw):
@@ -174,7 +175,8 @@ def test_kernel_matches_reference(mode, temperature, dtype):
     n, k = 6, 17
     ids, lp, tail = make_teacher(n, V, k, gen, full_mass_rows=[2])
     logits = make_logits(n, V, dtype, gen)
-    weights = torch.tensor([1.0, 0.0, 0.5, 2.0, 1.0, 1.0])  # row 1 ignored
+    logits[1, ::7] = math.nan  # row 1 is ignored: its (padding) logits must not leak
+    weights = torch.tensor([1.0, 0.0, 0.5, 2.0, 1.0, 1.0])
     loss, grad = run_kernel(
         logits, ids, lp, tail, mode=mode, temperature=temperature, weights=weights, scale_t2=True
     )
