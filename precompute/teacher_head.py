@@ -1,0 +1,60 @@
+"""The teacher's output at mask positions: top-k log-probabilities plus the exact tail mass.
+
+Only the hidden states at mask positions go through the LM head (a (R, H) @ (H, V) product
+instead of (B*L, H) @ (H, V)); the log-softmax is taken in float32 whatever the model's
+dtype. ``tail_logmass = log(sum of the probabilities outside the top-k)`` is a logsumexp over
+the non-top-k entries, so it keeps full float32 precision even when the top-k holds almost all
+of the mass (``log(1 - sum p)`` would cancel). The trainer's online-teacher mode uses the
+same function, so offline and online targets are the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["TeacherTopK", "mask_hidden_states", "teacher_topk", "lm_head_of"]
+
+
+@dataclass
+class TeacherTopK:
+    ids: torch.Tensor          # (R, k) int64
+    logprobs: torch.Tensor     # (R, k) float16, sorted descending
+    tail_logmass: torch.Tensor  # (R,) float32
+
+
+def lm_head_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The vocabulary projection of an HF masked LM (``lm_head`` or ``cls`` for BERT)."""
+    head = model.get_output_embeddings()
+    for name in ("lm_head", "cls"):
+        if hasattr(model, name):
+            return getattr(model, name)
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no masked-LM head")
+    return head
+
+
+def mask_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor, mask_batch: torch.Tensor,
+                       mask_positions: torch.Tensor) -> torch.Tensor:
+    """Run the encoder only and gather its last hidden states at the mask positions: (R, H)."""
+    encoder = getattr(model, model.base_model_prefix)
+    hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return hidden[mask_batch, mask_positions]
+
+
+@torch.inference_mode()
+def teacher_topk(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 mask_batch: torch.Tensor, mask_positions: torch.Tensor, k: int) -> TeacherTopK:
+    """Top-k of the teacher's float32 log-softmax at each mask position."""
+    hidden = mask_hidden_states(model, input_ids, attention_mask, mask_batch, mask_positions)
+    logits = lm_head_of(model)(hidden).float()          # (R, V)
+    if k > logits.shape[-1]:
+        raise ValueError(f"k={k} is larger than the vocabulary ({logits.shape[-1]})")
+    logp = torch.log_softmax(logits, dim=-1)
+    top = torch.topk(logp, k, dim=-1, sorted=True)
+    rest = logp.scatter(1, top.indices, float("-inf"))
+    tail = torch.logsumexp(rest, dim=-1) if k < logp.shape[-1] else torch.full_like(
+        logp[:, 0], float("-inf"))
+    return TeacherTopK(top.indices, top.values.to(torch.float16), tail)
