@@ -97,6 +97,10 @@ def _clean(value):
     return value
 
 
+def _join(values) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
 def _cell(mean: float, std: float, delta: bool) -> str:
     if math.isnan(mean):
         return "n/a"
@@ -110,8 +114,8 @@ def _markdown(columns, rows, deltas, config) -> str:
         "# Few-shot results",
         "",
         (f"K = {config['k']} per label, seeds {config['seeds']}; prompt and fine-tune modes "
-         f"pick the best dev checkpoint over lr {config['learning_rates']} × batch "
-         f"{config['batch_sizes']}, up to {config['max_steps']} steps, dev every "
+         f"pick the best dev checkpoint over lr {{{_join(config['learning_rates'])}}} × batch "
+         f"{{{_join(config['batch_sizes'])}}}, up to {config['max_steps']} steps, dev every "
          f"{config['eval_every']}. Cells: test metric × 100, mean (std) over seeds."),
         "",
         "| model | mode | " + " | ".join(columns.values()) + " |",
