@@ -133,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="label words for a task in label order, e.g. SST-2=bad,good")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one weight-loading bar per grid point would bury ours
 
     names = args.name or [Path(m).name for m in args.model]
     if len(names) != len(args.model):
