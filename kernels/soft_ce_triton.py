@@ -102,11 +102,10 @@ def _soft_ce_kernel(
     a = a.to(tl.float32) * inv_t  # (BLOCK_K,) tempered teacher logits
     n_tail = V - K
     b = float("-inf")  # log of the tail's total tempered weight
-    if TAIL != 0:  # noqa: SIM102 (constexpr branch, compiled out for renorm)
-        if n_tail > 0:
-            tau = tl.load(tail_ptr + row).to(tl.float32)
-            log_n = tl.log(n_tail.to(tl.float32))
-            b = log_n + (tau - log_n) * inv_t
+    if TAIL != 0:
+        tau = tl.load(tail_ptr + row).to(tl.float32)
+        log_n = tl.log(tl.maximum(n_tail, 1).to(tl.float32))
+        b = tl.where(n_tail > 0, log_n + (tau - log_n) * inv_t, float("-inf"))
     m_t = tl.maximum(tl.max(a, axis=0), b)
     e_a = tl.exp(a - m_t)
     e_b = tl.exp(b - m_t)
@@ -137,12 +136,11 @@ def _soft_ce_kernel(
         p_top = tl.sum(tl.where(mask_k, tl.exp(logp_k), 0.0), axis=0)
         p_tail = tl.maximum(1.0 - p_top, TAIL_FLOOR)
         loss -= tl.where(q_tail > 0.0, q_tail * tl.log(p_tail), 0.0)
-    q_each = 0.0  # uniform: target of each tail token
-    if TAIL == 2:  # noqa: SIM102 (constexpr branch)
-        if n_tail > 0:
-            q_each = q_tail / n_tail
-            tail_logp = row_sum - tl.sum(tl.where(mask_k, x_k, 0.0), axis=0) - n_tail * lse
-            loss -= q_each * tail_logp
+    q_each = 0.0  # uniform: target of each tail token (0 when there is no tail: b = -inf)
+    if TAIL == 2:
+        q_each = q_tail / tl.maximum(n_tail, 1)
+        tail_logp = row_sum - tl.sum(tl.where(mask_k, x_k, 0.0), axis=0) - n_tail * lse
+        loss -= q_each * tail_logp
     tl.store(loss_ptr + row, loss * loss_scale * w)
 
     if COMPUTE_GRAD:
