@@ -22,6 +22,7 @@ class TeacherTopK:
     ids: torch.Tensor          # (R, k) int64
     logprobs: torch.Tensor     # (R, k) float16, sorted descending
     tail_logmass: torch.Tensor  # (R,) float32
+    extra_logprobs: torch.Tensor | None = None  # (R, E) float32 at ``extra_ids`` (verbalizer)
 
 
 def lm_head_of(model: torch.nn.Module) -> torch.nn.Module:
@@ -46,8 +47,10 @@ def mask_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor,
 
 @torch.inference_mode()
 def teacher_topk(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 mask_batch: torch.Tensor, mask_positions: torch.Tensor, k: int) -> TeacherTopK:
-    """Top-k of the teacher's float32 log-softmax at each mask position."""
+                 mask_batch: torch.Tensor, mask_positions: torch.Tensor, k: int,
+                 extra_ids: torch.Tensor | None = None) -> TeacherTopK:
+    """Top-k of the teacher's float32 log-softmax at each mask position; with ``extra_ids``
+    (e.g. a verbalizer's token ids) also their log-probabilities from the same forward."""
     hidden = mask_hidden_states(model, input_ids, attention_mask, mask_batch, mask_positions)
     logits = lm_head_of(model)(hidden).float()          # (R, V)
     if k > logits.shape[-1]:
@@ -57,4 +60,5 @@ def teacher_topk(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
     rest = logp.scatter(1, top.indices, float("-inf"))
     tail = torch.logsumexp(rest, dim=-1) if k < logp.shape[-1] else torch.full_like(
         logp[:, 0], float("-inf"))
-    return TeacherTopK(top.indices, top.values.to(torch.float16), tail)
+    extra = logp[:, extra_ids] if extra_ids is not None else None
+    return TeacherTopK(top.indices, top.values.to(torch.float16), tail, extra)

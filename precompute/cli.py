@@ -1,0 +1,145 @@
+"""``precompute-teacher``: corpus -> intermediate-task examples -> teacher top-k -> a store.
+
+    precompute-teacher --task sentence-pair --corpus wiki/ --teacher roberta-large \\
+        --out stores/pairs --num-examples 2560000 --k 64 --dtype fp16
+
+One process per GPU with ``torchrun --nproc_per_node N`` or the ``deepspeed`` launcher: ranks
+take disjoint shards and rank 0 writes the merged ``manifest.json``. Rerunning the same
+command after a crash skips the finished shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .corpus import Corpus, CorpusError
+from .sentences import SentenceSplitter
+from .tasks import make_task, task_names
+from .teacher_pass import (
+    ConfigMismatch, PassConfig, PassSummary, finalize, prepare_output, producer_config,
+    run_teacher_pass,
+)
+
+__all__ = ["main", "build_parser"]
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="precompute-teacher", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, help=f"intermediate task ({', '.join(task_names())})")
+    p.add_argument("--corpus", required=True, type=Path,
+                   help="text file/folder (blank-line separated documents), .jsonl or .parquet")
+    p.add_argument("--text-field", default="text", help="JSONL field / parquet column")
+    p.add_argument("--one-doc-per-file", action="store_true",
+                   help="treat each text file as one document")
+    p.add_argument("--teacher", default="roberta-large", help="AutoModelForMaskedLM path or name")
+    p.add_argument("--revision", default=None, help="model revision (hub models)")
+    p.add_argument("--out", required=True, type=Path, help="store directory")
+    p.add_argument("--k", type=int, default=64, help="top-k entries kept per mask")
+    p.add_argument("--num-examples", type=int, default=100_000,
+                   help="candidate examples (before a teacher filter)")
+    p.add_argument("--shard-size", type=int, default=10_000, help="candidates per shard")
+    p.add_argument("--token-budget", type=int, default=16_384,
+                   help="padded tokens per teacher batch (length-bucketed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
+    p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
+    p.add_argument("--min-words", type=int, default=4, help="shortest sentence kept")
+    p.add_argument("--max-words", type=int, default=60, help="longest sentence kept")
+    p.add_argument("--template", default=None, help="override the task's LM-BFF template")
+    p.add_argument("--max-length", type=int, default=None, help="override the task's max length")
+    p.add_argument("--filter-rule", default=None, help="sentiment: max-prob | polar | none")
+    p.add_argument("--threshold", type=float, default=None, help="sentiment filter threshold")
+    p.add_argument("--plugin", action="append", default=[],
+                   help="import this module first (it registers user-defined tasks)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a store of another configuration in --out")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                   help=argparse.SUPPRESS)  # passed by the deepspeed launcher; env is used
+    return p
+
+
+def _task_options(args: argparse.Namespace) -> dict:
+    options = {"template": args.template, "max_length": args.max_length,
+               "filter_rule": args.filter_rule, "threshold": args.threshold}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _print_summary(summary: PassSummary, out: Path, rank: int) -> None:
+    rate = summary.examples / max(summary.wall_s, 1e-9)
+    print(f"[rank {rank}] {summary.examples:,} examples through the teacher, {summary.kept:,} "
+          f"kept, {summary.shards} shards written ({summary.skipped_shards} already done), "
+          f"{summary.bytes / 1e6:,.2f} MB, padding efficiency "
+          f"{summary.padding_efficiency:.3f}, {summary.wall_s:,.1f} s ({rate:,.1f} ex/s, "
+          f"{summary.real_tokens / max(summary.wall_s, 1e-9):,.0f} tokens/s)")
+    if summary.store_shards:
+        print(f"store {out}: {summary.store_examples:,} examples in {summary.store_shards} "
+              f"shards, {summary.store_bytes / 1e6:,.2f} MB -> {out / 'manifest.json'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    try:
+        for module in args.plugin:
+            importlib.import_module(module)
+        if args.k < 1 or args.num_examples < 1 or args.shard_size < 1:
+            raise ValueError("--k, --num-examples and --shard-size must be positive")
+        splitter = SentenceSplitter(args.min_words, args.max_words)
+        task = make_task(args.task, splitter, **_task_options(args))
+        corpus = Corpus(args.corpus, text_field=args.text_field,
+                        one_doc_per_file=args.one_doc_per_file)
+        corpus_fp = corpus.fingerprint()
+        device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available()
+                                              else "cpu"))
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.teacher, revision=args.revision)
+        if tokenizer.mask_token_id is None:
+            raise ValueError(f"tokenizer of {args.teacher!r} has no mask token; a masked LM "
+                             f"teacher needs one")
+        if args.k > len(tokenizer):
+            raise ValueError(f"--k {args.k} is larger than the vocabulary of {args.teacher!r} "
+                             f"({len(tokenizer)} tokens)")
+        cfg = PassConfig(out=args.out, k=args.k, num_examples=args.num_examples,
+                         shard_size=args.shard_size, token_budget=args.token_budget,
+                         seed=args.seed, overwrite=args.overwrite, rank=rank, world_size=world)
+        model = AutoModelForMaskedLM.from_pretrained(
+            args.teacher, revision=args.revision, dtype=DTYPES[args.dtype],
+            attn_implementation="sdpa").to(device).eval()
+        revision = args.revision or getattr(model.config, "_commit_hash", None)
+        producer = producer_config(task, tokenizer, args.teacher, revision, args.dtype, cfg,
+                                   corpus_fp, splitter.config())
+        distributed = world > 1
+        if distributed and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        prepare_output(args.out, producer, args.overwrite, rank)
+        if distributed:
+            torch.distributed.barrier()
+        summary = run_teacher_pass(task, task.examples(corpus, args.seed), model, tokenizer, cfg,
+                                   producer, device)
+        if distributed:
+            torch.distributed.barrier()
+        if rank == 0:
+            finalize(args.out, summary)
+        _print_summary(summary, args.out, rank)
+        if distributed:
+            torch.distributed.destroy_process_group()
+        return 0
+    except (CorpusError, ConfigMismatch, ValueError, OSError) as err:
+        print(f"precompute-teacher: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Raw corpora: stream documents from text, JSONL or parquet files, and fingerprint them.
+
+Accepted inputs (a file, or a folder whose files are read in sorted order):
+  - ``.txt`` (or any other suffix): documents separated by blank lines; with
+    ``one_doc_per_file=True`` each file is one document;
+  - ``.jsonl`` / ``.json``: one JSON object per line with a ``text`` field (name configurable);
+  - ``.parquet``: a ``text`` column, read one row group at a time.
+Documents are streamed, never all held in memory. Bytes that are not UTF-8 raise a
+``CorpusError`` naming the file, line and byte offset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["CorpusError", "Corpus"]
+
+
+class CorpusError(ValueError):
+    """The corpus is missing, empty or unreadable; the message names the file."""
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise CorpusError(
+                    f"{path}: line {lineno} (byte {offset + err.start}) is not valid UTF-8: "
+                    f"{raw[max(err.start - 10, 0):err.start + 10]!r}; re-encode the file "
+                    f"as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+            offset += len(raw)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A corpus on disk; iterate it for documents (strings)."""
+
+    path: Path
+    text_field: str = "text"
+    one_doc_per_file: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.path.exists():
+            raise CorpusError(f"{self.path}: no such file or folder")
+
+    def files(self) -> list[Path]:
+        if self.path.is_file():
+            return [self.path]
+        files = sorted(p for p in self.path.rglob("*") if p.is_file()
+                       and not p.name.startswith("."))
+        if not files:
+            raise CorpusError(f"{self.path}: the folder holds no files")
+        return files
+
+    def __iter__(self) -> Iterator[str]:
+        found = False
+        for path in self.files():
+            for doc in self._documents(path):
+                doc = doc.strip()
+                if doc:
+                    found = True
+                    yield doc
+        if not found:
+            raise CorpusError(f"{self.path}: the corpus is empty (no non-blank document)")
+
+    def _documents(self, path: Path) -> Iterator[str]:
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            yield from self._parquet(path)
+        elif suffix in (".jsonl", ".json"):
+            for lineno, line in _text_lines(path):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise CorpusError(f"{path}: line {lineno} is not valid JSON: {err}") from None
+                text = record.get(self.text_field) if isinstance(record, dict) else None
+                if not isinstance(text, str):
+                    raise CorpusError(f"{path}: line {lineno} has no string field "
+                                      f"{self.text_field!r}")
+                yield text
+        elif self.one_doc_per_file:
+            yield "".join(line for _, line in _text_lines(path))
+        else:
+            lines: list[str] = []
+            for _, line in _text_lines(path):
+                if line.strip():
+                    lines.append(line.strip())
+                elif lines:
+                    yield " ".join(lines)
+                    lines = []
+            if lines:
+                yield " ".join(lines)
+
+    def _parquet(self, path: Path) -> Iterator[str]:
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as err:  # pyarrow raises several types for unreadable files
+            raise CorpusError(f"{path}: not a readable parquet file: {err}") from None
+        if self.text_field not in pf.schema_arrow.names:
+            raise CorpusError(f"{path}: no column {self.text_field!r} (columns: "
+                              f"{pf.schema_arrow.names})")
+        for group in range(pf.num_row_groups):
+            for text in pf.read_row_group(group, columns=[self.text_field]).column(0).to_pylist():
+                if text is not None:
+                    yield text
+
+    def fingerprint(self) -> str:
+        """sha256 over file names (relative) and contents, plus the reading options."""
+        h = hashlib.sha256(json.dumps([self.text_field, self.one_doc_per_file]).encode())
+        root = self.path if self.path.is_dir() else self.path.parent
+        for path in self.files():
+            h.update(str(path.relative_to(root)).encode() + b"\0")
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        return "sha256:" + h.hexdigest()

@@ -1,0 +1,80 @@
+"""The sentiment task: ``<s>x It was <mask>.</s>`` over single sentences, teacher-filtered.
+
+Every sentence of the corpus (within the splitter's length limits) is a candidate. The
+teacher pass reads the teacher's log-probabilities of the verbalizer words (terrible, bad,
+okay, good, great, each one leading-space token as in LM-BFF) at the mask, in the same forward
+that yields the stored top-k, and ``keep`` decides from them. Rules (``--filter-rule``):
+
+- ``max-prob``: keep when the largest verbalizer probability, renormalised over the
+  verbalizer, is at least ``threshold`` (the teacher is confident about one word);
+- ``polar``: keep when the renormalised mass of {terrible, bad} or of {good, great} is at
+  least ``threshold`` (the teacher is confident about the polarity);
+- ``none``: keep every sentence.
+
+A kept example's label is the teacher's argmax over the verbalizer (0 = terrible ... 4 = great).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Iterator
+
+import numpy as np
+
+from .corpus import Corpus
+from .sentences import SentenceSplitter
+from .tasks import TaskExample, register_task
+
+__all__ = ["SentimentTask", "FILTER_RULES"]
+
+FILTER_RULES = ("max-prob", "polar", "none")
+
+
+@register_task("sentiment")
+class SentimentTask:
+    template = "*cls**sent_0*_It_was*mask*.*sep+*"
+    max_length = 64
+    verbalizer = ("terrible", "bad", "okay", "good", "great")
+    group_size = 1
+
+    def __init__(self, splitter: SentenceSplitter, *, filter_rule: str = "max-prob",
+                 threshold: float = 0.5, shuffle_buffer: int = 10_000,
+                 template: str | None = None, max_length: int | None = None):
+        if filter_rule not in FILTER_RULES:
+            raise ValueError(f"unknown filter rule {filter_rule!r}; choose from {FILTER_RULES}")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be a probability, got {threshold}")
+        self.splitter, self.filter_rule, self.threshold = splitter, filter_rule, threshold
+        self.shuffle_buffer = shuffle_buffer
+        self.template = template or self.template
+        self.max_length = max_length or self.max_length
+
+    def examples(self, corpus: Corpus, seed: int) -> Iterator[TaskExample]:
+        """Sentences in a seeded, buffer-shuffled order (neighbours are not all one document)."""
+        rng = random.Random(seed)
+        buffer: list[TaskExample] = []
+        for doc_index, document in enumerate(corpus):
+            for i, sentence in enumerate(self.splitter.split(document)):
+                buffer.append(TaskExample((sentence,), -1, {"doc": doc_index, "i": i}))
+                if len(buffer) >= self.shuffle_buffer:
+                    yield buffer.pop(rng.randrange(len(buffer)))
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def keep(self, verbalizer_logprobs: np.ndarray) -> np.ndarray | None:
+        """(R, 5) teacher log-probabilities of the verbalizer -> (R,) bool, or None (keep all)."""
+        if self.filter_rule == "none":
+            return None
+        lp = verbalizer_logprobs.astype(np.float64)
+        p = np.exp(lp - lp.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        if self.filter_rule == "max-prob":
+            return p.max(axis=1) >= self.threshold
+        return np.maximum(p[:, :2].sum(1), p[:, 3:].sum(1)) >= self.threshold
+
+    def label(self, verbalizer_logprobs: np.ndarray) -> np.ndarray:
+        return verbalizer_logprobs.argmax(axis=1)
+
+    def config(self) -> dict[str, Any]:
+        return {"filter_rule": self.filter_rule, "threshold": self.threshold,
+                "shuffle_buffer": self.shuffle_buffer}

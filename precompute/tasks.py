@@ -1,0 +1,86 @@
+"""Intermediate tasks: what an example is, and the registry that names them.
+
+A task is a template (LM-BFF's language), a sampler that turns a corpus into examples, and an
+optional filter that the teacher's own distribution over the task's verbalizer decides. To add
+one, write a small module with a class like ``SentencePairTask`` and decorate it::
+
+    @register_task("my-task")
+    class MyTask:
+        template = "*cls**sent_0*_In_short,*mask*.*sep+*"
+        max_length = 64
+        verbalizer = ()                     # words whose teacher probabilities a filter reads
+
+        def __init__(self, splitter, **options): ...
+        def examples(self, corpus, seed) -> Iterator[TaskExample]: ...   # deterministic
+        def keep(self, verbalizer_logprobs) -> np.ndarray | None: ...   # None: keep all
+        def config(self) -> dict: ...       # recorded in the manifest
+
+then pass ``--task my-task`` (import your module first, e.g. with ``--plugin my_module``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+
+from .corpus import Corpus
+from .sentences import SentenceSplitter
+
+__all__ = ["TaskExample", "IntermediateTask", "register_task", "make_task", "task_names"]
+
+
+@dataclass(frozen=True)
+class TaskExample:
+    """Sentences to fill the template with, the rule label (-1: none) and provenance."""
+
+    sentences: tuple[str, ...]
+    label: int = -1
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class IntermediateTask(Protocol):
+    name: str
+    template: str
+    max_length: int
+    verbalizer: tuple[str, ...]
+
+    def examples(self, corpus: Corpus, seed: int) -> Iterator[TaskExample]: ...
+
+    def keep(self, verbalizer_logprobs: np.ndarray) -> np.ndarray | None: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+
+_REGISTRY: dict[str, Callable[..., IntermediateTask]] = {}
+
+
+def register_task(name: str) -> Callable:
+    def decorate(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"an intermediate task named {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return decorate
+
+
+def task_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def make_task(name: str, splitter: SentenceSplitter, **options: Any) -> IntermediateTask:
+    """Build a registered task; unknown names and unknown options are errors."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown intermediate task {name!r}; registered: {task_names()}")
+    try:
+        return _REGISTRY[name](splitter, **options)
+    except TypeError as err:
+        raise ValueError(f"task {name!r}: {err}") from None
+
+
+def _load_builtin() -> None:
+    from . import sentence_pair, sentiment  # noqa: F401  (registration side effect)

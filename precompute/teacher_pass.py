@@ -1,0 +1,287 @@
+"""The teacher pass: task examples -> teacher top-k at every mask -> store shards.
+
+Work is cut into shards by example index: shard ``i`` holds candidates
+``[i * shard_size, (i + 1) * shard_size)`` of the task's deterministic example stream (fewer
+after a teacher filter). Process ``r`` of ``w`` (torchrun / deepspeed launcher) owns the shards
+with ``i % w == r``, records each finished shard in its part manifest, and skips recorded
+shards when restarted with the same arguments; rank 0 merges the parts at the end. Within a
+shard, batches are length-bucketed to a token budget; results go back to example order before
+writing, so the bytes do not depend on batching order, ranks, or interruptions.
+
+Overlap: the main thread only runs the teacher. Results leave the GPU through non-blocking
+copies into pinned memory, and a writer thread (bounded queue) waits on each batch's CUDA
+event, then filters, encodes, compresses and writes, while the GPU computes the next batches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from smash.store import ShardFile, StoreWriter, finalize_store, shard_name, tokenizer_record
+from smash.store.codec import ChunkLayout
+from smash.store.manifest import Manifest
+
+from .batching import token_budget_batches
+from .tasks import IntermediateTask, TaskExample
+from .teacher_head import teacher_topk
+from .templates import EncodedPrompt, parse_template, verbalizer_ids
+
+__all__ = ["PassConfig", "PassSummary", "run_teacher_pass", "ConfigMismatch"]
+
+
+class ConfigMismatch(RuntimeError):
+    """The output folder holds a store made with another configuration."""
+
+
+@dataclass
+class PassConfig:
+    out: Path
+    k: int = 64
+    num_examples: int = 100_000
+    shard_size: int = 10_000
+    token_budget: int = 16_384
+    seed: int = 0
+    overwrite: bool = False
+    rank: int = 0
+    world_size: int = 1
+
+
+@dataclass
+class PassSummary:
+    examples: int = 0          # candidates sent through the teacher by this process
+    kept: int = 0              # examples written (after the filter)
+    shards: int = 0            # shards written by this process in this run
+    skipped_shards: int = 0    # finished in an earlier run
+    bytes: int = 0
+    real_tokens: int = 0
+    computed_tokens: int = 0
+    wall_s: float = 0.0
+    store_shards: int = 0      # after finalize (rank 0)
+    store_examples: int = 0
+    store_bytes: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.real_tokens / max(self.computed_tokens, 1)
+
+
+def _shards(stream: Iterator[TaskExample], cfg: PassConfig, total: int
+            ) -> Iterator[tuple[int, list[TaskExample]]]:
+    it = itertools.islice(stream, total)
+    for index in itertools.count():
+        chunk = list(itertools.islice(it, cfg.shard_size))
+        if not chunk:
+            return
+        yield index, chunk
+
+
+class _Writer(threading.Thread):
+    """Consumes finished batches and shards from a bounded queue; writes shards in order."""
+
+    def __init__(self, store: StoreWriter, task: IntermediateTask, k: int, vocab: int,
+                 summary: PassSummary):
+        super().__init__(daemon=True, name="smash-shard-writer")
+        self.queue: queue.Queue = queue.Queue(maxsize=8)
+        self.store, self.task, self.k, self.vocab, self.summary = store, task, k, vocab, summary
+        self.error: BaseException | None = None
+
+    def put(self, item: tuple) -> None:
+        while True:
+            if self.error is not None:
+                raise RuntimeError("the shard writer failed") from self.error
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def run(self) -> None:
+        try:
+            out: dict[str, np.ndarray] = {}
+            while (item := self.queue.get())[0] != "stop":
+                if item[0] == "begin":  # ("begin", shard index, examples, prompts)
+                    shard, out = item[1:], {}
+                elif item[0] == "batch":  # ("batch", example rows, CUDA event or None, outputs)
+                    _, rows, event, top = item
+                    if event is not None:
+                        event.synchronize()  # the non-blocking copies have landed
+                    for name, value in top.items():
+                        value = value.numpy()
+                        if name not in out:
+                            out[name] = np.empty((len(shard[1]), *value.shape[1:]), value.dtype)
+                        out[name][rows] = value
+                else:  # ("end",)
+                    self._write_shard(*shard, out)
+        except BaseException as err:  # handed to the main thread by put()/finish()
+            self.error = err
+
+    def _write_shard(self, index: int, examples: list[TaskExample],
+                     prompts: list[EncodedPrompt], out: dict[str, np.ndarray]) -> None:
+        keep = np.ones(len(examples), dtype=bool)
+        labels = np.array([ex.label for ex in examples])
+        if "extra" in out:
+            decided = self.task.keep(out["extra"][:len(examples)])
+            if decided is not None:
+                keep = decided
+            if hasattr(self.task, "label"):
+                labels = self.task.label(out["extra"][:len(examples)])
+        path = self.store.root / shard_name(index)
+        shard = ShardFile(path, k=self.k, vocab_size=self.vocab, layout=self.store.layout,
+                          chunk_size=self.store.chunk_size)
+        try:
+            for i in np.flatnonzero(keep):
+                shard.write({
+                    "input_ids": np.asarray(prompts[i].input_ids),
+                    "mask_positions": np.array([prompts[i].mask_position]),
+                    "topk_ids": out["ids"][i:i + 1], "topk_logprobs": out["logprobs"][i:i + 1],
+                    "tail_logmass": out["tail"][i:i + 1], "label": int(labels[i]),
+                    "meta": examples[i].meta or None,
+                })
+            info = shard.close()
+        except BaseException:
+            shard.abort()
+            raise
+        self.store.record(info)
+        self.summary.kept += info.samples
+        self.summary.shards += 1
+        self.summary.bytes += info.bytes
+
+    def finish(self) -> None:
+        self.put(("stop",))
+        self.join()
+        if self.error is not None:
+            raise RuntimeError("the shard writer failed") from self.error
+
+
+def producer_config(task: IntermediateTask, tokenizer, model_name: str, revision: str | None,
+                    dtype: str, cfg: PassConfig, corpus_fp: str, splitter: dict) -> dict:
+    verbalizer = list(task.verbalizer)
+    return {
+        "task": task.name, "task_options": task.config(), "template": task.template,
+        "max_length": task.max_length, "verbalizer": verbalizer,
+        "verbalizer_ids": verbalizer_ids(tokenizer, verbalizer) if verbalizer else [],
+        "teacher": {"name": model_name, "revision": revision, "dtype": dtype},
+        "k": cfg.k, "seed": cfg.seed, "num_examples": cfg.num_examples,
+        "shard_size": cfg.shard_size, "token_budget": cfg.token_budget,
+        "corpus_fingerprint": corpus_fp, "sentences": splitter,
+    }
+
+
+def prepare_output(out: Path, producer: dict, overwrite: bool, rank: int) -> None:
+    """Refuse a folder holding another configuration's store; with ``overwrite``, rank 0
+    clears it (callers with several ranks put a barrier after this)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(out.glob("manifest*.json")):
+        existing = Manifest.from_json(json.loads(path.read_text(encoding="utf-8")), str(path))
+        if existing.producer == producer:
+            continue
+        if not overwrite:
+            differing = sorted(key for key in set(producer) | set(existing.producer)
+                               if producer.get(key) != existing.producer.get(key))
+            raise ConfigMismatch(
+                f"{out} holds a store made with another configuration (differs in "
+                f"{', '.join(differing)}; see {path.name}); pass --overwrite to replace it "
+                f"or choose another --out")
+        if rank == 0:
+            for stale in [*out.glob("shard-*.tar"), *out.glob("manifest*.json")]:
+                stale.unlink()
+        break
+    if rank == 0:
+        for tmp in out.glob(".shard-*.tmp*"):
+            tmp.unlink(missing_ok=True)  # half-written shards of a killed run
+
+
+def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample], model, tokenizer,
+                     cfg: PassConfig, producer: dict, device: torch.device) -> PassSummary:
+    """Run the teacher over this process's shards of ``examples`` and write them."""
+    if tokenizer.mask_token_id is None:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no mask token")
+    vocab = len(tokenizer)
+    if cfg.k > vocab:
+        raise ValueError(f"--k {cfg.k} is larger than the vocabulary ({vocab} tokens)")
+    template = parse_template(task.template)
+    extra = producer["verbalizer_ids"]
+    extra_ids = torch.tensor(extra, device=device) if extra else None
+    store = StoreWriter(cfg.out, producer=producer, tokenizer=tokenizer_record(tokenizer),
+                        k=cfg.k, layout=ChunkLayout(), part=f"rank{cfg.rank}")
+    done = {s.name for s in store.shards}
+    summary = PassSummary()
+    writer = _Writer(store, task, cfg.k, vocab, summary)
+    writer.start()
+    pad = tokenizer.pad_token_id
+    t0 = time.perf_counter()
+    total = cfg.num_examples - cfg.num_examples % getattr(task, "group_size", 1)
+    mine = sum(min(cfg.shard_size, total - start) for start in range(0, total, cfg.shard_size)
+               if (start // cfg.shard_size) % cfg.world_size == cfg.rank)
+    bar = tqdm(total=mine, unit="ex", desc=f"teacher rank {cfg.rank}",
+               dynamic_ncols=True, smoothing=0.1)
+    try:
+        for index, chunk in _shards(examples, cfg, total):
+            if index % cfg.world_size != cfg.rank:
+                continue
+            if shard_name(index) in done and (cfg.out / shard_name(index)).exists():
+                summary.skipped_shards += 1
+                bar.update(len(chunk))
+                continue
+            prompts = [template.encode(tokenizer, ex.sentences, task.max_length) for ex in chunk]
+            lengths = [len(p.input_ids) for p in prompts]
+            writer.put(("begin", index, chunk, prompts))
+            for rows in token_budget_batches(lengths, cfg.token_budget):
+                longest = max(lengths[i] for i in rows)
+                ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+                for b, i in enumerate(rows):
+                    ids[b, :lengths[i]] = torch.tensor(prompts[i].input_ids)
+                attention = (torch.arange(longest)[None, :] < torch.tensor(
+                    [lengths[i] for i in rows])[:, None]).long()
+                positions = torch.tensor([prompts[i].mask_position for i in rows])
+                top = teacher_topk(model, ids.to(device, non_blocking=True),
+                                   attention.to(device, non_blocking=True),
+                                   torch.arange(len(rows), device=device),
+                                   positions.to(device), cfg.k, extra_ids)
+                cpu = {"ids": top.ids, "logprobs": top.logprobs, "tail": top.tail_logmass}
+                if top.extra_logprobs is not None:
+                    cpu["extra"] = top.extra_logprobs
+                event = None
+                if device.type == "cuda":
+                    cpu = {n: torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
+                        t, non_blocking=True) for n, t in cpu.items()}
+                    event = torch.cuda.Event()
+                    event.record()
+                writer.put(("batch", np.asarray(rows), event, cpu))
+                summary.real_tokens += sum(lengths[i] for i in rows)
+                summary.computed_tokens += len(rows) * longest
+                summary.examples += len(rows)
+                bar.update(len(rows))
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix(tok_s=f"{summary.real_tokens / elapsed:,.0f}",
+                                pad_eff=f"{summary.padding_efficiency:.3f}", refresh=False)
+            writer.put(("end",))
+        writer.finish()
+    except BaseException:
+        bar.close()
+        if writer.is_alive():
+            writer.queue.put(("stop",))
+            writer.join()
+        raise
+    bar.close()
+    summary.wall_s = time.perf_counter() - t0
+    return summary
+
+
+def finalize(out: Path, summary: PassSummary) -> None:
+    manifest = finalize_store(out)
+    summary.store_shards = len(manifest.shards)
+    summary.store_examples = manifest.num_samples
+    summary.store_bytes = manifest.num_bytes

@@ -1,0 +1,215 @@
+"""precompute-teacher: exact teacher outputs, task rules, resume, two processes, bad input."""
+
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+from smash.precompute import teacher_pass
+from smash.precompute.cli import main
+from smash.precompute.corpus import Corpus
+from smash.precompute.sentences import SentenceSplitter
+from smash.precompute.tasks import make_task
+from smash.precompute.templates import parse_template
+from smash.store import StoreDataset, load_manifest
+
+
+def run(tiny, out, *extra, task="sentence-pair", n=90, shard=30, k=16):
+    argv = ["--task", task, "--corpus", str(tiny["corpus"]), "--teacher", str(tiny["teacher"]),
+            "--out", str(out), "--num-examples", str(n), "--shard-size", str(shard),
+            "--k", str(k), "--dtype", "fp32", "--device", "cpu", "--token-budget", "1024",
+            *extra]
+    return main(argv)
+
+
+def store_files(out):
+    return {p.name: p.read_bytes() for p in sorted(Path(out).iterdir())
+            if p.name.startswith("shard-") or p.name == "manifest.json"}
+
+
+@pytest.fixture(scope="module")
+def pair_store(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pairs")
+    assert run(tiny, out) == 0
+    return out
+
+
+def test_stored_topk_equals_a_full_forward(tiny, pair_store):
+    model = AutoModelForMaskedLM.from_pretrained(tiny["teacher"]).eval()
+    examples = list(StoreDataset(pair_store, shuffle=False))
+    assert len(examples) == 90
+    for ex in examples[::7]:
+        ids = torch.as_tensor(ex["input_ids"])[None]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        row = logp[int(ex["mask_positions"][0])]
+        top = torch.topk(row, 16)
+        assert torch.equal(torch.as_tensor(ex["topk_ids"][0]).sort().values,
+                           top.indices.sort().values)
+        stored = torch.as_tensor(ex["topk_logprobs"][0].astype(np.float32))
+        expect = row[torch.as_tensor(ex["topk_ids"][0])]
+        torch.testing.assert_close(stored, expect.half().float(), atol=0, rtol=0)
+        tail = torch.logsumexp(row[torch.ones_like(row, dtype=torch.bool).index_fill_(
+            0, top.indices, False)], 0)
+        torch.testing.assert_close(torch.as_tensor(ex["tail_logmass"][0]), tail,
+                                   atol=1e-5, rtol=1e-5)
+        mass = torch.exp(expect).sum() + torch.exp(tail)
+        torch.testing.assert_close(mass, torch.tensor(1.0), atol=1e-5, rtol=0)
+
+
+def test_sentence_pair_labels_follow_the_rule(tiny, pair_store):
+    splitter = SentenceSplitter()
+    docs = [splitter.split(d) for d in Corpus(tiny["corpus"])]
+    tok = AutoTokenizer.from_pretrained(tiny["tokenizer"])
+    template = parse_template(make_task("sentence-pair", splitter).template)
+    examples = list(StoreDataset(pair_store, shuffle=False))
+    assert Counter(ex["label"] for ex in examples) == {0: 30, 1: 30, 2: 30}
+    for ex in examples:
+        meta = ex["meta"]
+        if ex["label"] == 2:
+            assert meta["j"] == meta["i"] + 1
+            pair = (docs[meta["doc"]][meta["i"]], docs[meta["doc"]][meta["j"]])
+        elif ex["label"] == 1:
+            assert abs(meta["i"] - meta["j"]) > 1
+            pair = (docs[meta["doc"]][meta["i"]], docs[meta["doc"]][meta["j"]])
+        else:
+            assert meta["doc"] != meta["other"]
+            continue
+        encoded = template.encode(tok, pair, 128)
+        assert list(ex["input_ids"]) == encoded.input_ids
+        assert int(ex["mask_positions"][0]) == encoded.mask_position
+
+
+def test_same_arguments_give_byte_identical_stores(tiny, pair_store, tmp_path):
+    assert run(tiny, tmp_path) == 0
+    assert store_files(tmp_path) == store_files(pair_store)
+
+
+def test_killed_run_resumes_to_the_same_store(tiny, pair_store, tmp_path, monkeypatch):
+    original = teacher_pass._Writer._write_shard
+    calls = []
+
+    def dying(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, *args)
+
+    monkeypatch.setattr(teacher_pass._Writer, "_write_shard", dying)
+    with pytest.raises(RuntimeError, match="shard writer failed"):
+        run(tiny, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("shard-*")) == ["shard-000000.tar"]
+    monkeypatch.setattr(teacher_pass._Writer, "_write_shard", original)
+    assert run(tiny, tmp_path) == 0
+    assert store_files(tmp_path) == store_files(pair_store)
+
+
+def test_two_processes_write_one_store(tiny, pair_store, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "smash.precompute.cli", "--task", "sentence-pair",
+             "--corpus", str(tiny["corpus"]), "--teacher", str(tiny["teacher"]),
+             "--out", str(tmp_path), "--num-examples", "90", "--shard-size", "30", "--k", "16",
+             "--dtype", "fp32", "--device", "cpu", "--token-budget", "1024"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+    assert sorted(p.name for p in tmp_path.glob("manifest.part-*")) == [
+        "manifest.part-rank0.json", "manifest.part-rank1.json"]
+    assert store_files(tmp_path) == store_files(pair_store)
+    keys = [ex["__key__"] for ex in StoreDataset(tmp_path)]
+    assert len(keys) == len(set(keys)) == 90
+
+
+def test_sentiment_filter_keeps_exactly_what_the_rule_selects(tiny, tmp_path):
+    splitter = SentenceSplitter()
+    task = make_task("sentiment", splitter, filter_rule="none")
+    candidates = [ex for ex, _ in zip(task.examples(Corpus(tiny["corpus"]), 0), range(60))]
+    tok = AutoTokenizer.from_pretrained(tiny["tokenizer"])
+    model = AutoModelForMaskedLM.from_pretrained(tiny["teacher"]).eval()
+    template = parse_template(task.template)
+    verb = tok.convert_tokens_to_ids(["Ġterrible", "Ġbad", "Ġokay", "Ġgood", "Ġgreat"])
+    probs = []
+    for ex in candidates:
+        enc = template.encode(tok, ex.sentences, 64)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([enc.input_ids])).logits[0, enc.mask_position]
+        probs.append(torch.softmax(logits.float()[verb], -1).max().item())
+    threshold = float(np.median(probs))
+    assert run(tiny, tmp_path, "--filter-rule", "max-prob", "--threshold", str(threshold),
+               task="sentiment", n=60, shard=25) == 0
+    kept = {(ex["meta"]["doc"], ex["meta"]["i"]) for ex in StoreDataset(tmp_path)}
+    expected = {(c.meta["doc"], c.meta["i"]) for c, p in zip(candidates, probs) if p >= threshold}
+    assert kept == expected and 0 < len(kept) < 60
+    manifest = load_manifest(tmp_path)
+    assert manifest.producer["task_options"]["filter_rule"] == "max-prob"
+    assert manifest.producer["task_options"]["threshold"] == threshold
+
+
+def test_changed_configuration_is_refused_and_nothing_is_lost(tiny, tmp_path, capsys):
+    assert run(tiny, tmp_path, n=30, shard=30) == 0
+    before = store_files(tmp_path)
+    assert run(tiny, tmp_path, n=30, shard=30, k=8) == 2
+    assert "another configuration (differs in k" in capsys.readouterr().err
+    assert store_files(tmp_path) == before
+    assert run(tiny, tmp_path, "--overwrite", n=30, shard=30, k=8) == 0
+    assert load_manifest(tmp_path).k == 8
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("empty", "corpus is empty"),
+    ("one-sentence-docs", "no document has 3 or more sentences"),
+    ("latin1", "line 2 (byte 27) is not valid UTF-8"),
+    ("no-mask-template", "must contain exactly one *mask*"),
+    ("big-k", "--k 5000 is larger than the vocabulary"),
+    ("no-mask-tokenizer", "has no mask token"),
+    ("multi-token-verbalizer", "not a single token"),
+])
+def test_bad_input_gets_a_clear_message(tiny, tmp_path, capsys, case, expected):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(Path(tiny["corpus"]).read_text())
+    teacher, extra, k = tiny["teacher"], [], 16
+    if case == "empty":
+        corpus.write_text("\n\n   \n")
+    elif case == "one-sentence-docs":
+        corpus.write_text("A single sentence about the river here.\n\nAnother lonely document "
+                          "sits right here.\n")
+    elif case == "latin1":
+        corpus.write_bytes(b"The first line is fine.\nCaf\xe9 au lait is ok.\n")
+    elif case == "no-mask-template":
+        extra = ["--template", "*cls**sent_0*_It_was.*sep+*"]
+    elif case == "big-k":
+        k = 5000
+    elif case == "no-mask-tokenizer":
+        teacher = tmp_path / "teacher"
+        tok = AutoTokenizer.from_pretrained(tiny["teacher"])
+        AutoModelForMaskedLM.from_pretrained(tiny["teacher"]).save_pretrained(teacher)
+        tok.mask_token = None
+        tok.save_pretrained(teacher)
+    elif case == "multi-token-verbalizer":
+        extra = ["--plugin", "odd_task_plugin"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user file")
+    argv = ["--task", "odd-words" if case == "multi-token-verbalizer" else "sentence-pair",
+            "--corpus", str(corpus), "--teacher", str(teacher), "--out", str(out),
+            "--num-examples", "30", "--k", str(k), "--dtype", "fp32", "--device", "cpu", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+    assert (out / "keep.txt").read_text() == "user file"
+    assert not list(out.glob("shard-*"))
