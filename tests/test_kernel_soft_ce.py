@@ -480,3 +480,19 @@ def test_kernel_compiles_for_hopper():
         timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_strided_logits_rows():
+    """Rows of a wider buffer (row stride != V) are read through their stride."""
+    gen = torch.Generator().manual_seed(36)
+    ids, lp, tail = make_teacher(3, V, 5, gen)
+    wide = make_logits(3, V + 24, torch.float32, gen)
+    logits = wide[:, :V].requires_grad_()
+    assert not logits.is_contiguous()
+    loss = soft_cross_entropy(logits, ids, lp, tail_logmass=tail, tail="bucket", impl="triton")
+    loss.backward()
+    ref, ref_grad = reference_f64(
+        logits, ids, lp, tail, tail="bucket", upstream=torch.tensor(1.0, dtype=torch.float64)
+    )
+    assert_close(loss, ref, LOSS_TOL[torch.float32])
+    assert_close(logits.grad, ref_grad, GRAD_TOL[torch.float32], grad=True)
