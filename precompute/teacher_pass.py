@@ -32,6 +32,7 @@ from smash.store import ShardFile, StoreWriter, finalize_store, shard_name, toke
 from smash.store.codec import ChunkLayout
 from smash.store.manifest import Manifest
 
+from .background import background
 from .batching import token_budget_batches
 from .tasks import IntermediateTask, TaskExample
 from .teacher_head import teacher_topk
@@ -203,79 +204,113 @@ def prepare_output(out: Path, producer: dict, overwrite: bool, rank: int) -> Non
             tmp.unlink(missing_ok=True)  # half-written shards of a killed run
 
 
+@dataclass
+class _Batch:
+    rows: np.ndarray               # indices into the shard's examples
+    input_ids: torch.Tensor        # (B, L), pinned on CUDA runs
+    attention_mask: torch.Tensor   # (B, L)
+    mask_positions: torch.Tensor   # (B,)
+    real_tokens: int
+
+
+def _prepare_shards(examples: Iterator[TaskExample], task: IntermediateTask, tokenizer,
+                    cfg: PassConfig, total: int, done: set[str], pin: bool) -> Iterator[tuple]:
+    """("skip", index, n) for shards not to compute here, else ("shard", index, examples,
+    prompts, batches): tokenized and batched, ready for the device."""
+    template = parse_template(task.template)
+    pad = tokenizer.pad_token_id
+    for index, chunk in _shards(examples, cfg, total):
+        if index % cfg.world_size != cfg.rank:
+            continue
+        if shard_name(index) in done and (cfg.out / shard_name(index)).exists():
+            yield ("skip", index, len(chunk))
+            continue
+        prompts = [template.encode(tokenizer, ex.sentences, task.max_length) for ex in chunk]
+        lengths = np.array([len(p.input_ids) for p in prompts])
+        batches = []
+        for rows in token_budget_batches(lengths, cfg.token_budget):
+            ids = torch.full((len(rows), int(lengths[rows].max())), pad, dtype=torch.long)
+            for b, i in enumerate(rows):
+                ids[b, :lengths[i]] = torch.tensor(prompts[i].input_ids)
+            attention = (torch.arange(ids.shape[1])[None, :] < torch.from_numpy(
+                lengths[rows])[:, None]).long()
+            positions = torch.tensor([prompts[i].mask_position for i in rows])
+            if pin:
+                ids, attention, positions = ids.pin_memory(), attention.pin_memory(), \
+                    positions.pin_memory()
+            batches.append(_Batch(rows, ids, attention, positions, int(lengths[rows].sum())))
+        yield ("shard", index, chunk, prompts, batches)
+
+
 def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample], model, tokenizer,
                      cfg: PassConfig, producer: dict, device: torch.device) -> PassSummary:
-    """Run the teacher over this process's shards of ``examples`` and write them."""
+    """Run the teacher over this process's shards of ``examples`` and write them.
+
+    Three threads: a prefetcher tokenizes and batches the next shard, this thread runs the
+    teacher, and the writer filters, encodes and writes finished shards.
+    """
     if tokenizer.mask_token_id is None:
         raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no mask token")
     vocab = len(tokenizer)
     if cfg.k > vocab:
         raise ValueError(f"--k {cfg.k} is larger than the vocabulary ({vocab} tokens)")
-    template = parse_template(task.template)
+    parse_template(task.template)  # a bad template fails here, before anything starts
     extra = producer["verbalizer_ids"]
     extra_ids = torch.tensor(extra, device=device) if extra else None
     store = StoreWriter(cfg.out, producer=producer, tokenizer=tokenizer_record(tokenizer),
                         k=cfg.k, layout=ChunkLayout(), part=f"rank{cfg.rank}")
-    done = {s.name for s in store.shards}
     summary = PassSummary()
     writer = _Writer(store, task, cfg.k, vocab, summary)
     writer.start()
-    pad = tokenizer.pad_token_id
-    t0 = time.perf_counter()
+    cuda = device.type == "cuda"
     total = cfg.num_examples - cfg.num_examples % getattr(task, "group_size", 1)
     mine = sum(min(cfg.shard_size, total - start) for start in range(0, total, cfg.shard_size)
                if (start // cfg.shard_size) % cfg.world_size == cfg.rank)
-    bar = tqdm(total=mine, unit="ex", desc=f"teacher rank {cfg.rank}",
-               dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(total=mine, unit="ex", desc=f"teacher rank {cfg.rank}", dynamic_ncols=True,
+               smoothing=0.1)
+    t0 = time.perf_counter()
+    shards = background(_prepare_shards(examples, task, tokenizer, cfg, total,
+                                        {s.name for s in store.shards}, pin=cuda))
     try:
-        for index, chunk in _shards(examples, cfg, total):
-            if index % cfg.world_size != cfg.rank:
-                continue
-            if shard_name(index) in done and (cfg.out / shard_name(index)).exists():
+        for item in shards:
+            if item[0] == "skip":
                 summary.skipped_shards += 1
-                bar.update(len(chunk))
+                bar.update(item[2])
                 continue
-            prompts = [template.encode(tokenizer, ex.sentences, task.max_length) for ex in chunk]
-            lengths = [len(p.input_ids) for p in prompts]
+            _, index, chunk, prompts, batches = item
             writer.put(("begin", index, chunk, prompts))
-            for rows in token_budget_batches(lengths, cfg.token_budget):
-                longest = max(lengths[i] for i in rows)
-                ids = torch.full((len(rows), longest), pad, dtype=torch.long)
-                for b, i in enumerate(rows):
-                    ids[b, :lengths[i]] = torch.tensor(prompts[i].input_ids)
-                attention = (torch.arange(longest)[None, :] < torch.tensor(
-                    [lengths[i] for i in rows])[:, None]).long()
-                positions = torch.tensor([prompts[i].mask_position for i in rows])
-                top = teacher_topk(model, ids.to(device, non_blocking=True),
-                                   attention.to(device, non_blocking=True),
-                                   torch.arange(len(rows), device=device),
-                                   positions.to(device), cfg.k, extra_ids)
-                cpu = {"ids": top.ids, "logprobs": top.logprobs, "tail": top.tail_logmass}
+            for batch in batches:
+                top = teacher_topk(model, batch.input_ids.to(device, non_blocking=True),
+                                   batch.attention_mask.to(device, non_blocking=True),
+                                   torch.arange(len(batch.rows), device=device),
+                                   batch.mask_positions.to(device, non_blocking=True), cfg.k,
+                                   extra_ids)
+                out = {"ids": top.ids, "logprobs": top.logprobs, "tail": top.tail_logmass}
                 if top.extra_logprobs is not None:
-                    cpu["extra"] = top.extra_logprobs
+                    out["extra"] = top.extra_logprobs
                 event = None
-                if device.type == "cuda":
-                    cpu = {n: torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
-                        t, non_blocking=True) for n, t in cpu.items()}
+                if cuda:  # copy back without waiting; the writer waits on the event
+                    out = {n: torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
+                        t, non_blocking=True) for n, t in out.items()}
                     event = torch.cuda.Event()
                     event.record()
-                writer.put(("batch", np.asarray(rows), event, cpu))
-                summary.real_tokens += sum(lengths[i] for i in rows)
-                summary.computed_tokens += len(rows) * longest
-                summary.examples += len(rows)
-                bar.update(len(rows))
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix(tok_s=f"{summary.real_tokens / elapsed:,.0f}",
+                writer.put(("batch", batch.rows, event, out))
+                summary.real_tokens += batch.real_tokens
+                summary.computed_tokens += batch.input_ids.numel()
+                summary.examples += len(batch.rows)
+                bar.update(len(batch.rows))
+                bar.set_postfix(tok_s=f"{summary.real_tokens / (time.perf_counter() - t0):,.0f}",
                                 pad_eff=f"{summary.padding_efficiency:.3f}", refresh=False)
             writer.put(("end",))
         writer.finish()
     except BaseException:
-        bar.close()
+        shards.close()
         if writer.is_alive():
             writer.queue.put(("stop",))
             writer.join()
         raise
-    bar.close()
+    finally:
+        bar.close()
     summary.wall_s = time.perf_counter() - t0
     return summary
 

@@ -1,0 +1,209 @@
+"""Teacher pass throughput: the whole ``precompute-teacher`` pipeline against a bare forward.
+
+    python benchmarks/bench_teacher_pass.py                      # CPU, small model
+    python benchmarks/bench_teacher_pass.py --device cuda --shape roberta-large --dtype fp16
+
+Runs ``run_teacher_pass`` (tokenize, bucket, teacher, top-k, background compress + write) on
+sentence pairs whose lengths follow short sentence pairs (20-128 tokens, lognormal around 48),
+then the bare teacher (``teacher_topk`` only) on exactly the same batches. Reports
+examples/s, real tokens/s, padding efficiency (real / computed tokens), overlap efficiency
+(pipeline throughput / bare-forward throughput) and, on GPU, achieved TFLOP/s and MFU.
+Models are built from a config with random weights (no downloads); the tokenizer is the tiny
+BPE, padded with never-used tokens to the model's vocabulary size so ids span it all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AddedToken, RobertaConfig, RobertaForMaskedLM
+
+from smash.precompute.batching import token_budget_batches
+from smash.precompute.tasks import TaskExample
+from smash.precompute.teacher_head import teacher_topk
+from smash.precompute.teacher_pass import PassConfig, producer_config, run_teacher_pass
+from smash.precompute.templates import parse_template
+from smash.precompute.tiny import train_tiny_tokenizer, write_tiny_corpus
+
+SHAPES = {  # the real architectures' dimensions; "cpu-small" keeps RoBERTa-large's proportions
+    "roberta-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                          intermediate_size=4096, vocab_size=50_265),
+    "cpu-small": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=2,
+                      intermediate_size=512, vocab_size=50_265),
+}
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense fp16/bf16 tensor cores
+
+
+class SyntheticPairs:
+    """Sentence pairs from the tiny corpus's words with realistic total lengths."""
+
+    name = "bench-pairs"
+    template = "*cls**sent-_0*?*mask*,*+sentl_1**sep+*"
+    max_length = 128
+    verbalizer = ()
+    group_size = 1
+
+    def __init__(self, words: list[str], seed: int = 0):
+        self.words, self.seed = words, seed
+
+    def examples(self, corpus, seed):
+        rng = random.Random(self.seed)
+        while True:
+            n = int(np.clip(round(rng.lognormvariate(np.log(40), 0.4)), 14, 115))
+            a = rng.randint(max(3, n // 4), max(4, 3 * n // 4))
+            yield TaskExample((" ".join(rng.choices(self.words, k=a)) + ".",
+                               " ".join(rng.choices(self.words, k=max(n - a, 3))) + "."), -1)
+
+    def keep(self, verbalizer_logprobs):
+        return None
+
+    def config(self):
+        return {"seed": self.seed}
+
+
+def padded_tokenizer(root: Path, vocab_size: int):
+    corpus = write_tiny_corpus(root / "corpus.txt", n_docs=200)
+    tok = train_tiny_tokenizer([corpus], root / "tok")
+    tok.add_tokens([AddedToken(f"<unused{i}>", special=True)
+                    for i in range(vocab_size - len(tok))])
+    words = sorted({w.strip(".,?") for w in corpus.read_text().split()} - {""})
+    return tok, words
+
+
+def model_flops(config: RobertaConfig, batches: list[tuple[int, int]], rows: int) -> float:
+    """Forward FLOPs: 2 x (non-embedding weights) per computed token, attention scores and
+    values (4 x L x H per token per layer), and the LM head on mask rows only."""
+    h, layers, ff, v = (config.hidden_size, config.num_hidden_layers, config.intermediate_size,
+                        config.vocab_size)
+    per_token = 2 * layers * (4 * h * h + 2 * h * ff)
+    total = 0.0
+    for b, length in batches:
+        total += b * length * per_token + 4 * layers * b * length * length * h
+    return total + rows * 2 * (h * h + h * v)
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="smash-teacher-bench-"))
+    shape = SHAPES[args.shape]
+    tok, words = padded_tokenizer(work, shape["vocab_size"])
+    config = RobertaConfig(**shape, max_position_embeddings=514, type_vocab_size=1,
+                           pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = RobertaForMaskedLM(config).to(device=device, dtype=dtype).eval()
+    model.config._attn_implementation = "sdpa"
+    task = SyntheticPairs(words)
+    cfg = PassConfig(out=work / "store", k=args.k, num_examples=args.examples,
+                     shard_size=args.shard_size, token_budget=args.token_budget)
+    producer = producer_config(task, tok, f"random {args.shape}", None, args.dtype, cfg,
+                               "synthetic", {})
+    # Warm-up (kernels, allocator) on a separate store.
+    warm = PassConfig(out=work / "warm", k=args.k, num_examples=min(512, args.examples),
+                      shard_size=512, token_budget=args.token_budget)
+    run_teacher_pass(task, task.examples(None, 0), model, tok, warm, producer, device)
+    summary = run_teacher_pass(task, task.examples(None, 0), model, tok, cfg, producer, device)
+
+    # The bare teacher on exactly the same batches, inputs already on the device.
+    template = parse_template(task.template)
+    stream = task.examples(None, 0)
+    batches, rows_total = [], 0
+    for start in range(0, args.examples, args.shard_size):
+        chunk = [next(stream) for _ in range(min(args.shard_size, args.examples - start))]
+        prompts = [template.encode(tok, ex.sentences, task.max_length) for ex in chunk]
+        lengths = [len(p.input_ids) for p in prompts]
+        for rows in token_budget_batches(lengths, args.token_budget):
+            longest = max(lengths[i] for i in rows)
+            ids = torch.full((len(rows), longest), tok.pad_token_id, dtype=torch.long)
+            for b, i in enumerate(rows):
+                ids[b, :lengths[i]] = torch.tensor(prompts[i].input_ids)
+            att = (ids != tok.pad_token_id).long()
+            pos = torch.tensor([prompts[i].mask_position for i in rows])
+            batches.append((ids.to(device), att.to(device), pos.to(device)))
+            rows_total += len(rows)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for ids, att, pos in batches:
+        teacher_topk(model, ids, att, torch.arange(len(ids), device=device), pos, args.k)
+    sync()
+    bare_s = time.perf_counter() - t0
+
+    flops = model_flops(config, [tuple(b[0].shape) for b in batches], rows_total)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = next((v for key, v in PEAK_TFLOPS.items() if key in name), None)
+    result = {
+        "benchmark": "teacher_pass", "device": name, "shape": args.shape, "dtype": args.dtype,
+        "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "examples": summary.examples, "shards": summary.shards, "k": args.k,
+        "token_budget": args.token_budget, "batches": len(batches),
+        "mean_length": summary.real_tokens / summary.examples,
+        "pipeline_s": summary.wall_s, "bare_forward_s": bare_s,
+        "examples_per_s": summary.examples / summary.wall_s,
+        "real_tokens_per_s": summary.real_tokens / summary.wall_s,
+        "bare_real_tokens_per_s": summary.real_tokens / bare_s,
+        "padding_efficiency": summary.padding_efficiency,
+        "overlap_efficiency": bare_s / summary.wall_s,
+        "achieved_tflops": flops / summary.wall_s / 1e12,
+        "mfu": (flops / summary.wall_s / 1e12 / peak) if peak else None,
+        "store_bytes_per_example": summary.bytes / max(summary.kept, 1),
+    }
+    result["targets"] = {
+        "padding efficiency >= 0.95": result["padding_efficiency"] >= 0.95,
+        "overlap efficiency >= 0.97": result["overlap_efficiency"] >= 0.97,
+    }
+    if device.type == "cuda":
+        result["targets"][">= 1,000,000 real tokens/s"] = result["real_tokens_per_s"] >= 1e6
+    return result
+
+
+def print_table(r: dict) -> None:
+    print(f"\nteacher pass: {r['shape']} ({r['params_M']:.0f}M params, {r['dtype']}) on "
+          f"{r['device']}, {r['examples']:,} examples in {r['shards']} shards, k={r['k']}, "
+          f"token budget {r['token_budget']:,}, mean length {r['mean_length']:.1f}\n")
+    rows = [("examples/s", f"{r['examples_per_s']:,.1f}"),
+            ("real tokens/s (pipeline)", f"{r['real_tokens_per_s']:,.0f}"),
+            ("real tokens/s (bare forward)", f"{r['bare_real_tokens_per_s']:,.0f}"),
+            ("padding efficiency", f"{r['padding_efficiency']:.3f}"),
+            ("overlap efficiency", f"{r['overlap_efficiency']:.3f}"),
+            ("achieved TFLOP/s", f"{r['achieved_tflops']:.2f}"),
+            ("MFU", f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a (no GPU peak)"),
+            ("store bytes/example", f"{r['store_bytes_per_example']:.1f}")]
+    for name, value in rows:
+        print(f"  {name:<30}{value:>14}")
+    for name, ok in r["targets"].items():
+        print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
+    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp32")
+    p.add_argument("--examples", type=int, default=16_384)
+    p.add_argument("--shard-size", type=int, default=2048)
+    p.add_argument("--token-budget", type=int, default=4096)
+    p.add_argument("--k", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    args = p.parse_args()
+    result = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"teacher_pass_{args.device.split(':')[0]}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print_table(result)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Run an iterator in a background thread, a bounded number of items ahead of its consumer."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterable, Iterator, TypeVar
+
+__all__ = ["background"]
+
+T = TypeVar("T")
+_DONE = object()
+
+
+def background(items: Iterable[T], ahead: int = 2) -> Iterator[T]:
+    """Yield ``items`` as produced by a daemon thread; its exceptions re-raise here.
+
+    Used to tokenize and batch the next shard while the teacher runs on the current one.
+    Closing the generator early stops the thread at its next item.
+    """
+    q: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as err:  # delivered to the consumer
+            q.put(err)
+
+    thread = threading.Thread(target=produce, daemon=True, name="smash-prefetch")
+    thread.start()
+    try:
+        while (item := q.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
