@@ -1,0 +1,116 @@
+"""``train-student``: distil a student from teacher stores with DeepSpeed.
+
+    train-student --store stores/pairs --out runs/pairs                    # paper defaults
+    train-student --config paper-sentiment --store stores/sent --out runs/sent --precision bf16
+    train-student --config my.json --store stores/pairs@2 --store stores/sent@1 --out runs/mix
+    train-student --config my.json --out runs/mix --resume                 # continue exactly
+    train-student --config my.json --out runs/mix --resume --export-only   # export now
+    deepspeed --num_gpus 8 --module smash.train.cli --store ... --out ...  # many GPUs
+    torchrun --nproc_per_node 8 -m smash.train.cli --store ... --out ...
+
+Flags override the config's keys; ``--config`` is a JSON file or a shipped name
+(``paper-sentence-pair``, the default, or ``paper-sentiment``). ``--teacher`` switches to the
+online-teacher mode, the only mode that loads a teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from .config import LOSS_IMPLS, OBJECTIVES, ConfigError, load_config
+
+__all__ = ["build_parser", "main", "parse_store"]
+
+
+def parse_store(text: str) -> dict:
+    """``PATH`` or ``PATH@WEIGHT`` -> a store entry of the config."""
+    path, sep, weight = text.rpartition("@")
+    if sep:
+        try:
+            return {"path": path, "weight": float(weight)}
+        except ValueError:
+            pass
+    return {"path": text}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train-student", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="paper-sentence-pair",
+                   help="config JSON, or a shipped name (default: %(default)s)")
+    p.add_argument("--store", action="append", type=parse_store, metavar="PATH[@WEIGHT]",
+                   help="a teacher store to train on (repeat to mix; replaces the config's)")
+    p.add_argument("--eval-store", help="held-out store for KL(teacher || student)")
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--student", help="AutoModelForMaskedLM path or name")
+    p.add_argument("--out", dest="output_dir", help="output folder")
+    p.add_argument("--objective", choices=OBJECTIVES)
+    p.add_argument("--loss", choices=LOSS_IMPLS, help="kernel, or the fused-linear kernel")
+    p.add_argument("--kernel-impl", choices=("auto", "triton", "torch"))
+    p.add_argument("--tail", choices=("renorm", "bucket", "uniform"))
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--export-every", type=int)
+    p.add_argument("--export-name")
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--record-keys", action="store_true", default=None,
+                   help="write the key of every trained sample to keys/rank<r>.jsonl")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
+                   help="overrides the DeepSpeed config's fp16/bf16 sections")
+    p.add_argument("--teacher", help="online-teacher mode: compute targets with this live teacher")
+    p.add_argument("--teacher-k", type=int, help="online mode: teacher top-k (default: vocab)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--stop-at-step", type=int,
+                   help="checkpoint and stop at this step, keeping the max-steps schedule "
+                        "(for time-limited job slots; continue with --resume)")
+    p.add_argument("--export-only", action="store_true",
+                   help="with --resume: export the newest checkpoint's student and exit")
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+    from smash.store import StoreError
+
+    from .trainer import Trainer
+
+    args = build_parser().parse_args(argv)
+    if args.export_only and not args.resume:
+        print("train-student: error: --export-only exports a checkpoint: add --resume")
+        return 2
+    overrides = {name: getattr(args, name) for name in (
+        "output_dir", "student", "objective", "loss", "kernel_impl", "tail", "temperature",
+        "max_steps", "seed", "num_workers", "checkpoint_every", "export_every", "export_name",
+        "log_every", "record_keys", "teacher", "teacher_k", "eval_every")}
+    overrides["stores"] = args.store
+    overrides["eval_store"] = args.eval_store
+    trainer = None
+    try:
+        config = load_config(args.config, **overrides)
+        trainer = Trainer(config, precision=args.precision, resume=args.resume)
+        trainer.setup()
+        if args.export_only:
+            print(f"exported {trainer.export()}")
+        else:
+            step = trainer.train(stop_at_step=args.stop_at_step)
+            if trainer.rank == 0:
+                done = "finished" if step == config.max_steps else "stopped"
+                print(f"{done} at step {step}; outputs in {config.output_dir}")
+    except (ConfigError, StoreError, ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"train-student: error: {err}")
+        return 2
+    finally:
+        if trainer is not None and hasattr(trainer, "logger"):
+            trainer.cleanup()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

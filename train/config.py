@@ -1,0 +1,243 @@
+"""``train-student``'s configuration: one JSON file, validated before anything is loaded.
+
+A config is a JSON object with the trainer's keys (``TrainConfig``'s fields) and a
+``deepspeed`` section, which is a DeepSpeed config (inline, or the path of a DeepSpeed JSON
+file, relative to the config). Unknown keys are errors, so a typo never falls back to a
+default silently. The shipped configs (``smash/train/configs/*.json``) hold the paper's
+defaults (appendix A.1): batch 128, lr 1e-4, 200k steps, max length 128 (sentence pairs)
+or 64 (sentiment); a run names its stores and output folder on the command line.
+
+Example::
+
+    {"student": "distilroberta-base",
+     "stores": [{"path": "stores/pairs", "weight": 2}, {"path": "stores/sentiment"}],
+     "objective": "ce", "tail": "bucket", "max_steps": 200000, "output_dir": "runs/a",
+     "deepspeed": {"train_batch_size": 128, "train_micro_batch_size_per_gpu": 32,
+                   "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, ...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smash.kernels import TAIL_MODES
+
+__all__ = [
+    "LOSS_IMPLS",
+    "OBJECTIVES",
+    "SHIPPED",
+    "ConfigError",
+    "StoreSpec",
+    "TrainConfig",
+    "load_config",
+    "shipped_config_path",
+]
+
+OBJECTIVES = ("ce", "hard", "rule")
+LOSS_IMPLS = ("kernel", "fused_linear")
+_CONFIG_DIR = Path(__file__).with_name("configs")
+SHIPPED = {"paper-sentence-pair": "paper_sentence_pair.json",
+           "paper-sentiment": "paper_sentiment.json"}
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """One input store and its share of the micro-batches.
+
+    ``verbalizer``: label words for the ``hard`` and ``rule`` objectives; by default the
+    store's own (manifest ``producer.verbalizer``) or the task's (see ``objectives``).
+    """
+
+    path: str
+    weight: float = 1.0
+    verbalizer: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs; ``deepspeed`` is the resolved DeepSpeed config dict."""
+
+    output_dir: str
+    deepspeed: dict[str, Any]
+    stores: tuple[StoreSpec, ...] = ()
+    student: str = "distilroberta-base"
+    objective: str = "ce"             # ce | hard | rule (paper 4.4)
+    loss: str = "kernel"              # kernel: LM head then soft-CE; fused_linear: never the logits
+    kernel_impl: str = "auto"         # smash.kernels impl=: auto | triton | torch
+    temperature: float = 1.0
+    tail: str = "bucket"              # how the teacher's tail mass enters the loss
+    scale_t2: bool = False
+    max_steps: int = 200_000          # optimizer steps
+    max_length: int | None = None     # refuse stores whose examples may be longer
+    seed: int = 42
+    num_workers: int = 2              # DataLoader workers per rank
+    checkpoint_every: int = 5_000
+    keep_checkpoints: int = 2
+    export_every: int = 0
+    export_name: str = "student"
+    log_every: int = 10
+    eval_store: str | None = None     # held-out store for KL(teacher || student) at the masks
+    eval_every: int = 0
+    eval_examples: int = 512
+    record_keys: bool = False         # write the key of every trained sample (data audits)
+    teacher: str | None = None        # online-teacher mode: the only mode that loads a teacher
+    teacher_k: int | None = None      # online mode: top-k of the live teacher (None: vocabulary)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["stores"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()
+                          if v is not None} for s in out["stores"]]
+        return out
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return _validate({**self.to_json(), **changes}, base=None)
+
+
+def shipped_config_path(name: str) -> Path:
+    """Path of a shipped config by its name (``paper-sentence-pair``, ``paper-sentiment``)."""
+    if name not in SHIPPED:
+        raise ConfigError(f"no shipped config {name!r}; shipped: {sorted(SHIPPED)}")
+    return _CONFIG_DIR / SHIPPED[name]
+
+
+def load_config(source: str | Path | dict[str, Any], **overrides: Any) -> TrainConfig:
+    """Read (a path, a shipped name or a dict), apply ``overrides`` (None = keep), validate."""
+    base: Path | None = None
+    if isinstance(source, dict):
+        data = dict(source)
+    else:
+        path = shipped_config_path(str(source)) if str(source) in SHIPPED else Path(source)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file (shipped configs: "
+                              f"{sorted(SHIPPED)})") from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config must be a JSON object")
+        base = path.parent
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return _validate(data, base)
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _validate(data: dict[str, Any], base: Path | None) -> TrainConfig:
+    known = _fields()
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+    for name in ("output_dir", "deepspeed"):
+        if data.get(name) is None:
+            raise ConfigError(f"config key {name!r} is required")
+    values = dict(data)
+    values["stores"] = tuple(_store(s, i) for i, s in enumerate(data.get("stores", [])))
+    values["deepspeed"] = _deepspeed_section(data["deepspeed"], base)
+    for name, f in known.items():
+        if name in ("stores", "deepspeed") or name not in values:
+            continue
+        values[name] = _typed(name, values[name], f.type)
+    cfg = TrainConfig(**values)
+    _check_ranges(cfg)
+    return cfg
+
+
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
+
+
+def _typed(name: str, value: Any, annotation: str) -> Any:
+    """Check ``value`` against a field annotation such as ``'int | None'``."""
+    options = [a.strip() for a in str(annotation).split("|")]
+    if value is None and "None" in options:
+        return None
+    for option in options:
+        expected = _TYPES.get(option)
+        if expected is None:
+            continue
+        if isinstance(value, bool) and option != "bool":
+            continue  # JSON true is not a number
+        if isinstance(value, expected):
+            return float(value) if option == "float" else value
+    raise ConfigError(f"config key {name!r} must be {annotation}, got {value!r}")
+
+
+def _store(raw: Any, index: int) -> StoreSpec:
+    if isinstance(raw, str):
+        raw = {"path": raw}
+    if not isinstance(raw, dict) or "path" not in raw:
+        raise ConfigError(f"stores[{index}] must be a path or an object with a 'path', got {raw!r}")
+    allowed = {f.name for f in dataclasses.fields(StoreSpec)}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"stores[{index}]: unknown key(s) {unknown}; known: {sorted(allowed)}")
+    weight = _typed(f"stores[{index}].weight", raw.get("weight", 1.0), "float")
+    if weight <= 0:
+        raise ConfigError(f"stores[{index}].weight must be > 0, got {weight}")
+    words = raw.get("verbalizer")
+    if words is not None and (not isinstance(words, list) or not all(
+            isinstance(w, str) for w in words) or len(words) < 2):
+        raise ConfigError(f"stores[{index}].verbalizer must be a list of at least two words")
+    return StoreSpec(path=str(raw["path"]), weight=weight,
+                     verbalizer=tuple(words) if words is not None else None)
+
+
+def _deepspeed_section(raw: Any, base: Path | None) -> dict[str, Any]:
+    if isinstance(raw, str):
+        path = Path(raw) if base is None or Path(raw).is_absolute() else base / raw
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"deepspeed config {path}: cannot be read: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("'deepspeed' must be a DeepSpeed config object or the path of one")
+    stage = raw.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2):
+        raise ConfigError(f"deepspeed zero_optimization.stage must be 0, 1 or 2, got {stage!r}: "
+                          "stage 3 partitions the weights, which the mask-only LM head and "
+                          "the export read whole")
+    if raw.get("fp16", {}).get("enabled") and raw.get("bf16", {}).get("enabled"):
+        raise ConfigError("deepspeed: fp16 and bf16 cannot both be enabled")
+    optimizer = raw.get("optimizer", {})
+    if str(optimizer.get("type", "")).lower() not in ("adamw", "adam"):
+        raise ConfigError(f"deepspeed optimizer must be AdamW (with 'params'), got {optimizer!r}")
+    if "train_micro_batch_size_per_gpu" not in raw:
+        raise ConfigError("deepspeed config needs 'train_micro_batch_size_per_gpu'")
+    return raw
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(cfg.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got "
+                                      f"{cfg.objective!r}")
+    need(cfg.loss in LOSS_IMPLS, f"loss must be one of {LOSS_IMPLS}, got {cfg.loss!r}")
+    need(cfg.kernel_impl in ("auto", "triton", "torch"),
+         f"kernel_impl must be auto, triton or torch, got {cfg.kernel_impl!r}")
+    need(cfg.tail in TAIL_MODES, f"tail must be one of {TAIL_MODES}, got {cfg.tail!r}")
+    need(cfg.temperature > 0, f"temperature must be > 0, got {cfg.temperature}")
+    need(cfg.max_steps >= 1, f"max_steps must be >= 1, got {cfg.max_steps}")
+    for name in ("checkpoint_every", "export_every", "eval_every", "num_workers"):
+        need(getattr(cfg, name) >= 0, f"{name} must be >= 0")
+    for name in ("keep_checkpoints", "log_every", "eval_examples"):
+        need(getattr(cfg, name) >= 1, f"{name} must be >= 1")
+    need(cfg.max_length is None or cfg.max_length >= 3, "max_length must be >= 3")
+    need(cfg.teacher_k is None or cfg.teacher_k >= 1, "teacher_k must be >= 1")
+    need(cfg.eval_every == 0 or cfg.eval_store is not None, "eval_every needs an eval_store")
+    need(cfg.teacher is None or cfg.objective != "rule",
+         "objective 'rule' uses no teacher outputs: drop the online teacher")
+    need(cfg.teacher_k is None or cfg.teacher is not None, "teacher_k needs a teacher")
+    need("/" not in cfg.export_name and cfg.export_name not in ("", ".", ".."),
+         f"export_name must be a plain folder name, got {cfg.export_name!r}")

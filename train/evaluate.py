@@ -1,0 +1,68 @@
+"""Held-out KL(teacher || student) at the mask positions of a store.
+
+The teacher is known through its top-k and tail mass ``r``, so the KL is taken between the
+(k+1)-outcome coarsenings: the k top tokens and "everything else"::
+
+    KL = sum_i p_i (log p_i - log s_i) + r (log r - log S_tail),   S_tail = student mass off the top-k
+
+This is exact when the store keeps the whole vocabulary (k = V, r = 0) and a lower bound of
+the full KL otherwise (coarsening never increases a KL). Stored float16 probabilities are
+renormalised with ``r`` so that they sum to one.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+from smash.precompute.teacher_head import lm_head_of, mask_hidden_states
+from smash.store import StoreDataset, collate_examples
+
+__all__ = ["heldout_kl", "masked_kl_rows"]
+
+
+def masked_kl_rows(student_logits: torch.Tensor, topk_ids: torch.Tensor,
+                   topk_logprobs: torch.Tensor, tail_logmass: torch.Tensor) -> torch.Tensor:
+    """Per-row KL (R,) in nats between the stored teacher and the student's logits (R, V)."""
+    logs = torch.log_softmax(student_logits.float(), dim=-1)                  # (R, V)
+    top = topk_logprobs.float()
+    tail = tail_logmass.float()
+    norm = torch.logsumexp(torch.cat([top, tail[:, None]], dim=1), dim=1, keepdim=True)
+    top, tail = top - norm, tail - norm[:, 0]
+    s_top = logs.gather(1, topk_ids)                                           # (R, k)
+    s_tail = torch.logsumexp(logs.scatter(1, topk_ids, float("-inf")), dim=1)  # (R,)
+    kl = (top.exp() * (top - s_top)).sum(dim=1)
+    tail_term = torch.where(torch.isfinite(tail), tail.exp() * (tail - s_tail),
+                            torch.zeros_like(tail))
+    return kl + tail_term
+
+
+@torch.no_grad()
+def heldout_kl(model: torch.nn.Module, store: str, *, pad_id: int, device: torch.device,
+               max_examples: int = 512, batch_size: int = 32) -> dict[str, Any]:
+    """Mean KL over the mask rows of the first ``max_examples`` examples of ``store``.
+
+    Under torch.distributed each rank reads its own part and the sums are all-reduced, so
+    every rank returns the same numbers. ``model`` is put in eval mode and back.
+    """
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = torch.distributed.get_world_size() if distributed else 1
+    stream = StoreDataset(store, shuffle=False, epochs=1)
+    examples = iter(itertools.islice(stream, -(-max_examples // world)))
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)                # (sum KL, rows)
+    while chunk := list(itertools.islice(examples, batch_size)):
+        b = collate_examples(chunk, pad_id)
+        hidden = mask_hidden_states(model, b["input_ids"].to(device),
+                                    b["attention_mask"].to(device), b["mask_batch"].to(device),
+                                    b["mask_positions"].to(device))
+        rows = masked_kl_rows(lm_head_of(model)(hidden), b["topk_ids"].to(device),
+                              b["topk_logprobs"].to(device), b["tail_logmass"].to(device))
+        total += torch.stack([rows.double().sum(), torch.tensor(float(len(rows)),
+                                                                 device=device).double()])
+    model.train(was_training)
+    if distributed:
+        torch.distributed.all_reduce(total)
+    return {"kl": float(total[0] / total[1].clamp(min=1)), "rows": int(total[1])}

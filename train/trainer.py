@@ -1,0 +1,273 @@
+"""The distillation recipe: setup, train, save_checkpoint, export, cleanup.
+
+Read top to bottom, this is the whole of ``train-student``; every step it takes is a small
+library piece (config, data, student, engine, checkpoint, export, metrics, evaluate).
+
+    trainer = Trainer(load_config("paper-sentence-pair", stores=[...], output_dir="runs/a"))
+    trainer.setup()            # checks every store against the student, builds the engine
+    trainer.train()            # max_steps optimizer steps, checkpoints, logs, final export
+    trainer.cleanup()
+
+Output folder::
+
+    config.json           the validated config this run uses
+    metrics.jsonl         loss, lr, grad norm, samples/s, tokens/s, held-out KL (rank 0)
+    tensorboard/          the same scalars, when TensorBoard is installed
+    checkpoints/          DeepSpeed checkpoints with every rank's stream and RNG state
+    <export_name>/        the exported student (HF folder), at the end
+    exports/<export_name>_step<N>/   periodic exports (export_every)
+    keys/rank<r>.jsonl    the sample keys of each step (record_keys)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from smash.precompute.templates import verbalizer_ids
+from smash.store import FingerprintMismatch, check_tokenizer, load_manifest, tokenizer_fingerprint
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import make_loader
+from .engine import build_engine, device_of, resolve_deepspeed
+from .evaluate import heldout_kl
+from .export import check_export_path, export_student
+from .metrics import MetricsLogger
+from .objectives import store_verbalizer
+from .student import STEP_KEYS, DistillStudent, OnlineTeacher
+
+__all__ = ["Trainer"]
+
+_ROBERTA_POSITIONS = {"roberta", "xlm-roberta", "camembert", "data2vec-text"}
+
+
+class Trainer:
+    """One distillation run. ``precision`` (fp32 | fp16 | bf16) overrides the DeepSpeed config;
+    ``resume`` continues from the newest checkpoint in ``output_dir``."""
+
+    def __init__(self, config: TrainConfig, *, precision: str | None = None,
+                 resume: bool = False):
+        self.cfg, self.precision, self.resume = config, precision, resume
+        self.out = Path(config.output_dir)
+        self.step = 0
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Check inputs first (cheap, clear errors), then load, then build the engine."""
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        cfg = self.cfg
+        if not cfg.stores:
+            raise ValueError("no stores to train on: give at least one (--store PATH)")
+        check_export_path(self.out / cfg.export_name)
+        self._check_output_dir()
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.student)
+        self.manifests = [load_manifest(s.path) for s in cfg.stores]
+        for spec, manifest in zip(cfg.stores, self.manifests):
+            check_tokenizer(manifest, self.tokenizer, spec.path)
+        if cfg.eval_store is not None:
+            check_tokenizer(load_manifest(cfg.eval_store), self.tokenizer, cfg.eval_store)
+        words = [store_verbalizer(cfg.objective, m.producer, s.verbalizer, s.path)
+                 for s, m in zip(cfg.stores, self.manifests)]
+        self.verbalizers = [None if w is None else verbalizer_ids(self.tokenizer, w)
+                            for w in words]
+
+        torch.manual_seed(cfg.seed)
+        model = AutoModelForMaskedLM.from_pretrained(cfg.student, dtype=torch.float32)
+        self._check_lengths(model)
+        self.module = DistillStudent(model, objective=cfg.objective, verbalizers=self.verbalizers,
+                                     loss=cfg.loss, tail=cfg.tail, temperature=cfg.temperature,
+                                     scale_t2=cfg.scale_t2, kernel_impl=cfg.kernel_impl)
+        self.ds_config = resolve_deepspeed(cfg.deepspeed, max_steps=cfg.max_steps,
+                                           precision=self.precision)
+        self.engine = build_engine(self.module, self.ds_config)
+        self.rank, self.world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        # DeepSpeed reports the gradient norm from its ZeRO and mixed-precision optimizers only
+        self._own_grad_norm = not (self.engine.zero_optimization() or
+                                   self.engine.fp16_enabled() or self.engine.bfloat16_enabled())
+        self._grad_norm: float | None = None
+        self.device = device_of()
+        torch.manual_seed(cfg.seed + self.rank)  # dropout differs across ranks, not runs
+        self.teacher = self._online_teacher() if cfg.teacher else None
+
+        self.loader = make_loader([s.path for s in cfg.stores], [s.weight for s in cfg.stores],
+                                  batch_size=self.engine.train_micro_batch_size_per_gpu(),
+                                  pad_id=self.tokenizer.pad_token_id, seed=cfg.seed,
+                                  num_workers=cfg.num_workers,
+                                  pin_memory=self.device.type == "cuda")
+        if self.resume:
+            self.step, saved = ckpt.load_checkpoint(self.engine, self.out / "checkpoints")
+            self.loader.load_state_dict(saved["loader"])
+            ckpt.set_rng_state(saved["rng"])
+        self.logger = MetricsLogger(self.out, enabled=self.rank == 0)
+        self._keys = self.out / "keys" / f"rank{self.rank}.jsonl" if cfg.record_keys else None
+        if self._keys is not None:
+            self._keys.parent.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            (self.out / "config.json").write_text(json.dumps(
+                {**cfg.to_json(), "deepspeed": self.ds_config}, indent=1) + "\n")
+
+    def _check_output_dir(self) -> None:
+        has_checkpoint = ckpt.latest_tag(self.out / "checkpoints") is not None
+        if self.resume and not has_checkpoint:
+            raise FileNotFoundError(f"--resume: {self.out / 'checkpoints'} holds no checkpoint")
+        if not self.resume and has_checkpoint:
+            raise FileExistsError(f"{self.out} already holds checkpoints: pass --resume to "
+                                  "continue that run, or choose another output folder")
+        if self.resume and (self.out / "config.json").exists():
+            saved = json.loads((self.out / "config.json").read_text())
+            changed = sorted(k for k, v in self.cfg.to_json().items()
+                             if k != "deepspeed" and saved.get(k) != v)
+            if changed:
+                print(f"resume: config keys changed since the checkpoint: {changed}")
+
+    def _check_lengths(self, model: torch.nn.Module) -> None:
+        """Refuse stores whose examples may not fit the config's or the student's length."""
+        limit = model.config.max_position_embeddings
+        if model.config.model_type in _ROBERTA_POSITIONS:
+            limit -= model.config.pad_token_id + 1  # positions start after the padding index
+        for spec, manifest in zip(self.cfg.stores, self.manifests):
+            length = manifest.producer.get("max_length")
+            if length is None:
+                continue
+            if self.cfg.max_length is not None and length > self.cfg.max_length:
+                raise ValueError(f"{spec.path}: examples up to {length} tokens, more than this "
+                                 f"config's max_length={self.cfg.max_length}")
+            if length > limit:
+                raise ValueError(f"{spec.path}: examples up to {length} tokens, but the student "
+                                 f"{self.cfg.student} takes at most {limit}")
+
+    def _online_teacher(self) -> OnlineTeacher:
+        """The online-teacher mode: the one case where the teacher is loaded."""
+        from transformers import AutoTokenizer
+
+        theirs = AutoTokenizer.from_pretrained(self.cfg.teacher)
+        ours_fp, theirs_fp = tokenizer_fingerprint(self.tokenizer), tokenizer_fingerprint(theirs)
+        if ours_fp != theirs_fp:
+            raise FingerprintMismatch(f"teacher {self.cfg.teacher}", theirs_fp,
+                                      self.cfg.teacher, ours_fp, self.cfg.student)
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self._precision_name(),
+                                                                    torch.float32)
+        return OnlineTeacher(self.cfg.teacher, self.device, k=self.cfg.teacher_k, dtype=dtype)
+
+    def _precision_name(self) -> str:
+        for name in ("fp16", "bf16"):
+            if self.ds_config.get(name, {}).get("enabled"):
+                return name
+        return "fp32"
+
+    # ------------------------------------------------------------------ train
+    def train(self, stop_at_step: int | None = None) -> int:
+        """Run optimizer steps until ``max_steps`` (or ``stop_at_step``); returns the step.
+
+        The learning-rate schedule always spans ``max_steps``, so a run stopped early and
+        resumed follows the same schedule as one that never stopped.
+        """
+        cfg, engine = self.cfg, self.engine
+        last = cfg.max_steps if stop_at_step is None else min(stop_at_step, cfg.max_steps)
+        if self.step == 0 and cfg.eval_store is not None:
+            self.evaluate()
+        batches = iter(self.loader)
+        accumulation = engine.gradient_accumulation_steps()
+        loss_sum = torch.zeros((), device=self.device)  # on the device: no sync per step
+        counts = [0, 0, 0]                                # micro-batches, samples, tokens
+        started = time.perf_counter()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train-student", unit="step",
+                   disable=self.rank != 0, dynamic_ncols=True)
+        saved_at = None
+        while self.step < last:
+            for _ in range(accumulation):
+                batch = next(batches)
+                loss_sum += self._micro_step(batch)
+                counts[0] += 1
+                counts[1] += len(batch["keys"])
+                counts[2] += int(batch["attention_mask"].sum())
+            self.step += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == last:
+                record = self._log(loss_sum, counts, time.perf_counter() - started)
+                bar.set_postfix(loss=f"{record['loss']:.4f}",
+                                samples_s=f"{record['samples_per_s']:.1f}")
+                loss_sum.zero_()
+                counts = [0, 0, 0]
+                started = time.perf_counter()
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                self.evaluate()
+            if cfg.export_every and self.step % cfg.export_every == 0:
+                self.export(f"exports/{cfg.export_name}_step{self.step}")
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                saved_at = self.save_checkpoint()
+        bar.close()
+        if saved_at != self.step:
+            self.save_checkpoint()
+        if self.step == cfg.max_steps:
+            if cfg.eval_store is not None and not (cfg.eval_every and
+                                                   self.step % cfg.eval_every == 0):
+                self.evaluate()
+            self.export()
+        return self.step
+
+    def _micro_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        inputs = {k: batch[k].to(self.device, non_blocking=True) for k in STEP_KEYS}
+        if self.teacher is not None:
+            inputs = self.teacher.fill(inputs)
+        loss = self.engine(**inputs, store=batch["store"])
+        self.engine.backward(loss)
+        if self._own_grad_norm and self.engine.is_gradient_accumulation_boundary():
+            self._grad_norm = float(torch.nn.utils.get_total_norm(
+                [p.grad for p in self.module.parameters() if p.grad is not None]))
+        self.engine.step()
+        if self._keys is not None:
+            with open(self._keys, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": self.step + 1, "keys": batch["keys"]}) + "\n")
+        return loss.detach().float()
+
+    def _log(self, loss_sum: torch.Tensor, counts: list[int], seconds: float) -> dict[str, Any]:
+        """All-reduce the window's sums and log them (every rank takes part)."""
+        totals = torch.cat([loss_sum.double().view(1),
+                            torch.tensor(counts, dtype=torch.float64, device=self.device)])
+        torch.distributed.all_reduce(totals)
+        loss_sum, micro, samples, tokens = totals.tolist()
+        norm = self._grad_norm if self._own_grad_norm else self.engine.get_global_grad_norm()
+        record = {"loss": loss_sum / max(micro, 1.0), "lr": float(self.engine.get_lr()[0]),
+                  "grad_norm": None if norm is None else float(norm),
+                  "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
+                  "samples": int(samples)}
+        self.logger.log(self.step, **record)
+        return record
+
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out KL(teacher || student) at the mask positions of ``eval_store``."""
+        result = heldout_kl(self.module.model, self.cfg.eval_store,
+                            pad_id=self.tokenizer.pad_token_id, device=self.device,
+                            max_examples=self.cfg.eval_examples)
+        self.logger.log(self.step, eval_kl=result["kl"], eval_rows=result["rows"])
+        return result
+
+    # ------------------------------------------------------- checkpoint, export
+    def save_checkpoint(self) -> int:
+        """A DeepSpeed checkpoint of this step with every rank's stream and RNG state."""
+        ckpt.save_checkpoint(self.engine, self.out / "checkpoints", self.step,
+                             self.loader.state_dict(), {"world_size": self.world},
+                             keep=self.cfg.keep_checkpoints)
+        return self.step
+
+    def export(self, name: str | None = None) -> Path:
+        """``save_pretrained`` the student and its tokenizer under ``output_dir`` (rank 0)."""
+        out = self.out / (name or self.cfg.export_name)
+        if self.rank == 0:
+            info = {"step": self.step, "objective": self.cfg.objective,
+                    "stores": [s.path for s in self.cfg.stores],
+                    "teacher": [m.producer.get("teacher") for m in self.manifests],
+                    "config": self.cfg.to_json()}
+            export_student(self.module.model, self.tokenizer, out, info)
+        torch.distributed.barrier()
+        return out
+
+    def cleanup(self) -> None:
+        self.logger.close()
