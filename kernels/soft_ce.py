@@ -98,36 +98,58 @@ def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -
 
 
 class SoftCrossEntropyFunction(torch.autograd.Function):
-    """Triton soft cross-entropy; the gradient is computed in the forward pass.
+    """Triton soft cross-entropy, with two gradient strategies (see ``soft_ce_triton``).
 
-    The gradient is saved and scaled in place in backward, so a second backward through
-    the same graph (``retain_graph=True``) raises autograd's in-place modification error
-    instead of silently returning a twice-scaled gradient.
+    ``grad_in_forward=True``: the gradient is computed in the forward pass, saved, and
+    scaled in place in backward, so a second backward through the same graph
+    (``retain_graph=True``) raises autograd's in-place modification error instead of
+    returning a twice-scaled gradient. ``False``: the forward saves the logits and the
+    rows' log-sum-exp, and backward recomputes the gradient with the upstream factor
+    folded in (no host sync, no extra pass).
     """
 
     @staticmethod
     def forward(
-        ctx, logits: torch.Tensor, inputs: SoftCEInputs, compute_grad: bool
+        ctx, logits: torch.Tensor, inputs: SoftCEInputs, compute_grad: bool, grad_in_forward: bool
     ) -> torch.Tensor:
         from .soft_ce_triton import soft_ce_fwd_triton
 
         flat = logits.reshape(-1, logits.shape[-1])  # (N, V)
         n = flat.shape[0]
-        scale = mean_scale(inputs, n, logits.device) if inputs.reduction == "mean" else None
-        if compute_grad and scale is None:
-            scale = torch.ones((), device=logits.device)
-        rows, grad = soft_ce_fwd_triton(flat, inputs, grad_scale=scale if compute_grad else None)
-        ctx.reduction = inputs.reduction
+        ctx.inputs = inputs
         ctx.logits_shape = logits.shape
-        if compute_grad:
+        ctx.grad_in_forward = grad_in_forward
+        if compute_grad and grad_in_forward:
+            scale = (
+                mean_scale(inputs, n, logits.device)
+                if inputs.reduction == "mean"
+                else torch.ones((), device=logits.device)
+            )
+            rows, grad = soft_ce_fwd_triton(flat, inputs, grad_scale=scale)
             ctx.save_for_backward(grad)
+        elif compute_grad:
+            lse = torch.empty(n, device=logits.device, dtype=torch.float32)
+            rows, _ = soft_ce_fwd_triton(flat, inputs, grad_scale=None, lse_out=lse)
+            ctx.save_for_backward(flat, lse)
+        else:
+            rows, _ = soft_ce_fwd_triton(flat, inputs, grad_scale=None)
         return reduce_rows(rows, inputs)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        (grad,) = ctx.saved_tensors
-        grad = scale_grad_(grad, grad_output, ctx.reduction)
-        return grad.view(ctx.logits_shape), None, None
+        inputs = ctx.inputs
+        if ctx.grad_in_forward:
+            (grad,) = ctx.saved_tensors
+            grad = scale_grad_(grad, grad_output, inputs.reduction)
+        else:
+            from .soft_ce_triton import soft_ce_bwd_triton
+
+            flat, lse = ctx.saved_tensors
+            scale = grad_output.reshape(-1) if inputs.reduction == "none" else grad_output
+            if inputs.reduction == "mean":
+                scale = scale * mean_scale(inputs, flat.shape[0], flat.device)
+            grad = soft_ce_bwd_triton(flat, inputs, lse, scale)
+        return grad.view(ctx.logits_shape), None, None, None
 
 
 def soft_cross_entropy(
@@ -143,6 +165,7 @@ def soft_cross_entropy(
     reduction: str = "mean",
     impl: str = "auto",
     check_ids: bool = True,
+    grad_in_forward: bool = True,
 ) -> torch.Tensor:
     """Soft cross-entropy of student ``logits`` against a stored sparse teacher (see module doc).
 
@@ -159,6 +182,10 @@ def soft_cross_entropy(
         reduction: ``mean`` (over the rows that count) | ``sum`` | ``none``.
         impl: ``auto`` (Triton on CUDA, reference elsewhere) | ``triton`` | ``torch``.
         check_ids: check ids are in range and duplicate-free (one host sync).
+        grad_in_forward: Triton path only. True: compute the gradient in the forward
+            pass (fewest bytes when the upstream gradient is exactly 1). False: recompute
+            it in backward (fewer bytes and no host sync when the upstream gradient is
+            not 1, e.g. under gradient accumulation or fp16 loss scaling).
 
     Returns:
         A 0-d fp32 tensor, or (...) per-row losses for ``reduction="none"``. Only
@@ -182,6 +209,6 @@ def soft_cross_entropy(
     )
     if use_triton(impl, logits.device):
         compute_grad = logits.requires_grad and torch.is_grad_enabled()
-        return SoftCrossEntropyFunction.apply(logits, inputs, compute_grad)
+        return SoftCrossEntropyFunction.apply(logits, inputs, compute_grad, grad_in_forward)
     rows = soft_ce_rows_reference(logits.reshape(-1, logits.shape[-1]), inputs)
     return reduce_rows(rows, inputs)

@@ -10,24 +10,28 @@ One program per row of the (N, V) logits. Each program
    time writing ``(p - q_tail-part) * scale`` in the logits' dtype, then, after a
    barrier, overwrites the k top-k columns with ``(p_j - q_j) * scale``.
 
-Gradient in the forward pass, not recomputed in backward (why)
--------------------------------------------------------------
+Gradient in the forward pass, or recomputed in backward (why both, and the default)
+--------------------------------------------------------------------------------
 Let ``B = N·V·bytes(logits)``. The floor for loss-plus-gradient is ``2B``: read the
 logits once, write the gradient once.
 
-* Gradient computed in the forward (this design, as Liger-Kernel does): the loss sweep
-  reads ``B``; the gradient sweep reads the same row again right after, while it is
-  still in L2 (one bf16 RoBERTa row is 100 KB; the rows in flight on an H100 are a few
-  tens of MB, inside its 50 MB L2), and writes ``B``. Backward costs nothing when the
-  upstream gradient is 1, else one in-place scale (``2B``). DRAM traffic ≈ ``2B``.
-* Recompute in backward: forward reads ``B`` and keeps only the log-sum-exp, backward
-  reads ``B`` again (cold: a separate launch, long after) and writes ``B``: ``3B``, and
-  the logits must stay alive from forward to backward.
+* Gradient in the forward (default, as Liger-Kernel does): the loss sweep reads ``B``;
+  the gradient sweep reads the same row again right after, while it is still in L2
+  (one bf16 RoBERTa row is 100 KB; the rows in flight on an H100 are a few tens of MB,
+  inside its 50 MB L2), and writes ``B``: DRAM traffic ≈ ``2B``, the floor. But the
+  upstream gradient is unknown in the forward: when it is not exactly 1, backward must
+  scale the saved gradient in place (``+2B``, ``4B`` in all) after a host sync to find out.
+* Recompute in backward (``soft_ce_bwd_triton``): the forward reads ``B`` and keeps only
+  the log-sum-exp (N floats); backward reads ``B`` again (cold: a separate launch) and
+  writes ``B`` with the upstream factor folded in: ``3B`` whatever the upstream, no sync.
 
-Peak memory is the same (logits plus one N×V gradient either way), so the gradient is
-computed in the forward. When no gradient is needed (eval, ``no_grad``) the second
-sweep is compiled out and the kernel reads the logits exactly once.
-``benchmarks/bench_kernel.py`` measures the achieved fraction of the ``2B`` floor.
+Peak memory is the same (logits plus one N×V gradient either way). So: ``2B`` against
+``3B`` when the upstream gradient is 1 (a plain ``loss.backward()``), ``4B`` against
+``3B`` otherwise (DeepSpeed's gradient-accumulation division, fp16 loss scaling).
+The default follows the common case of the loss being backpropagated as is; the
+trainer picks the other with ``grad_in_forward=False``. ``benchmarks/bench_kernel.py``
+times both, with upstream 1 and not 1, against the ``2B`` floor. When no gradient is
+needed (eval, ``no_grad``) the gradient sweep is compiled out: one read of the logits.
 
 The gradient may be written over the logits (``grad_out=logits``): every element is
 read before its own store, and the top-k logits are gathered before the sweeps. The
@@ -42,7 +46,7 @@ import triton.language as tl
 
 from .soft_ce_inputs import TAIL_MODES, SoftCEInputs
 
-__all__ = ["DEFAULT_BLOCK_V", "DEFAULT_NUM_WARPS", "soft_ce_fwd_triton"]
+__all__ = ["DEFAULT_BLOCK_V", "DEFAULT_NUM_WARPS", "soft_ce_bwd_triton", "soft_ce_fwd_triton"]
 
 DEFAULT_BLOCK_V = 4096
 DEFAULT_NUM_WARPS = 8
@@ -64,13 +68,17 @@ def _soft_ce_kernel(
     tail_ptr,
     weight_ptr,
     grad_scale_ptr,
+    stride_scale,
     loss_ptr,
+    lse_ptr,
     V,
     K,
     inv_t,
     loss_scale,
     TAIL: tl.constexpr,  # 0 renorm, 1 bucket, 2 uniform (index in TAIL_MODES)
     HAS_WEIGHT: tl.constexpr,
+    COMPUTE_LOSS: tl.constexpr,  # sweep for the log-sum-exp and write the loss; else load lse
+    STORE_LSE: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -86,7 +94,10 @@ def _soft_ce_kernel(
         w = tl.load(weight_ptr + row).to(tl.float32)
     if w == 0.0:
         # A row that does not count: zero loss and gradient, logits never read.
-        tl.store(loss_ptr + row, 0.0)
+        if COMPUTE_LOSS:
+            tl.store(loss_ptr + row, 0.0)
+        if STORE_LSE:
+            tl.store(lse_ptr + row, 0.0)
         if COMPUTE_GRAD:
             for start in range(0, V, BLOCK_V):
                 offs = start + cols
@@ -115,36 +126,47 @@ def _soft_ce_kernel(
 
     # --- student: gathered top-k logits, then one online sweep ------------------------
     x_k = tl.load(logits_ptr + ids, mask=mask_k, other=0.0).to(tl.float32) * inv_t
-    m = float("-inf")
-    d = 0.0
     row_sum = 0.0
-    for start in range(0, V, BLOCK_V):
-        offs = start + cols
-        mask = offs < V
-        x = tl.load(logits_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-        m = m_new
-        if TAIL == 2:
-            row_sum += tl.sum(tl.where(mask, x, 0.0), axis=0)
-    lse = m + tl.log(d)
+    if COMPUTE_LOSS:
+        m = float("-inf")
+        d = 0.0
+        for start in range(0, V, BLOCK_V):
+            offs = start + cols
+            mask = offs < V
+            x = tl.load(logits_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
+            x = x * inv_t
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            m = m_new
+            if TAIL == 2:
+                row_sum += tl.sum(tl.where(mask, x, 0.0), axis=0)
+        lse = m + tl.log(d)
+        if STORE_LSE:
+            tl.store(lse_ptr + row, lse)
+    else:
+        lse = tl.load(lse_ptr + row)
 
     logp_k = x_k - lse  # (BLOCK_K,) student log-probs at the ids
-    loss = -tl.sum(tl.where(mask_k, q * logp_k, 0.0), axis=0)
-    p_tail = 1.0
+    p_tail = 1.0  # bucket: the student's mass outside the top-k
     if TAIL == 1:
         p_top = tl.sum(tl.where(mask_k, tl.exp(logp_k), 0.0), axis=0)
         p_tail = tl.maximum(1.0 - p_top, TAIL_FLOOR)
-        loss -= tl.where(q_tail > 0.0, q_tail * tl.log(p_tail), 0.0)
     q_each = 0.0  # uniform: target of each tail token (0 when there is no tail: b = -inf)
     if TAIL == 2:
         q_each = q_tail / tl.maximum(n_tail, 1)
-        tail_logp = row_sum - tl.sum(tl.where(mask_k, x_k, 0.0), axis=0) - n_tail * lse
-        loss -= q_each * tail_logp
-    tl.store(loss_ptr + row, loss * loss_scale * w)
+
+    if COMPUTE_LOSS:
+        loss = -tl.sum(tl.where(mask_k, q * logp_k, 0.0), axis=0)
+        if TAIL == 1:
+            loss -= tl.where(q_tail > 0.0, q_tail * tl.log(p_tail), 0.0)
+        if TAIL == 2:
+            tail_logp = row_sum - tl.sum(tl.where(mask_k, x_k, 0.0), axis=0) - n_tail * lse
+            loss -= q_each * tail_logp
+        tl.store(loss_ptr + row, loss * loss_scale * w)
 
     if COMPUTE_GRAD:
-        g_scale = tl.load(grad_scale_ptr).to(tl.float32) * w * loss_scale * inv_t
+        g_scale = tl.load(grad_scale_ptr + row * stride_scale).to(tl.float32)
+        g_scale = g_scale * w * loss_scale * inv_t
         for start in range(0, V, BLOCK_V):
             offs = start + cols
             mask = offs < V
@@ -165,13 +187,67 @@ def _soft_ce_kernel(
         tl.store(grad_ptr + ids, g_k.to(grad_ptr.dtype.element_ty), mask=mask_k)
 
 
+def _launch(
+    logits: torch.Tensor,
+    inputs: SoftCEInputs,
+    *,
+    loss: torch.Tensor | None,
+    lse: torch.Tensor | None,
+    lse_known: bool,
+    grad: torch.Tensor | None,
+    grad_scale: torch.Tensor | None,
+    block_v: int | None,
+    num_warps: int | None,
+) -> None:
+    n, vocab = logits.shape
+    if n == 0:
+        return
+    ids, tlp = inputs.teacher_ids, inputs.teacher_logprobs
+    k = ids.shape[-1]
+    dummy = torch.empty(1, device=logits.device)  # pointer a compiled-out branch never reads
+    _soft_ce_kernel[(n,)](
+        logits,
+        logits.stride(0),
+        grad if grad is not None else logits,
+        grad.stride(0) if grad is not None else 0,
+        ids,
+        ids.stride(0),
+        tlp,
+        tlp.stride(0),
+        inputs.tail_logmass if inputs.tail_logmass is not None else dummy,
+        inputs.weights if inputs.weights is not None else dummy,
+        grad_scale if grad_scale is not None else dummy,
+        1 if grad_scale is not None and grad_scale.dim() == 1 else 0,
+        loss if loss is not None else dummy,
+        lse if lse is not None else dummy,
+        vocab,
+        k,
+        1.0 / inputs.temperature,
+        inputs.loss_scale,
+        TAIL=TAIL_MODES.index(inputs.tail),
+        HAS_WEIGHT=inputs.weights is not None,
+        COMPUTE_LOSS=not lse_known,
+        STORE_LSE=lse is not None and not lse_known,
+        COMPUTE_GRAD=grad is not None,
+        BLOCK_V=block_v or min(DEFAULT_BLOCK_V, triton.next_power_of_2(vocab)),
+        BLOCK_K=triton.next_power_of_2(k),
+        TAIL_FLOOR=_TAIL_MASS_FLOOR,
+        num_warps=num_warps or DEFAULT_NUM_WARPS,
+    )
+
+
+def _unit_stride(logits: torch.Tensor) -> torch.Tensor:
+    return logits if logits.stride(-1) == 1 else logits.contiguous()
+
+
 def soft_ce_fwd_triton(
-    logits: torch.Tensor,  # (N, V), unit stride along V
+    logits: torch.Tensor,  # (N, V)
     inputs: SoftCEInputs,
     *,
     grad_scale: torch.Tensor | None,
     grad_out: torch.Tensor | None = None,
     loss_out: torch.Tensor | None = None,
+    lse_out: torch.Tensor | None = None,
     block_v: int | None = None,
     num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -180,46 +256,43 @@ def soft_ce_fwd_triton(
     ``grad_scale`` is a 0-d fp32 tensor on the logits' device that multiplies every
     row's gradient (``1/sum(weights)`` for a mean); keeping it on the device avoids a
     host sync. The gradient (N, V) has the logits' dtype and goes to ``grad_out`` when
-    given (it may be ``logits`` itself). ``loss_out`` likewise receives the losses.
+    given (it may be ``logits`` itself). ``loss_out`` likewise receives the losses, and
+    ``lse_out`` (N,) fp32, when given, the rows' log-sum-exp of ``logits / T`` for
+    :func:`soft_ce_bwd_triton`.
     """
-    n, vocab = logits.shape
-    if logits.stride(-1) != 1:
-        logits = logits.contiguous()
-    compute_grad = grad_scale is not None
-    if compute_grad and grad_out is None:
+    logits = _unit_stride(logits)
+    n = logits.shape[0]
+    if grad_scale is not None and grad_out is None:
         grad_out = torch.empty_like(logits)
     if loss_out is None:
         loss_out = torch.empty(n, device=logits.device, dtype=torch.float32)
-    if n == 0:
-        return loss_out, grad_out
-    ids = inputs.teacher_ids
-    tlp = inputs.teacher_logprobs
-    k = ids.shape[-1]
-    dummy = loss_out  # stands in for pointers a constexpr branch never reads
-    block_v = block_v or min(DEFAULT_BLOCK_V, triton.next_power_of_2(vocab))
-    _soft_ce_kernel[(n,)](
-        logits,
-        logits.stride(0),
-        grad_out if compute_grad else logits,
-        grad_out.stride(0) if compute_grad else 0,
-        ids,
-        ids.stride(0),
-        tlp,
-        tlp.stride(0),
-        inputs.tail_logmass if inputs.tail_logmass is not None else dummy,
-        inputs.weights if inputs.weights is not None else dummy,
-        grad_scale if compute_grad else dummy,
-        loss_out,
-        vocab,
-        k,
-        1.0 / inputs.temperature,
-        inputs.loss_scale,
-        TAIL=TAIL_MODES.index(inputs.tail),
-        HAS_WEIGHT=inputs.weights is not None,
-        COMPUTE_GRAD=compute_grad,
-        BLOCK_V=block_v,
-        BLOCK_K=triton.next_power_of_2(k),
-        TAIL_FLOOR=_TAIL_MASS_FLOOR,
-        num_warps=num_warps or DEFAULT_NUM_WARPS,
-    )
-    return loss_out, grad_out
+    _launch(
+        logits, inputs, loss=loss_out, lse=lse_out, lse_known=False,
+        grad=grad_out if grad_scale is not None else None, grad_scale=grad_scale,
+        block_v=block_v, num_warps=num_warps,
+    )  # fmt: skip
+    return loss_out, grad_out if grad_scale is not None else None
+
+
+def soft_ce_bwd_triton(
+    logits: torch.Tensor,  # (N, V)
+    inputs: SoftCEInputs,
+    lse: torch.Tensor,  # (N,) fp32 from soft_ce_fwd_triton(lse_out=...)
+    grad_scale: torch.Tensor,  # () or (N,) fp32: upstream gradient times the reduction factor
+    *,
+    block_v: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
+    """d(loss)/d(logits) (N, V) in the logits' dtype, recomputed from the saved log-sum-exp.
+
+    One read of the logits and one write of the gradient; a per-row ``grad_scale`` (N,)
+    carries a ``reduction="none"`` upstream gradient without any extra pass.
+    """
+    logits = _unit_stride(logits)
+    grad = torch.empty_like(logits)
+    _launch(
+        logits, inputs, loss=None, lse=lse, lse_known=True, grad=grad,
+        grad_scale=grad_scale.to(torch.float32).contiguous(), block_v=block_v,
+        num_warps=num_warps,
+    )  # fmt: skip
+    return grad

@@ -280,8 +280,10 @@ def test_kernel_bucket_gradient_bounded_when_student_tail_vanishes():
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("impl", ["triton", "torch"])
-def test_public_api_reductions_and_upstream_grad(impl, reduction):
+@pytest.mark.parametrize(
+    "impl, grad_in_forward", [("triton", True), ("triton", False), ("torch", True)]
+)
+def test_public_api_reductions_and_upstream_grad(impl, grad_in_forward, reduction):
     gen = torch.Generator().manual_seed(30)
     b, s, k = 2, 3, 5
     ids, lp, tail = make_teacher(b * s, V, k, gen, full_mass_rows=[4])
@@ -298,6 +300,7 @@ def test_public_api_reductions_and_upstream_grad(impl, reduction):
         weights=mask,
         reduction=reduction,
         impl=impl,
+        grad_in_forward=grad_in_forward,
     )
     upstream = torch.randn(loss.shape, generator=gen, dtype=torch.float64) + 2.0
     loss.backward(upstream.float())
@@ -358,6 +361,19 @@ def test_forward_without_grad_and_second_backward_refused():
     (loss * 3).backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="inplace"):
         (loss * 3).backward()
+
+
+def test_recomputed_gradient_survives_a_second_backward():
+    gen = torch.Generator().manual_seed(37)
+    ids, lp, tail = make_teacher(3, V, 4, gen)
+    logits = make_logits(3, V, torch.float16, gen).requires_grad_()
+    loss = soft_cross_entropy(
+        logits, ids, lp, tail_logmass=tail, tail="uniform", impl="triton", grad_in_forward=False
+    )
+    (loss * 3).backward(retain_graph=True)
+    first = logits.grad.clone()
+    (loss * 3).backward()
+    torch.testing.assert_close(logits.grad, 2 * first)
 
 
 def test_auto_dispatch_uses_reference_on_cpu(monkeypatch):
@@ -452,11 +468,15 @@ for dtype in ("bf16", "fp16", "fp32"):
     sig = {"logits_ptr": f"*{dtype}", "stride_logits": "i64", "grad_ptr": f"*{dtype}",
            "stride_grad": "i64", "ids_ptr": "*i64", "stride_ids": "i64", "tlp_ptr": "*fp16",
            "stride_tlp": "i64", "tail_ptr": "*fp32", "weight_ptr": "*fp32",
-           "grad_scale_ptr": "*fp32", "loss_ptr": "*fp32", "V": "i32", "K": "i32",
+           "grad_scale_ptr": "*fp32", "stride_scale": "i32", "loss_ptr": "*fp32",
+           "lse_ptr": "*fp32", "V": "i32", "K": "i32",
            "inv_t": "fp32", "loss_scale": "fp32"}
     for tail in range(3):
-        for weighted, grad in [(False, False), (True, True)]:
-            constants = {"TAIL": tail, "HAS_WEIGHT": weighted, "COMPUTE_GRAD": grad,
+        # (weights, loss, lse stored, grad): forward only, gradient in forward, backward
+        for weighted, loss, lse, grad in [(False, True, True, False), (True, True, False, True),
+                                          (True, False, False, True)]:
+            constants = {"TAIL": tail, "HAS_WEIGHT": weighted, "COMPUTE_LOSS": loss,
+                         "STORE_LSE": lse, "COMPUTE_GRAD": grad,
                          "BLOCK_V": 4096, "BLOCK_K": 64, "TAIL_FLOOR": 1e-30}
             src = ASTSource(_soft_ce_kernel, sig, constants)
             compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
