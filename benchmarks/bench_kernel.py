@@ -10,8 +10,9 @@ On CUDA every row is timed with ``triton.testing.do_bench`` (median) and its pea
 memory measured (``max_memory_allocated`` above what was allocated before the call):
 
 * soft-CE on given logits: the PyTorch reference (eager and ``torch.compile``), the Triton
-  kernel (loss + gradient, and forward only), Liger-Kernel's hard-label cross-entropy as
-  a speed anchor where installed;
+  kernel (loss + gradient computed in the forward or recomputed in backward, each with an
+  upstream gradient of 1 and of 0.5; forward only), Liger-Kernel's hard-label
+  cross-entropy as a speed anchor where installed;
 * LM head + soft-CE: ``linear`` then the Triton kernel, the fused-linear variant, the
   three bare matmuls, and Liger's fused-linear / Cut Cross-Entropy (hard labels) where
   installed;
@@ -137,8 +138,14 @@ def soft_ce_cases(x: dict, tail: str, device: str, compile_ref: bool) -> dict[st
     logits = x["logits"].requires_grad_()
     kw = {"tail_logmass": x["tail"], "tail": tail, "check_ids": False}
 
-    def ours(impl: str) -> Callable[[], None]:
-        return lambda: soft_cross_entropy(logits, x["ids"], x["lp"], impl=impl, **kw).backward()
+    def ours(impl: str, upstream: float = 1.0, grad_in_forward: bool = True) -> Callable:
+        def step() -> None:
+            loss = soft_cross_entropy(
+                logits, x["ids"], x["lp"], impl=impl, grad_in_forward=grad_in_forward, **kw
+            )
+            (loss * upstream if upstream != 1.0 else loss).backward()
+
+        return step
 
     cases = {"torch": ours("torch")}
     if compile_ref:
@@ -146,6 +153,12 @@ def soft_ce_cases(x: dict, tail: str, device: str, compile_ref: bool) -> dict[st
         cases["torch.compile"] = lambda: compiled(logits, x["ids"], x["lp"], **kw).backward()
     if device == "cuda":
         cases["triton"] = ours("triton")
+        # the two gradient strategies (soft_ce_triton's docstring), upstream 1 and not 1
+        cases["triton, upstream 0.5"] = ours("triton", upstream=0.5)
+        cases["triton recompute-in-bwd"] = ours("triton", grad_in_forward=False)
+        cases["triton recompute-in-bwd, upstream 0.5"] = ours(
+            "triton", upstream=0.5, grad_in_forward=False
+        )
 
         def forward_only() -> None:
             with torch.no_grad():
@@ -270,6 +283,15 @@ def targets(rows: list[dict], n: int, vocab: int, k: int, elem: int, bw: dict) -
             floor_ms = floor_bytes / (bw[kind] * 1e9) * 1e3
             out[f"floor_ms_{kind}_bw"] = floor_ms
             out[f"triton_over_floor_{kind}_bw (target <= 1.25)"] = t_triton / floor_ms
+    t_recompute = get("triton recompute-in-bwd")
+    if t_triton and t_recompute:
+        out["recompute_over_grad_in_fwd, upstream 1"] = t_recompute / t_triton
+    t_fwd_half, t_rec_half = (
+        get("triton, upstream 0.5"),
+        get("triton recompute-in-bwd, upstream 0.5"),
+    )
+    if t_fwd_half and t_rec_half:
+        out["recompute_over_grad_in_fwd, upstream 0.5"] = t_rec_half / t_fwd_half
     if t_triton and t_eager:
         out["eager_over_triton (target >= 3)"] = t_eager / t_triton
     peak = get("triton", "peak_extra_bytes")
