@@ -74,7 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import torch
     from smash.store import StoreError
 
     from .trainer import Trainer
@@ -101,14 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if trainer.rank == 0:
                 done = "finished" if step == config.max_steps else "stopped"
                 print(f"{done} at step {step}; outputs in {config.output_dir}")
-    except (ConfigError, StoreError, ValueError, FileNotFoundError, FileExistsError) as err:
+    except StoreError as err:
+        # from a DataLoader worker the text carries the worker's traceback: its last line says it
+        print(f"train-student: error: {str(err).strip().splitlines()[-1]}")
+        return 2
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"train-student: error: {err}")
         return 2
     finally:
         if trainer is not None and hasattr(trainer, "logger"):
             trainer.cleanup()
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
     return 0
 
 

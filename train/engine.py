@@ -10,6 +10,7 @@ defaults that compile C++ extensions at start-up are switched off: the fused CPU
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import os
@@ -89,6 +90,9 @@ def build_engine(module: torch.nn.Module, ds_config: dict[str, Any]):
         ensure_process_env()
         deepspeed.init_distributed(dist_backend="gloo" if _on_cpu() else None,
                                    verbose=False)
+        # once per process: DeepSpeed keeps its own handle on the group, so the group lives
+        # until exit (later runs in the same process, e.g. tests, reuse it)
+        atexit.register(torch.distributed.destroy_process_group)
     engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=[
         p for p in module.parameters() if p.requires_grad], config=ds_config)
     return engine

@@ -4,10 +4,11 @@ The folder holds ``save_pretrained``'s weights and config plus the tokenizer, an
 ``AutoModelForMaskedLM.from_pretrained``. Weights are written in float32 whatever the
 training precision (with fp16/bf16 they are the module's half-precision values, upcast).
 
-Folder names: LM-BFF's trainer (the old ``transformers.Trainer``) reads a model path as a
-checkpoint to resume when ``int(path.split("-")[-1].split("/")[0])`` succeeds, e.g.
-``runs/student-200000`` or ``runs/exp-3/student``, and then restores a global step and an
-optimizer that do not exist. ``check_export_path`` refuses such paths before training starts.
+Folder names: LM-BFF's trainer (the old ``transformers.Trainer``) takes a model path for a
+checkpoint to resume when ``int(path.split("-")[-1].split("/")[0])`` succeeds, and then skips
+that many training steps. An export folder named ``student-1000`` is refused before training
+starts; a ``-<number>`` folder *above* it (``runs/exp-3/student``) trips the same parse when
+passed as an absolute path, so the trainer warns about it.
 """
 
 from __future__ import annotations
@@ -22,23 +23,29 @@ import torch
 __all__ = ["check_export_path", "export_student"]
 
 
-def _looks_like_checkpoint(path: str) -> bool:
+def _lm_bff_step(path: str) -> int | None:
+    """The step LM-BFF would read from ``path``, or None."""
+    if "-" not in path:
+        return None
     tail = path.split("-")[-1].split("/")[0]
-    try:
-        int(tail)
-    except ValueError:
-        return False
-    return "-" in path
+    return int(tail) if tail.isdigit() else None
 
 
-def check_export_path(path: str | Path) -> None:
-    """Raise ValueError if LM-BFF would take ``path`` (as given or absolute) for a checkpoint."""
-    for form in {str(path), str(Path(path).absolute())}:
-        if _looks_like_checkpoint(form):
-            raise ValueError(
-                f"export folder {form!r} ends a '-'-separated part in a number, which LM-BFF's "
-                "trainer mistakes for a checkpoint to resume; rename it (e.g. 'student_step1000' "
-                "instead of 'student-1000', and no '-<number>' folder above it)")
+def check_export_path(path: str | Path) -> str | None:
+    """Refuse an export folder named ``...-<number>``; return a warning (or None) when a
+    folder above it makes the absolute path look like a checkpoint to LM-BFF."""
+    name = Path(path).name
+    if _lm_bff_step(name) is not None:
+        raise ValueError(
+            f"export folder name {name!r} ends in '-<number>', which LM-BFF's trainer mistakes "
+            "for a checkpoint to resume (it would skip that many steps); use e.g. "
+            "'student_step1000'")
+    full = str(Path(path).absolute())
+    step = _lm_bff_step(full)
+    if step is None:
+        return None
+    return (f"note: LM-BFF would read the absolute export path {full} as checkpoint step "
+            f"{step} (a '-<number>' folder above it); pass it a path without one")
 
 
 def export_student(model: torch.nn.Module, tokenizer: Any, out: str | Path,

@@ -64,7 +64,9 @@ class Trainer:
         cfg = self.cfg
         if not cfg.stores:
             raise ValueError("no stores to train on: give at least one (--store PATH)")
-        check_export_path(self.out / cfg.export_name)
+        warning = check_export_path(self.out / cfg.export_name)
+        if warning:
+            print(warning)
         self._check_output_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.student)
         self.manifests = [load_manifest(s.path) for s in cfg.stores]

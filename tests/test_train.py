@@ -1,0 +1,211 @@
+"""train-student: config validation, objectives, offline = online, errors, export."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from smash.store import FingerprintMismatch, load_manifest
+from smash.train.cli import main as train_student
+from smash.train.cli import parse_store
+from smash.train.config import ConfigError, load_config
+from smash.train.engine import resolve_deepspeed
+from smash.train.export import check_export_path
+from smash.train.objectives import hard_labels, rule_labels
+from smash.train.student import DistillStudent, OnlineTeacher
+from test_train_support import (
+    VOCAB,
+    first_batch,
+    grads_of,
+    pair_store_of,
+    sentiment_store_of,
+    tiny_config,
+    write_config,
+)
+from transformers import AutoModelForMaskedLM
+
+
+@pytest.fixture(scope="module")
+def pair_store(tiny, tmp_path_factory):
+    return pair_store_of(tiny, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def sentiment_store(tiny, tmp_path_factory):
+    return sentiment_store_of(tiny, tmp_path_factory)
+
+
+# ----------------------------------------------------------------- configuration
+
+
+def test_shipped_configs_hold_the_paper_defaults():
+    for name, length in (("paper-sentence-pair", 128), ("paper-sentiment", 64)):
+        cfg = load_config(name, stores=["s"])
+        ds = resolve_deepspeed(cfg.deepspeed, max_steps=cfg.max_steps, precision="bf16")
+        assert (cfg.max_steps, cfg.max_length, cfg.objective) == (200_000, length, "ce")
+        assert ds["train_batch_size"] == 128
+        assert ds["optimizer"]["params"]["lr"] == 1e-4
+        assert ds["scheduler"]["params"]["total_num_steps"] == 200_000
+        assert ds["scheduler"]["params"]["warmup_max_lr"] == 1e-4
+        assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"objectiv": "ce"}, "unknown config key"),
+    ({"objective": "kl"}, "objective must be one of"),
+    ({"max_steps": "10"}, "must be int"),
+    ({"tail": "drop"}, "tail must be one of"),
+    ({"stores": [{"path": "a", "wieght": 2}]}, "unknown key"),
+    ({"stores": [{"path": "a", "weight": 0}]}, "weight must be > 0"),
+    ({"deepspeed": {"zero_optimization": {"stage": 3}}}, "stage must be 0, 1 or 2"),
+    ({"teacher": "t", "objective": "rule"}, "uses no teacher outputs"),
+])
+def test_config_errors_name_the_problem(tmp_path, change, message):
+    config = tiny_config(tmp_path / "run", "student", [("store", 1.0)])
+    ds = change.pop("deepspeed", None)
+    config.update(change)
+    if ds:
+        config["deepspeed"].update(ds)
+    with pytest.raises(ConfigError, match=message):
+        load_config(config)
+
+
+def test_store_flag_and_overrides(tmp_path):
+    assert parse_store("a/b@2.5") == {"path": "a/b", "weight": 2.5}
+    assert parse_store("http://u@h/s") == {"path": "http://u@h/s"}
+    path = write_config(tmp_path / "c.json", tiny_config(tmp_path / "r", "s", [("x", 1.0)]))
+    cfg = load_config(path, stores=[parse_store("y@3")], max_steps=5, tail=None)
+    assert [(s.path, s.weight) for s in cfg.stores] == [("y", 3.0)] and cfg.max_steps == 5
+
+
+def test_export_names_lm_bff_would_take_for_checkpoints(tmp_path):
+    with pytest.raises(ValueError, match="mistakes for a checkpoint"):
+        check_export_path("runs/student-1000")
+    assert "step 3" in check_export_path("/runs/exp-3/student")
+    assert check_export_path("/runs/exp_3/student_step1000") is None
+
+
+# --------------------------------------------------------------------- objectives
+
+
+def test_hard_label_is_the_argmax_over_label_words_in_the_top_k():
+    ids = torch.tensor([[5, 9, 2], [7, 3, 1], [4, 6, 8]])
+    logprobs = torch.tensor([[-0.1, -2.0, -3.0], [-0.5, -1.0, -4.0], [-0.2, -0.3, -5.0]])
+    words = torch.tensor([2, 9, 1])  # row 0: 9 beats 2; row 1: only 1 present; row 2: none
+    assert hard_labels(ids, logprobs.half(), words).tolist() == [1, 2, -1]
+
+
+def test_rule_labels_follow_each_mask_to_its_example():
+    assert rule_labels(torch.tensor([2, -1, 0]), torch.tensor([0, 0, 1, 2]), 3).tolist() == [
+        2, 2, -1, 0]
+    with pytest.raises(ValueError, match="no label word"):
+        rule_labels(torch.tensor([3]), torch.tensor([0]), 3)
+
+
+# ---------------------------------------------------------------- offline = online
+
+
+def _step(module, batch):
+    module.zero_grad(set_to_none=True)
+    loss = module(**{k: batch[k] for k in ("input_ids", "attention_mask", "mask_batch",
+                                           "mask_positions", "topk_ids", "topk_logprobs",
+                                           "tail_logmass", "labels")})
+    loss.backward()
+    return loss.detach(), grads_of(module)
+
+
+@pytest.mark.parametrize("objective, loss", [("ce", "kernel"), ("ce", "fused_linear"),
+                                             ("hard", "kernel")])
+def test_offline_store_equals_online_teacher(tiny, tiny_tokenizer, pair_store, objective, loss):
+    """A store with k = V gives the live teacher's losses and gradients on the same batches."""
+    batch = first_batch(pair_store, 12, tiny_tokenizer.pad_token_id)
+    assert load_manifest(pair_store).k == VOCAB
+    words = load_manifest(pair_store).producer["verbalizer_ids"]
+    student = DistillStudent(AutoModelForMaskedLM.from_pretrained(tiny["student"]),
+                             objective=objective, loss=loss, tail="bucket", temperature=2.0,
+                             verbalizers=[words if objective == "hard" else None])
+    teacher = OnlineTeacher(str(tiny["teacher"]), torch.device("cpu"))
+    offline_loss, offline_grads = _step(student, batch)
+    online_loss, online_grads = _step(student, teacher.fill(batch))
+    torch.testing.assert_close(online_loss, offline_loss, rtol=1e-5, atol=1e-6)
+    assert offline_grads.keys() == online_grads.keys() and offline_grads
+    for name in offline_grads:
+        torch.testing.assert_close(online_grads[name], offline_grads[name], rtol=1e-4, atol=1e-7)
+
+
+def test_fused_linear_loss_equals_kernel_loss(tiny, tiny_tokenizer, pair_store):
+    batch = first_batch(pair_store, 8, tiny_tokenizer.pad_token_id)
+    model = AutoModelForMaskedLM.from_pretrained(tiny["student"])
+    results = [_step(DistillStudent(model, loss=loss, tail="bucket"), batch)
+               for loss in ("kernel", "fused_linear")]
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for name in results[0][1]:
+        torch.testing.assert_close(results[0][1][name], results[1][1][name], rtol=1e-4,
+                                   atol=1e-7)
+
+
+def test_offline_and_online_runs_train_the_same(tiny, pair_store, tmp_path):
+    """The same through the whole trainer: losses per step and final weights."""
+    from smash.train.metrics import read_metrics
+
+    runs = {}
+    for mode, teacher in (("offline", None), ("online", str(tiny["teacher"]))):
+        config = tiny_config(tmp_path / mode, tiny["student"], [(pair_store, 1.0)],
+                             max_steps=3, teacher=teacher)
+        assert train_student(["--config", write_config(tmp_path / f"{mode}.json", config)]) == 0
+        runs[mode] = (
+            [r["loss"] for r in read_metrics(tmp_path / mode) if "loss" in r],
+            AutoModelForMaskedLM.from_pretrained(tmp_path / mode / "student").state_dict())
+    assert len(runs["offline"][0]) == 3
+    torch.testing.assert_close(runs["online"][0], runs["offline"][0], rtol=1e-5, atol=1e-6)
+    for name, value in runs["offline"][1].items():
+        torch.testing.assert_close(runs["online"][1][name], value, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------- errors
+
+
+def test_tokenizer_mismatch_is_refused_naming_both(tiny, pair_store, tmp_path, capsys):
+    from smash.precompute.tiny import build_tiny_masked_lm, train_tiny_tokenizer
+
+    other_tok = train_tiny_tokenizer([tiny["corpus"]], tmp_path / "tok", vocab_size=500)
+    build_tiny_masked_lm(other_tok, tmp_path / "other", hidden=16, layers=1, heads=2)
+    config = tiny_config(tmp_path / "run", tmp_path / "other", [(pair_store, 1.0)])
+    assert train_student(["--config", write_config(tmp_path / "c.json", config)]) == 2
+    message = capsys.readouterr().out
+    assert "tokenizer mismatch" in message and str(pair_store) in message
+    assert str(tmp_path / "other") in message and str(tiny["teacher"]) in message
+    from smash.train.trainer import Trainer
+
+    with pytest.raises(FingerprintMismatch):
+        Trainer(load_config(config)).setup()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_shard_is_named(tiny, pair_store, tmp_path, capsys, workers):
+    store = tmp_path / "store"
+    shutil.copytree(pair_store, store)
+    shards = sorted(store.glob("shard-*.tar"))
+    for shard in shards:  # every shard damaged: whichever is read first is reported
+        shard.write_bytes(shard.read_bytes()[:1000])
+    config = tiny_config(tmp_path / "run", tiny["student"], [(store, 1.0)], num_workers=workers)
+    assert train_student(["--config", write_config(tmp_path / "c.json", config)]) == 2
+    message = capsys.readouterr().out
+    assert "truncated" in message and any(s.name in message for s in shards), message
+
+
+def test_rule_objective_refuses_a_sentiment_store(tiny, sentiment_store, tmp_path, capsys):
+    config = tiny_config(tmp_path / "run", tiny["student"], [(sentiment_store, 1.0)],
+                         objective="rule")
+    assert train_student(["--config", write_config(tmp_path / "c.json", config)]) == 2
+    assert "sentiment store has none" in capsys.readouterr().out
+
+
+def test_output_folder_with_checkpoints_needs_resume(tiny, pair_store, tmp_path, capsys):
+    config = tiny_config(tmp_path / "run", tiny["student"], [(pair_store, 1.0)], max_steps=1)
+    path = write_config(tmp_path / "c.json", config)
+    assert train_student(["--config", path]) == 0
+    assert train_student(["--config", path]) == 2
+    assert "pass --resume" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["deepspeed"]["scheduler"]["params"]["total_num_steps"] == 1
