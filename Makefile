@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean gpu-wheels
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,3 +26,14 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-out benchmarks/out
+
+# Wheels the GPU machine lacks (Python 3.12, x86_64), for benchmarks/gpu_check.sh.
+GPU_WHEELS := webdataset==1.0.2 braceexpand==0.1.7 zstandard==0.25.0 blingfire==0.1.8 \
+	torchdata==0.11.0 deepspeed==0.19.8 hjson==3.1.0 pydantic==2.12.5 pydantic-core==2.41.5 \
+	annotated-types==0.7.0 typing-inspection==0.4.2
+gpu-wheels:
+	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
+		-d .whl $(GPU_WHEELS) || \
+	$(PY) -m pip download --no-deps -d .whl $(GPU_WHEELS)

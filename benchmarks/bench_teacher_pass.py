@@ -104,12 +104,14 @@ def run(args) -> dict:
     model.config._attn_implementation = "sdpa"
     task = SyntheticPairs(words)
     cfg = PassConfig(out=work / "store", k=args.k, num_examples=args.examples,
-                     shard_size=args.shard_size, token_budget=args.token_budget)
+                     shard_size=args.shard_size, token_budget=args.token_budget,
+                     tokenize_workers=args.tokenize_workers)
     producer = producer_config(task, tok, f"random {args.shape}", None, args.dtype, cfg,
                                "synthetic", {})
     # Warm-up (kernels, allocator) on a separate store.
     warm = PassConfig(out=work / "warm", k=args.k, num_examples=min(512, args.examples),
-                      shard_size=512, token_budget=args.token_budget)
+                      shard_size=512, token_budget=args.token_budget,
+                      tokenize_workers=args.tokenize_workers)
     run_teacher_pass(task, task.examples(None, 0), model, tok, warm, producer, device)
     summary = run_teacher_pass(task, task.examples(None, 0), model, tok, cfg, producer, device)
 
@@ -119,7 +121,7 @@ def run(args) -> dict:
     batches, rows_total = [], 0
     for start in range(0, args.examples, args.shard_size):
         chunk = [next(stream) for _ in range(min(args.shard_size, args.examples - start))]
-        prompts = [template.encode(tok, ex.sentences, task.max_length) for ex in chunk]
+        prompts = template.encode_batch(tok, [ex.sentences for ex in chunk], task.max_length)
         lengths = [len(p.input_ids) for p in prompts]
         for rows in token_budget_batches(lengths, args.token_budget):
             longest = max(lengths[i] for i in rows)
@@ -195,6 +197,7 @@ def main() -> None:
     p.add_argument("--token-budget", type=int, default=4096)
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs)")
+    p.add_argument("--tokenize-workers", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = p.parse_args()
     result = run(args)

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=10_000, help="candidates per shard")
     p.add_argument("--token-budget", type=int, default=16_384,
                    help="padded tokens per teacher batch (length-bucketed)")
+    p.add_argument("--tokenize-workers", type=int, default=None,
+                   help="processes tokenizing shards ahead of the teacher (default: the CPUs "
+                        "per rank minus one, at most 8; 0: in a thread)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
@@ -113,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"({len(tokenizer)} tokens)")
         cfg = PassConfig(out=args.out, k=args.k, num_examples=args.num_examples,
                          shard_size=args.shard_size, token_budget=args.token_budget,
-                         seed=args.seed, overwrite=args.overwrite, rank=rank, world_size=world)
+                         seed=args.seed, overwrite=args.overwrite, rank=rank, world_size=world,
+                         tokenize_workers=args.tokenize_workers if args.tokenize_workers
+                         is not None else min(8, max(1, (os.cpu_count() or 2) // world - 1)))
         model = AutoModelForMaskedLM.from_pretrained(
             args.teacher, revision=args.revision, dtype=DTYPES[args.dtype],
             attn_implementation="sdpa").to(device).eval()

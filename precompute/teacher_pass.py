@@ -33,7 +33,7 @@ from smash.store.codec import ChunkLayout
 from smash.store.manifest import Manifest
 
 from .background import background
-from .batching import token_budget_batches
+from .shard_prep import ShardPreparer
 from .tasks import IntermediateTask, TaskExample
 from .teacher_head import teacher_topk
 from .templates import EncodedPrompt, parse_template, verbalizer_ids
@@ -56,6 +56,7 @@ class PassConfig:
     overwrite: bool = False
     rank: int = 0
     world_size: int = 1
+    tokenize_workers: int = 1  # processes tokenizing ahead; 0 = in a thread of this process
 
 
 @dataclass
@@ -204,50 +205,23 @@ def prepare_output(out: Path, producer: dict, overwrite: bool, rank: int) -> Non
             tmp.unlink(missing_ok=True)  # half-written shards of a killed run
 
 
-@dataclass
-class _Batch:
-    rows: np.ndarray               # indices into the shard's examples
-    input_ids: torch.Tensor        # (B, L), pinned on CUDA runs
-    attention_mask: torch.Tensor   # (B, L)
-    mask_positions: torch.Tensor   # (B,)
-    real_tokens: int
-
-
-def _prepare_shards(examples: Iterator[TaskExample], task: IntermediateTask, tokenizer,
-                    cfg: PassConfig, total: int, done: set[str], pin: bool) -> Iterator[tuple]:
-    """("skip", index, n) for shards not to compute here, else ("shard", index, examples,
-    prompts, batches): tokenized and batched, ready for the device."""
-    template = parse_template(task.template)
-    pad = tokenizer.pad_token_id
+def _shard_jobs(examples: Iterator[TaskExample], cfg: PassConfig, total: int,
+                done: set[str]) -> Iterator[tuple]:
+    """This rank's shards as ((index, examples), sentences to prepare or None to skip)."""
     for index, chunk in _shards(examples, cfg, total):
         if index % cfg.world_size != cfg.rank:
             continue
-        if shard_name(index) in done and (cfg.out / shard_name(index)).exists():
-            yield ("skip", index, len(chunk))
-            continue
-        prompts = [template.encode(tokenizer, ex.sentences, task.max_length) for ex in chunk]
-        lengths = np.array([len(p.input_ids) for p in prompts])
-        batches = []
-        for rows in token_budget_batches(lengths, cfg.token_budget):
-            ids = torch.full((len(rows), int(lengths[rows].max())), pad, dtype=torch.long)
-            for b, i in enumerate(rows):
-                ids[b, :lengths[i]] = torch.tensor(prompts[i].input_ids)
-            attention = (torch.arange(ids.shape[1])[None, :] < torch.from_numpy(
-                lengths[rows])[:, None]).long()
-            positions = torch.tensor([prompts[i].mask_position for i in rows])
-            if pin:
-                ids, attention, positions = ids.pin_memory(), attention.pin_memory(), \
-                    positions.pin_memory()
-            batches.append(_Batch(rows, ids, attention, positions, int(lengths[rows].sum())))
-        yield ("shard", index, chunk, prompts, batches)
+        finished = shard_name(index) in done and (cfg.out / shard_name(index)).exists()
+        yield (index, chunk), (None if finished else [ex.sentences for ex in chunk])
 
 
 def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample], model, tokenizer,
                      cfg: PassConfig, producer: dict, device: torch.device) -> PassSummary:
     """Run the teacher over this process's shards of ``examples`` and write them.
 
-    Three threads: a prefetcher tokenizes and batches the next shard, this thread runs the
-    teacher, and the writer filters, encodes and writes finished shards.
+    A background thread draws the examples and hands shards to tokenizer processes
+    (``ShardPreparer``); this thread runs the teacher; the writer thread filters, encodes and
+    writes finished shards.
     """
     if tokenizer.mask_token_id is None:
         raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no mask token")
@@ -269,22 +243,29 @@ def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample], mo
     bar = tqdm(total=mine, unit="ex", desc=f"teacher rank {cfg.rank}", dynamic_ncols=True,
                smoothing=0.1)
     t0 = time.perf_counter()
-    shards = background(_prepare_shards(examples, task, tokenizer, cfg, total,
-                                        {s.name for s in store.shards}, pin=cuda))
+    preparer = ShardPreparer(tokenizer, task.template, task.max_length, cfg.token_budget,
+                             workers=cfg.tokenize_workers)
+    shards = background(preparer.map(_shard_jobs(examples, cfg, total,
+                                                 {s.name for s in store.shards})))
     try:
-        for item in shards:
-            if item[0] == "skip":
+        for (index, chunk), prepared in shards:
+            if prepared is None:
                 summary.skipped_shards += 1
-                bar.update(item[2])
+                bar.update(len(chunk))
                 continue
-            _, index, chunk, prompts, batches = item
-            writer.put(("begin", index, chunk, prompts))
-            for batch in batches:
-                top = teacher_topk(model, batch.input_ids.to(device, non_blocking=True),
-                                   batch.attention_mask.to(device, non_blocking=True),
+            writer.put(("begin", index, chunk, prepared.prompts))
+            for batch in prepared.batches:
+                ids = torch.from_numpy(batch.input_ids)
+                attention = (torch.arange(ids.shape[1])[None, :]
+                             < torch.from_numpy(batch.lengths)[:, None]).long()
+                positions = torch.from_numpy(batch.mask_positions)
+                if cuda:  # pinned, so the host-to-device copies run asynchronously
+                    ids, attention, positions = (t.pin_memory() for t in (ids, attention,
+                                                                           positions))
+                top = teacher_topk(model, ids.to(device, non_blocking=True),
+                                   attention.to(device, non_blocking=True),
                                    torch.arange(len(batch.rows), device=device),
-                                   batch.mask_positions.to(device, non_blocking=True), cfg.k,
-                                   extra_ids)
+                                   positions.to(device, non_blocking=True), cfg.k, extra_ids)
                 out = {"ids": top.ids, "logprobs": top.logprobs, "tail": top.tail_logmass}
                 if top.extra_logprobs is not None:
                     out["extra"] = top.extra_logprobs
@@ -295,8 +276,8 @@ def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample], mo
                     event = torch.cuda.Event()
                     event.record()
                 writer.put(("batch", batch.rows, event, out))
-                summary.real_tokens += batch.real_tokens
-                summary.computed_tokens += batch.input_ids.numel()
+                summary.real_tokens += int(batch.lengths.sum())
+                summary.computed_tokens += batch.input_ids.size
                 summary.examples += len(batch.rows)
                 bar.update(len(batch.rows))
                 bar.set_postfix(tok_s=f"{summary.real_tokens / (time.perf_counter() - t0):,.0f}",
@@ -305,12 +286,14 @@ def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample], mo
         writer.finish()
     except BaseException:
         shards.close()
+        preparer.close()
         if writer.is_alive():
             writer.queue.put(("stop",))
             writer.join()
         raise
     finally:
         bar.close()
+    preparer.close()
     summary.wall_s = time.perf_counter() - t0
     return summary
 

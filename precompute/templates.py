@@ -88,30 +88,40 @@ class Template:
         the currently longest sentence part (the first such part on ties). Raises ValueError
         when a sentence is missing or the template's own tokens alone exceed ``max_length``.
         """
-        if len(sentences) < self.num_sentences:
-            raise ValueError(f"template {self.spec!r} reads {self.num_sentences} sentence(s), "
-                             f"got {len(sentences)}")
-        pieces: list[list[int]] = []
+        return self.encode_batch(tokenizer, [sentences], max_length)[0]
+
+    def encode_batch(self, tokenizer, batch: Sequence[Sequence[str]],
+                     max_length: int) -> list[EncodedPrompt]:
+        """``encode`` for many examples at once: each sentence part of all examples goes to the
+        tokenizer in one batch call (fast tokenizers encode it in Rust, in parallel)."""
+        for sentences in batch:
+            if len(sentences) < self.num_sentences:
+                raise ValueError(f"template {self.spec!r} reads {self.num_sentences} "
+                                 f"sentence(s), got {len(sentences)}")
+        columns: list[list[list[int]] | list[int]] = []  # per part: ids per example, or fixed
         for part in self.parts:
             if part.kind == "special":
-                pieces.append([_special_id(tokenizer, part.text, self.spec)])
+                columns.append([_special_id(tokenizer, part.text, self.spec)])
             elif part.kind == "sentence":
-                pieces.append(_encode(tokenizer, part.sentence_text(sentences[part.index])))
+                columns.append(_encode_many(tokenizer, [part.sentence_text(s[part.index])
+                                                        for s in batch]))
             else:
-                pieces.append(_encode(tokenizer, part.text))
+                columns.append(_encode(tokenizer, part.text))
         is_sentence = [p.kind == "sentence" for p in self.parts]
-        fixed = sum(len(ids) for ids, s in zip(pieces, is_sentence) if not s)
+        fixed = sum(len(ids) for ids, s in zip(columns, is_sentence) if not s)
         if fixed > max_length:
             raise ValueError(f"template {self.spec!r} alone is {fixed} tokens, more than "
                              f"max_length={max_length}")
-        _truncate_longest_first(pieces, is_sentence, max_length - fixed)
-        input_ids: list[int] = []
-        mask_position = -1
-        for ids, part in zip(pieces, self.parts):
-            if part.kind == "special" and part.text == "mask":
-                mask_position = len(input_ids)
-            input_ids.extend(ids)
-        return EncodedPrompt(input_ids=input_ids, mask_position=mask_position)
+        mask_part = next(i for i, p in enumerate(self.parts)
+                         if p.kind == "special" and p.text == "mask")
+        out = []
+        for row in range(len(batch)):
+            pieces = [list(col[row]) if sent else col for col, sent in zip(columns, is_sentence)]
+            _truncate_longest_first(pieces, is_sentence, max_length - fixed)
+            mask_position = sum(len(ids) for ids in pieces[:mask_part])
+            out.append(EncodedPrompt(input_ids=[t for ids in pieces for t in ids],
+                                     mask_position=mask_position))
+        return out
 
 
 def parse_template(spec: str) -> Template:
@@ -163,6 +173,14 @@ def _encode(tokenizer, text: str) -> list[int]:
     if text == "":
         return []
     return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # slow tokenizers: one call per text
+        return [_encode(tokenizer, t) for t in texts]
+    return [e.ids if t else [] for e, t in zip(
+        backend.encode_batch(texts, add_special_tokens=False), texts)]
 
 
 def _special_id(tokenizer, name: str, spec: str) -> int:
