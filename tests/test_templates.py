@@ -125,3 +125,21 @@ def test_deterministic(tiny_tokenizer):
     t = parse_template(PAIR)
     a = t.encode(tiny_tokenizer, ["One.", "Two."], 64)
     assert a == parse_template(PAIR).encode(tiny_tokenizer, ["One.", "Two."], 64)
+
+
+def test_encode_batch_equals_one_by_one(tiny_tokenizer, tiny):
+    """The batched tokenizer path gives what per-text ``tokenizer.encode`` calls give."""
+    tok = tiny_tokenizer
+    docs = [d.replace("\n", " ") for d in open(tiny["corpus"]).read().split("\n\n") if d][:40]
+    pairs = [(d[: 30 + i * 7], d[-(25 + i * 5):]) for i, d in enumerate(docs)] + [("", "x")]
+    template = parse_template(PAIR)
+    for max_length in (128, 24):
+        batch = template.encode_batch(tok, pairs, max_length)
+        assert batch == [template.encode(tok, p, max_length) for p in pairs]
+        for (a, b), out in zip(pairs, batch):
+            full = ([tok.cls_token_id] + enc(tok, a[:-1]) + enc(tok, "?") + [tok.mask_token_id]
+                    + enc(tok, ",") + enc(tok, " " + b[:1].lower() + b[1:]) + [tok.sep_token_id])
+            if len(full) <= max_length:
+                assert out.input_ids == full
+            assert len(out.input_ids) <= max_length
+            assert out.input_ids[out.mask_position] == tok.mask_token_id
