@@ -98,6 +98,8 @@ def make_loader(stores: Sequence[str], weights: Sequence[float], *, batch_size: 
 
     datasets = [StoreDataset(path, seed=seed, shuffle=True, epochs=None) for path in stores]
     mixed = MixedBatches(datasets, weights, batch_size, pad_id, seed=seed)
+    # Its own generator: starting an iterator draws a worker seed, which must not come from
+    # the global RNG (a resumed run starts its iterator after restoring that RNG's state).
     return StatefulDataLoader(mixed, batch_size=None, num_workers=num_workers,
-                              pin_memory=pin_memory,
-                              persistent_workers=False, prefetch_factor=4 if num_workers else None)
+                              pin_memory=pin_memory, prefetch_factor=4 if num_workers else None,
+                              generator=torch.Generator().manual_seed(seed))

@@ -174,6 +174,7 @@ class Trainer:
         last = cfg.max_steps if stop_at_step is None else min(stop_at_step, cfg.max_steps)
         if self.step == 0 and cfg.eval_store is not None:
             self.evaluate()
+        engine.train()  # from_pretrained returns the model in eval mode: dropout on
         batches = iter(self.loader)
         accumulation = engine.gradient_accumulation_steps()
         loss_sum = torch.zeros((), device=self.device)  # on the device: no sync per step
