@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .corpus import Corpus, CorpusError
+from .corpus import CorpusError, open_corpus
 from .sentences import SentenceSplitter
 from .tasks import make_task, task_names
 from .teacher_pass import (
@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="precompute-teacher", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, help=f"intermediate task ({', '.join(task_names())})")
-    p.add_argument("--corpus", required=True, type=Path,
-                   help="text file/folder (blank-line separated documents), .jsonl or .parquet")
+    p.add_argument("--corpus", required=True,
+                   help="text file/folder (blank-line separated documents), .jsonl, .parquet, "
+                        "or hf:NAME[:CONFIG][@REVISION] (e.g. hf:wikimedia/wikipedia:20231101.en)")
     p.add_argument("--text-field", default="text", help="JSONL field / parquet column")
     p.add_argument("--one-doc-per-file", action="store_true",
                    help="treat each text file as one document")
@@ -100,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--k, --num-examples and --shard-size must be positive")
         splitter = SentenceSplitter(args.min_words, args.max_words)
         task = make_task(args.task, splitter, **_task_options(args))
-        corpus = Corpus(args.corpus, text_field=args.text_field,
-                        one_doc_per_file=args.one_doc_per_file)
+        corpus = open_corpus(args.corpus, text_field=args.text_field,
+                             one_doc_per_file=args.one_doc_per_file)
         corpus_fp = corpus.fingerprint()
         device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available()
                                               else "cpu"))
