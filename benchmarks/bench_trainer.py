@@ -1,0 +1,250 @@
+"""Trainer benchmark: streaming overhead, and offline against online distillation.
+
+    python benchmarks/bench_trainer.py                      # CPU, shapes scaled down by 4
+    python benchmarks/bench_trainer.py --device cuda        # GPU, the real shapes, bf16
+
+Both measurements run the real ``train-student`` recipe (``smash.train.trainer.Trainer`` on
+DeepSpeed), each configuration in its own process so that peak memory is its own:
+
+1. Streaming overhead: samples/s with micro-batches streamed from a store (DataLoader
+   workers reading and decoding shards) against the *same* micro-batches collated
+   beforehand and held in memory. Target: at most 2% slower.
+2. Offline against online: step time and peak memory of distilling from the store
+   against distilling from a live teacher (``--teacher``, targets computed each step by
+   the same ``teacher_topk`` as the teacher pass, same k), at the same shapes.
+   Target on a GPU at the real shapes: at least 3x faster per step, zero teacher memory.
+
+Shapes: the teacher has RoBERTa-large's dimensions and the student DistilRoBERTa's (random
+weights, no downloads; vocab 50,265). On CPU every width and depth is divided by ``--scale``
+(default 4; depth rounded up), keeping the teacher/student proportions. Examples are the
+synthetic teacher outputs of ``synthetic_teacher.py`` (lengths 20-128, one mask, k=64).
+Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU and the process's peak RSS on a
+CPU (which includes the Python/torch baseline, the same in every configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+REAL = {  # from the models' published configs (roberta-large, distilroberta-base)
+    "teacher": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                    "intermediate_size": 4096},
+    "student": {"hidden_size": 768, "num_hidden_layers": 6, "num_attention_heads": 12,
+                    "intermediate_size": 3072},
+}
+VOCAB, K = 50_265, 64
+
+
+def shapes(scale: int) -> dict[str, dict]:
+    """Both models' dims divided by ``scale`` (heads keep their 64-wide head size)."""
+    out = {}
+    for role, dims in REAL.items():
+        hidden = dims["hidden_size"] // scale
+        out[role] = {"hidden_size": hidden, "num_hidden_layers": math.ceil(
+            dims["num_hidden_layers"] / scale), "num_attention_heads": max(hidden // 64, 1),
+            "intermediate_size": dims["intermediate_size"] // scale}
+    return out
+
+
+def build_workspace(work: Path, args) -> dict:
+    """Tokenizer padded to RoBERTa's vocabulary, random teacher and student, one store."""
+    import torch
+    from smash.precompute.tiny import train_tiny_tokenizer, write_tiny_corpus
+    from smash.store import StoreWriter, finalize_store, tokenizer_record
+    from synthetic_teacher import synthetic_examples
+    from tokenizers import AddedToken
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    tok = train_tiny_tokenizer([write_tiny_corpus(work / "corpus.txt")], work / "tok")
+    tok.add_tokens([AddedToken(f"<unused{i}>", special=True) for i in range(VOCAB - len(tok))])
+    dims = shapes(args.scale)
+    for role, seed in (("teacher", 0), ("student", 1)):
+        config = RobertaConfig(**dims[role], vocab_size=VOCAB, max_position_embeddings=514,
+                               type_vocab_size=1, pad_token_id=tok.pad_token_id)
+        torch.manual_seed(seed)
+        RobertaForMaskedLM(config).save_pretrained(work / role)
+        tok.save_pretrained(work / role)
+    n = args.batch * (args.warmup + args.steps) * (1 + args.workers)
+    with StoreWriter(work / "store", producer={"task": "bench", "max_length": 128},
+                     tokenizer=tokenizer_record(tok), k=K, max_samples=max(n // 8, 1)) as w:
+        w.write_all(synthetic_examples(n, vocab=VOCAB, k=K, seed=0))
+    finalize_store(work / "store")
+    return {"shapes": dims, "examples": n}
+
+
+def config_for(work: Path, out: Path, args, *, teacher: bool) -> dict:
+    from smash.train.config import load_config
+
+    precision = "bf16" if args.device == "cuda" else "fp32"
+    return load_config({
+        "student": str(work / "student"), "output_dir": str(out),
+        "stores": [{"path": str(work / "store")}], "max_steps": args.warmup + args.steps,
+        "log_every": args.warmup if args.warmup else args.steps, "checkpoint_every": 0,
+        "num_workers": args.workers, "seed": 0,
+        "teacher": str(work / "teacher") if teacher else None, "teacher_k": K if teacher else None,
+        "deepspeed": {
+            "train_micro_batch_size_per_gpu": args.batch, "gradient_accumulation_steps": 1,
+            "gradient_clipping": 1.0, "zero_optimization": {"stage": 0},
+            "bf16": {"enabled": precision == "bf16"},
+            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+        },
+    })
+
+
+class InMemory:
+    """Pre-collated micro-batches, iterated like the trainer's DataLoader."""
+
+    def __init__(self, batches: list[dict]):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+def child(mode: str, work: Path, args) -> dict:
+    """One configuration in this process: ``memory``, ``offline`` (streamed) or ``online``."""
+    import torch
+    from smash.train.metrics import read_metrics
+    from smash.train.trainer import Trainer
+
+    out = work / f"run-{mode}"
+    trainer = Trainer(config_for(work, out, args, teacher=mode == "online"))
+    trainer.setup()
+    if mode == "memory":
+        stream = iter(trainer.loader)
+        batches = [next(stream) for _ in range(args.warmup + args.steps)]
+        if args.device == "cuda":
+            batches = [{k: v.pin_memory() if torch.is_tensor(v) else v for k, v in b.items()}
+                       for b in batches]
+        trainer.loader = InMemory(batches)
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    trainer.cleanup()
+    windows = [r for r in read_metrics(out) if "samples_per_s" in r][1:]  # skip the warm-up
+    samples = sum(r["samples"] for r in windows)
+    seconds = sum(r["samples"] / r["samples_per_s"] for r in windows)
+    peak = (torch.cuda.max_memory_allocated() if args.device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    teacher_bytes = 0 if trainer.teacher is None else sum(
+        p.numel() * p.element_size() for p in trainer.teacher.model.parameters())
+    return {"mode": mode, "samples_per_s": samples / seconds,
+            "step_s": seconds / (samples / args.batch), "peak_bytes": peak,
+            "teacher_param_bytes": teacher_bytes}
+
+
+def run_child(mode: str, work: Path, args) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    if args.device == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    command = [sys.executable, __file__, "--child", mode, "--work", str(work),
+               *sys.argv[1:]]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{mode} run failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs)"
+
+
+def print_table(result: dict) -> None:
+    runs = result["runs"]
+    mb = 2**20
+    print(f"\ntrainer benchmark on {result['device']}, {result['precision']}, micro-batch "
+          f"{result['batch']}, {result['steps']} timed steps; shapes {result['shape_note']}")
+    print(f"{'configuration':<34}{'samples/s':>11}{'ms/step':>10}{'peak MB':>10}")
+    for key, label in (("memory", "in-memory batches"), ("offline", "streamed from store (offline)"),
+                       ("online", "online teacher")):
+        r = runs[key]
+        print(f"{label:<34}{r['samples_per_s']:>11.1f}{1e3 * r['step_s']:>10.1f}"
+              f"{r['peak_bytes'] / mb:>10.0f}")
+    s = result["summary"]
+    print(f"\nstreaming overhead: {100 * s['streaming_overhead']:+.2f}% (target <= 2%)")
+    print(f"offline vs online: {s['speedup']:.2f}x faster per step (target >= 3x on GPU at real "
+          f"shapes); peak memory {s['memory_saved_bytes'] / mb:.0f} MB lower "
+          f"({100 * s['memory_saved_fraction']:.0f}%); teacher weights alone "
+          f"{s['teacher_param_bytes'] / mb:.0f} MB, none of it loaded offline")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--scale", type=int, default=None,
+                   help="divide widths and depths by this (default: 4 on CPU, 1 on GPU)")
+    p.add_argument("--batch", type=int, default=None, help="micro-batch (default 16 CPU, 64 GPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 20 CPU, 50 GPU)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (1 CPU, 4 GPU)")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    gpu = args.device == "cuda"
+    args.scale = args.scale or (1 if gpu else 4)
+    args.batch = args.batch or (64 if gpu else 16)
+    args.steps = args.steps or (50 if gpu else 20)
+    args.workers = args.workers if args.workers is not None else (4 if gpu else 1)
+    if args.child:
+        print(json.dumps(child(args.child, args.work, args)))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="smash-trainer-bench-"))
+    started = time.perf_counter()
+    info = build_workspace(work, args)
+    print(f"workspace {work}: {info['examples']} synthetic examples; teacher "
+          f"{info['shapes']['teacher']}, student {info['shapes']['student']}")
+    runs = {}
+    for mode in ("memory", "offline", "online"):
+        runs[mode] = run_child(mode, work, args)
+        print(f"  {mode}: {runs[mode]['samples_per_s']:.1f} samples/s, "
+              f"{1e3 * runs[mode]['step_s']:.1f} ms/step")
+    summary = {
+        "streaming_overhead": 1 - runs["offline"]["samples_per_s"] / runs["memory"]["samples_per_s"],
+        "speedup": runs["online"]["step_s"] / runs["offline"]["step_s"],
+        "memory_saved_bytes": runs["online"]["peak_bytes"] - runs["offline"]["peak_bytes"],
+        "memory_saved_fraction": 1 - runs["offline"]["peak_bytes"] / runs["online"]["peak_bytes"],
+        "teacher_param_bytes": runs["online"]["teacher_param_bytes"],
+    }
+    result = {
+        "device": device_name(args.device), "precision": "bf16" if gpu else "fp32",
+        "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
+        "workers": args.workers, "scale": args.scale, "shapes": info["shapes"],
+        "shape_note": ("real (RoBERTa-large teacher, DistilRoBERTa student)" if args.scale == 1
+                       else f"RoBERTa-large and DistilRoBERTa scaled down {args.scale}x"),
+        "runs": runs, "summary": summary, "seconds": time.perf_counter() - started,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"trainer_{args.device}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    print_table(result)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
