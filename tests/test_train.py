@@ -209,3 +209,20 @@ def test_output_folder_with_checkpoints_needs_resume(tiny, pair_store, tmp_path,
     assert "pass --resume" in capsys.readouterr().out
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["deepspeed"]["scheduler"]["params"]["total_num_steps"] == 1
+
+
+@pytest.mark.parametrize("objective", ["ce", "rule"])
+def test_bf16_zero2_fused_linear_runs_and_exports_fp32(tiny, pair_store, tmp_path, objective):
+    config = tiny_config(tmp_path / "run", tiny["student"], [(pair_store, 1.0)], max_steps=2,
+                         loss="fused_linear", objective=objective,
+                         deepspeed={"zero_optimization": {"stage": 2}})
+    path = write_config(tmp_path / "c.json", config)
+    assert train_student(["--config", path, "--precision", "bf16"]) == 0
+    from smash.train.metrics import read_metrics
+
+    records = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert len(records) == 2 and all(r["grad_norm"] is not None for r in records)
+    exported = AutoModelForMaskedLM.from_pretrained(tmp_path / "run" / "student")
+    assert all(p.dtype == torch.float32 for p in exported.parameters())
+    info = json.loads((tmp_path / "run" / "student" / "smash_training.json").read_text())
+    assert info["step"] == 2 and info["objective"] == objective
