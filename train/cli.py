@@ -79,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .trainer import Trainer
 
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-load bars would bury the run's own progress bar
     if args.export_only and not args.resume:
         print("train-student: error: --export-only exports a checkpoint: add --resume")
         return 2

@@ -122,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--teacher-steps", type=int, default=300, help="teacher MLM steps")
     p.add_argument("--examples", type=int, default=2000, help="sentence pairs to precompute")
     args = p.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     started = time.perf_counter()
     out = args.out.resolve()
     if (out / "run").exists():
