@@ -99,7 +99,7 @@ def config_for(work: Path, out: Path, args, *, teacher: bool) -> dict:
             "train_micro_batch_size_per_gpu": args.batch, "gradient_accumulation_steps": 1,
             "gradient_clipping": 1.0, "zero_optimization": {"stage": 0},
             "bf16": {"enabled": precision == "bf16"},
-            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
         },
     })
 

@@ -5,7 +5,9 @@ A config is a JSON object with the trainer's keys (``TrainConfig``'s fields) and
 file, relative to the config). Unknown keys are errors, so a typo never falls back to a
 default silently. The shipped configs (``smash/train/configs/*.json``) hold the paper's
 defaults (appendix A.1): batch 128, lr 1e-4, 200k steps, max length 128 (sentence pairs)
-or 64 (sentiment); a run names its stores and output folder on the command line.
+or 64 (sentiment); a run names its stores and output folder on the command line. They use
+``torch.optim.AdamW`` (``"torch_adam": true``): the same update as DeepSpeed's FusedAdam,
+without its just-in-time CUDA build (which needs nvcc on the training machine).
 
 Example::
 
@@ -96,9 +98,6 @@ class TrainConfig:
         out["stores"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()
                           if v is not None} for s in out["stores"]]
         return out
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return _validate({**self.to_json(), **changes}, base=None)
 
 
 def shipped_config_path(name: str) -> Path:
