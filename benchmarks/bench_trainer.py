@@ -31,6 +31,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -124,6 +125,7 @@ def child(mode: str, work: Path, args) -> dict:
     from smash.train.trainer import Trainer
 
     out = work / f"run-{mode}"
+    shutil.rmtree(out, ignore_errors=True)  # the previous repeat's run
     trainer = Trainer(config_for(work, out, args, teacher=mode == "online"))
     trainer.setup()
     if mode == "memory":
@@ -144,9 +146,34 @@ def child(mode: str, work: Path, args) -> dict:
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     teacher_bytes = 0 if trainer.teacher is None else sum(
         p.numel() * p.element_size() for p in trainer.teacher.model.parameters())
-    return {"mode": mode, "samples_per_s": samples / seconds,
-            "step_s": seconds / (samples / args.batch), "peak_bytes": peak,
-            "teacher_param_bytes": teacher_bytes}
+    result = {"mode": mode, "samples_per_s": samples / seconds,
+              "step_s": seconds / (samples / args.batch), "peak_bytes": peak,
+              "teacher_param_bytes": teacher_bytes}
+    if mode == "offline":
+        result["load_s_per_batch"] = serial_load_time(work, trainer, args)
+    return result
+
+
+def serial_load_time(work: Path, trainer, args) -> float:
+    """Seconds to read, check, decode and collate one micro-batch in the main process: what
+    streaming would add to every step with no DataLoader worker to hide it."""
+    from smash.train.data import make_loader
+
+    loader = make_loader([str(work / "store")], [1.0], batch_size=args.batch,
+                         pad_id=trainer.tokenizer.pad_token_id, seed=1, num_workers=0)
+    stream = iter(loader)
+    next(stream)
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        next(stream)
+    return (time.perf_counter() - started) / args.steps
+
+
+def median_run(results: list[dict]) -> dict:
+    """Per-field median over repeats."""
+    return {key: (statistics.median(r[key] for r in results)
+                  if isinstance(results[0][key], (int, float)) else results[0][key])
+            for key in results[0]}
 
 
 def run_child(mode: str, work: Path, args) -> dict:
@@ -183,7 +210,9 @@ def print_table(result: dict) -> None:
         print(f"{label:<34}{r['samples_per_s']:>11.1f}{1e3 * r['step_s']:>10.1f}"
               f"{r['peak_bytes'] / mb:>10.0f}")
     s = result["summary"]
-    print(f"\nstreaming overhead: {100 * s['streaming_overhead']:+.2f}% (target <= 2%)")
+    print(f"\nstreaming overhead: {100 * s['streaming_overhead']:+.2f}% (target <= 2%; median of "
+          f"{result['repeats']} interleaved repeats); reading one micro-batch in the main process "
+          f"takes {100 * s['serial_load_fraction']:.2f}% of a step")
     print(f"offline vs online: {s['speedup']:.2f}x faster per step (target >= 3x on GPU at real "
           f"shapes); peak memory {s['memory_saved_bytes'] / mb:.0f} MB lower "
           f"({100 * s['memory_saved_fraction']:.0f}%); teacher weights alone "
@@ -199,7 +228,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="micro-batch (default 16 CPU, 64 GPU)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20 CPU, 50 GPU)")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (1 CPU, 4 GPU)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers (default 0 on CPU, where a worker process would take "
+                        "a core from the step; 4 on GPU)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per configuration")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -208,7 +240,7 @@ def main() -> None:
     args.scale = args.scale or (1 if gpu else 4)
     args.batch = args.batch or (64 if gpu else 16)
     args.steps = args.steps or (50 if gpu else 20)
-    args.workers = args.workers if args.workers is not None else (4 if gpu else 1)
+    args.workers = args.workers if args.workers is not None else (4 if gpu else 0)
     if args.child:
         print(json.dumps(child(args.child, args.work, args)))
         return
@@ -218,17 +250,20 @@ def main() -> None:
     info = build_workspace(work, args)
     print(f"workspace {work}: {info['examples']} synthetic examples; teacher "
           f"{info['shapes']['teacher']}, student {info['shapes']['student']}")
-    runs = {}
-    for mode in ("memory", "offline", "online"):
-        runs[mode] = run_child(mode, work, args)
-        print(f"  {mode}: {runs[mode]['samples_per_s']:.1f} samples/s, "
-              f"{1e3 * runs[mode]['step_s']:.1f} ms/step")
+    trials: dict[str, list[dict]] = {"memory": [], "offline": [], "online": []}
+    for repeat in range(args.repeats):  # interleaved, so that drifting load hits all alike
+        for mode, results in trials.items():
+            results.append(run_child(mode, work, args))
+            print(f"  {mode} #{repeat + 1}: {results[-1]['samples_per_s']:.1f} samples/s, "
+                  f"{1e3 * results[-1]['step_s']:.1f} ms/step")
+    runs = {mode: median_run(results) for mode, results in trials.items()}
     summary = {
         "streaming_overhead": 1 - runs["offline"]["samples_per_s"] / runs["memory"]["samples_per_s"],
         "speedup": runs["online"]["step_s"] / runs["offline"]["step_s"],
         "memory_saved_bytes": runs["online"]["peak_bytes"] - runs["offline"]["peak_bytes"],
         "memory_saved_fraction": 1 - runs["offline"]["peak_bytes"] / runs["online"]["peak_bytes"],
         "teacher_param_bytes": runs["online"]["teacher_param_bytes"],
+        "serial_load_fraction": runs["offline"]["load_s_per_batch"] / runs["offline"]["step_s"],
     }
     result = {
         "device": device_name(args.device), "precision": "bf16" if gpu else "fp32",
@@ -236,7 +271,8 @@ def main() -> None:
         "workers": args.workers, "scale": args.scale, "shapes": info["shapes"],
         "shape_note": ("real (RoBERTa-large teacher, DistilRoBERTa student)" if args.scale == 1
                        else f"RoBERTa-large and DistilRoBERTa scaled down {args.scale}x"),
-        "runs": runs, "summary": summary, "seconds": time.perf_counter() - started,
+        "repeats": args.repeats, "runs": runs, "trials": trials, "summary": summary,
+        "seconds": time.perf_counter() - started,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"trainer_{args.device}.json"
