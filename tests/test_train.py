@@ -209,6 +209,36 @@ def test_output_folder_with_checkpoints_needs_resume(tiny, pair_store, tmp_path,
     assert "pass --resume" in capsys.readouterr().out
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["deepspeed"]["scheduler"]["params"]["total_num_steps"] == 1
+    # export on request, from the newest checkpoint
+    assert train_student(["--config", path, "--resume", "--export-only",
+                          "--export-name", "student_now"]) == 0
+    exported = AutoModelForMaskedLM.from_pretrained(tmp_path / "run" / "student_now")
+    final = AutoModelForMaskedLM.from_pretrained(tmp_path / "run" / "student")
+    for name, value in final.state_dict().items():
+        assert torch.equal(exported.state_dict()[name], value), name
+
+
+def test_mixed_batches_follow_the_weights_and_resume(pair_store, sentiment_store):
+    from smash.store import StoreDataset
+    from smash.train.data import MixedBatches
+
+    def mixed():
+        return MixedBatches([StoreDataset(pair_store, epochs=None),
+                             StoreDataset(sentiment_store, epochs=None)], [3.0, 1.0],
+                            batch_size=2, pad_id=1, seed=5)
+
+    stream = iter(mixed())
+    picks = [next(stream)["store"] for _ in range(200)]
+    assert 0.65 < picks.count(0) / len(picks) < 0.85  # weight 3:1
+    first = mixed()
+    it = iter(first)
+    head = [next(it)["keys"] for _ in range(7)]
+    state = first.state_dict()
+    tail = [next(it)["keys"] for _ in range(5)]
+    second = mixed()
+    second.load_state_dict(state)
+    assert [b["keys"] for b, _ in zip(second, range(5))] == tail
+    assert head != tail
 
 
 @pytest.mark.parametrize("objective", ["ce", "rule"])
