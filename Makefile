@@ -28,12 +28,13 @@ clean:
 	rm -rf $(VENV) demo-out benchmarks/out
 
 # Wheels the GPU machine lacks (Python 3.12, x86_64), for benchmarks/gpu_check.sh.
-GPU_WHEELS := webdataset==1.0.2 braceexpand==0.1.7 zstandard==0.25.0 blingfire==0.1.8 \
-	torchdata==0.11.0 deepspeed==0.19.8 hjson==3.1.0 pydantic==2.12.5 pydantic-core==2.41.5 \
+# DeepSpeed ships only a source archive: build its (pure-Python, JIT-ops) wheel here.
+GPU_WHEELS := webdataset==1.0.2 braceexpand==0.1.7 zstandard==0.25.0 \
+	torchdata==0.11.0 hjson==3.1.0 pydantic==2.12.5 pydantic-core==2.41.5 \
 	annotated-types==0.7.0 typing-inspection==0.4.2
 gpu-wheels:
 	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 		--platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
-		-d .whl $(GPU_WHEELS) || \
-	$(PY) -m pip download --no-deps -d .whl $(GPU_WHEELS)
+		-d .whl $(GPU_WHEELS)
+	$(PY) -m pip wheel --no-deps -w .whl deepspeed==0.19.8

@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.metadata import version
 
-import blingfire
-
 __all__ = ["SentenceSplitter"]
 
 
@@ -30,6 +28,8 @@ class SentenceSplitter:
                              f"({self.max_words})")
 
     def split(self, document: str) -> list[str]:
+        import blingfire  # here, so that modules importing the task registry do not need it
+
         sentences = blingfire.text_to_sentences(document).split("\n")
         return [s.strip() for s in sentences
                 if self.min_words <= len(s.split()) <= self.max_words]
