@@ -251,8 +251,9 @@ def main() -> None:
     print(f"workspace {work}: {info['examples']} synthetic examples; teacher "
           f"{info['shapes']['teacher']}, student {info['shapes']['student']}")
     trials: dict[str, list[dict]] = {"memory": [], "offline": [], "online": []}
-    for repeat in range(args.repeats):  # interleaved, so that drifting load hits all alike
-        for mode, results in trials.items():
+    for repeat in range(args.repeats):  # interleaved, order alternating: drifting load hits all
+        for mode in list(trials)[:: 1 if repeat % 2 == 0 else -1]:
+            results = trials[mode]
             results.append(run_child(mode, work, args))
             print(f"  {mode} #{repeat + 1}: {results[-1]['samples_per_s']:.1f} samples/s, "
                   f"{1e3 * results[-1]['step_s']:.1f} ms/step")
