@@ -174,7 +174,7 @@ class Trainer:
         last = cfg.max_steps if stop_at_step is None else min(stop_at_step, cfg.max_steps)
         if self.step == 0 and cfg.eval_store is not None:
             self.evaluate()
-        engine.train()  # from_pretrained returns the model in eval mode: dropout on
+        engine.train()  # from_pretrained leaves the model in eval mode; training wants dropout
         batches = iter(self.loader)
         accumulation = engine.gradient_accumulation_steps()
         loss_sum = torch.zeros((), device=self.device)  # on the device: no sync per step
@@ -192,19 +192,21 @@ class Trainer:
                 counts[2] += int(batch["attention_mask"].sum())
             self.step += 1
             bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == last:
+            logged = self.step % cfg.log_every == 0 or self.step == last
+            if logged:
                 record = self._log(loss_sum, counts, time.perf_counter() - started)
                 bar.set_postfix(loss=f"{record['loss']:.4f}",
                                 samples_s=f"{record['samples_per_s']:.1f}")
                 loss_sum.zero_()
                 counts = [0, 0, 0]
-                started = time.perf_counter()
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self.evaluate()
             if cfg.export_every and self.step % cfg.export_every == 0:
                 self.export(f"exports/{cfg.export_name}_step{self.step}")
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 saved_at = self.save_checkpoint()
+            if logged:  # the next window times training only, not evaluation or saving
+                started = time.perf_counter()
         bar.close()
         if saved_at != self.step:
             self.save_checkpoint()
