@@ -26,14 +26,17 @@ class TeacherTopK:
 
 
 def lm_head_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The vocabulary projection of an HF masked LM (``lm_head`` or ``cls`` for BERT)."""
-    head = model.get_output_embeddings()
+    """The whole masked-LM head of an HF model (hidden states -> vocabulary logits).
+
+    RoBERTa-style models call it ``lm_head``, BERT-style ones ``cls``. Other architectures
+    spread the head over several attributes and are refused rather than given a head
+    without its transform (which would silently produce wrong logits).
+    """
     for name in ("lm_head", "cls"):
         if hasattr(model, name):
             return getattr(model, name)
-    if head is None:
-        raise ValueError(f"{type(model).__name__} has no masked-LM head")
-    return head
+    raise ValueError(f"{type(model).__name__}: no masked-LM head named 'lm_head' or 'cls'; "
+                     f"supported are RoBERTa/XLM-R/BERT-style masked LMs")
 
 
 def mask_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor,

@@ -12,15 +12,27 @@ class StoreError(Exception):
 class ManifestError(StoreError):
     """The manifest is missing, unreadable, of an unknown version, or inconsistent."""
 
-    def __init__(self, path: str, problem: str):
+    def __init__(self, path: str, problem: str | None = None):
+        if problem is None:  # one argument: a whole message (see ShardError)
+            self.path, self.problem = "", str(path)
+            super().__init__(str(path))
+            return
         self.path, self.problem = str(path), problem
         super().__init__(f"{path}: {problem}")
 
 
 class ShardError(StoreError):
-    """A shard is missing, truncated, corrupted or does not decode."""
+    """A shard is missing, truncated, corrupted or does not decode.
 
-    def __init__(self, shard: str, problem: str):
+    Also constructible from one whole message, which is how torch's DataLoader re-creates
+    an exception raised in a worker process, so the error keeps its type there.
+    """
+
+    def __init__(self, shard: str, problem: str | None = None):
+        if problem is None:
+            self.shard, self.problem = "", str(shard)
+            super().__init__(str(shard))
+            return
         self.shard, self.problem = str(shard), problem
         super().__init__(f"shard {shard}: {problem}")
 

@@ -213,3 +213,14 @@ def test_bad_input_gets_a_clear_message(tiny, tmp_path, capsys, case, expected):
     assert expected in err, err
     assert (out / "keep.txt").read_text() == "user file"
     assert not list(out.glob("shard-*"))
+
+
+def test_head_of_an_unsupported_architecture_is_refused():
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    from smash.precompute.teacher_head import lm_head_of
+
+    model = DistilBertForMaskedLM(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2,
+                                                   hidden_dim=32))
+    with pytest.raises(ValueError, match="DistilBertForMaskedLM: no masked-LM head"):
+        lm_head_of(model)

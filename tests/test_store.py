@@ -232,3 +232,13 @@ def test_tokenizer_fingerprint_is_checked(tmp_path, tiny_tokenizer):
     assert tokenizer_fingerprint(other) != fp
     with pytest.raises(FingerprintMismatch, match="tokenizer mismatch.*tok"):
         StoreDataset(tmp_path, tokenizer=other)
+
+
+def test_store_errors_survive_dataloader_workers(small_store):
+    """A worker's ShardError reaches the main process as a ShardError naming the shard."""
+    from torch.utils.data import DataLoader
+
+    (small_store / "shard-000000.tar").unlink()
+    loader = DataLoader(StoreDataset(small_store, shuffle=False), batch_size=None, num_workers=1)
+    with pytest.raises(ShardError, match="shard-000000.tar.*missing"):
+        list(loader)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from smash.store import StoreDataset, StoreError, collate_examples
+from smash.store import StoreDataset, collate_examples
 from torch.utils.data import IterableDataset, get_worker_info
 
 __all__ = ["MixedBatches", "make_loader"]
@@ -62,13 +62,7 @@ class MixedBatches(IterableDataset):
         n = self._start
         while True:
             store = self._pick(reader, n)
-            try:
-                examples = [next(streams[store]) for _ in range(self.batch_size)]
-            except StoreError as err:
-                # A DataLoader worker's exception is re-created in the main process from its
-                # text by calling its class with one argument; ShardError and friends take two,
-                # which would turn a clear store error into a bare RuntimeError.
-                raise StoreError(str(err)) from None
+            examples = [next(streams[store]) for _ in range(self.batch_size)]
             batch = collate_examples(examples, self.pad_id)
             batch["store"] = store
             n += 1
