@@ -23,6 +23,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_store_layout.py
+	$(BIN)/python benchmarks/bench_sentence_split.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_teacher_pass.py
+	$(BIN)/python benchmarks/bench_kernel.py --device cpu
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_trainer.py
 
 clean:
 	rm -rf $(VENV) demo-out benchmarks/out
