@@ -84,6 +84,9 @@ def _print_summary(summary: PassSummary, out: Path, rank: int) -> None:
           f"{summary.bytes / 1e6:,.2f} MB, padding efficiency "
           f"{summary.padding_efficiency:.3f}, {summary.wall_s:,.1f} s ({rate:,.1f} ex/s, "
           f"{summary.real_tokens / max(summary.wall_s, 1e-9):,.0f} tokens/s)")
+    if summary.candidates < summary.requested:
+        print(f"[rank {rank}] note: the corpus ran out after {summary.candidates:,} of the "
+              f"{summary.requested:,} examples asked of this rank; use a larger corpus for more")
     if summary.store_shards:
         print(f"store {out}: {summary.store_examples:,} examples in {summary.store_shards} "
               f"shards, {summary.store_bytes / 1e6:,.2f} MB -> {out / 'manifest.json'}")

@@ -61,6 +61,8 @@ class PassConfig:
 
 @dataclass
 class PassSummary:
+    requested: int = 0         # candidates this process was asked for (--num-examples share)
+    candidates: int = 0        # candidates the corpus gave it (fewer when it runs out)
     examples: int = 0          # candidates sent through the teacher by this process
     kept: int = 0              # examples written (after the filter)
     shards: int = 0            # shards written by this process in this run
@@ -240,6 +242,7 @@ def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample], mo
     total = cfg.num_examples - cfg.num_examples % getattr(task, "group_size", 1)
     mine = sum(min(cfg.shard_size, total - start) for start in range(0, total, cfg.shard_size)
                if (start // cfg.shard_size) % cfg.world_size == cfg.rank)
+    summary.requested = mine
     bar = tqdm(total=mine, unit="ex", desc=f"teacher rank {cfg.rank}", dynamic_ncols=True,
                smoothing=0.1)
     t0 = time.perf_counter()
@@ -249,6 +252,7 @@ def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample], mo
                                                  {s.name for s in store.shards})))
     try:
         for (index, chunk), prepared in shards:
+            summary.candidates += len(chunk)
             if prepared is None:
                 summary.skipped_shards += 1
                 bar.update(len(chunk))

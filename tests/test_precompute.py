@@ -224,3 +224,10 @@ def test_head_of_an_unsupported_architecture_is_refused():
                                                    hidden_dim=32))
     with pytest.raises(ValueError, match="DistilBertForMaskedLM: no masked-LM head"):
         lm_head_of(model)
+
+
+def test_a_corpus_that_runs_out_is_reported(tiny, tmp_path, capsys):
+    assert run(tiny, tmp_path, n=30_000, shard=10_000) == 0
+    out = capsys.readouterr().out
+    assert "note: the corpus ran out after" in out and "of the 30,000 examples" in out
+    assert 0 < load_manifest(tmp_path).num_samples < 30_000
