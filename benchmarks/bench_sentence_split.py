@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import blingfire
-
 from smash.precompute.tiny import write_tiny_corpus
 
 HARD = [  # (text, expected sentences)

@@ -31,10 +31,9 @@ import webdataset as wds
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic_teacher import synthetic_examples  # noqa: E402
-
-from smash.store import ChunkLayout, ShardFile, ShardInfo, read_shard  # noqa: E402
-from smash.store.codec import canonical_order  # noqa: E402
+from smash.store import ChunkLayout, ShardFile, ShardInfo, read_shard
+from smash.store.codec import canonical_order
+from synthetic_teacher import synthetic_examples
 
 FIELDS = ("input_ids", "mask_positions", "topk_ids", "topk_logprobs", "tail_logmass")
 TEACHER_FIELDS = ("topk_ids", "topk_logprobs", "tail_logmass")
@@ -153,18 +152,18 @@ def run(n: int, k: int, vocab: int, out_dir: Path) -> dict:
         info, t_write = timed(write_smash, examples, tmp / "a.tar", layout, vocab, k)
         t_info = write_smash(teacher, tmp / "a_t.tar", layout, vocab, k)
         read, t_read = timed(read_smash, tmp / "a.tar", info)
-        rows.append(dict(layout=name, bytes=info.bytes, teacher_bytes=t_info.bytes,
-                         t_write=t_write, t_read=t_read,
-                         lossless=check_lossless(examples, read, layout.order)))
+        rows.append({"layout": name, "bytes": info.bytes, "teacher_bytes": t_info.bytes,
+                     "t_write": t_write, "t_read": t_read,
+                     "lossless": check_lossless(examples, read, layout.order)})
     for name, write, read_fn in (("(b) webdataset .npy per field", write_npy, read_npy),
                                  ("(c) torch.save + zstd per sample", write_torch, read_torch)):
         _, t_write = timed(write, examples, tmp / "x.tar")
         write(teacher, tmp / "x_t.tar", TEACHER_FIELDS)
         read, t_read = timed(read_fn, tmp / "x.tar")
-        rows.append(dict(layout=name, bytes=(tmp / "x.tar").stat().st_size,
-                         teacher_bytes=(tmp / "x_t.tar").stat().st_size,
-                         t_write=t_write, t_read=t_read,
-                         lossless=check_lossless(examples, read, None)))
+        rows.append({"layout": name, "bytes": (tmp / "x.tar").stat().st_size,
+                     "teacher_bytes": (tmp / "x_t.tar").stat().st_size,
+                     "t_write": t_write, "t_read": t_read,
+                     "lossless": check_lossless(examples, read, None)})
     for r in rows:
         r["bytes_per_example"] = r["bytes"] / n
         r["teacher_bytes_per_entry"] = r["teacher_bytes"] / entries

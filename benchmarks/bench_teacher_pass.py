@@ -23,20 +23,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AddedToken, RobertaConfig, RobertaForMaskedLM
-
 from smash.precompute.batching import token_budget_batches
 from smash.precompute.tasks import TaskExample
 from smash.precompute.teacher_head import teacher_topk
 from smash.precompute.teacher_pass import PassConfig, producer_config, run_teacher_pass
 from smash.precompute.templates import parse_template
 from smash.precompute.tiny import train_tiny_tokenizer, write_tiny_corpus
+from transformers import AddedToken, RobertaConfig, RobertaForMaskedLM
 
 SHAPES = {  # the real architectures' dimensions; "cpu-small" keeps RoBERTa-large's proportions
-    "roberta-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                          intermediate_size=4096, vocab_size=50_265),
-    "cpu-small": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=2,
-                      intermediate_size=512, vocab_size=50_265),
+    "roberta-large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                      "intermediate_size": 4096, "vocab_size": 50_265},
+    "cpu-small": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2,
+                  "intermediate_size": 512, "vocab_size": 50_265},
 }
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense fp16/bf16 tensor cores
 

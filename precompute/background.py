@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 __all__ = ["background"]
 
@@ -33,7 +34,7 @@ def background(items: Iterable[T], ahead: int = 2) -> Iterator[T]:
                 if stop.is_set():
                     return
             q.put(_DONE)
-        except BaseException as err:  # delivered to the consumer
+        except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
             q.put(err)
 
     thread = threading.Thread(target=produce, daemon=True, name="smash-prefetch")

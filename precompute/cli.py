@@ -22,11 +22,16 @@ from .corpus import CorpusError, open_corpus
 from .sentences import SentenceSplitter
 from .tasks import make_task, task_names
 from .teacher_pass import (
-    ConfigMismatch, PassConfig, PassSummary, finalize, prepare_output, producer_config,
+    ConfigMismatch,
+    PassConfig,
+    PassSummary,
+    finalize,
+    prepare_output,
+    producer_config,
     run_teacher_pass,
 )
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -94,9 +99,9 @@ def _print_summary(summary: PassSummary, out: Path, rank: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rank = int(os.environ.get("RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     try:
         for module in args.plugin:
             importlib.import_module(module)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-__all__ = ["CorpusError", "Corpus", "HFCorpus", "open_corpus"]
+__all__ = ["Corpus", "CorpusError", "HFCorpus", "open_corpus"]
 
 
 class CorpusError(ValueError):
@@ -102,11 +102,12 @@ class Corpus:
                 yield " ".join(lines)
 
     def _parquet(self, path: Path) -> Iterator[str]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
             pf = pq.ParquetFile(path)
-        except Exception as err:  # pyarrow raises several types for unreadable files
+        except (pa.ArrowException, OSError) as err:
             raise CorpusError(f"{path}: not a readable parquet file: {err}") from None
         if self.text_field not in pf.schema_arrow.names:
             raise CorpusError(f"{path}: no column {self.text_field!r} (columns: "

@@ -13,7 +13,8 @@ construction: every round yields one pair of each label.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

@@ -17,7 +17,8 @@ A kept example's label is the teacher's argmax over the verbalizer (0 = terrible
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from .corpus import Corpus
 from .sentences import SentenceSplitter
 from .tasks import TaskExample, register_task
 
-__all__ = ["SentimentTask", "FILTER_RULES"]
+__all__ = ["FILTER_RULES", "SentimentTask"]
 
 FILTER_RULES = ("max-prob", "polar", "none")
 

@@ -20,15 +20,16 @@ then pass ``--task my-task`` (import your module first, e.g. with ``--plugin my_
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from .corpus import Corpus
 from .sentences import SentenceSplitter
 
-__all__ = ["TaskExample", "IntermediateTask", "register_task", "make_task", "task_names"]
+__all__ = ["IntermediateTask", "TaskExample", "make_task", "register_task", "task_names"]
 
 
 @dataclass(frozen=True)

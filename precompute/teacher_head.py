@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TeacherTopK", "mask_hidden_states", "teacher_topk", "lm_head_of"]
+__all__ = ["TeacherTopK", "lm_head_of", "mask_hidden_states", "teacher_topk"]
 
 
 @dataclass

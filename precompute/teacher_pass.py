@@ -20,17 +20,16 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from smash.store import ShardFile, StoreWriter, finalize_store, shard_name, tokenizer_record
 from smash.store.codec import ChunkLayout
 from smash.store.manifest import Manifest
+from tqdm import tqdm
 
 from .background import background
 from .shard_prep import ShardPreparer
@@ -38,7 +37,7 @@ from .tasks import IntermediateTask, TaskExample
 from .teacher_head import teacher_topk
 from .templates import EncodedPrompt, parse_template, verbalizer_ids
 
-__all__ = ["PassConfig", "PassSummary", "run_teacher_pass", "ConfigMismatch"]
+__all__ = ["ConfigMismatch", "PassConfig", "PassSummary", "run_teacher_pass"]
 
 
 class ConfigMismatch(RuntimeError):
@@ -128,7 +127,7 @@ class _Writer(threading.Thread):
                         out[name][rows] = value
                 else:  # ("end",)
                     self._write_shard(*shard, out)
-        except BaseException as err:  # handed to the main thread by put()/finish()
+        except BaseException as err:  # noqa: BLE001 - re-raised by put()/finish()
             self.error = err
 
     def _write_shard(self, index: int, examples: list[TaskExample],

@@ -15,10 +15,10 @@ from pathlib import Path
 
 __all__ = [
     "REQUIRED_WORDS",
-    "write_tiny_corpus",
-    "train_tiny_tokenizer",
     "build_tiny_masked_lm",
     "build_tiny_setup",
+    "train_tiny_tokenizer",
+    "write_tiny_corpus",
 ]
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]

@@ -47,11 +47,11 @@ def teacher_statistics(store: str, max_shards: int | None = None) -> dict[str, A
             top1.append(p[:, 0] if p.shape[1] else np.zeros(len(p)))
             lengths.append(chunk.lengths)
             masks.append(chunk.n_masks)
-    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0))  # noqa: E731
+    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0))
     mass, entropy, lengths, masks, top1 = map(cat, (mass, entropy, lengths, masks, top1))
     return {
         "shards_read": len(shards),
-        "examples": int(len(lengths)),
+        "examples": len(lengths),
         "mask_rows": int(masks.sum()),
         "mean_length": float(lengths.mean()) if len(lengths) else 0.0,
         "max_length": int(lengths.max()) if len(lengths) else 0,

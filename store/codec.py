@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import zstandard
 
-__all__ = ["ChunkLayout", "encode_chunk", "decode_chunk", "DecodedChunk", "canonical_order"]
+__all__ = ["ChunkLayout", "DecodedChunk", "canonical_order", "decode_chunk", "encode_chunk"]
 
 CHUNK_SUFFIX = "cols.zst"
 _HEADER = struct.Struct("<I")

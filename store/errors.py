@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["StoreError", "ManifestError", "ShardError", "FingerprintMismatch"]
+__all__ = ["FingerprintMismatch", "ManifestError", "ShardError", "StoreError"]
 
 
 class StoreError(Exception):

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-__all__ = ["tokenizer_fingerprint", "tokenizer_record", "check_tokenizer"]
+__all__ = ["check_tokenizer", "tokenizer_fingerprint", "tokenizer_record"]
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -22,8 +22,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         model = json.loads(backend.to_str()).get("model", {})
         merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     special = {name: str(value) for name, value in sorted(tokenizer.special_tokens_map.items())}
-    special_ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in sorted(set(
-        str(t) for t in tokenizer.all_special_tokens))}
+    special_ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in sorted({
+        str(t) for t in tokenizer.all_special_tokens})}
     payload = json.dumps({"vocab": vocab, "merges": merges, "special": special,
                           "special_ids": special_ids}, ensure_ascii=False, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(payload.encode("utf-8")).hexdigest()

@@ -16,8 +16,16 @@ from typing import Any
 from .errors import ManifestError
 
 __all__ = [
-    "FORMAT_NAME", "FORMAT_VERSION", "ShardInfo", "Manifest", "load_manifest",
-    "write_json_atomic", "part_path", "read_part", "finalize_store", "MANIFEST_NAME",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "Manifest",
+    "ShardInfo",
+    "finalize_store",
+    "load_manifest",
+    "part_path",
+    "read_part",
+    "write_json_atomic",
 ]
 
 FORMAT_NAME = "smash-teacher-store"
@@ -64,7 +72,7 @@ class Manifest:
         return {"format": out.pop("format"), "format_version": out.pop("format_version"), **out}
 
     @classmethod
-    def from_json(cls, data: Any, source: str) -> "Manifest":
+    def from_json(cls, data: Any, source: str) -> Manifest:
         if not isinstance(data, dict):
             raise ManifestError(source, "not a JSON object")
         if data.get("format") != FORMAT_NAME:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-from typing import Iterator
+from collections.abc import Iterator
 
 import zstandard
 
@@ -18,7 +18,7 @@ from .codec import CHUNK_SUFFIX, DecodedChunk
 from .errors import ShardError
 from .manifest import ShardInfo
 
-__all__ = ["fetch_shard", "check_shard_bytes", "decode_shard", "read_shard"]
+__all__ = ["check_shard_bytes", "decode_shard", "fetch_shard", "read_shard"]
 
 
 def fetch_shard(url: str) -> bytes:
@@ -30,7 +30,7 @@ def fetch_shard(url: str) -> bytes:
             return stream.read()
     except FileNotFoundError:
         raise ShardError(url, "missing: no such file") from None
-    except Exception as err:  # gopen's pipes raise plain Exceptions for failed commands
+    except Exception as err:  # noqa: BLE001 - gopen's pipes raise plain Exception
         raise ShardError(url, f"cannot be read: {err}") from None
 
 

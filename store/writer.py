@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import webdataset as wds
+from typing_extensions import Self
 
 from .codec import CHUNK_SUFFIX, ChunkLayout, encode_chunk
 from .manifest import Manifest, ShardInfo, part_path, read_part, write_json_atomic
@@ -22,6 +24,7 @@ from .manifest import Manifest, ShardInfo, part_path, read_part, write_json_atom
 __all__ = ["ShardFile", "StoreWriter", "shard_name"]
 
 DEFAULT_CHUNK_SIZE = 1024
+DEFAULT_LAYOUT = ChunkLayout()
 
 
 def shard_name(index: int, prefix: str = "shard") -> str:
@@ -29,14 +32,14 @@ def shard_name(index: int, prefix: str = "shard") -> str:
 
 
 class ShardFile:
-    """One shard being written; use as a context manager or call ``close()``."""
+    """One shard being written: ``write`` examples, then ``close()`` (or ``abort()``)."""
 
     def __init__(self, path: str | Path, *, k: int, vocab_size: int,
-                 layout: ChunkLayout = ChunkLayout(), chunk_size: int = DEFAULT_CHUNK_SIZE):
+                 layout: ChunkLayout = DEFAULT_LAYOUT, chunk_size: int = DEFAULT_CHUNK_SIZE):
         self.path = Path(path)
         self.k, self.vocab_size, self.layout, self.chunk_size = k, vocab_size, layout, chunk_size
         self._tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        self._file = open(self._tmp, "wb")
+        self._file = open(self._tmp, "wb")  # noqa: SIM115 - open until close()/abort()
         self._tar = wds.TarWriter(self._file, mtime=0, user="smash", group="smash")
         self._pending: list[Mapping[str, Any]] = []
         self._chunks = 0
@@ -77,15 +80,6 @@ class ShardFile:
         finally:
             self._tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "ShardFile":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.info = self.close()
-        else:
-            self.abort()
-
 
 class StoreWriter:
     """Writes examples into numbered shards of a store directory and keeps a part manifest.
@@ -96,7 +90,7 @@ class StoreWriter:
     """
 
     def __init__(self, root: str | Path, *, producer: dict[str, Any], tokenizer: dict[str, Any],
-                 k: int, layout: ChunkLayout = ChunkLayout(),
+                 k: int, layout: ChunkLayout = DEFAULT_LAYOUT,
                  max_samples: int = 10_000, max_bytes: int | None = 256 << 20,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, part: str = "0", first_shard: int = 0):
         if max_samples < 1:
@@ -151,7 +145,7 @@ class StoreWriter:
         self.close_shard()
         return self.shards
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -4,7 +4,7 @@ It asks whether a sentence is a question; its verbalizer deliberately holds a wo
 tiny tokenizer splits into several tokens, so the teacher pass must refuse it.
 """
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from smash.precompute.tasks import TaskExample, register_task
 

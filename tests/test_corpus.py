@@ -5,7 +5,6 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from smash.precompute.corpus import CorpusError, open_corpus
 from smash.precompute.sentences import SentenceSplitter
 

@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer
-
 from smash.precompute import teacher_pass
 from smash.precompute.cli import main
 from smash.precompute.corpus import Corpus
@@ -19,6 +17,7 @@ from smash.precompute.sentences import SentenceSplitter
 from smash.precompute.tasks import make_task
 from smash.precompute.templates import parse_template
 from smash.store import StoreDataset, load_manifest
+from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 
 def run(tiny, out, *extra, task="sentence-pair", n=90, shard=30, k=16):
@@ -216,9 +215,8 @@ def test_bad_input_gets_a_clear_message(tiny, tmp_path, capsys, case, expected):
 
 
 def test_head_of_an_unsupported_architecture_is_refused():
-    from transformers import DistilBertConfig, DistilBertForMaskedLM
-
     from smash.precompute.teacher_head import lm_head_of
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
 
     model = DistilBertForMaskedLM(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2,
                                                    hidden_dim=32))

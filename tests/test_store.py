@@ -5,10 +5,18 @@ import tarfile
 
 import numpy as np
 import pytest
-
 from smash.store import (
-    ChunkLayout, FingerprintMismatch, ManifestError, ShardError, StoreDataset, StoreWriter,
-    decode_chunk, encode_chunk, finalize_store, load_manifest, tokenizer_fingerprint,
+    ChunkLayout,
+    FingerprintMismatch,
+    ManifestError,
+    ShardError,
+    StoreDataset,
+    StoreWriter,
+    decode_chunk,
+    encode_chunk,
+    finalize_store,
+    load_manifest,
+    tokenizer_fingerprint,
 )
 from smash.store.codec import canonical_order
 from smash.store.shards import read_shard
@@ -145,11 +153,11 @@ def test_finalize_refuses_disagreeing_parts(tmp_path):
 
 def test_failed_writer_keeps_finished_shards(tmp_path):
     examples = make_examples(50, seed=5)
-    with pytest.raises(RuntimeError):
-        with StoreWriter(tmp_path, producer={}, tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
-                         k=8, max_samples=20) as writer:
-            writer.write_all(examples[:45])
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), StoreWriter(
+            tmp_path, producer={}, tokenizer={"fingerprint": "x", "vocab_size": VOCAB}, k=8,
+            max_samples=20) as writer:
+        writer.write_all(examples[:45])
+        raise RuntimeError("killed")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "manifest.part-0.json", "shard-000000.tar", "shard-000001.tar"]
     # A restarted writer keeps the recorded shards and continues numbering after them.

@@ -8,10 +8,9 @@ from collections import Counter
 
 import pytest
 import torch
-from torchdata.stateful_dataloader import StatefulDataLoader
-
 from smash.store import StoreDataset, StoreError, collate_examples, finalize_store
 from test_store import assert_same, canonical, make_examples, write_store
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 N = 137
 

@@ -130,7 +130,7 @@ def test_deterministic(tiny_tokenizer):
 def test_encode_batch_equals_one_by_one(tiny_tokenizer, tiny):
     """The batched tokenizer path gives what per-text ``tokenizer.encode`` calls give."""
     tok = tiny_tokenizer
-    docs = [d.replace("\n", " ") for d in open(tiny["corpus"]).read().split("\n\n") if d][:40]
+    docs = [d.replace("\n", " ") for d in tiny["corpus"].read_text().split("\n\n") if d][:40]
     pairs = [(d[: 30 + i * 7], d[-(25 + i * 5):]) for i, d in enumerate(docs)] + [("", "x")]
     template = parse_template(PAIR)
     for max_length in (128, 24):
