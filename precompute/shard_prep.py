@@ -10,6 +10,7 @@ them in the calling thread (tests, tiny runs).
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -55,6 +56,9 @@ _WORKER: dict = {}
 
 
 def _init_worker(tokenizer, template_spec: str, max_length: int, token_budget: int) -> None:
+    # One thread per worker: parallelism comes from the number of workers, and Rust threads
+    # would compete with the process driving the teacher.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER.update(tokenizer=tokenizer, args=(template_spec, max_length, token_budget))
 
 
