@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TeacherTopK", "lm_head_of", "mask_hidden_states", "teacher_topk"]
+__all__ = ["TeacherTopK", "lm_head_of", "mask_hidden_states", "max_sequence_length", "teacher_topk"]
 
 
 @dataclass
@@ -65,3 +65,19 @@ def teacher_topk(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
         logp[:, 0], float("-inf"))
     extra = logp[:, extra_ids] if extra_ids is not None else None
     return TeacherTopK(top.indices, top.values.to(torch.float16), tail, extra)
+
+
+# Models whose position ids start after the padding index (RoBERTa's create_position_ids).
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "data2vec-text"}
+
+
+def max_sequence_length(config) -> int:
+    """The longest input (in tokens) a model's position embeddings can take.
+
+    RoBERTa-style models number positions from ``pad_token_id + 1``, so ``roberta-large``
+    with 514 position embeddings takes 512 tokens.
+    """
+    limit = int(config.max_position_embeddings)
+    if config.model_type in _OFFSET_POSITIONS:
+        limit -= int(config.pad_token_id) + 1
+    return limit
