@@ -184,14 +184,12 @@ def encode_chunk(examples: Sequence[Mapping[str, Any]], *, k: int, vocab_size: i
     return zstandard.ZstdCompressor(level=layout.level, write_checksum=True).compress(payload)
 
 
-_DCTX = zstandard.ZstdDecompressor()
-
-
 class DecodedChunk:
     """Columns of one chunk; ``example(i)`` and iteration give per-example dicts of views."""
 
     def __init__(self, blob: bytes):
-        payload = memoryview(_DCTX.decompress(blob))
+        # A decompressor per chunk: they are cheap, and one shared object is not thread-safe.
+        payload = memoryview(zstandard.ZstdDecompressor().decompress(blob))
         (head_len,) = _HEADER.unpack_from(payload, 0)
         header = json.loads(bytes(payload[4:4 + head_len]))
         self.n: int = header["n"]

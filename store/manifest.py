@@ -25,6 +25,7 @@ __all__ = [
     "load_manifest",
     "part_path",
     "read_part",
+    "read_parts",
     "write_json_atomic",
 ]
 
@@ -145,25 +146,30 @@ def read_part(root: Path, part: str) -> Manifest | None:
     return Manifest.from_json(_read_json(str(path)), str(path))
 
 
-def finalize_store(root: str | os.PathLike, *, remove_parts: bool = False) -> Manifest:
+def read_parts(root: str | os.PathLike) -> list[tuple[Path, Manifest]]:
+    """Every part manifest under ``root``, by file name."""
+    return [(path, Manifest.from_json(_read_json(str(path)), str(path)))
+            for path in sorted(Path(root).glob(f"{_PART_PREFIX}*.json"))]
+
+
+def finalize_store(root: str | os.PathLike) -> Manifest:
     """Merge every part manifest under ``root`` into ``manifest.json``; shards sorted by name.
 
     Parts must agree on producer, tokenizer, k and layout, and may not name the same shard
     twice; otherwise nothing is written and the error names the disagreeing part.
     """
     root = Path(root)
-    parts = sorted(root.glob(f"{_PART_PREFIX}*.json"))
+    parts = read_parts(root)
     if not parts:
         raise ManifestError(str(root), "no part manifests to finalize (no shard was written)")
     merged: Manifest | None = None
     seen: dict[str, str] = {}
-    for path in parts:
-        part = Manifest.from_json(_read_json(str(path)), str(path))
+    for path, part in parts:
         if merged is None:
             merged = Manifest(part.producer, part.tokenizer, part.k, part.layout, [])
         for name in ("producer", "tokenizer", "k", "layout"):
             if getattr(part, name) != getattr(merged, name):
-                raise ManifestError(str(path), f"field {name!r} differs from {parts[0].name}: "
+                raise ManifestError(str(path), f"field {name!r} differs from {parts[0][0].name}: "
                                                f"parts of one store must share one configuration")
         for shard in part.shards:
             if shard.name in seen:
@@ -174,7 +180,4 @@ def finalize_store(root: str | os.PathLike, *, remove_parts: bool = False) -> Ma
     assert merged is not None
     merged.shards.sort(key=lambda s: s.name)
     write_json_atomic(root / MANIFEST_NAME, merged.to_json())
-    if remove_parts:
-        for path in parts:
-            path.unlink()
     return merged

@@ -120,7 +120,13 @@ class StoreDataset(IterableDataset):
         while last is None or epoch < last:
             self._epoch, self._position = epoch, skip
             position = 0  # samples of this reader's epoch stream passed so far
-            for shard_index, samples in self._epoch_plan(epoch, reader, readers):
+            plan = self._epoch_plan(epoch, reader, readers)
+            if last is None and not any(len(samples) for _, samples in plan):
+                raise StoreError(
+                    f"{self.source}: reader {reader} of {readers} (ranks x DataLoader workers) "
+                    f"gets no sample: the store holds {self.manifest.num_samples} samples in "
+                    f"{len(self.manifest.shards)} shards; use fewer workers or a larger store")
+            for shard_index, samples in plan:
                 if position + len(samples) <= skip:
                     position += len(samples)
                     continue

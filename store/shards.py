@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import tarfile
 from collections.abc import Iterator
 
@@ -58,7 +59,7 @@ def decode_shard(url: str, data: bytes) -> Iterator[DecodedChunk]:
                 raise ShardError(url, f"unexpected member {name!r} (expected *.{CHUNK_SUFFIX})")
             try:
                 yield DecodedChunk(member["data"])
-            except (zstandard.ZstdError, ValueError, KeyError) as err:
+            except (zstandard.ZstdError, ValueError, KeyError, TypeError, struct.error) as err:
                 raise ShardError(url, f"member {name!r} does not decode: {err}") from None
     except ShardError:
         raise

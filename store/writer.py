@@ -19,6 +19,7 @@ import webdataset as wds
 from typing_extensions import Self
 
 from .codec import CHUNK_SUFFIX, ChunkLayout, encode_chunk
+from .errors import ManifestError
 from .manifest import Manifest, ShardInfo, part_path, read_part, write_json_atomic
 
 __all__ = ["ShardFile", "StoreWriter", "shard_name"]
@@ -40,7 +41,12 @@ class ShardFile:
         self.k, self.vocab_size, self.layout, self.chunk_size = k, vocab_size, layout, chunk_size
         self._tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         self._file = open(self._tmp, "wb")  # noqa: SIM115 - open until close()/abort()
-        self._tar = wds.TarWriter(self._file, mtime=0, user="smash", group="smash")
+        try:
+            self._tar = wds.TarWriter(self._file, mtime=0, user="smash", group="smash")
+        except BaseException:
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+            raise
         self._pending: list[Mapping[str, Any]] = []
         self._chunks = 0
         self.samples = 0
@@ -86,7 +92,12 @@ class StoreWriter:
 
     ``part`` names this writer's part manifest (one per process, e.g. its rank);
     ``first_shard`` lets processes use disjoint shard-number ranges. Finished shards already
-    recorded in the part manifest (from an earlier, interrupted run) are kept.
+    recorded in the part manifest (from an earlier, interrupted run) are kept; that part must
+    have been written with the same producer, tokenizer, k and layout.
+
+    ``write`` fills shards one after another up to ``max_samples`` or ``max_bytes``;
+    ``write_shard`` writes one whole shard under a given index (how the teacher pass assigns
+    fixed example ranges to shards).
     """
 
     def __init__(self, root: str | Path, *, producer: dict[str, Any], tokenizer: dict[str, Any],
@@ -99,8 +110,13 @@ class StoreWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         self.part = part
         self.max_samples, self.max_bytes, self.chunk_size = max_samples, max_bytes, chunk_size
-        self.manifest = read_part(self.root, part) or Manifest(
-            producer=producer, tokenizer=tokenizer, k=k, layout=layout.to_json())
+        fresh = Manifest(producer=producer, tokenizer=tokenizer, k=k, layout=layout.to_json())
+        self.manifest = read_part(self.root, part) or fresh
+        for name in ("producer", "tokenizer", "k", "layout"):
+            if getattr(self.manifest, name) != getattr(fresh, name):
+                raise ManifestError(str(part_path(self.root, part)),
+                                    f"field {name!r} differs from this writer's: the part "
+                                    f"belongs to a store of another configuration")
         self.layout = layout
         self.next_shard = first_shard + len(self.manifest.shards)
         self._shard: ShardFile | None = None
@@ -127,6 +143,22 @@ class StoreWriter:
     def write_all(self, examples: Iterable[Mapping[str, Any]]) -> None:
         for ex in examples:
             self.write(ex)
+
+    def write_shard(self, index: int, examples: Iterable[Mapping[str, Any]]) -> ShardInfo:
+        """Write ``examples`` as shard number ``index`` and record it; on error nothing is
+        left under the shard's name and the part manifest is unchanged."""
+        shard = ShardFile(self.root / shard_name(index), k=self.manifest.k,
+                          vocab_size=self.manifest.vocab_size, layout=self.layout,
+                          chunk_size=self.chunk_size)
+        try:
+            for example in examples:
+                shard.write(example)
+            info = shard.close()
+        except BaseException:
+            shard.abort()
+            raise
+        self.record(info)
+        return info
 
     def record(self, info: ShardInfo) -> None:
         """Add a closed shard to the part manifest (written atomically)."""

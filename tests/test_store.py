@@ -250,3 +250,28 @@ def test_store_errors_survive_dataloader_workers(small_store):
     loader = DataLoader(StoreDataset(small_store, shuffle=False), batch_size=None, num_workers=1)
     with pytest.raises(ShardError, match="shard-000000.tar.*missing"):
         list(loader)
+
+
+def test_writer_refuses_a_part_of_another_configuration(tmp_path):
+    write_store(tmp_path, make_examples(5), k=8)
+    with pytest.raises(ManifestError, match="manifest.part-0.json.*'producer' differs"):
+        StoreWriter(tmp_path, producer={"task": "other"},
+                    tokenizer={"fingerprint": "sha256:abc", "name": "tok", "vocab_size": VOCAB},
+                    k=8)
+
+
+def test_write_shard_under_an_index_and_abort_on_error(tmp_path):
+    writer = StoreWriter(tmp_path, producer={}, k=8,
+                         tokenizer={"fingerprint": "x", "vocab_size": VOCAB})
+    info = writer.write_shard(7, make_examples(4))
+    assert info.name == "shard-000007.tar" and info.samples == 4
+
+    def broken():
+        yield from make_examples(2)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        writer.write_shard(8, broken())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.part-0.json",
+                                                          "shard-000007.tar"]
+    assert [s.name for s in finalize_store(tmp_path).shards] == ["shard-000007.tar"]

@@ -146,3 +146,11 @@ def test_reads_over_http(store):
         assert keys(piped) == [e["__key__"] for e in got]
     finally:
         server.shutdown()
+
+
+def test_endless_stream_with_nothing_to_read_is_an_error(tmp_path):
+    write_store(tmp_path, make_examples(3, seed=2), max_samples=10)
+    finalize_store(tmp_path)
+    assert keys(StoreDataset(tmp_path, rank=3, world_size=4)) == []  # one epoch: just empty
+    with pytest.raises(StoreError, match="reader 3 of 4 .* gets no sample.*3 samples in 1"):
+        next(iter(StoreDataset(tmp_path, rank=3, world_size=4, epochs=None)))
