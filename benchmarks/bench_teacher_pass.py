@@ -105,8 +105,8 @@ def run(args) -> dict:
     cfg = PassConfig(out=work / "store", k=args.k, num_examples=args.examples,
                      shard_size=args.shard_size, token_budget=args.token_budget,
                      tokenize_workers=args.tokenize_workers)
-    producer = producer_config(task, tok, f"random {args.shape}", None, args.dtype, cfg,
-                               "synthetic", {})
+    producer = producer_config(task, tok, {"name": f"random {args.shape}", "dtype": args.dtype},
+                               cfg, "synthetic", {})
     # Warm-up (kernels, allocator) on a separate store.
     warm = PassConfig(out=work / "warm", k=args.k, num_examples=min(512, args.examples),
                       shard_size=512, token_budget=args.token_budget,

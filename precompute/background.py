@@ -22,20 +22,24 @@ def background(items: Iterable[T], ahead: int = 2) -> Iterator[T]:
     q: queue.Queue = queue.Queue(maxsize=ahead)
     stop = threading.Event()
 
+    def offer(item: object) -> bool:
+        """Put ``item`` unless the consumer has gone; False once it has."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
-            q.put(_DONE)
+            offer(_DONE)
         except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
-            q.put(err)
+            offer(err)
 
     thread = threading.Thread(target=produce, daemon=True, name="smash-prefetch")
     thread.start()

@@ -17,16 +17,20 @@ import sys
 from pathlib import Path
 
 import torch
+from smash.store import StoreError
 
 from .corpus import CorpusError, open_corpus
 from .sentences import SentenceSplitter
 from .tasks import make_task, task_names
+from .teacher_head import max_sequence_length
 from .teacher_pass import (
     ConfigMismatch,
     PassConfig,
     PassSummary,
+    check_output,
+    clear_output,
     finalize,
-    prepare_output,
+    local_model_fingerprint,
     producer_config,
     run_teacher_pass,
 )
@@ -97,14 +101,25 @@ def _print_summary(summary: PassSummary, out: Path, rank: int) -> None:
               f"shards, {summary.store_bytes / 1e6:,.2f} MB -> {out / 'manifest.json'}")
 
 
+def _import_plugins(modules: list[str]) -> None:
+    """Import user modules that register tasks; the working folder is searched first."""
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"--plugin {module}: cannot import it ({err}); give a module name "
+                             f"importable from the working folder or PYTHONPATH") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     try:
-        for module in args.plugin:
-            importlib.import_module(module)
+        _import_plugins(args.plugin)
         if args.k < 1 or args.num_examples < 1 or args.shard_size < 1:
             raise ValueError("--k, --num-examples and --shard-size must be positive")
         splitter = SentenceSplitter(args.min_words, args.max_words)
@@ -112,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         corpus = open_corpus(args.corpus, text_field=args.text_field,
                              one_doc_per_file=args.one_doc_per_file)
         corpus_fp = corpus.fingerprint()
+        if str(args.corpus).startswith("hf:") and "@" not in str(args.corpus):
+            print(f"precompute-teacher: note: {args.corpus} names no @REVISION; the store "
+                  f"records the dataset by name only", file=sys.stderr)
         device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available()
                                               else "cpu"))
         from transformers import AutoModelForMaskedLM, AutoTokenizer
@@ -131,13 +149,24 @@ def main(argv: list[str] | None = None) -> int:
         model = AutoModelForMaskedLM.from_pretrained(
             args.teacher, revision=args.revision, dtype=DTYPES[args.dtype],
             attn_implementation="sdpa").to(device).eval()
-        revision = args.revision or getattr(model.config, "_commit_hash", None)
-        producer = producer_config(task, tokenizer, args.teacher, revision, args.dtype, cfg,
-                                   corpus_fp, splitter.config())
+        if task.max_length > max_sequence_length(model.config):
+            raise ValueError(f"task {task.name!r} makes examples of up to {task.max_length} "
+                             f"tokens, but {args.teacher!r} takes at most "
+                             f"{max_sequence_length(model.config)}; pass --max-length")
+        teacher = {"name": args.teacher, "dtype": args.dtype,
+                   "revision": args.revision or getattr(model.config, "_commit_hash", None),
+                   "fingerprint": local_model_fingerprint(args.teacher)}
+        producer = producer_config(task, tokenizer, teacher, cfg, corpus_fp, splitter.config())
         distributed = world > 1
         if distributed and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        prepare_output(args.out, producer, args.overwrite, rank)
+        # Every rank checks (and refuses alike); then rank 0 alone clears, between barriers.
+        args.out.mkdir(parents=True, exist_ok=True)
+        replace = check_output(args.out, producer, args.overwrite)
+        if distributed:
+            torch.distributed.barrier()
+        if rank == 0:
+            clear_output(args.out, everything=replace)
         if distributed:
             torch.distributed.barrier()
         summary = run_teacher_pass(task, task.examples(corpus, args.seed), model, tokenizer, cfg,
@@ -150,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         if distributed:
             torch.distributed.destroy_process_group()
         return 0
-    except (CorpusError, ConfigMismatch, ValueError, OSError) as err:
+    except (CorpusError, ConfigMismatch, StoreError, ValueError, OSError) as err:
+        # Under torchrun / the deepspeed launcher, this rank's exit ends the other ranks too.
         print(f"precompute-teacher: error: {err}", file=sys.stderr)
         return 2
 

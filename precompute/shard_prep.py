@@ -98,6 +98,7 @@ class ShardPreparer:
             done_key, future = pending.popleft()
             yield done_key, future.result() if future is not None else None
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers: ``wait`` for them after a finished run; on an error, don't."""
         if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool.shutdown(wait=wait, cancel_futures=True)

@@ -15,7 +15,11 @@ one, write a small module with a class like ``SentencePairTask`` and decorate it
         def keep(self, verbalizer_logprobs) -> np.ndarray | None: ...   # None: keep all
         def config(self) -> dict: ...       # recorded in the manifest
 
-then pass ``--task my-task`` (import your module first, e.g. with ``--plugin my_module``).
+Two optional hooks: ``label(verbalizer_logprobs) -> np.ndarray`` replaces the examples' labels
+by what the teacher says (the sentiment task stores its argmax over the verbalizer), and
+``group_size`` makes the teacher pass take a multiple of it (3 for the balanced pair labels).
+``sentiment.py`` is a complete example. Pass ``--task my-task --plugin my_module`` to
+``precompute-teacher`` (the module is imported from the working folder or PYTHONPATH).
 """
 
 from __future__ import annotations

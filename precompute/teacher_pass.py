@@ -15,8 +15,8 @@ event, then filters, encodes, compresses and writes, while the GPU computes the 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-import json
 import queue
 import threading
 import time
@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from smash.store import ShardFile, StoreWriter, finalize_store, shard_name, tokenizer_record
+from smash.store import StoreWriter, finalize_store, shard_name, tokenizer_record
 from smash.store.codec import ChunkLayout
-from smash.store.manifest import Manifest
+from smash.store.manifest import load_manifest, read_parts
 from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from .background import background
 from .shard_prep import ShardPreparer
@@ -37,7 +38,10 @@ from .tasks import IntermediateTask, TaskExample
 from .teacher_head import teacher_topk
 from .templates import EncodedPrompt, parse_template, verbalizer_ids
 
-__all__ = ["ConfigMismatch", "PassConfig", "PassSummary", "run_teacher_pass"]
+__all__ = [
+    "ConfigMismatch", "PassConfig", "PassSummary", "check_output", "clear_output", "finalize",
+    "local_model_fingerprint", "producer_config", "run_teacher_pass",
+]
 
 
 class ConfigMismatch(RuntimeError):
@@ -93,17 +97,17 @@ def _shards(stream: Iterator[TaskExample], cfg: PassConfig, total: int
 class _Writer(threading.Thread):
     """Consumes finished batches and shards from a bounded queue; writes shards in order."""
 
-    def __init__(self, store: StoreWriter, task: IntermediateTask, k: int, vocab: int,
-                 summary: PassSummary):
+    def __init__(self, store: StoreWriter, task: IntermediateTask, summary: PassSummary):
         super().__init__(daemon=True, name="smash-shard-writer")
         self.queue: queue.Queue = queue.Queue(maxsize=8)
-        self.store, self.task, self.k, self.vocab, self.summary = store, task, k, vocab, summary
+        self.store, self.task, self.summary = store, task, summary
         self.error: BaseException | None = None
 
     def put(self, item: tuple) -> None:
+        """Queue an item; re-raises here, in the caller's thread, what failed in the writer."""
         while True:
             if self.error is not None:
-                raise RuntimeError("the shard writer failed") from self.error
+                raise self.error
             try:
                 self.queue.put(item, timeout=0.5)
                 return
@@ -140,23 +144,13 @@ class _Writer(threading.Thread):
                 keep = decided
             if hasattr(self.task, "label"):
                 labels = self.task.label(out["extra"][:len(examples)])
-        path = self.store.root / shard_name(index)
-        shard = ShardFile(path, k=self.k, vocab_size=self.vocab, layout=self.store.layout,
-                          chunk_size=self.store.chunk_size)
-        try:
-            for i in np.flatnonzero(keep):
-                shard.write({
-                    "input_ids": np.asarray(prompts[i].input_ids),
-                    "mask_positions": np.array([prompts[i].mask_position]),
-                    "topk_ids": out["ids"][i:i + 1], "topk_logprobs": out["logprobs"][i:i + 1],
-                    "tail_logmass": out["tail"][i:i + 1], "label": int(labels[i]),
-                    "meta": examples[i].meta or None,
-                })
-            info = shard.close()
-        except BaseException:
-            shard.abort()
-            raise
-        self.store.record(info)
+        info = self.store.write_shard(index, ({
+            "input_ids": np.asarray(prompts[i].input_ids),
+            "mask_positions": np.array([prompts[i].mask_position]),
+            "topk_ids": out["ids"][i:i + 1], "topk_logprobs": out["logprobs"][i:i + 1],
+            "tail_logmass": out["tail"][i:i + 1], "label": int(labels[i]),
+            "meta": examples[i].meta or None,
+        } for i in np.flatnonzero(keep)))
         self.summary.kept += info.samples
         self.summary.shards += 1
         self.summary.bytes += info.bytes
@@ -165,29 +159,49 @@ class _Writer(threading.Thread):
         self.put(("stop",))
         self.join()
         if self.error is not None:
-            raise RuntimeError("the shard writer failed") from self.error
+            raise self.error
 
 
-def producer_config(task: IntermediateTask, tokenizer, model_name: str, revision: str | None,
-                    dtype: str, cfg: PassConfig, corpus_fp: str, splitter: dict) -> dict:
+def local_model_fingerprint(path: str | Path) -> str | None:
+    """sha256 over a local model folder's config and weight files; None for a hub name.
+
+    A hub model is pinned by its revision (commit hash); a folder has none, so its content
+    is hashed: a resumed run must not mix outputs of two different teachers.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for file in sorted(folder.iterdir()):
+        if file.name == "config.json" or file.suffix in (".safetensors", ".bin"):
+            h.update(file.name.encode() + b"\0")
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def producer_config(task: IntermediateTask, tokenizer: PreTrainedTokenizerBase, teacher: dict,
+                    cfg: PassConfig, corpus_fp: str, splitter: dict) -> dict:
+    """What the manifest records of how the store was made (compared exactly on resume).
+    ``teacher``: name, revision, dtype and, for a local folder, its fingerprint."""
     verbalizer = list(task.verbalizer)
     return {
         "task": task.name, "task_options": task.config(), "template": task.template,
         "max_length": task.max_length, "verbalizer": verbalizer,
         "verbalizer_ids": verbalizer_ids(tokenizer, verbalizer) if verbalizer else [],
-        "teacher": {"name": model_name, "revision": revision, "dtype": dtype},
+        "teacher": teacher,
         "k": cfg.k, "seed": cfg.seed, "num_examples": cfg.num_examples,
         "shard_size": cfg.shard_size, "token_budget": cfg.token_budget,
         "corpus_fingerprint": corpus_fp, "sentences": splitter,
     }
 
 
-def prepare_output(out: Path, producer: dict, overwrite: bool, rank: int) -> None:
-    """Refuse a folder holding another configuration's store; with ``overwrite``, rank 0
-    clears it (callers with several ranks put a barrier after this)."""
-    out.mkdir(parents=True, exist_ok=True)
+def check_output(out: Path, producer: dict, overwrite: bool) -> bool:
+    """Whether ``out`` holds another configuration's store that ``overwrite`` must clear;
+    without ``overwrite`` that is refused. Only reads, so every rank can call it."""
     for path in sorted(out.glob("manifest*.json")):
-        existing = Manifest.from_json(json.loads(path.read_text(encoding="utf-8")), str(path))
+        existing = load_manifest(path)
         if existing.producer == producer:
             continue
         if not overwrite:
@@ -197,13 +211,18 @@ def prepare_output(out: Path, producer: dict, overwrite: bool, rank: int) -> Non
                 f"{out} holds a store made with another configuration (differs in "
                 f"{', '.join(differing)}; see {path.name}); pass --overwrite to replace it "
                 f"or choose another --out")
-        if rank == 0:
-            for stale in [*out.glob("shard-*.tar"), *out.glob("manifest*.json")]:
-                stale.unlink()
-        break
-    if rank == 0:
-        for tmp in out.glob(".shard-*.tmp*"):
-            tmp.unlink(missing_ok=True)  # half-written shards of a killed run
+        return True
+    return False
+
+
+def clear_output(out: Path, everything: bool) -> None:
+    """Remove half-written shards of a killed run and, with ``everything``, the old store.
+    Files that are not the store's are left alone. One rank calls it."""
+    for tmp in out.glob(".shard-*.tmp*"):
+        tmp.unlink(missing_ok=True)
+    if everything:
+        for stale in [*out.glob("shard-*.tar"), *out.glob("manifest*.json")]:
+            stale.unlink()
 
 
 def _shard_jobs(examples: Iterator[TaskExample], cfg: PassConfig, total: int,
@@ -235,7 +254,7 @@ def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample], mo
     store = StoreWriter(cfg.out, producer=producer, tokenizer=tokenizer_record(tokenizer),
                         k=cfg.k, layout=ChunkLayout(), part=f"rank{cfg.rank}")
     summary = PassSummary()
-    writer = _Writer(store, task, cfg.k, vocab, summary)
+    writer = _Writer(store, task, summary)
     writer.start()
     cuda = device.type == "cuda"
     total = cfg.num_examples - cfg.num_examples % getattr(task, "group_size", 1)
@@ -247,8 +266,8 @@ def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample], mo
     t0 = time.perf_counter()
     preparer = ShardPreparer(tokenizer, task.template, task.max_length, cfg.token_budget,
                              workers=cfg.tokenize_workers)
-    shards = background(preparer.map(_shard_jobs(examples, cfg, total,
-                                                 {s.name for s in store.shards})))
+    done = {s.name for _, part in read_parts(cfg.out) for s in part.shards}
+    shards = background(preparer.map(_shard_jobs(examples, cfg, total, done)))
     try:
         for (index, chunk), prepared in shards:
             summary.candidates += len(chunk)
@@ -289,7 +308,7 @@ def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample], mo
         writer.finish()
     except BaseException:
         shards.close()
-        preparer.close()
+        preparer.close(wait=False)
         if writer.is_alive():
             writer.queue.put(("stop",))
             writer.join()

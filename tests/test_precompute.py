@@ -102,7 +102,7 @@ def test_killed_run_resumes_to_the_same_store(tiny, pair_store, tmp_path, monkey
         return original(self, *args)
 
     monkeypatch.setattr(teacher_pass._Writer, "_write_shard", dying)
-    with pytest.raises(RuntimeError, match="shard writer failed"):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill"):
         run(tiny, tmp_path)
     assert sorted(p.name for p in tmp_path.glob("shard-*")) == ["shard-000000.tar"]
     monkeypatch.setattr(teacher_pass._Writer, "_write_shard", original)
@@ -177,6 +177,9 @@ def test_changed_configuration_is_refused_and_nothing_is_lost(tiny, tmp_path, ca
     ("big-k", "--k 5000 is larger than the vocabulary"),
     ("no-mask-tokenizer", "has no mask token"),
     ("multi-token-verbalizer", "not a single token"),
+    ("missing-plugin", "--plugin no_such_module: cannot import it"),
+    ("too-long", "makes examples of up to 200 tokens, but"),
+    ("broken-manifest", "manifest.json: not valid JSON"),
 ])
 def test_bad_input_gets_a_clear_message(tiny, tmp_path, capsys, case, expected):
     corpus = tmp_path / "corpus.txt"
@@ -201,9 +204,15 @@ def test_bad_input_gets_a_clear_message(tiny, tmp_path, capsys, case, expected):
         tok.save_pretrained(teacher)
     elif case == "multi-token-verbalizer":
         extra = ["--plugin", "odd_task_plugin"]
+    elif case == "missing-plugin":
+        extra = ["--plugin", "no_such_module"]
+    elif case == "too-long":
+        extra = ["--max-length", "200"]
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("user file")
+    if case == "broken-manifest":
+        (out / "manifest.json").write_text("{half")
     argv = ["--task", "odd-words" if case == "multi-token-verbalizer" else "sentence-pair",
             "--corpus", str(corpus), "--teacher", str(teacher), "--out", str(out),
             "--num-examples", "30", "--k", str(k), "--dtype", "fp32", "--device", "cpu", *extra]
@@ -229,3 +238,22 @@ def test_a_corpus_that_runs_out_is_reported(tiny, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "note: the corpus ran out after" in out and "of the 30,000 examples" in out
     assert 0 < load_manifest(tmp_path).num_samples < 30_000
+
+
+def test_resume_with_another_number_of_ranks(tiny, pair_store, tmp_path, monkeypatch):
+    """Shards finished by rank 1 of 2 are kept by a later single-process run."""
+    import torch.distributed as dist
+
+    for name in ("init_process_group", "barrier", "destroy_process_group"):
+        monkeypatch.setattr(dist, name, lambda *a, **k: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run(tiny, tmp_path) == 0
+    assert sorted(p.name for p in tmp_path.glob("shard-*")) == ["shard-000001.tar"]
+    first = (tmp_path / "shard-000001.tar").stat().st_mtime_ns
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert run(tiny, tmp_path) == 0
+    assert (tmp_path / "shard-000001.tar").stat().st_mtime_ns == first  # not recomputed
+    assert store_files(tmp_path) == store_files(pair_store)
