@@ -15,11 +15,15 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .batching import token_budget_batches
 from .templates import EncodedPrompt, parse_template
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["PreparedBatch", "PreparedShard", "ShardPreparer"]
 
@@ -38,8 +42,9 @@ class PreparedShard:
     batches: list[PreparedBatch]
 
 
-def prepare_shard(tokenizer, template_spec: str, max_length: int, token_budget: int,
-                  sentences: Sequence[Sequence[str]]) -> PreparedShard:
+def prepare_shard(tokenizer: PreTrainedTokenizerBase, template_spec: str, max_length: int,
+                  token_budget: int, sentences: Sequence[Sequence[str]]) -> PreparedShard:
+    """Tokenize a shard's examples into the template and cut them into padded batches."""
     prompts = parse_template(template_spec).encode_batch(tokenizer, sentences, max_length)
     lengths = np.array([len(p.input_ids) for p in prompts])
     batches = []
@@ -55,7 +60,8 @@ def prepare_shard(tokenizer, template_spec: str, max_length: int, token_budget: 
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizer, template_spec: str, max_length: int, token_budget: int) -> None:
+def _init_worker(tokenizer: PreTrainedTokenizerBase, template_spec: str, max_length: int,
+                 token_budget: int) -> None:
     # One thread per worker: parallelism comes from the number of workers, and Rust threads
     # would compete with the process driving the teacher.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -69,8 +75,8 @@ def _prepare_in_worker(sentences: list[tuple[str, ...]]) -> PreparedShard:
 class ShardPreparer:
     """Prepare shards in order, up to ``ahead`` at a time in ``workers`` processes."""
 
-    def __init__(self, tokenizer, template_spec: str, max_length: int, token_budget: int,
-                 workers: int = 1, ahead: int = 2):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, template_spec: str, max_length: int,
+                 token_budget: int, workers: int = 1, ahead: int = 2):
         self.args = (tokenizer, template_spec, max_length, token_budget)
         self.ahead = max(ahead, workers)
         self.pool = None

@@ -235,7 +235,8 @@ def _shard_jobs(examples: Iterator[TaskExample], cfg: PassConfig, total: int,
         yield (index, chunk), (None if finished else [ex.sentences for ex in chunk])
 
 
-def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample], model, tokenizer,
+def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample],
+                     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                      cfg: PassConfig, producer: dict, device: torch.device) -> PassSummary:
     """Run the teacher over this process's shards of ``examples`` and write them.
 

@@ -29,6 +29,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["EncodedPrompt", "Part", "Template", "parse_template", "verbalizer_ids"]
 
@@ -81,7 +85,7 @@ class Template:
         """How many input sentences the template reads (highest ``sent`` index + 1)."""
         return 1 + max((p.index for p in self.parts if p.kind == "sentence"), default=-1)
 
-    def encode(self, tokenizer, sentences: Sequence[str], max_length: int) -> EncodedPrompt:
+    def encode(self, tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str], max_length: int) -> EncodedPrompt:
         """Fill the template with ``sentences`` and tokenize it into at most ``max_length`` ids.
 
         Only sentence tokens are truncated: while too long, one token is removed from the end of
@@ -90,7 +94,7 @@ class Template:
         """
         return self.encode_batch(tokenizer, [sentences], max_length)[0]
 
-    def encode_batch(self, tokenizer, batch: Sequence[Sequence[str]],
+    def encode_batch(self, tokenizer: PreTrainedTokenizerBase, batch: Sequence[Sequence[str]],
                      max_length: int) -> list[EncodedPrompt]:
         """``encode`` for many examples at once: each sentence part of all examples goes to the
         tokenizer in one batch call (fast tokenizers encode it in Rust, in parallel)."""
@@ -150,7 +154,7 @@ def parse_template(spec: str) -> Template:
     return Template(spec=spec, parts=tuple(parts))
 
 
-def verbalizer_ids(tokenizer, words: Sequence[str]) -> list[int]:
+def verbalizer_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[int]:
     """Token id of each label word, tokenized with a leading space (as LM-BFF does for RoBERTa).
 
     Each ``" " + word`` must be exactly one token; otherwise ValueError names the word and the

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "REQUIRED_WORDS",
@@ -103,7 +107,7 @@ def _merges_of(bpe) -> list[tuple[str, str]]:
     return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
 
 
-def build_tiny_masked_lm(tokenizer, out_dir: str | Path, *, hidden: int = 64, layers: int = 2,
+def build_tiny_masked_lm(tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, *, hidden: int = 64, layers: int = 2,
                          heads: int = 4, seed: int = 0, max_positions: int = 130):
     """A randomly initialised RoBERTa masked LM sized for CPU tests, saved and loaded back."""
     import torch
