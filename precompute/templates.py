@@ -85,7 +85,8 @@ class Template:
         """How many input sentences the template reads (highest ``sent`` index + 1)."""
         return 1 + max((p.index for p in self.parts if p.kind == "sentence"), default=-1)
 
-    def encode(self, tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str], max_length: int) -> EncodedPrompt:
+    def encode(self, tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str],
+               max_length: int) -> EncodedPrompt:
         """Fill the template with ``sentences`` and tokenize it into at most ``max_length`` ids.
 
         Only sentence tokens are truncated: while too long, one token is removed from the end of

@@ -58,7 +58,8 @@ def _sentence(rng: random.Random, words: list[str]) -> str:
     if form == 1:
         return f"Nobody expected the {a} to be so {rng.choice(_OPINIONS)} {rng.choice(_LINKS)} {b}."
     if form == 2:
-        return f"It was a {rng.choice(_OPINIONS)} day for the {a}, and the {b} {rng.choice(_VERBS)} it."
+        opinion, verb = rng.choice(_OPINIONS), rng.choice(_VERBS)
+        return f"It was a {opinion} day for the {a}, and the {b} {verb} it."
     return f"Why did the {a} {rng.choice(['stay', 'leave', 'wait'])} {rng.choice(_LINKS)} {b}?"
 
 
@@ -76,8 +77,9 @@ def write_tiny_corpus(path: str | Path, n_docs: int = 120, seed: int = 0) -> Pat
     return path
 
 
-def train_tiny_tokenizer(corpus_files: list[str | Path], out_dir: str | Path, vocab_size: int = 600):
-    """Train a byte-level BPE with RoBERTa's special tokens and save it as a RobertaTokenizerFast."""
+def train_tiny_tokenizer(corpus_files: list[str | Path], out_dir: str | Path,
+                         vocab_size: int = 600) -> PreTrainedTokenizerBase:
+    """Train a byte-level BPE with RoBERTa's special tokens; save it as a RobertaTokenizerFast."""
     from tokenizers import AddedToken, ByteLevelBPETokenizer
     from transformers import RobertaTokenizerFast
 
@@ -107,7 +109,8 @@ def _merges_of(bpe) -> list[tuple[str, str]]:
     return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
 
 
-def build_tiny_masked_lm(tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, *, hidden: int = 64, layers: int = 2,
+def build_tiny_masked_lm(tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, *,
+                         hidden: int = 64, layers: int = 2,
                          heads: int = 4, seed: int = 0, max_positions: int = 130):
     """A randomly initialised RoBERTa masked LM sized for CPU tests, saved and loaded back."""
     import torch
@@ -130,7 +133,7 @@ def build_tiny_masked_lm(tokenizer: PreTrainedTokenizerBase, out_dir: str | Path
 
 
 def build_tiny_setup(root: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Corpus, tokenizer, a 'teacher' and a smaller 'student' under ``root``; returns their paths."""
+    """Corpus, tokenizer, a 'teacher' and a smaller 'student' under ``root``: their paths."""
     root = Path(root)
     corpus = write_tiny_corpus(root / "corpus" / "tiny_corpus.txt", seed=seed)
     tok = train_tiny_tokenizer([corpus], root / "tokenizer")

@@ -33,7 +33,8 @@ __all__ = ["StoreDataset"]
 
 
 def _permutation(n: int, *entropy: int) -> np.ndarray:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(entropy)))).permutation(n)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(entropy))))
+    return rng.permutation(n)
 
 
 class StoreDataset(IterableDataset):
