@@ -13,7 +13,7 @@ from smash.train.engine import resolve_deepspeed
 from smash.train.export import check_export_path
 from smash.train.objectives import hard_labels, rule_labels
 from smash.train.student import DistillStudent, OnlineTeacher
-from test_train_support import (
+from train_support import (
     VOCAB,
     first_batch,
     grads_of,

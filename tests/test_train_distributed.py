@@ -7,7 +7,7 @@ import sys
 import pytest
 from smash.store import load_manifest
 from smash.train.metrics import read_metrics
-from test_train_support import (
+from train_support import (
     PAIR_EXAMPLES,
     clean_env,
     free_port,

@@ -13,7 +13,7 @@ from smash.train.config import load_config
 from smash.train.demo import sharpen_teacher, split_corpus
 from smash.train.metrics import read_metrics
 from smash.train.trainer import Trainer
-from test_train_support import VOCAB, precompute, tiny_config
+from train_support import VOCAB, precompute, tiny_config
 
 STEPS = 100
 

@@ -10,7 +10,7 @@ import torch
 from smash.train.config import load_config
 from smash.train.metrics import read_metrics
 from smash.train.trainer import Trainer
-from test_train_support import (
+from train_support import (
     pair_store_of,
     sentiment_store_of,
     student_with_dropout,
