@@ -133,6 +133,34 @@ def test_offline_store_equals_online_teacher(tiny, tiny_tokenizer, pair_store, o
         torch.testing.assert_close(online_grads[name], offline_grads[name], rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("loss", ["kernel", "fused_linear"])
+def test_step_skips_the_id_check_and_recomputes_the_gradient(tiny, tiny_tokenizer, pair_store,
+                                                            monkeypatch, loss):
+    """The training step calls the kernels with check_ids=False (ids from a verified store) and
+    soft_cross_entropy with grad_in_forward=False (DeepSpeed's upstream gradient is not 1)."""
+    import smash.train.student as student_module
+
+    seen = {}
+
+    def spy_on(name):
+        real = getattr(student_module, name)
+
+        def spy(*args, **kwargs):
+            seen[name] = kwargs
+            return real(*args, **kwargs)
+        return spy
+
+    for name in ("soft_cross_entropy", "fused_linear_soft_cross_entropy"):
+        monkeypatch.setattr(student_module, name, spy_on(name))
+    batch = first_batch(pair_store, 4, tiny_tokenizer.pad_token_id)
+    _step(DistillStudent(AutoModelForMaskedLM.from_pretrained(tiny["student"]), loss=loss),
+          batch)
+    name = "soft_cross_entropy" if loss == "kernel" else "fused_linear_soft_cross_entropy"
+    assert list(seen) == [name] and seen[name]["check_ids"] is False
+    if loss == "kernel":
+        assert seen[name]["grad_in_forward"] is False
+
+
 def test_fused_linear_loss_equals_kernel_loss(tiny, tiny_tokenizer, pair_store):
     batch = first_batch(pair_store, 8, tiny_tokenizer.pad_token_id)
     model = AutoModelForMaskedLM.from_pretrained(tiny["student"])

@@ -100,14 +100,20 @@ class DistillStudent(nn.Module):
                                     mask_positions)                               # (R, H)
         head, decoder = lm_head_of(self.model), self.model.get_output_embeddings()
         if self.objective == "ce":
+            # check_ids=False: the ids come from a checksummed store written by the teacher
+            # pass (or from a live teacher's top-k), and the check costs a host sync per step.
             if self.loss_impl == "kernel":
                 logits = head(hidden)                                             # (R, V)
+                # grad_in_forward=False: DeepSpeed divides the loss by the accumulation steps
+                # (and fp16 scales it), so the upstream gradient is not 1; recomputing in
+                # backward avoids the host sync and the extra pass over the saved gradient.
                 return soft_cross_entropy(logits, topk_ids, topk_logprobs,
-                                          tail_logmass=tail_logmass, **self.kernel_args)
+                                          tail_logmass=tail_logmass, check_ids=False,
+                                          grad_in_forward=False, **self.kernel_args)
             features = head_features(head, self._slot, hidden)                    # (R, H)
             return fused_linear_soft_cross_entropy(
                 features, decoder.weight, decoder.bias, topk_ids, topk_logprobs,
-                tail_logmass=tail_logmass, **self.kernel_args)
+                tail_logmass=tail_logmass, check_ids=False, **self.kernel_args)
         words = self.verbalizers[store].to(input_ids.device)
         if self.objective == "hard":
             targets = hard_labels(topk_ids, topk_logprobs, words)
