@@ -58,6 +58,9 @@ def test_shipped_configs_hold_the_paper_defaults():
     ({"stores": [{"path": "a", "wieght": 2}]}, "unknown key"),
     ({"stores": [{"path": "a", "weight": 0}]}, "weight must be > 0"),
     ({"deepspeed": {"zero_optimization": {"stage": 3}}}, "stage must be 0, 1 or 2"),
+    ({"deepspeed": {"gradient_acumulation_steps": 4}},
+     r"key 'gradient_acumulation_steps' \(did you mean 'gradient_accumulation_steps'\?\)"),
+    ({"deepspeed": {"my_own_setting": 1}}, "unknown deepspeed config key 'my_own_setting':"),
     ({"teacher": "t", "objective": "rule"}, "uses no teacher outputs"),
 ])
 def test_config_errors_name_the_problem(tmp_path, change, message):

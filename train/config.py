@@ -3,9 +3,11 @@
 A config is a JSON object with the trainer's keys (``TrainConfig``'s fields) and a
 ``deepspeed`` section, which is a DeepSpeed config (inline, or the path of a DeepSpeed JSON
 file, relative to the config). Unknown keys are errors, so a typo never falls back to a
-default silently. The shipped configs (``smash/train/configs/*.json``) hold the paper's
-defaults (appendix A.1): batch 128, lr 1e-4, 200k steps, max length 128 (sentence pairs)
-or 64 (sentiment); a run names its stores and output folder on the command line. They use
+default silently; that holds for the ``deepspeed`` section's top level too, which DeepSpeed
+itself does not check (``DEEPSPEED_KEYS``). The shipped configs
+(``smash/train/configs/*.json``) hold the paper's defaults (appendix A.1): batch 128,
+lr 1e-4, 200k steps, max length 128 (sentence pairs) or 64 (sentiment); a run names its
+stores and output folder on the command line. They use
 ``torch.optim.AdamW`` (``"torch_adam": true``): the same update as DeepSpeed's FusedAdam,
 without its just-in-time CUDA build (which needs nvcc on the training machine).
 
@@ -21,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from typing import Any
 from smash.kernels import TAIL_MODES
 
 __all__ = [
+    "DEEPSPEED_KEYS",
     "LOSS_IMPLS",
     "OBJECTIVES",
     "SHIPPED",
@@ -44,6 +48,34 @@ LOSS_IMPLS = ("kernel", "fused_linear")
 _CONFIG_DIR = Path(__file__).with_name("configs")
 SHIPPED = {"paper-sentence-pair": "paper_sentence_pair.json",
            "paper-sentiment": "paper_sentiment.json"}
+
+# DeepSpeed's top-level config keys (deepspeed/runtime/config.py and the sub-configs it
+# builds, DeepSpeed 0.15-0.19). DeepSpeed reads the keys it knows and ignores the rest, so a
+# misspelt "gradient_acumulation_steps" would be dropped without a word: we refuse it.
+DEEPSPEED_KEYS = frozenset({
+    # batch and steps
+    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+    "managed_gradient_accumulation", "steps_per_print", "dataloader_drop_last",
+    # optimizer, schedule, gradients
+    "optimizer", "scheduler", "gradient_clipping", "prescale_gradients",
+    "gradient_predivide_factor", "gradient_allreduce_op", "sparse_gradients",
+    "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer",
+    # precision and communication
+    "fp16", "bf16", "bfloat16", "amp", "torch_autocast", "data_types",
+    "communication_data_type", "seq_parallel_communication_data_type",
+    # parallelism and memory
+    "zero_optimization", "disable_allgather", "activation_checkpointing", "pipeline",
+    "tensor_parallel", "expert_parallel", "sequence_parallel_size",
+    "use_data_before_expert_parallelism", "hybrid_engine", "aio", "checkpoint",
+    "datastates_ckpt", "nebula", "compile", "disable_python_gc",
+    # monitoring and debugging
+    "tensorboard", "wandb", "csv_monitor", "comet", "comms_logger", "flops_profiler",
+    "timers", "wall_clock_breakdown", "memory_breakdown", "dump_state", "log_level",
+    # other features
+    "elasticity", "autotuning", "data_efficiency", "curriculum_learning",
+    "progressive_layer_drop", "eigenvalue", "quantize_training", "compression_training",
+    "sparse_attention", "weight_quantization",
+})
 
 
 class ConfigError(ValueError):
@@ -200,6 +232,11 @@ def _deepspeed_section(raw: Any, base: Path | None) -> dict[str, Any]:
             raise ConfigError(f"deepspeed config {path}: cannot be read: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError("'deepspeed' must be a DeepSpeed config object or the path of one")
+    for key in sorted(set(raw) - DEEPSPEED_KEYS):
+        close = difflib.get_close_matches(key, DEEPSPEED_KEYS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown deepspeed config key {key!r}{hint}: DeepSpeed would "
+                          "ignore it silently")
     stage = raw.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
         raise ConfigError(f"deepspeed zero_optimization.stage must be 0, 1 or 2, got {stage!r}: "
