@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from smash.precompute.teacher_head import max_sequence_length
 from smash.precompute.templates import verbalizer_ids
 from smash.store import FingerprintMismatch, check_tokenizer, load_manifest, tokenizer_fingerprint
 from tqdm.auto import tqdm
@@ -42,8 +43,6 @@ from .objectives import store_verbalizer
 from .student import STEP_KEYS, DistillStudent, OnlineTeacher
 
 __all__ = ["Trainer"]
-
-_ROBERTA_POSITIONS = {"roberta", "xlm-roberta", "camembert", "data2vec-text"}
 
 
 class Trainer:
@@ -130,9 +129,7 @@ class Trainer:
 
     def _check_lengths(self, model: torch.nn.Module) -> None:
         """Refuse stores whose examples may not fit the config's or the student's length."""
-        limit = model.config.max_position_embeddings
-        if model.config.model_type in _ROBERTA_POSITIONS:
-            limit -= model.config.pad_token_id + 1  # positions start after the padding index
+        limit = max_sequence_length(model.config)
         for spec, manifest in zip(self.cfg.stores, self.manifests):
             length = manifest.producer.get("max_length")
             if length is None:

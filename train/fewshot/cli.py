@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from smash.precompute.teacher_head import max_sequence_length
 from smash.train.fewshot.data import load_kshot
 from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
 from smash.train.fewshot.protocol import Protocol, run_seed, zero_shot
@@ -26,7 +27,6 @@ from tqdm.auto import tqdm
 __all__ = ["evaluate_models", "main"]
 
 MODES = ("prompt", "zero-shot", "finetune")
-_ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert", "data2vec-text"}
 
 
 def evaluate_models(models: Sequence[tuple[str, str]], tasks: Sequence[Task], data: str | Path,
@@ -92,10 +92,7 @@ def _factory(mode: str, path: str, tokenizer, task: Task, max_length: int, templ
 def _check_length(path: str, max_length: int, task: Task) -> None:
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path)
-    limit = config.max_position_embeddings
-    if config.model_type in _ROBERTA_LIKE:
-        limit -= config.pad_token_id + 1  # RoBERTa positions start after the padding index
+    limit = max_sequence_length(AutoConfig.from_pretrained(path))
     if max_length > limit:
         raise ValueError(f"{task.name}: max length {max_length} exceeds the {limit} positions "
                          f"of {path}; pass --max-length {limit} or less")
