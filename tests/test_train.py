@@ -203,7 +203,7 @@ def test_tokenizer_mismatch_is_refused_naming_both(tiny, pair_store, tmp_path, c
     build_tiny_masked_lm(other_tok, tmp_path / "other", hidden=16, layers=1, heads=2)
     config = tiny_config(tmp_path / "run", tmp_path / "other", [(pair_store, 1.0)])
     assert train_student(["--config", write_config(tmp_path / "c.json", config)]) == 2
-    message = capsys.readouterr().out
+    message = capsys.readouterr().err
     assert "tokenizer mismatch" in message and str(pair_store) in message
     assert str(tmp_path / "other") in message and str(tiny["teacher"]) in message
     from smash.train.trainer import Trainer
@@ -221,7 +221,7 @@ def test_unreadable_shard_is_named(tiny, pair_store, tmp_path, capsys, workers):
         shard.write_bytes(shard.read_bytes()[:1000])
     config = tiny_config(tmp_path / "run", tiny["student"], [(store, 1.0)], num_workers=workers)
     assert train_student(["--config", write_config(tmp_path / "c.json", config)]) == 2
-    message = capsys.readouterr().out
+    message = capsys.readouterr().err
     assert "truncated" in message and any(s.name in message for s in shards), message
 
 
@@ -229,7 +229,17 @@ def test_rule_objective_refuses_a_sentiment_store(tiny, sentiment_store, tmp_pat
     config = tiny_config(tmp_path / "run", tiny["student"], [(sentiment_store, 1.0)],
                          objective="rule")
     assert train_student(["--config", write_config(tmp_path / "c.json", config)]) == 2
-    assert "sentiment store has none" in capsys.readouterr().out
+    assert "sentiment store has none" in capsys.readouterr().err
+
+
+def test_bad_student_path_is_one_line_on_stderr(pair_store, tmp_path, capsys):
+    """from_pretrained raises OSError for a missing folder: exit 2 and one line, no traceback."""
+    config = tiny_config(tmp_path / "run", tmp_path / "no-such-student", [(pair_store, 1.0)])
+    path = write_config(tmp_path / "c.json", config)
+    assert train_student(["--config", path, "--student", str(tmp_path / "missing")]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("train-student: error: student ") and err.count("\n") == 1, err
+    assert str(tmp_path / "missing") in err and "Traceback" not in err + out
 
 
 def test_output_folder_with_checkpoints_needs_resume(tiny, pair_store, tmp_path, capsys):
@@ -237,7 +247,7 @@ def test_output_folder_with_checkpoints_needs_resume(tiny, pair_store, tmp_path,
     path = write_config(tmp_path / "c.json", config)
     assert train_student(["--config", path]) == 0
     assert train_student(["--config", path]) == 2
-    assert "pass --resume" in capsys.readouterr().out
+    assert "pass --resume" in capsys.readouterr().err
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["deepspeed"]["scheduler"]["params"]["total_num_steps"] == 1
     # export on request, from the newest checkpoint

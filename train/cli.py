@@ -16,11 +16,18 @@ online-teacher mode, the only mode that loads a teacher.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from .config import LOSS_IMPLS, OBJECTIVES, ConfigError, load_config
 
 __all__ = ["build_parser", "main", "parse_store"]
+
+
+def _error(message: str) -> int:
+    """Print ``train-student: error: MESSAGE`` (one line) to stderr; returns exit status 2."""
+    print(f"train-student: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 def parse_store(text: str) -> dict:
@@ -35,6 +42,7 @@ def parse_store(text: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``train-student`` argument parser (flags override config keys)."""
     p = argparse.ArgumentParser(prog="train-student", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="paper-sentence-pair",
@@ -83,8 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # per-load bars would bury the run's own progress bar
     if args.export_only and not args.resume:
-        print("train-student: error: --export-only exports a checkpoint: add --resume")
-        return 2
+        return _error("--export-only exports a checkpoint: add --resume")
     overrides = {name: getattr(args, name) for name in (
         "output_dir", "student", "objective", "loss", "kernel_impl", "tail", "temperature",
         "max_steps", "seed", "num_workers", "checkpoint_every", "export_every", "export_name",
@@ -105,11 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{done} at step {step}; outputs in {config.output_dir}")
     except StoreError as err:
         # from a DataLoader worker the text carries the worker's traceback: its last line says it
-        print(f"train-student: error: {str(err).strip().splitlines()[-1]}")
-        return 2
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"train-student: error: {err}")
-        return 2
+        return _error(str(err).strip().splitlines()[-1])
+    except (ConfigError, ValueError, OSError) as err:
+        # OSError: a missing file or folder, or a model path from_pretrained cannot load
+        return _error(str(err))
     finally:
         if trainer is not None and hasattr(trainer, "logger"):
             trainer.cleanup()

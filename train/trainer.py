@@ -67,7 +67,10 @@ class Trainer:
         if warning:
             print(warning)
         self._check_output_dir()
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.student)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(cfg.student)
+        except OSError as err:  # a missing folder or unknown name: say which model it was
+            raise OSError(f"student {cfg.student!r} cannot be loaded: {err}") from err
         self.manifests = [load_manifest(s.path) for s in cfg.stores]
         for spec, manifest in zip(cfg.stores, self.manifests):
             check_tokenizer(manifest, self.tokenizer, spec.path)
