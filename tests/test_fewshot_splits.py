@@ -4,6 +4,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 from smash.train.fewshot.splits import main, make_kshot, select_kshot
 from smash.train.fewshot.tasks import get_task
 
@@ -64,11 +65,44 @@ def test_csv_task_and_stsb_binning(tmp_path):
 
 
 def test_mnli_file_names_and_cli(tmp_path, capsys):
-    main(["--original", str(ORIGINAL), "--out", str(tmp_path), "--tasks", "MNLI", "--seeds",
-          "100", "--k", "2"])
+    assert main(["--original", str(ORIGINAL), "--out", str(tmp_path), "--tasks", "MNLI",
+                 "--seeds", "100", "--k", "2"]) == 0
     folder = tmp_path / "MNLI" / "2-100"
     assert sorted(p.name for p in folder.iterdir()) == [
         "dev_matched.tsv", "test_matched.tsv", "test_mismatched.tsv", "train.tsv"]
     assert (folder / "test_mismatched.tsv").read_text() == \
         (ORIGINAL / "MNLI" / "dev_mismatched.tsv").read_text()
     assert str(folder) in capsys.readouterr().out
+
+
+def _cli_error(capsys, argv):
+    """Run make-kshot expecting bad input: exit 2, one line on stderr, no traceback."""
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("make-kshot: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in out + err
+    return err
+
+
+def test_cli_unknown_task(tmp_path, capsys):
+    err = _cli_error(capsys, ["--original", str(ORIGINAL), "--out", str(tmp_path),
+                              "--tasks", "SST-3"])
+    assert "unknown task 'SST-3'" in err
+
+
+@pytest.mark.parametrize("task, missing", [("SST-2", "SST-2/train.tsv"),
+                                           ("MR", "mr/train.csv")])
+def test_cli_missing_original_file(tmp_path, capsys, task, missing):
+    err = _cli_error(capsys, ["--original", str(tmp_path / "none"), "--out", str(tmp_path),
+                              "--tasks", task])
+    assert f"{tmp_path / 'none' / missing}: file not found" in err
+
+
+def test_cli_bad_row_names_file_and_line(tmp_path, capsys):
+    (tmp_path / "orig" / "SST-2").mkdir(parents=True)
+    lines = (ORIGINAL / "SST-2" / "train.tsv").read_text().splitlines(keepends=True)
+    lines[5] = "only one column\n"
+    (tmp_path / "orig" / "SST-2" / "train.tsv").write_text("".join(lines))
+    err = _cli_error(capsys, ["--original", str(tmp_path / "orig"), "--out", str(tmp_path),
+                              "--tasks", "SST-2"])
+    assert f"{tmp_path / 'orig' / 'SST-2' / 'train.tsv'}:6: expected 2 tab-separated" in err

@@ -143,11 +143,50 @@ def test_cli_two_models_three_modes(tiny, kshot, tmp_path):
     assert (out / "results.png").stat().st_size > 0
 
 
-def test_max_length_beyond_model(tiny, kshot, tmp_path):
-    with pytest.raises(ValueError, match="max length 256 exceeds the 130 positions"):
-        main(["--model", str(tiny["student"]), "--tasks", "SST-2", "--data", str(kshot),
-              "--mode", "zero-shot", "--out", str(tmp_path), "--k", "8", "--seeds", "13",
-              "--max-length", "256"])
+def _cli_error(capsys, argv):
+    """Run evaluate-fewshot expecting bad input: exit 2, one error line (the last on stderr,
+    after the progress bar if one started), no traceback."""
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    last = err.splitlines()[-1]
+    assert last.startswith("evaluate-fewshot: error: ") and err.count("error:") == 1, err
+    assert "Traceback" not in out + err
+    return last
+
+
+def test_max_length_beyond_model(tiny, kshot, tmp_path, capsys):
+    err = _cli_error(capsys, [
+        "--model", str(tiny["student"]), "--tasks", "SST-2", "--data", str(kshot),
+        "--mode", "zero-shot", "--out", str(tmp_path), "--k", "8", "--seeds", "13",
+        "--max-length", "256"])
+    assert "max length 256 exceeds the 130 positions" in err
+
+
+def test_cli_unknown_task(tiny, kshot, tmp_path, capsys):
+    err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "SST-3", "--data",
+                              str(kshot), "--out", str(tmp_path)])
+    assert "unknown task 'SST-3'" in err
+
+
+def test_cli_missing_data_file(tiny, kshot, tmp_path, capsys):
+    err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "RTE", "--data",
+                              str(kshot), "--out", str(tmp_path), "--k", "8", "--seeds", "13"])
+    assert f"{kshot / 'RTE' / '8-13' / 'train.tsv'}: file not found" in err
+
+
+def test_cli_bad_row_names_file_and_line(tiny, kshot, tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "SST-2").mkdir(parents=True)
+    split = data / "SST-2" / "8-13"
+    split.mkdir()
+    for f in (kshot / "SST-2" / "8-13").iterdir():
+        (split / f.name).write_text(f.read_text())
+    lines = (split / "dev.tsv").read_text().splitlines(keepends=True)
+    lines[3] = "a sentence\t7\n"
+    (split / "dev.tsv").write_text("".join(lines))
+    err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "SST-2", "--data",
+                              str(data), "--out", str(tmp_path), "--k", "8", "--seeds", "13"])
+    assert f"{split / 'dev.tsv'}:4: label '7'" in err
 
 
 def test_table_and_delta_rows():

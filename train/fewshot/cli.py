@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from smash.precompute.teacher_head import max_sequence_length
-from smash.train.fewshot.data import load_kshot
+from smash.train.fewshot.data import DataError, load_kshot
 from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
 from smash.train.fewshot.protocol import Protocol, run_seed, zero_shot
 from smash.train.fewshot.report import Entry, write_report
@@ -41,34 +42,34 @@ def evaluate_models(models: Sequence[tuple[str, str]], tasks: Sequence[Task], da
     splits = {(t.name, s): load_kshot(data, t, k, s) for t in tasks for s in seeds}
     runs_per_seed = {m: 1 if m == "zero-shot" else len(protocol.grid) for m in modes}
     total = len(models) * len(tasks) * len(seeds) * sum(runs_per_seed.values())
-    bar = tqdm(total=total, desc="few-shot", unit="run", dynamic_ncols=True)
-    dev = torch.device(device)
-    entries = []
-    for name, path in models:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        for mode in modes:
-            for task in tasks:
-                length = max_length or task.max_length
-                _check_length(path, length, task)
-                make = _factory(mode, path, tokenizer, task, length,
-                                templates.get(task.name, task.template),
-                                words.get(task.name, task.words))
-                cache: dict = {}
-                results = []
-                for seed in seeds:
-                    bar.set_postfix_str(f"{name} {mode} {task.name} seed {seed}")
-                    split = splits[(task.name, seed)]
-                    if mode == "zero-shot":
-                        torch.manual_seed(seed)
-                        results.append(zero_shot(make(), split, seed, protocol.eval_batch_size,
-                                                 dev, cache))
-                        bar.update(1)
-                    else:
-                        results.append(run_seed(make, split, task, seed, protocol, dev,
-                                                on_config_done=lambda: bar.update(1)))
-                entries.append(Entry(model=name, path=str(path), mode=mode, task=task.name,
-                                     metric=task.metric, seeds=results))
-    bar.close()
+    # the bar closes on an error too, so that the error message gets a line of its own
+    with tqdm(total=total, desc="few-shot", unit="run", dynamic_ncols=True) as bar:
+        dev = torch.device(device)
+        entries = []
+        for name, path in models:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            for mode in modes:
+                for task in tasks:
+                    length = max_length or task.max_length
+                    _check_length(path, length, task)
+                    make = _factory(mode, path, tokenizer, task, length,
+                                    templates.get(task.name, task.template),
+                                    words.get(task.name, task.words))
+                    cache: dict = {}
+                    results = []
+                    for seed in seeds:
+                        bar.set_postfix_str(f"{name} {mode} {task.name} seed {seed}")
+                        split = splits[(task.name, seed)]
+                        if mode == "zero-shot":
+                            torch.manual_seed(seed)
+                            results.append(zero_shot(make(), split, seed, protocol.eval_batch_size,
+                                                     dev, cache))
+                            bar.update(1)
+                        else:
+                            results.append(run_seed(make, split, task, seed, protocol, dev,
+                                                    on_config_done=lambda: bar.update(1)))
+                    entries.append(Entry(model=name, path=str(path), mode=mode, task=task.name,
+                                         metric=task.metric, seeds=results))
     return entries
 
 
@@ -103,12 +104,17 @@ def _overrides(items: Sequence[str], flag: str) -> dict[str, str]:
     for item in items:
         task, sep, value = item.partition("=")
         if not sep or not value:
-            raise SystemExit(f"{flag} {item!r}: expected TASK=VALUE")
+            raise ValueError(f"{flag} {item!r}: expected TASK=VALUE")
         out[get_task(task).name] = value
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line; returns the exit status (2, with one line on stderr, on bad input).
+
+    Bad input is an unknown task, a missing or malformed data file (``FILE:LINE: ...``), a
+    model folder that cannot be loaded, or a template, label word or length that does not fit.
+    """
     p = argparse.ArgumentParser(prog="evaluate-fewshot", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", required=True, help="model folder (repeatable)")
     p.add_argument("--name", nargs="+", help="a display name per --model (default: folder name)")
@@ -140,15 +146,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     protocol = Protocol(learning_rates=tuple(args.lrs), batch_sizes=tuple(args.batch_sizes),
                         max_steps=args.max_steps, eval_every=args.eval_every,
                         eval_batch_size=args.eval_batch_size)
-    tasks = [get_task(t) for t in args.tasks]
-    words = {t: w.split(",") for t, w in _overrides(args.words, "--words").items()}
-    entries = evaluate_models(list(zip(names, args.model)), tasks, args.data, args.mode,
-                              protocol, args.seeds, args.k, _overrides(args.template, "--template"),
-                              words, args.max_length, args.device)
-    config = {**vars(args), **dataclasses.asdict(protocol), "tasks": [t.name for t in tasks]}
-    for path in write_report(args.out, entries, config):
+    try:
+        tasks = [get_task(t) for t in args.tasks]
+        words = {t: w.split(",") for t, w in _overrides(args.words, "--words").items()}
+        entries = evaluate_models(list(zip(names, args.model)), tasks, args.data, args.mode,
+                                  protocol, args.seeds, args.k,
+                                  _overrides(args.template, "--template"), words,
+                                  args.max_length, args.device)
+        config = {**vars(args), **dataclasses.asdict(protocol), "tasks": [t.name for t in tasks]}
+        written = write_report(args.out, entries, config)
+    except (DataError, ValueError, OSError) as err:  # DataError: FILE:LINE: what is wrong
+        print(f"evaluate-fewshot: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    for path in written:
         print(path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

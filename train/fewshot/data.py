@@ -16,7 +16,7 @@ from pathlib import Path
 from smash.train.fewshot.tasks import Task
 
 __all__ = ["DataError", "Example", "KShotData", "kshot_dir", "load_kshot", "parse_label",
-           "read_examples", "read_rows"]
+           "read_examples", "read_rows", "require_file"]
 
 
 class DataError(ValueError):
@@ -77,10 +77,7 @@ def read_rows(task: Task, path: str | Path) -> Iterator[tuple[int, list[str]]]:
     do) and every row must have as many columns as the header. CSV files have no header and
     exactly ``label,sentence``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found (expected LM-BFF's layout for {task.name}; "
-                        "make-kshot builds it from the original task files)")
+    path = require_file(task, path)
     with path.open(encoding="utf-8", newline="" if task.fmt == "csv" else None) as f:
         if task.fmt == "csv":
             reader = csv.reader(f)
@@ -100,6 +97,18 @@ def read_rows(task: Task, path: str | Path) -> Iterator[tuple[int, list[str]]]:
                 raise DataError(f"{path}:{line}: expected {len(header)} tab-separated columns "
                                 f"(as in the header), found {len(row)}")
             yield line, row
+
+
+_KSHOT_HINT = "make-kshot builds it from the original task files"
+
+
+def require_file(task: Task, path: str | Path, hint: str = _KSHOT_HINT) -> Path:
+    """``path`` as a Path; raises DataError naming it (and ``hint``) when it is not a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected LM-BFF's layout for {task.name}; "
+                        f"{hint})")
+    return path
 
 
 def parse_label(task: Task, row: list[str], path: str | Path, line: int) -> int | float:

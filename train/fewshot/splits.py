@@ -20,11 +20,12 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from smash.train.fewshot.data import parse_label, read_rows
+from smash.train.fewshot.data import DataError, parse_label, read_rows, require_file
 from smash.train.fewshot.tasks import TASKS, Task, get_task
 
 __all__ = ["SEEDS", "main", "make_kshot", "select_kshot"]
@@ -81,6 +82,7 @@ def _read_original(task: Task, path: Path) -> tuple[str, list, list]:
     header = ""
     rows, groups = [], []
     lines = None
+    require_file(task, path, hint="download the original task files into it")
     if task.fmt == "tsv":
         with path.open(encoding="utf-8") as f:
             lines = f.readlines()
@@ -105,8 +107,12 @@ def _write(task: Task, path: Path, header: str, rows: list) -> None:
     path.write_text(buf.getvalue(), encoding="utf-8")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``make-kshot --original data/original --out data/k-shot [--tasks ...]``."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``make-kshot --original data/original --out data/k-shot [--tasks ...]``.
+
+    Returns the exit status: 2, with one line on stderr, for an unknown task, a missing or
+    malformed original file (``FILE:LINE: what is wrong``) or an unwritable output folder.
+    """
     parser = argparse.ArgumentParser(prog="make-kshot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--original", required=True, help="folder of the original task folders")
     parser.add_argument("--out", required=True, help="k-shot root to write TASK/K-SEED into")
@@ -114,10 +120,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--k", type=int, default=16, help="examples per label in train and dev")
     args = parser.parse_args(argv)
-    tasks = [get_task(name) for name in args.tasks]
-    for folder in make_kshot(args.original, args.out, tasks, args.seeds, args.k):
+    try:
+        tasks = [get_task(name) for name in args.tasks]
+        written = make_kshot(args.original, args.out, tasks, args.seeds, args.k)
+    except (DataError, ValueError, OSError) as err:  # DataError: FILE:LINE: what is wrong
+        print(f"make-kshot: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    for folder in written:
         print(folder)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
