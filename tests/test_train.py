@@ -193,6 +193,30 @@ def test_offline_and_online_runs_train_the_same(tiny, pair_store, tmp_path):
         torch.testing.assert_close(runs["online"][1][name], value, rtol=1e-4, atol=1e-6)
 
 
+def test_heldout_kl_does_not_depend_on_the_number_of_ranks(tiny, tiny_tokenizer, pair_store,
+                                                          monkeypatch):
+    """Two ranks evaluate the same first examples as one process: their sums add up to it."""
+    from smash.train.evaluate import heldout_kl
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny["student"])
+    args = {"pad_id": tiny_tokenizer.pad_token_id, "device": torch.device("cpu"),
+            "max_examples": 37, "batch_size": 8}
+    alone = heldout_kl(model, str(pair_store), **args)
+    parts = []
+    for rank in range(2):  # each rank's share, without the all-reduce
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda r=rank: r)
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+        monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: None)
+        parts.append(heldout_kl(model, str(pair_store), **args))
+    monkeypatch.undo()
+    rows = sum(p["rows"] for p in parts)
+    assert rows == alone["rows"] and alone["rows"] >= 37
+    mean = sum(p["kl"] * p["rows"] for p in parts) / rows
+    assert mean == pytest.approx(alone["kl"], rel=1e-5)
+
+
+
 # ------------------------------------------------------------------------- errors
 
 

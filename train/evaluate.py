@@ -43,13 +43,17 @@ def heldout_kl(model: torch.nn.Module, store: str, *, pad_id: int, device: torch
                max_examples: int = 512, batch_size: int = 32) -> dict[str, Any]:
     """Mean KL over the mask rows of the first ``max_examples`` examples of ``store``.
 
-    Under torch.distributed each rank reads its own part and the sums are all-reduced, so
-    every rank returns the same numbers. ``model`` is put in eval mode and back.
+    The examples are the store's first ``max_examples`` in order, whatever the number of
+    ranks: under torch.distributed every rank reads the store whole (not its shard share)
+    and evaluates examples ``rank, rank + world, ...`` of those, and the sums are
+    all-reduced, so every rank returns the same numbers, and the same as one process would
+    (up to float rounding). ``model`` is put in eval mode and back.
     """
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
     world = torch.distributed.get_world_size() if distributed else 1
-    stream = StoreDataset(store, shuffle=False, epochs=1)
-    examples = iter(itertools.islice(stream, -(-max_examples // world)))
+    stream = StoreDataset(store, shuffle=False, epochs=1, rank=0, world_size=1)
+    examples = itertools.islice(stream, rank, max_examples, world)
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)                # (sum KL, rows)
