@@ -11,7 +11,7 @@ from smash.train.cli import parse_store
 from smash.train.config import ConfigError, load_config
 from smash.train.engine import resolve_deepspeed
 from smash.train.export import check_export_path
-from smash.train.objectives import hard_labels, rule_labels
+from smash.train.objectives import hard_labels, rule_labels, store_verbalizer
 from smash.train.student import DistillStudent, OnlineTeacher
 from train_support import (
     VOCAB,
@@ -96,6 +96,23 @@ def test_hard_label_is_the_argmax_over_label_words_in_the_top_k():
     logprobs = torch.tensor([[-0.1, -2.0, -3.0], [-0.5, -1.0, -4.0], [-0.2, -0.3, -5.0]])
     words = torch.tensor([2, 9, 1])  # row 0: 9 beats 2; row 1: only 1 present; row 2: none
     assert hard_labels(ids, logprobs.half(), words).tolist() == [1, 2, -1]
+
+
+def test_label_words_come_from_the_store_and_the_task():
+    """``hard``: the manifest's verbalizer; ``rule``: the sentence-pair task's; config wins."""
+    from smash.precompute.sentence_pair import SentencePairTask
+
+    sentiment = {"task": "sentiment", "verbalizer": ["awful", "fine", "superb"]}
+    pairs = {"task": "sentence-pair", "verbalizer": ["No", "Maybe", "Yes"]}
+    assert store_verbalizer("ce", pairs, None, "s") is None
+    assert store_verbalizer("hard", sentiment, None, "s") == ("awful", "fine", "superb")
+    assert store_verbalizer("rule", pairs, None, "s") == SentencePairTask.verbalizer
+    assert store_verbalizer("hard", sentiment, ["a", "b"], "s") == ("a", "b")
+    assert store_verbalizer("rule", pairs, ["n", "m", "y"], "s") == ("n", "m", "y")
+    with pytest.raises(ValueError, match="records no verbalizer"):
+        store_verbalizer("hard", {"task": "my-task", "verbalizer": []}, None, "s")
+    with pytest.raises(ValueError, match="a my-task store has none"):
+        store_verbalizer("rule", {"task": "my-task"}, None, "s")
 
 
 def test_rule_labels_follow_each_mask_to_its_example():

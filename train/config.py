@@ -87,7 +87,8 @@ class StoreSpec:
     """One input store and its share of the micro-batches.
 
     ``verbalizer``: label words for the ``hard`` and ``rule`` objectives; by default the
-    store's own (manifest ``producer.verbalizer``) or the task's (see ``objectives``).
+    store's own (manifest ``producer.verbalizer``) for ``hard`` and the sentence-pair task's
+    for ``rule`` (see ``objectives.store_verbalizer``).
     """
 
     path: str

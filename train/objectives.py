@@ -19,38 +19,35 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from smash.precompute.sentence_pair import SentencePairTask
 
-__all__ = [
-    "DEFAULT_VERBALIZERS", "RULE_VERBALIZER", "hard_labels", "label_word_loss", "rule_labels",
-    "store_verbalizer",
-]
-
-# Label words per intermediate task (paper 3.2 and 4.4), leading-space single tokens.
-DEFAULT_VERBALIZERS = {
-    "sentence-pair": ("No", "Maybe", "Yes"),
-    "sentiment": ("terrible", "bad", "okay", "good", "great"),
-}
-RULE_VERBALIZER = ("No", "Maybe", "Yes")  # label 0 (other document), 1 (same), 2 (adjacent)
+__all__ = ["hard_labels", "label_word_loss", "rule_labels", "store_verbalizer"]
 
 
 def store_verbalizer(objective: str, producer: dict[str, Any], words: Sequence[str] | None,
                      source: str) -> tuple[str, ...] | None:
-    """Label words a store is trained with: None for ``ce``; else the configured words, the
-    store's own verbalizer (``hard``), or the task's default. Raises ValueError if none fit."""
+    """Label words a store is trained with: None for ``ce``; else the configured ``words``
+    (an explicit override), or
+
+    * ``hard``: the store's own verbalizer, as its manifest records it (``producer
+      ["verbalizer"]``, the words whose ids the teacher pass wrote as ``verbalizer_ids``);
+    * ``rule``: the sentence-pair task's verbalizer (``SentencePairTask.verbalizer``), whose
+      labels 0/1/2 the rule-based labels are.
+
+    Raises ValueError if none fit.
+    """
     if objective == "ce":
         return None
     task = producer.get("task")
     if words:
         return tuple(words)
     if objective == "rule":
-        if task == "sentiment":
+        if task != "sentence-pair":
             raise ValueError(f"{source}: objective 'rule' needs the rule-based labels of the "
-                             "sentence-pair task; a sentiment store has none (use 'hard')")
-        return RULE_VERBALIZER
+                             f"sentence-pair task; a {task} store has none (use 'hard')")
+        return tuple(SentencePairTask.verbalizer)
     if producer.get("verbalizer"):
         return tuple(producer["verbalizer"])
-    if task in DEFAULT_VERBALIZERS:
-        return DEFAULT_VERBALIZERS[task]
     raise ValueError(f"{source}: objective {objective!r} needs label words: the store (task "
                      f"{task!r}) records no verbalizer; give the store a 'verbalizer' in the config")
 
