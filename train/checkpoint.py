@@ -16,10 +16,13 @@ from __future__ import annotations
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from deepspeed.runtime.engine import DeepSpeedEngine
 
 __all__ = ["checkpoint_tags", "latest_tag", "load_checkpoint", "rng_state", "save_checkpoint",
            "set_rng_state"]
@@ -52,8 +55,8 @@ def latest_tag(directory: Path) -> str | None:
     return pointer.read_text().strip() if pointer.exists() else None
 
 
-def save_checkpoint(engine, directory: Path, step: int, loader_state: dict[str, Any],
-                    extra: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(engine: DeepSpeedEngine, directory: Path, step: int,
+                    loader_state: dict[str, Any], extra: dict[str, Any], keep: int) -> Path:
     """Save step ``step`` on every rank (a collective call); keep the newest ``keep`` tags."""
     rank = torch.distributed.get_rank()
     tag = f"step{step}"
@@ -69,7 +72,7 @@ def save_checkpoint(engine, directory: Path, step: int, loader_state: dict[str, 
     return directory / tag
 
 
-def load_checkpoint(engine, directory: Path) -> tuple[int, dict[str, Any]]:
+def load_checkpoint(engine: DeepSpeedEngine, directory: Path) -> tuple[int, dict[str, Any]]:
     """Load the newest checkpoint into ``engine``; returns (step, this rank's saved state).
 
     The RNG states are *not* restored here: the caller restores them last, after everything

@@ -13,12 +13,15 @@ DataLoader workers by itself, so each sample is seen once per epoch of that stor
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from smash.store import StoreDataset, collate_examples
 from torch.utils.data import IterableDataset, get_worker_info
+
+if TYPE_CHECKING:
+    from torchdata.stateful_dataloader import StatefulDataLoader
 
 __all__ = ["MixedBatches", "make_loader"]
 
@@ -82,7 +85,8 @@ class MixedBatches(IterableDataset):
 
 
 def make_loader(stores: Sequence[str], weights: Sequence[float], *, batch_size: int,
-                pad_id: int, seed: int, num_workers: int, pin_memory: bool = False):
+                pad_id: int, seed: int, num_workers: int,
+                pin_memory: bool = False) -> StatefulDataLoader:
     """A ``StatefulDataLoader`` over ``MixedBatches`` of the given store paths.
 
     Shards are verified against their checksums as they are read; a bad shard raises

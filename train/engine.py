@@ -15,9 +15,12 @@ import copy
 import logging
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from deepspeed.runtime.engine import DeepSpeedEngine
 
 __all__ = ["PRECISIONS", "build_engine", "device_of", "ensure_process_env", "resolve_deepspeed"]
 
@@ -74,7 +77,7 @@ def resolve_deepspeed(section: dict[str, Any], *, max_steps: int,
     return ds
 
 
-def build_engine(module: torch.nn.Module, ds_config: dict[str, Any]):
+def build_engine(module: torch.nn.Module, ds_config: dict[str, Any]) -> DeepSpeedEngine:
     """``deepspeed.initialize`` on ``module`` with ``ds_config``; returns the engine."""
     import deepspeed
     import deepspeed.ops

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -74,16 +74,16 @@ def evaluate_models(models: Sequence[tuple[str, str]], tasks: Sequence[Task], da
 
 
 def _factory(mode: str, path: str, tokenizer, task: Task, max_length: int, template: str,
-             label_words: Sequence[str]):
+             label_words: Sequence[str]) -> Callable[[], PromptLearner | FinetuneLearner]:
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     if mode == "finetune":
-        def make():
+        def make() -> FinetuneLearner:
             model = AutoModelForSequenceClassification.from_pretrained(
                 path, num_labels=task.num_outputs)
             return FinetuneLearner(model, tokenizer, task, max_length)
     else:
-        def make():
+        def make() -> PromptLearner:
             model = AutoModelForMaskedLM.from_pretrained(path)
             return PromptLearner(model, tokenizer, task, template, label_words, max_length)
     make()  # fail early on a bad template, label word or model folder

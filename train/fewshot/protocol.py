@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 
 import torch
 from smash.train.fewshot.data import KShotData
-from smash.train.fewshot.learners import Features, collate
+from smash.train.fewshot.learners import Features, FinetuneLearner, PromptLearner, collate
 from smash.train.fewshot.metrics import compute_metric, select_best
 from smash.train.fewshot.tasks import Task
 
 __all__ = ["Protocol", "SeedResult", "evaluate", "predict", "run_seed", "zero_shot"]
+
+Learner = PromptLearner | FinetuneLearner
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class SeedResult:
 
 
 @torch.no_grad()
-def predict(learner, features: Sequence[Features], batch_size: int,
+def predict(learner: Learner, features: Sequence[Features], batch_size: int,
             device: torch.device) -> list[float]:
     """Predictions for ``features`` in their order, in length-sorted batches (little padding)."""
     learner.model.eval()
@@ -69,14 +71,14 @@ def predict(learner, features: Sequence[Features], batch_size: int,
     return preds
 
 
-def evaluate(learner, features: Sequence[Features], batch_size: int,
+def evaluate(learner: Learner, features: Sequence[Features], batch_size: int,
              device: torch.device) -> float:
     preds = predict(learner, features, batch_size, device)
     return compute_metric(learner.task.metric, preds, [f.label for f in features])
 
 
-def zero_shot(learner, data: KShotData, seed: int, batch_size: int, device: torch.device,
-              cache: dict | None = None) -> SeedResult:
+def zero_shot(learner: Learner, data: KShotData, seed: int, batch_size: int,
+              device: torch.device, cache: dict | None = None) -> SeedResult:
     """The untrained model through the same template and label words.
 
     GLUE test sets are the same file for every seed, so test metrics are memoised in ``cache``
