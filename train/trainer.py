@@ -224,8 +224,9 @@ class Trainer:
         loss = self.engine(**inputs, store=batch["store"])
         self.engine.backward(loss)
         if self._own_grad_norm and self.engine.is_gradient_accumulation_boundary():
-            self._grad_norm = float(torch.nn.utils.get_total_norm(
-                [p.grad for p in self.module.parameters() if p.grad is not None]))
+            norms = [p.grad.detach().float().norm() for p in self.module.parameters()
+                     if p.grad is not None]  # (torch.nn.utils.get_total_norm needs torch 2.6)
+            self._grad_norm = float(torch.stack(norms).norm()) if norms else 0.0
         self.engine.step()
         if self._keys is not None:
             with open(self._keys, "a", encoding="utf-8") as f:
