@@ -21,6 +21,7 @@ from smash.store import StoreError
 
 from .corpus import CorpusError, open_corpus
 from .sentences import SentenceSplitter
+from .shard_prep import ShardPreparer
 from .tasks import make_task, task_names
 from .teacher_head import max_sequence_length
 from .teacher_pass import (
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    preparer = None
     try:
         _import_plugins(args.plugin)
         if args.k < 1 or args.num_examples < 1 or args.shard_size < 1:
@@ -146,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                          seed=args.seed, overwrite=args.overwrite, rank=rank, world_size=world,
                          tokenize_workers=args.tokenize_workers if args.tokenize_workers
                          is not None else min(8, max(1, (os.cpu_count() or 2) // world - 1)))
+        preparer = ShardPreparer(tokenizer, task.template, task.max_length, cfg.token_budget,
+                                 workers=cfg.tokenize_workers)  # starts while the model loads
         model = AutoModelForMaskedLM.from_pretrained(
             args.teacher, revision=args.revision, dtype=DTYPES[args.dtype],
             attn_implementation="sdpa").to(device).eval()
@@ -170,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         if distributed:
             torch.distributed.barrier()
         summary = run_teacher_pass(task, task.examples(corpus, args.seed), model, tokenizer, cfg,
-                                   producer, device)
+                                   producer, device, preparer)
         if distributed:
             torch.distributed.barrier()
         if rank == 0:
@@ -180,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.distributed.destroy_process_group()
         return 0
     except (CorpusError, ConfigMismatch, StoreError, ValueError, OSError) as err:
+        if preparer is not None:
+            preparer.close(wait=False)
         # Under torchrun / the deepspeed launcher, this rank's exit ends the other ranks too.
         print(f"precompute-teacher: error: {err}", file=sys.stderr)
         return 2

@@ -84,6 +84,8 @@ class ShardPreparer:
             self.pool = ProcessPoolExecutor(
                 max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker, initargs=self.args)
+            for _ in range(workers):  # start them now: their imports overlap the model's load
+                self.pool.submit(int)
 
     def map(self, jobs: Iterator[tuple]) -> Iterator[tuple]:
         """``jobs`` yields (key, sentences) or (key, None) to pass through unprepared;

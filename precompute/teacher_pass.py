@@ -74,6 +74,7 @@ class PassSummary:
     real_tokens: int = 0
     computed_tokens: int = 0
     wall_s: float = 0.0
+    startup_s: float = 0.0     # until the first batch reached the teacher (first shard's prep)
     store_shards: int = 0      # after finalize (rank 0)
     store_examples: int = 0
     store_bytes: int = 0
@@ -237,12 +238,14 @@ def _shard_jobs(examples: Iterator[TaskExample], cfg: PassConfig, total: int,
 
 def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample],
                      model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
-                     cfg: PassConfig, producer: dict, device: torch.device) -> PassSummary:
+                     cfg: PassConfig, producer: dict, device: torch.device,
+                     preparer: ShardPreparer | None = None) -> PassSummary:
     """Run the teacher over this process's shards of ``examples`` and write them.
 
     A background thread draws the examples and hands shards to tokenizer processes
-    (``ShardPreparer``); this thread runs the teacher; the writer thread filters, encodes and
-    writes finished shards.
+    (``ShardPreparer``; pass one started earlier to hide its start-up, it is closed here);
+    this thread runs the teacher; the writer thread filters, encodes and writes finished
+    shards.
     """
     if tokenizer.mask_token_id is None:
         raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no mask token")
@@ -265,8 +268,9 @@ def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample],
     bar = tqdm(total=mine, unit="ex", desc=f"teacher rank {cfg.rank}", dynamic_ncols=True,
                smoothing=0.1)
     t0 = time.perf_counter()
-    preparer = ShardPreparer(tokenizer, task.template, task.max_length, cfg.token_budget,
-                             workers=cfg.tokenize_workers)
+    if preparer is None:
+        preparer = ShardPreparer(tokenizer, task.template, task.max_length, cfg.token_budget,
+                                 workers=cfg.tokenize_workers)
     done = {s.name for _, part in read_parts(cfg.out) for s in part.shards}
     shards = background(preparer.map(_shard_jobs(examples, cfg, total, done)))
     try:
@@ -278,6 +282,8 @@ def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample],
                 continue
             writer.put(("begin", index, chunk, prepared.prompts))
             for batch in prepared.batches:
+                if not summary.startup_s:
+                    summary.startup_s = time.perf_counter() - t0
                 ids = torch.from_numpy(batch.input_ids)
                 attention = (torch.arange(ids.shape[1])[None, :]
                              < torch.from_numpy(batch.lengths)[:, None]).long()
