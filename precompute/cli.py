@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"({len(tokenizer)} tokens)")
         cfg = PassConfig(out=args.out, k=args.k, num_examples=args.num_examples,
                          shard_size=args.shard_size, token_budget=args.token_budget,
-                         seed=args.seed, overwrite=args.overwrite, rank=rank, world_size=world,
+                         seed=args.seed, rank=rank, world_size=world,
                          tokenize_workers=args.tokenize_workers if args.tokenize_workers
                          is not None else min(8, max(1, (os.cpu_count() or 2) // world - 1)))
         preparer = ShardPreparer(tokenizer, task.template, task.max_length, cfg.token_budget,

@@ -56,7 +56,6 @@ class PassConfig:
     shard_size: int = 10_000
     token_budget: int = 16_384
     seed: int = 0
-    overwrite: bool = False
     rank: int = 0
     world_size: int = 1
     tokenize_workers: int = 1  # processes tokenizing ahead; 0 = in a thread of this process
