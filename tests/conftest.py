@@ -7,6 +7,11 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# MKL (torch's CPU BLAS) may round differently from run to run with memory alignment and
+# thread count; its strict reproducibility mode makes the CPU teacher values of two runs
+# (in this process or in the subprocesses that inherit this environment) bitwise equal.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 import pytest
 
