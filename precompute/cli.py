@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from smash.store import StoreError
 
-from .corpus import CorpusError, open_corpus
+from .corpus import Corpus, CorpusError, HFCorpus, open_corpus
 from .sentences import SentenceSplitter
 from .shard_prep import ShardPreparer
 from .tasks import make_task, task_names
@@ -33,6 +33,7 @@ from .teacher_pass import (
     finalize,
     local_model_fingerprint,
     producer_config,
+    recorded_teacher_name,
     run_teacher_pass,
 )
 
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="store directory")
     p.add_argument("--k", type=int, default=64, help="top-k entries kept per mask")
     p.add_argument("--num-examples", type=int, default=100_000,
-                   help="candidate examples (before a teacher filter)")
+                   help="candidate examples (before a teacher filter), rounded down to a "
+                        "whole number of the task's groups (sentence-pair: 3, one per label)")
     p.add_argument("--shard-size", type=int, default=10_000, help="candidates per shard")
     p.add_argument("--token-budget", type=int, default=16_384,
                    help="padded tokens per teacher batch (length-bucketed)")
@@ -102,6 +104,24 @@ def _print_summary(summary: PassSummary, out: Path, rank: int) -> None:
               f"shards, {summary.store_bytes / 1e6:,.2f} MB -> {out / 'manifest.json'}")
 
 
+def _read_first_document(corpus: Corpus | HFCorpus) -> None:
+    """Read one document: a missing field, an unreadable file or a missing package raises."""
+    documents = iter(corpus)
+    next(documents)
+    close = getattr(documents, "close", None)
+    if close is not None:
+        close()
+
+
+def _require_folder_or_hub_name(flag: str, name: str) -> None:
+    """A name that can only be a path (``./x``, ``/x``, ``~/x``, ``a/b/c``) must be a folder;
+    anything else may be a hub name (``roberta-large``, ``FacebookAI/roberta-large``)."""
+    path = Path(name).expanduser()
+    looks_like_path = name.startswith((".", "/", "~")) or len(path.parts) > 2
+    if looks_like_path and not path.is_dir():
+        raise ValueError(f"{flag} {name}: no such folder")
+
+
 def _import_plugins(modules: list[str]) -> None:
     """Import user modules that register tasks; the working folder is searched first."""
     if modules and os.getcwd() not in sys.path:
@@ -126,9 +146,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--k, --num-examples and --shard-size must be positive")
         splitter = SentenceSplitter(args.min_words, args.max_words)
         task = make_task(args.task, splitter, **_task_options(args))
+        group = getattr(task, "group_size", 1)
+        if rank == 0 and args.num_examples % group:
+            print(f"precompute-teacher: note: --task {args.task} takes examples in groups of "
+                  f"{group}; making {args.num_examples - args.num_examples % group:,}",
+                  file=sys.stderr)
         corpus = open_corpus(args.corpus, text_field=args.text_field,
                              one_doc_per_file=args.one_doc_per_file)
         corpus_fp = corpus.fingerprint()
+        _read_first_document(corpus)  # a bad corpus fails now, not after the teacher loads
         if str(args.corpus).startswith("hf:") and "@" not in str(args.corpus):
             print(f"precompute-teacher: note: {args.corpus} names no @REVISION; the store "
                   f"records the dataset by name only", file=sys.stderr)
@@ -136,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                                               else "cpu"))
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
+        _require_folder_or_hub_name("--teacher", args.teacher)
         tokenizer = AutoTokenizer.from_pretrained(args.teacher, revision=args.revision)
         if tokenizer.mask_token_id is None:
             raise ValueError(f"tokenizer of {args.teacher!r} has no mask token; a masked LM "
@@ -157,9 +184,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"task {task.name!r} makes examples of up to {task.max_length} "
                              f"tokens, but {args.teacher!r} takes at most "
                              f"{max_sequence_length(model.config)}; pass --max-length")
-        teacher = {"name": args.teacher, "dtype": args.dtype,
+        fingerprint = local_model_fingerprint(args.teacher)
+        name = recorded_teacher_name(args.out, args.teacher, fingerprint)
+        tokenizer.name_or_path = name  # the manifest's tokenizer record names it alike
+        teacher = {"name": name, "dtype": args.dtype,
                    "revision": args.revision or getattr(model.config, "_commit_hash", None),
-                   "fingerprint": local_model_fingerprint(args.teacher)}
+                   "fingerprint": fingerprint}
         producer = producer_config(task, tokenizer, teacher, cfg, corpus_fp, splitter.config())
         distributed = world > 1
         if distributed and not torch.distributed.is_initialized():

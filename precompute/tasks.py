@@ -24,6 +24,7 @@ by what the teacher says (the sentiment task stores its argmax over the verbaliz
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -81,10 +82,17 @@ def make_task(name: str, splitter: SentenceSplitter, **options: Any) -> Intermed
     _load_builtin()
     if name not in _REGISTRY:
         raise ValueError(f"unknown intermediate task {name!r}; registered: {task_names()}")
-    try:
-        return _REGISTRY[name](splitter, **options)
-    except TypeError as err:
-        raise ValueError(f"task {name!r}: {err}") from None
+    for option in options:
+        if not _takes(_REGISTRY[name], option):
+            takers = [other for other in task_names() if _takes(_REGISTRY[other], option)]
+            raise ValueError(f"task {name!r} takes no {option!r} option (--"
+                             f"{option.replace('_', '-')}); tasks that do: {takers or 'none'}")
+    return _REGISTRY[name](splitter, **options)
+
+
+def _takes(factory: Callable[..., IntermediateTask], option: str) -> bool:
+    params = inspect.signature(factory).parameters
+    return option in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _load_builtin() -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
+import os
 import queue
 import threading
 import time
@@ -181,6 +183,22 @@ def local_model_fingerprint(path: str | Path) -> str | None:
     return "sha256:" + h.hexdigest()
 
 
+def recorded_teacher_name(out: Path, name: str, fingerprint: str | None) -> str:
+    """The name to record for the teacher ``name``.
+
+    A local folder (``fingerprint`` not None) already recorded in ``out`` under another
+    spelling (``./t``, ``/abs/t``) keeps that spelling, so that rerunning the command with it
+    resumes the store instead of being refused as another configuration.
+    """
+    if fingerprint is None:
+        return name
+    for path in sorted(out.glob("manifest*.json")):
+        teacher = load_manifest(path).producer.get("teacher") or {}
+        if teacher.get("fingerprint") == fingerprint and teacher.get("name"):
+            return teacher["name"]
+    return os.path.normpath(name)
+
+
 def producer_config(task: IntermediateTask, tokenizer: PreTrainedTokenizerBase, teacher: dict,
                     cfg: PassConfig, corpus_fp: str, splitter: dict) -> dict:
     """What the manifest records of how the store was made (compared exactly on resume).
@@ -207,12 +225,18 @@ def check_output(out: Path, producer: dict, overwrite: bool) -> bool:
         if not overwrite:
             differing = sorted(key for key in set(producer) | set(existing.producer)
                                if producer.get(key) != existing.producer.get(key))
+            changes = "; ".join(f"{key}: {_short(existing.producer.get(key))} -> "
+                                f"{_short(producer.get(key))}" for key in differing)
             raise ConfigMismatch(
-                f"{out} holds a store made with another configuration (differs in "
-                f"{', '.join(differing)}; see {path.name}); pass --overwrite to replace it "
-                f"or choose another --out")
+                f"{out} holds a store made with another configuration (see {path.name}: "
+                f"{changes}); pass --overwrite to replace it or choose another --out")
         return True
     return False
+
+
+def _short(value: object, width: int = 120) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def clear_output(out: Path, everything: bool) -> None:

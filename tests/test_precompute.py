@@ -203,7 +203,7 @@ def test_changed_configuration_is_refused_and_nothing_is_lost(tiny, tmp_path, ca
     assert run(tiny, tmp_path, n=30, shard=30) == 0
     before = store_files(tmp_path)
     assert run(tiny, tmp_path, n=30, shard=30, k=8) == 2
-    assert "another configuration (differs in k" in capsys.readouterr().err
+    assert "another configuration (see manifest.json: k: 16 -> 8)" in capsys.readouterr().err
     assert store_files(tmp_path) == before
     assert run(tiny, tmp_path, "--overwrite", n=30, shard=30, k=8) == 0
     assert load_manifest(tmp_path).k == 8
@@ -220,6 +220,10 @@ def test_changed_configuration_is_refused_and_nothing_is_lost(tiny, tmp_path, ca
     ("missing-plugin", "--plugin no_such_module: cannot import it"),
     ("too-long", "makes examples of up to 200 tokens, but"),
     ("broken-manifest", "manifest.json: not valid JSON"),
+    ("jsonl-without-field", "line 1 has no string field 'text'"),
+    ("missing-teacher", "no_such/teacher/folder: no such folder"),
+    ("filter-rule-for-pairs", ("task 'sentence-pair' takes no 'filter_rule' option "
+                               "(--filter-rule); tasks that do: [")),
 ])
 def test_bad_input_gets_a_clear_message(tiny, tmp_path, capsys, case, expected):
     corpus = tmp_path / "corpus.txt"
@@ -248,6 +252,13 @@ def test_bad_input_gets_a_clear_message(tiny, tmp_path, capsys, case, expected):
         extra = ["--plugin", "no_such_module"]
     elif case == "too-long":
         extra = ["--max-length", "200"]
+    elif case == "jsonl-without-field":
+        corpus = tmp_path / "corpus.jsonl"
+        corpus.write_text('{"body": "A document without the text field."}\n')
+    elif case == "missing-teacher":
+        teacher = tmp_path / "no_such/teacher/folder"
+    elif case == "filter-rule-for-pairs":
+        extra = ["--filter-rule", "polar"]
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("user file")
@@ -261,6 +272,45 @@ def test_bad_input_gets_a_clear_message(tiny, tmp_path, capsys, case, expected):
     assert expected in err, err
     assert (out / "keep.txt").read_text() == "user file"
     assert not list(out.glob("shard-*"))
+
+
+def test_bad_corpus_is_reported_before_the_teacher_loads(tiny, tmp_path, capsys, monkeypatch):
+    import transformers
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the teacher was loaded before the corpus was checked")
+
+    monkeypatch.setattr(transformers.AutoModelForMaskedLM, "from_pretrained", no_load)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"body": "no text field"}\n')
+    out = tmp_path / "out"
+    argv = ["--task", "sentence-pair", "--corpus", str(corpus), "--teacher", str(tiny["teacher"]),
+            "--out", str(out), "--device", "cpu"]
+    assert main(argv) == 2
+    assert "no string field 'text'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_another_spelling_of_the_teacher_folder_resumes(tiny, pair_store, tmp_path,
+                                                         monkeypatch):
+    original = teacher_pass._Writer._write_shard
+    calls = []
+
+    def dying(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, *args)
+
+    monkeypatch.setattr(teacher_pass._Writer, "_write_shard", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny, tmp_path)
+    monkeypatch.setattr(teacher_pass._Writer, "_write_shard", original)
+    teacher = Path(tiny["teacher"])
+    monkeypatch.chdir(teacher.parent)
+    respelled = dict(tiny, teacher=f"./{teacher.name}/")
+    assert run(respelled, tmp_path) == 0
+    assert_same_store(tmp_path, pair_store)
 
 
 def test_head_of_an_unsupported_architecture_is_refused():
