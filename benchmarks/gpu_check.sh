@@ -2,9 +2,9 @@
 # GPU check: kernels against the PyTorch reference on CUDA, then the GPU benchmarks.
 # Under 8 minutes on one H100/H200. Results (JSON, logs) go to $OUT (default benchmarks/out/gpu).
 #
-# The GPU machine has torch, triton and transformers but no network: the other wheels travel
-# in .whl/ (made here by `make gpu-wheels`; name it in the device run's carry) and are
-# installed into /tmp/site.
+# For a GPU host with torch, triton and transformers but no network: the other wheels travel
+# in .whl/ (made on a networked machine by `make gpu-wheels`; copy it with the checkout) and
+# are installed into /tmp/site.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/out/gpu}
