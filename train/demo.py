@@ -13,7 +13,8 @@
 5. the exported student is loaded back with ``AutoModelForMaskedLM.from_pretrained``.
 
 It prints where everything went and how far the held-out KL(teacher || student) at the mask
-positions fell.
+positions fell. A rerun with the same ``--out`` replaces the earlier demo's output there; a
+non-empty folder that the demo did not write is refused, so nothing else is deleted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +32,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-__all__ = ["demo_config", "main", "sharpen_teacher", "split_corpus"]
+__all__ = ["MARKER", "demo_config", "main", "prepare_out", "sharpen_teacher", "split_corpus"]
+
+MARKER = ".smash-demo"  # written first into --out: a rerun may replace a folder holding it
+# what an earlier demo (before MARKER) left in --out; a folder of exactly these is one too
+_LEGACY_LAYOUT = frozenset({"tiny", "corpus", "stores", "run", "train_config.json"})
+
+
+def prepare_out(out: Path) -> bool:
+    """Make ``out`` an empty folder holding ``MARKER``; True if an earlier demo's was replaced.
+
+    Only a folder that a demo wrote (``MARKER``, or the complete layout of a demo that
+    predates it) is removed; any other non-empty folder, or a file, is refused (SystemExit).
+    """
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out}: a file, not a folder: pass another --out")
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    replace = MARKER in names or names == _LEGACY_LAYOUT
+    if names and not replace:
+        raise SystemExit(f"--out {out}: a non-empty folder that no demo wrote (no {MARKER} in "
+                         f"it): pass a new or empty folder, so that nothing in it is deleted")
+    if replace:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by python -m smash.train.demo: a rerun with this --out "
+                              "replaces this folder\n", encoding="utf-8")
+    return replace
 
 
 def split_corpus(corpus: Path, out_dir: Path, held_out: float = 0.2) -> tuple[Path, Path]:
@@ -127,8 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     started = time.perf_counter()
     out = args.out.resolve()
-    if (out / "run").exists():
-        raise SystemExit(f"{out / 'run'} exists: remove {out} or pass another --out")
+    if prepare_out(out):
+        print(f"replacing the output of an earlier demo in {out}")
 
     print("1/5 tiny corpus, tokenizer, teacher and student")
     tiny = build_tiny_setup(out / "tiny")

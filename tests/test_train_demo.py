@@ -1,0 +1,43 @@
+"""The demo's helpers: a rerun replaces its own output folder and nothing else."""
+
+import pytest
+from smash.train.demo import MARKER, prepare_out
+
+
+def test_a_rerun_replaces_the_earlier_demo_output(tmp_path):
+    out = tmp_path / "demo-out"
+    assert prepare_out(out) is False
+    (out / "run").mkdir()
+    (out / "run" / "metrics.jsonl").write_text("{}\n")
+    assert prepare_out(out) is True
+    assert [p.name for p in out.iterdir()] == [MARKER]
+
+
+def test_an_empty_folder_is_used(tmp_path):
+    assert prepare_out(tmp_path) is False
+    assert (tmp_path / MARKER).is_file()
+
+
+def test_output_of_a_demo_from_before_the_marker_is_replaced(tmp_path):
+    for name in ("tiny", "corpus", "stores", "run"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "train_config.json").write_text("{}\n")
+    assert prepare_out(tmp_path) is True
+    assert [p.name for p in tmp_path.iterdir()] == [MARKER]
+
+
+@pytest.mark.parametrize("names", [["thesis.tex"], ["run"], ["tiny", "corpus", "stores", "run",
+                                                              "train_config.json", "notes.txt"]])
+def test_a_folder_the_demo_did_not_write_is_refused_and_kept(tmp_path, names):
+    for name in names:
+        (tmp_path / name).write_text("mine\n")
+    with pytest.raises(SystemExit, match="no demo wrote"):
+        prepare_out(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+
+
+def test_a_file_is_refused(tmp_path):
+    (tmp_path / "out").write_text("mine\n")
+    with pytest.raises(SystemExit, match="a file, not a folder"):
+        prepare_out(tmp_path / "out")
+    assert (tmp_path / "out").read_text() == "mine\n"
