@@ -1,7 +1,8 @@
-"""The demo's helpers: a rerun replaces its own output folder and nothing else."""
+"""The demo's helpers: a rerun replaces its own output folder and nothing else; it lists
+only the run outputs that exist."""
 
 import pytest
-from smash.train.demo import MARKER, prepare_out
+from smash.train.demo import MARKER, prepare_out, run_outputs
 
 
 def test_a_rerun_replaces_the_earlier_demo_output(tmp_path):
@@ -41,3 +42,11 @@ def test_a_file_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="a file, not a folder"):
         prepare_out(tmp_path / "out")
     assert (tmp_path / "out").read_text() == "mine\n"
+
+
+def test_run_outputs_lists_what_exists(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "checkpoints").mkdir()
+    assert run_outputs(tmp_path) == "metrics.jsonl, checkpoints/"
+    (tmp_path / "tensorboard").mkdir()
+    assert run_outputs(tmp_path) == "metrics.jsonl, tensorboard/, checkpoints/"

@@ -32,7 +32,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-__all__ = ["MARKER", "demo_config", "main", "prepare_out", "sharpen_teacher", "split_corpus"]
+__all__ = ["MARKER", "demo_config", "main", "prepare_out", "run_outputs", "sharpen_teacher",
+           "split_corpus"]
 
 MARKER = ".smash-demo"  # written first into --out: a rerun may replace a folder holding it
 # what an earlier demo (before MARKER) left in --out; a folder of exactly these is one too
@@ -99,6 +100,12 @@ def sharpen_teacher(teacher: Path, corpus: Path, *, steps: int = 300, batch_size
         losses.append(loss.item())
     model.save_pretrained(teacher)
     return sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+
+
+def run_outputs(run: Path) -> str:
+    """The logging outputs that ``run`` holds, e.g. ``metrics.jsonl, checkpoints/``."""
+    names = [n for n in ("metrics.jsonl", "tensorboard", "checkpoints") if (run / n).exists()]
+    return ", ".join(n + "/" if (run / n).is_dir() else n for n in names)
 
 
 def demo_config(out: Path, student: Path, stores: Sequence[tuple[Path, float]],
@@ -198,8 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           "AutoModelForMaskedLM.from_pretrained")
     print(f"\nheld-out KL(teacher || student) at the masks: {kl[0]:.3f} -> {kl[-1]:.3f} nats "
           f"({100 * (1 - kl[-1] / kl[0]):.0f}% lower)")
-    print(f"outputs: stores {stores}, run {out / 'run'} (metrics.jsonl, tensorboard/, "
-          f"checkpoints/), student {exported}")
+    print(f"outputs: stores {stores}, run {out / 'run'} ({run_outputs(out / 'run')}), "
+          f"student {exported}")
     print(f"demo took {time.perf_counter() - started:.0f} s")
     return 0
 
