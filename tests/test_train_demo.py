@@ -1,8 +1,8 @@
-"""The demo's helpers: a rerun replaces its own output folder and nothing else; it lists
-only the run outputs that exist."""
+"""The demo's helpers: a rerun replaces its own output folder and nothing else; it asks the
+corpus for no more than it gives; it lists only the run outputs that exist."""
 
 import pytest
-from smash.train.demo import MARKER, prepare_out, run_outputs
+from smash.train.demo import MARKER, corpus_examples, prepare_out, run_outputs
 
 
 def test_a_rerun_replaces_the_earlier_demo_output(tmp_path):
@@ -50,3 +50,14 @@ def test_run_outputs_lists_what_exists(tmp_path):
     assert run_outputs(tmp_path) == "metrics.jsonl, checkpoints/"
     (tmp_path / "tensorboard").mkdir()
     assert run_outputs(tmp_path) == "metrics.jsonl, tensorboard/, checkpoints/"
+
+
+@pytest.mark.parametrize("asked", [None, 10**6])
+def test_the_demo_asks_the_corpus_for_no_more_than_it_gives(tiny, tmp_path, capsys, asked):
+    from smash.store import load_manifest
+    from smash.train.demo import _precompute
+
+    _precompute("sentence-pair", tiny["corpus"], tiny["teacher"], tmp_path / "s", 8, asked, 0)
+    assert "ran out" not in capsys.readouterr().out
+    available = corpus_examples("sentence-pair", tiny["corpus"], 0)
+    assert load_manifest(tmp_path / "s").num_samples == available > 0

@@ -32,8 +32,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-__all__ = ["MARKER", "demo_config", "main", "prepare_out", "run_outputs", "sharpen_teacher",
-           "split_corpus"]
+__all__ = ["MARKER", "corpus_examples", "demo_config", "main", "prepare_out", "run_outputs",
+           "sharpen_teacher", "split_corpus"]
 
 MARKER = ".smash-demo"  # written first into --out: a rerun may replace a folder holding it
 # what an earlier demo (before MARKER) left in --out; a folder of exactly these is one too
@@ -102,6 +102,16 @@ def sharpen_teacher(teacher: Path, corpus: Path, *, steps: int = 300, batch_size
     return sum(losses[:10]) / 10, sum(losses[-10:]) / 10
 
 
+def corpus_examples(task: str, corpus: Path, seed: int) -> int:
+    """How many candidate examples ``precompute-teacher --task TASK`` can draw from ``corpus``."""
+    from smash.precompute.corpus import open_corpus
+    from smash.precompute.sentences import SentenceSplitter
+    from smash.precompute.tasks import make_task
+
+    examples = make_task(task, SentenceSplitter()).examples(open_corpus(corpus), seed)
+    return sum(1 for _ in examples)
+
+
 def run_outputs(run: Path) -> str:
     """The logging outputs that ``run`` holds, e.g. ``metrics.jsonl, checkpoints/``."""
     names = [n for n in ("metrics.jsonl", "tensorboard", "checkpoints") if (run / n).exists()]
@@ -128,13 +138,16 @@ def demo_config(out: Path, student: Path, stores: Sequence[tuple[Path, float]],
     }
 
 
-def _precompute(task: str, corpus: Path, teacher: Path, out: Path, k: int, n: int,
+def _precompute(task: str, corpus: Path, teacher: Path, out: Path, k: int, n: int | None,
                 seed: int, extra: Sequence[str] = ()) -> None:
+    """Run precompute-teacher for ``n`` examples, at most (and by default) all the corpus has."""
     from smash.precompute.cli import main as precompute
 
+    available = corpus_examples(task, corpus, seed)
+    n = available if n is None else min(n, available)
     argv = ["--task", task, "--corpus", str(corpus), "--teacher", str(teacher),
             "--out", str(out), "--k", str(k), "--num-examples", str(n), "--seed", str(seed),
-            "--dtype", "fp32", "--device", "cpu", "--shard-size", str(max(n // 4, 1)),
+            "--dtype", "fp32", "--device", "cpu", "--shard-size", str(max((n + 3) // 4, 1)),
             "--overwrite", *extra]
     if precompute(argv) != 0:
         raise RuntimeError(f"precompute-teacher failed: {' '.join(argv)}")
@@ -154,7 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     p.add_argument("--steps", type=int, default=200, help="student optimizer steps")
     p.add_argument("--teacher-steps", type=int, default=300, help="teacher MLM steps")
-    p.add_argument("--examples", type=int, default=2000, help="sentence pairs to precompute")
+    p.add_argument("--examples", type=int, default=None,
+                   help="sentence pairs to precompute, at most (and by default) all that the "
+                        "bundled corpus gives; half as many sentiment and an eighth as many "
+                        "held-out candidates")
     args = p.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
@@ -175,13 +191,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("3/5 precompute-teacher (tiny teacher, CPU, fp32)")
     stores = out / "stores"
-    _precompute("sentence-pair", train_corpus, tiny["teacher"], stores / "pairs", 64,
-                args.examples, seed=0)
-    _precompute("sentiment", train_corpus, tiny["teacher"], stores / "sentiment", 64,
-                args.examples // 2, seed=0, extra=["--filter-rule", "max-prob",
-                                                   "--threshold", "0.3"])
+    n = args.examples
+    pairs, sentiment, heldout = (None,) * 3 if n is None else (n, max(n // 2, 1),
+                                                                 max(n // 8, 32))
+    _precompute("sentence-pair", train_corpus, tiny["teacher"], stores / "pairs", 64, pairs,
+                seed=0)
+    _precompute("sentiment", train_corpus, tiny["teacher"], stores / "sentiment", 64, sentiment,
+                seed=0, extra=["--filter-rule", "max-prob", "--threshold", "0.3"])
     _precompute("sentence-pair", heldout_corpus, tiny["teacher"], stores / "heldout-pairs",
-                vocab, max(args.examples // 8, 32), seed=1)
+                vocab, heldout, seed=1)
     for name in ("pairs", "sentiment", "heldout-pairs"):
         m = load_manifest(stores / name)
         print(f"    {stores / name}: {m.num_samples} examples, k={m.k}, "
