@@ -51,11 +51,13 @@ def test_shipped_configs_hold_the_paper_defaults():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"objectiv": "ce"}, "unknown config key"),
+    ({"objectiv": "ce"}, r"^unknown key 'objectiv' \(did you mean 'objective'\?\)$"),
+    ({"colour": "red"}, r"^unknown key 'colour'; known keys: \['checkpoint_every', "),
     ({"objective": "kl"}, "objective must be one of"),
     ({"max_steps": "10"}, "must be int"),
     ({"tail": "drop"}, "tail must be one of"),
-    ({"stores": [{"path": "a", "wieght": 2}]}, "unknown key"),
+    ({"stores": [{"path": "a", "wieght": 2}]},
+     r"stores\[0\]: unknown key 'wieght' \(did you mean 'weight'\?\)"),
     ({"stores": [{"path": "a", "weight": 0}]}, "weight must be > 0"),
     ({"deepspeed": {"zero_optimization": {"stage": 3}}}, "stage must be 0, 1 or 2"),
     ({"deepspeed": {"gradient_acumulation_steps": 4}},
@@ -71,6 +73,15 @@ def test_config_errors_name_the_problem(tmp_path, change, message):
         config["deepspeed"].update(ds)
     with pytest.raises(ConfigError, match=message):
         load_config(config)
+
+
+def test_an_unknown_key_in_a_config_file_names_the_file(tmp_path, capsys):
+    config = tiny_config(tmp_path / "run", "student", [("store", 1.0)])
+    config["max_step"] = 10
+    path = write_config(tmp_path / "c.json", config)
+    assert train_student(["--config", str(path)]) == 2
+    assert capsys.readouterr().err == (f"train-student: error: {path}: unknown key 'max_step' "
+                                       f"(did you mean 'max_steps'?)\n")
 
 
 def test_store_flag_and_overrides(tmp_path):

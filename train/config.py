@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ def shipped_config_path(name: str) -> Path:
 
 def load_config(source: str | Path | dict[str, Any], **overrides: Any) -> TrainConfig:
     """Read (a path, a shipped name or a dict), apply ``overrides`` (None = keep), validate."""
-    base: Path | None = None
+    path: Path | None = None
     if isinstance(source, dict):
         data = dict(source)
     else:
@@ -156,26 +157,40 @@ def load_config(source: str | Path | dict[str, Any], **overrides: Any) -> TrainC
             raise ConfigError(f"{path}: not valid JSON: {err}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config must be a JSON object")
-        base = path.parent
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return _validate(data, base)
+    return _validate(data, path)
 
 
 def _fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-def _validate(data: dict[str, Any], base: Path | None) -> TrainConfig:
+def _did_you_mean(key: str, known: Iterable[str]) -> str | None:
+    """The known key closest to a misspelt ``key``, if one is close."""
+    close = difflib.get_close_matches(key, known, n=1)
+    return close[0] if close else None
+
+
+def _check_keys(data: dict[str, Any], path: Path | None) -> None:
+    """Refuse the first unknown top-level key: its closest known key, else all known keys."""
     known = _fields()
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+    where = f"{path}: " if path else ""
+    for key in sorted(set(data) - set(known)):
+        close = _did_you_mean(key, known)
+        hint = f" (did you mean {close!r}?)" if close else f"; known keys: {sorted(known)}"
+        raise ConfigError(f"{where}unknown key {key!r}{hint}")
+
+
+def _validate(data: dict[str, Any], path: Path | None) -> TrainConfig:
+    """``path``: the config file that ``data`` was read from (None: a dict)."""
+    _check_keys(data, path)
+    known = _fields()
     for name in ("output_dir", "deepspeed"):
         if data.get(name) is None:
             raise ConfigError(f"config key {name!r} is required")
     values = dict(data)
     values["stores"] = tuple(_store(s, i) for i, s in enumerate(data.get("stores", [])))
-    values["deepspeed"] = _deepspeed_section(data["deepspeed"], base)
+    values["deepspeed"] = _deepspeed_section(data["deepspeed"], path and path.parent)
     for name, f in known.items():
         if name in ("stores", "deepspeed") or name not in values:
             continue
@@ -210,9 +225,10 @@ def _store(raw: Any, index: int) -> StoreSpec:
     if not isinstance(raw, dict) or "path" not in raw:
         raise ConfigError(f"stores[{index}] must be a path or an object with a 'path', got {raw!r}")
     allowed = {f.name for f in dataclasses.fields(StoreSpec)}
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(f"stores[{index}]: unknown key(s) {unknown}; known: {sorted(allowed)}")
+    for key in sorted(set(raw) - allowed):
+        close = _did_you_mean(key, allowed)
+        hint = f" (did you mean {close!r}?)" if close else f"; known: {sorted(allowed)}"
+        raise ConfigError(f"stores[{index}]: unknown key {key!r}{hint}")
     weight = _typed(f"stores[{index}].weight", raw.get("weight", 1.0), "float")
     if weight <= 0:
         raise ConfigError(f"stores[{index}].weight must be > 0, got {weight}")
@@ -234,8 +250,8 @@ def _deepspeed_section(raw: Any, base: Path | None) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError("'deepspeed' must be a DeepSpeed config object or the path of one")
     for key in sorted(set(raw) - DEEPSPEED_KEYS):
-        close = difflib.get_close_matches(key, DEEPSPEED_KEYS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        close = _did_you_mean(key, DEEPSPEED_KEYS)
+        hint = f" (did you mean {close!r}?)" if close else ""
         raise ConfigError(f"unknown deepspeed config key {key!r}{hint}: DeepSpeed would "
                           "ignore it silently")
     stage = raw.get("zero_optimization", {}).get("stage", 0)
