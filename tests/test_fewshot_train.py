@@ -168,6 +168,13 @@ def test_cli_unknown_task(tiny, kshot, tmp_path, capsys):
     assert "unknown task 'SST-3'" in err
 
 
+def test_cli_missing_model_folder(kshot, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    err = _cli_error(capsys, ["--model", "demo-out/run/nostudent", "--tasks", "SST-2", "--data",
+                              str(kshot), "--out", str(tmp_path), "--k", "8", "--seeds", "13"])
+    assert err == "evaluate-fewshot: error: --model demo-out/run/nostudent: no such folder"
+
+
 def test_cli_missing_data_file(tiny, kshot, tmp_path, capsys):
     err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "RTE", "--data",
                               str(kshot), "--out", str(tmp_path), "--k", "8", "--seeds", "13"])

@@ -1,6 +1,7 @@
 """train-student: config validation, objectives, offline = online, errors, export."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -12,7 +13,7 @@ from smash.train.config import ConfigError, load_config
 from smash.train.engine import resolve_deepspeed
 from smash.train.export import check_export_path
 from smash.train.objectives import hard_labels, rule_labels, store_verbalizer
-from smash.train.student import DistillStudent, OnlineTeacher
+from smash.train.student import DistillStudent, OnlineTeacher, require_folder_or_hub_name
 from train_support import (
     VOCAB,
     first_batch,
@@ -285,13 +286,30 @@ def test_rule_objective_refuses_a_sentiment_store(tiny, sentiment_store, tmp_pat
 
 
 def test_bad_student_path_is_one_line_on_stderr(pair_store, tmp_path, capsys):
-    """from_pretrained raises OSError for a missing folder: exit 2 and one line, no traceback."""
+    """A missing student folder: exit 2 and one line naming it, no traceback."""
     config = tiny_config(tmp_path / "run", tmp_path / "no-such-student", [(pair_store, 1.0)])
     path = write_config(tmp_path / "c.json", config)
     assert train_student(["--config", path, "--student", str(tmp_path / "missing")]) == 2
     out, err = capsys.readouterr()
-    assert err.startswith("train-student: error: student ") and err.count("\n") == 1, err
-    assert str(tmp_path / "missing") in err and "Traceback" not in err + out
+    assert err == f"train-student: error: student {tmp_path / 'missing'}: no such folder\n"
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("name", ["./student", "/no/such/student", "~/no-such-student-zz",
+                                  "demo-out/run/nostudent"])
+def test_a_name_that_can_only_be_a_path_must_be_a_folder(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"^--model {re.escape(name)}: no such folder$"):
+        require_folder_or_hub_name("--model", name)
+    (tmp_path / "demo-out/run/nostudent").mkdir(parents=True)
+    require_folder_or_hub_name("--model", "demo-out/run/nostudent")
+
+
+@pytest.mark.parametrize("name", ["roberta-large", "distilroberta-base",
+                                  "FacebookAI/roberta-large", "demo-out/student"])
+def test_hub_names_are_left_to_from_pretrained(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    require_folder_or_hub_name("--model", name)
 
 
 def test_output_folder_with_checkpoints_needs_resume(tiny, pair_store, tmp_path, capsys):

@@ -40,7 +40,7 @@ from .evaluate import heldout_kl
 from .export import check_export_path, export_student
 from .metrics import MetricsLogger
 from .objectives import store_verbalizer
-from .student import STEP_KEYS, DistillStudent, OnlineTeacher
+from .student import STEP_KEYS, DistillStudent, OnlineTeacher, require_folder_or_hub_name
 
 __all__ = ["Trainer"]
 
@@ -67,6 +67,7 @@ class Trainer:
         if warning:
             print(warning)
         self._check_output_dir()
+        require_folder_or_hub_name("student", cfg.student)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(cfg.student)
         except OSError as err:  # a missing folder or unknown name: say which model it was
@@ -148,6 +149,7 @@ class Trainer:
         """The online-teacher mode: the one case where the teacher is loaded."""
         from transformers import AutoTokenizer
 
+        require_folder_or_hub_name("teacher", self.cfg.teacher)
         theirs = AutoTokenizer.from_pretrained(self.cfg.teacher)
         ours_fp, theirs_fp = tokenizer_fingerprint(self.tokenizer), tokenizer_fingerprint(theirs)
         if ours_fp != theirs_fp:

@@ -23,6 +23,7 @@ from smash.train.fewshot.protocol import Protocol, run_seed, zero_shot
 from smash.train.fewshot.report import Entry, write_report
 from smash.train.fewshot.splits import SEEDS
 from smash.train.fewshot.tasks import TASKS, Task, get_task
+from smash.train.student import require_folder_or_hub_name
 from tqdm.auto import tqdm
 
 __all__ = ["evaluate_models", "main"]
@@ -147,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         max_steps=args.max_steps, eval_every=args.eval_every,
                         eval_batch_size=args.eval_batch_size)
     try:
+        for model in args.model:
+            require_folder_or_hub_name("--model", model)
         tasks = [get_task(t) for t in args.tasks]
         words = {t: w.split(",") for t, w in _overrides(args.words, "--words").items()}
         entries = evaluate_models(list(zip(names, args.model)), tasks, args.data, args.mode,
