@@ -134,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--template", action="append", default=[], metavar="TASK=SPEC",
                    help="LM-BFF template for a task, e.g. 'SST-2=*cls**sent_0*_It_was*mask*.*sep+*'")
     p.add_argument("--words", action="append", default=[], metavar="TASK=W1,W2",
-                   help="label words for a task in label order, e.g. SST-2=bad,good")
+                   help="label words for a task in label order, without a space, e.g. "
+                        "SST-2=bad,good (' '+word must be one token)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     from transformers.utils import logging as hf_logging
