@@ -20,6 +20,7 @@ import torch
 from smash.store import StoreError
 
 from .corpus import Corpus, CorpusError, HFCorpus, open_corpus
+from .model_paths import require_folder_or_hub_name
 from .sentences import SentenceSplitter
 from .shard_prep import ShardPreparer
 from .tasks import make_task, task_names
@@ -113,15 +114,6 @@ def _read_first_document(corpus: Corpus | HFCorpus) -> None:
         close()
 
 
-def _require_folder_or_hub_name(flag: str, name: str) -> None:
-    """A name that can only be a path (``./x``, ``/x``, ``~/x``, ``a/b/c``) must be a folder;
-    anything else may be a hub name (``roberta-large``, ``FacebookAI/roberta-large``)."""
-    path = Path(name).expanduser()
-    looks_like_path = name.startswith((".", "/", "~")) or len(path.parts) > 2
-    if looks_like_path and not path.is_dir():
-        raise ValueError(f"{flag} {name}: no such folder")
-
-
 def _import_plugins(modules: list[str]) -> None:
     """Import user modules that register tasks; the working folder is searched first."""
     if modules and os.getcwd() not in sys.path:
@@ -162,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                                               else "cpu"))
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-        _require_folder_or_hub_name("--teacher", args.teacher)
+        require_folder_or_hub_name("--teacher", args.teacher)
         tokenizer = AutoTokenizer.from_pretrained(args.teacher, revision=args.revision)
         if tokenizer.mask_token_id is None:
             raise ValueError(f"tokenizer of {args.teacher!r} has no mask token; a masked LM "

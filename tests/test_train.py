@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from smash.precompute.model_paths import require_folder_or_hub_name
 from smash.store import FingerprintMismatch, load_manifest
 from smash.train.cli import main as train_student
 from smash.train.cli import parse_store
@@ -13,7 +14,7 @@ from smash.train.config import ConfigError, load_config
 from smash.train.engine import resolve_deepspeed
 from smash.train.export import check_export_path
 from smash.train.objectives import hard_labels, rule_labels, store_verbalizer
-from smash.train.student import DistillStudent, OnlineTeacher, require_folder_or_hub_name
+from smash.train.student import DistillStudent, OnlineTeacher
 from train_support import (
     VOCAB,
     first_batch,

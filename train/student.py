@@ -11,15 +11,11 @@ logits.
 ``OnlineTeacher`` is the one place a teacher model is loaded during distillation. It produces
 the same ``TeacherTopK`` numbers as the teacher pass, from a live model, for the
 offline-equals-online test and the offline-vs-online benchmark.
-
-``require_folder_or_hub_name`` turns a model path that does not exist into one clear line,
-instead of the hub's "Repo id must be in the form ..." (train-student, evaluate-fewshot).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,8 +30,7 @@ from torch import nn
 
 from .objectives import hard_labels, label_word_loss, rule_labels
 
-__all__ = ["STEP_KEYS", "DistillStudent", "OnlineTeacher", "head_features",
-           "require_folder_or_hub_name"]
+__all__ = ["STEP_KEYS", "DistillStudent", "OnlineTeacher", "head_features"]
 
 # The batch entries a step reads (collate_examples' names).
 STEP_KEYS = ("input_ids", "attention_mask", "mask_batch", "mask_positions", "topk_ids",
@@ -125,17 +120,6 @@ class DistillStudent(nn.Module):
         else:
             targets = rule_labels(labels, mask_batch, len(words))
         return label_word_loss(head_features(head, self._slot, hidden), decoder, words, targets)
-
-
-def require_folder_or_hub_name(label: str, name: str) -> None:
-    """Refuse ``name`` when it can only be a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``)
-    and is not a folder: FileNotFoundError ``LABEL NAME: no such folder``. Anything else may
-    be a hub name (``roberta-large``, ``FacebookAI/roberta-large``) and is left to
-    ``from_pretrained``; precompute-teacher's ``--teacher`` follows the same rule."""
-    path = Path(name).expanduser()
-    looks_like_path = name.startswith((".", "/", "~")) or len(path.parts) > 2
-    if looks_like_path and not path.is_dir():
-        raise FileNotFoundError(f"{label} {name}: no such folder")
 
 
 class OnlineTeacher:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from smash.precompute.model_paths import require_folder_or_hub_name
 from smash.precompute.teacher_head import max_sequence_length
 from smash.precompute.templates import verbalizer_ids
 from smash.store import FingerprintMismatch, check_tokenizer, load_manifest, tokenizer_fingerprint
@@ -40,7 +41,7 @@ from .evaluate import heldout_kl
 from .export import check_export_path, export_student
 from .metrics import MetricsLogger
 from .objectives import store_verbalizer
-from .student import STEP_KEYS, DistillStudent, OnlineTeacher, require_folder_or_hub_name
+from .student import STEP_KEYS, DistillStudent, OnlineTeacher
 
 __all__ = ["Trainer"]
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from smash.precompute.model_paths import require_folder_or_hub_name
 from smash.precompute.teacher_head import max_sequence_length
 from smash.train.fewshot.data import DataError, load_kshot
 from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
@@ -23,7 +24,6 @@ from smash.train.fewshot.protocol import Protocol, run_seed, zero_shot
 from smash.train.fewshot.report import Entry, write_report
 from smash.train.fewshot.splits import SEEDS
 from smash.train.fewshot.tasks import TASKS, Task, get_task
-from smash.train.student import require_folder_or_hub_name
 from tqdm.auto import tqdm
 
 __all__ = ["evaluate_models", "main"]
