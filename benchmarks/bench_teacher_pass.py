@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from smash.precompute.batching import token_budget_batches
+from smash.precompute.provenance import producer_config
 from smash.precompute.shard_prep import ShardPreparer
 from smash.precompute.tasks import TaskExample
 from smash.precompute.teacher_head import teacher_topk
-from smash.precompute.teacher_pass import PassConfig, producer_config, run_teacher_pass
+from smash.precompute.teacher_pass import PassConfig, run_teacher_pass
 from smash.precompute.templates import parse_template
 from smash.precompute.tiny import train_tiny_tokenizer, write_tiny_corpus
 from transformers import AddedToken, RobertaConfig, RobertaForMaskedLM

@@ -21,22 +21,19 @@ from smash.store import StoreError
 
 from .corpus import Corpus, CorpusError, HFCorpus, open_corpus
 from .model_paths import require_folder_or_hub_name
+from .provenance import (
+    ConfigMismatch,
+    check_output,
+    clear_output,
+    local_model_fingerprint,
+    producer_config,
+    recorded_teacher_name,
+)
 from .sentences import SentenceSplitter
 from .shard_prep import ShardPreparer
 from .tasks import make_task, task_names
 from .teacher_head import max_sequence_length
-from .teacher_pass import (
-    ConfigMismatch,
-    PassConfig,
-    PassSummary,
-    check_output,
-    clear_output,
-    finalize,
-    local_model_fingerprint,
-    producer_config,
-    recorded_teacher_name,
-    run_teacher_pass,
-)
+from .teacher_pass import PassConfig, PassSummary, finalize, run_teacher_pass
 
 __all__ = ["build_parser", "main"]
 

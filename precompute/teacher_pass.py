@@ -15,10 +15,7 @@ event, then filters, encodes, compresses and writes, while the GPU computes the 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-import os
 import queue
 import threading
 import time
@@ -30,7 +27,7 @@ import numpy as np
 import torch
 from smash.store import StoreWriter, finalize_store, shard_name, tokenizer_record
 from smash.store.codec import ChunkLayout
-from smash.store.manifest import load_manifest, read_parts
+from smash.store.manifest import read_parts
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -38,16 +35,9 @@ from .background import background
 from .shard_prep import ShardPreparer
 from .tasks import IntermediateTask, TaskExample
 from .teacher_head import teacher_topk
-from .templates import EncodedPrompt, parse_template, verbalizer_ids
+from .templates import EncodedPrompt, parse_template
 
-__all__ = [
-    "ConfigMismatch", "PassConfig", "PassSummary", "check_output", "clear_output", "finalize",
-    "local_model_fingerprint", "producer_config", "run_teacher_pass",
-]
-
-
-class ConfigMismatch(RuntimeError):
-    """The output folder holds a store made with another configuration."""
+__all__ = ["PassConfig", "PassSummary", "finalize", "run_teacher_pass"]
 
 
 @dataclass
@@ -162,91 +152,6 @@ class _Writer(threading.Thread):
         self.join()
         if self.error is not None:
             raise self.error
-
-
-def local_model_fingerprint(path: str | Path) -> str | None:
-    """sha256 over a local model folder's config and weight files; None for a hub name.
-
-    A hub model is pinned by its revision (commit hash); a folder has none, so its content
-    is hashed: a resumed run must not mix outputs of two different teachers.
-    """
-    folder = Path(path)
-    if not folder.is_dir():
-        return None
-    h = hashlib.sha256()
-    for file in sorted(folder.iterdir()):
-        if file.name == "config.json" or file.suffix in (".safetensors", ".bin"):
-            h.update(file.name.encode() + b"\0")
-            with open(file, "rb") as f:
-                for block in iter(lambda: f.read(1 << 24), b""):
-                    h.update(block)
-    return "sha256:" + h.hexdigest()
-
-
-def recorded_teacher_name(out: Path, name: str, fingerprint: str | None) -> str:
-    """The name to record for the teacher ``name``.
-
-    A local folder (``fingerprint`` not None) already recorded in ``out`` under another
-    spelling (``./t``, ``/abs/t``) keeps that spelling, so that rerunning the command with it
-    resumes the store instead of being refused as another configuration.
-    """
-    if fingerprint is None:
-        return name
-    for path in sorted(out.glob("manifest*.json")):
-        teacher = load_manifest(path).producer.get("teacher") or {}
-        if teacher.get("fingerprint") == fingerprint and teacher.get("name"):
-            return teacher["name"]
-    return os.path.normpath(name)
-
-
-def producer_config(task: IntermediateTask, tokenizer: PreTrainedTokenizerBase, teacher: dict,
-                    cfg: PassConfig, corpus_fp: str, splitter: dict) -> dict:
-    """What the manifest records of how the store was made (compared exactly on resume).
-    ``teacher``: name, revision, dtype and, for a local folder, its fingerprint."""
-    verbalizer = list(task.verbalizer)
-    return {
-        "task": task.name, "task_options": task.config(), "template": task.template,
-        "max_length": task.max_length, "verbalizer": verbalizer,
-        "verbalizer_ids": verbalizer_ids(tokenizer, verbalizer) if verbalizer else [],
-        "teacher": teacher,
-        "k": cfg.k, "seed": cfg.seed, "num_examples": cfg.num_examples,
-        "shard_size": cfg.shard_size, "token_budget": cfg.token_budget,
-        "corpus_fingerprint": corpus_fp, "sentences": splitter,
-    }
-
-
-def check_output(out: Path, producer: dict, overwrite: bool) -> bool:
-    """Whether ``out`` holds another configuration's store that ``overwrite`` must clear;
-    without ``overwrite`` that is refused. Only reads, so every rank can call it."""
-    for path in sorted(out.glob("manifest*.json")):
-        existing = load_manifest(path)
-        if existing.producer == producer:
-            continue
-        if not overwrite:
-            differing = sorted(key for key in set(producer) | set(existing.producer)
-                               if producer.get(key) != existing.producer.get(key))
-            changes = "; ".join(f"{key}: {_short(existing.producer.get(key))} -> "
-                                f"{_short(producer.get(key))}" for key in differing)
-            raise ConfigMismatch(
-                f"{out} holds a store made with another configuration (see {path.name}: "
-                f"{changes}); pass --overwrite to replace it or choose another --out")
-        return True
-    return False
-
-
-def _short(value: object, width: int = 120) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
-def clear_output(out: Path, everything: bool) -> None:
-    """Remove half-written shards of a killed run and, with ``everything``, the old store.
-    Files that are not the store's are left alone. One rank calls it."""
-    for tmp in out.glob(".shard-*.tmp*"):
-        tmp.unlink(missing_ok=True)
-    if everything:
-        for stale in [*out.glob("shard-*.tar"), *out.glob("manifest*.json")]:
-            stale.unlink()
 
 
 def _shard_jobs(examples: Iterator[TaskExample], cfg: PassConfig, total: int,

@@ -1,0 +1,113 @@
+"""What a store records of how it was made, and whether an output folder may take a run.
+
+The manifest's ``producer`` section names everything that decides a store's bytes: task,
+template, teacher (a hub revision, or a local folder's content hash), k, seed, sizes, the
+corpus fingerprint and the sentence splitter. A rerun into the same folder resumes only when
+it is equal; anything else is refused unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from smash.store.manifest import load_manifest
+from transformers import PreTrainedTokenizerBase
+
+from .tasks import IntermediateTask
+from .teacher_pass import PassConfig
+from .templates import verbalizer_ids
+
+__all__ = ["ConfigMismatch", "check_output", "clear_output", "local_model_fingerprint",
+           "producer_config", "recorded_teacher_name"]
+
+
+class ConfigMismatch(RuntimeError):
+    """The output folder holds a store made with another configuration."""
+
+
+def local_model_fingerprint(path: str | Path) -> str | None:
+    """sha256 over a local model folder's config and weight files; None for a hub name.
+
+    A hub model is pinned by its revision (commit hash); a folder has none, so its content
+    is hashed: a resumed run must not mix outputs of two different teachers.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for file in sorted(folder.iterdir()):
+        if file.name == "config.json" or file.suffix in (".safetensors", ".bin"):
+            h.update(file.name.encode() + b"\0")
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def recorded_teacher_name(out: Path, name: str, fingerprint: str | None) -> str:
+    """The name to record for the teacher ``name``.
+
+    A local folder (``fingerprint`` not None) already recorded in ``out`` under another
+    spelling (``./t``, ``/abs/t``) keeps that spelling, so that rerunning the command with it
+    resumes the store instead of being refused as another configuration.
+    """
+    if fingerprint is None:
+        return name
+    for path in sorted(out.glob("manifest*.json")):
+        teacher = load_manifest(path).producer.get("teacher") or {}
+        if teacher.get("fingerprint") == fingerprint and teacher.get("name"):
+            return teacher["name"]
+    return os.path.normpath(name)
+
+
+def producer_config(task: IntermediateTask, tokenizer: PreTrainedTokenizerBase, teacher: dict,
+                    cfg: PassConfig, corpus_fp: str, splitter: dict) -> dict:
+    """What the manifest records of how the store was made (compared exactly on resume).
+    ``teacher``: name, revision, dtype and, for a local folder, its fingerprint."""
+    verbalizer = list(task.verbalizer)
+    return {
+        "task": task.name, "task_options": task.config(), "template": task.template,
+        "max_length": task.max_length, "verbalizer": verbalizer,
+        "verbalizer_ids": verbalizer_ids(tokenizer, verbalizer) if verbalizer else [],
+        "teacher": teacher,
+        "k": cfg.k, "seed": cfg.seed, "num_examples": cfg.num_examples,
+        "shard_size": cfg.shard_size, "token_budget": cfg.token_budget,
+        "corpus_fingerprint": corpus_fp, "sentences": splitter,
+    }
+
+
+def check_output(out: Path, producer: dict, overwrite: bool) -> bool:
+    """Whether ``out`` holds another configuration's store that ``overwrite`` must clear;
+    without ``overwrite`` that is refused. Only reads, so every rank can call it."""
+    for path in sorted(out.glob("manifest*.json")):
+        existing = load_manifest(path)
+        if existing.producer == producer:
+            continue
+        if not overwrite:
+            differing = sorted(key for key in set(producer) | set(existing.producer)
+                               if producer.get(key) != existing.producer.get(key))
+            changes = "; ".join(f"{key}: {_short(existing.producer.get(key))} -> "
+                                f"{_short(producer.get(key))}" for key in differing)
+            raise ConfigMismatch(
+                f"{out} holds a store made with another configuration (see {path.name}: "
+                f"{changes}); pass --overwrite to replace it or choose another --out")
+        return True
+    return False
+
+
+def _short(value: object, width: int = 120) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def clear_output(out: Path, everything: bool) -> None:
+    """Remove half-written shards of a killed run and, with ``everything``, the old store.
+    Files that are not the store's are left alone. One rank calls it."""
+    for tmp in out.glob(".shard-*.tmp*"):
+        tmp.unlink(missing_ok=True)
+    if everything:
+        for stale in [*out.glob("shard-*.tar"), *out.glob("manifest*.json")]:
+            stale.unlink()
