@@ -36,20 +36,18 @@ __all__ = ["MARKER", "corpus_examples", "demo_config", "main", "prepare_out", "r
            "sharpen_teacher", "split_corpus"]
 
 MARKER = ".smash-demo"  # written first into --out: a rerun may replace a folder holding it
-# what an earlier demo (before MARKER) left in --out; a folder of exactly these is one too
-_LEGACY_LAYOUT = frozenset({"tiny", "corpus", "stores", "run", "train_config.json"})
 
 
 def prepare_out(out: Path) -> bool:
     """Make ``out`` an empty folder holding ``MARKER``; True if an earlier demo's was replaced.
 
-    Only a folder that a demo wrote (``MARKER``, or the complete layout of a demo that
-    predates it) is removed; any other non-empty folder, or a file, is refused (SystemExit).
+    Only a folder that a demo wrote (it holds ``MARKER``) is removed; any other non-empty
+    folder, or a file, is refused (SystemExit).
     """
     if out.exists() and not out.is_dir():
         raise SystemExit(f"--out {out}: a file, not a folder: pass another --out")
     names = {p.name for p in out.iterdir()} if out.is_dir() else set()
-    replace = MARKER in names or names == _LEGACY_LAYOUT
+    replace = MARKER in names
     if names and not replace:
         raise SystemExit(f"--out {out}: a non-empty folder that no demo wrote (no {MARKER} in "
                          f"it): pass a new or empty folder, so that nothing in it is deleted")
