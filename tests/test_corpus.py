@@ -1,6 +1,7 @@
 """Corpus readers, fingerprints and sentence splitting."""
 
 import json
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -68,14 +69,25 @@ def test_fingerprint_follows_content_and_options(tmp_path):
     assert open_corpus(path).fingerprint() != first
 
 
-def test_hub_corpus_without_datasets_says_what_to_install():
+def test_hub_corpus_without_datasets_says_what_to_install(monkeypatch):
     corpus = open_corpus("hf:wikimedia/wikipedia:20231101.en")
     assert corpus.fingerprint().startswith("sha256:")
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        with pytest.raises(CorpusError, match=r"smash-distill\[wikipedia\]"):
-            next(iter(corpus))
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if it were not installed
+    with pytest.raises(CorpusError, match=r"smash-distill\[wikipedia\]"):
+        next(iter(corpus))
+
+
+def test_hub_corpus_streams_a_local_dataset_folder(tmp_path):
+    """``hf:`` goes through ``datasets.load_dataset(..., streaming=True)``; a local folder of
+    JSONL files takes the same path as a hub dataset, without a hub."""
+    (tmp_path / "data").mkdir()
+    jsonl = tmp_path / "data" / "train.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(DOCS)))
+    corpus = open_corpus(f"hf:{tmp_path}")
+    assert list(corpus) == list(open_corpus(jsonl)) == DOCS
+    with pytest.raises(CorpusError, match="the corpus is empty \\(no 'body' text\\)"):
+        list(open_corpus(f"hf:{tmp_path}", text_field="body"))
+    assert open_corpus(f"hf:{tmp_path}@v2").fingerprint() != corpus.fingerprint()
 
 
 def test_splitter_handles_abbreviations_and_filters_lengths():
