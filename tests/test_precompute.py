@@ -313,6 +313,18 @@ def test_another_spelling_of_the_teacher_folder_resumes(tiny, pair_store, tmp_pa
     assert_same_store(tmp_path, pair_store)
 
 
+def test_a_hub_corpus_gives_the_same_examples(tiny, pair_store, tmp_path):
+    """The same documents through ``hf:`` (a local dataset folder) make the same examples."""
+    import json
+
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "train.jsonl").write_text("".join(
+        json.dumps({"text": doc}) + "\n" for doc in Corpus(tiny["corpus"])))
+    out = tmp_path / "store"
+    assert run(dict(tiny, corpus=f"hf:{tmp_path / 'dataset'}"), out) == 0
+    assert example_differences(out, pair_store, teacher_tolerance=2 ** -6) == []
+
+
 def test_head_of_an_unsupported_architecture_is_refused():
     from smash.precompute.teacher_head import lm_head_of
     from transformers import DistilBertConfig, DistilBertForMaskedLM
