@@ -169,9 +169,13 @@ class HFCorpus:
             raise CorpusError(f"{self.spec}: the corpus is empty (no {self.text_field!r} text)")
 
     def fingerprint(self) -> str:
-        """The dataset's name, config, revision and split (its content is not re-hashed)."""
-        payload = json.dumps([*self._parts(), self.split, self.text_field])
-        return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+        """The dataset's name, config, revision and split; for a local dataset folder also its
+        files' content (a hub dataset is pinned by its revision, not re-hashed)."""
+        recorded: list = [*self._parts(), self.split, self.text_field]
+        folder = Path(recorded[0])
+        if folder.is_dir():
+            recorded.append(Corpus(folder).fingerprint())
+        return "sha256:" + hashlib.sha256(json.dumps(recorded).encode()).hexdigest()
 
 
 def open_corpus(spec: str | Path, text_field: str = "text",

@@ -87,7 +87,10 @@ def test_hub_corpus_streams_a_local_dataset_folder(tmp_path):
     assert list(corpus) == list(open_corpus(jsonl)) == DOCS
     with pytest.raises(CorpusError, match="the corpus is empty \\(no 'body' text\\)"):
         list(open_corpus(f"hf:{tmp_path}", text_field="body"))
-    assert open_corpus(f"hf:{tmp_path}@v2").fingerprint() != corpus.fingerprint()
+    first = corpus.fingerprint()
+    assert open_corpus(f"hf:{tmp_path}@v2").fingerprint() != first
+    jsonl.write_text(jsonl.read_text() + json.dumps({"text": "One more document."}) + "\n")
+    assert corpus.fingerprint() != first  # a local folder is recorded by content
 
 
 def test_splitter_handles_abbreviations_and_filters_lengths():
