@@ -4,10 +4,14 @@ Labels: 0 = the sentences come from different documents, 1 = same document but n
 2 = adjacent (x2 directly follows x1). Template ``<s>x1? <mask>, x2</s>``, max length 128.
 
 The sampler makes one pass over the documents, so it scales to millions of pairs without
-holding the corpus: from each document with at least three sentences it draws (per round) one
-adjacent pair, one non-adjacent pair, and one pair of one of its sentences with a sentence of
-an earlier document, drawn from a bounded reservoir. Counts per label are equal by
-construction: every round yields one pair of each label.
+holding the corpus: from each document with at least three kept sentences, two of them
+adjacent, it draws (per round) one adjacent pair, one non-adjacent pair, and one pair of one of
+its sentences with a sentence of an earlier document, drawn from a bounded reservoir. Counts
+per label are equal by construction: every round yields one pair of each label.
+
+Adjacency is decided in the text, before the splitter drops short or long sentences: two kept
+sentences with a dropped one between them are not adjacent. ``meta`` records positions among
+all of a document's sentences (``i``, ``j``).
 """
 
 from __future__ import annotations
@@ -47,13 +51,14 @@ class SentencePairTask:
         pool: list[tuple[int, str]] = []  # reservoir of (document index, sentence) seen before
         pooled = usable = 0
         for doc_index, document in enumerate(corpus):
-            sentences = self.splitter.split(document)
-            if len(sentences) >= 3:
+            kept = self.splitter.split_positions(document)
+            adjacent = [a for a in range(len(kept) - 1) if kept[a + 1][0] == kept[a][0] + 1]
+            if len(kept) >= 3 and adjacent:
                 usable += 1
                 if pool:  # label 0 needs a sentence from an earlier document
                     for _ in range(self.pairs_per_doc):
-                        yield from self._triple(rng, doc_index, sentences, pool)
-            for s in sentences:  # reservoir sampling: a uniform sample of all past sentences
+                        yield from self._triple(rng, doc_index, kept, adjacent, pool)
+            for _, s in kept:  # reservoir sampling: a uniform sample of all past sentences
                 pooled += 1
                 if len(pool) < self.reservoir:
                     pool.append((doc_index, s))
@@ -62,27 +67,33 @@ class SentencePairTask:
         if usable == 0:
             raise CorpusError(
                 f"{corpus.path}: no document has 3 or more sentences of "
-                f"{self.splitter.min_words}-{self.splitter.max_words} words ({doc_index + 1} "
+                f"{self.splitter.min_words}-{self.splitter.max_words} words, two of them "
+                f"adjacent ({doc_index + 1} "
                 f"documents read), so same-document pairs (labels 1 and 2) are impossible; use "
                 f"a corpus of multi-sentence documents or relax --min-words/--max-words")
 
     @staticmethod
-    def _triple(rng: random.Random, doc: int, sentences: list[str],
+    def _triple(rng: random.Random, doc: int, kept: list[tuple[int, str]], adjacent: list[int],
                 pool: list[tuple[int, str]]) -> Iterator[TaskExample]:
-        """One adjacent (2), one same-document non-adjacent (1), one cross-document (0) pair."""
-        n = len(sentences)
-        i = rng.randrange(n - 1)
-        yield TaskExample((sentences[i], sentences[i + 1]), 2, {"doc": doc, "i": i, "j": i + 1})
-        i, j = rng.sample(range(n), 2)
+        """One adjacent (2), one same-document non-adjacent (1), one cross-document (0) pair.
+
+        ``kept``: (position in the document, sentence); ``adjacent``: indices ``a`` into it
+        whose sentence ``a + 1`` directly follows in the text.
+        """
+        a = rng.choice(adjacent)
+        (i, first), (j, second) = kept[a], kept[a + 1]
+        yield TaskExample((first, second), 2, {"doc": doc, "i": i, "j": j})
+        # Three kept sentences at distinct positions always include a non-adjacent pair.
+        (i, first), (j, second) = rng.sample(kept, 2)
         while abs(i - j) == 1:
-            i, j = rng.sample(range(n), 2)
-        yield TaskExample((sentences[i], sentences[j]), 1, {"doc": doc, "i": i, "j": j})
+            (i, first), (j, second) = rng.sample(kept, 2)
+        yield TaskExample((first, second), 1, {"doc": doc, "i": i, "j": j})
         other_doc, other = pool[rng.randrange(len(pool))]
-        i = rng.randrange(n)
+        i, sentence = kept[rng.randrange(len(kept))]
         if rng.random() < 0.5:
-            yield TaskExample((sentences[i], other), 0, {"doc": doc, "i": i, "other": other_doc})
+            yield TaskExample((sentence, other), 0, {"doc": doc, "i": i, "other": other_doc})
         else:
-            yield TaskExample((other, sentences[i]), 0, {"doc": other_doc, "other": doc, "j": i})
+            yield TaskExample((other, sentence), 0, {"doc": other_doc, "other": doc, "j": i})
 
     def keep(self, verbalizer_logprobs: np.ndarray) -> None:
         return None

@@ -28,10 +28,15 @@ class SentenceSplitter:
                              f"({self.max_words})")
 
     def split(self, document: str) -> list[str]:
+        return [sentence for _, sentence in self.split_positions(document)]
+
+    def split_positions(self, document: str) -> list[tuple[int, str]]:
+        """The kept sentences, each with its position among all the document's sentences
+        (so that two kept sentences are adjacent in the text only if their positions are)."""
         import blingfire  # here, so that modules importing the task registry do not need it
 
         sentences = blingfire.text_to_sentences(document).split("\n")
-        return [s.strip() for s in sentences
+        return [(position, s.strip()) for position, s in enumerate(sentences)
                 if self.min_words <= len(s.split()) <= self.max_words]
 
     def config(self) -> dict:

@@ -103,7 +103,7 @@ def test_stored_topk_equals_a_full_forward(tiny, pair_store):
 
 def test_sentence_pair_labels_follow_the_rule(tiny, pair_store):
     splitter = SentenceSplitter()
-    docs = [splitter.split(d) for d in Corpus(tiny["corpus"])]
+    docs = [dict(splitter.split_positions(d)) for d in Corpus(tiny["corpus"])]
     tok = AutoTokenizer.from_pretrained(tiny["tokenizer"])
     template = parse_template(make_task("sentence-pair", splitter).template)
     examples = list(StoreDataset(pair_store, shuffle=False))
@@ -122,6 +122,23 @@ def test_sentence_pair_labels_follow_the_rule(tiny, pair_store):
         encoded = template.encode(tok, pair, 128)
         assert list(ex["input_ids"]) == encoded.input_ids
         assert int(ex["mask_positions"][0]) == encoded.mask_position
+
+
+def test_adjacent_means_adjacent_in_the_text(tmp_path):
+    """A sentence the splitter drops (too short) still separates its neighbours."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "First doc has one long sentence here. And another long one follows it. Third "
+        "sentence is right here.\n\n"
+        "The river ran past the old mill today. Really? The boat drifted under the stone "
+        "bridge slowly. Then the fish swam away from the bank.\n")
+    task = make_task("sentence-pair", SentenceSplitter(), pairs_per_doc=50)
+    pairs = [ex for ex in task.examples(Corpus(corpus), 1) if ex.meta["doc"] == 1]
+    adjacent = {ex.sentences for ex in pairs if ex.label == 2}
+    assert adjacent == {("The boat drifted under the stone bridge slowly.",
+                         "Then the fish swam away from the bank.")}
+    assert all(ex.meta["j"] == ex.meta["i"] + 1 for ex in pairs if ex.label == 2)
+    assert all(abs(ex.meta["i"] - ex.meta["j"]) > 1 for ex in pairs if ex.label == 1)
 
 
 def test_same_arguments_give_byte_identical_stores(tiny, pair_store, tmp_path):
