@@ -7,11 +7,12 @@ are at least G shards, reader g takes every G-th shard of that order; with fewer
 every reader walks all of them and takes every G-th sample. Either way one epoch yields each
 sample exactly once across all readers.
 
-Resuming. A reader's position is (epoch, samples yielded this epoch). ``state_dict()`` gives
-it and ``load_state_dict()`` restarts right after the last yielded sample; shards before that
-point are skipped by their manifest counts without being fetched. Inside DataLoader workers,
-use ``torchdata.stateful_dataloader.StatefulDataLoader``, which calls these two methods in
-each worker and snapshots them per batch.
+Resuming. A reader's position is (epoch, samples yielded this epoch), plus the epoch its run
+started at. ``state_dict()`` gives it and ``load_state_dict()`` restarts right after the last
+yielded sample; shards before that point are skipped by their manifest counts without being
+fetched. A resumed run with a finite ``epochs`` stops where the uninterrupted run would.
+Inside DataLoader workers, use ``torchdata.stateful_dataloader.StatefulDataLoader``, which
+calls these two methods in each worker and snapshots them per batch.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ class StoreDataset(IterableDataset):
         store: where the manifest is; shards are read beside it unless ``shard_url`` is given.
         shard_url: template for shard locations, e.g. ``"pipe:curl -s http://h/s/{name}"``.
         seed, shuffle: the per-epoch order; ``shuffle=False`` keeps manifest order.
-        epochs: how many epochs one iteration streams, from the start epoch (0, or what
-            ``set_epoch``/``load_state_dict`` set); ``None`` streams forever.
+        epochs: how many epochs a run streams, counted from the epoch it started at (0, or
+            what ``set_epoch`` set); a run resumed by ``load_state_dict`` keeps that count, so
+            it yields only what the interrupted run had left. ``None`` streams forever.
         rank, world_size: override torch.distributed's (for tests and custom launchers).
         tokenizer: if given (a tokenizer or its fingerprint), refuse a store written with
             another tokenizer.
@@ -64,7 +66,7 @@ class StoreDataset(IterableDataset):
         self._template = shard_url or (base + "/{name}")
         self.seed, self.shuffle, self.epochs, self.verify = seed, shuffle, epochs, verify
         self._rank, self._world = rank, world_size
-        self._start = {"epoch": 0, "position": 0}
+        self._start = {"epoch": 0, "position": 0, "first_epoch": 0}
         self._epoch, self._position = 0, 0
         self._reader: tuple[int, int] | None = None
 
@@ -117,7 +119,7 @@ class StoreDataset(IterableDataset):
                 f"resume with the same number of ranks and DataLoader workers")
         self._reader = (reader, readers)
         epoch, skip = start["epoch"], start["position"]
-        last = None if self.epochs is None else start["epoch"] + self.epochs
+        last = None if self.epochs is None else start["first_epoch"] + self.epochs
         while last is None or epoch < last:
             self._epoch, self._position = epoch, skip
             position = 0  # samples of this reader's epoch stream passed so far
@@ -149,11 +151,12 @@ class StoreDataset(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Start the next iteration at the beginning of ``epoch`` (as DistributedSampler does)."""
-        self._start = {"epoch": epoch, "position": 0}
+        self._start = {"epoch": epoch, "position": 0, "first_epoch": epoch}
         self._epoch, self._position = epoch, 0
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"epoch": self._epoch, "position": self._position, "seed": self.seed}
+        state = {"epoch": self._epoch, "position": self._position,
+                 "first_epoch": self._start["first_epoch"], "seed": self.seed}
         if self._reader is not None:
             state["reader"], state["readers"] = self._reader
         return state
@@ -162,5 +165,6 @@ class StoreDataset(IterableDataset):
         if state.get("seed", self.seed) != self.seed:
             raise StoreError(f"{self.source}: the saved stream used seed {state['seed']}, this "
                              f"dataset uses seed {self.seed}")
-        self._start = dict(state)
+        # A state saved before "first_epoch" existed counts its epochs from where it stopped.
+        self._start = {**state, "first_epoch": state.get("first_epoch", state["epoch"])}
         self._epoch, self._position = state["epoch"], state["position"]

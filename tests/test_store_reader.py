@@ -78,9 +78,24 @@ def test_resume_joins_to_the_uninterrupted_stream(store, stop):
     state = ds.state_dict()
     resumed = StoreDataset(root, seed=9, epochs=2)
     resumed.load_state_dict(state)
-    # epochs counts from the resume point, so stop the tail where the full run stops.
-    tail = keys(resumed)[: 2 * N - stop]
-    assert head + tail == full
+    assert head + keys(resumed) == full  # the resumed run stops where the full run stops
+
+
+@pytest.mark.parametrize("stop", [3, 7, 10, 14, 20])
+def test_resume_in_a_later_epoch_streams_only_what_is_left(tmp_path, stop):
+    write_store(tmp_path, make_examples(7, seed=4), max_samples=4)  # 2 shards: 4 + 3
+    finalize_store(tmp_path)
+    full = keys(StoreDataset(tmp_path, seed=3, epochs=3))
+    assert len(full) == 21
+    ds = StoreDataset(tmp_path, seed=3, epochs=3)
+    it = iter(ds)
+    head = [next(it)["__key__"] for _ in range(stop)]
+    resumed = StoreDataset(tmp_path, seed=3, epochs=3)
+    resumed.load_state_dict(ds.state_dict())
+    assert head + keys(resumed) == full
+    after_set_epoch = StoreDataset(tmp_path, seed=3, epochs=2)
+    after_set_epoch.set_epoch(1)
+    assert keys(after_set_epoch) == full[7:]
 
 
 def test_resume_across_ranks_and_workers_with_stateful_loader(store, monkeypatch):
