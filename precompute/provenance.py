@@ -72,6 +72,9 @@ def producer_config(task: IntermediateTask, tokenizer: PreTrainedTokenizerBase, 
         "task": task.name, "task_options": task.config(), "template": task.template,
         "max_length": task.max_length, "verbalizer": verbalizer,
         "verbalizer_ids": verbalizer_ids(tokenizer, verbalizer) if verbalizer else [],
+        # "teacher": labels are the teacher's argmax over the verbalizer (the task's label
+        # hook, e.g. sentiment); "task": the task's own labels (e.g. sentence-pair's rule)
+        "label_source": "teacher" if verbalizer and hasattr(task, "label") else "task",
         "teacher": teacher,
         "k": cfg.k, "seed": cfg.seed, "num_examples": cfg.num_examples,
         "shard_size": cfg.shard_size, "token_budget": cfg.token_budget,

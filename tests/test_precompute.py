@@ -108,6 +108,7 @@ def test_sentence_pair_labels_follow_the_rule(tiny, pair_store):
     template = parse_template(make_task("sentence-pair", splitter).template)
     examples = list(StoreDataset(pair_store, shuffle=False))
     assert Counter(ex["label"] for ex in examples) == {0: 30, 1: 30, 2: 30}
+    assert load_manifest(pair_store).producer["label_source"] == "task"
     for ex in examples:
         meta = ex["meta"]
         if ex["label"] == 2:
@@ -214,6 +215,7 @@ def test_sentiment_filter_keeps_exactly_what_the_rule_selects(tiny, tmp_path):
     manifest = load_manifest(tmp_path)
     assert manifest.producer["task_options"]["filter_rule"] == "max-prob"
     assert manifest.producer["task_options"]["threshold"] == threshold
+    assert manifest.producer["label_source"] == "teacher"  # labels: the teacher's argmax
 
 
 def test_changed_configuration_is_refused_and_nothing_is_lost(tiny, tmp_path, capsys):

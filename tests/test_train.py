@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 from smash.precompute.model_paths import require_folder_or_hub_name
+from smash.precompute.teacher_head import lm_head_of, mask_hidden_states
 from smash.store import FingerprintMismatch, load_manifest
 from smash.train.cli import main as train_student
 from smash.train.cli import parse_store
@@ -14,7 +15,7 @@ from smash.train.config import ConfigError, load_config
 from smash.train.engine import resolve_deepspeed
 from smash.train.export import check_export_path
 from smash.train.objectives import hard_labels, rule_labels, store_verbalizer
-from smash.train.student import DistillStudent, OnlineTeacher
+from smash.train.student import DistillStudent, OnlineTeacher, head_features
 from train_support import (
     VOCAB,
     first_batch,
@@ -126,6 +127,35 @@ def test_label_words_come_from_the_store_and_the_task():
         store_verbalizer("hard", {"task": "my-task", "verbalizer": []}, None, "s")
     with pytest.raises(ValueError, match="a my-task store has none"):
         store_verbalizer("rule", {"task": "my-task"}, None, "s")
+
+
+def test_hard_reads_the_teacher_labels_a_store_holds(tiny, tiny_tokenizer, pair_store):
+    """With ``stored_labels`` the batch's labels are the targets, even for rows whose top-k
+    holds no label word (which ``hard_labels`` would leave out)."""
+    from smash.train.objectives import label_word_loss, uses_stored_labels
+
+    assert uses_stored_labels("hard", {"label_source": "teacher"}, None)
+    assert not uses_stored_labels("hard", {"label_source": "task"}, None)
+    assert not uses_stored_labels("hard", {"label_source": "teacher"}, ["a", "b"])
+    assert not uses_stored_labels("ce", {"label_source": "teacher"}, None)
+    batch = first_batch(pair_store, 6, tiny_tokenizer.pad_token_id)
+    words = load_manifest(pair_store).producer["verbalizer_ids"]
+    batch["topk_ids"] = batch["topk_ids"][:, :4]  # keep only entries that are no label word
+    batch["topk_ids"][torch.isin(batch["topk_ids"], torch.tensor(words))] = 0
+    batch["topk_logprobs"] = batch["topk_logprobs"][:, :4]
+    model = AutoModelForMaskedLM.from_pretrained(tiny["student"])
+    student = DistillStudent(model, objective="hard", verbalizers=[words], stored_labels=[True])
+    loss, _ = _step(student, batch)
+    head = student.model.get_output_embeddings()
+    hidden = mask_hidden_states(model, batch["input_ids"], batch["attention_mask"],
+                                batch["mask_batch"], batch["mask_positions"])
+    features = head_features(lm_head_of(model), student._slot, hidden)
+    expected = label_word_loss(features, head, torch.tensor(words),
+                               batch["labels"][batch["mask_batch"]])
+    assert bool((batch["labels"] >= 0).all())
+    torch.testing.assert_close(loss, expected.detach())
+    unlabelled = DistillStudent(model, objective="hard", verbalizers=[words])
+    assert float(_step(unlabelled, batch)[0]) == 0.0  # every row left out without them
 
 
 def test_rule_labels_follow_each_mask_to_its_example():

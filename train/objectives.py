@@ -4,7 +4,9 @@
           distribution and the teacher's stored top-k + tail, through ``smash.kernels``.
 ``hard``  setting 7: the teacher's argmax over the task's verbalizer becomes a hard label; the
           student is trained as in prompt-based fine-tuning (cross-entropy over the label
-          words' logits only, as LM-BFF does).
+          words' logits only, as LM-BFF does). Where the teacher pass already labelled the
+          examples so (``label_source`` "teacher", e.g. sentiment) those exact labels are
+          used; otherwise the argmax is read from the stored top-k.
 ``rule``  setting 6: the rule-based 0/1/2 labels of the sentence-pair task with verbalizer
           No/Maybe/Yes, same loss as ``hard``. It reads no teacher outputs at all.
 
@@ -21,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from smash.precompute.sentence_pair import SentencePairTask
 
-__all__ = ["hard_labels", "label_word_loss", "rule_labels", "store_verbalizer"]
+__all__ = ["hard_labels", "label_word_loss", "rule_labels", "store_verbalizer",
+           "uses_stored_labels"]
 
 
 def store_verbalizer(objective: str, producer: dict[str, Any], words: Sequence[str] | None,
@@ -50,6 +53,15 @@ def store_verbalizer(objective: str, producer: dict[str, Any], words: Sequence[s
         return tuple(producer["verbalizer"])
     raise ValueError(f"{source}: objective {objective!r} needs label words: the store (task "
                      f"{task!r}) records no verbalizer; give the store a 'verbalizer' in the config")
+
+
+def uses_stored_labels(objective: str, producer: dict[str, Any],
+                       words: Sequence[str] | None) -> bool:
+    """Whether ``hard`` reads a store's ``labels``: they are the teacher's exact argmax over the
+    store's own verbalizer (the manifest's ``label_source`` is "teacher") and no other label
+    words are configured. Else ``hard_labels`` derives it from the top-k, which leaves out the
+    rows whose top-k holds none of the label words."""
+    return objective == "hard" and not words and producer.get("label_source") == "teacher"
 
 
 def hard_labels(topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,

@@ -74,13 +74,16 @@ class DistillStudent(nn.Module):
         model: an HF ``AutoModelForMaskedLM``.
         objective: ``ce`` | ``hard`` | ``rule`` (see ``smash.train.objectives``).
         verbalizers: per store, the label-word ids (``hard``/``rule``) or None.
+        stored_labels: per store, whether ``hard`` takes the batch's ``labels`` (the teacher's
+            argmax, written by the teacher pass) instead of deriving it from the top-k.
         loss: ``kernel`` | ``fused_linear`` (``ce`` only; label-word losses apply the C
             label-word rows of the decoder either way).
         tail, temperature, scale_t2, kernel_impl: passed to the kernel.
     """
 
     def __init__(self, model: nn.Module, *, objective: str = "ce",
-                 verbalizers: Sequence[Sequence[int] | None] = (None,), loss: str = "kernel",
+                 verbalizers: Sequence[Sequence[int] | None] = (None,),
+                 stored_labels: Sequence[bool] = (False,), loss: str = "kernel",
                  tail: str = "bucket", temperature: float = 1.0, scale_t2: bool = False,
                  kernel_impl: str = "auto"):
         super().__init__()
@@ -90,6 +93,7 @@ class DistillStudent(nn.Module):
                             "impl": kernel_impl}
         self.verbalizers = [None if v is None else torch.tensor(list(v), dtype=torch.int64)
                             for v in verbalizers]
+        self.stored_labels = list(stored_labels)
         self._slot = _decoder_slot(lm_head_of(model), model.get_output_embeddings())
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -115,7 +119,7 @@ class DistillStudent(nn.Module):
                 features, decoder.weight, decoder.bias, topk_ids, topk_logprobs,
                 tail_logmass=tail_logmass, check_ids=False, **self.kernel_args)
         words = self.verbalizers[store].to(input_ids.device)
-        if self.objective == "hard":
+        if self.objective == "hard" and not self.stored_labels[store]:
             targets = hard_labels(topk_ids, topk_logprobs, words)
         else:
             targets = rule_labels(labels, mask_batch, len(words))

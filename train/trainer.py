@@ -40,7 +40,7 @@ from .engine import build_engine, device_of, resolve_deepspeed
 from .evaluate import heldout_kl
 from .export import check_export_path, export_student
 from .metrics import MetricsLogger
-from .objectives import store_verbalizer
+from .objectives import store_verbalizer, uses_stored_labels
 from .student import STEP_KEYS, DistillStudent, OnlineTeacher
 
 __all__ = ["Trainer"]
@@ -86,8 +86,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = AutoModelForMaskedLM.from_pretrained(cfg.student, dtype=torch.float32)
         self._check_lengths(model)
+        stored = [uses_stored_labels(cfg.objective, m.producer, s.verbalizer)
+                  for s, m in zip(cfg.stores, self.manifests)]
         self.module = DistillStudent(model, objective=cfg.objective, verbalizers=self.verbalizers,
-                                     loss=cfg.loss, tail=cfg.tail, temperature=cfg.temperature,
+                                     stored_labels=stored, loss=cfg.loss, tail=cfg.tail, temperature=cfg.temperature,
                                      scale_t2=cfg.scale_t2, kernel_impl=cfg.kernel_impl)
         self.ds_config = resolve_deepspeed(cfg.deepspeed, max_steps=cfg.max_steps,
                                            precision=self.precision)
