@@ -50,7 +50,18 @@ def test_shipped_configs_hold_the_paper_defaults():
         assert ds["optimizer"]["params"]["lr"] == 1e-4
         assert ds["scheduler"]["params"]["total_num_steps"] == 200_000
         assert ds["scheduler"]["params"]["warmup_max_lr"] == 1e-4
+        assert ds["scheduler"]["params"]["warmup_num_steps"] == 10_000
         assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+        short = resolve_deepspeed(cfg.deepspeed, max_steps=5_000)
+        assert short["scheduler"]["params"]["warmup_num_steps"] == 250
+
+
+def test_a_warmup_as_long_as_the_run_is_refused():
+    cfg = load_config("paper-sentiment", stores=["s"])
+    cfg.deepspeed["scheduler"]["params"]["warmup_num_steps"] = 10_000
+    with pytest.raises(ValueError, match=r"warmup_num_steps \(10000\) must be below "
+                                         r"total_num_steps \(5000\)"):
+        resolve_deepspeed(cfg.deepspeed, max_steps=5_000)
 
 
 @pytest.mark.parametrize("change, message", [

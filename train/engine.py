@@ -54,20 +54,32 @@ def device_of() -> torch.device:
     return torch.device(get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", "0"))))
 
 
+WARMUP_FRACTION = 0.05  # "auto" warmup: the paper's 10k warmup steps of 200k
+
+
 def resolve_deepspeed(section: dict[str, Any], *, max_steps: int,
                       precision: str | None = None) -> dict[str, Any]:
     """The DeepSpeed config to run with: ``"auto"`` scheduler fields filled, precision set.
 
-    ``scheduler.params.total_num_steps: "auto"`` becomes ``max_steps``, ``warmup_max_lr:
-    "auto"`` the optimizer's lr. ``precision`` (fp32 | fp16 | bf16), when given, overrides
-    the fp16/bf16 sections.
+    ``scheduler.params.total_num_steps: "auto"`` becomes ``max_steps``, ``warmup_num_steps:
+    "auto"`` 5% of it (the paper's 10k of 200k), ``warmup_max_lr: "auto"`` the optimizer's lr.
+    A warmup as long as the schedule is refused: the lr would never reach its peak (DeepSpeed
+    only warns). ``precision`` (fp32 | fp16 | bf16), when given, overrides the fp16/bf16
+    sections.
     """
     ds = copy.deepcopy(section)
     params = ds.get("scheduler", {}).get("params", {})
     if params.get("total_num_steps") == "auto":
         params["total_num_steps"] = max_steps
+    if params.get("warmup_num_steps") == "auto":
+        params["warmup_num_steps"] = max(1, round(WARMUP_FRACTION * params["total_num_steps"]))
     if params.get("warmup_max_lr") == "auto":
         params["warmup_max_lr"] = ds["optimizer"]["params"]["lr"]
+    warmup, total = params.get("warmup_num_steps"), params.get("total_num_steps")
+    if isinstance(warmup, int) and isinstance(total, int) and warmup >= total:
+        raise ValueError(f"deepspeed scheduler: warmup_num_steps ({warmup}) must be below "
+                         f"total_num_steps ({total}), or the lr never reaches its peak; "
+                         f"lower it or set it to \"auto\" ({WARMUP_FRACTION:.0%} of the steps)")
     if precision is not None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
