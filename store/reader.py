@@ -4,8 +4,8 @@ Who reads what. With R ranks (torch.distributed) and W DataLoader workers there 
 G = R * W readers; reader g = rank * W + worker. Each epoch has one global order: the shards
 permuted by (seed, epoch), each shard's samples permuted by (seed, epoch, shard). When there
 are at least G shards, reader g takes every G-th shard of that order; with fewer shards,
-every reader walks all of them and takes every G-th sample. Either way one epoch yields each
-sample exactly once across all readers.
+every reader walks all of them and takes every G-th sample. Shards without samples are left
+out before choosing. Either way one epoch yields each sample exactly once across all readers.
 
 Resuming. A reader's position is (epoch, samples yielded this epoch), plus the epoch its run
 started at. ``state_dict()`` gives it and ``load_state_dict()`` restarts right after the last
@@ -90,23 +90,26 @@ class StoreDataset(IterableDataset):
         return rank * workers + worker, world * workers
 
     def _epoch_plan(self, epoch: int, reader: int, readers: int) -> list[tuple[int, np.ndarray]]:
-        """This reader's (shard index, sample indices in reading order) for one epoch."""
+        """This reader's (shard index, sample indices in reading order) for one epoch.
+
+        Shards without samples (a teacher filter can empty one) take no part in the split.
+        """
         shards = self.manifest.shards
         order = _permutation(len(shards), self.seed, epoch) if self.shuffle else np.arange(
             len(shards))
+        order = [int(s) for s in order if shards[s].samples]
 
         def samples_of(s: int) -> np.ndarray:
             n = shards[s].samples
             return _permutation(n, self.seed, epoch, s) if self.shuffle else np.arange(n)
 
-        if len(shards) >= readers:
-            return [(int(s), samples_of(int(s))) for s in order[reader::readers]]
+        if len(order) >= readers:
+            return [(s, samples_of(s)) for s in order[reader::readers]]
         plan, seen = [], 0
         for s in order:
-            n = shards[int(s)].samples
             first = (reader - seen) % readers  # first global position >= seen owned by reader
-            plan.append((int(s), samples_of(int(s))[first::readers]))
-            seen += n
+            plan.append((s, samples_of(s)[first::readers]))
+            seen += shards[s].samples
         return plan
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

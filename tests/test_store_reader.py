@@ -3,13 +3,14 @@ and reading over http://."""
 
 import functools
 import http.server
+import itertools
 import threading
 from collections import Counter
 
 import pytest
 import torch
-from smash.store import StoreDataset, StoreError, collate_examples, finalize_store
-from test_store import assert_same, canonical, make_examples, write_store
+from smash.store import StoreDataset, StoreError, StoreWriter, collate_examples, finalize_store
+from test_store import VOCAB, assert_same, canonical, make_examples, write_store
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 N = 137
@@ -169,3 +170,43 @@ def test_endless_stream_with_nothing_to_read_is_an_error(tmp_path):
     assert keys(StoreDataset(tmp_path, rank=3, world_size=4)) == []  # one epoch: just empty
     with pytest.raises(StoreError, match="reader 3 of 4 .* gets no sample.*3 samples in 1"):
         next(iter(StoreDataset(tmp_path, rank=3, world_size=4, epochs=None)))
+
+
+def write_sized_store(root, sizes):
+    """A store whose shard i holds sizes[i] examples (0: an empty shard)."""
+    examples = iter(make_examples(sum(sizes), seed=8))
+    with StoreWriter(root, producer={}, tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
+                     k=8) as writer:
+        for index, n in enumerate(sizes):
+            writer.write_shard(index, itertools.islice(examples, n))
+    finalize_store(root)
+
+
+@pytest.mark.parametrize("sizes,ranks,workers", [
+    ([5, 0], 2, 1), ([3, 0, 0, 0, 0, 2], 2, 2), ([0, 4, 0, 4, 4], 3, 1)])
+def test_empty_shards_take_no_part_in_the_split(tmp_path, monkeypatch, sizes, ranks, workers):
+    write_sized_store(tmp_path, sizes)
+    total, epochs = sum(sizes), 3
+    seen = [Counter() for _ in range(epochs)]
+    for rank, wid in itertools.product(range(ranks), range(workers)):
+        _Worker(monkeypatch, wid, workers)
+        ds = StoreDataset(tmp_path, rank=rank, world_size=ranks, seed=1, epochs=None)
+        for ex in ds:  # an endless stream never runs dry
+            epoch = ds.state_dict()["epoch"]  # the epoch of the sample just yielded
+            if epoch == epochs:
+                break
+            seen[epoch][ex["__key__"]] += 1
+    for counts in seen:  # every sample exactly once per epoch across all readers
+        assert len(counts) == total and set(counts.values()) == {1}
+
+
+def test_resume_with_empty_shards_joins_to_the_uninterrupted_stream(tmp_path):
+    write_sized_store(tmp_path, [3, 0, 0, 0, 0, 2])
+    for rank in range(2):
+        full = keys(StoreDataset(tmp_path, rank=rank, world_size=2, seed=2, epochs=2))
+        for stop in range(1, len(full) + 1):
+            ds = StoreDataset(tmp_path, rank=rank, world_size=2, seed=2, epochs=2)
+            head = [ex["__key__"] for ex in itertools.islice(ds, stop)]
+            resumed = StoreDataset(tmp_path, rank=rank, world_size=2, seed=2, epochs=2)
+            resumed.load_state_dict(ds.state_dict())
+            assert head + keys(resumed) == full
