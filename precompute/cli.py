@@ -14,6 +14,7 @@ import argparse
 import importlib
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"records the dataset by name only", file=sys.stderr)
         device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available()
                                               else "cpu"))
+        if device.type == "cuda":  # CUDA events, streams and pinned copies use this device
+            torch.cuda.set_device(device)
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
         require_folder_or_hub_name("--teacher", args.teacher)
@@ -182,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         producer = producer_config(task, tokenizer, teacher, cfg, corpus_fp, splitter.config())
         distributed = world > 1
         if distributed and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            # A rank whose shards were all finished by an earlier run waits at the final
+            # barrier for the whole pass of the others: far longer than the default timeout.
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                                 timeout=timedelta(days=1))
         # Every rank checks (and refuses alike); then rank 0 alone clears, between barriers.
         args.out.mkdir(parents=True, exist_ok=True)
         replace = check_output(args.out, producer, args.overwrite)

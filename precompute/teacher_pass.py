@@ -106,6 +106,17 @@ class _Writer(threading.Thread):
             except queue.Full:
                 continue
 
+    def stop(self) -> None:
+        """End the thread after what is queued, also when it already died with a full queue
+        (a blocking put would then wait forever)."""
+        while self.is_alive():
+            try:
+                self.queue.put(("stop",), timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self.join()
+
     def run(self) -> None:
         try:
             out: dict[str, np.ndarray] = {}
@@ -244,9 +255,7 @@ def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample],
     except BaseException:
         shards.close()
         preparer.close(wait=False)
-        if writer.is_alive():
-            writer.queue.put(("stop",))
-            writer.join()
+        writer.stop()
         raise
     finally:
         bar.close()

@@ -344,6 +344,31 @@ def test_a_hub_corpus_gives_the_same_examples(tiny, pair_store, tmp_path):
     assert example_differences(out, pair_store, teacher_tolerance=2 ** -6) == []
 
 
+def test_a_writer_dying_with_a_full_queue_is_stopped_without_hanging(monkeypatch):
+    """The writer fails while the main thread stops it, its queue full: no blocking put."""
+    import threading
+    import time
+
+    def slow_failure(self, *args):
+        time.sleep(1.0)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(teacher_pass._Writer, "_write_shard", slow_failure)
+    writer = teacher_pass._Writer(store=None, task=None, summary=None)
+    writer.start()
+    writer.queue.put(("begin", 0, [], []))
+    writer.queue.put(("end",))
+    while writer.queue.qsize():  # the writer is inside the failing write
+        time.sleep(0.01)
+    for _ in range(writer.queue.maxsize):
+        writer.queue.put_nowait(("end",))
+    stopper = threading.Thread(target=writer.stop, daemon=True)
+    stopper.start()
+    stopper.join(timeout=10)
+    assert not stopper.is_alive()
+    assert isinstance(writer.error, OSError)
+
+
 def test_head_of_an_unsupported_architecture_is_refused():
     from smash.precompute.teacher_head import lm_head_of
     from transformers import DistilBertConfig, DistilBertForMaskedLM
