@@ -62,8 +62,8 @@ class StoreDataset(IterableDataset):
         self.manifest: Manifest = load_manifest(store)
         if tokenizer is not None:
             check_tokenizer(self.manifest, tokenizer, self.source)
-        _, base = manifest_location(store)
-        self._template = shard_url or (base + "/{name}")
+        _, self._base = manifest_location(store)
+        self._template = shard_url
         self.seed, self.shuffle, self.epochs, self.verify = seed, shuffle, epochs, verify
         self._rank, self._world = rank, world_size
         self._start = {"epoch": 0, "position": 0, "first_epoch": 0}
@@ -75,6 +75,9 @@ class StoreDataset(IterableDataset):
         return self.manifest.num_samples
 
     def shard_url(self, name: str) -> str:
+        """Where shard ``name`` is read from: beside the manifest, or the ``shard_url`` template."""
+        if self._template is None:
+            return f"{self._base}/{name}"  # not a template: the path may hold braces
         return self._template.format(name=name)
 
     def _readers(self) -> tuple[int, int]:

@@ -210,3 +210,12 @@ def test_resume_with_empty_shards_joins_to_the_uninterrupted_stream(tmp_path):
             resumed = StoreDataset(tmp_path, rank=rank, world_size=2, seed=2, epochs=2)
             resumed.load_state_dict(ds.state_dict())
             assert head + keys(resumed) == full
+
+
+@pytest.mark.parametrize("name", ["store{a}", "store{}", "{name}"])
+def test_store_path_may_hold_braces(tmp_path, name):
+    root = tmp_path / name
+    write_store(root, make_examples(5, seed=6), max_samples=3)
+    finalize_store(root)
+    assert sorted(keys(StoreDataset(root))) == sorted(keys(StoreDataset(root / "manifest.json")))
+    assert len(keys(StoreDataset(root))) == 5
