@@ -38,6 +38,18 @@ def _permutation(n: int, *entropy: int) -> np.ndarray:
     return rng.permutation(n)
 
 
+def _check_readers(rank: int | None, world_size: int | None) -> tuple[int | None, int | None]:
+    """Both or neither of an explicit (rank, world_size), the rank inside the world."""
+    if (rank is None) != (world_size is None):
+        given, missing = ("rank", "world_size") if world_size is None else ("world_size", "rank")
+        raise ValueError(f"StoreDataset: {given} is given but {missing} is not; give both "
+                         f"(or neither, to take them from torch.distributed)")
+    if world_size is not None and not 0 <= rank < world_size:
+        raise ValueError(f"StoreDataset: rank {rank} is outside world_size {world_size} "
+                         f"(need 0 <= rank < world_size)")
+    return rank, world_size
+
+
 class StoreDataset(IterableDataset):
     """Stream the examples of a store (directory, ``manifest.json`` path or URL).
 
@@ -48,7 +60,8 @@ class StoreDataset(IterableDataset):
         epochs: how many epochs a run streams, counted from the epoch it started at (0, or
             what ``set_epoch`` set); a run resumed by ``load_state_dict`` keeps that count, so
             it yields only what the interrupted run had left. ``None`` streams forever.
-        rank, world_size: override torch.distributed's (for tests and custom launchers).
+        rank, world_size: override torch.distributed's (for tests and custom launchers); give
+            both or neither, with ``0 <= rank < world_size``.
         tokenizer: if given (a tokenizer or its fingerprint), refuse a store written with
             another tokenizer.
         verify: check each shard's byte count and sha256 before decoding it.
@@ -65,7 +78,7 @@ class StoreDataset(IterableDataset):
         _, self._base = manifest_location(store)
         self._template = shard_url
         self.seed, self.shuffle, self.epochs, self.verify = seed, shuffle, epochs, verify
-        self._rank, self._world = rank, world_size
+        self._rank, self._world = _check_readers(rank, world_size)
         self._start = {"epoch": 0, "position": 0, "first_epoch": 0}
         self._epoch, self._position = 0, 0
         self._reader: tuple[int, int] | None = None
@@ -82,8 +95,8 @@ class StoreDataset(IterableDataset):
 
     def _readers(self) -> tuple[int, int]:
         """(index of this reader, number of readers)."""
-        if self._rank is not None or self._world is not None:
-            rank, world = self._rank or 0, self._world or 1
+        if self._rank is not None and self._world is not None:
+            rank, world = self._rank, self._world
         elif torch.distributed.is_available() and torch.distributed.is_initialized():
             rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         else:

@@ -219,3 +219,16 @@ def test_store_path_may_hold_braces(tmp_path, name):
     finalize_store(root)
     assert sorted(keys(StoreDataset(root))) == sorted(keys(StoreDataset(root / "manifest.json")))
     assert len(keys(StoreDataset(root))) == 5
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"rank": 1}, "rank is given but world_size is not"),
+    ({"world_size": 2}, "world_size is given but rank is not"),
+    ({"rank": 2, "world_size": 2}, "rank 2 is outside world_size 2"),
+    ({"rank": -1, "world_size": 2}, "rank -1 is outside world_size 2"),
+    ({"rank": 0, "world_size": 0}, "rank 0 is outside world_size 0"),
+])
+def test_rank_and_world_size_come_together_and_agree(store, kwargs, message):
+    root, _ = store
+    with pytest.raises(ValueError, match=message):
+        StoreDataset(root, **kwargs)
