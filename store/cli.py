@@ -44,7 +44,7 @@ def teacher_statistics(store: str, max_shards: int | None = None) -> dict[str, A
             with np.errstate(invalid="ignore", divide="ignore"):
                 tail_term = np.where(tail > 0, -tail * np.log(tail), 0.0)
             entropy.append(-(p * np.where(p > 0, lp, 0.0)).sum(1) + tail_term)
-            top1.append(p[:, 0] if p.shape[1] else np.zeros(len(p)))
+            top1.append(p.max(1) if p.shape[1] else np.zeros(len(p)))  # any ChunkLayout order
             lengths.append(chunk.lengths)
             masks.append(chunk.n_masks)
     cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0))

@@ -4,10 +4,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
-from smash.store import finalize_store
+from smash.store import ChunkLayout, StoreWriter, finalize_store
 from smash.store.cli import main, teacher_statistics
-from test_store import make_examples, write_store
+from test_store import VOCAB, make_examples, write_store
 
 
 @pytest.fixture
@@ -25,6 +26,18 @@ def test_inspect_reports_teacher_statistics(store, capsys):
     # make_examples puts 1/1.3 of each row's mass in its top-k.
     assert stats["mean_topk_mass"] == pytest.approx(1 / 1.3, rel=2e-3)
     assert stats["examples"] == 90 and stats["mean_entropy_nats"] > 0
+
+
+@pytest.mark.parametrize("order", ["value", "id"])
+def test_top1_prob_is_the_largest_stored_probability_in_any_layout(tmp_path, order):
+    examples = make_examples(40, seed=22)
+    with StoreWriter(tmp_path, producer={}, tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
+                     k=8, layout=ChunkLayout(order=order)) as writer:
+        writer.write_all(examples)
+    finalize_store(tmp_path)
+    rows = np.concatenate([np.exp(ex["topk_logprobs"].astype(np.float64)).max(1)
+                           for ex in examples])
+    assert teacher_statistics(str(tmp_path))["mean_top1_prob"] == pytest.approx(rows.mean())
 
 
 def test_inspect_json(store, capsys):
