@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-from smash.store import StoreError
+from smash.store import StoreError, tokenizer_record
 
 from .corpus import Corpus, CorpusError, HFCorpus, open_corpus
 from .model_paths import require_folder_or_hub_name
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  timeout=timedelta(days=1))
         # Every rank checks (and refuses alike); then rank 0 alone clears, between barriers.
         args.out.mkdir(parents=True, exist_ok=True)
-        replace = check_output(args.out, producer, args.overwrite)
+        replace = check_output(args.out, producer, tokenizer_record(tokenizer), args.overwrite)
         if distributed:
             torch.distributed.barrier()
         if rank == 0:

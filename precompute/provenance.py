@@ -82,18 +82,21 @@ def producer_config(task: IntermediateTask, tokenizer: PreTrainedTokenizerBase, 
     }
 
 
-def check_output(out: Path, producer: dict, overwrite: bool) -> bool:
+def check_output(out: Path, producer: dict, tokenizer: dict, overwrite: bool) -> bool:
     """Whether ``out`` holds another configuration's store that ``overwrite`` must clear;
-    without ``overwrite`` that is refused. Only reads, so every rank can call it."""
+    without ``overwrite`` that is refused. ``tokenizer``: the manifest's tokenizer record
+    (``tokenizer_record``). Only reads, so every rank can call it."""
+    ours = {**producer, "tokenizer": tokenizer}
     for path in sorted(out.glob("manifest*.json")):
         existing = load_manifest(path)
-        if existing.producer == producer:
+        theirs = {**existing.producer, "tokenizer": existing.tokenizer}
+        differing = sorted(key for key in set(ours) | set(theirs)
+                           if ours.get(key) != theirs.get(key))
+        if not differing:
             continue
         if not overwrite:
-            differing = sorted(key for key in set(producer) | set(existing.producer)
-                               if producer.get(key) != existing.producer.get(key))
-            changes = "; ".join(f"{key}: {_short(existing.producer.get(key))} -> "
-                                f"{_short(producer.get(key))}" for key in differing)
+            changes = "; ".join(f"{key}: {_short(theirs.get(key))} -> {_short(ours.get(key))}"
+                                for key in differing)
             raise ConfigMismatch(
                 f"{out} holds a store made with another configuration (see {path.name}: "
                 f"{changes}); pass --overwrite to replace it or choose another --out")

@@ -344,6 +344,25 @@ def test_a_hub_corpus_gives_the_same_examples(tiny, pair_store, tmp_path):
     assert example_differences(out, pair_store, teacher_tolerance=2 ** -6) == []
 
 
+def test_a_changed_tokenizer_is_another_configuration(tiny, tmp_path, capsys):
+    """The teacher's weights are unchanged but its tokenizer gained a token: the rerun is
+    refused as another configuration, and --overwrite replaces the store."""
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny["teacher"], teacher)
+    changed = dict(tiny, teacher=teacher)
+    out = tmp_path / "out"
+    assert run(changed, out, n=30, shard=30) == 0
+    tok = AutoTokenizer.from_pretrained(teacher)
+    tok.add_tokens(["zzzqq"])
+    tok.save_pretrained(teacher)
+    assert run(changed, out, n=30, shard=30) == 2
+    assert "another configuration (see manifest.json: tokenizer:" in capsys.readouterr().err
+    assert run(changed, out, "--overwrite", n=30, shard=30) == 0
+    assert load_manifest(out).vocab_size == len(tok)
+
+
 def test_a_writer_dying_with_a_full_queue_is_stopped_without_hanging(monkeypatch):
     """The writer fails while the main thread stops it, its queue full: no blocking put."""
     import threading
