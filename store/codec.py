@@ -95,9 +95,18 @@ def _unplanes(buf: memoryview, dtype: np.dtype, count: int) -> np.ndarray:
     return np.ascontiguousarray(flat.reshape(width, count).T).view(dtype).reshape(-1)
 
 
+def _field(value: Any, dtype, width: int | None) -> np.ndarray:
+    """One example's field as an array; an empty sequence (e.g. ``[]``, which numpy makes
+    float64) becomes an empty array of the field's own dtype and shape."""
+    arr = np.asarray(value)
+    if arr.ndim == 1 and arr.size == 0:
+        return np.zeros(0 if width is None else (0, width), dtype)
+    return arr
+
+
 def _stack(examples: Sequence[Mapping[str, Any]], key: str, dtype, width: int | None = None):
     """Concatenate one field of all examples; 2-D fields must be (rows, width) each."""
-    parts = [np.asarray(ex[key]) for ex in examples]
+    parts = [_field(ex[key], dtype, width) for ex in examples]
     if width is None:
         return np.concatenate([p.reshape(-1) for p in parts]) if parts else np.zeros(0, dtype)
     for i, p in enumerate(parts):

@@ -92,6 +92,17 @@ def test_k_zero_stores_examples_without_teacher():
     assert [list(r["input_ids"]) for r in read] == [list(e["input_ids"]) for e in ex]
 
 
+@pytest.mark.parametrize("topk", [[], np.zeros((0, 4), np.float16)])
+def test_example_without_masks_may_give_empty_lists(topk):
+    ex = make_examples(1, k=4)[0]
+    bare = {"input_ids": [1, 2], "mask_positions": [], "topk_ids": np.asarray(topk, np.int64),
+            "topk_logprobs": topk, "tail_logmass": [], "label": 1}
+    first, second = decode_chunk(encode_chunk([bare, ex], k=4, vocab_size=VOCAB))
+    assert list(first["input_ids"]) == [1, 2] and first["label"] == 1
+    assert first["topk_ids"].shape == (0, 4) and first["tail_logmass"].dtype == np.float32
+    assert_same(canonical(ex), second)
+
+
 def test_encode_rejects_bad_input():
     ex = make_examples(1, k=4)[0]
     with pytest.raises(TypeError, match="float16"):
