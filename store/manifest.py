@@ -7,6 +7,7 @@ shards are finished. ``finalize_store`` merges the parts into one ``manifest.jso
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -155,29 +156,47 @@ def read_parts(root: str | os.PathLike) -> list[tuple[Path, Manifest]]:
 def finalize_store(root: str | os.PathLike) -> Manifest:
     """Merge every part manifest under ``root`` into ``manifest.json``; shards sorted by name.
 
-    Parts must agree on producer, tokenizer, k and layout, and may not name the same shard
-    twice; otherwise nothing is written and the error names the disagreeing part.
+    Parts must agree on producer, tokenizer, k and layout; otherwise nothing is written and the
+    error names the disagreeing part. A shard listed more than once (a resumed run rewrote a
+    missing shard, perhaps from another process after the number of processes changed) gets
+    one entry: the records if they are equal, else the one that matches the shard's file, the
+    newest write since shards are replaced atomically; if none matches, nothing is written.
     """
     root = Path(root)
     parts = read_parts(root)
     if not parts:
         raise ManifestError(str(root), "no part manifests to finalize (no shard was written)")
-    merged: Manifest | None = None
-    seen: dict[str, str] = {}
+    first = parts[0][1]
+    merged = Manifest(first.producer, first.tokenizer, first.k, first.layout, [])
+    listed: dict[str, list[tuple[str, ShardInfo]]] = {}
     for path, part in parts:
-        if merged is None:
-            merged = Manifest(part.producer, part.tokenizer, part.k, part.layout, [])
         for name in ("producer", "tokenizer", "k", "layout"):
             if getattr(part, name) != getattr(merged, name):
                 raise ManifestError(str(path), f"field {name!r} differs from {parts[0][0].name}: "
                                                f"parts of one store must share one configuration")
         for shard in part.shards:
-            if shard.name in seen:
-                raise ManifestError(str(path), f"shard {shard.name} is also listed in "
-                                               f"{seen[shard.name]}")
-            seen[shard.name] = path.name
-            merged.shards.append(shard)
-    assert merged is not None
-    merged.shards.sort(key=lambda s: s.name)
+            listed.setdefault(shard.name, []).append((path.name, shard))
+    merged.shards = sorted((_newest_record(root / name, records)
+                            for name, records in listed.items()), key=lambda s: s.name)
     write_json_atomic(root / MANIFEST_NAME, merged.to_json())
     return merged
+
+
+def _newest_record(path: Path, records: list[tuple[str, ShardInfo]]) -> ShardInfo:
+    """The one record of a shard listed (part file name, record) one or more times."""
+    if len({info for _, info in records}) == 1:
+        return records[0][1]
+    where = ", ".join(sorted({part for part, _ in records}))
+    if not path.exists():
+        raise ManifestError(str(path), f"listed with different contents in {where}, and the "
+                                       f"file is missing")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    size, sha256 = path.stat().st_size, "sha256:" + digest.hexdigest()
+    for _, info in records:
+        if (info.bytes, info.sha256) == (size, sha256):
+            return info
+    raise ManifestError(str(path), f"listed with different contents in {where}, and the file "
+                                   f"({size} bytes, {sha256}) matches none of them")

@@ -161,7 +161,14 @@ class StoreWriter:
         return info
 
     def record(self, info: ShardInfo) -> None:
-        """Add a closed shard to the part manifest (written atomically)."""
+        """Add a closed shard to the part manifest (written atomically).
+
+        A shard written again under a name this part already lists (a resumed run redoing a
+        shard whose file was missing) replaces that entry, so each name is listed once. Other
+        processes' parts are never touched: if one of them lists the name too,
+        ``finalize_store`` keeps the entry that matches the file, i.e. the newest write.
+        """
+        self.manifest.shards = [s for s in self.manifest.shards if s.name != info.name]
         self.manifest.shards.append(info)
         write_json_atomic(part_path(self.root, self.part), self.manifest.to_json())
 

@@ -286,3 +286,55 @@ def test_write_shard_under_an_index_and_abort_on_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.part-0.json",
                                                           "shard-000007.tar"]
     assert [s.name for s in finalize_store(tmp_path).shards] == ["shard-000007.tar"]
+
+
+def shard_writer(root, part="rank0"):
+    return StoreWriter(root, producer={}, tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
+                       k=8, part=part)
+
+
+def stored_docs(root):
+    return sorted(ex["meta"]["doc"] for ex in StoreDataset(root))
+
+
+def test_rewriting_a_missing_shard_replaces_its_entry(tmp_path):
+    examples = make_examples(10, seed=7, with_meta=True)
+    writer = shard_writer(tmp_path)
+    writer.write_shard(0, examples[:5])
+    writer.write_shard(1, examples[5:])
+    for rerun in range(2):  # each resumed run finds shard 1 missing and writes it again
+        (tmp_path / "shard-000001.tar").unlink()
+        shard_writer(tmp_path).write_shard(1, examples[5:] if rerun else examples[7:])
+        part = json.loads((tmp_path / "manifest.part-rank0.json").read_text())
+        assert [s["name"] for s in part["shards"]] == ["shard-000000.tar", "shard-000001.tar"]
+        assert part["num_samples"] == (10 if rerun else 8)
+        assert finalize_store(tmp_path).num_samples == part["num_samples"]
+    assert stored_docs(tmp_path) == list(range(10))
+
+
+def test_a_shard_rewritten_by_another_part_keeps_the_newest_write(tmp_path):
+    examples = make_examples(10, seed=8, with_meta=True)
+    shard_writer(tmp_path, "rank0").write_shard(1, examples[:4])
+    shard_writer(tmp_path, "rank1").write_shard(1, examples[:4])  # the same bytes again
+    assert [s.samples for s in finalize_store(tmp_path).shards] == [4]
+    shard_writer(tmp_path, "rank1").write_shard(1, examples[4:])  # newer, other contents
+    assert [s.samples for s in finalize_store(tmp_path).shards] == [6]
+    assert stored_docs(tmp_path) == list(range(4, 10))
+    (tmp_path / "shard-000001.tar").write_bytes(b"neither")
+    with pytest.raises(ManifestError, match="shard-000001.tar: listed with different contents "
+                                            "in manifest.part-rank0.json, manifest.part-rank1"
+                                            ".json, and the file .* matches none of them"):
+        finalize_store(tmp_path)
+    (tmp_path / "shard-000001.tar").unlink()
+    with pytest.raises(ManifestError, match="different contents .* the file is missing"):
+        finalize_store(tmp_path)
+
+
+def test_finalize_merges_a_shard_listed_twice_in_one_part(tmp_path):
+    """Parts written before a rewrite replaced its entry may list a name twice."""
+    shard_writer(tmp_path).write_shard(0, make_examples(3))
+    path = tmp_path / "manifest.part-rank0.json"
+    part = json.loads(path.read_text())
+    part["shards"] *= 2
+    path.write_text(json.dumps(part))
+    assert [s.name for s in finalize_store(tmp_path).shards] == ["shard-000000.tar"]
