@@ -67,9 +67,12 @@ the tempered student, ``dL/dz_v = c * g_v`` where::
     g_v = s_v - q_tail * s_v / P_tail                v not in K, bucket
     g_v = s_v - q_tail / (V-k)                       v not in K, uniform
 
-Numerical note (bucket): the kernel gets ``P_tail`` as ``1 - sum_i s_i`` in fp32, so a
-student tail mass below ~1e-6 is known only roughly; ``s_v / P_tail`` is clipped to 1
-(its true bound), keeping the gradient bounded.
+Numerical note (bucket): ``1 - sum_i s_i`` would cancel to rounding error once the
+student is confident (``P_tail`` below ~1e-6 in fp32), exactly when the tail term
+matters. Both implementations therefore compute ``log P_tail`` directly, as a
+log-sum-exp over the tokens outside the top-k, and ``s_v / P_tail`` as
+``exp(z_v / T - that log-sum-exp)``. The Triton kernel stays exact to fp32 rounding until
+``exp`` underflows (a tail ~1e-38 below the row's largest probability).
 """
 
 from __future__ import annotations
@@ -104,8 +107,8 @@ class SoftCrossEntropyFunction(torch.autograd.Function):
     scaled in place in backward, so a second backward through the same graph
     (``retain_graph=True``) raises autograd's in-place modification error instead of
     returning a twice-scaled gradient. ``False``: the forward saves the logits and the
-    rows' log-sum-exp, and backward recomputes the gradient with the upstream factor
-    folded in (no host sync, no extra pass).
+    rows' log-sum-exps (over the row, and outside the top-k), and backward recomputes
+    the gradient with the upstream factor folded in (no host sync, no extra pass).
     """
 
     @staticmethod
@@ -128,7 +131,7 @@ class SoftCrossEntropyFunction(torch.autograd.Function):
             rows, grad = soft_ce_fwd_triton(flat, inputs, grad_scale=scale)
             ctx.save_for_backward(grad)
         elif compute_grad:
-            lse = torch.empty(n, device=logits.device, dtype=torch.float32)
+            lse = torch.empty(n, 2, device=logits.device, dtype=torch.float32)
             rows, _ = soft_ce_fwd_triton(flat, inputs, grad_scale=None, lse_out=lse)
             ctx.save_for_backward(flat, lse)
         else:

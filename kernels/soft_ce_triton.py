@@ -4,11 +4,20 @@ One program per row of the (N, V) logits. Each program
 
 1. builds the tempered teacher target ``q`` (k values) and ``q_tail`` from the stored
    top-k log-probabilities and tail mass, and gathers the student's k logits at the ids;
-2. sweeps the row once with an online max / log-sum-exp (plus the row sum of the
-   logits for the ``uniform`` tail), accumulating in fp32;
+2. sweeps the row once with an online max / log-sum-exp, accumulating in fp32 (plus
+   the row sum of the logits for the ``uniform`` tail, and for ``bucket`` a second sum
+   of exponentials, over the tokens outside the top-k only, under the same running max);
 3. writes the row's loss, and, when a gradient is wanted, sweeps the row a second
    time writing ``(p - q_tail-part) * scale`` in the logits' dtype, then, after a
    barrier, overwrites the k top-k columns with ``(p_j - q_j) * scale``.
+
+The bucket tail needs ``log P_tail``, the log of the student's mass outside the top-k.
+``1 - sum_j p_j`` would lose it to cancellation exactly when it matters (a confident
+student, ``P_tail`` below ~1e-6 in fp32), so the sweep sums ``exp(x - m)`` over the
+non-top-k tokens directly: each block zeroes its top-k entries (the ids, sorted on the
+host, that fall inside the block: k compares of the block's width per row in all)
+before the sum. ``log P_tail`` is then exact to fp32 rounding down to the underflow of
+``exp``, about 1e-38 of the row's largest probability, where it is floored.
 
 Gradient in the forward pass, or recomputed in backward (why both, and the default)
 --------------------------------------------------------------------------------
@@ -50,9 +59,17 @@ __all__ = ["DEFAULT_BLOCK_V", "DEFAULT_NUM_WARPS", "soft_ce_bwd_triton", "soft_c
 
 DEFAULT_BLOCK_V = 4096
 DEFAULT_NUM_WARPS = 8
-# Floor on the student's tail mass 1 - sum_j p_j in the bucket mode, where fp32
-# cancellation leaves nothing meaningful below ~1e-7 anyway.
-_TAIL_MASS_FLOOR = 1e-30
+# Floor on the bucket mode's sum of exp(x - max) outside the top-k: the smallest normal
+# fp32, below which exp has underflowed (keeps log P_tail finite when k = V).
+_TAIL_SUM_FLOOR = 1.1754943508222875e-38
+
+
+@triton.jit
+def _drop_ids(e, offs, sorted_ids_ptr, lo, hi):
+    """``e`` with 0 at the columns ``sorted_ids[lo:hi]``: the top-k ids inside this block."""
+    for j in range(lo, hi):
+        e = tl.where(offs == tl.load(sorted_ids_ptr + j), 0.0, e)
+    return e
 
 
 @triton.jit
@@ -63,6 +80,7 @@ def _soft_ce_kernel(
     stride_grad,
     ids_ptr,
     stride_ids,
+    sorted_ids_ptr,  # (N, K) contiguous, each row sorted ascending; read by bucket only
     tlp_ptr,
     stride_tlp,
     tail_ptr,
@@ -70,7 +88,7 @@ def _soft_ce_kernel(
     grad_scale_ptr,
     stride_scale,
     loss_ptr,
-    lse_ptr,
+    lse_ptr,  # (N, 2) fp32: log-sum-exp of x/T over the row, and (bucket) outside the top-k
     V,
     K,
     inv_t,
@@ -87,6 +105,7 @@ def _soft_ce_kernel(
     row = tl.program_id(0).to(tl.int64)
     logits_ptr += row * stride_logits
     grad_ptr += row * stride_grad
+    sorted_ids_ptr += row * K
     cols = tl.arange(0, BLOCK_V)
 
     w = 1.0
@@ -97,7 +116,9 @@ def _soft_ce_kernel(
         if COMPUTE_LOSS:
             tl.store(loss_ptr + row, 0.0)
         if STORE_LSE:
-            tl.store(lse_ptr + row, 0.0)
+            tl.store(lse_ptr + 2 * row, 0.0)
+            if TAIL == 1:
+                tl.store(lse_ptr + 2 * row + 1, 0.0)
         if COMPUTE_GRAD:
             for start in range(0, V, BLOCK_V):
                 offs = start + cols
@@ -130,27 +151,40 @@ def _soft_ce_kernel(
     if COMPUTE_LOSS:
         m = float("-inf")
         d = 0.0
+        if TAIL == 1:
+            d_tail = 0.0  # sum of exp(x - m) outside the top-k
+            sorted_ids = tl.load(sorted_ids_ptr + offs_k, mask=mask_k, other=0)
+            j_lo = 0  # sorted_ids[:j_lo] lie in the blocks already swept
         for start in range(0, V, BLOCK_V):
             offs = start + cols
             mask = offs < V
             x = tl.load(logits_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
             x = x * inv_t
             m_new = tl.maximum(m, tl.max(x, axis=0))
-            d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            rescale = tl.exp(m - m_new)
+            e = tl.exp(x - m_new)
+            d = d * rescale + tl.sum(e, axis=0)
             m = m_new
+            if TAIL == 1:
+                j_hi = tl.sum(((sorted_ids < start + BLOCK_V) & mask_k).to(tl.int32), axis=0)
+                e_tail = _drop_ids(e, offs, sorted_ids_ptr, j_lo, j_hi)
+                d_tail = d_tail * rescale + tl.sum(e_tail, axis=0)
+                j_lo = j_hi
             if TAIL == 2:
                 row_sum += tl.sum(tl.where(mask, x, 0.0), axis=0)
         lse = m + tl.log(d)
         if STORE_LSE:
-            tl.store(lse_ptr + row, lse)
+            tl.store(lse_ptr + 2 * row, lse)
+        if TAIL == 1:
+            lse_tail = m + tl.log(tl.maximum(d_tail, TAIL_FLOOR))
+            if STORE_LSE:
+                tl.store(lse_ptr + 2 * row + 1, lse_tail)
     else:
-        lse = tl.load(lse_ptr + row)
+        lse = tl.load(lse_ptr + 2 * row)
+        if TAIL == 1:
+            lse_tail = tl.load(lse_ptr + 2 * row + 1)
 
     logp_k = x_k - lse  # (BLOCK_K,) student log-probs at the ids
-    p_tail = 1.0  # bucket: the student's mass outside the top-k
-    if TAIL == 1:
-        p_top = tl.sum(tl.where(mask_k, tl.exp(logp_k), 0.0), axis=0)
-        p_tail = tl.maximum(1.0 - p_top, TAIL_FLOOR)
     q_each = 0.0  # uniform: target of each tail token (0 when there is no tail: b = -inf)
     if TAIL == 2:
         q_each = q_tail / tl.maximum(n_tail, 1)
@@ -158,7 +192,7 @@ def _soft_ce_kernel(
     if COMPUTE_LOSS:
         loss = -tl.sum(tl.where(mask_k, q * logp_k, 0.0), axis=0)
         if TAIL == 1:
-            loss -= tl.where(q_tail > 0.0, q_tail * tl.log(p_tail), 0.0)
+            loss -= tl.where(q_tail > 0.0, q_tail * (lse_tail - lse), 0.0)  # log P_tail
         if TAIL == 2:
             tail_logp = row_sum - tl.sum(tl.where(mask_k, x_k, 0.0), axis=0) - n_tail * lse
             loss -= q_each * tail_logp
@@ -173,8 +207,10 @@ def _soft_ce_kernel(
             x = tl.load(logits_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
             p = tl.exp(x * inv_t - lse)
             if TAIL == 1:
-                # d/dz of -q_tail log P_tail on a tail token: -q_tail p / P_tail (<= q_tail).
-                g = p - q_tail * tl.minimum(p / p_tail, 1.0)
+                # d/dz of -q_tail log P_tail on a tail token: -q_tail s_v / P_tail, where
+                # s_v / P_tail = exp(x/T - lse_tail) <= 1. The clip only acts on the top-k
+                # columns (overwritten below), keeping their interim value finite.
+                g = p - q_tail * tl.exp(tl.minimum(x * inv_t - lse_tail, 0.0))
             elif TAIL == 2:
                 g = p - q_each
             else:
@@ -205,6 +241,8 @@ def _launch(
     ids, tlp = inputs.teacher_ids, inputs.teacher_logprobs
     k = ids.shape[-1]
     dummy = torch.empty(1, device=logits.device)  # pointer a compiled-out branch never reads
+    bucket = inputs.tail == "bucket"
+    sorted_ids = ids.sort(dim=-1).values if bucket else dummy  # (N, k), N*k*8 bytes
     _soft_ce_kernel[(n,)](
         logits,
         logits.stride(0),
@@ -212,6 +250,7 @@ def _launch(
         grad.stride(0) if grad is not None else 0,
         ids,
         ids.stride(0),
+        sorted_ids,
         tlp,
         tlp.stride(0),
         inputs.tail_logmass if inputs.tail_logmass is not None else dummy,
@@ -231,7 +270,7 @@ def _launch(
         COMPUTE_GRAD=grad is not None,
         BLOCK_V=block_v or min(DEFAULT_BLOCK_V, triton.next_power_of_2(vocab)),
         BLOCK_K=triton.next_power_of_2(k),
-        TAIL_FLOOR=_TAIL_MASS_FLOOR,
+        TAIL_FLOOR=_TAIL_SUM_FLOOR,
         num_warps=num_warps or DEFAULT_NUM_WARPS,
     )
 
@@ -257,8 +296,8 @@ def soft_ce_fwd_triton(
     row's gradient (``1/sum(weights)`` for a mean); keeping it on the device avoids a
     host sync. The gradient (N, V) has the logits' dtype and goes to ``grad_out`` when
     given (it may be ``logits`` itself). ``loss_out`` likewise receives the losses, and
-    ``lse_out`` (N,) fp32, when given, the rows' log-sum-exp of ``logits / T`` for
-    :func:`soft_ce_bwd_triton`.
+    ``lse_out`` (N, 2) fp32, when given, each row's log-sum-exp of ``logits / T`` and, for
+    the bucket tail, that over the tokens outside the top-k, for :func:`soft_ce_bwd_triton`.
     """
     logits = _unit_stride(logits)
     n = logits.shape[0]
@@ -277,7 +316,7 @@ def soft_ce_fwd_triton(
 def soft_ce_bwd_triton(
     logits: torch.Tensor,  # (N, V)
     inputs: SoftCEInputs,
-    lse: torch.Tensor,  # (N,) fp32 from soft_ce_fwd_triton(lse_out=...)
+    lse: torch.Tensor,  # (N, 2) fp32 from soft_ce_fwd_triton(lse_out=...)
     grad_scale: torch.Tensor,  # () or (N,) fp32: upstream gradient times the reduction factor
     *,
     block_v: int | None = None,

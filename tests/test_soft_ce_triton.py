@@ -107,31 +107,65 @@ def test_kernel_in_place_and_forward_only(mode):
     torch.testing.assert_close(grad_ip, grad, atol=0, rtol=0)
 
 
-def test_kernel_bucket_gradient_bounded_when_student_tail_vanishes():
+# Logit gap between the top-k ids and the rest, per row (times T): the student's mass
+# outside the top-k goes from ~1e-1 down to ~1e-30, where 1 - sum(top-k) is pure rounding.
+CONFIDENT_GAPS = (6.0, 20.0, 40.0, 74.0)
+
+
+def confident_student(ids, dtype, temperature, gen):
+    """Random logits with the top-k ids lifted by CONFIDENT_GAPS[row] * T."""
+    gaps = torch.tensor(CONFIDENT_GAPS)[:, None] * temperature
+    noise = torch.randn(ids.shape[0], V, generator=gen)
+    return noise.scatter_add(1, ids, gaps.expand(ids.shape).contiguous()).to(dtype)
+
+
+def student_tail_mass(logits, ids, temperature):
+    x = logits.double() / temperature
+    return torch.exp(x.scatter(1, ids, -math.inf).logsumexp(-1) - x.logsumexp(-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("mode", TAIL_MODES)
+def test_kernel_exact_when_student_tail_vanishes(mode, temperature, dtype):
+    """A confident student: the bucket term -q_tail log P_tail and its gradient on the tail
+    tokens match the float64 reference however small P_tail is."""
     gen = torch.Generator().manual_seed(21)
-    n, k = 3, 8
-    ids, lp, tail = make_teacher(n, V, k, gen)
-    logits = torch.zeros(n, V).scatter_(1, ids, 40.0)  # student tail mass ~1e-15: below fp32
-    loss, grad = run_kernel(logits, ids, lp, tail, mode="bucket")
-    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
-    q_tail = tail.exp()
-    outside = torch.ones(n, V, dtype=torch.bool).scatter_(1, ids, False)
-    # -q_tail * s_v / P_tail with the ratio clipped to 1, times the upstream factor 2
-    assert (grad[outside].view(n, -1) >= -2 * q_tail[:, None] - 1e-6).all()
-    ref_rows, _ = reference_f64(
-        logits,
-        ids,
-        lp,
-        tail,
-        tail="bucket",
-        reduction="none",
-        upstream=torch.ones(n, dtype=torch.float64),
+    ids, lp, tail = make_teacher(len(CONFIDENT_GAPS), V, 8, gen)
+    logits = confident_student(ids, dtype, temperature, gen)
+    p_tail = student_tail_mass(logits, ids, temperature)
+    assert p_tail.max() > 1e-2 and p_tail.min() < 1e-29
+    loss, grad = run_kernel(logits, ids, lp, tail, mode=mode, temperature=temperature)
+    ref_rows, ref_grad = reference_f64(
+        logits, ids, lp, tail, tail=mode, temperature=temperature, reduction="none",
+        upstream=torch.full((len(CONFIDENT_GAPS),), 2.0, dtype=torch.float64),
+    )  # fmt: skip
+    assert_close(loss, ref_rows, LOSS_TOL[dtype])
+    assert_close(grad, ref_grad, GRAD_TOL[dtype], grad=True)
+    if mode == "bucket":  # the tail's gradient -q_tail s_v / P_tail, at its own scale
+        # (renorm's is s_v itself, below the half-precision range for a confident row)
+        outside = torch.ones_like(logits, dtype=torch.bool).scatter_(1, ids, False)
+        for row in range(len(CONFIDENT_GAPS)):
+            got, expected = grad[row, outside[row]], ref_grad[row, outside[row]]
+            assert_close(got, expected, GRAD_TOL[dtype], grad=True)
+
+
+def test_bucket_recomputed_gradient_when_student_tail_vanishes():
+    """grad_in_forward=False: backward reads the tail log-sum-exp saved by the forward."""
+    gen = torch.Generator().manual_seed(22)
+    ids, lp, tail = make_teacher(len(CONFIDENT_GAPS), V, 8, gen)
+    logits = confident_student(ids, torch.float32, 2.0, gen).requires_grad_()
+    kw = {"tail": "bucket", "temperature": 2.0, "reduction": "sum"}
+    loss = soft_cross_entropy(
+        logits, ids, lp, tail_logmass=tail, impl="triton", grad_in_forward=False, **kw
     )
-    # the loss term q_tail * log P_tail is floored, so the kernel's loss is an upper bound
-    assert (loss >= ref_rows.float() - 1e-3).all()
-
-
-
+    (loss * 3).backward()
+    ref, ref_grad = reference_f64(
+        logits, ids, lp, tail, upstream=torch.tensor(3.0, dtype=torch.float64), **kw
+    )
+    assert_close(loss, ref, LOSS_TOL[torch.float32])
+    outside = torch.ones_like(logits, dtype=torch.bool).scatter_(1, ids, False)
+    assert_close(logits.grad[outside], ref_grad[outside], GRAD_TOL[torch.float32], grad=True)
 
 
 COMPILE_FOR_SM90 = """
@@ -142,7 +176,8 @@ from smash.kernels.soft_ce_triton import _soft_ce_kernel
 
 for dtype in ("bf16", "fp16", "fp32"):
     sig = {"logits_ptr": f"*{dtype}", "stride_logits": "i64", "grad_ptr": f"*{dtype}",
-           "stride_grad": "i64", "ids_ptr": "*i64", "stride_ids": "i64", "tlp_ptr": "*fp16",
+           "stride_grad": "i64", "ids_ptr": "*i64", "stride_ids": "i64",
+           "sorted_ids_ptr": "*i64", "tlp_ptr": "*fp16",
            "stride_tlp": "i64", "tail_ptr": "*fp32", "weight_ptr": "*fp32",
            "grad_scale_ptr": "*fp32", "stride_scale": "i32", "loss_ptr": "*fp32",
            "lse_ptr": "*fp32", "V": "i32", "K": "i32",
@@ -153,7 +188,7 @@ for dtype in ("bf16", "fp16", "fp32"):
                                           (True, False, False, True)]:
             constants = {"TAIL": tail, "HAS_WEIGHT": weighted, "COMPUTE_LOSS": loss,
                          "STORE_LSE": lse, "COMPUTE_GRAD": grad,
-                         "BLOCK_V": 4096, "BLOCK_K": 64, "TAIL_FLOOR": 1e-30}
+                         "BLOCK_V": 4096, "BLOCK_K": 64, "TAIL_FLOOR": 1.2e-38}
             src = ASTSource(_soft_ce_kernel, sig, constants)
             compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                                       options={"num_warps": 8})
