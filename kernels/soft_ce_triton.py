@@ -31,7 +31,7 @@ logits once, write the gradient once.
   upstream gradient is unknown in the forward: when it is not exactly 1, backward must
   scale the saved gradient in place (``+2B``, ``4B`` in all) after a host sync to find out.
 * Recompute in backward (``soft_ce_bwd_triton``): the forward reads ``B`` and keeps only
-  the log-sum-exp (N floats); backward reads ``B`` again (cold: a separate launch) and
+  the log-sum-exps (2N floats); backward reads ``B`` again (cold: a separate launch) and
   writes ``B`` with the upstream factor folded in: ``3B`` whatever the upstream, no sync.
 
 Peak memory is the same (logits plus one N×V gradient either way). So: ``2B`` against
