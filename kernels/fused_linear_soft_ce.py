@@ -8,7 +8,7 @@ makes its (C, V) logits, the soft-CE kernel turns them *in place* into their gra
 (the kernel sees whole rows, so it needs the log-sum-exp only once), and two more
 matmuls fold that gradient into ``grad_hidden`` (C, H) and ``grad_weight`` (V, H).
 All gradients are thus done in the forward pass; backward only applies the upstream
-factor. Three matmuls of N·V·H each, exactly as many as an unfused LM head + loss, so
+factor (fp16 aside, see below). Three matmuls of N·V·H each, exactly as many as an unfused LM head + loss, so
 the time stays at matmul + kernel; peak extra memory is one (C, V) chunk instead of
 two N×V tensors.
 
@@ -20,8 +20,21 @@ pass: four N·V·H matmuls instead of three, ~1.33× the matmul time, which cann
 
 ``grad_weight`` is accumulated over chunks with ``addmm`` in the weight's dtype (one
 rounding per chunk for half-precision weights); ``grad_bias`` is accumulated in fp32.
+
 ``reduction="none"`` is refused: the weight gradient is summed over rows in the forward
 pass, so it cannot take a per-row upstream gradient.
+
+fp16 is the exception: its gradients are computed in backward. A gradient made in the
+forward pass is for an upstream gradient of 1, i.e. before fp16 training's loss scale
+(DeepSpeed's 2**16 / accumulation steps) is applied, and in fp16 its small entries
+underflow: the tail tokens' logit gradients, ~1e-8 / N, are flushed to zero in the
+chunk already, so no fp32 accumulation of the matmul results can bring them back (and
+fp32 matmuls would forfeit the tensor cores). So for fp16 the forward computes the loss
+only, saving ``hidden``, ``weight`` and ``bias`` (no copies), and backward runs the
+chunks again with the upstream gradient folded into the kernel's gradient, which the
+matmuls then see at the same scale as in an unfused fp16 LM head: four N·V·H matmuls
+instead of three, no extra memory. bf16 has fp32's exponent range and keeps the
+three-matmul path.
 """
 
 from __future__ import annotations
@@ -71,7 +84,7 @@ def _chunk_loss_grad_triton(
     return soft_ce_fwd_triton(logits, inputs, grad_scale=grad_scale, grad_out=grad_out)
 
 
-def _fused_forward(
+def _fused_pass(
     hidden: torch.Tensor,  # (N, H)
     weight: torch.Tensor,  # (V, H)
     bias: torch.Tensor | None,  # (V,)
@@ -79,15 +92,12 @@ def _fused_forward(
     triton_path: bool,
     chunk_size: int,
     needs: tuple[bool, bool, bool],  # grads wanted for (hidden, weight, bias)
+    grad_scale: torch.Tensor | None,  # 0-d factor on every row's gradient; None iff no needs
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Per-row losses (N,) fp32 and the gradients asked for, scaled by ``grad_scale``."""
     n = hidden.shape[0]
     need_h, need_w, need_b = needs
-    any_grad = need_h or need_w or need_b
     step = _chunk_loss_grad_triton if triton_path else _chunk_loss_grad_torch
-    scale = None
-    if any_grad:
-        scale = mean_scale(inputs, n, hidden.device) if inputs.reduction == "mean" else None
-        scale = torch.ones((), device=hidden.device) if scale is None else scale
     rows = torch.empty(n, device=hidden.device, dtype=torch.float32)
     grad_h = torch.empty_like(hidden) if need_h else None
     grad_w = torch.zeros_like(weight) if need_w else None
@@ -96,7 +106,7 @@ def _fused_forward(
         stop = min(start + chunk_size, n)
         h = hidden[start:stop]  # (C, H)
         logits = h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)  # (C, V)
-        rows[start:stop], g = step(logits, inputs.rows(start, stop), scale)
+        rows[start:stop], g = step(logits, inputs.rows(start, stop), grad_scale)
         if need_h:
             torch.mm(g, weight, out=grad_h[start:stop])
         if need_w:
@@ -105,11 +115,23 @@ def _fused_forward(
             grad_b += g.sum(dim=0, dtype=torch.float32)
     if grad_b is not None:
         grad_b = grad_b.to(bias.dtype)
-    return reduce_rows(rows, inputs), grad_h, grad_w, grad_b
+    return rows, grad_h, grad_w, grad_b
+
+
+def _reduction_scale(inputs: SoftCEInputs, n: int, device: torch.device) -> torch.Tensor:
+    """The reduction's factor on every row's gradient: ``1/sum(weights)`` for a mean, else 1."""
+    if inputs.reduction == "mean":
+        return mean_scale(inputs, n, device)
+    return torch.ones((), device=device)
 
 
 class FusedLinearSoftCEFunction(torch.autograd.Function):
-    """Gradients computed in the forward pass; backward scales them by the upstream gradient."""
+    """Gradients computed in the forward pass and scaled in backward, except for fp16.
+
+    fp16: the forward computes the loss only and backward runs the chunks again with the
+    upstream gradient (the loss scale) folded into the kernel's gradient, as an unfused
+    LM head would; see the module doc.
+    """
 
     @staticmethod
     def forward(
@@ -122,17 +144,32 @@ class FusedLinearSoftCEFunction(torch.autograd.Function):
         chunk_size: int,
         needs: tuple[bool, bool, bool],
     ) -> torch.Tensor:
-        loss, grad_h, grad_w, grad_b = _fused_forward(
-            hidden, weight, bias, inputs, triton_path, chunk_size, needs
-        )
-        ctx.save_for_backward(grad_h, grad_w, grad_b)
-        return loss
+        ctx.args = (inputs, triton_path, chunk_size, needs)
+        ctx.in_backward = hidden.dtype == torch.float16 and any(needs)
+        if ctx.in_backward:  # the loss only, gradients in backward (module doc)
+            loss_only = (inputs, triton_path, chunk_size, (False, False, False))
+            rows, *_ = _fused_pass(hidden, weight, bias, *loss_only, grad_scale=None)
+            ctx.save_for_backward(hidden, weight, bias)
+        else:
+            scale = None
+            if any(needs):
+                scale = _reduction_scale(inputs, hidden.shape[0], hidden.device)
+            rows, *grads = _fused_pass(hidden, weight, bias, *ctx.args, grad_scale=scale)
+            ctx.save_for_backward(*grads)
+        return reduce_rows(rows, inputs)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        grads = [
-            None if g is None else scale_grad_(g, grad_output, "sum") for g in ctx.saved_tensors
-        ]
+        if ctx.in_backward:
+            hidden, weight, bias = ctx.saved_tensors
+            inputs = ctx.args[0]
+            scale = grad_output * _reduction_scale(inputs, hidden.shape[0], hidden.device)
+            _, *grads = _fused_pass(hidden, weight, bias, *ctx.args, grad_scale=scale)
+        else:
+            grads = [
+                None if g is None else scale_grad_(g, grad_output, "sum")
+                for g in ctx.saved_tensors
+            ]
         return *grads, None, None, None, None
 
 

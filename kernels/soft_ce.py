@@ -100,6 +100,20 @@ def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -
     return grad
 
 
+def _resolve_grad_in_forward(choice: bool | None, dtype: torch.dtype) -> bool:
+    """``grad_in_forward`` for logits of ``dtype``: None means "unless fp16"; True with fp16
+    is refused (see :func:`soft_cross_entropy`)."""
+    if choice is None:
+        return dtype != torch.float16
+    if choice and dtype == torch.float16:
+        raise ValueError(
+            "grad_in_forward=True with float16 logits: the gradient would be rounded to "
+            "float16 before the loss scale is applied, flushing its small entries to zero; "
+            "use grad_in_forward=False (the default for float16)"
+        )
+    return choice
+
+
 class SoftCrossEntropyFunction(torch.autograd.Function):
     """Triton soft cross-entropy, with two gradient strategies (see ``soft_ce_triton``).
 
@@ -168,7 +182,7 @@ def soft_cross_entropy(
     reduction: str = "mean",
     impl: str = "auto",
     check_ids: bool = True,
-    grad_in_forward: bool = True,
+    grad_in_forward: bool | None = None,
 ) -> torch.Tensor:
     """Soft cross-entropy of student ``logits`` against a stored sparse teacher (see module doc).
 
@@ -188,7 +202,11 @@ def soft_cross_entropy(
         grad_in_forward: Triton path only. True: compute the gradient in the forward
             pass (fewest bytes when the upstream gradient is exactly 1). False: recompute
             it in backward (fewer bytes and no host sync when the upstream gradient is
-            not 1, e.g. under gradient accumulation or fp16 loss scaling).
+            not 1, e.g. under gradient accumulation or fp16 loss scaling). None (the
+            default): False for fp16 logits, True otherwise. True is refused for fp16:
+            a gradient written in fp16 before the loss scale is applied flushes its
+            small entries (the tail's, ~1e-8 / N) to zero; recomputed in backward, it is
+            written once, with the loss scale folded in.
 
     Returns:
         A 0-d fp32 tensor, or (...) per-row losses for ``reduction="none"``. Only
@@ -210,8 +228,9 @@ def soft_cross_entropy(
         reduction=reduction,
         check_ids=check_ids,
     )
+    in_forward = _resolve_grad_in_forward(grad_in_forward, logits.dtype)
     if use_triton(impl, logits.device):
         compute_grad = logits.requires_grad and torch.is_grad_enabled()
-        return SoftCrossEntropyFunction.apply(logits, inputs, compute_grad, grad_in_forward)
+        return SoftCrossEntropyFunction.apply(logits, inputs, compute_grad, in_forward)
     rows = soft_ce_rows_reference(logits.reshape(-1, logits.shape[-1]), inputs)
     return reduce_rows(rows, inputs)

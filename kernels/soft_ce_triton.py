@@ -38,9 +38,11 @@ Peak memory is the same (logits plus one N×V gradient either way). So: ``2B`` a
 ``3B`` when the upstream gradient is 1 (a plain ``loss.backward()``), ``4B`` against
 ``3B`` otherwise (DeepSpeed's gradient-accumulation division, fp16 loss scaling).
 The default follows the common case of the loss being backpropagated as is; the
-trainer picks the other with ``grad_in_forward=False``. ``benchmarks/bench_kernel.py``
-times both, with upstream 1 and not 1, against the ``2B`` floor. When no gradient is
-needed (eval, ``no_grad``) the gradient sweep is compiled out: one read of the logits.
+trainer picks the other with ``grad_in_forward=False``. fp16 logits always recompute: a
+gradient written in fp16 before the loss scale is known underflows (its tail entries,
+~1e-8 / N, flush to zero). ``benchmarks/bench_kernel.py`` times both, with upstream 1
+and not 1, against the ``2B`` floor. When no gradient is needed (eval, ``no_grad``)
+the gradient sweep is compiled out: one read of the logits.
 
 The gradient may be written over the logits (``grad_out=logits``): every element is
 read before its own store, and the top-k logits are gathered before the sweeps. The

@@ -1,6 +1,8 @@
 """The public soft cross-entropy entry point: reductions, upstream gradients, dispatch and
 clear errors on bad input."""
 
+import math
+
 import pytest
 import torch
 from smash.kernels import soft_cross_entropy, soft_cross_entropy_reference
@@ -112,6 +114,37 @@ def test_recomputed_gradient_survives_a_second_backward():
     torch.testing.assert_close(logits.grad, 2 * first)
 
 
+def confident_fp16_case(n, k, teacher_tail, gen):
+    """fp16 logits with the teacher's top-k ids lifted, and a teacher tail mass of
+    ``teacher_tail``: the bucket gradient on each tail token is ~teacher_tail / (V-k)."""
+    ids = torch.stack([torch.randperm(V, generator=gen)[:k] for _ in range(n)])
+    lp = torch.full((n, k), math.log((1 - teacher_tail) / k)).half()
+    tail = torch.full((n,), math.log(teacher_tail))
+    logits = torch.randn(n, V, generator=gen).scatter_add(1, ids, torch.full((n, k), 16.0))
+    return logits.half(), ids, lp, tail
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_fp16_gradient_survives_loss_scaling(impl):
+    """Under DeepSpeed's fp16 loss scaling (upstream 2**16 / N) the fp16 gradient, divided by
+    the upstream, matches the float64 reference, on the tail tokens (~1e-6 / N each before
+    scaling: below fp16's range if written before the scale is applied) at their own scale."""
+    gen = torch.Generator().manual_seed(38)
+    n = 32
+    logits, ids, lp, tail = confident_fp16_case(n, 8, 1e-3, gen)
+    x = logits.clone().requires_grad_()
+    upstream = 2.0**16 / n
+    loss = soft_cross_entropy(x, ids, lp, tail_logmass=tail, tail="bucket", impl=impl)
+    (loss * upstream).backward()
+    _, ref_grad = reference_f64(
+        logits, ids, lp, tail, tail="bucket", upstream=torch.tensor(1.0).double()
+    )
+    grad = x.grad.double() / upstream
+    assert_close(grad, ref_grad, GRAD_TOL[torch.float16], grad=True)
+    outside = torch.ones_like(logits, dtype=torch.bool).scatter_(1, ids, False)
+    assert_close(grad[outside], ref_grad[outside], GRAD_TOL[torch.float16], grad=True)
+
+
 def test_auto_dispatch_uses_reference_on_cpu(monkeypatch):
     import smash.kernels.soft_ce_triton as triton_mod
 
@@ -152,6 +185,11 @@ def test_auto_dispatch_uses_reference_on_cpu(monkeypatch):
         ({"teacher_ids": torch.zeros(4, 5)}, TypeError, "int32 or int64"),
         ({"weights": torch.ones(5)}, ValueError, "weights"),
         ({"logits": torch.zeros(4, 30, dtype=torch.long)}, TypeError, "floating"),
+        (
+            {"logits": torch.zeros(4, 30, dtype=torch.float16), "grad_in_forward": True},
+            ValueError,
+            "grad_in_forward=True with float16",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error(change, error, match):
