@@ -50,9 +50,9 @@ concave) and under-states it for ``T < 1``.
 Options
 -------
 ``scale_t2`` multiplies the loss by ``T**2`` (Hinton et al.), keeping gradient magnitudes
-comparable across temperatures. ``weights`` (N,) (float or bool, >= 0) multiply each
-row's loss; a weight of 0 ignores the row: its logits are never read (they may be
-padding, even NaN).
+comparable across temperatures. ``weights`` (N,) (float or bool, finite and >= 0; others
+are refused) multiply each row's loss; a weight of 0 ignores the row: its logits are
+never read (they may be padding, even NaN).
 ``reduction``: ``sum`` of weighted row losses, ``mean`` = that sum over ``sum(weights)``
 (the number of rows that count; 0 when none count, never NaN), or ``none`` (weighted
 per-row losses in the logits' batch shape).
@@ -195,7 +195,8 @@ def soft_cross_entropy(
         tail: ``renorm`` | ``bucket`` | ``uniform``.
         temperature: T > 0, applied to student and teacher.
         scale_t2: multiply the loss by T**2.
-        weights: (...) per-row weights (float or bool); 0 ignores a row.
+        weights: (...) per-row weights (float or bool), finite and >= 0 (else a
+            ValueError); 0 ignores a row.
         reduction: ``mean`` (over the rows that count) | ``sum`` | ``none``.
         impl: ``auto`` (Triton on CUDA, reference elsewhere) | ``triton`` | ``torch``.
         check_ids: check ids are in range and duplicate-free (one host sync).

@@ -54,6 +54,21 @@ class SoftCEInputs:
         )
 
 
+def _check_weight_values(weights: torch.Tensor) -> None:
+    """Refuse negative and non-finite weights (one host sync).
+
+    The implementations would disagree on them: the reference ignores every row whose
+    weight is not > 0, the Triton kernel only rows whose weight is exactly 0.
+    """
+    bad = ~torch.isfinite(weights) | (weights < 0)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"weights must be finite and >= 0 (0 ignores a row); row {row} has "
+            f"{weights[row].item()}"
+        )
+
+
 def check_inputs(
     batch_shape: torch.Size,
     vocab_size: int,
@@ -73,7 +88,8 @@ def check_inputs(
 
     ``check_ids`` also checks that ids are in ``[0, V)`` and duplicate-free within a row;
     that costs one small reduction and a host sync, so a trainer that trusts its store
-    may turn it off.
+    may turn it off. Float ``weights`` are always checked to be finite and >= 0 (another
+    sync, only when weights are given; bool weights need no check).
     """
     if tail not in TAIL_MODES:
         raise ValueError(f"unknown tail mode {tail!r}; expected one of {TAIL_MODES}")
@@ -134,6 +150,8 @@ def check_inputs(
                 f"weights {tuple(weights.shape)} must have the batch shape {tuple(batch_shape)}"
             )
         weights_flat = weights.reshape(n).to(device=device, dtype=torch.float32)
+        if weights.is_floating_point():
+            _check_weight_values(weights_flat)
 
     return SoftCEInputs(
         teacher_ids=ids,

@@ -147,3 +147,5 @@ def test_fused_linear_bad_input():
         fused_linear_soft_cross_entropy(hidden, weight, bias[:-1], ids, lp)
     with pytest.raises(ValueError, match="outside"):
         fused_linear_soft_cross_entropy(hidden, weight, bias, ids + V, lp)
+    with pytest.raises(ValueError, match="weights must be finite and >= 0"):
+        fused_linear_soft_cross_entropy(hidden, weight, bias, ids, lp, weights=-torch.ones(N))

@@ -184,6 +184,9 @@ def test_auto_dispatch_uses_reference_on_cpu(monkeypatch):
         ({"teacher_ids": torch.tensor([[0, 1, 2, 3, 3]]).repeat(4, 1)}, ValueError, "duplicate"),
         ({"teacher_ids": torch.zeros(4, 5)}, TypeError, "int32 or int64"),
         ({"weights": torch.ones(5)}, ValueError, "weights"),
+        ({"weights": torch.tensor([1.0, -0.5, 1.0, 1.0])}, ValueError, "weights must be finite"),
+        ({"weights": torch.tensor([1.0, 1.0, math.nan, 1.0])}, ValueError, "weights must be"),
+        ({"weights": torch.tensor([math.inf, 1.0, 1.0, 1.0])}, ValueError, "weights must be"),
         ({"logits": torch.zeros(4, 30, dtype=torch.long)}, TypeError, "floating"),
         (
             {"logits": torch.zeros(4, 30, dtype=torch.float16), "grad_in_forward": True},
