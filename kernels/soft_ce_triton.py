@@ -240,11 +240,12 @@ def _launch(
     n, vocab = logits.shape
     if n == 0:
         return
-    ids, tlp = inputs.teacher_ids, inputs.teacher_logprobs
+    # The kernel reads ids and teacher log-probs with a row stride and unit column stride.
+    ids, tlp = _unit_stride(inputs.teacher_ids), _unit_stride(inputs.teacher_logprobs)
     k = ids.shape[-1]
     dummy = torch.empty(1, device=logits.device)  # pointer a compiled-out branch never reads
     bucket = inputs.tail == "bucket"
-    sorted_ids = ids.sort(dim=-1).values if bucket else dummy  # (N, k), N*k*8 bytes
+    sorted_ids = ids.sort(dim=-1).values.contiguous() if bucket else dummy  # (N, k)
     _soft_ce_kernel[(n,)](
         logits,
         logits.stride(0),
@@ -277,8 +278,8 @@ def _launch(
     )
 
 
-def _unit_stride(logits: torch.Tensor) -> torch.Tensor:
-    return logits if logits.stride(-1) == 1 else logits.contiguous()
+def _unit_stride(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def soft_ce_fwd_triton(

@@ -226,3 +226,20 @@ def test_strided_logits_rows():
     )
     assert_close(loss, ref, LOSS_TOL[torch.float32])
     assert_close(logits.grad, ref_grad, GRAD_TOL[torch.float32], grad=True)
+
+
+@pytest.mark.parametrize("mode", TAIL_MODES)
+def test_column_major_teacher_rows(mode):
+    """Teacher ids and log-probs whose column stride is not 1 (e.g. a transpose's view)."""
+    gen = torch.Generator().manual_seed(39)
+    ids, lp, tail = make_teacher(3, V, 5, gen)
+    logits = make_logits(3, V, torch.float32, gen)
+    ids_t, lp_t = ids.T.contiguous().T, lp.T.contiguous().T
+    assert ids_t.stride(-1) != 1
+    loss, grad = run_kernel(logits, ids_t, lp_t, tail, mode=mode)
+    ref, ref_grad = reference_f64(
+        logits, ids, lp, tail, tail=mode, reduction="none",
+        upstream=torch.full((3,), 2.0, dtype=torch.float64),
+    )  # fmt: skip
+    assert_close(loss, ref, LOSS_TOL[torch.float32])
+    assert_close(grad, ref_grad, GRAD_TOL[torch.float32], grad=True)
