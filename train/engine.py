@@ -15,6 +15,7 @@ import copy
 import logging
 import os
 import socket
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -63,8 +64,8 @@ def resolve_deepspeed(section: dict[str, Any], *, max_steps: int,
 
     ``scheduler.params.total_num_steps: "auto"`` becomes ``max_steps``, ``warmup_num_steps:
     "auto"`` 5% of it (the paper's 10k of 200k), ``warmup_max_lr: "auto"`` the optimizer's lr.
-    A warmup as long as the schedule is refused: the lr would never reach its peak (DeepSpeed
-    only warns). ``precision`` (fp32 | fp16 | bf16), when given, overrides the fp16/bf16
+    A warmup as long as the schedule gets a warning here (DeepSpeed's own is logged quietly):
+    the lr would never reach its peak. ``precision`` (fp32 | fp16 | bf16), when given, overrides the fp16/bf16
     sections.
     """
     ds = copy.deepcopy(section)
@@ -77,9 +78,9 @@ def resolve_deepspeed(section: dict[str, Any], *, max_steps: int,
         params["warmup_max_lr"] = ds["optimizer"]["params"]["lr"]
     warmup, total = params.get("warmup_num_steps"), params.get("total_num_steps")
     if isinstance(warmup, int) and isinstance(total, int) and warmup >= total:
-        raise ValueError(f"deepspeed scheduler: warmup_num_steps ({warmup}) must be below "
-                         f"total_num_steps ({total}), or the lr never reaches its peak; "
-                         f"lower it or set it to \"auto\" ({WARMUP_FRACTION:.0%} of the steps)")
+        warnings.warn(f"deepspeed scheduler: warmup_num_steps ({warmup}) is not below "
+                      f"total_num_steps ({total}), so the lr never reaches its peak; lower it "
+                      f"or set it to \"auto\" ({WARMUP_FRACTION:.0%} of the steps)", stacklevel=2)
     if precision is not None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
