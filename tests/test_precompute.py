@@ -147,7 +147,8 @@ def test_same_arguments_give_byte_identical_stores(tiny, pair_store, tmp_path):
     assert_same_store(tmp_path, pair_store)
 
 
-def test_killed_run_resumes_to_the_same_store(tiny, pair_store, tmp_path, monkeypatch):
+def kill_after_one_shard(tiny, out, monkeypatch) -> None:
+    """Run the pass into ``out`` and kill it while it writes its second shard."""
     original = teacher_pass._Writer._write_shard
     calls = []
 
@@ -159,9 +160,13 @@ def test_killed_run_resumes_to_the_same_store(tiny, pair_store, tmp_path, monkey
 
     monkeypatch.setattr(teacher_pass._Writer, "_write_shard", dying)
     with pytest.raises(KeyboardInterrupt, match="simulated kill"):
-        run(tiny, tmp_path)
-    assert sorted(p.name for p in tmp_path.glob("shard-*")) == ["shard-000000.tar"]
+        run(tiny, out)
     monkeypatch.setattr(teacher_pass._Writer, "_write_shard", original)
+    assert sorted(p.name for p in out.glob("shard-*")) == ["shard-000000.tar"]
+
+
+def test_killed_run_resumes_to_the_same_store(tiny, pair_store, tmp_path, monkeypatch):
+    kill_after_one_shard(tiny, tmp_path, monkeypatch)
     assert run(tiny, tmp_path) == 0
     assert_same_store(tmp_path, pair_store)
 
@@ -312,19 +317,7 @@ def test_bad_corpus_is_reported_before_the_teacher_loads(tiny, tmp_path, capsys,
 
 def test_another_spelling_of_the_teacher_folder_resumes(tiny, pair_store, tmp_path,
                                                          monkeypatch):
-    original = teacher_pass._Writer._write_shard
-    calls = []
-
-    def dying(self, *args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, *args)
-
-    monkeypatch.setattr(teacher_pass._Writer, "_write_shard", dying)
-    with pytest.raises(KeyboardInterrupt):
-        run(tiny, tmp_path)
-    monkeypatch.setattr(teacher_pass._Writer, "_write_shard", original)
+    kill_after_one_shard(tiny, tmp_path, monkeypatch)
     teacher = Path(tiny["teacher"])
     monkeypatch.chdir(teacher.parent)
     respelled = dict(tiny, teacher=f"./{teacher.name}/")
