@@ -105,11 +105,9 @@ def _print_summary(summary: PassSummary, out: Path, rank: int) -> None:
 
 def _read_first_document(corpus: Corpus | HFCorpus) -> None:
     """Read one document: a missing field, an unreadable file or a missing package raises."""
-    documents = iter(corpus)
+    documents = iter(corpus)  # a generator for every corpus kind
     next(documents)
-    close = getattr(documents, "close", None)
-    if close is not None:
-        close()
+    documents.close()
 
 
 def _import_plugins(modules: list[str]) -> None:

@@ -184,6 +184,5 @@ class StoreDataset(IterableDataset):
         if state.get("seed", self.seed) != self.seed:
             raise StoreError(f"{self.source}: the saved stream used seed {state['seed']}, this "
                              f"dataset uses seed {self.seed}")
-        # A state saved before "first_epoch" existed counts its epochs from where it stopped.
-        self._start = {**state, "first_epoch": state.get("first_epoch", state["epoch"])}
+        self._start = dict(state)
         self._epoch, self._position = state["epoch"], state["position"]
