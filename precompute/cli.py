@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                              one_doc_per_file=args.one_doc_per_file)
         corpus_fp = corpus.fingerprint()
         _read_first_document(corpus)  # a bad corpus fails now, not after the teacher loads
-        if str(args.corpus).startswith("hf:") and "@" not in str(args.corpus):
+        if isinstance(corpus, HFCorpus) and not corpus.local and "@" not in corpus.spec:
             print(f"precompute-teacher: note: {args.corpus} names no @REVISION; the store "
                   f"records the dataset by name only", file=sys.stderr)
         device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available()

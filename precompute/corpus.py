@@ -142,6 +142,11 @@ class HFCorpus:
     def path(self) -> str:
         return self.spec
 
+    @property
+    def local(self) -> bool:
+        """Whether NAME is a local dataset folder rather than a hub dataset."""
+        return Path(self._parts()[0]).is_dir()
+
     def _parts(self) -> tuple[str, str | None, str | None]:
         body, _, revision = self.spec[len("hf:"):].partition("@")
         name, _, config = body.partition(":")
@@ -172,9 +177,8 @@ class HFCorpus:
         """The dataset's name, config, revision and split; for a local dataset folder also its
         files' content (a hub dataset is pinned by its revision, not re-hashed)."""
         recorded: list = [*self._parts(), self.split, self.text_field]
-        folder = Path(recorded[0])
-        if folder.is_dir():
-            recorded.append(Corpus(folder).fingerprint())
+        if self.local:
+            recorded.append(Corpus(Path(recorded[0])).fingerprint())
         return "sha256:" + hashlib.sha256(json.dumps(recorded).encode()).hexdigest()
 
 

@@ -84,6 +84,7 @@ def test_hub_corpus_streams_a_local_dataset_folder(tmp_path):
     jsonl = tmp_path / "data" / "train.jsonl"
     jsonl.write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(DOCS)))
     corpus = open_corpus(f"hf:{tmp_path}")
+    assert corpus.local and not open_corpus("hf:wikimedia/wikipedia").local
     assert list(corpus) == list(open_corpus(jsonl)) == DOCS
     with pytest.raises(CorpusError, match="the corpus is empty \\(no 'body' text\\)"):
         list(open_corpus(f"hf:{tmp_path}", text_field="body"))

@@ -325,7 +325,7 @@ def test_another_spelling_of_the_teacher_folder_resumes(tiny, pair_store, tmp_pa
     assert_same_store(tmp_path, pair_store)
 
 
-def test_a_hub_corpus_gives_the_same_examples(tiny, pair_store, tmp_path):
+def test_a_hub_corpus_gives_the_same_examples(tiny, pair_store, tmp_path, capsys):
     """The same documents through ``hf:`` (a local dataset folder) make the same examples."""
     import json
 
@@ -334,6 +334,7 @@ def test_a_hub_corpus_gives_the_same_examples(tiny, pair_store, tmp_path):
         json.dumps({"text": doc}) + "\n" for doc in Corpus(tiny["corpus"])))
     out = tmp_path / "store"
     assert run(dict(tiny, corpus=f"hf:{tmp_path / 'dataset'}"), out) == 0
+    assert "names no @REVISION" not in capsys.readouterr().err  # a folder is hashed instead
     assert example_differences(out, pair_store, teacher_tolerance=2 ** -6) == []
 
 
