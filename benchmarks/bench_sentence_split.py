@@ -16,20 +16,31 @@ import blingfire
 from smash.precompute.tiny import write_tiny_corpus
 
 HARD = [  # (text, expected sentences)
-    ("Dr. Smith went to Washington D.C. on Jan. 5. He paid $3.50 for coffee!",
-     ["Dr. Smith went to Washington D.C. on Jan. 5.", "He paid $3.50 for coffee!"]),
-    ('Was it good? "Yes," he said. The U.S. economy grew 2.5% in Q3.',
-     ["Was it good?", '"Yes," he said.', "The U.S. economy grew 2.5% in Q3."]),
-    ("See e.g. the appendix. It lists i.e. everything.",
-     ["See e.g. the appendix.", "It lists i.e. everything."]),
-    ("Prices rose 3.4 per cent. Mr. Jones disagreed.",
-     ["Prices rose 3.4 per cent.", "Mr. Jones disagreed."]),
+    (
+        "Dr. Smith went to Washington D.C. on Jan. 5. He paid $3.50 for coffee!",
+        ["Dr. Smith went to Washington D.C. on Jan. 5.", "He paid $3.50 for coffee!"],
+    ),
+    (
+        'Was it good? "Yes," he said. The U.S. economy grew 2.5% in Q3.',
+        ["Was it good?", '"Yes," he said.', "The U.S. economy grew 2.5% in Q3."],
+    ),
+    (
+        "See e.g. the appendix. It lists i.e. everything.",
+        ["See e.g. the appendix.", "It lists i.e. everything."],
+    ),
+    (
+        "Prices rose 3.4 per cent. Mr. Jones disagreed.",
+        ["Prices rose 3.4 per cent.", "Mr. Jones disagreed."],
+    ),
 ]
 
 
 def splitters() -> dict:
-    out = {"blingfire": lambda t: [s.strip() for s in blingfire.text_to_sentences(t).split("\n")
-                                   if s.strip()]}
+    out = {
+        "blingfire": lambda t: [
+            s.strip() for s in blingfire.text_to_sentences(t).split("\n") if s.strip()
+        ]
+    }
     try:
         import pysbd
 
@@ -54,13 +65,21 @@ def main() -> None:
         n = sum(len(split(d)) for d in docs)
         seconds = time.perf_counter() - t0
         correct = sum(split(text) == expected for text, expected in HARD)
-        rows.append({"splitter": name, "MB_s": mb / seconds, "sentences": n,
-                     "hard_cases_correct": f"{correct}/{len(HARD)}"})
+        rows.append(
+            {
+                "splitter": name,
+                "MB_s": mb / seconds,
+                "sentences": n,
+                "hard_cases_correct": f"{correct}/{len(HARD)}",
+            }
+        )
     print(f"{len(docs):,} documents, {mb:.2f} MB\n")
     print(f"{'splitter':<12}{'MB/s':>10}{'sentences':>12}{'hard cases':>12}")
     for r in rows:
-        print(f"{r['splitter']:<12}{r['MB_s']:>10.2f}{r['sentences']:>12,}"
-              f"{r['hard_cases_correct']:>12}")
+        print(
+            f"{r['splitter']:<12}{r['MB_s']:>10.2f}{r['sentences']:>12,}"
+            f"{r['hard_cases_correct']:>12}"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sentence_split.json").write_text(json.dumps(rows, indent=1))
 

@@ -41,13 +41,25 @@ TEACHER_FIELDS = ("topk_ids", "topk_logprobs", "tail_logmass")
 
 def logical_bytes(examples: list[dict]) -> int:
     """Bytes of the arrays as handed over: int64 ids and positions, fp16 values, fp32 tail."""
-    return sum(8 * (len(e["input_ids"]) + len(e["mask_positions"]) + e["topk_ids"].size)
-               + 2 * e["topk_logprobs"].size + 4 * e["tail_logmass"].size + 1 for e in examples)
+    return sum(
+        8 * (len(e["input_ids"]) + len(e["mask_positions"]) + e["topk_ids"].size)
+        + 2 * e["topk_logprobs"].size
+        + 4 * e["tail_logmass"].size
+        + 1
+        for e in examples
+    )
 
 
 def teacher_only(examples: list[dict]) -> list[dict]:
-    return [{**e, "input_ids": np.zeros(1, np.int64), "mask_positions": np.zeros(1, np.int64),
-             "label": -1} for e in examples]
+    return [
+        {
+            **e,
+            "input_ids": np.zeros(1, np.int64),
+            "mask_positions": np.zeros(1, np.int64),
+            "label": -1,
+        }
+        for e in examples
+    ]
 
 
 # ----- (a) this store -------------------------------------------------------------------------
@@ -94,9 +106,18 @@ def write_torch(examples, path: Path, fields=FIELDS) -> None:
     with wds.TarWriter(str(path), mtime=0) as tar:
         for i, e in enumerate(examples):
             buf = io.BytesIO()
-            torch.save({f: torch.from_numpy(np.ascontiguousarray(
-                e[f].astype(np.int64) if f.endswith(("ids", "positions")) else e[f]))
-                for f in fields} | {"label": e["label"]}, buf)
+            torch.save(
+                {
+                    f: torch.from_numpy(
+                        np.ascontiguousarray(
+                            e[f].astype(np.int64) if f.endswith(("ids", "positions")) else e[f]
+                        )
+                    )
+                    for f in fields
+                }
+                | {"label": e["label"]},
+                buf,
+            )
             tar.write({"__key__": f"{i:08d}", "pt.zst": cctx.compress(buf.getvalue())})
 
 
@@ -115,11 +136,12 @@ def check_lossless(written: list[dict], read: list[dict], canonical: str | None)
         if canonical:
             perm = canonical_order(ids, lps, canonical)
             ids, lps = np.take_along_axis(ids, perm, 1), np.take_along_axis(lps, perm, 1)
-        same = (np.array_equal(w["input_ids"], r["input_ids"])
-                and np.array_equal(ids, r["topk_ids"])
-                and np.array_equal(lps.view(np.uint16), r["topk_logprobs"].view(np.uint16))
-                and np.array_equal(w["tail_logmass"].view(np.uint32),
-                                   r["tail_logmass"].view(np.uint32)))
+        same = (
+            np.array_equal(w["input_ids"], r["input_ids"])
+            and np.array_equal(ids, r["topk_ids"])
+            and np.array_equal(lps.view(np.uint16), r["topk_logprobs"].view(np.uint16))
+            and np.array_equal(w["tail_logmass"].view(np.uint32), r["tail_logmass"].view(np.uint32))
+        )
         if not same:
             return False
     return True
@@ -152,18 +174,33 @@ def run(n: int, k: int, vocab: int, out_dir: Path) -> dict:
         info, t_write = timed(write_smash, examples, tmp / "a.tar", layout, vocab, k)
         t_info = write_smash(teacher, tmp / "a_t.tar", layout, vocab, k)
         read, t_read = timed(read_smash, tmp / "a.tar", info)
-        rows.append({"layout": name, "bytes": info.bytes, "teacher_bytes": t_info.bytes,
-                     "t_write": t_write, "t_read": t_read,
-                     "lossless": check_lossless(examples, read, layout.order)})
-    for name, write, read_fn in (("(b) webdataset .npy per field", write_npy, read_npy),
-                                 ("(c) torch.save + zstd per sample", write_torch, read_torch)):
+        rows.append(
+            {
+                "layout": name,
+                "bytes": info.bytes,
+                "teacher_bytes": t_info.bytes,
+                "t_write": t_write,
+                "t_read": t_read,
+                "lossless": check_lossless(examples, read, layout.order),
+            }
+        )
+    for name, write, read_fn in (
+        ("(b) webdataset .npy per field", write_npy, read_npy),
+        ("(c) torch.save + zstd per sample", write_torch, read_torch),
+    ):
         _, t_write = timed(write, examples, tmp / "x.tar")
         write(teacher, tmp / "x_t.tar", TEACHER_FIELDS)
         read, t_read = timed(read_fn, tmp / "x.tar")
-        rows.append({"layout": name, "bytes": (tmp / "x.tar").stat().st_size,
-                     "teacher_bytes": (tmp / "x_t.tar").stat().st_size,
-                     "t_write": t_write, "t_read": t_read,
-                     "lossless": check_lossless(examples, read, None)})
+        rows.append(
+            {
+                "layout": name,
+                "bytes": (tmp / "x.tar").stat().st_size,
+                "teacher_bytes": (tmp / "x_t.tar").stat().st_size,
+                "t_write": t_write,
+                "t_read": t_read,
+                "lossless": check_lossless(examples, read, None),
+            }
+        )
     for r in rows:
         r["bytes_per_example"] = r["bytes"] / n
         r["teacher_bytes_per_entry"] = r["teacher_bytes"] / entries
@@ -175,7 +212,7 @@ def run(n: int, k: int, vocab: int, out_dir: Path) -> dict:
     b = next(r for r in rows if r["layout"].startswith("(b)"))
     c = next(r for r in rows if r["layout"].startswith("(c)"))
     targets = {
-        "lossless": all(r["lossless"] for r in rows[:len(smash_variants)]),
+        "lossless": all(r["lossless"] for r in rows[: len(smash_variants)]),
         "teacher <= 2.5 B/entry": ours["teacher_bytes_per_entry"] <= 2.5,
         "all-in <= 4 B/entry": ours["allin_bytes_per_entry"] <= 4.0,
         ">= 8x smaller than (b)": b["bytes"] / ours["bytes"] >= 8,
@@ -183,12 +220,16 @@ def run(n: int, k: int, vocab: int, out_dir: Path) -> dict:
         ">= 100k examples/s decode": ours["decode_examples_s"] >= 100_000,
     }
     result = {
-        "benchmark": "store_layout", "examples": n, "k": k, "vocab": vocab,
+        "benchmark": "store_layout",
+        "examples": n,
+        "k": k,
+        "vocab": vocab,
         "mean_length": float(np.mean([len(e["input_ids"]) for e in examples])),
         "logical_bytes_per_example": logical / n,
-        "machine": platform.processor() or platform.machine(), "torch_threads": 1,
-        "rows": rows, "ratios": {"b_over_a": b["bytes"] / ours["bytes"],
-                                 "c_over_a": c["bytes"] / ours["bytes"]},
+        "machine": platform.processor() or platform.machine(),
+        "torch_threads": 1,
+        "rows": rows,
+        "ratios": {"b_over_a": b["bytes"] / ours["bytes"], "c_over_a": c["bytes"] / ours["bytes"]},
         "targets": targets,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -199,26 +240,35 @@ def run(n: int, k: int, vocab: int, out_dir: Path) -> dict:
 
 
 def print_table(result: dict) -> None:
-    print(f"\n{result['examples']:,} examples, k={result['k']}, vocab {result['vocab']:,}, "
-          f"mean length {result['mean_length']:.1f} tokens\n")
-    head = (f"{'layout':<34}{'B/example':>10}{'teacher B/entry':>16}{'all-in B/entry':>15}"
-            f"{'write MB/s':>11}{'decode ex/s':>12}{'lossless':>9}")
+    print(
+        f"\n{result['examples']:,} examples, k={result['k']}, vocab {result['vocab']:,}, "
+        f"mean length {result['mean_length']:.1f} tokens\n"
+    )
+    head = (
+        f"{'layout':<34}{'B/example':>10}{'teacher B/entry':>16}{'all-in B/entry':>15}"
+        f"{'write MB/s':>11}{'decode ex/s':>12}{'lossless':>9}"
+    )
     print(head)
     print("-" * len(head))
     for r in result["rows"]:
-        print(f"{r['layout']:<34}{r['bytes_per_example']:>10.1f}"
-              f"{r['teacher_bytes_per_entry']:>16.3f}{r['allin_bytes_per_entry']:>15.3f}"
-              f"{r['write_MB_s']:>11.1f}{r['decode_examples_s']:>12,.0f}"
-              f"{'yes' if r['lossless'] else 'NO':>9}")
-    print(f"\n(b)/(a) size: {result['ratios']['b_over_a']:.1f}x   "
-          f"(c)/(a) size: {result['ratios']['c_over_a']:.1f}x")
+        print(
+            f"{r['layout']:<34}{r['bytes_per_example']:>10.1f}"
+            f"{r['teacher_bytes_per_entry']:>16.3f}{r['allin_bytes_per_entry']:>15.3f}"
+            f"{r['write_MB_s']:>11.1f}{r['decode_examples_s']:>12,.0f}"
+            f"{'yes' if r['lossless'] else 'NO':>9}"
+        )
+    print(
+        f"\n(b)/(a) size: {result['ratios']['b_over_a']:.1f}x   "
+        f"(c)/(a) size: {result['ratios']['c_over_a']:.1f}x"
+    )
     for name, ok in result["targets"].items():
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--examples", type=int, default=20_000)
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=50_265)

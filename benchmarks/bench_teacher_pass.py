@@ -35,10 +35,20 @@ from smash.precompute.tiny import train_tiny_tokenizer, write_tiny_corpus
 from transformers import AddedToken, RobertaConfig, RobertaForMaskedLM
 
 SHAPES = {  # the real architectures' dimensions; "cpu-small" keeps RoBERTa-large's proportions
-    "roberta-large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
-                      "intermediate_size": 4096, "vocab_size": 50_265},
-    "cpu-small": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2,
-                  "intermediate_size": 512, "vocab_size": 50_265},
+    "roberta-large": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "vocab_size": 50_265,
+    },
+    "cpu-small": {
+        "hidden_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 2,
+        "intermediate_size": 512,
+        "vocab_size": 50_265,
+    },
 }
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense fp16/bf16 tensor cores
 
@@ -60,8 +70,13 @@ class SyntheticPairs:
         while True:
             n = int(np.clip(round(rng.lognormvariate(np.log(40), 0.4)), 14, 115))
             a = rng.randint(max(3, n // 4), max(4, 3 * n // 4))
-            yield TaskExample((" ".join(rng.choices(self.words, k=a)) + ".",
-                               " ".join(rng.choices(self.words, k=max(n - a, 3))) + "."), -1)
+            yield TaskExample(
+                (
+                    " ".join(rng.choices(self.words, k=a)) + ".",
+                    " ".join(rng.choices(self.words, k=max(n - a, 3))) + ".",
+                ),
+                -1,
+            )
 
     def keep(self, verbalizer_logprobs):
         return None
@@ -73,8 +88,7 @@ class SyntheticPairs:
 def padded_tokenizer(root: Path, vocab_size: int):
     corpus = write_tiny_corpus(root / "corpus.txt", n_docs=200)
     tok = train_tiny_tokenizer([corpus], root / "tok")
-    tok.add_tokens([AddedToken(f"<unused{i}>", special=True)
-                    for i in range(vocab_size - len(tok))])
+    tok.add_tokens([AddedToken(f"<unused{i}>", special=True) for i in range(vocab_size - len(tok))])
     words = sorted({w.strip(".,?") for w in corpus.read_text().split()} - {""})
     return tok, words
 
@@ -82,8 +96,12 @@ def padded_tokenizer(root: Path, vocab_size: int):
 def model_flops(config: RobertaConfig, batches: list[tuple[int, int]], rows: int) -> float:
     """Forward FLOPs: 2 x (non-embedding weights) per computed token, attention scores and
     values (4 x L x H per token per layer), and the LM head on mask rows only."""
-    h, layers, ff, v = (config.hidden_size, config.num_hidden_layers, config.intermediate_size,
-                        config.vocab_size)
+    h, layers, ff, v = (
+        config.hidden_size,
+        config.num_hidden_layers,
+        config.intermediate_size,
+        config.vocab_size,
+    )
     per_token = 2 * layers * (4 * h * h + 2 * h * ff)
     total = 0.0
     for b, length in batches:
@@ -99,27 +117,41 @@ def run(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="smash-teacher-bench-"))
     shape = SHAPES[args.shape]
     tok, words = padded_tokenizer(work, shape["vocab_size"])
-    config = RobertaConfig(**shape, max_position_embeddings=514, type_vocab_size=1,
-                           pad_token_id=tok.pad_token_id)
+    config = RobertaConfig(
+        **shape, max_position_embeddings=514, type_vocab_size=1, pad_token_id=tok.pad_token_id
+    )
     torch.manual_seed(0)
     model = RobertaForMaskedLM(config).to(device=device, dtype=dtype).eval()
     model.config._attn_implementation = "sdpa"
     task = SyntheticPairs(words)
-    cfg = PassConfig(out=work / "store", k=args.k, num_examples=args.examples,
-                     shard_size=args.shard_size, token_budget=args.token_budget,
-                     tokenize_workers=args.tokenize_workers)
-    producer = producer_config(task, tok, {"name": f"random {args.shape}", "dtype": args.dtype},
-                               cfg, "synthetic", {})
+    cfg = PassConfig(
+        out=work / "store",
+        k=args.k,
+        num_examples=args.examples,
+        shard_size=args.shard_size,
+        token_budget=args.token_budget,
+        tokenize_workers=args.tokenize_workers,
+    )
+    producer = producer_config(
+        task, tok, {"name": f"random {args.shape}", "dtype": args.dtype}, cfg, "synthetic", {}
+    )
     # Started before the warm-up, as the CLI starts it before loading the model.
-    preparer = ShardPreparer(tok, task.template, task.max_length, cfg.token_budget,
-                             workers=args.tokenize_workers)
+    preparer = ShardPreparer(
+        tok, task.template, task.max_length, cfg.token_budget, workers=args.tokenize_workers
+    )
     # Warm-up (kernels, allocator) on a separate store.
-    warm = PassConfig(out=work / "warm", k=args.k, num_examples=min(512, args.examples),
-                      shard_size=512, token_budget=args.token_budget,
-                      tokenize_workers=args.tokenize_workers)
+    warm = PassConfig(
+        out=work / "warm",
+        k=args.k,
+        num_examples=min(512, args.examples),
+        shard_size=512,
+        token_budget=args.token_budget,
+        tokenize_workers=args.tokenize_workers,
+    )
     run_teacher_pass(task, task.examples(None, 0), model, tok, warm, producer, device)
-    summary = run_teacher_pass(task, task.examples(None, 0), model, tok, cfg, producer, device,
-                               preparer)
+    summary = run_teacher_pass(
+        task, task.examples(None, 0), model, tok, cfg, producer, device, preparer
+    )
 
     # The bare teacher on exactly the same batches, inputs already on the device.
     template = parse_template(task.template)
@@ -133,7 +165,7 @@ def run(args) -> dict:
             longest = max(lengths[i] for i in rows)
             ids = torch.full((len(rows), longest), tok.pad_token_id, dtype=torch.long)
             for b, i in enumerate(rows):
-                ids[b, :lengths[i]] = torch.tensor(prompts[i].input_ids)
+                ids[b, : lengths[i]] = torch.tensor(prompts[i].input_ids)
             att = (ids != tok.pad_token_id).long()
             pos = torch.tensor([prompts[i].mask_position for i in rows])
             batches.append((ids.to(device), att.to(device), pos.to(device)))
@@ -150,12 +182,19 @@ def run(args) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = next((v for key, v in PEAK_TFLOPS.items() if key in name), None)
     result = {
-        "benchmark": "teacher_pass", "device": name, "shape": args.shape, "dtype": args.dtype,
+        "benchmark": "teacher_pass",
+        "device": name,
+        "shape": args.shape,
+        "dtype": args.dtype,
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-        "examples": summary.examples, "shards": summary.shards, "k": args.k,
-        "token_budget": args.token_budget, "batches": len(batches),
+        "examples": summary.examples,
+        "shards": summary.shards,
+        "k": args.k,
+        "token_budget": args.token_budget,
+        "batches": len(batches),
         "mean_length": summary.real_tokens / summary.examples,
-        "pipeline_s": summary.wall_s, "bare_forward_s": bare_s,
+        "pipeline_s": summary.wall_s,
+        "bare_forward_s": bare_s,
         "examples_per_s": summary.examples / summary.wall_s,
         "real_tokens_per_s": summary.real_tokens / summary.wall_s,
         "bare_real_tokens_per_s": summary.real_tokens / bare_s,
@@ -177,19 +216,23 @@ def run(args) -> dict:
 
 
 def print_table(r: dict) -> None:
-    print(f"\nteacher pass: {r['shape']} ({r['params_M']:.0f}M params, {r['dtype']}) on "
-          f"{r['device']}, {r['examples']:,} examples in {r['shards']} shards, k={r['k']}, "
-          f"token budget {r['token_budget']:,}, mean length {r['mean_length']:.1f}\n")
-    rows = [("examples/s", f"{r['examples_per_s']:,.1f}"),
-            ("real tokens/s (pipeline)", f"{r['real_tokens_per_s']:,.0f}"),
-            ("real tokens/s (bare forward)", f"{r['bare_real_tokens_per_s']:,.0f}"),
-            ("padding efficiency", f"{r['padding_efficiency']:.3f}"),
-            ("overlap efficiency", f"{r['overlap_efficiency']:.3f}"),
-            ("  start-up (first shard's prep)", f"{r['startup_s']:.2f} s"),
-            ("  overlap after start-up", f"{r['steady_overlap_efficiency']:.3f}"),
-            ("achieved TFLOP/s", f"{r['achieved_tflops']:.2f}"),
-            ("MFU", f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a (no GPU peak)"),
-            ("store bytes/example", f"{r['store_bytes_per_example']:.1f}")]
+    print(
+        f"\nteacher pass: {r['shape']} ({r['params_M']:.0f}M params, {r['dtype']}) on "
+        f"{r['device']}, {r['examples']:,} examples in {r['shards']} shards, k={r['k']}, "
+        f"token budget {r['token_budget']:,}, mean length {r['mean_length']:.1f}\n"
+    )
+    rows = [
+        ("examples/s", f"{r['examples_per_s']:,.1f}"),
+        ("real tokens/s (pipeline)", f"{r['real_tokens_per_s']:,.0f}"),
+        ("real tokens/s (bare forward)", f"{r['bare_real_tokens_per_s']:,.0f}"),
+        ("padding efficiency", f"{r['padding_efficiency']:.3f}"),
+        ("overlap efficiency", f"{r['overlap_efficiency']:.3f}"),
+        ("  start-up (first shard's prep)", f"{r['startup_s']:.2f} s"),
+        ("  overlap after start-up", f"{r['steady_overlap_efficiency']:.3f}"),
+        ("achieved TFLOP/s", f"{r['achieved_tflops']:.2f}"),
+        ("MFU", f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a (no GPU peak)"),
+        ("store bytes/example", f"{r['store_bytes_per_example']:.1f}"),
+    ]
     for name, value in rows:
         print(f"  {name:<30}{value:>14}")
     for name, ok in r["targets"].items():
@@ -197,8 +240,9 @@ def print_table(r: dict) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp32")

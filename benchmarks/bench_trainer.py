@@ -41,10 +41,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 REAL = {  # from the models' published configs (roberta-large, distilroberta-base)
-    "teacher": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
-                    "intermediate_size": 4096},
-    "student": {"hidden_size": 768, "num_hidden_layers": 6, "num_attention_heads": 12,
-                    "intermediate_size": 3072},
+    "teacher": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+    },
+    "student": {
+        "hidden_size": 768,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    },
 }
 VOCAB, K = 50_265, 64
 
@@ -54,9 +62,12 @@ def shapes(scale: int) -> dict[str, dict]:
     out = {}
     for role, dims in REAL.items():
         hidden = dims["hidden_size"] // scale
-        out[role] = {"hidden_size": hidden, "num_hidden_layers": math.ceil(
-            dims["num_hidden_layers"] / scale), "num_attention_heads": max(hidden // 64, 1),
-            "intermediate_size": dims["intermediate_size"] // scale}
+        out[role] = {
+            "hidden_size": hidden,
+            "num_hidden_layers": math.ceil(dims["num_hidden_layers"] / scale),
+            "num_attention_heads": max(hidden // 64, 1),
+            "intermediate_size": dims["intermediate_size"] // scale,
+        }
     return out
 
 
@@ -73,14 +84,24 @@ def build_workspace(work: Path, args) -> dict:
     tok.add_tokens([AddedToken(f"<unused{i}>", special=True) for i in range(VOCAB - len(tok))])
     dims = shapes(args.scale)
     for role, seed in (("teacher", 0), ("student", 1)):
-        config = RobertaConfig(**dims[role], vocab_size=VOCAB, max_position_embeddings=514,
-                               type_vocab_size=1, pad_token_id=tok.pad_token_id)
+        config = RobertaConfig(
+            **dims[role],
+            vocab_size=VOCAB,
+            max_position_embeddings=514,
+            type_vocab_size=1,
+            pad_token_id=tok.pad_token_id,
+        )
         torch.manual_seed(seed)
         RobertaForMaskedLM(config).save_pretrained(work / role)
         tok.save_pretrained(work / role)
     n = args.batch * (args.warmup + args.steps) * (1 + args.workers)
-    with StoreWriter(work / "store", producer={"task": "bench", "max_length": 128},
-                     tokenizer=tokenizer_record(tok), k=K, max_samples=max(n // 8, 1)) as w:
+    with StoreWriter(
+        work / "store",
+        producer={"task": "bench", "max_length": 128},
+        tokenizer=tokenizer_record(tok),
+        k=K,
+        max_samples=max(n // 8, 1),
+    ) as w:
         w.write_all(synthetic_examples(n, vocab=VOCAB, k=K, seed=0))
     finalize_store(work / "store")
     return {"shapes": dims, "examples": n}
@@ -90,19 +111,28 @@ def config_for(work: Path, out: Path, args, *, teacher: bool) -> dict:
     from smash.train.config import load_config
 
     precision = "bf16" if args.device == "cuda" else "fp32"
-    return load_config({
-        "student": str(work / "student"), "output_dir": str(out),
-        "stores": [{"path": str(work / "store")}], "max_steps": args.warmup + args.steps,
-        "log_every": args.warmup if args.warmup else args.steps, "checkpoint_every": 0,
-        "num_workers": args.workers, "seed": 0,
-        "teacher": str(work / "teacher") if teacher else None, "teacher_k": K if teacher else None,
-        "deepspeed": {
-            "train_micro_batch_size_per_gpu": args.batch, "gradient_accumulation_steps": 1,
-            "gradient_clipping": 1.0, "zero_optimization": {"stage": 0},
-            "bf16": {"enabled": precision == "bf16"},
-            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
-        },
-    })
+    return load_config(
+        {
+            "student": str(work / "student"),
+            "output_dir": str(out),
+            "stores": [{"path": str(work / "store")}],
+            "max_steps": args.warmup + args.steps,
+            "log_every": args.warmup if args.warmup else args.steps,
+            "checkpoint_every": 0,
+            "num_workers": args.workers,
+            "seed": 0,
+            "teacher": str(work / "teacher") if teacher else None,
+            "teacher_k": K if teacher else None,
+            "deepspeed": {
+                "train_micro_batch_size_per_gpu": args.batch,
+                "gradient_accumulation_steps": 1,
+                "gradient_clipping": 1.0,
+                "zero_optimization": {"stage": 0},
+                "bf16": {"enabled": precision == "bf16"},
+                "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
+            },
+        }
+    )
 
 
 class InMemory:
@@ -132,8 +162,10 @@ def child(mode: str, work: Path, args) -> dict:
         stream = iter(trainer.loader)
         batches = [next(stream) for _ in range(args.warmup + args.steps)]
         if args.device == "cuda":
-            batches = [{k: v.pin_memory() if torch.is_tensor(v) else v for k, v in b.items()}
-                       for b in batches]
+            batches = [
+                {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in b.items()}
+                for b in batches
+            ]
         trainer.loader = InMemory(batches)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -142,13 +174,23 @@ def child(mode: str, work: Path, args) -> dict:
     windows = [r for r in read_metrics(out) if "samples_per_s" in r][1:]  # skip the warm-up
     samples = sum(r["samples"] for r in windows)
     seconds = sum(r["samples"] / r["samples_per_s"] for r in windows)
-    peak = (torch.cuda.max_memory_allocated() if args.device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    teacher_bytes = 0 if trainer.teacher is None else sum(
-        p.numel() * p.element_size() for p in trainer.teacher.model.parameters())
-    result = {"mode": mode, "samples_per_s": samples / seconds,
-              "step_s": seconds / (samples / args.batch), "peak_bytes": peak,
-              "teacher_param_bytes": teacher_bytes}
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if args.device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    teacher_bytes = (
+        0
+        if trainer.teacher is None
+        else sum(p.numel() * p.element_size() for p in trainer.teacher.model.parameters())
+    )
+    result = {
+        "mode": mode,
+        "samples_per_s": samples / seconds,
+        "step_s": seconds / (samples / args.batch),
+        "peak_bytes": peak,
+        "teacher_param_bytes": teacher_bytes,
+    }
     if mode == "offline":
         result["load_s_per_batch"] = serial_load_time(work, trainer, args)
     return result
@@ -159,8 +201,14 @@ def serial_load_time(work: Path, trainer, args) -> float:
     streaming would add to every step with no DataLoader worker to hide it."""
     from smash.train.data import make_loader
 
-    loader = make_loader([str(work / "store")], [1.0], batch_size=args.batch,
-                         pad_id=trainer.tokenizer.pad_token_id, seed=1, num_workers=0)
+    loader = make_loader(
+        [str(work / "store")],
+        [1.0],
+        batch_size=args.batch,
+        pad_id=trainer.tokenizer.pad_token_id,
+        seed=1,
+        num_workers=0,
+    )
     stream = iter(loader)
     next(stream)
     started = time.perf_counter()
@@ -171,9 +219,14 @@ def serial_load_time(work: Path, trainer, args) -> float:
 
 def median_run(results: list[dict]) -> dict:
     """Per-field median over repeats."""
-    return {key: (statistics.median(r[key] for r in results)
-                  if isinstance(results[0][key], (int, float)) else results[0][key])
-            for key in results[0]}
+    return {
+        key: (
+            statistics.median(r[key] for r in results)
+            if isinstance(results[0][key], (int, float))
+            else results[0][key]
+        )
+        for key in results[0]
+    }
 
 
 def run_child(mode: str, work: Path, args) -> dict:
@@ -182,8 +235,7 @@ def run_child(mode: str, work: Path, args) -> dict:
         env["DS_ACCELERATOR"] = "cpu"
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    command = [sys.executable, __file__, "--child", mode, "--work", str(work),
-               *sys.argv[1:]]
+    command = [sys.executable, __file__, "--child", mode, "--work", str(work), *sys.argv[1:]]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{mode} run failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
@@ -201,36 +253,56 @@ def device_name(device: str) -> str:
 def print_table(result: dict) -> None:
     runs = result["runs"]
     mb = 2**20
-    print(f"\ntrainer benchmark on {result['device']}, {result['precision']}, micro-batch "
-          f"{result['batch']}, {result['steps']} timed steps; shapes {result['shape_note']}")
+    print(
+        f"\ntrainer benchmark on {result['device']}, {result['precision']}, micro-batch "
+        f"{result['batch']}, {result['steps']} timed steps; shapes {result['shape_note']}"
+    )
     print(f"{'configuration':<34}{'samples/s':>11}{'ms/step':>10}{'peak MB':>10}")
-    for key, label in (("memory", "in-memory batches"), ("offline", "streamed from store (offline)"),
-                       ("online", "online teacher")):
+    for key, label in (
+        ("memory", "in-memory batches"),
+        ("offline", "streamed from store (offline)"),
+        ("online", "online teacher"),
+    ):
         r = runs[key]
-        print(f"{label:<34}{r['samples_per_s']:>11.1f}{1e3 * r['step_s']:>10.1f}"
-              f"{r['peak_bytes'] / mb:>10.0f}")
+        print(
+            f"{label:<34}{r['samples_per_s']:>11.1f}{1e3 * r['step_s']:>10.1f}"
+            f"{r['peak_bytes'] / mb:>10.0f}"
+        )
     s = result["summary"]
-    print(f"\nstreaming overhead: {100 * s['streaming_overhead']:+.2f}% (target <= 2%; median of "
-          f"{result['repeats']} interleaved repeats); reading one micro-batch in the main process "
-          f"takes {100 * s['serial_load_fraction']:.2f}% of a step")
-    print(f"offline vs online: {s['speedup']:.2f}x faster per step (target >= 3x on GPU at real "
-          f"shapes); peak memory {s['memory_saved_bytes'] / mb:.0f} MB lower "
-          f"({100 * s['memory_saved_fraction']:.0f}%); teacher weights alone "
-          f"{s['teacher_param_bytes'] / mb:.0f} MB, none of it loaded offline")
+    print(
+        f"\nstreaming overhead: {100 * s['streaming_overhead']:+.2f}% (target <= 2%; median of "
+        f"{result['repeats']} interleaved repeats); reading one micro-batch in the main process "
+        f"takes {100 * s['serial_load_fraction']:.2f}% of a step"
+    )
+    print(
+        f"offline vs online: {s['speedup']:.2f}x faster per step (target >= 3x on GPU at real "
+        f"shapes); peak memory {s['memory_saved_bytes'] / mb:.0f} MB lower "
+        f"({100 * s['memory_saved_fraction']:.0f}%); teacher weights alone "
+        f"{s['teacher_param_bytes'] / mb:.0f} MB, none of it loaded offline"
+    )
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--scale", type=int, default=None,
-                   help="divide widths and depths by this (default: 4 on CPU, 1 on GPU)")
+    p.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        help="divide widths and depths by this (default: 4 on CPU, 1 on GPU)",
+    )
     p.add_argument("--batch", type=int, default=None, help="micro-batch (default 16 CPU, 64 GPU)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20 CPU, 50 GPU)")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader workers (default 0 on CPU, where a worker process would take "
-                        "a core from the step; 4 on GPU)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers (default 0 on CPU, where a worker process would take "
+        "a core from the step; 4 on GPU)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs per configuration")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -248,18 +320,23 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="smash-trainer-bench-"))
     started = time.perf_counter()
     info = build_workspace(work, args)
-    print(f"workspace {work}: {info['examples']} synthetic examples; teacher "
-          f"{info['shapes']['teacher']}, student {info['shapes']['student']}")
+    print(
+        f"workspace {work}: {info['examples']} synthetic examples; teacher "
+        f"{info['shapes']['teacher']}, student {info['shapes']['student']}"
+    )
     trials: dict[str, list[dict]] = {"memory": [], "offline": [], "online": []}
     for repeat in range(args.repeats):  # interleaved, order alternating: drifting load hits all
         for mode in list(trials)[:: 1 if repeat % 2 == 0 else -1]:
             results = trials[mode]
             results.append(run_child(mode, work, args))
-            print(f"  {mode} #{repeat + 1}: {results[-1]['samples_per_s']:.1f} samples/s, "
-                  f"{1e3 * results[-1]['step_s']:.1f} ms/step")
+            print(
+                f"  {mode} #{repeat + 1}: {results[-1]['samples_per_s']:.1f} samples/s, "
+                f"{1e3 * results[-1]['step_s']:.1f} ms/step"
+            )
     runs = {mode: median_run(results) for mode, results in trials.items()}
     summary = {
-        "streaming_overhead": 1 - runs["offline"]["samples_per_s"] / runs["memory"]["samples_per_s"],
+        "streaming_overhead": 1
+        - runs["offline"]["samples_per_s"] / runs["memory"]["samples_per_s"],
         "speedup": runs["online"]["step_s"] / runs["offline"]["step_s"],
         "memory_saved_bytes": runs["online"]["peak_bytes"] - runs["offline"]["peak_bytes"],
         "memory_saved_fraction": 1 - runs["offline"]["peak_bytes"] / runs["online"]["peak_bytes"],
@@ -267,12 +344,23 @@ def main() -> None:
         "serial_load_fraction": runs["offline"]["load_s_per_batch"] / runs["offline"]["step_s"],
     }
     result = {
-        "device": device_name(args.device), "precision": "bf16" if gpu else "fp32",
-        "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
-        "workers": args.workers, "scale": args.scale, "shapes": info["shapes"],
-        "shape_note": ("real (RoBERTa-large teacher, DistilRoBERTa student)" if args.scale == 1
-                       else f"RoBERTa-large and DistilRoBERTa scaled down {args.scale}x"),
-        "repeats": args.repeats, "runs": runs, "trials": trials, "summary": summary,
+        "device": device_name(args.device),
+        "precision": "bf16" if gpu else "fp32",
+        "batch": args.batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "workers": args.workers,
+        "scale": args.scale,
+        "shapes": info["shapes"],
+        "shape_note": (
+            "real (RoBERTa-large teacher, DistilRoBERTa student)"
+            if args.scale == 1
+            else f"RoBERTa-large and DistilRoBERTa scaled down {args.scale}x"
+        ),
+        "repeats": args.repeats,
+        "runs": runs,
+        "trials": trials,
+        "summary": summary,
         "seconds": time.perf_counter() - started,
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,9 @@ def _zipf_ids(rng: np.random.Generator, vocab: int, size, a: float = 1.1) -> np.
     return np.minimum(ids, vocab - 1)
 
 
-def synthetic_examples(n: int, *, vocab: int = 50_265, k: int = 64, seed: int = 0,
-                       batch: int = 256) -> list[dict]:
+def synthetic_examples(
+    n: int, *, vocab: int = 50_265, k: int = 64, seed: int = 0, batch: int = 256
+) -> list[dict]:
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     prior = -1.0 * torch.log(torch.arange(1, vocab + 1, dtype=torch.float32) + 10.0)
@@ -50,13 +51,15 @@ def synthetic_examples(n: int, *, vocab: int = 50_265, k: int = 64, seed: int = 
             length = int(lengths[start + j])
             ids = _zipf_ids(rng, vocab, length)
             mask = int(rng.integers(1, length - 1))
-            out.append({
-                "input_ids": ids,
-                "mask_positions": np.array([mask]),
-                "topk_ids": top.indices[j:j + 1].numpy(),
-                "topk_logprobs": top.values[j:j + 1].numpy().astype(np.float16),
-                "tail_logmass": tail[j:j + 1].numpy().astype(np.float32),
-                "label": int(rng.integers(0, 3)),
-                "meta": None,
-            })
+            out.append(
+                {
+                    "input_ids": ids,
+                    "mask_positions": np.array([mask]),
+                    "topk_ids": top.indices[j : j + 1].numpy(),
+                    "topk_logprobs": top.values[j : j + 1].numpy().astype(np.float16),
+                    "tail_logmass": tail[j : j + 1].numpy().astype(np.float32),
+                    "label": int(rng.integers(0, 3)),
+                    "meta": None,
+                }
+            )
     return out

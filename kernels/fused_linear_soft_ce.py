@@ -167,8 +167,7 @@ class FusedLinearSoftCEFunction(torch.autograd.Function):
             _, *grads = _fused_pass(hidden, weight, bias, *ctx.args, grad_scale=scale)
         else:
             grads = [
-                None if g is None else scale_grad_(g, grad_output, "sum")
-                for g in ctx.saved_tensors
+                None if g is None else scale_grad_(g, grad_output, "sum") for g in ctx.saved_tensors
             ]
         return *grads, None, None, None, None
 

@@ -9,8 +9,9 @@ import numpy as np
 __all__ = ["token_budget_batches"]
 
 
-def token_budget_batches(lengths: Sequence[int], token_budget: int,
-                         max_batch: int = 4096) -> list[np.ndarray]:
+def token_budget_batches(
+    lengths: Sequence[int], token_budget: int, max_batch: int = 4096
+) -> list[np.ndarray]:
     """Group example indices into batches whose padded size (rows x longest) fits the budget.
 
     Examples are sorted by length (stable, so the grouping is deterministic), then cut into
@@ -19,14 +20,16 @@ def token_budget_batches(lengths: Sequence[int], token_budget: int,
     """
     lengths = np.asarray(lengths)
     if len(lengths) and lengths.max() > token_budget:
-        raise ValueError(f"token budget {token_budget} is smaller than the longest example "
-                         f"({lengths.max()} tokens)")
+        raise ValueError(
+            f"token budget {token_budget} is smaller than the longest example "
+            f"({lengths.max()} tokens)"
+        )
     order = np.argsort(lengths, kind="stable")
     batches, start = [], 0
     for end in range(1, len(order) + 1):
         longest = lengths[order[end - 1]]
         if end - start > max_batch or (end - start) * longest > token_budget:
-            batches.append(order[start:end - 1])
+            batches.append(order[start : end - 1])
             start = end - 1
     if start < len(order):
         batches.append(order[start:])

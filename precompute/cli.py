@@ -42,28 +42,47 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="precompute-teacher", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="precompute-teacher",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--task", required=True, help=f"intermediate task ({', '.join(task_names())})")
-    p.add_argument("--corpus", required=True,
-                   help="text file/folder (blank-line separated documents), .jsonl, .parquet, "
-                        "or hf:NAME[:CONFIG][@REVISION] (e.g. hf:wikimedia/wikipedia:20231101.en)")
+    p.add_argument(
+        "--corpus",
+        required=True,
+        help="text file/folder (blank-line separated documents), .jsonl, .parquet, "
+        "or hf:NAME[:CONFIG][@REVISION] (e.g. hf:wikimedia/wikipedia:20231101.en)",
+    )
     p.add_argument("--text-field", default="text", help="JSONL field / parquet column")
-    p.add_argument("--one-doc-per-file", action="store_true",
-                   help="treat each text file as one document")
+    p.add_argument(
+        "--one-doc-per-file", action="store_true", help="treat each text file as one document"
+    )
     p.add_argument("--teacher", default="roberta-large", help="AutoModelForMaskedLM path or name")
     p.add_argument("--revision", default=None, help="model revision (hub models)")
     p.add_argument("--out", required=True, type=Path, help="store directory")
     p.add_argument("--k", type=int, default=64, help="top-k entries kept per mask")
-    p.add_argument("--num-examples", type=int, default=100_000,
-                   help="candidate examples (before a teacher filter), rounded down to a "
-                        "whole number of the task's groups (sentence-pair: 3, one per label)")
+    p.add_argument(
+        "--num-examples",
+        type=int,
+        default=100_000,
+        help="candidate examples (before a teacher filter), rounded down to a "
+        "whole number of the task's groups (sentence-pair: 3, one per label)",
+    )
     p.add_argument("--shard-size", type=int, default=10_000, help="candidates per shard")
-    p.add_argument("--token-budget", type=int, default=16_384,
-                   help="padded tokens per teacher batch (length-bucketed)")
-    p.add_argument("--tokenize-workers", type=int, default=None,
-                   help="processes tokenizing shards ahead of the teacher (default: the CPUs "
-                        "per rank minus one, at most 8; 0: in a thread)")
+    p.add_argument(
+        "--token-budget",
+        type=int,
+        default=16_384,
+        help="padded tokens per teacher batch (length-bucketed)",
+    )
+    p.add_argument(
+        "--tokenize-workers",
+        type=int,
+        default=None,
+        help="processes tokenizing shards ahead of the teacher (default: the CPUs "
+        "per rank minus one, at most 8; 0: in a thread)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
@@ -73,34 +92,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=None, help="override the task's max length")
     p.add_argument("--filter-rule", default=None, help="sentiment: max-prob | polar | none")
     p.add_argument("--threshold", type=float, default=None, help="sentiment filter threshold")
-    p.add_argument("--plugin", action="append", default=[],
-                   help="import this module first (it registers user-defined tasks)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a store of another configuration in --out")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None,
-                   help=argparse.SUPPRESS)  # passed by the deepspeed launcher; env is used
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        help="import this module first (it registers user-defined tasks)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a store of another configuration in --out"
+    )
+    p.add_argument(
+        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+    )  # passed by the deepspeed launcher; env is used
     return p
 
 
 def _task_options(args: argparse.Namespace) -> dict:
-    options = {"template": args.template, "max_length": args.max_length,
-               "filter_rule": args.filter_rule, "threshold": args.threshold}
+    options = {
+        "template": args.template,
+        "max_length": args.max_length,
+        "filter_rule": args.filter_rule,
+        "threshold": args.threshold,
+    }
     return {k: v for k, v in options.items() if v is not None}
 
 
 def _print_summary(summary: PassSummary, out: Path, rank: int) -> None:
     rate = summary.examples / max(summary.wall_s, 1e-9)
-    print(f"[rank {rank}] {summary.examples:,} examples through the teacher, {summary.kept:,} "
-          f"kept, {summary.shards} shards written ({summary.skipped_shards} already done), "
-          f"{summary.bytes / 1e6:,.2f} MB, padding efficiency "
-          f"{summary.padding_efficiency:.3f}, {summary.wall_s:,.1f} s ({rate:,.1f} ex/s, "
-          f"{summary.real_tokens / max(summary.wall_s, 1e-9):,.0f} tokens/s)")
+    print(
+        f"[rank {rank}] {summary.examples:,} examples through the teacher, {summary.kept:,} "
+        f"kept, {summary.shards} shards written ({summary.skipped_shards} already done), "
+        f"{summary.bytes / 1e6:,.2f} MB, padding efficiency "
+        f"{summary.padding_efficiency:.3f}, {summary.wall_s:,.1f} s ({rate:,.1f} ex/s, "
+        f"{summary.real_tokens / max(summary.wall_s, 1e-9):,.0f} tokens/s)"
+    )
     if summary.candidates < summary.requested:
-        print(f"[rank {rank}] note: the corpus ran out after {summary.candidates:,} of the "
-              f"{summary.requested:,} examples asked of this rank; use a larger corpus for more")
+        print(
+            f"[rank {rank}] note: the corpus ran out after {summary.candidates:,} of the "
+            f"{summary.requested:,} examples asked of this rank; use a larger corpus for more"
+        )
     if summary.store_shards:
-        print(f"store {out}: {summary.store_examples:,} examples in {summary.store_shards} "
-              f"shards, {summary.store_bytes / 1e6:,.2f} MB -> {out / 'manifest.json'}")
+        print(
+            f"store {out}: {summary.store_examples:,} examples in {summary.store_shards} "
+            f"shards, {summary.store_bytes / 1e6:,.2f} MB -> {out / 'manifest.json'}"
+        )
 
 
 def _read_first_document(corpus: Corpus | HFCorpus) -> None:
@@ -118,8 +153,10 @@ def _import_plugins(modules: list[str]) -> None:
         try:
             importlib.import_module(module)
         except ImportError as err:
-            raise ValueError(f"--plugin {module}: cannot import it ({err}); give a module name "
-                             f"importable from the working folder or PYTHONPATH") from None
+            raise ValueError(
+                f"--plugin {module}: cannot import it ({err}); give a module name "
+                f"importable from the working folder or PYTHONPATH"
+            ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,18 +173,25 @@ def main(argv: list[str] | None = None) -> int:
         task = make_task(args.task, splitter, **_task_options(args))
         group = getattr(task, "group_size", 1)
         if rank == 0 and args.num_examples % group:
-            print(f"precompute-teacher: note: --task {args.task} takes examples in groups of "
-                  f"{group}; making {args.num_examples - args.num_examples % group:,}",
-                  file=sys.stderr)
-        corpus = open_corpus(args.corpus, text_field=args.text_field,
-                             one_doc_per_file=args.one_doc_per_file)
+            print(
+                f"precompute-teacher: note: --task {args.task} takes examples in groups of "
+                f"{group}; making {args.num_examples - args.num_examples % group:,}",
+                file=sys.stderr,
+            )
+        corpus = open_corpus(
+            args.corpus, text_field=args.text_field, one_doc_per_file=args.one_doc_per_file
+        )
         corpus_fp = corpus.fingerprint()
         _read_first_document(corpus)  # a bad corpus fails now, not after the teacher loads
         if isinstance(corpus, HFCorpus) and not corpus.local and "@" not in corpus.spec:
-            print(f"precompute-teacher: note: {args.corpus} names no @REVISION; the store "
-                  f"records the dataset by name only", file=sys.stderr)
-        device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available()
-                                              else "cpu"))
+            print(
+                f"precompute-teacher: note: {args.corpus} names no @REVISION; the store "
+                f"records the dataset by name only",
+                file=sys.stderr,
+            )
+        device = torch.device(
+            args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        )
         if device.type == "cuda":  # CUDA events, streams and pinned copies use this device
             torch.cuda.set_device(device)
         from transformers import AutoModelForMaskedLM, AutoTokenizer
@@ -155,38 +199,67 @@ def main(argv: list[str] | None = None) -> int:
         require_folder_or_hub_name("--teacher", args.teacher)
         tokenizer = AutoTokenizer.from_pretrained(args.teacher, revision=args.revision)
         if tokenizer.mask_token_id is None:
-            raise ValueError(f"tokenizer of {args.teacher!r} has no mask token; a masked LM "
-                             f"teacher needs one")
+            raise ValueError(
+                f"tokenizer of {args.teacher!r} has no mask token; a masked LM teacher needs one"
+            )
         if args.k > len(tokenizer):
-            raise ValueError(f"--k {args.k} is larger than the vocabulary of {args.teacher!r} "
-                             f"({len(tokenizer)} tokens)")
-        cfg = PassConfig(out=args.out, k=args.k, num_examples=args.num_examples,
-                         shard_size=args.shard_size, token_budget=args.token_budget,
-                         seed=args.seed, rank=rank, world_size=world,
-                         tokenize_workers=args.tokenize_workers if args.tokenize_workers
-                         is not None else min(8, max(1, (os.cpu_count() or 2) // world - 1)))
-        preparer = ShardPreparer(tokenizer, task.template, task.max_length, cfg.token_budget,
-                                 workers=cfg.tokenize_workers)  # starts while the model loads
-        model = AutoModelForMaskedLM.from_pretrained(
-            args.teacher, revision=args.revision, dtype=DTYPES[args.dtype],
-            attn_implementation="sdpa").to(device).eval()
+            raise ValueError(
+                f"--k {args.k} is larger than the vocabulary of {args.teacher!r} "
+                f"({len(tokenizer)} tokens)"
+            )
+        cfg = PassConfig(
+            out=args.out,
+            k=args.k,
+            num_examples=args.num_examples,
+            shard_size=args.shard_size,
+            token_budget=args.token_budget,
+            seed=args.seed,
+            rank=rank,
+            world_size=world,
+            tokenize_workers=args.tokenize_workers
+            if args.tokenize_workers is not None
+            else min(8, max(1, (os.cpu_count() or 2) // world - 1)),
+        )
+        preparer = ShardPreparer(
+            tokenizer,
+            task.template,
+            task.max_length,
+            cfg.token_budget,
+            workers=cfg.tokenize_workers,
+        )  # starts while the model loads
+        model = (
+            AutoModelForMaskedLM.from_pretrained(
+                args.teacher,
+                revision=args.revision,
+                dtype=DTYPES[args.dtype],
+                attn_implementation="sdpa",
+            )
+            .to(device)
+            .eval()
+        )
         if task.max_length > max_sequence_length(model.config):
-            raise ValueError(f"task {task.name!r} makes examples of up to {task.max_length} "
-                             f"tokens, but {args.teacher!r} takes at most "
-                             f"{max_sequence_length(model.config)}; pass --max-length")
+            raise ValueError(
+                f"task {task.name!r} makes examples of up to {task.max_length} "
+                f"tokens, but {args.teacher!r} takes at most "
+                f"{max_sequence_length(model.config)}; pass --max-length"
+            )
         fingerprint = local_model_fingerprint(args.teacher)
         name = recorded_teacher_name(args.out, args.teacher, fingerprint)
         tokenizer.name_or_path = name  # the manifest's tokenizer record names it alike
-        teacher = {"name": name, "dtype": args.dtype,
-                   "revision": args.revision or getattr(model.config, "_commit_hash", None),
-                   "fingerprint": fingerprint}
+        teacher = {
+            "name": name,
+            "dtype": args.dtype,
+            "revision": args.revision or getattr(model.config, "_commit_hash", None),
+            "fingerprint": fingerprint,
+        }
         producer = producer_config(task, tokenizer, teacher, cfg, corpus_fp, splitter.config())
         distributed = world > 1
         if distributed and not torch.distributed.is_initialized():
             # A rank whose shards were all finished by an earlier run waits at the final
             # barrier for the whole pass of the others: far longer than the default timeout.
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                                 timeout=timedelta(days=1))
+            torch.distributed.init_process_group(
+                "nccl" if device.type == "cuda" else "gloo", timeout=timedelta(days=1)
+            )
         # Every rank checks (and refuses alike); then rank 0 alone clears, between barriers.
         args.out.mkdir(parents=True, exist_ok=True)
         replace = check_output(args.out, producer, tokenizer_record(tokenizer), args.overwrite)
@@ -196,8 +269,16 @@ def main(argv: list[str] | None = None) -> int:
             clear_output(args.out, everything=replace)
         if distributed:
             torch.distributed.barrier()
-        summary = run_teacher_pass(task, task.examples(corpus, args.seed), model, tokenizer, cfg,
-                                   producer, device, preparer)
+        summary = run_teacher_pass(
+            task,
+            task.examples(corpus, args.seed),
+            model,
+            tokenizer,
+            cfg,
+            producer,
+            device,
+            preparer,
+        )
         if distributed:
             torch.distributed.barrier()
         if rank == 0:

@@ -34,8 +34,9 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
             except UnicodeDecodeError as err:
                 raise CorpusError(
                     f"{path}: line {lineno} (byte {offset + err.start}) is not valid UTF-8: "
-                    f"{raw[max(err.start - 10, 0):err.start + 10]!r}; re-encode the file "
-                    f"as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+                    f"{raw[max(err.start - 10, 0) : err.start + 10]!r}; re-encode the file "
+                    f"as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                ) from None
             offset += len(raw)
 
 
@@ -54,8 +55,9 @@ class Corpus:
     def files(self) -> list[Path]:
         if self.path.is_file():
             return [self.path]
-        files = sorted(p for p in self.path.rglob("*") if p.is_file()
-                       and not p.name.startswith("."))
+        files = sorted(
+            p for p in self.path.rglob("*") if p.is_file() and not p.name.startswith(".")
+        )
         if not files:
             raise CorpusError(f"{self.path}: the folder holds no files")
         return files
@@ -85,8 +87,9 @@ class Corpus:
                     raise CorpusError(f"{path}: line {lineno} is not valid JSON: {err}") from None
                 text = record.get(self.text_field) if isinstance(record, dict) else None
                 if not isinstance(text, str):
-                    raise CorpusError(f"{path}: line {lineno} has no string field "
-                                      f"{self.text_field!r}")
+                    raise CorpusError(
+                        f"{path}: line {lineno} has no string field {self.text_field!r}"
+                    )
                 yield text
         elif self.one_doc_per_file:
             yield "".join(line for _, line in _text_lines(path))
@@ -110,8 +113,9 @@ class Corpus:
         except (pa.ArrowException, OSError) as err:
             raise CorpusError(f"{path}: not a readable parquet file: {err}") from None
         if self.text_field not in pf.schema_arrow.names:
-            raise CorpusError(f"{path}: no column {self.text_field!r} (columns: "
-                              f"{pf.schema_arrow.names})")
+            raise CorpusError(
+                f"{path}: no column {self.text_field!r} (columns: {pf.schema_arrow.names})"
+            )
         for group in range(pf.num_row_groups):
             for text in pf.read_row_group(group, columns=[self.text_field]).column(0).to_pylist():
                 if text is not None:
@@ -148,7 +152,7 @@ class HFCorpus:
         return Path(self._parts()[0]).is_dir()
 
     def _parts(self) -> tuple[str, str | None, str | None]:
-        body, _, revision = self.spec[len("hf:"):].partition("@")
+        body, _, revision = self.spec[len("hf:") :].partition("@")
         name, _, config = body.partition(":")
         if not name:
             raise CorpusError(f"{self.spec}: expected hf:NAME[:CONFIG][@REVISION]")
@@ -158,12 +162,14 @@ class HFCorpus:
         try:
             import datasets
         except ImportError:
-            raise CorpusError(f"{self.spec}: reading a Hugging Face dataset needs the "
-                              f"'datasets' package: pip install 'smash-distill[wikipedia]'"
-                              ) from None
+            raise CorpusError(
+                f"{self.spec}: reading a Hugging Face dataset needs the "
+                f"'datasets' package: pip install 'smash-distill[wikipedia]'"
+            ) from None
         name, config, revision = self._parts()
-        stream = datasets.load_dataset(name, config, split=self.split, revision=revision,
-                                       streaming=True)
+        stream = datasets.load_dataset(
+            name, config, split=self.split, revision=revision, streaming=True
+        )
         found = False
         for record in stream:
             text = record.get(self.text_field)
@@ -182,8 +188,9 @@ class HFCorpus:
         return "sha256:" + hashlib.sha256(json.dumps(recorded).encode()).hexdigest()
 
 
-def open_corpus(spec: str | Path, text_field: str = "text",
-                one_doc_per_file: bool = False) -> Corpus | HFCorpus:
+def open_corpus(
+    spec: str | Path, text_field: str = "text", one_doc_per_file: bool = False
+) -> Corpus | HFCorpus:
     """A local corpus path, or ``hf:NAME[:CONFIG][@REVISION]`` for a Hugging Face dataset."""
     if str(spec).startswith("hf:"):
         return HFCorpus(str(spec), text_field=text_field)

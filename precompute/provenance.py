@@ -20,8 +20,14 @@ from .tasks import IntermediateTask
 from .teacher_pass import PassConfig
 from .templates import verbalizer_ids
 
-__all__ = ["ConfigMismatch", "check_output", "clear_output", "local_model_fingerprint",
-           "producer_config", "recorded_teacher_name"]
+__all__ = [
+    "ConfigMismatch",
+    "check_output",
+    "clear_output",
+    "local_model_fingerprint",
+    "producer_config",
+    "recorded_teacher_name",
+]
 
 
 class ConfigMismatch(RuntimeError):
@@ -63,22 +69,35 @@ def recorded_teacher_name(out: Path, name: str, fingerprint: str | None) -> str:
     return os.path.normpath(name)
 
 
-def producer_config(task: IntermediateTask, tokenizer: PreTrainedTokenizerBase, teacher: dict,
-                    cfg: PassConfig, corpus_fp: str, splitter: dict) -> dict:
+def producer_config(
+    task: IntermediateTask,
+    tokenizer: PreTrainedTokenizerBase,
+    teacher: dict,
+    cfg: PassConfig,
+    corpus_fp: str,
+    splitter: dict,
+) -> dict:
     """What the manifest records of how the store was made (compared exactly on resume).
     ``teacher``: name, revision, dtype and, for a local folder, its fingerprint."""
     verbalizer = list(task.verbalizer)
     return {
-        "task": task.name, "task_options": task.config(), "template": task.template,
-        "max_length": task.max_length, "verbalizer": verbalizer,
+        "task": task.name,
+        "task_options": task.config(),
+        "template": task.template,
+        "max_length": task.max_length,
+        "verbalizer": verbalizer,
         "verbalizer_ids": verbalizer_ids(tokenizer, verbalizer) if verbalizer else [],
         # "teacher": labels are the teacher's argmax over the verbalizer (the task's label
         # hook, e.g. sentiment); "task": the task's own labels (e.g. sentence-pair's rule)
         "label_source": "teacher" if verbalizer and hasattr(task, "label") else "task",
         "teacher": teacher,
-        "k": cfg.k, "seed": cfg.seed, "num_examples": cfg.num_examples,
-        "shard_size": cfg.shard_size, "token_budget": cfg.token_budget,
-        "corpus_fingerprint": corpus_fp, "sentences": splitter,
+        "k": cfg.k,
+        "seed": cfg.seed,
+        "num_examples": cfg.num_examples,
+        "shard_size": cfg.shard_size,
+        "token_budget": cfg.token_budget,
+        "corpus_fingerprint": corpus_fp,
+        "sentences": splitter,
     }
 
 
@@ -90,23 +109,26 @@ def check_output(out: Path, producer: dict, tokenizer: dict, overwrite: bool) ->
     for path in sorted(out.glob("manifest*.json")):
         existing = load_manifest(path)
         theirs = {**existing.producer, "tokenizer": existing.tokenizer}
-        differing = sorted(key for key in set(ours) | set(theirs)
-                           if ours.get(key) != theirs.get(key))
+        differing = sorted(
+            key for key in set(ours) | set(theirs) if ours.get(key) != theirs.get(key)
+        )
         if not differing:
             continue
         if not overwrite:
-            changes = "; ".join(f"{key}: {_short(theirs.get(key))} -> {_short(ours.get(key))}"
-                                for key in differing)
+            changes = "; ".join(
+                f"{key}: {_short(theirs.get(key))} -> {_short(ours.get(key))}" for key in differing
+            )
             raise ConfigMismatch(
                 f"{out} holds a store made with another configuration (see {path.name}: "
-                f"{changes}); pass --overwrite to replace it or choose another --out")
+                f"{changes}); pass --overwrite to replace it or choose another --out"
+            )
         return True
     return False
 
 
 def _short(value: object, width: int = 120) -> str:
     text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= width else text[:width - 3] + "..."
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def clear_output(out: Path, everything: bool) -> None:

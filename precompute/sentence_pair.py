@@ -35,9 +35,15 @@ class SentencePairTask:
     max_length = 128
     verbalizer = ("No", "Maybe", "Yes")  # labels 0, 1, 2 (paper 4.4, settings 6 and 7)
 
-    def __init__(self, splitter: SentenceSplitter, *, pairs_per_doc: int = 1,
-                 reservoir: int = 10_000, template: str | None = None,
-                 max_length: int | None = None):
+    def __init__(
+        self,
+        splitter: SentenceSplitter,
+        *,
+        pairs_per_doc: int = 1,
+        reservoir: int = 10_000,
+        template: str | None = None,
+        max_length: int | None = None,
+    ):
         if pairs_per_doc < 1 or reservoir < 1:
             raise ValueError("pairs_per_doc and reservoir must be at least 1")
         self.splitter, self.pairs_per_doc, self.reservoir = splitter, pairs_per_doc, reservoir
@@ -70,11 +76,17 @@ class SentencePairTask:
                 f"{self.splitter.min_words}-{self.splitter.max_words} words, two of them "
                 f"adjacent ({doc_index + 1} "
                 f"documents read), so same-document pairs (labels 1 and 2) are impossible; use "
-                f"a corpus of multi-sentence documents or relax --min-words/--max-words")
+                f"a corpus of multi-sentence documents or relax --min-words/--max-words"
+            )
 
     @staticmethod
-    def _triple(rng: random.Random, doc: int, kept: list[tuple[int, str]], adjacent: list[int],
-                pool: list[tuple[int, str]]) -> Iterator[TaskExample]:
+    def _triple(
+        rng: random.Random,
+        doc: int,
+        kept: list[tuple[int, str]],
+        adjacent: list[int],
+        pool: list[tuple[int, str]],
+    ) -> Iterator[TaskExample]:
         """One adjacent (2), one same-document non-adjacent (1), one cross-document (0) pair.
 
         ``kept``: (position in the document, sentence); ``adjacent``: indices ``a`` into it

@@ -24,8 +24,9 @@ class SentenceSplitter:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_words <= self.max_words:
-            raise ValueError(f"need 1 <= min_words ({self.min_words}) <= max_words "
-                             f"({self.max_words})")
+            raise ValueError(
+                f"need 1 <= min_words ({self.min_words}) <= max_words ({self.max_words})"
+            )
 
     def split(self, document: str) -> list[str]:
         return [sentence for _, sentence in self.split_positions(document)]
@@ -36,9 +37,15 @@ class SentenceSplitter:
         import blingfire  # here, so that modules importing the task registry do not need it
 
         sentences = blingfire.text_to_sentences(document).split("\n")
-        return [(position, s.strip()) for position, s in enumerate(sentences)
-                if self.min_words <= len(s.split()) <= self.max_words]
+        return [
+            (position, s.strip())
+            for position, s in enumerate(sentences)
+            if self.min_words <= len(s.split()) <= self.max_words
+        ]
 
     def config(self) -> dict:
-        return {"splitter": f"blingfire {version('blingfire')}", "min_words": self.min_words,
-                "max_words": self.max_words}
+        return {
+            "splitter": f"blingfire {version('blingfire')}",
+            "min_words": self.min_words,
+            "max_words": self.max_words,
+        }

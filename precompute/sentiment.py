@@ -38,9 +38,16 @@ class SentimentTask:
     verbalizer = ("terrible", "bad", "okay", "good", "great")
     group_size = 1
 
-    def __init__(self, splitter: SentenceSplitter, *, filter_rule: str = "max-prob",
-                 threshold: float = 0.5, shuffle_buffer: int = 10_000,
-                 template: str | None = None, max_length: int | None = None):
+    def __init__(
+        self,
+        splitter: SentenceSplitter,
+        *,
+        filter_rule: str = "max-prob",
+        threshold: float = 0.5,
+        shuffle_buffer: int = 10_000,
+        template: str | None = None,
+        max_length: int | None = None,
+    ):
         if filter_rule not in FILTER_RULES:
             raise ValueError(f"unknown filter rule {filter_rule!r}; choose from {FILTER_RULES}")
         if not 0.0 <= threshold <= 1.0:
@@ -77,5 +84,8 @@ class SentimentTask:
         return verbalizer_logprobs.argmax(axis=1)
 
     def config(self) -> dict[str, Any]:
-        return {"filter_rule": self.filter_rule, "threshold": self.threshold,
-                "shuffle_buffer": self.shuffle_buffer}
+        return {
+            "filter_rule": self.filter_rule,
+            "threshold": self.threshold,
+            "shuffle_buffer": self.shuffle_buffer,
+        }

@@ -30,9 +30,9 @@ __all__ = ["PreparedBatch", "PreparedShard", "ShardPreparer"]
 
 @dataclass
 class PreparedBatch:
-    rows: np.ndarray          # (B,) indices into the shard's examples
-    input_ids: np.ndarray     # (B, L) int64, padded
-    lengths: np.ndarray       # (B,) real tokens per row
+    rows: np.ndarray  # (B,) indices into the shard's examples
+    input_ids: np.ndarray  # (B, L) int64, padded
+    lengths: np.ndarray  # (B,) real tokens per row
     mask_positions: np.ndarray  # (B,)
 
 
@@ -42,8 +42,13 @@ class PreparedShard:
     batches: list[PreparedBatch]
 
 
-def prepare_shard(tokenizer: PreTrainedTokenizerBase, template_spec: str, max_length: int,
-                  token_budget: int, sentences: Sequence[Sequence[str]]) -> PreparedShard:
+def prepare_shard(
+    tokenizer: PreTrainedTokenizerBase,
+    template_spec: str,
+    max_length: int,
+    token_budget: int,
+    sentences: Sequence[Sequence[str]],
+) -> PreparedShard:
     """Tokenize a shard's examples into the template and cut them into padded batches."""
     prompts = parse_template(template_spec).encode_batch(tokenizer, sentences, max_length)
     lengths = np.array([len(p.input_ids) for p in prompts])
@@ -51,7 +56,7 @@ def prepare_shard(tokenizer: PreTrainedTokenizerBase, template_spec: str, max_le
     for rows in token_budget_batches(lengths, token_budget):
         ids = np.full((len(rows), int(lengths[rows].max())), tokenizer.pad_token_id, np.int64)
         for b, i in enumerate(rows):
-            ids[b, :lengths[i]] = prompts[i].input_ids
+            ids[b, : lengths[i]] = prompts[i].input_ids
         positions = np.array([prompts[i].mask_position for i in rows])
         batches.append(PreparedBatch(rows, ids, lengths[rows], positions))
     return PreparedShard(prompts, batches)
@@ -60,8 +65,9 @@ def prepare_shard(tokenizer: PreTrainedTokenizerBase, template_spec: str, max_le
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizer: PreTrainedTokenizerBase, template_spec: str, max_length: int,
-                 token_budget: int) -> None:
+def _init_worker(
+    tokenizer: PreTrainedTokenizerBase, template_spec: str, max_length: int, token_budget: int
+) -> None:
     # One thread per worker: parallelism comes from the number of workers, and Rust threads
     # would compete with the process driving the teacher.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -75,15 +81,25 @@ def _prepare_in_worker(sentences: list[tuple[str, ...]]) -> PreparedShard:
 class ShardPreparer:
     """Prepare shards in order, up to ``ahead`` at a time in ``workers`` processes."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, template_spec: str, max_length: int,
-                 token_budget: int, workers: int = 1, ahead: int = 2):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        template_spec: str,
+        max_length: int,
+        token_budget: int,
+        workers: int = 1,
+        ahead: int = 2,
+    ):
         self.args = (tokenizer, template_spec, max_length, token_budget)
         self.ahead = max(ahead, workers)
         self.pool = None
         if workers > 0:
             self.pool = ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=self.args)
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=self.args,
+            )
             for _ in range(workers):  # start them now: their imports overlap the model's load
                 self.pool.submit(int)
 
@@ -92,13 +108,18 @@ class ShardPreparer:
         yields (key, PreparedShard | None) in the same order."""
         if self.pool is None:
             for key, sentences in jobs:
-                yield key, (prepare_shard(*self.args, sentences) if sentences is not None
-                            else None)
+                yield key, (prepare_shard(*self.args, sentences) if sentences is not None else None)
             return
         pending: deque[tuple[object, Future | None]] = deque()
         for key, sentences in jobs:
-            pending.append((key, None if sentences is None else
-                            self.pool.submit(_prepare_in_worker, list(sentences))))
+            pending.append(
+                (
+                    key,
+                    None
+                    if sentences is None
+                    else self.pool.submit(_prepare_in_worker, list(sentences)),
+                )
+            )
             while len(pending) > self.ahead or (pending and pending[0][1] is None):
                 done_key, future = pending.popleft()
                 yield done_key, future.result() if future is not None else None

@@ -69,6 +69,7 @@ def register_task(name: str) -> Callable:
         cls.name = name
         _REGISTRY[name] = cls
         return cls
+
     return decorate
 
 
@@ -85,8 +86,10 @@ def make_task(name: str, splitter: SentenceSplitter, **options: Any) -> Intermed
     for option in options:
         if not _takes(_REGISTRY[name], option):
             takers = [other for other in task_names() if _takes(_REGISTRY[other], option)]
-            raise ValueError(f"task {name!r} takes no {option!r} option (--"
-                             f"{option.replace('_', '-')}); tasks that do: {takers or 'none'}")
+            raise ValueError(
+                f"task {name!r} takes no {option!r} option (--"
+                f"{option.replace('_', '-')}); tasks that do: {takers or 'none'}"
+            )
     return _REGISTRY[name](splitter, **options)
 
 

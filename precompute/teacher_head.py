@@ -19,8 +19,8 @@ __all__ = ["TeacherTopK", "lm_head_of", "mask_hidden_states", "max_sequence_leng
 
 @dataclass
 class TeacherTopK:
-    ids: torch.Tensor          # (R, k) int64
-    logprobs: torch.Tensor     # (R, k) float16, sorted descending
+    ids: torch.Tensor  # (R, k) int64
+    logprobs: torch.Tensor  # (R, k) float16, sorted descending
     tail_logmass: torch.Tensor  # (R,) float32
     extra_logprobs: torch.Tensor | None = None  # (R, E) float32 at ``extra_ids`` (verbalizer)
 
@@ -35,13 +35,19 @@ def lm_head_of(model: torch.nn.Module) -> torch.nn.Module:
     for name in ("lm_head", "cls"):
         if hasattr(model, name):
             return getattr(model, name)
-    raise ValueError(f"{type(model).__name__}: no masked-LM head named 'lm_head' or 'cls'; "
-                     f"supported are RoBERTa/XLM-R/BERT-style masked LMs")
+    raise ValueError(
+        f"{type(model).__name__}: no masked-LM head named 'lm_head' or 'cls'; "
+        f"supported are RoBERTa/XLM-R/BERT-style masked LMs"
+    )
 
 
-def mask_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor,
-                       attention_mask: torch.Tensor, mask_batch: torch.Tensor,
-                       mask_positions: torch.Tensor) -> torch.Tensor:
+def mask_hidden_states(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mask_batch: torch.Tensor,
+    mask_positions: torch.Tensor,
+) -> torch.Tensor:
     """Run the encoder only and gather its last hidden states at the mask positions: (R, H)."""
     encoder = getattr(model, model.base_model_prefix)
     hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -49,20 +55,29 @@ def mask_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor,
 
 
 @torch.inference_mode()
-def teacher_topk(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 mask_batch: torch.Tensor, mask_positions: torch.Tensor, k: int,
-                 extra_ids: torch.Tensor | None = None) -> TeacherTopK:
+def teacher_topk(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mask_batch: torch.Tensor,
+    mask_positions: torch.Tensor,
+    k: int,
+    extra_ids: torch.Tensor | None = None,
+) -> TeacherTopK:
     """Top-k of the teacher's float32 log-softmax at each mask position; with ``extra_ids``
     (e.g. a verbalizer's token ids) also their log-probabilities from the same forward."""
     hidden = mask_hidden_states(model, input_ids, attention_mask, mask_batch, mask_positions)
-    logits = lm_head_of(model)(hidden).float()          # (R, V)
+    logits = lm_head_of(model)(hidden).float()  # (R, V)
     if k > logits.shape[-1]:
         raise ValueError(f"k={k} is larger than the vocabulary ({logits.shape[-1]})")
     logp = torch.log_softmax(logits, dim=-1)
     top = torch.topk(logp, k, dim=-1, sorted=True)
     rest = logp.scatter(1, top.indices, float("-inf"))
-    tail = torch.logsumexp(rest, dim=-1) if k < logp.shape[-1] else torch.full_like(
-        logp[:, 0], float("-inf"))
+    tail = (
+        torch.logsumexp(rest, dim=-1)
+        if k < logp.shape[-1]
+        else torch.full_like(logp[:, 0], float("-inf"))
+    )
     extra = logp[:, extra_ids] if extra_ids is not None else None
     return TeacherTopK(top.indices, top.values.to(torch.float16), tail, extra)
 

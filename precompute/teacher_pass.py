@@ -55,18 +55,18 @@ class PassConfig:
 
 @dataclass
 class PassSummary:
-    requested: int = 0         # candidates this process was asked for (--num-examples share)
-    candidates: int = 0        # candidates the corpus gave it (fewer when it runs out)
-    examples: int = 0          # candidates sent through the teacher by this process
-    kept: int = 0              # examples written (after the filter)
-    shards: int = 0            # shards written by this process in this run
-    skipped_shards: int = 0    # finished in an earlier run
+    requested: int = 0  # candidates this process was asked for (--num-examples share)
+    candidates: int = 0  # candidates the corpus gave it (fewer when it runs out)
+    examples: int = 0  # candidates sent through the teacher by this process
+    kept: int = 0  # examples written (after the filter)
+    shards: int = 0  # shards written by this process in this run
+    skipped_shards: int = 0  # finished in an earlier run
     bytes: int = 0
     real_tokens: int = 0
     computed_tokens: int = 0
     wall_s: float = 0.0
-    startup_s: float = 0.0     # until the first batch reached the teacher (first shard's prep)
-    store_shards: int = 0      # after finalize (rank 0)
+    startup_s: float = 0.0  # until the first batch reached the teacher (first shard's prep)
+    store_shards: int = 0  # after finalize (rank 0)
     store_examples: int = 0
     store_bytes: int = 0
     extra: dict = field(default_factory=dict)
@@ -76,8 +76,9 @@ class PassSummary:
         return self.real_tokens / max(self.computed_tokens, 1)
 
 
-def _shards(stream: Iterator[TaskExample], cfg: PassConfig, total: int
-            ) -> Iterator[tuple[int, list[TaskExample]]]:
+def _shards(
+    stream: Iterator[TaskExample], cfg: PassConfig, total: int
+) -> Iterator[tuple[int, list[TaskExample]]]:
     it = itertools.islice(stream, total)
     for index in itertools.count():
         chunk = list(itertools.islice(it, cfg.shard_size))
@@ -137,23 +138,36 @@ class _Writer(threading.Thread):
         except BaseException as err:  # noqa: BLE001 - re-raised by put()/finish()
             self.error = err
 
-    def _write_shard(self, index: int, examples: list[TaskExample],
-                     prompts: list[EncodedPrompt], out: dict[str, np.ndarray]) -> None:
+    def _write_shard(
+        self,
+        index: int,
+        examples: list[TaskExample],
+        prompts: list[EncodedPrompt],
+        out: dict[str, np.ndarray],
+    ) -> None:
         keep = np.ones(len(examples), dtype=bool)
         labels = np.array([ex.label for ex in examples])
         if "extra" in out:
-            decided = self.task.keep(out["extra"][:len(examples)])
+            decided = self.task.keep(out["extra"][: len(examples)])
             if decided is not None:
                 keep = decided
             if hasattr(self.task, "label"):
-                labels = self.task.label(out["extra"][:len(examples)])
-        info = self.store.write_shard(index, ({
-            "input_ids": np.asarray(prompts[i].input_ids),
-            "mask_positions": np.array([prompts[i].mask_position]),
-            "topk_ids": out["ids"][i:i + 1], "topk_logprobs": out["logprobs"][i:i + 1],
-            "tail_logmass": out["tail"][i:i + 1], "label": int(labels[i]),
-            "meta": examples[i].meta or None,
-        } for i in np.flatnonzero(keep)))
+                labels = self.task.label(out["extra"][: len(examples)])
+        info = self.store.write_shard(
+            index,
+            (
+                {
+                    "input_ids": np.asarray(prompts[i].input_ids),
+                    "mask_positions": np.array([prompts[i].mask_position]),
+                    "topk_ids": out["ids"][i : i + 1],
+                    "topk_logprobs": out["logprobs"][i : i + 1],
+                    "tail_logmass": out["tail"][i : i + 1],
+                    "label": int(labels[i]),
+                    "meta": examples[i].meta or None,
+                }
+                for i in np.flatnonzero(keep)
+            ),
+        )
         self.summary.kept += info.samples
         self.summary.shards += 1
         self.summary.bytes += info.bytes
@@ -165,8 +179,9 @@ class _Writer(threading.Thread):
             raise self.error
 
 
-def _shard_jobs(examples: Iterator[TaskExample], cfg: PassConfig, total: int,
-                done: set[str]) -> Iterator[tuple]:
+def _shard_jobs(
+    examples: Iterator[TaskExample], cfg: PassConfig, total: int, done: set[str]
+) -> Iterator[tuple]:
     """This rank's shards as ((index, examples), sentences to prepare or None to skip)."""
     for index, chunk in _shards(examples, cfg, total):
         if index % cfg.world_size != cfg.rank:
@@ -175,10 +190,16 @@ def _shard_jobs(examples: Iterator[TaskExample], cfg: PassConfig, total: int,
         yield (index, chunk), (None if finished else [ex.sentences for ex in chunk])
 
 
-def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample],
-                     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
-                     cfg: PassConfig, producer: dict, device: torch.device,
-                     preparer: ShardPreparer | None = None) -> PassSummary:
+def run_teacher_pass(
+    task: IntermediateTask,
+    examples: Iterator[TaskExample],
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: PassConfig,
+    producer: dict,
+    device: torch.device,
+    preparer: ShardPreparer | None = None,
+) -> PassSummary:
     """Run the teacher over this process's shards of ``examples`` and write them.
 
     A background thread draws the examples and hands shards to tokenizer processes
@@ -194,22 +215,37 @@ def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample],
     parse_template(task.template)  # a bad template fails here, before anything starts
     extra = producer["verbalizer_ids"]
     extra_ids = torch.tensor(extra, device=device) if extra else None
-    store = StoreWriter(cfg.out, producer=producer, tokenizer=tokenizer_record(tokenizer),
-                        k=cfg.k, layout=ChunkLayout(), part=f"rank{cfg.rank}")
+    store = StoreWriter(
+        cfg.out,
+        producer=producer,
+        tokenizer=tokenizer_record(tokenizer),
+        k=cfg.k,
+        layout=ChunkLayout(),
+        part=f"rank{cfg.rank}",
+    )
     summary = PassSummary()
     writer = _Writer(store, task, summary)
     writer.start()
     cuda = device.type == "cuda"
     total = cfg.num_examples - cfg.num_examples % getattr(task, "group_size", 1)
-    mine = sum(min(cfg.shard_size, total - start) for start in range(0, total, cfg.shard_size)
-               if (start // cfg.shard_size) % cfg.world_size == cfg.rank)
+    mine = sum(
+        min(cfg.shard_size, total - start)
+        for start in range(0, total, cfg.shard_size)
+        if (start // cfg.shard_size) % cfg.world_size == cfg.rank
+    )
     summary.requested = mine
-    bar = tqdm(total=mine, unit="ex", desc=f"teacher rank {cfg.rank}", dynamic_ncols=True,
-               smoothing=0.1)
+    bar = tqdm(
+        total=mine, unit="ex", desc=f"teacher rank {cfg.rank}", dynamic_ncols=True, smoothing=0.1
+    )
     t0 = time.perf_counter()
     if preparer is None:
-        preparer = ShardPreparer(tokenizer, task.template, task.max_length, cfg.token_budget,
-                                 workers=cfg.tokenize_workers)
+        preparer = ShardPreparer(
+            tokenizer,
+            task.template,
+            task.max_length,
+            cfg.token_budget,
+            workers=cfg.tokenize_workers,
+        )
     done = {s.name for _, part in read_parts(cfg.out) for s in part.shards}
     shards = background(preparer.map(_shard_jobs(examples, cfg, total, done)))
     try:
@@ -224,23 +260,34 @@ def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample],
                 if not summary.startup_s:
                     summary.startup_s = time.perf_counter() - t0
                 ids = torch.from_numpy(batch.input_ids)
-                attention = (torch.arange(ids.shape[1])[None, :]
-                             < torch.from_numpy(batch.lengths)[:, None]).long()
+                attention = (
+                    torch.arange(ids.shape[1])[None, :] < torch.from_numpy(batch.lengths)[:, None]
+                ).long()
                 positions = torch.from_numpy(batch.mask_positions)
                 if cuda:  # pinned, so the host-to-device copies run asynchronously
-                    ids, attention, positions = (t.pin_memory() for t in (ids, attention,
-                                                                           positions))
-                top = teacher_topk(model, ids.to(device, non_blocking=True),
-                                   attention.to(device, non_blocking=True),
-                                   torch.arange(len(batch.rows), device=device),
-                                   positions.to(device, non_blocking=True), cfg.k, extra_ids)
+                    ids, attention, positions = (
+                        t.pin_memory() for t in (ids, attention, positions)
+                    )
+                top = teacher_topk(
+                    model,
+                    ids.to(device, non_blocking=True),
+                    attention.to(device, non_blocking=True),
+                    torch.arange(len(batch.rows), device=device),
+                    positions.to(device, non_blocking=True),
+                    cfg.k,
+                    extra_ids,
+                )
                 out = {"ids": top.ids, "logprobs": top.logprobs, "tail": top.tail_logmass}
                 if top.extra_logprobs is not None:
                     out["extra"] = top.extra_logprobs
                 event = None
                 if cuda:  # copy back without waiting; the writer waits on the event
-                    out = {n: torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
-                        t, non_blocking=True) for n, t in out.items()}
+                    out = {
+                        n: torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
+                            t, non_blocking=True
+                        )
+                        for n, t in out.items()
+                    }
                     event = torch.cuda.Event()
                     event.record()
                 writer.put(("batch", batch.rows, event, out))
@@ -248,8 +295,11 @@ def run_teacher_pass(task: IntermediateTask, examples: Iterator[TaskExample],
                 summary.computed_tokens += batch.input_ids.size
                 summary.examples += len(batch.rows)
                 bar.update(len(batch.rows))
-                bar.set_postfix(tok_s=f"{summary.real_tokens / (time.perf_counter() - t0):,.0f}",
-                                pad_eff=f"{summary.padding_efficiency:.3f}", refresh=False)
+                bar.set_postfix(
+                    tok_s=f"{summary.real_tokens / (time.perf_counter() - t0):,.0f}",
+                    pad_eff=f"{summary.padding_efficiency:.3f}",
+                    refresh=False,
+                )
             writer.put(("end",))
         writer.finish()
     except BaseException:

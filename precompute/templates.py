@@ -85,8 +85,9 @@ class Template:
         """How many input sentences the template reads (highest ``sent`` index + 1)."""
         return 1 + max((p.index for p in self.parts if p.kind == "sentence"), default=-1)
 
-    def encode(self, tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str],
-               max_length: int) -> EncodedPrompt:
+    def encode(
+        self, tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str], max_length: int
+    ) -> EncodedPrompt:
         """Fill the template with ``sentences`` and tokenize it into at most ``max_length`` ids.
 
         Only sentence tokens are truncated: while too long, one token is removed from the end of
@@ -95,37 +96,46 @@ class Template:
         """
         return self.encode_batch(tokenizer, [sentences], max_length)[0]
 
-    def encode_batch(self, tokenizer: PreTrainedTokenizerBase, batch: Sequence[Sequence[str]],
-                     max_length: int) -> list[EncodedPrompt]:
+    def encode_batch(
+        self, tokenizer: PreTrainedTokenizerBase, batch: Sequence[Sequence[str]], max_length: int
+    ) -> list[EncodedPrompt]:
         """``encode`` for many examples at once: each sentence part of all examples goes to the
         tokenizer in one batch call (fast tokenizers encode it in Rust, in parallel)."""
         for sentences in batch:
             if len(sentences) < self.num_sentences:
-                raise ValueError(f"template {self.spec!r} reads {self.num_sentences} "
-                                 f"sentence(s), got {len(sentences)}")
+                raise ValueError(
+                    f"template {self.spec!r} reads {self.num_sentences} "
+                    f"sentence(s), got {len(sentences)}"
+                )
         columns: list[list[list[int]] | list[int]] = []  # per part: ids per example, or fixed
         for part in self.parts:
             if part.kind == "special":
                 columns.append([_special_id(tokenizer, part.text, self.spec)])
             elif part.kind == "sentence":
-                columns.append(_encode_many(tokenizer, [part.sentence_text(s[part.index])
-                                                        for s in batch]))
+                columns.append(
+                    _encode_many(tokenizer, [part.sentence_text(s[part.index]) for s in batch])
+                )
             else:
                 columns.append(_encode(tokenizer, part.text))
         is_sentence = [p.kind == "sentence" for p in self.parts]
         fixed = sum(len(ids) for ids, s in zip(columns, is_sentence) if not s)
         if fixed > max_length:
-            raise ValueError(f"template {self.spec!r} alone is {fixed} tokens, more than "
-                             f"max_length={max_length}")
-        mask_part = next(i for i, p in enumerate(self.parts)
-                         if p.kind == "special" and p.text == "mask")
+            raise ValueError(
+                f"template {self.spec!r} alone is {fixed} tokens, more than max_length={max_length}"
+            )
+        mask_part = next(
+            i for i, p in enumerate(self.parts) if p.kind == "special" and p.text == "mask"
+        )
         out = []
         for row in range(len(batch)):
             pieces = [list(col[row]) if sent else col for col, sent in zip(columns, is_sentence)]
             _truncate_longest_first(pieces, is_sentence, max_length - fixed)
             mask_position = sum(len(ids) for ids in pieces[:mask_part])
-            out.append(EncodedPrompt(input_ids=[t for ids in pieces for t in ids],
-                                     mask_position=mask_position))
+            out.append(
+                EncodedPrompt(
+                    input_ids=[t for ids in pieces for t in ids], mask_position=mask_position
+                )
+            )
         return out
 
 
@@ -142,11 +152,20 @@ def parse_template(spec: str) -> Template:
         if raw in _SPECIAL:
             parts.append(Part(kind="special", text=raw))
         elif (m := _SENT.match(raw)) is not None:
-            parts.append(Part(kind="sentence", index=int(m["index"]), space=m["space"] == "+",
-                              case=m["case"], drop_last=m["drop"] == "-"))
+            parts.append(
+                Part(
+                    kind="sentence",
+                    index=int(m["index"]),
+                    space=m["space"] == "+",
+                    case=m["case"],
+                    drop_last=m["drop"] == "-",
+                )
+            )
         elif _UNSUPPORTED.match(raw):
-            raise ValueError(f"template {spec!r}: part *{raw}* is not supported (sentence parts "
-                             "are [+]sent[l|u][-]_i; demonstrations label_i are not supported)")
+            raise ValueError(
+                f"template {spec!r}: part *{raw}* is not supported (sentence parts "
+                "are [+]sent[l|u][-]_i; demonstrations label_i are not supported)"
+            )
         else:
             parts.append(Part(kind="literal", text=raw.replace("_", " ")))
     masks = sum(p.kind == "special" and p.text == "mask" for p in parts)
@@ -166,8 +185,10 @@ def verbalizer_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> 
         pieces = _encode(tokenizer, " " + word)
         if len(pieces) != 1:
             names = tokenizer.convert_ids_to_tokens(pieces)
-            raise ValueError(f"label word {word!r} is not a single token with a leading space: "
-                             f"it splits into {names}; choose another word")
+            raise ValueError(
+                f"label word {word!r} is not a single token with a leading space: "
+                f"it splits into {names}; choose another word"
+            )
         ids.append(pieces[0])
     if len(set(ids)) != len(ids):
         raise ValueError(f"label words {list(words)} map to repeated token ids {ids}")
@@ -184,13 +205,19 @@ def _encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:  # slow tokenizers: one call per text
         return [_encode(tokenizer, t) for t in texts]
-    return [e.ids if t else [] for e, t in zip(
-        backend.encode_batch(texts, add_special_tokens=False), texts)]
+    return [
+        e.ids if t else []
+        for e, t in zip(backend.encode_batch(texts, add_special_tokens=False), texts)
+    ]
 
 
 def _special_id(tokenizer, name: str, spec: str) -> int:
-    attr = {"cls": "cls_token_id", "mask": "mask_token_id", "sep": "sep_token_id",
-            "sep+": "sep_token_id"}[name]
+    attr = {
+        "cls": "cls_token_id",
+        "mask": "mask_token_id",
+        "sep": "sep_token_id",
+        "sep+": "sep_token_id",
+    }[name]
     token_id = getattr(tokenizer, attr, None)
     if token_id is None:
         raise ValueError(f"template {spec!r} uses *{name}* but the tokenizer has no {attr}")

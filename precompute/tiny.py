@@ -30,8 +30,25 @@ SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 # Words that verbalizers and templates need as single leading-space tokens (paper Table 6 and
 # the intermediate tasks): the tokenizer is trained so each of these is one token.
 REQUIRED_WORDS = [
-    "terrible", "bad", "okay", "good", "great", "Yes", "No", "Maybe",
-    "It", "was", "This", "is", "A", "All", "in", "all", "the", "movie", "film",
+    "terrible",
+    "bad",
+    "okay",
+    "good",
+    "great",
+    "Yes",
+    "No",
+    "Maybe",
+    "It",
+    "was",
+    "This",
+    "is",
+    "A",
+    "All",
+    "in",
+    "all",
+    "the",
+    "movie",
+    "film",
 ]
 
 _TOPICS = {
@@ -77,8 +94,9 @@ def write_tiny_corpus(path: str | Path, n_docs: int = 120, seed: int = 0) -> Pat
     return path
 
 
-def train_tiny_tokenizer(corpus_files: list[str | Path], out_dir: str | Path,
-                         vocab_size: int = 600) -> PreTrainedTokenizerBase:
+def train_tiny_tokenizer(
+    corpus_files: list[str | Path], out_dir: str | Path, vocab_size: int = 600
+) -> PreTrainedTokenizerBase:
     """Train a byte-level BPE with RoBERTa's special tokens; save it as a RobertaTokenizerFast."""
     from tokenizers import AddedToken, ByteLevelBPETokenizer
     from transformers import RobertaTokenizerFast
@@ -87,10 +105,16 @@ def train_tiny_tokenizer(corpus_files: list[str | Path], out_dir: str | Path,
     # Repeating the required words makes the BPE learn each one (with its leading space) whole.
     boost = [" " + " ".join(REQUIRED_WORDS)] * 200
     texts = [Path(f).read_text(encoding="utf-8") for f in corpus_files] + boost
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
-                            special_tokens=SPECIAL_TOKENS, show_progress=False)
+    bpe.train_from_iterator(
+        texts,
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+    )
     tok = RobertaTokenizerFast(
-        vocab=bpe.get_vocab(), merges=_merges_of(bpe),
+        vocab=bpe.get_vocab(),
+        merges=_merges_of(bpe),
         mask_token=AddedToken("<mask>", lstrip=True, rstrip=False),
     )
     for word in REQUIRED_WORDS:
@@ -109,19 +133,32 @@ def _merges_of(bpe) -> list[tuple[str, str]]:
     return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
 
 
-def build_tiny_masked_lm(tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, *,
-                         hidden: int = 64, layers: int = 2,
-                         heads: int = 4, seed: int = 0, max_positions: int = 130):
+def build_tiny_masked_lm(
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    seed: int = 0,
+    max_positions: int = 130,
+):
     """A randomly initialised RoBERTa masked LM sized for CPU tests, saved and loaded back."""
     import torch
     from transformers import AutoModelForMaskedLM, RobertaConfig, RobertaForMaskedLM
 
     config = RobertaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, intermediate_size=4 * hidden,
-        max_position_embeddings=max_positions + 2, type_vocab_size=1,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, hidden_dropout_prob=0.0,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        max_position_embeddings=max_positions + 2,
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
     torch.manual_seed(seed)
@@ -139,5 +176,9 @@ def build_tiny_setup(root: str | Path, seed: int = 0) -> dict[str, Path]:
     tok = train_tiny_tokenizer([corpus], root / "tokenizer")
     build_tiny_masked_lm(tok, root / "teacher", hidden=64, layers=2, heads=4, seed=seed)
     build_tiny_masked_lm(tok, root / "student", hidden=32, layers=1, heads=2, seed=seed + 1)
-    return {"corpus": corpus, "tokenizer": root / "tokenizer", "teacher": root / "teacher",
-            "student": root / "student"}
+    return {
+        "corpus": corpus,
+        "tokenizer": root / "tokenizer",
+        "teacher": root / "teacher",
+        "student": root / "student",
+    }

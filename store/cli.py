@@ -1,7 +1,7 @@
 """``smash-store``: inspect and verify a teacher store.
 
-    smash-store inspect DIR [--json]   summary, producer config, teacher statistics
-    smash-store verify DIR             every shard's checksum and decode; exit 1 naming bad ones
+smash-store inspect DIR [--json]   summary, producer config, teacher statistics
+smash-store verify DIR             every shard's checksum and decode; exit 1 naming bad ones
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def teacher_statistics(store: str, max_shards: int | None = None) -> dict[str, A
             top1.append(p.max(1) if p.shape[1] else np.zeros(len(p)))  # any ChunkLayout order
             lengths.append(chunk.lengths)
             masks.append(chunk.n_masks)
-    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0))
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
     mass, entropy, lengths, masks, top1 = map(cat, (mass, entropy, lengths, masks, top1))
     return {
         "shards_read": len(shards),
@@ -66,8 +66,9 @@ def verify_store(store: str) -> list[tuple[str, str]]:
     """Check every shard; returns (shard name, problem) for each bad one."""
     manifest = load_manifest(store)
     bad = []
-    for url, info in tqdm(list(zip(_shard_urls(store, manifest), manifest.shards)),
-                          desc="verifying", unit="shard"):
+    for url, info in tqdm(
+        list(zip(_shard_urls(store, manifest), manifest.shards)), desc="verifying", unit="shard"
+    ):
         try:
             read_shard(url, info, verify=True)
         except StoreError as err:
@@ -79,25 +80,37 @@ def _inspect(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.store)
     stats = teacher_statistics(args.store, max_shards=args.max_shards)
     if args.json:
-        print(json.dumps({"manifest": manifest.to_json() | {"shards": len(manifest.shards)},
-                          "statistics": stats}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "manifest": manifest.to_json() | {"shards": len(manifest.shards)},
+                    "statistics": stats,
+                },
+                indent=1,
+            )
+        )
         return 0
     print(f"store       {args.store}")
     print(f"format      v{manifest.format_version}, layout {manifest.layout}")
-    print(f"tokenizer   {manifest.tokenizer.get('name')} ({manifest.tokenizer['fingerprint']}, "
-          f"vocab {manifest.vocab_size})")
+    print(
+        f"tokenizer   {manifest.tokenizer.get('name')} ({manifest.tokenizer['fingerprint']}, "
+        f"vocab {manifest.vocab_size})"
+    )
     print(f"k           {manifest.k}")
-    print(f"shards      {len(manifest.shards)}, {manifest.num_samples:,} examples, "
-          f"{manifest.num_bytes / 1e6:,.2f} MB "
-          f"({manifest.num_bytes / max(manifest.num_samples, 1):,.1f} bytes/example)")
+    print(
+        f"shards      {len(manifest.shards)}, {manifest.num_samples:,} examples, "
+        f"{manifest.num_bytes / 1e6:,.2f} MB "
+        f"({manifest.num_bytes / max(manifest.num_samples, 1):,.1f} bytes/example)"
+    )
     print("producer")
     for key, value in manifest.producer.items():
         print(f"  {key:<22}{json.dumps(value)}")
     print(f"statistics  (from {stats['shards_read']} shards)")
     for key, value in stats.items():
         if key != "shards_read":
-            print(f"  {key:<22}{value:,.4f}" if isinstance(value, float) else
-                  f"  {key:<22}{value:,}")
+            print(
+                f"  {key:<22}{value:,.4f}" if isinstance(value, float) else f"  {key:<22}{value:,}"
+            )
     return 0
 
 
@@ -107,19 +120,28 @@ def _verify(args: argparse.Namespace) -> int:
     for name, problem in bad:
         print(f"BAD  {name}: {problem}", file=sys.stderr)
     good = len(manifest.shards) - len(bad)
-    print(f"{good}/{len(manifest.shards)} shards ok"
-          + (f", {len(bad)} bad: {', '.join(n for n, _ in bad)}" if bad else ""))
+    print(
+        f"{good}/{len(manifest.shards)} shards ok"
+        + (f", {len(bad)} bad: {', '.join(n for n, _ in bad)}" if bad else "")
+    )
     return 1 if bad else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="smash-store", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="smash-store",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="summary and teacher statistics")
     p.add_argument("store", help="store directory, manifest.json path or URL")
-    p.add_argument("--max-shards", type=int, default=None,
-                   help="compute statistics from the first N shards only")
+    p.add_argument(
+        "--max-shards",
+        type=int,
+        default=None,
+        help="compute statistics from the first N shards only",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_inspect)
     p = sub.add_parser("verify", help="check every shard's checksum and that it decodes")

@@ -51,14 +51,18 @@ _HEADER = struct.Struct("<I")
 class ChunkLayout:
     """Knobs of the chunk encoding; the store's defaults are the measured best."""
 
-    level: int = 3           # zstd level (higher: ~2% smaller, 1.5x slower writes)
-    planes: bool = True      # byte-plane split of multi-byte integer columns
-    delta: bool = True       # delta-code the float16 patterns along each row
-    order: str = "value"     # canonical row order: "value" (descending) or "id" (ascending)
+    level: int = 3  # zstd level (higher: ~2% smaller, 1.5x slower writes)
+    planes: bool = True  # byte-plane split of multi-byte integer columns
+    delta: bool = True  # delta-code the float16 patterns along each row
+    order: str = "value"  # canonical row order: "value" (descending) or "id" (ascending)
 
     def to_json(self) -> dict:
-        return {"level": self.level, "planes": self.planes, "delta": self.delta,
-                "order": self.order}
+        return {
+            "level": self.level,
+            "planes": self.planes,
+            "delta": self.delta,
+            "order": self.order,
+        }
 
 
 def canonical_order(ids: np.ndarray, logprobs: np.ndarray, order: str = "value") -> np.ndarray:
@@ -111,13 +115,20 @@ def _stack(examples: Sequence[Mapping[str, Any]], key: str, dtype, width: int | 
         return np.concatenate([p.reshape(-1) for p in parts]) if parts else np.zeros(0, dtype)
     for i, p in enumerate(parts):
         if p.ndim != 2 or p.shape[1] != width:
-            raise ValueError(f"example {i}: {key} must have one row of k={width} per mask "
-                             f"position, got shape {p.shape}")
+            raise ValueError(
+                f"example {i}: {key} must have one row of k={width} per mask "
+                f"position, got shape {p.shape}"
+            )
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, width), dtype)
 
 
-def encode_chunk(examples: Sequence[Mapping[str, Any]], *, k: int, vocab_size: int,
-                 layout: ChunkLayout = ChunkLayout()) -> bytes:
+def encode_chunk(
+    examples: Sequence[Mapping[str, Any]],
+    *,
+    k: int,
+    vocab_size: int,
+    layout: ChunkLayout = ChunkLayout(),
+) -> bytes:
     """Encode examples (dicts with the keys of ``DecodedChunk.example``) into one chunk.
 
     ``topk_logprobs`` must be float16 and ``tail_logmass`` float32: the store keeps exactly
@@ -137,17 +148,21 @@ def encode_chunk(examples: Sequence[Mapping[str, Any]], *, k: int, vocab_size: i
     if tail.dtype != np.float32:
         raise TypeError(f"tail_logmass must be float32, got {tail.dtype}")
     if ids.shape != (rows, k) or lps.shape != (rows, k) or tail.shape != (rows,):
-        raise ValueError(f"top-k arrays must have one row of k={k} per mask position "
-                         f"({rows} rows); got ids {ids.shape}, logprobs {lps.shape}, "
-                         f"tail {tail.shape}")
+        raise ValueError(
+            f"top-k arrays must have one row of k={k} per mask position "
+            f"({rows} rows); got ids {ids.shape}, logprobs {lps.shape}, "
+            f"tail {tail.shape}"
+        )
     for name, arr, bound in (("input_ids", input_ids, vocab_size), ("topk_ids", ids, vocab_size)):
         if arr.size and (arr.min() < 0 or arr.max() >= bound):
             raise ValueError(f"{name} out of range [0, {bound}): min {arr.min()}, max {arr.max()}")
     offsets = np.repeat(np.arange(n), n_masks)
     if mask_pos.size and ((mask_pos < 0).any() or (mask_pos >= lengths[offsets]).any()):
         raise ValueError("mask_positions must lie inside their example's input_ids")
-    labels = np.array([ex.get("label", -1) if ex.get("label") is not None else -1
-                       for ex in examples], dtype=np.int64)
+    labels = np.array(
+        [ex.get("label", -1) if ex.get("label") is not None else -1 for ex in examples],
+        dtype=np.int64,
+    )
     if labels.size and (labels.min() < -1 or labels.max() > 127):
         raise ValueError(f"labels must be in [-1, 127], got {labels.min()}..{labels.max()}")
 
@@ -179,14 +194,21 @@ def encode_chunk(examples: Sequence[Mapping[str, Any]], *, k: int, vocab_size: i
             transforms.append("planes")
         else:
             data = raw.tobytes()
-        header["columns"].append({"name": name, "dtype": raw.dtype.str, "shape": list(arr.shape),
-                                  "transforms": transforms})
+        header["columns"].append(
+            {
+                "name": name,
+                "dtype": raw.dtype.str,
+                "shape": list(arr.shape),
+                "transforms": transforms,
+            }
+        )
         body.append(data)
     metas = [ex.get("meta") for ex in examples]
     if any(m is not None for m in metas):
         data = json.dumps(metas, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        header["columns"].append({"name": "meta", "dtype": "json", "shape": [len(data)],
-                                  "transforms": []})
+        header["columns"].append(
+            {"name": "meta", "dtype": "json", "shape": [len(data)], "transforms": []}
+        )
         body.append(data)
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     payload = b"".join([_HEADER.pack(len(head)), head, *body])
@@ -200,19 +222,19 @@ class DecodedChunk:
         # A decompressor per chunk: they are cheap, and one shared object is not thread-safe.
         payload = memoryview(zstandard.ZstdDecompressor().decompress(blob))
         (head_len,) = _HEADER.unpack_from(payload, 0)
-        header = json.loads(bytes(payload[4:4 + head_len]))
+        header = json.loads(bytes(payload[4 : 4 + head_len]))
         self.n: int = header["n"]
         self.k: int = header["k"]
         cols: dict[str, Any] = {}
         pos = 4 + head_len
         for col in header["columns"]:
             if col["dtype"] == "json":
-                cols["meta"] = json.loads(bytes(payload[pos:pos + col["shape"][0]]))
+                cols["meta"] = json.loads(bytes(payload[pos : pos + col["shape"][0]]))
                 pos += col["shape"][0]
                 continue
             dtype, count = np.dtype(col["dtype"]), int(np.prod(col["shape"]))
             nbytes = dtype.itemsize * count
-            buf = payload[pos:pos + nbytes]
+            buf = payload[pos : pos + nbytes]
             if len(buf) != nbytes:
                 raise ValueError(f"column {col['name']} is cut short")
             if "planes" in col["transforms"]:
@@ -237,8 +259,11 @@ class DecodedChunk:
         self.meta: list | None = cols.get("meta")
         self.token_offsets = np.concatenate([[0], np.cumsum(self.lengths)])
         self.row_offsets = np.concatenate([[0], np.cumsum(self.n_masks)])
-        if self.token_offsets[-1] != len(self.input_ids) or self.row_offsets[-1] != len(
-                self.tail_logmass) or len(self.lengths) != self.n:
+        if (
+            self.token_offsets[-1] != len(self.input_ids)
+            or self.row_offsets[-1] != len(self.tail_logmass)
+            or len(self.lengths) != self.n
+        ):
             raise ValueError("column lengths disagree with the example counts")
 
     def example(self, i: int) -> dict[str, Any]:

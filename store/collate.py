@@ -32,15 +32,13 @@ def collate_examples(examples: Sequence[dict[str, Any]], pad_id: int) -> dict[st
     return {
         "input_ids": torch.from_numpy(input_ids),
         "attention_mask": torch.from_numpy(attention),
-        "mask_batch": torch.repeat_interleave(torch.arange(len(examples)),
-                                              torch.tensor(n_masks)),
+        "mask_batch": torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(n_masks)),
         "mask_positions": torch.from_numpy(
-            np.concatenate([ex["mask_positions"] for ex in examples]).astype(np.int64)),
+            np.concatenate([ex["mask_positions"] for ex in examples]).astype(np.int64)
+        ),
         "topk_ids": torch.from_numpy(np.concatenate([ex["topk_ids"] for ex in examples])),
-        "topk_logprobs": torch.from_numpy(
-            np.concatenate([ex["topk_logprobs"] for ex in examples])),
-        "tail_logmass": torch.from_numpy(
-            np.concatenate([ex["tail_logmass"] for ex in examples])),
+        "topk_logprobs": torch.from_numpy(np.concatenate([ex["topk_logprobs"] for ex in examples])),
+        "tail_logmass": torch.from_numpy(np.concatenate([ex["tail_logmass"] for ex in examples])),
         "labels": torch.tensor([ex["label"] for ex in examples], dtype=torch.int64),
         "keys": [ex.get("__key__") for ex in examples],
     }

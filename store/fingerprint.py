@@ -22,10 +22,15 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         model = json.loads(backend.to_str()).get("model", {})
         merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     special = {name: str(value) for name, value in sorted(tokenizer.special_tokens_map.items())}
-    special_ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in sorted({
-        str(t) for t in tokenizer.all_special_tokens})}
-    payload = json.dumps({"vocab": vocab, "merges": merges, "special": special,
-                          "special_ids": special_ids}, ensure_ascii=False, separators=(",", ":"))
+    special_ids = {
+        tok: tokenizer.convert_tokens_to_ids(tok)
+        for tok in sorted({str(t) for t in tokenizer.all_special_tokens})
+    }
+    payload = json.dumps(
+        {"vocab": vocab, "merges": merges, "special": special, "special_ids": special_ids},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     return "sha256:" + hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -40,12 +45,15 @@ def check_tokenizer(manifest: Any, tokenizer: Any, source: str) -> None:
         their_name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
     ours = manifest.tokenizer.get("fingerprint")
     if ours != theirs:
-        raise FingerprintMismatch(source, str(ours), str(manifest.tokenizer.get("name", "?")),
-                                  theirs, str(their_name))
+        raise FingerprintMismatch(
+            source, str(ours), str(manifest.tokenizer.get("name", "?")), theirs, str(their_name)
+        )
 
 
 def tokenizer_record(tokenizer: Any) -> dict[str, Any]:
     """What a manifest records of the tokenizer: fingerprint, name and vocabulary size."""
-    return {"fingerprint": tokenizer_fingerprint(tokenizer),
-            "name": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
-            "vocab_size": len(tokenizer)}
+    return {
+        "fingerprint": tokenizer_fingerprint(tokenizer),
+        "name": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+    }

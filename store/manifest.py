@@ -38,7 +38,7 @@ _PART_PREFIX = "manifest.part-"
 
 @dataclass(frozen=True)
 class ShardInfo:
-    name: str        # file name relative to the store root
+    name: str  # file name relative to the store root
     samples: int
     bytes: int
     sha256: str
@@ -49,7 +49,7 @@ class Manifest:
     """A store's description. ``producer`` is free-form but compared exactly across parts."""
 
     producer: dict[str, Any]
-    tokenizer: dict[str, Any]          # {"fingerprint": ..., "name": ..., "vocab_size": ...}
+    tokenizer: dict[str, Any]  # {"fingerprint": ..., "name": ..., "vocab_size": ...}
     k: int
     layout: dict[str, Any]
     shards: list[ShardInfo] = field(default_factory=list)
@@ -78,16 +78,27 @@ class Manifest:
         if not isinstance(data, dict):
             raise ManifestError(source, "not a JSON object")
         if data.get("format") != FORMAT_NAME:
-            raise ManifestError(source, f"field 'format' is {data.get('format')!r}, expected "
-                                        f"{FORMAT_NAME!r}: not a SMASH teacher store")
+            raise ManifestError(
+                source,
+                f"field 'format' is {data.get('format')!r}, expected "
+                f"{FORMAT_NAME!r}: not a SMASH teacher store",
+            )
         version = data.get("format_version")
         if version != FORMAT_VERSION:
-            raise ManifestError(source, f"field 'format_version' is {version!r}; this version "
-                                        f"of smash reads format version {FORMAT_VERSION} only")
+            raise ManifestError(
+                source,
+                f"field 'format_version' is {version!r}; this version "
+                f"of smash reads format version {FORMAT_VERSION} only",
+            )
         try:
             shards = [ShardInfo(**s) for s in data["shards"]]
-            return cls(producer=data["producer"], tokenizer=data["tokenizer"], k=int(data["k"]),
-                       layout=data["layout"], shards=shards)
+            return cls(
+                producer=data["producer"],
+                tokenizer=data["tokenizer"],
+                k=int(data["k"]),
+                layout=data["layout"],
+                shards=shards,
+            )
         except KeyError as err:
             raise ManifestError(source, f"missing field {err.args[0]!r}") from None
         except TypeError as err:
@@ -149,8 +160,10 @@ def read_part(root: Path, part: str) -> Manifest | None:
 
 def read_parts(root: str | os.PathLike) -> list[tuple[Path, Manifest]]:
     """Every part manifest under ``root``, by file name."""
-    return [(path, Manifest.from_json(_read_json(str(path)), str(path)))
-            for path in sorted(Path(root).glob(f"{_PART_PREFIX}*.json"))]
+    return [
+        (path, Manifest.from_json(_read_json(str(path)), str(path)))
+        for path in sorted(Path(root).glob(f"{_PART_PREFIX}*.json"))
+    ]
 
 
 def finalize_store(root: str | os.PathLike) -> Manifest:
@@ -172,12 +185,17 @@ def finalize_store(root: str | os.PathLike) -> Manifest:
     for path, part in parts:
         for name in ("producer", "tokenizer", "k", "layout"):
             if getattr(part, name) != getattr(merged, name):
-                raise ManifestError(str(path), f"field {name!r} differs from {parts[0][0].name}: "
-                                               f"parts of one store must share one configuration")
+                raise ManifestError(
+                    str(path),
+                    f"field {name!r} differs from {parts[0][0].name}: "
+                    f"parts of one store must share one configuration",
+                )
         for shard in part.shards:
             listed.setdefault(shard.name, []).append((path.name, shard))
-    merged.shards = sorted((_newest_record(root / name, records)
-                            for name, records in listed.items()), key=lambda s: s.name)
+    merged.shards = sorted(
+        (_newest_record(root / name, records) for name, records in listed.items()),
+        key=lambda s: s.name,
+    )
     write_json_atomic(root / MANIFEST_NAME, merged.to_json())
     return merged
 
@@ -188,12 +206,16 @@ def _newest_record(path: Path, records: list[tuple[str, ShardInfo]]) -> ShardInf
         return records[0][1]
     where = ", ".join(sorted({part for part, _ in records}))
     if not path.exists():
-        raise ManifestError(str(path), f"listed with different contents in {where}, and the "
-                                       f"file is missing")
+        raise ManifestError(
+            str(path), f"listed with different contents in {where}, and the file is missing"
+        )
     data = path.read_bytes()  # one shard, as the writer and the reader hold it
     size, sha256 = len(data), "sha256:" + hashlib.sha256(data).hexdigest()
     for _, info in records:
         if (info.bytes, info.sha256) == (size, sha256):
             return info
-    raise ManifestError(str(path), f"listed with different contents in {where}, and the file "
-                                   f"({size} bytes, {sha256}) matches none of them")
+    raise ManifestError(
+        str(path),
+        f"listed with different contents in {where}, and the file "
+        f"({size} bytes, {sha256}) matches none of them",
+    )

@@ -42,11 +42,15 @@ def _check_readers(rank: int | None, world_size: int | None) -> tuple[int | None
     """Both or neither of an explicit (rank, world_size), the rank inside the world."""
     if (rank is None) != (world_size is None):
         given, missing = ("rank", "world_size") if world_size is None else ("world_size", "rank")
-        raise ValueError(f"StoreDataset: {given} is given but {missing} is not; give both "
-                         f"(or neither, to take them from torch.distributed)")
+        raise ValueError(
+            f"StoreDataset: {given} is given but {missing} is not; give both "
+            f"(or neither, to take them from torch.distributed)"
+        )
     if world_size is not None and not 0 <= rank < world_size:
-        raise ValueError(f"StoreDataset: rank {rank} is outside world_size {world_size} "
-                         f"(need 0 <= rank < world_size)")
+        raise ValueError(
+            f"StoreDataset: rank {rank} is outside world_size {world_size} "
+            f"(need 0 <= rank < world_size)"
+        )
     return rank, world_size
 
 
@@ -67,9 +71,19 @@ class StoreDataset(IterableDataset):
         verify: check each shard's byte count and sha256 before decoding it.
     """
 
-    def __init__(self, store: str | os.PathLike, *, shard_url: str | None = None, seed: int = 0,
-                 shuffle: bool = True, epochs: int | None = 1, rank: int | None = None,
-                 world_size: int | None = None, tokenizer: Any = None, verify: bool = True):
+    def __init__(
+        self,
+        store: str | os.PathLike,
+        *,
+        shard_url: str | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        epochs: int | None = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
+        tokenizer: Any = None,
+        verify: bool = True,
+    ):
         super().__init__()
         self.source = str(store)
         self.manifest: Manifest = load_manifest(store)
@@ -111,8 +125,9 @@ class StoreDataset(IterableDataset):
         Shards without samples (a teacher filter can empty one) take no part in the split.
         """
         shards = self.manifest.shards
-        order = _permutation(len(shards), self.seed, epoch) if self.shuffle else np.arange(
-            len(shards))
+        order = (
+            _permutation(len(shards), self.seed, epoch) if self.shuffle else np.arange(len(shards))
+        )
         order = [int(s) for s in order if shards[s].samples]
 
         def samples_of(s: int) -> np.ndarray:
@@ -135,7 +150,8 @@ class StoreDataset(IterableDataset):
             raise StoreError(
                 f"{self.source}: the saved stream position belongs to reader {start['reader']} "
                 f"of {start['readers']}, but this process is reader {reader} of {readers}; "
-                f"resume with the same number of ranks and DataLoader workers")
+                f"resume with the same number of ranks and DataLoader workers"
+            )
         self._reader = (reader, readers)
         epoch, skip = start["epoch"], start["position"]
         last = None if self.epochs is None else start["first_epoch"] + self.epochs
@@ -147,7 +163,8 @@ class StoreDataset(IterableDataset):
                 raise StoreError(
                     f"{self.source}: reader {reader} of {readers} (ranks x DataLoader workers) "
                     f"gets no sample: the store holds {self.manifest.num_samples} samples in "
-                    f"{len(self.manifest.shards)} shards; use fewer workers or a larger store")
+                    f"{len(self.manifest.shards)} shards; use fewer workers or a larger store"
+                )
             for shard_index, samples in plan:
                 if position + len(samples) <= skip:
                     position += len(samples)
@@ -174,15 +191,21 @@ class StoreDataset(IterableDataset):
         self._epoch, self._position = epoch, 0
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"epoch": self._epoch, "position": self._position,
-                 "first_epoch": self._start["first_epoch"], "seed": self.seed}
+        state = {
+            "epoch": self._epoch,
+            "position": self._position,
+            "first_epoch": self._start["first_epoch"],
+            "seed": self.seed,
+        }
         if self._reader is not None:
             state["reader"], state["readers"] = self._reader
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("seed", self.seed) != self.seed:
-            raise StoreError(f"{self.source}: the saved stream used seed {state['seed']}, this "
-                             f"dataset uses seed {self.seed}")
+            raise StoreError(
+                f"{self.source}: the saved stream used seed {state['seed']}, this "
+                f"dataset uses seed {self.seed}"
+            )
         self._start = dict(state)
         self._epoch, self._position = state["epoch"], state["position"]

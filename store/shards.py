@@ -43,8 +43,9 @@ def check_shard_bytes(url: str, data: bytes, info: ShardInfo) -> None:
         raise ShardError(url, f"{what}: {len(data)} bytes, the manifest records {info.bytes}")
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     if digest != info.sha256:
-        raise ShardError(url, f"corrupted: checksum {digest} differs from the manifest's "
-                              f"{info.sha256}")
+        raise ShardError(
+            url, f"corrupted: checksum {digest} differs from the manifest's {info.sha256}"
+        )
 
 
 def decode_shard(url: str, data: bytes) -> Iterator[DecodedChunk]:

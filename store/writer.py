@@ -35,8 +35,15 @@ def shard_name(index: int, prefix: str = "shard") -> str:
 class ShardFile:
     """One shard being written: ``write`` examples, then ``close()`` (or ``abort()``)."""
 
-    def __init__(self, path: str | Path, *, k: int, vocab_size: int,
-                 layout: ChunkLayout = DEFAULT_LAYOUT, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        k: int,
+        vocab_size: int,
+        layout: ChunkLayout = DEFAULT_LAYOUT,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ):
         self.path = Path(path)
         self.k, self.vocab_size, self.layout, self.chunk_size = k, vocab_size, layout, chunk_size
         self._tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
@@ -61,8 +68,7 @@ class ShardFile:
     def _flush(self) -> None:
         if not self._pending:
             return
-        blob = encode_chunk(self._pending, k=self.k, vocab_size=self.vocab_size,
-                            layout=self.layout)
+        blob = encode_chunk(self._pending, k=self.k, vocab_size=self.vocab_size, layout=self.layout)
         self._tar.write({"__key__": f"{self._chunks:06d}", CHUNK_SUFFIX: blob})
         self.compressed_bytes += len(blob)
         self._chunks += 1
@@ -73,8 +79,9 @@ class ShardFile:
         self._tar.close()
         self._file.close()
         data = self._tmp.read_bytes()
-        info = ShardInfo(self.path.name, self.samples, len(data),
-                         "sha256:" + hashlib.sha256(data).hexdigest())
+        info = ShardInfo(
+            self.path.name, self.samples, len(data), "sha256:" + hashlib.sha256(data).hexdigest()
+        )
         os.replace(self._tmp, self.path)
         return info
 
@@ -100,10 +107,20 @@ class StoreWriter:
     fixed example ranges to shards).
     """
 
-    def __init__(self, root: str | Path, *, producer: dict[str, Any], tokenizer: dict[str, Any],
-                 k: int, layout: ChunkLayout = DEFAULT_LAYOUT,
-                 max_samples: int = 10_000, max_bytes: int | None = 256 << 20,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, part: str = "0", first_shard: int = 0):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        producer: dict[str, Any],
+        tokenizer: dict[str, Any],
+        k: int,
+        layout: ChunkLayout = DEFAULT_LAYOUT,
+        max_samples: int = 10_000,
+        max_bytes: int | None = 256 << 20,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        part: str = "0",
+        first_shard: int = 0,
+    ):
         if max_samples < 1:
             raise ValueError("max_samples must be at least 1")
         self.root = Path(root)
@@ -114,9 +131,11 @@ class StoreWriter:
         self.manifest = read_part(self.root, part) or fresh
         for name in ("producer", "tokenizer", "k", "layout"):
             if getattr(self.manifest, name) != getattr(fresh, name):
-                raise ManifestError(str(part_path(self.root, part)),
-                                    f"field {name!r} differs from this writer's: the part "
-                                    f"belongs to a store of another configuration")
+                raise ManifestError(
+                    str(part_path(self.root, part)),
+                    f"field {name!r} differs from this writer's: the part "
+                    f"belongs to a store of another configuration",
+                )
         self.layout = layout
         self.next_shard = first_shard + len(self.manifest.shards)
         self._shard: ShardFile | None = None
@@ -128,15 +147,21 @@ class StoreWriter:
     def _open(self) -> ShardFile:
         path = self.root / shard_name(self.next_shard)
         self.next_shard += 1
-        return ShardFile(path, k=self.manifest.k, vocab_size=self.manifest.vocab_size,
-                         layout=self.layout, chunk_size=self.chunk_size)
+        return ShardFile(
+            path,
+            k=self.manifest.k,
+            vocab_size=self.manifest.vocab_size,
+            layout=self.layout,
+            chunk_size=self.chunk_size,
+        )
 
     def write(self, example: Mapping[str, Any]) -> None:
         if self._shard is None:
             self._shard = self._open()
         self._shard.write(example)
         full = self._shard.samples >= self.max_samples or (
-            self.max_bytes is not None and self._shard.compressed_bytes >= self.max_bytes)
+            self.max_bytes is not None and self._shard.compressed_bytes >= self.max_bytes
+        )
         if full:
             self.close_shard()
 
@@ -147,9 +172,13 @@ class StoreWriter:
     def write_shard(self, index: int, examples: Iterable[Mapping[str, Any]]) -> ShardInfo:
         """Write ``examples`` as shard number ``index`` and record it; on error nothing is
         left under the shard's name and the part manifest is unchanged."""
-        shard = ShardFile(self.root / shard_name(index), k=self.manifest.k,
-                          vocab_size=self.manifest.vocab_size, layout=self.layout,
-                          chunk_size=self.chunk_size)
+        shard = ShardFile(
+            self.root / shard_name(index),
+            k=self.manifest.k,
+            vocab_size=self.manifest.vocab_size,
+            layout=self.layout,
+            chunk_size=self.chunk_size,
+        )
         try:
             for example in examples:
                 shard.write(example)

@@ -59,7 +59,6 @@ def dense_ce(logits, target, temperature=1.0):
     return -(target * torch.log_softmax(logits / temperature, -1)).sum(-1)
 
 
-
 def run_kernel(logits, ids, lp, tail, *, mode, temperature=1.0, weights=None, grad=True, **kw):
     """Call the launcher with poisoned (NaN) output buffers; every entry must be written."""
     inputs = check_inputs(

@@ -9,15 +9,18 @@ import pytest
 from smash.precompute.corpus import CorpusError, open_corpus
 from smash.precompute.sentences import SentenceSplitter
 
-DOCS = ["First doc, first sentence here. And its second one follows.",
-        "Second doc only has one sentence in it.",
-        "Third doc: Dr. Smith paid $3.50 for coffee. Was it good? Yes, it was fine."]
+DOCS = [
+    "First doc, first sentence here. And its second one follows.",
+    "Second doc only has one sentence in it.",
+    "Third doc: Dr. Smith paid $3.50 for coffee. Was it good? Yes, it was fine.",
+]
 
 
 def test_text_file_with_blank_line_separated_documents(tmp_path):
     path = tmp_path / "c.txt"
-    path.write_text("\n\n" + DOCS[0] + "\n\n\n" + DOCS[1].replace(" in it", "\nin it") + "\n\n"
-                    + DOCS[2] + "\n")
+    path.write_text(
+        "\n\n" + DOCS[0] + "\n\n\n" + DOCS[1].replace(" in it", "\nin it") + "\n\n" + DOCS[2] + "\n"
+    )
     assert list(open_corpus(path)) == DOCS
 
 
@@ -96,7 +99,9 @@ def test_hub_corpus_streams_a_local_dataset_folder(tmp_path):
 
 def test_splitter_handles_abbreviations_and_filters_lengths():
     splitter = SentenceSplitter(min_words=4, max_words=8)  # drops "Was it good?"
-    assert splitter.split(DOCS[2]) == ["Third doc: Dr. Smith paid $3.50 for coffee.",
-                                       "Yes, it was fine."]
+    assert splitter.split(DOCS[2]) == [
+        "Third doc: Dr. Smith paid $3.50 for coffee.",
+        "Yes, it was fine.",
+    ]
     with pytest.raises(ValueError, match="min_words"):
         SentenceSplitter(min_words=5, max_words=2)

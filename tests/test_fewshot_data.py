@@ -60,7 +60,9 @@ def test_metrics():
     assert f1_binary([0, 0], [0, 0]) == 0.0
     assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert pearson([0.1, 0.9, 0.4, 0.3], [1.0, 4.0, 2.5, 0.5]) == pytest.approx(0.8981729390)  # np.corrcoef
+    assert pearson([0.1, 0.9, 0.4, 0.3], [1.0, 4.0, 2.5, 0.5]) == pytest.approx(
+        0.8981729390
+    )  # np.corrcoef
     assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
     assert compute_metric("f1", [1, 0], [1, 1]) == pytest.approx(2 / 3)
 
@@ -117,7 +119,9 @@ def test_label_outside_set(kshot, tmp_path):
 def test_bad_stsb_score(kshot, tmp_path):
     root = _copy(kshot, "STS-B", tmp_path)
     _edit_line(root / "STS-B" / f"{K}-13" / "dev.tsv", 3, lambda s: s.rsplit("\t", 1)[0] + "\t7.5")
-    with pytest.raises(DataError, match=r"dev\.tsv:3: STS-B score '7.5' is not a number in \[0, 5\]"):
+    with pytest.raises(
+        DataError, match=r"dev\.tsv:3: STS-B score '7.5' is not a number in \[0, 5\]"
+    ):
         load_kshot(root, get_task("STS-B"), K, 13)
 
 

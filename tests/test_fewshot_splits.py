@@ -27,8 +27,10 @@ def _lmbff_reference(lines, label_of, seed, k):
     groups = {}
     for line in lines:
         groups.setdefault(label_of(line), []).append(line)
-    return ([x for g in groups.values() for x in g[:k]],
-            [x for g in groups.values() for x in g[k:2 * k]])
+    return (
+        [x for g in groups.values() for x in g[:k]],
+        [x for g in groups.values() for x in g[k : 2 * k]],
+    )
 
 
 def test_sst2_lines_land_where_lmbff_puts_them(tmp_path):
@@ -53,25 +55,47 @@ def test_csv_task_and_stsb_binning(tmp_path):
         assert list(csv.reader(f)) == train
     with open(tmp_path / "mr" / "3-21" / "dev.csv", newline="") as f:
         assert list(csv.reader(f)) == dev
-    assert (tmp_path / "mr" / "3-21" / "test.csv").read_text() == \
-        (ORIGINAL / "mr" / "test.csv").read_text()
+    assert (tmp_path / "mr" / "3-21" / "test.csv").read_text() == (
+        ORIGINAL / "mr" / "test.csv"
+    ).read_text()
 
     with open(ORIGINAL / "STS-B" / "train.tsv") as f:
         header, *lines = f.readlines()
-    train, dev = _lmbff_reference(lines, lambda s: 0 if float(s.split("\t")[-1]) < 2.5 else 1,
-                                  21, 3)
+    train, dev = _lmbff_reference(
+        lines, lambda s: 0 if float(s.split("\t")[-1]) < 2.5 else 1, 21, 3
+    )
     assert (tmp_path / "STS-B" / "3-21" / "train.tsv").read_text() == header + "".join(train)
     assert (tmp_path / "STS-B" / "3-21" / "dev.tsv").read_text() == header + "".join(dev)
 
 
 def test_mnli_file_names_and_cli(tmp_path, capsys):
-    assert main(["--original", str(ORIGINAL), "--out", str(tmp_path), "--tasks", "MNLI",
-                 "--seeds", "100", "--k", "2"]) == 0
+    assert (
+        main(
+            [
+                "--original",
+                str(ORIGINAL),
+                "--out",
+                str(tmp_path),
+                "--tasks",
+                "MNLI",
+                "--seeds",
+                "100",
+                "--k",
+                "2",
+            ]
+        )
+        == 0
+    )
     folder = tmp_path / "MNLI" / "2-100"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "dev_matched.tsv", "test_matched.tsv", "test_mismatched.tsv", "train.tsv"]
-    assert (folder / "test_mismatched.tsv").read_text() == \
-        (ORIGINAL / "MNLI" / "dev_mismatched.tsv").read_text()
+        "dev_matched.tsv",
+        "test_matched.tsv",
+        "test_mismatched.tsv",
+        "train.tsv",
+    ]
+    assert (folder / "test_mismatched.tsv").read_text() == (
+        ORIGINAL / "MNLI" / "dev_mismatched.tsv"
+    ).read_text()
     assert str(folder) in capsys.readouterr().out
 
 
@@ -85,16 +109,17 @@ def _cli_error(capsys, argv):
 
 
 def test_cli_unknown_task(tmp_path, capsys):
-    err = _cli_error(capsys, ["--original", str(ORIGINAL), "--out", str(tmp_path),
-                              "--tasks", "SST-3"])
+    err = _cli_error(
+        capsys, ["--original", str(ORIGINAL), "--out", str(tmp_path), "--tasks", "SST-3"]
+    )
     assert "unknown task 'SST-3'" in err
 
 
-@pytest.mark.parametrize("task, missing", [("SST-2", "SST-2/train.tsv"),
-                                           ("MR", "mr/train.csv")])
+@pytest.mark.parametrize("task, missing", [("SST-2", "SST-2/train.tsv"), ("MR", "mr/train.csv")])
 def test_cli_missing_original_file(tmp_path, capsys, task, missing):
-    err = _cli_error(capsys, ["--original", str(tmp_path / "none"), "--out", str(tmp_path),
-                              "--tasks", task])
+    err = _cli_error(
+        capsys, ["--original", str(tmp_path / "none"), "--out", str(tmp_path), "--tasks", task]
+    )
     assert f"{tmp_path / 'none' / missing}: file not found" in err
 
 
@@ -103,6 +128,7 @@ def test_cli_bad_row_names_file_and_line(tmp_path, capsys):
     lines = (ORIGINAL / "SST-2" / "train.tsv").read_text().splitlines(keepends=True)
     lines[5] = "only one column\n"
     (tmp_path / "orig" / "SST-2" / "train.tsv").write_text("".join(lines))
-    err = _cli_error(capsys, ["--original", str(tmp_path / "orig"), "--out", str(tmp_path),
-                              "--tasks", "SST-2"])
+    err = _cli_error(
+        capsys, ["--original", str(tmp_path / "orig"), "--out", str(tmp_path), "--tasks", "SST-2"]
+    )
     assert f"{tmp_path / 'orig' / 'SST-2' / 'train.tsv'}:6: expected 2 tab-separated" in err

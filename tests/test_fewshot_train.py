@@ -27,8 +27,9 @@ ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
 @pytest.fixture(scope="module")
 def kshot(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("kshot")
-    make_kshot(ORIGINAL, root, [get_task(t) for t in ("SST-2", "STS-B", "MRPC")],
-               seeds=[13, 21], k=8)
+    make_kshot(
+        ORIGINAL, root, [get_task(t) for t in ("SST-2", "STS-B", "MRPC")], seeds=[13, 21], k=8
+    )
     make_kshot(ORIGINAL, root, [get_task("SST-2")], seeds=[13, 21, 42], k=16)
     return root
 
@@ -41,14 +42,18 @@ def test_interpolation_loss_and_prediction():
     # KL(gold || pred) with 0 log 0 = 0, averaged over the batch.
     terms = torch.where(gold > 0, gold * (gold.clamp_min(1e-30).log() - p.log()), 0.0)
     assert interpolation_loss(logits, scores, (0.0, 5.0)) == pytest.approx(
-        terms.sum(-1).mean().item(), abs=1e-6)
+        terms.sum(-1).mean().item(), abs=1e-6
+    )
     # The loss is zero exactly when the prediction equals the target distribution.
-    assert interpolation_loss(torch.log(gold[:2]), scores[:2], (0.0, 5.0)).item() == \
-        pytest.approx(0.0, abs=1e-6)
+    assert interpolation_loss(torch.log(gold[:2]), scores[:2], (0.0, 5.0)).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
     assert interpolation_predict(logits, (0.0, 5.0)).tolist() == pytest.approx(
-        (5.0 * p[:, 1]).tolist())
+        (5.0 * p[:, 1]).tolist()
+    )
     assert interpolation_predict(torch.log(gold), (0.0, 5.0)).tolist() == pytest.approx(
-        [1.0, 2.5, 5.0], abs=1e-5)
+        [1.0, 2.5, 5.0], abs=1e-5
+    )
 
 
 def test_stsb_prompt_learner_uses_no_yes(tiny, tiny_tokenizer):
@@ -65,7 +70,8 @@ def test_stsb_prompt_learner_uses_no_yes(tiny, tiny_tokenizer):
     no, yes = (tiny_tokenizer.convert_tokens_to_ids("Ġ" + w) for w in ("No", "Yes"))
     assert out[0].tolist() == pytest.approx([full[no].item(), full[yes].item()], abs=1e-5)
     assert learner.predict(out).item() == pytest.approx(
-        5.0 * torch.softmax(out[0], -1)[1].item(), abs=1e-5)
+        5.0 * torch.softmax(out[0], -1)[1].item(), abs=1e-5
+    )
 
 
 def test_bad_label_word(tiny, tiny_tokenizer):
@@ -99,8 +105,7 @@ def test_grid_keeps_best_dev_checkpoint(tiny, tiny_tokenizer, kshot):
         learners.append(PromptLearner(model, tiny_tokenizer, task, task.template, task.words, 64))
         return learners[-1]
 
-    protocol = Protocol(learning_rates=(1e-6, 3e-3), batch_sizes=(4,), max_steps=40,
-                        eval_every=10)
+    protocol = Protocol(learning_rates=(1e-6, 3e-3), batch_sizes=(4,), max_steps=40, eval_every=10)
     res = run_seed(make, data, task, 13, protocol, torch.device("cpu"))
     assert len(res.grid_dev) == 2
     assert res.dev == max(res.grid_dev) and res.lr == protocol.grid[select_best(res.grid_dev)][0]
@@ -111,10 +116,38 @@ def test_grid_keeps_best_dev_checkpoint(tiny, tiny_tokenizer, kshot):
 
 def test_prompt_finetuning_beats_chance(tiny, kshot, tmp_path):
     out = tmp_path / "out"
-    main(["--model", str(tiny["student"]), "--tasks", "SST-2", "--data", str(kshot),
-          "--mode", "prompt", "--out", str(out), "--k", "16", "--seeds", "13", "21", "42",
-          "--lrs", "3e-3", "--batch-sizes", "4", "--max-steps", "100", "--eval-every", "20",
-          "--max-length", "64", "--device", "cpu"])
+    main(
+        [
+            "--model",
+            str(tiny["student"]),
+            "--tasks",
+            "SST-2",
+            "--data",
+            str(kshot),
+            "--mode",
+            "prompt",
+            "--out",
+            str(out),
+            "--k",
+            "16",
+            "--seeds",
+            "13",
+            "21",
+            "42",
+            "--lrs",
+            "3e-3",
+            "--batch-sizes",
+            "4",
+            "--max-steps",
+            "100",
+            "--eval-every",
+            "20",
+            "--max-length",
+            "64",
+            "--device",
+            "cpu",
+        ]
+    )
     result = json.loads((out / "results.json").read_text())
     summary = result["entries"][0]["summary"]["SST-2"]
     assert summary["mean"] >= 70.0, summary  # 40 balanced test rows: chance is 50
@@ -122,12 +155,48 @@ def test_prompt_finetuning_beats_chance(tiny, kshot, tmp_path):
 
 def test_cli_two_models_three_modes(tiny, kshot, tmp_path):
     out = tmp_path / "out"
-    main(["--model", str(tiny["student"]), "--model", str(tiny["teacher"]),
-          "--name", "before", "after", "--tasks", "sts-b", "MRPC", "--data", str(kshot),
-          "--mode", "prompt", "zero-shot", "finetune", "--out", str(out), "--k", "8",
-          "--seeds", "13", "21", "--lrs", "1e-3", "--batch-sizes", "2", "4",
-          "--max-steps", "4", "--eval-every", "2", "--max-length", "64",
-          "--template", "MRPC=*cls**sent_0*?*mask*,*+sentl_1**sep+*", "--device", "cpu"])
+    main(
+        [
+            "--model",
+            str(tiny["student"]),
+            "--model",
+            str(tiny["teacher"]),
+            "--name",
+            "before",
+            "after",
+            "--tasks",
+            "sts-b",
+            "MRPC",
+            "--data",
+            str(kshot),
+            "--mode",
+            "prompt",
+            "zero-shot",
+            "finetune",
+            "--out",
+            str(out),
+            "--k",
+            "8",
+            "--seeds",
+            "13",
+            "21",
+            "--lrs",
+            "1e-3",
+            "--batch-sizes",
+            "2",
+            "4",
+            "--max-steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--max-length",
+            "64",
+            "--template",
+            "MRPC=*cls**sent_0*?*mask*,*+sentl_1**sep+*",
+            "--device",
+            "cpu",
+        ]
+    )
     result = json.loads((out / "results.json").read_text())
     assert len(result["entries"]) == 2 * 3 * 2
     entry = next(e for e in result["entries"] if e["mode"] == "prompt" and e["task"] == "STS-B")
@@ -136,8 +205,12 @@ def test_cli_two_models_three_modes(tiny, kshot, tmp_path):
     assert result["config"]["template"] == ["MRPC=*cls**sent_0*?*mask*,*+sentl_1**sep+*"]
     md = (out / "results.md").read_text()
     assert "| model | mode | STS-B (Pearson) | MRPC (F1) |" in md
-    for row in ("| before | prompt |", "| after | zero-shot |", "| before | finetune |",
-                "| Δ after − before | prompt |"):
+    for row in (
+        "| before | prompt |",
+        "| after | zero-shot |",
+        "| before | finetune |",
+        "| Δ after − before | prompt |",
+    ):
         assert row in md
     pytest.importorskip("matplotlib")
     assert (out / "results.png").stat().st_size > 0
@@ -155,29 +228,87 @@ def _cli_error(capsys, argv):
 
 
 def test_max_length_beyond_model(tiny, kshot, tmp_path, capsys):
-    err = _cli_error(capsys, [
-        "--model", str(tiny["student"]), "--tasks", "SST-2", "--data", str(kshot),
-        "--mode", "zero-shot", "--out", str(tmp_path), "--k", "8", "--seeds", "13",
-        "--max-length", "256"])
+    err = _cli_error(
+        capsys,
+        [
+            "--model",
+            str(tiny["student"]),
+            "--tasks",
+            "SST-2",
+            "--data",
+            str(kshot),
+            "--mode",
+            "zero-shot",
+            "--out",
+            str(tmp_path),
+            "--k",
+            "8",
+            "--seeds",
+            "13",
+            "--max-length",
+            "256",
+        ],
+    )
     assert "max length 256 exceeds the 130 positions" in err
 
 
 def test_cli_unknown_task(tiny, kshot, tmp_path, capsys):
-    err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "SST-3", "--data",
-                              str(kshot), "--out", str(tmp_path)])
+    err = _cli_error(
+        capsys,
+        [
+            "--model",
+            str(tiny["student"]),
+            "--tasks",
+            "SST-3",
+            "--data",
+            str(kshot),
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert "unknown task 'SST-3'" in err
 
 
 def test_cli_missing_model_folder(kshot, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    err = _cli_error(capsys, ["--model", "demo-out/run/nostudent", "--tasks", "SST-2", "--data",
-                              str(kshot), "--out", str(tmp_path), "--k", "8", "--seeds", "13"])
+    err = _cli_error(
+        capsys,
+        [
+            "--model",
+            "demo-out/run/nostudent",
+            "--tasks",
+            "SST-2",
+            "--data",
+            str(kshot),
+            "--out",
+            str(tmp_path),
+            "--k",
+            "8",
+            "--seeds",
+            "13",
+        ],
+    )
     assert err == "evaluate-fewshot: error: --model demo-out/run/nostudent: no such folder"
 
 
 def test_cli_missing_data_file(tiny, kshot, tmp_path, capsys):
-    err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "RTE", "--data",
-                              str(kshot), "--out", str(tmp_path), "--k", "8", "--seeds", "13"])
+    err = _cli_error(
+        capsys,
+        [
+            "--model",
+            str(tiny["student"]),
+            "--tasks",
+            "RTE",
+            "--data",
+            str(kshot),
+            "--out",
+            str(tmp_path),
+            "--k",
+            "8",
+            "--seeds",
+            "13",
+        ],
+    )
     assert f"{kshot / 'RTE' / '8-13' / 'train.tsv'}: file not found" in err
 
 
@@ -191,19 +322,39 @@ def test_cli_bad_row_names_file_and_line(tiny, kshot, tmp_path, capsys):
     lines = (split / "dev.tsv").read_text().splitlines(keepends=True)
     lines[3] = "a sentence\t7\n"
     (split / "dev.tsv").write_text("".join(lines))
-    err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "SST-2", "--data",
-                              str(data), "--out", str(tmp_path), "--k", "8", "--seeds", "13"])
+    err = _cli_error(
+        capsys,
+        [
+            "--model",
+            str(tiny["student"]),
+            "--tasks",
+            "SST-2",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path),
+            "--k",
+            "8",
+            "--seeds",
+            "13",
+        ],
+    )
     assert f"{split / 'dev.tsv'}:4: label '7'" in err
 
 
 def test_table_and_delta_rows():
     def entry(model, values):
-        return Entry(model, "p", "prompt", "SST-2", "acc",
-                     [SeedResult(seed=s, dev=0.0, tests={"SST-2": v}) for s, v in
-                      zip((13, 21), values)])
+        return Entry(
+            model,
+            "p",
+            "prompt",
+            "SST-2",
+            "acc",
+            [SeedResult(seed=s, dev=0.0, tests={"SST-2": v}) for s, v in zip((13, 21), values)],
+        )
 
     columns, rows = table_rows([entry("a", [0.5, 0.7]), entry("b", [0.8, 0.9])])
     assert columns == {"SST-2": "SST-2 (acc)"}
     assert rows[0][2]["SST-2"] == pytest.approx((60.0, 10.0))
-    (name, mode, cells), = delta_rows(rows)
+    ((name, mode, cells),) = delta_rows(rows)
     assert (name, mode) == ("Δ b − a", "prompt") and cells["SST-2"][0] == pytest.approx(25.0)

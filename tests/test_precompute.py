@@ -21,16 +21,38 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 
 def run(tiny, out, *extra, task="sentence-pair", n=90, shard=30, k=16):
-    argv = ["--task", task, "--corpus", str(tiny["corpus"]), "--teacher", str(tiny["teacher"]),
-            "--out", str(out), "--num-examples", str(n), "--shard-size", str(shard),
-            "--k", str(k), "--dtype", "fp32", "--device", "cpu", "--token-budget", "1024",
-            *extra]
+    argv = [
+        "--task",
+        task,
+        "--corpus",
+        str(tiny["corpus"]),
+        "--teacher",
+        str(tiny["teacher"]),
+        "--out",
+        str(out),
+        "--num-examples",
+        str(n),
+        "--shard-size",
+        str(shard),
+        "--k",
+        str(k),
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        "--token-budget",
+        "1024",
+        *extra,
+    ]
     return main(argv)
 
 
 def store_files(out):
-    return {p.name: p.read_bytes() for p in sorted(Path(out).iterdir())
-            if p.name.startswith("shard-") or p.name == "manifest.json"}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(Path(out).iterdir())
+        if p.name.startswith("shard-") or p.name == "manifest.json"
+    }
 
 
 TEACHER_FIELDS = ("topk_logprobs", "tail_logmass")
@@ -54,8 +76,11 @@ def example_differences(a, b, teacher_tolerance: float = 0.0) -> list[str]:
                 gap = np.abs(np.asarray(value, np.float64) - np.asarray(other, np.float64))
                 if gap.max(initial=0) > teacher_tolerance:
                     found.append(f"{key}.{field}: max gap {gap.max():.3g}")
-            elif isinstance(value, np.ndarray) and not np.array_equal(value, other) or (
-                    not isinstance(value, np.ndarray) and value != other):
+            elif (
+                isinstance(value, np.ndarray)
+                and not np.array_equal(value, other)
+                or (not isinstance(value, np.ndarray) and value != other)
+            ):
                 found.append(f"{key}.{field}")
     return found
 
@@ -64,11 +89,17 @@ def assert_same_store(a, b):
     """Byte-identical stores; on failure, name the files and the example fields that differ."""
     fa, fb = store_files(a), store_files(b)
     assert sorted(fa) == sorted(fb)
-    differ = {name: next((i for i, (x, y) in enumerate(zip(fa[name], fb[name])) if x != y),
-                         min(len(fa[name]), len(fb[name])))
-              for name in fa if fa[name] != fb[name]}
-    assert not differ, (f"files differ (first differing byte): {differ}; "
-                        f"fields: {example_differences(a, b)[:10]}")
+    differ = {
+        name: next(
+            (i for i, (x, y) in enumerate(zip(fa[name], fb[name])) if x != y),
+            min(len(fa[name]), len(fb[name])),
+        )
+        for name in fa
+        if fa[name] != fb[name]
+    }
+    assert not differ, (
+        f"files differ (first differing byte): {differ}; fields: {example_differences(a, b)[:10]}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +119,18 @@ def test_stored_topk_equals_a_full_forward(tiny, pair_store):
             logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
         row = logp[int(ex["mask_positions"][0])]
         top = torch.topk(row, 16)
-        assert torch.equal(torch.as_tensor(ex["topk_ids"][0]).sort().values,
-                           top.indices.sort().values)
+        assert torch.equal(
+            torch.as_tensor(ex["topk_ids"][0]).sort().values, top.indices.sort().values
+        )
         stored = torch.as_tensor(ex["topk_logprobs"][0].astype(np.float32))
         expect = row[torch.as_tensor(ex["topk_ids"][0])]
         torch.testing.assert_close(stored, expect.half().float(), atol=0, rtol=0)
-        tail = torch.logsumexp(row[torch.ones_like(row, dtype=torch.bool).index_fill_(
-            0, top.indices, False)], 0)
-        torch.testing.assert_close(torch.as_tensor(ex["tail_logmass"][0]), tail,
-                                   atol=1e-5, rtol=1e-5)
+        tail = torch.logsumexp(
+            row[torch.ones_like(row, dtype=torch.bool).index_fill_(0, top.indices, False)], 0
+        )
+        torch.testing.assert_close(
+            torch.as_tensor(ex["tail_logmass"][0]), tail, atol=1e-5, rtol=1e-5
+        )
         mass = torch.exp(expect).sum() + torch.exp(tail)
         torch.testing.assert_close(mass, torch.tensor(1.0), atol=1e-5, rtol=0)
 
@@ -132,12 +166,17 @@ def test_adjacent_means_adjacent_in_the_text(tmp_path):
         "First doc has one long sentence here. And another long one follows it. Third "
         "sentence is right here.\n\n"
         "The river ran past the old mill today. Really? The boat drifted under the stone "
-        "bridge slowly. Then the fish swam away from the bank.\n")
+        "bridge slowly. Then the fish swam away from the bank.\n"
+    )
     task = make_task("sentence-pair", SentenceSplitter(), pairs_per_doc=50)
     pairs = [ex for ex in task.examples(Corpus(corpus), 1) if ex.meta["doc"] == 1]
     adjacent = {ex.sentences for ex in pairs if ex.label == 2}
-    assert adjacent == {("The boat drifted under the stone bridge slowly.",
-                         "Then the fish swam away from the bank.")}
+    assert adjacent == {
+        (
+            "The boat drifted under the stone bridge slowly.",
+            "Then the fish swam away from the bank.",
+        )
+    }
     assert all(ex.meta["j"] == ex.meta["i"] + 1 for ex in pairs if ex.label == 2)
     assert all(abs(ex.meta["i"] - ex.meta["j"]) > 1 for ex in pairs if ex.label == 1)
 
@@ -177,24 +216,59 @@ def test_two_processes_write_one_store(tiny, pair_store, tmp_path):
         port = s.getsockname()[1]
     procs = []
     for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "smash.precompute.cli", "--task", "sentence-pair",
-             "--corpus", str(tiny["corpus"]), "--teacher", str(tiny["teacher"]),
-             "--out", str(tmp_path), "--num-examples", "90", "--shard-size", "30", "--k", "16",
-             "--dtype", "fp32", "--device", "cpu", "--token-budget", "1024"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "smash.precompute.cli",
+                    "--task",
+                    "sentence-pair",
+                    "--corpus",
+                    str(tiny["corpus"]),
+                    "--teacher",
+                    str(tiny["teacher"]),
+                    "--out",
+                    str(tmp_path),
+                    "--num-examples",
+                    "90",
+                    "--shard-size",
+                    "30",
+                    "--k",
+                    "16",
+                    "--dtype",
+                    "fp32",
+                    "--device",
+                    "cpu",
+                    "--token-budget",
+                    "1024",
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     for p in procs:
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, out
     assert sorted(p.name for p in tmp_path.glob("manifest.part-*")) == [
-        "manifest.part-rank0.json", "manifest.part-rank1.json"]
+        "manifest.part-rank0.json",
+        "manifest.part-rank1.json",
+    ]
     keys = [ex["__key__"] for ex in StoreDataset(tmp_path)]
     assert len(keys) == len(set(keys)) == 90
     # The same examples; teacher values equal up to float rounding, which two processes
     # sharing the cores may do differently (one fp16 step near log-probabilities of -16).
-    assert example_differences(tmp_path, pair_store, teacher_tolerance=2 ** -6) == []
+    assert example_differences(tmp_path, pair_store, teacher_tolerance=2**-6) == []
 
 
 def test_sentiment_filter_keeps_exactly_what_the_rule_selects(tiny, tmp_path):
@@ -212,8 +286,20 @@ def test_sentiment_filter_keeps_exactly_what_the_rule_selects(tiny, tmp_path):
             logits = model(input_ids=torch.tensor([enc.input_ids])).logits[0, enc.mask_position]
         probs.append(torch.softmax(logits.float()[verb], -1).max().item())
     threshold = float(np.median(probs))
-    assert run(tiny, tmp_path, "--filter-rule", "max-prob", "--threshold", str(threshold),
-               task="sentiment", n=60, shard=25) == 0
+    assert (
+        run(
+            tiny,
+            tmp_path,
+            "--filter-rule",
+            "max-prob",
+            "--threshold",
+            str(threshold),
+            task="sentiment",
+            n=60,
+            shard=25,
+        )
+        == 0
+    )
     kept = {(ex["meta"]["doc"], ex["meta"]["i"]) for ex in StoreDataset(tmp_path)}
     expected = {(c.meta["doc"], c.meta["i"]) for c, p in zip(candidates, probs) if p >= threshold}
     assert kept == expected and 0 < len(kept) < 60
@@ -233,22 +319,30 @@ def test_changed_configuration_is_refused_and_nothing_is_lost(tiny, tmp_path, ca
     assert load_manifest(tmp_path).k == 8
 
 
-@pytest.mark.parametrize("case,expected", [
-    ("empty", "corpus is empty"),
-    ("one-sentence-docs", "no document has 3 or more sentences"),
-    ("latin1", "line 2 (byte 27) is not valid UTF-8"),
-    ("no-mask-template", "must contain exactly one *mask*"),
-    ("big-k", "--k 5000 is larger than the vocabulary"),
-    ("no-mask-tokenizer", "has no mask token"),
-    ("multi-token-verbalizer", "not a single token"),
-    ("missing-plugin", "--plugin no_such_module: cannot import it"),
-    ("too-long", "makes examples of up to 200 tokens, but"),
-    ("broken-manifest", "manifest.json: not valid JSON"),
-    ("jsonl-without-field", "line 1 has no string field 'text'"),
-    ("missing-teacher", "no_such/teacher/folder: no such folder"),
-    ("filter-rule-for-pairs", ("task 'sentence-pair' takes no 'filter_rule' option "
-                               "(--filter-rule); tasks that do: [")),
-])
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("empty", "corpus is empty"),
+        ("one-sentence-docs", "no document has 3 or more sentences"),
+        ("latin1", "line 2 (byte 27) is not valid UTF-8"),
+        ("no-mask-template", "must contain exactly one *mask*"),
+        ("big-k", "--k 5000 is larger than the vocabulary"),
+        ("no-mask-tokenizer", "has no mask token"),
+        ("multi-token-verbalizer", "not a single token"),
+        ("missing-plugin", "--plugin no_such_module: cannot import it"),
+        ("too-long", "makes examples of up to 200 tokens, but"),
+        ("broken-manifest", "manifest.json: not valid JSON"),
+        ("jsonl-without-field", "line 1 has no string field 'text'"),
+        ("missing-teacher", "no_such/teacher/folder: no such folder"),
+        (
+            "filter-rule-for-pairs",
+            (
+                "task 'sentence-pair' takes no 'filter_rule' option "
+                "(--filter-rule); tasks that do: ["
+            ),
+        ),
+    ],
+)
 def test_bad_input_gets_a_clear_message(tiny, tmp_path, capsys, case, expected):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(Path(tiny["corpus"]).read_text())
@@ -256,8 +350,9 @@ def test_bad_input_gets_a_clear_message(tiny, tmp_path, capsys, case, expected):
     if case == "empty":
         corpus.write_text("\n\n   \n")
     elif case == "one-sentence-docs":
-        corpus.write_text("A single sentence about the river here.\n\nAnother lonely document "
-                          "sits right here.\n")
+        corpus.write_text(
+            "A single sentence about the river here.\n\nAnother lonely document sits right here.\n"
+        )
     elif case == "latin1":
         corpus.write_bytes(b"The first line is fine.\nCaf\xe9 au lait is ok.\n")
     elif case == "no-mask-template":
@@ -288,9 +383,25 @@ def test_bad_input_gets_a_clear_message(tiny, tmp_path, capsys, case, expected):
     (out / "keep.txt").write_text("user file")
     if case == "broken-manifest":
         (out / "manifest.json").write_text("{half")
-    argv = ["--task", "odd-words" if case == "multi-token-verbalizer" else "sentence-pair",
-            "--corpus", str(corpus), "--teacher", str(teacher), "--out", str(out),
-            "--num-examples", "30", "--k", str(k), "--dtype", "fp32", "--device", "cpu", *extra]
+    argv = [
+        "--task",
+        "odd-words" if case == "multi-token-verbalizer" else "sentence-pair",
+        "--corpus",
+        str(corpus),
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(out),
+        "--num-examples",
+        "30",
+        "--k",
+        str(k),
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        *extra,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert expected in err, err
@@ -308,15 +419,24 @@ def test_bad_corpus_is_reported_before_the_teacher_loads(tiny, tmp_path, capsys,
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"body": "no text field"}\n')
     out = tmp_path / "out"
-    argv = ["--task", "sentence-pair", "--corpus", str(corpus), "--teacher", str(tiny["teacher"]),
-            "--out", str(out), "--device", "cpu"]
+    argv = [
+        "--task",
+        "sentence-pair",
+        "--corpus",
+        str(corpus),
+        "--teacher",
+        str(tiny["teacher"]),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 2
     assert "no string field 'text'" in capsys.readouterr().err
     assert not out.exists()
 
 
-def test_another_spelling_of_the_teacher_folder_resumes(tiny, pair_store, tmp_path,
-                                                         monkeypatch):
+def test_another_spelling_of_the_teacher_folder_resumes(tiny, pair_store, tmp_path, monkeypatch):
     kill_after_one_shard(tiny, tmp_path, monkeypatch)
     teacher = Path(tiny["teacher"])
     monkeypatch.chdir(teacher.parent)
@@ -330,12 +450,13 @@ def test_a_hub_corpus_gives_the_same_examples(tiny, pair_store, tmp_path, capsys
     import json
 
     (tmp_path / "dataset").mkdir()
-    (tmp_path / "dataset" / "train.jsonl").write_text("".join(
-        json.dumps({"text": doc}) + "\n" for doc in Corpus(tiny["corpus"])))
+    (tmp_path / "dataset" / "train.jsonl").write_text(
+        "".join(json.dumps({"text": doc}) + "\n" for doc in Corpus(tiny["corpus"]))
+    )
     out = tmp_path / "store"
     assert run(dict(tiny, corpus=f"hf:{tmp_path / 'dataset'}"), out) == 0
     assert "names no @REVISION" not in capsys.readouterr().err  # a folder is hashed instead
-    assert example_differences(out, pair_store, teacher_tolerance=2 ** -6) == []
+    assert example_differences(out, pair_store, teacher_tolerance=2**-6) == []
 
 
 def test_a_changed_tokenizer_is_another_configuration(tiny, tmp_path, capsys):
@@ -386,8 +507,9 @@ def test_head_of_an_unsupported_architecture_is_refused():
     from smash.precompute.teacher_head import lm_head_of
     from transformers import DistilBertConfig, DistilBertForMaskedLM
 
-    model = DistilBertForMaskedLM(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2,
-                                                   hidden_dim=32))
+    model = DistilBertForMaskedLM(
+        DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
+    )
     with pytest.raises(ValueError, match="DistilBertForMaskedLM: no masked-LM head"):
         lm_head_of(model)
 

@@ -83,7 +83,6 @@ def test_reference_gradcheck_float64(tail):
     assert torch.autograd.gradcheck(f, (x,))
 
 
-
 def test_rows_of_reference_are_per_row_losses():
     gen = torch.Generator().manual_seed(35)
     ids, lp, tail = make_teacher(3, 30, 4, gen)

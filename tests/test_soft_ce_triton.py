@@ -196,6 +196,7 @@ for dtype in ("bf16", "fp16", "fp32"):
 print("compiled")
 """
 
+
 def test_kernel_compiles_for_hopper():
     """The interpreter runs code the GPU compiler may reject (types, constexpr use, layouts):
     compile every variant down to PTX for sm_90, which needs no GPU. In a fresh process,

@@ -33,42 +33,53 @@ def make_examples(n, k=8, vocab=VOCAB, seed=0, max_masks=2, with_meta=False):
         m = int(rng.integers(1, max_masks + 1))
         ids = np.stack([rng.choice(vocab, size=k, replace=False) for _ in range(m)])
         logits = rng.normal(size=(m, k)) * 3
-        lp = (logits - np.log(np.exp(logits).sum(1, keepdims=True) * 1.3 + 1e-30)).astype(np.float16)
-        out.append({
-            "input_ids": rng.integers(0, vocab, size=length),
-            "mask_positions": np.sort(rng.choice(length, size=m, replace=False)),
-            "topk_ids": ids,
-            "topk_logprobs": lp,
-            "tail_logmass": np.log(np.full(m, 0.3 / 1.3, dtype=np.float32)) + rng.normal(
-                size=m).astype(np.float32) * 1e-3,
-            "label": int(rng.integers(-1, 3)),
-            "meta": {"doc": i} if with_meta else None,
-        })
+        lp = (logits - np.log(np.exp(logits).sum(1, keepdims=True) * 1.3 + 1e-30)).astype(
+            np.float16
+        )
+        out.append(
+            {
+                "input_ids": rng.integers(0, vocab, size=length),
+                "mask_positions": np.sort(rng.choice(length, size=m, replace=False)),
+                "topk_ids": ids,
+                "topk_logprobs": lp,
+                "tail_logmass": np.log(np.full(m, 0.3 / 1.3, dtype=np.float32))
+                + rng.normal(size=m).astype(np.float32) * 1e-3,
+                "label": int(rng.integers(-1, 3)),
+                "meta": {"doc": i} if with_meta else None,
+            }
+        )
     return out
 
 
 def canonical(ex, order="value"):
     perm = canonical_order(np.asarray(ex["topk_ids"]), ex["topk_logprobs"], order)
-    return {**ex,
-            "topk_ids": np.take_along_axis(np.asarray(ex["topk_ids"]), perm, 1),
-            "topk_logprobs": np.take_along_axis(ex["topk_logprobs"], perm, 1)}
+    return {
+        **ex,
+        "topk_ids": np.take_along_axis(np.asarray(ex["topk_ids"]), perm, 1),
+        "topk_logprobs": np.take_along_axis(ex["topk_logprobs"], perm, 1),
+    }
 
 
 def assert_same(written, read):
     for key in ("input_ids", "mask_positions", "topk_ids", "tail_logmass"):
         a, b = np.asarray(written[key]), np.asarray(read[key])
         assert a.shape == b.shape, key
-        assert np.array_equal(a.view(np.uint8) if a.dtype.kind == "f" else a,
-                              b.view(np.uint8) if b.dtype.kind == "f" else b), key
+        assert np.array_equal(
+            a.view(np.uint8) if a.dtype.kind == "f" else a,
+            b.view(np.uint8) if b.dtype.kind == "f" else b,
+        ), key
     assert read["topk_logprobs"].dtype == np.float16
-    assert np.array_equal(written["topk_logprobs"].view(np.uint16),
-                          read["topk_logprobs"].view(np.uint16))
+    assert np.array_equal(
+        written["topk_logprobs"].view(np.uint16), read["topk_logprobs"].view(np.uint16)
+    )
     assert read["label"] == written["label"]
     assert read["meta"] == written["meta"]
 
 
-@pytest.mark.parametrize("layout", [
-    ChunkLayout(), ChunkLayout(planes=False, delta=False), ChunkLayout(order="id", level=3)])
+@pytest.mark.parametrize(
+    "layout",
+    [ChunkLayout(), ChunkLayout(planes=False, delta=False), ChunkLayout(order="id", level=3)],
+)
 def test_chunk_round_trip_is_bit_exact(layout):
     examples = make_examples(50, k=16, with_meta=True)
     chunk = decode_chunk(encode_chunk(examples, k=16, vocab_size=VOCAB, layout=layout))
@@ -95,8 +106,14 @@ def test_k_zero_stores_examples_without_teacher():
 @pytest.mark.parametrize("topk", [[], np.zeros((0, 4), np.float16)])
 def test_example_without_masks_may_give_empty_lists(topk):
     ex = make_examples(1, k=4)[0]
-    bare = {"input_ids": [1, 2], "mask_positions": [], "topk_ids": np.asarray(topk, np.int64),
-            "topk_logprobs": topk, "tail_logmass": [], "label": 1}
+    bare = {
+        "input_ids": [1, 2],
+        "mask_positions": [],
+        "topk_ids": np.asarray(topk, np.int64),
+        "topk_logprobs": topk,
+        "tail_logmass": [],
+        "label": 1,
+    }
     first, second = decode_chunk(encode_chunk([bare, ex], k=4, vocab_size=VOCAB))
     assert list(first["input_ids"]) == [1, 2] and first["label"] == 1
     assert first["topk_ids"].shape == (0, 4) and first["tail_logmass"].dtype == np.float32
@@ -106,20 +123,26 @@ def test_example_without_masks_may_give_empty_lists(topk):
 def test_encode_rejects_bad_input():
     ex = make_examples(1, k=4)[0]
     with pytest.raises(TypeError, match="float16"):
-        encode_chunk([{**ex, "topk_logprobs": ex["topk_logprobs"].astype(np.float32)}],
-                     k=4, vocab_size=VOCAB)
+        encode_chunk(
+            [{**ex, "topk_logprobs": ex["topk_logprobs"].astype(np.float32)}], k=4, vocab_size=VOCAB
+        )
     with pytest.raises(ValueError, match="out of range"):
         encode_chunk([{**ex, "input_ids": np.array([VOCAB])}], k=4, vocab_size=VOCAB)
     with pytest.raises(ValueError, match="topk_ids must have one row of k=5.*got shape"):
         encode_chunk([ex], k=5, vocab_size=VOCAB)
 
 
-def write_store(root, examples, *, max_samples=40, part="0", first_shard=0, fp="sha256:abc",
-                k=8):
-    with StoreWriter(root, producer={"task": "test", "seed": 1},
-                     tokenizer={"fingerprint": fp, "name": "tok", "vocab_size": VOCAB},
-                     k=k, max_samples=max_samples, chunk_size=16, part=part,
-                     first_shard=first_shard) as writer:
+def write_store(root, examples, *, max_samples=40, part="0", first_shard=0, fp="sha256:abc", k=8):
+    with StoreWriter(
+        root,
+        producer={"task": "test", "seed": 1},
+        tokenizer={"fingerprint": fp, "name": "tok", "vocab_size": VOCAB},
+        k=k,
+        max_samples=max_samples,
+        chunk_size=16,
+        part=part,
+        first_shard=first_shard,
+    ) as writer:
         writer.write_all(examples)
     return writer.shards
 
@@ -150,7 +173,10 @@ def test_two_writers_merge_into_one_manifest(tmp_path):
     write_store(tmp_path, make_examples(30, seed=4), part="rank1", first_shard=100)
     manifest = finalize_store(tmp_path)
     assert [s.name for s in manifest.shards] == [
-        "shard-000000.tar", "shard-000001.tar", "shard-000100.tar"]
+        "shard-000000.tar",
+        "shard-000001.tar",
+        "shard-000100.tar",
+    ]
     assert manifest.num_samples == 80
 
 
@@ -164,16 +190,31 @@ def test_finalize_refuses_disagreeing_parts(tmp_path):
 
 def test_failed_writer_keeps_finished_shards(tmp_path):
     examples = make_examples(50, seed=5)
-    with pytest.raises(RuntimeError), StoreWriter(
-            tmp_path, producer={}, tokenizer={"fingerprint": "x", "vocab_size": VOCAB}, k=8,
-            max_samples=20) as writer:
+    with (
+        pytest.raises(RuntimeError),
+        StoreWriter(
+            tmp_path,
+            producer={},
+            tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
+            k=8,
+            max_samples=20,
+        ) as writer,
+    ):
         writer.write_all(examples[:45])
         raise RuntimeError("killed")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "manifest.part-0.json", "shard-000000.tar", "shard-000001.tar"]
+        "manifest.part-0.json",
+        "shard-000000.tar",
+        "shard-000001.tar",
+    ]
     # A restarted writer keeps the recorded shards and continues numbering after them.
-    with StoreWriter(tmp_path, producer={}, tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
-                     k=8, max_samples=20) as writer:
+    with StoreWriter(
+        tmp_path,
+        producer={},
+        tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
+        k=8,
+        max_samples=20,
+    ) as writer:
         writer.write_all(examples[40:])
     assert [s.samples for s in finalize_store(tmp_path).shards] == [20, 20, 10]
 
@@ -266,14 +307,18 @@ def test_store_errors_survive_dataloader_workers(small_store):
 def test_writer_refuses_a_part_of_another_configuration(tmp_path):
     write_store(tmp_path, make_examples(5), k=8)
     with pytest.raises(ManifestError, match="manifest.part-0.json.*'producer' differs"):
-        StoreWriter(tmp_path, producer={"task": "other"},
-                    tokenizer={"fingerprint": "sha256:abc", "name": "tok", "vocab_size": VOCAB},
-                    k=8)
+        StoreWriter(
+            tmp_path,
+            producer={"task": "other"},
+            tokenizer={"fingerprint": "sha256:abc", "name": "tok", "vocab_size": VOCAB},
+            k=8,
+        )
 
 
 def test_write_shard_under_an_index_and_abort_on_error(tmp_path):
-    writer = StoreWriter(tmp_path, producer={}, k=8,
-                         tokenizer={"fingerprint": "x", "vocab_size": VOCAB})
+    writer = StoreWriter(
+        tmp_path, producer={}, k=8, tokenizer={"fingerprint": "x", "vocab_size": VOCAB}
+    )
     info = writer.write_shard(7, make_examples(4))
     assert info.name == "shard-000007.tar" and info.samples == 4
 
@@ -283,14 +328,17 @@ def test_write_shard_under_an_index_and_abort_on_error(tmp_path):
 
     with pytest.raises(OSError, match="disk full"):
         writer.write_shard(8, broken())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.part-0.json",
-                                                          "shard-000007.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "manifest.part-0.json",
+        "shard-000007.tar",
+    ]
     assert [s.name for s in finalize_store(tmp_path).shards] == ["shard-000007.tar"]
 
 
 def shard_writer(root, part="rank0"):
-    return StoreWriter(root, producer={}, tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
-                       k=8, part=part)
+    return StoreWriter(
+        root, producer={}, tokenizer={"fingerprint": "x", "vocab_size": VOCAB}, k=8, part=part
+    )
 
 
 def stored_docs(root):
@@ -321,9 +369,12 @@ def test_a_shard_rewritten_by_another_part_keeps_the_newest_write(tmp_path):
     assert [s.samples for s in finalize_store(tmp_path).shards] == [6]
     assert stored_docs(tmp_path) == list(range(4, 10))
     (tmp_path / "shard-000001.tar").write_bytes(b"neither")
-    with pytest.raises(ManifestError, match="shard-000001.tar: listed with different contents "
-                                            "in manifest.part-rank0.json, manifest.part-rank1"
-                                            ".json, and the file .* matches none of them"):
+    with pytest.raises(
+        ManifestError,
+        match="shard-000001.tar: listed with different contents "
+        "in manifest.part-rank0.json, manifest.part-rank1"
+        ".json, and the file .* matches none of them",
+    ):
         finalize_store(tmp_path)
     (tmp_path / "shard-000001.tar").unlink()
     with pytest.raises(ManifestError, match="different contents .* the file is missing"):

@@ -31,12 +31,18 @@ def test_inspect_reports_teacher_statistics(store, capsys):
 @pytest.mark.parametrize("order", ["value", "id"])
 def test_top1_prob_is_the_largest_stored_probability_in_any_layout(tmp_path, order):
     examples = make_examples(40, seed=22)
-    with StoreWriter(tmp_path, producer={}, tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
-                     k=8, layout=ChunkLayout(order=order)) as writer:
+    with StoreWriter(
+        tmp_path,
+        producer={},
+        tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
+        k=8,
+        layout=ChunkLayout(order=order),
+    ) as writer:
         writer.write_all(examples)
     finalize_store(tmp_path)
-    rows = np.concatenate([np.exp(ex["topk_logprobs"].astype(np.float64)).max(1)
-                           for ex in examples])
+    rows = np.concatenate(
+        [np.exp(ex["topk_logprobs"].astype(np.float64)).max(1) for ex in examples]
+    )
     assert teacher_statistics(str(tmp_path))["mean_top1_prob"] == pytest.approx(rows.mean())
 
 
@@ -65,9 +71,15 @@ def test_verify_names_every_bad_shard(store, capsys):
 
 
 def test_console_script_reports_bad_manifest_without_traceback(tmp_path):
-    (tmp_path / "manifest.json").write_text('{"format": "smash-teacher-store", "format_version": 7}')
-    proc = subprocess.run([sys.executable, "-m", "smash.store.cli", "verify", str(tmp_path)],
-                          capture_output=True, text=True, check=False)
+    (tmp_path / "manifest.json").write_text(
+        '{"format": "smash-teacher-store", "format_version": 7}'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "smash.store.cli", "verify", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "manifest.json: field 'format_version' is 7" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -103,12 +103,19 @@ def test_resume_across_ranks_and_workers_with_stateful_loader(store, monkeypatch
     root, _ = store
 
     def loader(ds):
-        return StatefulDataLoader(ds, batch_size=4, num_workers=2,
-                                  collate_fn=functools.partial(collate_examples, pad_id=1))
+        return StatefulDataLoader(
+            ds,
+            batch_size=4,
+            num_workers=2,
+            collate_fn=functools.partial(collate_examples, pad_id=1),
+        )
 
     for rank in range(2):
-        full = [k for b in loader(StoreDataset(root, rank=rank, world_size=2, seed=2))
-                for k in b["keys"]]
+        full = [
+            k
+            for b in loader(StoreDataset(root, rank=rank, world_size=2, seed=2))
+            for k in b["keys"]
+        ]
         dl = loader(StoreDataset(root, rank=rank, world_size=2, seed=2))
         it = iter(dl)
         head = [k for _ in range(5) for k in next(it)["keys"]]
@@ -175,15 +182,17 @@ def test_endless_stream_with_nothing_to_read_is_an_error(tmp_path):
 def write_sized_store(root, sizes):
     """A store whose shard i holds sizes[i] examples (0: an empty shard)."""
     examples = iter(make_examples(sum(sizes), seed=8))
-    with StoreWriter(root, producer={}, tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
-                     k=8) as writer:
+    with StoreWriter(
+        root, producer={}, tokenizer={"fingerprint": "x", "vocab_size": VOCAB}, k=8
+    ) as writer:
         for index, n in enumerate(sizes):
             writer.write_shard(index, itertools.islice(examples, n))
     finalize_store(root)
 
 
-@pytest.mark.parametrize("sizes,ranks,workers", [
-    ([5, 0], 2, 1), ([3, 0, 0, 0, 0, 2], 2, 2), ([0, 4, 0, 4, 4], 3, 1)])
+@pytest.mark.parametrize(
+    "sizes,ranks,workers", [([5, 0], 2, 1), ([3, 0, 0, 0, 0, 2], 2, 2), ([0, 4, 0, 4, 4], 3, 1)]
+)
 def test_empty_shards_take_no_part_in_the_split(tmp_path, monkeypatch, sizes, ranks, workers):
     write_sized_store(tmp_path, sizes)
     total, epochs = sum(sizes), 3
@@ -221,13 +230,16 @@ def test_store_path_may_hold_braces(tmp_path, name):
     assert len(keys(StoreDataset(root))) == 5
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"rank": 1}, "rank is given but world_size is not"),
-    ({"world_size": 2}, "world_size is given but rank is not"),
-    ({"rank": 2, "world_size": 2}, "rank 2 is outside world_size 2"),
-    ({"rank": -1, "world_size": 2}, "rank -1 is outside world_size 2"),
-    ({"rank": 0, "world_size": 0}, "rank 0 is outside world_size 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"rank": 1}, "rank is given but world_size is not"),
+        ({"world_size": 2}, "world_size is given but rank is not"),
+        ({"rank": 2, "world_size": 2}, "rank 2 is outside world_size 2"),
+        ({"rank": -1, "world_size": 2}, "rank -1 is outside world_size 2"),
+        ({"rank": 0, "world_size": 0}, "rank 0 is outside world_size 0"),
+    ],
+)
 def test_rank_and_world_size_come_together_and_agree(store, kwargs, message):
     root, _ = store
     with pytest.raises(ValueError, match=message):

@@ -26,14 +26,18 @@ def test_every_older_version_has_a_checked_in_store():
 def decoded(store):
     out = []
     for ex in StoreDataset(store, shuffle=False, epochs=1, rank=0, world_size=1):
-        out.append({
-            "key": ex["__key__"],
-            "input_ids": ex["input_ids"].tolist(),
-            "mask_positions": ex["mask_positions"].tolist(),
-            "topk_ids": ex["topk_ids"].tolist(),
-            "topk_logprobs_f16_bits": ex["topk_logprobs"].view(np.uint16).tolist(),
-            "tail_logmass_f32_bits": ex["tail_logmass"].view(np.uint32).tolist(),
-            "label": ex["label"], "meta": ex["meta"]})
+        out.append(
+            {
+                "key": ex["__key__"],
+                "input_ids": ex["input_ids"].tolist(),
+                "mask_positions": ex["mask_positions"].tolist(),
+                "topk_ids": ex["topk_ids"].tolist(),
+                "topk_logprobs_f16_bits": ex["topk_logprobs"].view(np.uint16).tolist(),
+                "tail_logmass_f32_bits": ex["tail_logmass"].view(np.uint32).tolist(),
+                "label": ex["label"],
+                "meta": ex["meta"],
+            }
+        )
     return out
 
 
@@ -64,12 +68,18 @@ def old_student(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("objective, store", [("ce", "pairs"), ("rule", "pairs"),
-                                              ("hard", "sentiment")])
+@pytest.mark.parametrize(
+    "objective, store", [("ce", "pairs"), ("rule", "pairs"), ("hard", "sentiment")]
+)
 def test_old_store_trains(old_student, tmp_path, objective, store):
     path = STORES / "v1" / store
-    trainer = Trainer(load_config(tiny_config(tmp_path / "run", old_student, [(path, 1.0)],
-                                              max_steps=2, objective=objective)))
+    trainer = Trainer(
+        load_config(
+            tiny_config(
+                tmp_path / "run", old_student, [(path, 1.0)], max_steps=2, objective=objective
+            )
+        )
+    )
     trainer.setup()
     assert trainer.train() == 2
     trainer.cleanup()

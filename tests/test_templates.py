@@ -14,8 +14,15 @@ def enc(tok, text):
 def test_parse_parts():
     t = parse_template(PAIR)
     kinds = [(p.kind, p.text or p.index) for p in t.parts]
-    assert kinds == [("special", "cls"), ("sentence", 0), ("literal", "?"), ("special", "mask"),
-                     ("literal", ","), ("sentence", 1), ("special", "sep+")]
+    assert kinds == [
+        ("special", "cls"),
+        ("sentence", 0),
+        ("literal", "?"),
+        ("special", "mask"),
+        ("literal", ","),
+        ("sentence", 1),
+        ("special", "sep+"),
+    ]
     first, second = t.parts[1], t.parts[5]
     assert first.drop_last and not first.space and first.case == ""
     assert second.space and second.case == "l" and not second.drop_last
@@ -25,8 +32,14 @@ def test_parse_parts():
 def test_sentiment_ids_and_single_mask(tiny_tokenizer):
     tok = tiny_tokenizer
     out = parse_template(SENTIMENT).encode(tok, ["The movie was fun"], max_length=64)
-    expected = ([tok.cls_token_id] + enc(tok, "The movie was fun") + enc(tok, " It was")
-                + [tok.mask_token_id] + enc(tok, ".") + [tok.sep_token_id])
+    expected = (
+        [tok.cls_token_id]
+        + enc(tok, "The movie was fun")
+        + enc(tok, " It was")
+        + [tok.mask_token_id]
+        + enc(tok, ".")
+        + [tok.sep_token_id]
+    )
     assert out.input_ids == expected
     assert out.input_ids.count(tok.mask_token_id) == 1
     assert out.input_ids[out.mask_position] == tok.mask_token_id
@@ -35,8 +48,15 @@ def test_sentiment_ids_and_single_mask(tiny_tokenizer):
 def test_pair_modifiers(tiny_tokenizer):
     tok = tiny_tokenizer
     out = parse_template(PAIR).encode(tok, ["Is it good.", "The film is great."], 64)
-    expected = ([tok.cls_token_id] + enc(tok, "Is it good") + enc(tok, "?") + [tok.mask_token_id]
-                + enc(tok, ",") + enc(tok, " the film is great.") + [tok.sep_token_id])
+    expected = (
+        [tok.cls_token_id]
+        + enc(tok, "Is it good")
+        + enc(tok, "?")
+        + [tok.mask_token_id]
+        + enc(tok, ",")
+        + enc(tok, " the film is great.")
+        + [tok.sep_token_id]
+    )
     assert out.input_ids == expected
     assert out.mask_position == 1 + len(enc(tok, "Is it good")) + len(enc(tok, "?"))
 
@@ -44,8 +64,9 @@ def test_pair_modifiers(tiny_tokenizer):
 def test_all_modifier_combinations(tiny_tokenizer):
     tok = tiny_tokenizer
     out = parse_template("*cls**+sentl-_0**mask**sentu_1*").encode(tok, ["All good!", "bad"], 64)
-    assert out.input_ids == ([tok.cls_token_id] + enc(tok, " all good") + [tok.mask_token_id]
-                             + enc(tok, "Bad"))
+    assert out.input_ids == (
+        [tok.cls_token_id] + enc(tok, " all good") + [tok.mask_token_id] + enc(tok, "Bad")
+    )
 
 
 def test_truncation_keeps_template_tokens(tiny_tokenizer):
@@ -61,11 +82,11 @@ def test_truncation_keeps_template_tokens(tiny_tokenizer):
         assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
         assert ids.count(tok.mask_token_id) == 1 and ids[out.mask_position] == tok.mask_token_id
         # Template words survive; the sentence is cut from its end, not its start.
-        assert ids[out.mask_position - 1: out.mask_position] == enc(tok, "?")
+        assert ids[out.mask_position - 1 : out.mask_position] == enc(tok, "?")
         assert ids[1:4] == full[1:4]
     # Longest first: the short sentence is untouched while the long one is longer.
     out = t.encode(tok, [long_a, short_b], 40).input_ids
-    assert out[-1 - len(enc(tok, " it was bad.")):-1] == enc(tok, " it was bad.")
+    assert out[-1 - len(enc(tok, " it was bad.")) : -1] == enc(tok, " it was bad.")
 
 
 def test_truncation_longest_first_balances(tiny_tokenizer):
@@ -80,7 +101,7 @@ def test_truncation_longest_first_balances(tiny_tokenizer):
     n_b = len(out.input_ids) - out.mask_position - 1
     assert (len(a), len(b)) == (41, 31)  # the first word has no leading space: 2 pieces
     assert (n_a, n_b) == (20, 21)
-    assert out.input_ids[1:1 + n_a] == a[:n_a] and out.input_ids[-n_b:] == b[:n_b]
+    assert out.input_ids[1 : 1 + n_a] == a[:n_a] and out.input_ids[-n_b:] == b[:n_b]
 
 
 def test_template_alone_too_long(tiny_tokenizer):
@@ -110,10 +131,12 @@ def test_missing_sentence(tiny_tokenizer):
 def test_verbalizer_ids(tiny_tokenizer):
     tok = tiny_tokenizer
     ids = verbalizer_ids(tok, ["terrible", "bad", "okay", "good", "great"])
-    assert ids == [tok.convert_tokens_to_ids("Ġ" + w)
-                   for w in ["terrible", "bad", "okay", "good", "great"]]
-    assert verbalizer_ids(tok, ["No", "Yes", "Maybe"]) == [enc(tok, " " + w)[0]
-                                                           for w in ["No", "Yes", "Maybe"]]
+    assert ids == [
+        tok.convert_tokens_to_ids("Ġ" + w) for w in ["terrible", "bad", "okay", "good", "great"]
+    ]
+    assert verbalizer_ids(tok, ["No", "Yes", "Maybe"]) == [
+        enc(tok, " " + w)[0] for w in ["No", "Yes", "Maybe"]
+    ]
 
 
 def test_verbalizer_multi_token_error(tiny_tokenizer):
@@ -131,14 +154,21 @@ def test_encode_batch_equals_one_by_one(tiny_tokenizer, tiny):
     """The batched tokenizer path gives what per-text ``tokenizer.encode`` calls give."""
     tok = tiny_tokenizer
     docs = [d.replace("\n", " ") for d in tiny["corpus"].read_text().split("\n\n") if d][:40]
-    pairs = [(d[: 30 + i * 7], d[-(25 + i * 5):]) for i, d in enumerate(docs)] + [("", "x")]
+    pairs = [(d[: 30 + i * 7], d[-(25 + i * 5) :]) for i, d in enumerate(docs)] + [("", "x")]
     template = parse_template(PAIR)
     for max_length in (128, 24):
         batch = template.encode_batch(tok, pairs, max_length)
         assert batch == [template.encode(tok, p, max_length) for p in pairs]
         for (a, b), out in zip(pairs, batch):
-            full = ([tok.cls_token_id] + enc(tok, a[:-1]) + enc(tok, "?") + [tok.mask_token_id]
-                    + enc(tok, ",") + enc(tok, " " + b[:1].lower() + b[1:]) + [tok.sep_token_id])
+            full = (
+                [tok.cls_token_id]
+                + enc(tok, a[:-1])
+                + enc(tok, "?")
+                + [tok.mask_token_id]
+                + enc(tok, ",")
+                + enc(tok, " " + b[:1].lower() + b[1:])
+                + [tok.sep_token_id]
+            )
             if len(full) <= max_length:
                 assert out.input_ids == full
             assert len(out.input_ids) <= max_length

@@ -59,26 +59,36 @@ def test_shipped_configs_hold_the_paper_defaults():
 def test_a_warmup_as_long_as_the_run_is_warned_about():
     cfg = load_config("paper-sentiment", stores=["s"])
     cfg.deepspeed["scheduler"]["params"]["warmup_num_steps"] = 10_000
-    with pytest.warns(UserWarning, match=r"warmup_num_steps \(10000\) is not below "
-                                         r"total_num_steps \(5000\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"warmup_num_steps \(10000\) is not below "
+        r"total_num_steps \(5000\)",
+    ):
         resolve_deepspeed(cfg.deepspeed, max_steps=5_000)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"objectiv": "ce"}, r"^unknown key 'objectiv' \(did you mean 'objective'\?\)$"),
-    ({"colour": "red"}, r"^unknown key 'colour'; known keys: \['checkpoint_every', "),
-    ({"objective": "kl"}, "objective must be one of"),
-    ({"max_steps": "10"}, "must be int"),
-    ({"tail": "drop"}, "tail must be one of"),
-    ({"stores": [{"path": "a", "wieght": 2}]},
-     r"stores\[0\]: unknown key 'wieght' \(did you mean 'weight'\?\)"),
-    ({"stores": [{"path": "a", "weight": 0}]}, "weight must be > 0"),
-    ({"deepspeed": {"zero_optimization": {"stage": 3}}}, "stage must be 0, 1 or 2"),
-    ({"deepspeed": {"gradient_acumulation_steps": 4}},
-     r"key 'gradient_acumulation_steps' \(did you mean 'gradient_accumulation_steps'\?\)"),
-    ({"deepspeed": {"my_own_setting": 1}}, "unknown deepspeed config key 'my_own_setting':"),
-    ({"teacher": "t", "objective": "rule"}, "uses no teacher outputs"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"objectiv": "ce"}, r"^unknown key 'objectiv' \(did you mean 'objective'\?\)$"),
+        ({"colour": "red"}, r"^unknown key 'colour'; known keys: \['checkpoint_every', "),
+        ({"objective": "kl"}, "objective must be one of"),
+        ({"max_steps": "10"}, "must be int"),
+        ({"tail": "drop"}, "tail must be one of"),
+        (
+            {"stores": [{"path": "a", "wieght": 2}]},
+            r"stores\[0\]: unknown key 'wieght' \(did you mean 'weight'\?\)",
+        ),
+        ({"stores": [{"path": "a", "weight": 0}]}, "weight must be > 0"),
+        ({"deepspeed": {"zero_optimization": {"stage": 3}}}, "stage must be 0, 1 or 2"),
+        (
+            {"deepspeed": {"gradient_acumulation_steps": 4}},
+            r"key 'gradient_acumulation_steps' \(did you mean 'gradient_accumulation_steps'\?\)",
+        ),
+        ({"deepspeed": {"my_own_setting": 1}}, "unknown deepspeed config key 'my_own_setting':"),
+        ({"teacher": "t", "objective": "rule"}, "uses no teacher outputs"),
+    ],
+)
 def test_config_errors_name_the_problem(tmp_path, change, message):
     config = tiny_config(tmp_path / "run", "student", [("store", 1.0)])
     ds = change.pop("deepspeed", None)
@@ -94,8 +104,9 @@ def test_an_unknown_key_in_a_config_file_names_the_file(tmp_path, capsys):
     config["max_step"] = 10
     path = write_config(tmp_path / "c.json", config)
     assert train_student(["--config", str(path)]) == 2
-    assert capsys.readouterr().err == (f"train-student: error: {path}: unknown key 'max_step' "
-                                       f"(did you mean 'max_steps'?)\n")
+    assert capsys.readouterr().err == (
+        f"train-student: error: {path}: unknown key 'max_step' (did you mean 'max_steps'?)\n"
+    )
 
 
 def test_store_flag_and_overrides(tmp_path):
@@ -158,11 +169,17 @@ def test_hard_reads_the_teacher_labels_a_store_holds(tiny, tiny_tokenizer, pair_
     student = DistillStudent(model, objective="hard", verbalizers=[words], stored_labels=[True])
     loss, _ = _step(student, batch)
     head = student.model.get_output_embeddings()
-    hidden = mask_hidden_states(model, batch["input_ids"], batch["attention_mask"],
-                                batch["mask_batch"], batch["mask_positions"])
+    hidden = mask_hidden_states(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["mask_batch"],
+        batch["mask_positions"],
+    )
     features = head_features(lm_head_of(model), student._slot, hidden)
-    expected = label_word_loss(features, head, torch.tensor(words),
-                               batch["labels"][batch["mask_batch"]])
+    expected = label_word_loss(
+        features, head, torch.tensor(words), batch["labels"][batch["mask_batch"]]
+    )
     assert bool((batch["labels"] >= 0).all())
     torch.testing.assert_close(loss, expected.detach())
     unlabelled = DistillStudent(model, objective="hard", verbalizers=[words])
@@ -171,7 +188,11 @@ def test_hard_reads_the_teacher_labels_a_store_holds(tiny, tiny_tokenizer, pair_
 
 def test_rule_labels_follow_each_mask_to_its_example():
     assert rule_labels(torch.tensor([2, -1, 0]), torch.tensor([0, 0, 1, 2]), 3).tolist() == [
-        2, 2, -1, 0]
+        2,
+        2,
+        -1,
+        0,
+    ]
     with pytest.raises(ValueError, match="no label word"):
         rule_labels(torch.tensor([3]), torch.tensor([0]), 3)
 
@@ -181,23 +202,41 @@ def test_rule_labels_follow_each_mask_to_its_example():
 
 def _step(module, batch):
     module.zero_grad(set_to_none=True)
-    loss = module(**{k: batch[k] for k in ("input_ids", "attention_mask", "mask_batch",
-                                           "mask_positions", "topk_ids", "topk_logprobs",
-                                           "tail_logmass", "labels")})
+    loss = module(
+        **{
+            k: batch[k]
+            for k in (
+                "input_ids",
+                "attention_mask",
+                "mask_batch",
+                "mask_positions",
+                "topk_ids",
+                "topk_logprobs",
+                "tail_logmass",
+                "labels",
+            )
+        }
+    )
     loss.backward()
     return loss.detach(), grads_of(module)
 
 
-@pytest.mark.parametrize("objective, loss", [("ce", "kernel"), ("ce", "fused_linear"),
-                                             ("hard", "kernel")])
+@pytest.mark.parametrize(
+    "objective, loss", [("ce", "kernel"), ("ce", "fused_linear"), ("hard", "kernel")]
+)
 def test_offline_store_equals_online_teacher(tiny, tiny_tokenizer, pair_store, objective, loss):
     """A store with k = V gives the live teacher's losses and gradients on the same batches."""
     batch = first_batch(pair_store, 12, tiny_tokenizer.pad_token_id)
     assert load_manifest(pair_store).k == VOCAB
     words = load_manifest(pair_store).producer["verbalizer_ids"]
-    student = DistillStudent(AutoModelForMaskedLM.from_pretrained(tiny["student"]),
-                             objective=objective, loss=loss, tail="bucket", temperature=2.0,
-                             verbalizers=[words if objective == "hard" else None])
+    student = DistillStudent(
+        AutoModelForMaskedLM.from_pretrained(tiny["student"]),
+        objective=objective,
+        loss=loss,
+        tail="bucket",
+        temperature=2.0,
+        verbalizers=[words if objective == "hard" else None],
+    )
     teacher = OnlineTeacher(str(tiny["teacher"]), torch.device("cpu"))
     offline_loss, offline_grads = _step(student, batch)
     online_loss, online_grads = _step(student, teacher.fill(batch))
@@ -208,8 +247,9 @@ def test_offline_store_equals_online_teacher(tiny, tiny_tokenizer, pair_store, o
 
 
 @pytest.mark.parametrize("loss", ["kernel", "fused_linear"])
-def test_step_skips_the_id_check_and_recomputes_the_gradient(tiny, tiny_tokenizer, pair_store,
-                                                            monkeypatch, loss):
+def test_step_skips_the_id_check_and_recomputes_the_gradient(
+    tiny, tiny_tokenizer, pair_store, monkeypatch, loss
+):
     """The training step calls the kernels with check_ids=False (ids from a verified store) and
     soft_cross_entropy with grad_in_forward=False (DeepSpeed's upstream gradient is not 1)."""
     import smash.train.student as student_module
@@ -222,13 +262,13 @@ def test_step_skips_the_id_check_and_recomputes_the_gradient(tiny, tiny_tokenize
         def spy(*args, **kwargs):
             seen[name] = kwargs
             return real(*args, **kwargs)
+
         return spy
 
     for name in ("soft_cross_entropy", "fused_linear_soft_cross_entropy"):
         monkeypatch.setattr(student_module, name, spy_on(name))
     batch = first_batch(pair_store, 4, tiny_tokenizer.pad_token_id)
-    _step(DistillStudent(AutoModelForMaskedLM.from_pretrained(tiny["student"]), loss=loss),
-          batch)
+    _step(DistillStudent(AutoModelForMaskedLM.from_pretrained(tiny["student"]), loss=loss), batch)
     name = "soft_cross_entropy" if loss == "kernel" else "fused_linear_soft_cross_entropy"
     assert list(seen) == [name] and seen[name]["check_ids"] is False
     if loss == "kernel":
@@ -238,12 +278,13 @@ def test_step_skips_the_id_check_and_recomputes_the_gradient(tiny, tiny_tokenize
 def test_fused_linear_loss_equals_kernel_loss(tiny, tiny_tokenizer, pair_store):
     batch = first_batch(pair_store, 8, tiny_tokenizer.pad_token_id)
     model = AutoModelForMaskedLM.from_pretrained(tiny["student"])
-    results = [_step(DistillStudent(model, loss=loss, tail="bucket"), batch)
-               for loss in ("kernel", "fused_linear")]
+    results = [
+        _step(DistillStudent(model, loss=loss, tail="bucket"), batch)
+        for loss in ("kernel", "fused_linear")
+    ]
     torch.testing.assert_close(results[0][0], results[1][0])
     for name in results[0][1]:
-        torch.testing.assert_close(results[0][1][name], results[1][1][name], rtol=1e-4,
-                                   atol=1e-7)
+        torch.testing.assert_close(results[0][1][name], results[1][1][name], rtol=1e-4, atol=1e-7)
 
 
 def test_offline_and_online_runs_train_the_same(tiny, pair_store, tmp_path):
@@ -252,26 +293,33 @@ def test_offline_and_online_runs_train_the_same(tiny, pair_store, tmp_path):
 
     runs = {}
     for mode, teacher in (("offline", None), ("online", str(tiny["teacher"]))):
-        config = tiny_config(tmp_path / mode, tiny["student"], [(pair_store, 1.0)],
-                             max_steps=3, teacher=teacher)
+        config = tiny_config(
+            tmp_path / mode, tiny["student"], [(pair_store, 1.0)], max_steps=3, teacher=teacher
+        )
         assert train_student(["--config", write_config(tmp_path / f"{mode}.json", config)]) == 0
         runs[mode] = (
             [r["loss"] for r in read_metrics(tmp_path / mode) if "loss" in r],
-            AutoModelForMaskedLM.from_pretrained(tmp_path / mode / "student").state_dict())
+            AutoModelForMaskedLM.from_pretrained(tmp_path / mode / "student").state_dict(),
+        )
     assert len(runs["offline"][0]) == 3
     torch.testing.assert_close(runs["online"][0], runs["offline"][0], rtol=1e-5, atol=1e-6)
     for name, value in runs["offline"][1].items():
         torch.testing.assert_close(runs["online"][1][name], value, rtol=1e-4, atol=1e-6)
 
 
-def test_heldout_kl_does_not_depend_on_the_number_of_ranks(tiny, tiny_tokenizer, pair_store,
-                                                          monkeypatch):
+def test_heldout_kl_does_not_depend_on_the_number_of_ranks(
+    tiny, tiny_tokenizer, pair_store, monkeypatch
+):
     """Two ranks evaluate the same first examples as one process: their sums add up to it."""
     from smash.train.evaluate import heldout_kl
 
     model = AutoModelForMaskedLM.from_pretrained(tiny["student"])
-    args = {"pad_id": tiny_tokenizer.pad_token_id, "device": torch.device("cpu"),
-            "max_examples": 37, "batch_size": 8}
+    args = {
+        "pad_id": tiny_tokenizer.pad_token_id,
+        "device": torch.device("cpu"),
+        "max_examples": 37,
+        "batch_size": 8,
+    }
     alone = heldout_kl(model, str(pair_store), **args)
     parts = []
     for rank in range(2):  # each rank's share, without the all-reduce
@@ -285,7 +333,6 @@ def test_heldout_kl_does_not_depend_on_the_number_of_ranks(tiny, tiny_tokenizer,
     assert rows == alone["rows"] and alone["rows"] >= 37
     mean = sum(p["kl"] * p["rows"] for p in parts) / rows
     assert mean == pytest.approx(alone["kl"], rel=1e-5)
-
 
 
 # ------------------------------------------------------------------------- errors
@@ -321,8 +368,9 @@ def test_unreadable_shard_is_named(tiny, pair_store, tmp_path, capsys, workers):
 
 
 def test_rule_objective_refuses_a_sentiment_store(tiny, sentiment_store, tmp_path, capsys):
-    config = tiny_config(tmp_path / "run", tiny["student"], [(sentiment_store, 1.0)],
-                         objective="rule")
+    config = tiny_config(
+        tmp_path / "run", tiny["student"], [(sentiment_store, 1.0)], objective="rule"
+    )
     assert train_student(["--config", write_config(tmp_path / "c.json", config)]) == 2
     assert "sentiment store has none" in capsys.readouterr().err
 
@@ -337,8 +385,9 @@ def test_bad_student_path_is_one_line_on_stderr(pair_store, tmp_path, capsys):
     assert "Traceback" not in out
 
 
-@pytest.mark.parametrize("name", ["./student", "/no/such/student", "~/no-such-student-zz",
-                                  "demo-out/run/nostudent"])
+@pytest.mark.parametrize(
+    "name", ["./student", "/no/such/student", "~/no-such-student-zz", "demo-out/run/nostudent"]
+)
 def test_a_name_that_can_only_be_a_path_must_be_a_folder(tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=f"^--model {re.escape(name)}: no such folder$"):
@@ -347,8 +396,9 @@ def test_a_name_that_can_only_be_a_path_must_be_a_folder(tmp_path, monkeypatch, 
     require_folder_or_hub_name("--model", "demo-out/run/nostudent")
 
 
-@pytest.mark.parametrize("name", ["roberta-large", "distilroberta-base",
-                                  "FacebookAI/roberta-large", "demo-out/student"])
+@pytest.mark.parametrize(
+    "name", ["roberta-large", "distilroberta-base", "FacebookAI/roberta-large", "demo-out/student"]
+)
 def test_hub_names_are_left_to_from_pretrained(tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
     require_folder_or_hub_name("--model", name)
@@ -363,8 +413,12 @@ def test_output_folder_with_checkpoints_needs_resume(tiny, pair_store, tmp_path,
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["deepspeed"]["scheduler"]["params"]["total_num_steps"] == 1
     # export on request, from the newest checkpoint
-    assert train_student(["--config", path, "--resume", "--export-only",
-                          "--export-name", "student_now"]) == 0
+    assert (
+        train_student(
+            ["--config", path, "--resume", "--export-only", "--export-name", "student_now"]
+        )
+        == 0
+    )
     exported = AutoModelForMaskedLM.from_pretrained(tmp_path / "run" / "student_now")
     final = AutoModelForMaskedLM.from_pretrained(tmp_path / "run" / "student")
     for name, value in final.state_dict().items():
@@ -376,9 +430,13 @@ def test_mixed_batches_follow_the_weights_and_resume(pair_store, sentiment_store
     from smash.train.data import MixedBatches
 
     def mixed():
-        return MixedBatches([StoreDataset(pair_store, epochs=None),
-                             StoreDataset(sentiment_store, epochs=None)], [3.0, 1.0],
-                            batch_size=2, pad_id=1, seed=5)
+        return MixedBatches(
+            [StoreDataset(pair_store, epochs=None), StoreDataset(sentiment_store, epochs=None)],
+            [3.0, 1.0],
+            batch_size=2,
+            pad_id=1,
+            seed=5,
+        )
 
     stream = iter(mixed())
     picks = [next(stream)["store"] for _ in range(200)]
@@ -396,9 +454,15 @@ def test_mixed_batches_follow_the_weights_and_resume(pair_store, sentiment_store
 
 @pytest.mark.parametrize("objective", ["ce", "rule"])
 def test_bf16_zero2_fused_linear_runs_and_exports_fp32(tiny, pair_store, tmp_path, objective):
-    config = tiny_config(tmp_path / "run", tiny["student"], [(pair_store, 1.0)], max_steps=2,
-                         loss="fused_linear", objective=objective,
-                         deepspeed={"zero_optimization": {"stage": 2}})
+    config = tiny_config(
+        tmp_path / "run",
+        tiny["student"],
+        [(pair_store, 1.0)],
+        max_steps=2,
+        loss="fused_linear",
+        objective=objective,
+        deepspeed={"zero_optimization": {"stage": 2}},
+    )
     path = write_config(tmp_path / "c.json", config)
     assert train_student(["--config", path, "--precision", "bf16"]) == 0
     from smash.train.metrics import read_metrics

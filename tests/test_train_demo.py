@@ -19,8 +19,9 @@ def test_an_empty_folder_is_used(tmp_path):
     assert (tmp_path / MARKER).is_file()
 
 
-@pytest.mark.parametrize("names", [["thesis.tex"], ["run"],
-                                   ["tiny", "corpus", "stores", "run", "train_config.json"]])
+@pytest.mark.parametrize(
+    "names", [["thesis.tex"], ["run"], ["tiny", "corpus", "stores", "run", "train_config.json"]]
+)
 def test_a_folder_the_demo_did_not_write_is_refused_and_kept(tmp_path, names):
     for name in names:
         (tmp_path / name).write_text("mine\n")

@@ -24,15 +24,33 @@ def test_heldout_kl_falls_by_half(tiny, tmp_path):
     train_corpus, heldout_corpus = split_corpus(tiny["corpus"], tmp_path / "corpus")
     first, last = sharpen_teacher(teacher, train_corpus, steps=200)
     assert last < first
-    train = precompute("sentence-pair", train_corpus, teacher, tmp_path / "train", k=64, n=600,
-                       shard_size=200)
-    heldout = precompute("sentence-pair", heldout_corpus, teacher, tmp_path / "heldout", k=VOCAB,
-                         n=64, seed=1, shard_size=64)
-    config = tiny_config(tmp_path / "run", tiny["student"], [(train, 1.0)], max_steps=STEPS,
-                         log_every=10, eval_store=str(heldout), eval_every=STEPS // 2,
-                         deepspeed={"train_micro_batch_size_per_gpu": 16,
-                                    "gradient_accumulation_steps": 1,
-                                    "zero_optimization": {"stage": 0}})
+    train = precompute(
+        "sentence-pair", train_corpus, teacher, tmp_path / "train", k=64, n=600, shard_size=200
+    )
+    heldout = precompute(
+        "sentence-pair",
+        heldout_corpus,
+        teacher,
+        tmp_path / "heldout",
+        k=VOCAB,
+        n=64,
+        seed=1,
+        shard_size=64,
+    )
+    config = tiny_config(
+        tmp_path / "run",
+        tiny["student"],
+        [(train, 1.0)],
+        max_steps=STEPS,
+        log_every=10,
+        eval_store=str(heldout),
+        eval_every=STEPS // 2,
+        deepspeed={
+            "train_micro_batch_size_per_gpu": 16,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": 0},
+        },
+    )
     config["deepspeed"]["optimizer"]["params"]["lr"] = 2e-3
     trainer = Trainer(load_config(config))
     trainer.setup()

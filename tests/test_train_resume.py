@@ -32,9 +32,17 @@ def config_for(tiny, tmp_path_factory):
     student = student_with_dropout(tiny, tmp_path_factory.mktemp("dropout") / "student")
 
     def make(out):
-        return load_config(tiny_config(out, student, [(pairs, 2.0), (sentiment, 1.0)],
-                                       max_steps=STEPS, checkpoint_every=CHECKPOINT,
-                                       num_workers=1))
+        return load_config(
+            tiny_config(
+                out,
+                student,
+                [(pairs, 2.0), (sentiment, 1.0)],
+                max_steps=STEPS,
+                checkpoint_every=CHECKPOINT,
+                num_workers=1,
+            )
+        )
+
     return make
 
 
@@ -103,8 +111,13 @@ def expected_lrs(total, *, warmup, peak):
     from deepspeed.runtime.lr_schedules import WarmupDecayLR
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
-    schedule = WarmupDecayLR(optimizer, total_num_steps=total, warmup_max_lr=peak,
-                             warmup_num_steps=warmup, warmup_type="linear")
+    schedule = WarmupDecayLR(
+        optimizer,
+        total_num_steps=total,
+        warmup_max_lr=peak,
+        warmup_num_steps=warmup,
+        warmup_type="linear",
+    )
     out = []
     for _ in range(total):
         optimizer.step()

@@ -20,9 +20,29 @@ PAIR_EXAMPLES = 240
 def precompute(task, corpus, teacher, out, *, k, n, seed=0, shard_size=40, extra=()):
     from smash.precompute.cli import main
 
-    argv = ["--task", task, "--corpus", str(corpus), "--teacher", str(teacher), "--out", str(out),
-            "--k", str(k), "--num-examples", str(n), "--seed", str(seed), "--dtype", "fp32",
-            "--device", "cpu", "--shard-size", str(shard_size), *extra]
+    argv = [
+        "--task",
+        task,
+        "--corpus",
+        str(corpus),
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(out),
+        "--k",
+        str(k),
+        "--num-examples",
+        str(n),
+        "--seed",
+        str(seed),
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        "--shard-size",
+        str(shard_size),
+        *extra,
+    ]
     assert main(argv) == 0
     return Path(out)
 
@@ -30,16 +50,29 @@ def precompute(task, corpus, teacher, out, *, k, n, seed=0, shard_size=40, extra
 def tiny_config(out, student, stores, **overrides):
     """A train-student config dict for CPU tests: micro-batch 4, accumulation 2, ZeRO-1."""
     config = {
-        "student": str(student), "output_dir": str(out),
+        "student": str(student),
+        "output_dir": str(out),
         "stores": [{"path": str(p), "weight": w} for p, w in stores],
-        "max_steps": 8, "seed": 3, "num_workers": 0, "checkpoint_every": 0, "log_every": 1,
+        "max_steps": 8,
+        "seed": 3,
+        "num_workers": 0,
+        "checkpoint_every": 0,
+        "log_every": 1,
         "deepspeed": {
-            "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
-            "gradient_clipping": 1.0, "zero_optimization": {"stage": 1},
+            "train_micro_batch_size_per_gpu": 4,
+            "gradient_accumulation_steps": 2,
+            "gradient_clipping": 1.0,
+            "zero_optimization": {"stage": 1},
             "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "weight_decay": 0.01}},
-            "scheduler": {"type": "WarmupDecayLR", "params": {
-                "total_num_steps": "auto", "warmup_num_steps": 2, "warmup_max_lr": "auto",
-                "warmup_type": "linear"}},
+            "scheduler": {
+                "type": "WarmupDecayLR",
+                "params": {
+                    "total_num_steps": "auto",
+                    "warmup_num_steps": 2,
+                    "warmup_max_lr": "auto",
+                    "warmup_type": "linear",
+                },
+            },
         },
     }
     deepspeed = overrides.pop("deepspeed", {})
@@ -64,9 +97,21 @@ def student_with_dropout(tiny, out, p=0.1):
 
 def clean_env(**extra):
     """The environment for a launched subprocess, without this process's rank variables."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
-                        "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "RANK",
+            "WORLD_SIZE",
+            "LOCAL_RANK",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "LOCAL_WORLD_SIZE",
+            "GROUP_RANK",
+            "ROLE_RANK",
+        )
+    }
     env.update(extra)
     return env
 
@@ -87,18 +132,29 @@ _STORES: dict = {}  # one store of each kind per session, shared by the test mod
 def pair_store_of(tiny, tmp_path_factory):
     """Sentence pairs from the tiny (random) teacher with the whole vocabulary (k = V)."""
     if "pairs" not in _STORES:
-        _STORES["pairs"] = precompute("sentence-pair", tiny["corpus"], tiny["teacher"],
-                                      tmp_path_factory.mktemp("pairs") / "store", k=VOCAB,
-                                      n=PAIR_EXAMPLES)
+        _STORES["pairs"] = precompute(
+            "sentence-pair",
+            tiny["corpus"],
+            tiny["teacher"],
+            tmp_path_factory.mktemp("pairs") / "store",
+            k=VOCAB,
+            n=PAIR_EXAMPLES,
+        )
     return _STORES["pairs"]
 
 
 def sentiment_store_of(tiny, tmp_path_factory):
     """Sentiment examples (no filter) with k = 32."""
     if "sentiment" not in _STORES:
-        _STORES["sentiment"] = precompute("sentiment", tiny["corpus"], tiny["teacher"],
-                                          tmp_path_factory.mktemp("sentiment") / "store", k=32,
-                                          n=120, extra=["--filter-rule", "none"])
+        _STORES["sentiment"] = precompute(
+            "sentiment",
+            tiny["corpus"],
+            tiny["teacher"],
+            tmp_path_factory.mktemp("sentiment") / "store",
+            k=32,
+            n=120,
+            extra=["--filter-rule", "none"],
+        )
     return _STORES["sentiment"]
 
 

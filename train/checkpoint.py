@@ -24,13 +24,22 @@ import torch
 if TYPE_CHECKING:
     from deepspeed.runtime.engine import DeepSpeedEngine
 
-__all__ = ["checkpoint_tags", "latest_tag", "load_checkpoint", "rng_state", "save_checkpoint",
-           "set_rng_state"]
+__all__ = [
+    "checkpoint_tags",
+    "latest_tag",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -55,14 +64,21 @@ def latest_tag(directory: Path) -> str | None:
     return pointer.read_text().strip() if pointer.exists() else None
 
 
-def save_checkpoint(engine: DeepSpeedEngine, directory: Path, step: int,
-                    loader_state: dict[str, Any], extra: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(
+    engine: DeepSpeedEngine,
+    directory: Path,
+    step: int,
+    loader_state: dict[str, Any],
+    extra: dict[str, Any],
+    keep: int,
+) -> Path:
     """Save step ``step`` on every rank (a collective call); keep the newest ``keep`` tags."""
     rank = torch.distributed.get_rank()
     tag = f"step{step}"
     (directory / tag).mkdir(parents=True, exist_ok=True)
-    torch.save({"loader": loader_state, "rng": rng_state(), **extra},
-               directory / tag / f"rank{rank}.pt")
+    torch.save(
+        {"loader": loader_state, "rng": rng_state(), **extra}, directory / tag / f"rank{rank}.pt"
+    )
     torch.distributed.barrier()
     engine.save_checkpoint(str(directory), tag=tag, client_state={"step": step})
     if rank == 0:
@@ -84,8 +100,10 @@ def load_checkpoint(engine: DeepSpeedEngine, directory: Path) -> tuple[int, dict
     rank = torch.distributed.get_rank()
     mine = directory / tag / f"rank{rank}.pt"
     if not mine.exists():
-        raise FileNotFoundError(f"{mine}: this rank's stream state is missing; resume with "
-                                "the number of ranks the checkpoint was written with")
+        raise FileNotFoundError(
+            f"{mine}: this rank's stream state is missing; resume with "
+            "the number of ranks the checkpoint was written with"
+        )
     path, client = engine.load_checkpoint(str(directory), tag=tag)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {directory / tag}")

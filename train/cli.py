@@ -43,12 +43,23 @@ def parse_store(text: str) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``train-student`` argument parser (flags override config keys)."""
-    p = argparse.ArgumentParser(prog="train-student", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="paper-sentence-pair",
-                   help="config JSON, or a shipped name (default: %(default)s)")
-    p.add_argument("--store", action="append", type=parse_store, metavar="PATH[@WEIGHT]",
-                   help="a teacher store to train on (repeat to mix; replaces the config's)")
+    p = argparse.ArgumentParser(
+        prog="train-student",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        default="paper-sentence-pair",
+        help="config JSON, or a shipped name (default: %(default)s)",
+    )
+    p.add_argument(
+        "--store",
+        action="append",
+        type=parse_store,
+        metavar="PATH[@WEIGHT]",
+        help="a teacher store to train on (repeat to mix; replaces the config's)",
+    )
     p.add_argument("--eval-store", help="held-out store for KL(teacher || student)")
     p.add_argument("--eval-every", type=int)
     p.add_argument("--student", help="AutoModelForMaskedLM path or name")
@@ -65,18 +76,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-every", type=int)
     p.add_argument("--export-name")
     p.add_argument("--log-every", type=int)
-    p.add_argument("--record-keys", action="store_true", default=None,
-                   help="write the key of every trained sample to keys/rank<r>.jsonl")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
-                   help="overrides the DeepSpeed config's fp16/bf16 sections")
+    p.add_argument(
+        "--record-keys",
+        action="store_true",
+        default=None,
+        help="write the key of every trained sample to keys/rank<r>.jsonl",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        help="overrides the DeepSpeed config's fp16/bf16 sections",
+    )
     p.add_argument("--teacher", help="online-teacher mode: compute targets with this live teacher")
     p.add_argument("--teacher-k", type=int, help="online mode: teacher top-k (default: vocab)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    p.add_argument("--stop-at-step", type=int,
-                   help="checkpoint and stop at this step, keeping the max-steps schedule "
-                        "(for time-limited job slots; continue with --resume)")
-    p.add_argument("--export-only", action="store_true",
-                   help="with --resume: export the newest checkpoint's student and exit")
+    p.add_argument(
+        "--stop-at-step",
+        type=int,
+        help="checkpoint and stop at this step, keeping the max-steps schedule "
+        "(for time-limited job slots; continue with --resume)",
+    )
+    p.add_argument(
+        "--export-only",
+        action="store_true",
+        help="with --resume: export the newest checkpoint's student and exit",
+    )
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     return p
 
@@ -92,10 +116,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # per-load bars would bury the run's own progress bar
     if args.export_only and not args.resume:
         return _error("--export-only exports a checkpoint: add --resume")
-    overrides = {name: getattr(args, name) for name in (
-        "output_dir", "student", "objective", "loss", "kernel_impl", "tail", "temperature",
-        "max_steps", "seed", "num_workers", "checkpoint_every", "export_every", "export_name",
-        "log_every", "record_keys", "teacher", "teacher_k", "eval_every")}
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "output_dir",
+            "student",
+            "objective",
+            "loss",
+            "kernel_impl",
+            "tail",
+            "temperature",
+            "max_steps",
+            "seed",
+            "num_workers",
+            "checkpoint_every",
+            "export_every",
+            "export_name",
+            "log_every",
+            "record_keys",
+            "teacher",
+            "teacher_k",
+            "eval_every",
+        )
+    }
     overrides["stores"] = args.store
     overrides["eval_store"] = args.eval_store
     trainer = None

@@ -47,36 +47,83 @@ __all__ = [
 OBJECTIVES = ("ce", "hard", "rule")
 LOSS_IMPLS = ("kernel", "fused_linear")
 _CONFIG_DIR = Path(__file__).with_name("configs")
-SHIPPED = {"paper-sentence-pair": "paper_sentence_pair.json",
-           "paper-sentiment": "paper_sentiment.json"}
+SHIPPED = {
+    "paper-sentence-pair": "paper_sentence_pair.json",
+    "paper-sentiment": "paper_sentiment.json",
+}
 
 # DeepSpeed's top-level config keys (deepspeed/runtime/config.py and the sub-configs it
 # builds, DeepSpeed 0.15-0.19). DeepSpeed reads the keys it knows and ignores the rest, so a
 # misspelt "gradient_acumulation_steps" would be dropped without a word: we refuse it.
-DEEPSPEED_KEYS = frozenset({
-    # batch and steps
-    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-    "managed_gradient_accumulation", "steps_per_print", "dataloader_drop_last",
-    # optimizer, schedule, gradients
-    "optimizer", "scheduler", "gradient_clipping", "prescale_gradients",
-    "gradient_predivide_factor", "gradient_allreduce_op", "sparse_gradients",
-    "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer",
-    # precision and communication
-    "fp16", "bf16", "bfloat16", "amp", "torch_autocast", "data_types",
-    "communication_data_type", "seq_parallel_communication_data_type",
-    # parallelism and memory
-    "zero_optimization", "disable_allgather", "activation_checkpointing", "pipeline",
-    "tensor_parallel", "expert_parallel", "sequence_parallel_size",
-    "use_data_before_expert_parallelism", "hybrid_engine", "aio", "checkpoint",
-    "datastates_ckpt", "nebula", "compile", "disable_python_gc",
-    # monitoring and debugging
-    "tensorboard", "wandb", "csv_monitor", "comet", "comms_logger", "flops_profiler",
-    "timers", "wall_clock_breakdown", "memory_breakdown", "dump_state", "log_level",
-    # other features
-    "elasticity", "autotuning", "data_efficiency", "curriculum_learning",
-    "progressive_layer_drop", "eigenvalue", "quantize_training", "compression_training",
-    "sparse_attention", "weight_quantization",
-})
+DEEPSPEED_KEYS = frozenset(
+    {
+        # batch and steps
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "managed_gradient_accumulation",
+        "steps_per_print",
+        "dataloader_drop_last",
+        # optimizer, schedule, gradients
+        "optimizer",
+        "scheduler",
+        "gradient_clipping",
+        "prescale_gradients",
+        "gradient_predivide_factor",
+        "gradient_allreduce_op",
+        "sparse_gradients",
+        "zero_allow_untested_optimizer",
+        "zero_force_ds_cpu_optimizer",
+        # precision and communication
+        "fp16",
+        "bf16",
+        "bfloat16",
+        "amp",
+        "torch_autocast",
+        "data_types",
+        "communication_data_type",
+        "seq_parallel_communication_data_type",
+        # parallelism and memory
+        "zero_optimization",
+        "disable_allgather",
+        "activation_checkpointing",
+        "pipeline",
+        "tensor_parallel",
+        "expert_parallel",
+        "sequence_parallel_size",
+        "use_data_before_expert_parallelism",
+        "hybrid_engine",
+        "aio",
+        "checkpoint",
+        "datastates_ckpt",
+        "nebula",
+        "compile",
+        "disable_python_gc",
+        # monitoring and debugging
+        "tensorboard",
+        "wandb",
+        "csv_monitor",
+        "comet",
+        "comms_logger",
+        "flops_profiler",
+        "timers",
+        "wall_clock_breakdown",
+        "memory_breakdown",
+        "dump_state",
+        "log_level",
+        # other features
+        "elasticity",
+        "autotuning",
+        "data_efficiency",
+        "curriculum_learning",
+        "progressive_layer_drop",
+        "eigenvalue",
+        "quantize_training",
+        "compression_training",
+        "sparse_attention",
+        "weight_quantization",
+    }
+)
 
 
 class ConfigError(ValueError):
@@ -105,32 +152,34 @@ class TrainConfig:
     deepspeed: dict[str, Any]
     stores: tuple[StoreSpec, ...] = ()
     student: str = "distilroberta-base"
-    objective: str = "ce"             # ce | hard | rule (paper 4.4)
-    loss: str = "kernel"              # kernel: LM head then soft-CE; fused_linear: never the logits
-    kernel_impl: str = "auto"         # smash.kernels impl=: auto | triton | torch
+    objective: str = "ce"  # ce | hard | rule (paper 4.4)
+    loss: str = "kernel"  # kernel: LM head then soft-CE; fused_linear: never the logits
+    kernel_impl: str = "auto"  # smash.kernels impl=: auto | triton | torch
     temperature: float = 1.0
-    tail: str = "bucket"              # how the teacher's tail mass enters the loss
+    tail: str = "bucket"  # how the teacher's tail mass enters the loss
     scale_t2: bool = False
-    max_steps: int = 200_000          # optimizer steps
-    max_length: int | None = None     # refuse stores whose examples may be longer
+    max_steps: int = 200_000  # optimizer steps
+    max_length: int | None = None  # refuse stores whose examples may be longer
     seed: int = 42
-    num_workers: int = 2              # DataLoader workers per rank
+    num_workers: int = 2  # DataLoader workers per rank
     checkpoint_every: int = 5_000
     keep_checkpoints: int = 2
     export_every: int = 0
     export_name: str = "student"
     log_every: int = 10
-    eval_store: str | None = None     # held-out store for KL(teacher || student) at the masks
+    eval_store: str | None = None  # held-out store for KL(teacher || student) at the masks
     eval_every: int = 0
     eval_examples: int = 512
-    record_keys: bool = False         # write the key of every trained sample (data audits)
-    teacher: str | None = None        # online-teacher mode: the only mode that loads a teacher
-    teacher_k: int | None = None      # online mode: top-k of the live teacher (None: vocabulary)
+    record_keys: bool = False  # write the key of every trained sample (data audits)
+    teacher: str | None = None  # online-teacher mode: the only mode that loads a teacher
+    teacher_k: int | None = None  # online mode: top-k of the live teacher (None: vocabulary)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["stores"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()
-                          if v is not None} for s in out["stores"]]
+        out["stores"] = [
+            {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items() if v is not None}
+            for s in out["stores"]
+        ]
         return out
 
 
@@ -151,8 +200,9 @@ def load_config(source: str | Path | dict[str, Any], **overrides: Any) -> TrainC
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file (shipped configs: "
-                              f"{sorted(SHIPPED)})") from None
+            raise ConfigError(
+                f"{path}: no such config file (shipped configs: {sorted(SHIPPED)})"
+            ) from None
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path}: not valid JSON: {err}") from None
         if not isinstance(data, dict):
@@ -233,11 +283,13 @@ def _store(raw: Any, index: int) -> StoreSpec:
     if weight <= 0:
         raise ConfigError(f"stores[{index}].weight must be > 0, got {weight}")
     words = raw.get("verbalizer")
-    if words is not None and (not isinstance(words, list) or not all(
-            isinstance(w, str) for w in words) or len(words) < 2):
+    if words is not None and (
+        not isinstance(words, list) or not all(isinstance(w, str) for w in words) or len(words) < 2
+    ):
         raise ConfigError(f"stores[{index}].verbalizer must be a list of at least two words")
-    return StoreSpec(path=str(raw["path"]), weight=weight,
-                     verbalizer=tuple(words) if words is not None else None)
+    return StoreSpec(
+        path=str(raw["path"]), weight=weight, verbalizer=tuple(words) if words is not None else None
+    )
 
 
 def _deepspeed_section(raw: Any, base: Path | None) -> dict[str, Any]:
@@ -252,13 +304,16 @@ def _deepspeed_section(raw: Any, base: Path | None) -> dict[str, Any]:
     for key in sorted(set(raw) - DEEPSPEED_KEYS):
         close = _did_you_mean(key, DEEPSPEED_KEYS)
         hint = f" (did you mean {close!r}?)" if close else ""
-        raise ConfigError(f"unknown deepspeed config key {key!r}{hint}: DeepSpeed would "
-                          "ignore it silently")
+        raise ConfigError(
+            f"unknown deepspeed config key {key!r}{hint}: DeepSpeed would ignore it silently"
+        )
     stage = raw.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
-        raise ConfigError(f"deepspeed zero_optimization.stage must be 0, 1 or 2, got {stage!r}: "
-                          "stage 3 partitions the weights, which the mask-only LM head and "
-                          "the export read whole")
+        raise ConfigError(
+            f"deepspeed zero_optimization.stage must be 0, 1 or 2, got {stage!r}: "
+            "stage 3 partitions the weights, which the mask-only LM head and "
+            "the export read whole"
+        )
     if raw.get("fp16", {}).get("enabled") and raw.get("bf16", {}).get("enabled"):
         raise ConfigError("deepspeed: fp16 and bf16 cannot both be enabled")
     optimizer = raw.get("optimizer", {})
@@ -274,11 +329,14 @@ def _check_ranges(cfg: TrainConfig) -> None:
         if not ok:
             raise ConfigError(message)
 
-    need(cfg.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got "
-                                      f"{cfg.objective!r}")
+    need(
+        cfg.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {cfg.objective!r}"
+    )
     need(cfg.loss in LOSS_IMPLS, f"loss must be one of {LOSS_IMPLS}, got {cfg.loss!r}")
-    need(cfg.kernel_impl in ("auto", "triton", "torch"),
-         f"kernel_impl must be auto, triton or torch, got {cfg.kernel_impl!r}")
+    need(
+        cfg.kernel_impl in ("auto", "triton", "torch"),
+        f"kernel_impl must be auto, triton or torch, got {cfg.kernel_impl!r}",
+    )
     need(cfg.tail in TAIL_MODES, f"tail must be one of {TAIL_MODES}, got {cfg.tail!r}")
     need(cfg.temperature > 0, f"temperature must be > 0, got {cfg.temperature}")
     need(cfg.max_steps >= 1, f"max_steps must be >= 1, got {cfg.max_steps}")
@@ -289,8 +347,12 @@ def _check_ranges(cfg: TrainConfig) -> None:
     need(cfg.max_length is None or cfg.max_length >= 3, "max_length must be >= 3")
     need(cfg.teacher_k is None or cfg.teacher_k >= 1, "teacher_k must be >= 1")
     need(cfg.eval_every == 0 or cfg.eval_store is not None, "eval_every needs an eval_store")
-    need(cfg.teacher is None or cfg.objective != "rule",
-         "objective 'rule' uses no teacher outputs: drop the online teacher")
+    need(
+        cfg.teacher is None or cfg.objective != "rule",
+        "objective 'rule' uses no teacher outputs: drop the online teacher",
+    )
     need(cfg.teacher_k is None or cfg.teacher is not None, "teacher_k needs a teacher")
-    need("/" not in cfg.export_name and cfg.export_name not in ("", ".", ".."),
-         f"export_name must be a plain folder name, got {cfg.export_name!r}")
+    need(
+        "/" not in cfg.export_name and cfg.export_name not in ("", ".", ".."),
+        f"export_name must be a plain folder name, got {cfg.export_name!r}",
+    )

@@ -28,8 +28,11 @@ __all__ = ["MixedBatches", "make_loader"]
 
 def _reader_index() -> int:
     """This process's reader number: rank * workers + worker (as ``StoreDataset`` counts)."""
-    rank = torch.distributed.get_rank() if (
-        torch.distributed.is_available() and torch.distributed.is_initialized()) else 0
+    rank = (
+        torch.distributed.get_rank()
+        if (torch.distributed.is_available() and torch.distributed.is_initialized())
+        else 0
+    )
     info = get_worker_info()
     return rank * (info.num_workers if info else 1) + (info.id if info else 0)
 
@@ -40,8 +43,14 @@ class MixedBatches(IterableDataset):
     Yields ``collate_examples`` dicts plus ``store`` (int): which store the batch came from.
     """
 
-    def __init__(self, stores: Sequence[StoreDataset], weights: Sequence[float],
-                 batch_size: int, pad_id: int, seed: int = 0):
+    def __init__(
+        self,
+        stores: Sequence[StoreDataset],
+        weights: Sequence[float],
+        batch_size: int,
+        pad_id: int,
+        seed: int = 0,
+    ):
         super().__init__()
         if len(stores) != len(weights) or not stores:
             raise ValueError("give one weight per store, and at least one store")
@@ -77,16 +86,25 @@ class MixedBatches(IterableDataset):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["streams"]) != len(self.stores):
-            raise ValueError(f"the saved data state has {len(state['streams'])} stores, this "
-                             f"run has {len(self.stores)}: resume with the same stores")
+            raise ValueError(
+                f"the saved data state has {len(state['streams'])} stores, this "
+                f"run has {len(self.stores)}: resume with the same stores"
+            )
         self._start = self._batches = state["batches"]
         for stream, saved in zip(self.stores, state["streams"]):
             stream.load_state_dict(saved)
 
 
-def make_loader(stores: Sequence[str], weights: Sequence[float], *, batch_size: int,
-                pad_id: int, seed: int, num_workers: int,
-                pin_memory: bool = False) -> StatefulDataLoader:
+def make_loader(
+    stores: Sequence[str],
+    weights: Sequence[float],
+    *,
+    batch_size: int,
+    pad_id: int,
+    seed: int,
+    num_workers: int,
+    pin_memory: bool = False,
+) -> StatefulDataLoader:
     """A ``StatefulDataLoader`` over ``MixedBatches`` of the given store paths.
 
     Shards are verified against their checksums as they are read; a bad shard raises
@@ -98,6 +116,11 @@ def make_loader(stores: Sequence[str], weights: Sequence[float], *, batch_size: 
     mixed = MixedBatches(datasets, weights, batch_size, pad_id, seed=seed)
     # Its own generator: starting an iterator draws a worker seed, which must not come from
     # the global RNG (a resumed run starts its iterator after restoring that RNG's state).
-    return StatefulDataLoader(mixed, batch_size=None, num_workers=num_workers,
-                              pin_memory=pin_memory, prefetch_factor=4 if num_workers else None,
-                              generator=torch.Generator().manual_seed(seed))
+    return StatefulDataLoader(
+        mixed,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers else None,
+        generator=torch.Generator().manual_seed(seed),
+    )

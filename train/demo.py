@@ -32,8 +32,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-__all__ = ["MARKER", "corpus_examples", "demo_config", "main", "prepare_out", "run_outputs",
-           "sharpen_teacher", "split_corpus"]
+__all__ = [
+    "MARKER",
+    "corpus_examples",
+    "demo_config",
+    "main",
+    "prepare_out",
+    "run_outputs",
+    "sharpen_teacher",
+    "split_corpus",
+]
 
 MARKER = ".smash-demo"  # written first into --out: a rerun may replace a folder holding it
 
@@ -49,13 +57,17 @@ def prepare_out(out: Path) -> bool:
     names = {p.name for p in out.iterdir()} if out.is_dir() else set()
     replace = MARKER in names
     if names and not replace:
-        raise SystemExit(f"--out {out}: a non-empty folder that no demo wrote (no {MARKER} in "
-                         f"it): pass a new or empty folder, so that nothing in it is deleted")
+        raise SystemExit(
+            f"--out {out}: a non-empty folder that no demo wrote (no {MARKER} in "
+            f"it): pass a new or empty folder, so that nothing in it is deleted"
+        )
     if replace:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by python -m smash.train.demo: a rerun with this --out "
-                              "replaces this folder\n", encoding="utf-8")
+    (out / MARKER).write_text(
+        "written by python -m smash.train.demo: a rerun with this --out replaces this folder\n",
+        encoding="utf-8",
+    )
     return replace
 
 
@@ -70,8 +82,16 @@ def split_corpus(corpus: Path, out_dir: Path, held_out: float = 0.2) -> tuple[Pa
     return train, heldout
 
 
-def sharpen_teacher(teacher: Path, corpus: Path, *, steps: int = 300, batch_size: int = 32,
-                    length: int = 48, lr: float = 2e-3, seed: int = 0) -> tuple[float, float]:
+def sharpen_teacher(
+    teacher: Path,
+    corpus: Path,
+    *,
+    steps: int = 300,
+    batch_size: int = 32,
+    length: int = 48,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Train the tiny teacher as a masked LM (15% masks) in place; returns first/last loss."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
@@ -79,7 +99,7 @@ def sharpen_teacher(teacher: Path, corpus: Path, *, steps: int = 300, batch_size
     model = AutoModelForMaskedLM.from_pretrained(teacher)
     docs = [d for d in corpus.read_text(encoding="utf-8").split("\n\n") if d.strip()]
     ids = torch.tensor([t for d in docs for t in tok.encode(d)])
-    windows = ids[: len(ids) // length * length].view(-1, length)           # (N, L)
+    windows = ids[: len(ids) // length * length].view(-1, length)  # (N, L)
     gen = torch.Generator().manual_seed(seed)
     random.seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -116,37 +136,82 @@ def run_outputs(run: Path) -> str:
     return ", ".join(n + "/" if (run / n).is_dir() else n for n in names)
 
 
-def demo_config(out: Path, student: Path, stores: Sequence[tuple[Path, float]],
-                eval_store: Path, steps: int) -> dict:
+def demo_config(
+    out: Path, student: Path, stores: Sequence[tuple[Path, float]], eval_store: Path, steps: int
+) -> dict:
     """A train-student config sized for a CPU: micro-batches of 16, lr 2e-3, linear decay."""
     return {
-        "student": str(student), "output_dir": str(out),
+        "student": str(student),
+        "output_dir": str(out),
         "stores": [{"path": str(p), "weight": w} for p, w in stores],
-        "objective": "ce", "tail": "bucket", "max_steps": steps, "seed": 0, "num_workers": 1,
-        "checkpoint_every": max(steps // 2, 1), "log_every": 10, "eval_store": str(eval_store),
-        "eval_every": max(steps // 4, 1), "eval_examples": 256,
+        "objective": "ce",
+        "tail": "bucket",
+        "max_steps": steps,
+        "seed": 0,
+        "num_workers": 1,
+        "checkpoint_every": max(steps // 2, 1),
+        "log_every": 10,
+        "eval_store": str(eval_store),
+        "eval_every": max(steps // 4, 1),
+        "eval_examples": 256,
         "deepspeed": {
-            "train_micro_batch_size_per_gpu": 16, "gradient_accumulation_steps": 1,
-            "gradient_clipping": 1.0, "zero_optimization": {"stage": 0},
+            "train_micro_batch_size_per_gpu": 16,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": 1.0,
+            "zero_optimization": {"stage": 0},
             "optimizer": {"type": "AdamW", "params": {"lr": 2e-3, "weight_decay": 0.01}},
-            "scheduler": {"type": "WarmupDecayLR", "params": {
-                "total_num_steps": "auto", "warmup_num_steps": max(steps // 20, 1),
-                "warmup_max_lr": "auto", "warmup_type": "linear"}},
+            "scheduler": {
+                "type": "WarmupDecayLR",
+                "params": {
+                    "total_num_steps": "auto",
+                    "warmup_num_steps": max(steps // 20, 1),
+                    "warmup_max_lr": "auto",
+                    "warmup_type": "linear",
+                },
+            },
         },
     }
 
 
-def _precompute(task: str, corpus: Path, teacher: Path, out: Path, k: int, n: int | None,
-                seed: int, extra: Sequence[str] = ()) -> None:
+def _precompute(
+    task: str,
+    corpus: Path,
+    teacher: Path,
+    out: Path,
+    k: int,
+    n: int | None,
+    seed: int,
+    extra: Sequence[str] = (),
+) -> None:
     """Run precompute-teacher for ``n`` examples, at most (and by default) all the corpus has."""
     from smash.precompute.cli import main as precompute
 
     available = corpus_examples(task, corpus, seed)
     n = available if n is None else min(n, available)
-    argv = ["--task", task, "--corpus", str(corpus), "--teacher", str(teacher),
-            "--out", str(out), "--k", str(k), "--num-examples", str(n), "--seed", str(seed),
-            "--dtype", "fp32", "--device", "cpu", "--shard-size", str(max((n + 3) // 4, 1)),
-            "--overwrite", *extra]
+    argv = [
+        "--task",
+        task,
+        "--corpus",
+        str(corpus),
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(out),
+        "--k",
+        str(k),
+        "--num-examples",
+        str(n),
+        "--seed",
+        str(seed),
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        "--shard-size",
+        str(max((n + 3) // 4, 1)),
+        "--overwrite",
+        *extra,
+    ]
     if precompute(argv) != 0:
         raise RuntimeError(f"precompute-teacher failed: {' '.join(argv)}")
 
@@ -160,15 +225,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from smash.train.metrics import read_metrics
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    p = argparse.ArgumentParser(prog="smash.train.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="smash.train.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     p.add_argument("--steps", type=int, default=200, help="student optimizer steps")
     p.add_argument("--teacher-steps", type=int, default=300, help="teacher MLM steps")
-    p.add_argument("--examples", type=int, default=None,
-                   help="sentence pairs to precompute, at most (and by default) all that the "
-                        "bundled corpus gives; half as many sentiment and an eighth as many "
-                        "held-out candidates")
+    p.add_argument(
+        "--examples",
+        type=int,
+        default=None,
+        help="sentence pairs to precompute, at most (and by default) all that the "
+        "bundled corpus gives; half as many sentiment and an eighth as many "
+        "held-out candidates",
+    )
     args = p.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
@@ -190,23 +262,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("3/5 precompute-teacher (tiny teacher, CPU, fp32)")
     stores = out / "stores"
     n = args.examples
-    pairs, sentiment, heldout = (None,) * 3 if n is None else (n, max(n // 2, 1),
-                                                                 max(n // 8, 32))
-    _precompute("sentence-pair", train_corpus, tiny["teacher"], stores / "pairs", 64, pairs,
-                seed=0)
-    _precompute("sentiment", train_corpus, tiny["teacher"], stores / "sentiment", 64, sentiment,
-                seed=0, extra=["--filter-rule", "max-prob", "--threshold", "0.3"])
-    _precompute("sentence-pair", heldout_corpus, tiny["teacher"], stores / "heldout-pairs",
-                vocab, heldout, seed=1)
+    pairs, sentiment, heldout = (None,) * 3 if n is None else (n, max(n // 2, 1), max(n // 8, 32))
+    _precompute("sentence-pair", train_corpus, tiny["teacher"], stores / "pairs", 64, pairs, seed=0)
+    _precompute(
+        "sentiment",
+        train_corpus,
+        tiny["teacher"],
+        stores / "sentiment",
+        64,
+        sentiment,
+        seed=0,
+        extra=["--filter-rule", "max-prob", "--threshold", "0.3"],
+    )
+    _precompute(
+        "sentence-pair",
+        heldout_corpus,
+        tiny["teacher"],
+        stores / "heldout-pairs",
+        vocab,
+        heldout,
+        seed=1,
+    )
     for name in ("pairs", "sentiment", "heldout-pairs"):
         m = load_manifest(stores / name)
-        print(f"    {stores / name}: {m.num_samples} examples, k={m.k}, "
-              f"{m.num_bytes / 1e3:.0f} kB")
+        print(f"    {stores / name}: {m.num_samples} examples, k={m.k}, {m.num_bytes / 1e3:.0f} kB")
 
     print(f"4/5 train-student: {args.steps} steps, pairs:sentiment = 2:1, DeepSpeed on CPU")
-    config = demo_config(out / "run", tiny["student"], [(stores / "pairs", 2.0),
-                                                       (stores / "sentiment", 1.0)],
-                         stores / "heldout-pairs", args.steps)
+    config = demo_config(
+        out / "run",
+        tiny["student"],
+        [(stores / "pairs", 2.0), (stores / "sentiment", 1.0)],
+        stores / "heldout-pairs",
+        args.steps,
+    )
     config_path = out / "train_config.json"
     config_path.write_text(json.dumps(config, indent=1) + "\n")
     if train_student(["--config", str(config_path)]) != 0:
@@ -217,12 +305,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = AutoModelForMaskedLM.from_pretrained(exported)
     params = sum(p.numel() for p in model.parameters())
     kl = [r["eval_kl"] for r in read_metrics(out / "run") if "eval_kl" in r]
-    print(f"    {exported}: {type(model).__name__}, {params / 1e3:.0f}k parameters, loads with "
-          "AutoModelForMaskedLM.from_pretrained")
-    print(f"\nheld-out KL(teacher || student) at the masks: {kl[0]:.3f} -> {kl[-1]:.3f} nats "
-          f"({100 * (1 - kl[-1] / kl[0]):.0f}% lower)")
-    print(f"outputs: stores {stores}, run {out / 'run'} ({run_outputs(out / 'run')}), "
-          f"student {exported}")
+    print(
+        f"    {exported}: {type(model).__name__}, {params / 1e3:.0f}k parameters, loads with "
+        "AutoModelForMaskedLM.from_pretrained"
+    )
+    print(
+        f"\nheld-out KL(teacher || student) at the masks: {kl[0]:.3f} -> {kl[-1]:.3f} nats "
+        f"({100 * (1 - kl[-1] / kl[0]):.0f}% lower)"
+    )
+    print(
+        f"outputs: stores {stores}, run {out / 'run'} ({run_outputs(out / 'run')}), "
+        f"student {exported}"
+    )
     print(f"demo took {time.perf_counter() - started:.0f} s")
     return 0
 

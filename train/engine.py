@@ -38,8 +38,13 @@ def ensure_process_env() -> None:
     """Give a process started without a launcher the environment of rank 0 of 1."""
     if "RANK" in os.environ or "WORLD_SIZE" in os.environ:
         return
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    os.environ.update(
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())),
+    )
 
 
 def _on_cpu() -> bool:
@@ -58,8 +63,9 @@ def device_of() -> torch.device:
 WARMUP_FRACTION = 0.05  # "auto" warmup: the paper's 10k warmup steps of 200k
 
 
-def resolve_deepspeed(section: dict[str, Any], *, max_steps: int,
-                      precision: str | None = None) -> dict[str, Any]:
+def resolve_deepspeed(
+    section: dict[str, Any], *, max_steps: int, precision: str | None = None
+) -> dict[str, Any]:
     """The DeepSpeed config to run with: ``"auto"`` scheduler fields filled, precision set.
 
     ``scheduler.params.total_num_steps: "auto"`` becomes ``max_steps``, ``warmup_num_steps:
@@ -78,9 +84,12 @@ def resolve_deepspeed(section: dict[str, Any], *, max_steps: int,
         params["warmup_max_lr"] = ds["optimizer"]["params"]["lr"]
     warmup, total = params.get("warmup_num_steps"), params.get("total_num_steps")
     if isinstance(warmup, int) and isinstance(total, int) and warmup >= total:
-        warnings.warn(f"deepspeed scheduler: warmup_num_steps ({warmup}) is not below "
-                      f"total_num_steps ({total}), so the lr never reaches its peak; lower it "
-                      f"or set it to \"auto\" ({WARMUP_FRACTION:.0%} of the steps)", stacklevel=2)
+        warnings.warn(
+            f"deepspeed scheduler: warmup_num_steps ({warmup}) is not below "
+            f"total_num_steps ({total}), so the lr never reaches its peak; lower it "
+            f'or set it to "auto" ({WARMUP_FRACTION:.0%} of the steps)',
+            stacklevel=2,
+        )
     if precision is not None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -104,11 +113,13 @@ def build_engine(module: torch.nn.Module, ds_config: dict[str, Any]) -> DeepSpee
             raise ValueError("fp16 training needs a GPU; on CPU use fp32 or bf16")
     if not torch.distributed.is_initialized():
         ensure_process_env()
-        deepspeed.init_distributed(dist_backend="gloo" if _on_cpu() else None,
-                                   verbose=False)
+        deepspeed.init_distributed(dist_backend="gloo" if _on_cpu() else None, verbose=False)
         # once per process: DeepSpeed keeps its own handle on the group, so the group lives
         # until exit (later runs in the same process, e.g. tests, reuse it)
         atexit.register(torch.distributed.destroy_process_group)
-    engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=[
-        p for p in module.parameters() if p.requires_grad], config=ds_config)
+    engine, _, _, _ = deepspeed.initialize(
+        model=module,
+        model_parameters=[p for p in module.parameters() if p.requires_grad],
+        config=ds_config,
+    )
     return engine

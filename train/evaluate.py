@@ -22,25 +22,37 @@ from smash.store import StoreDataset, collate_examples
 __all__ = ["heldout_kl", "masked_kl_rows"]
 
 
-def masked_kl_rows(student_logits: torch.Tensor, topk_ids: torch.Tensor,
-                   topk_logprobs: torch.Tensor, tail_logmass: torch.Tensor) -> torch.Tensor:
+def masked_kl_rows(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_logmass: torch.Tensor,
+) -> torch.Tensor:
     """Per-row KL (R,) in nats between the stored teacher and the student's logits (R, V)."""
-    logs = torch.log_softmax(student_logits.float(), dim=-1)                  # (R, V)
+    logs = torch.log_softmax(student_logits.float(), dim=-1)  # (R, V)
     top = topk_logprobs.float()
     tail = tail_logmass.float()
     norm = torch.logsumexp(torch.cat([top, tail[:, None]], dim=1), dim=1, keepdim=True)
     top, tail = top - norm, tail - norm[:, 0]
-    s_top = logs.gather(1, topk_ids)                                           # (R, k)
+    s_top = logs.gather(1, topk_ids)  # (R, k)
     s_tail = torch.logsumexp(logs.scatter(1, topk_ids, float("-inf")), dim=1)  # (R,)
     kl = (top.exp() * (top - s_top)).sum(dim=1)
-    tail_term = torch.where(torch.isfinite(tail), tail.exp() * (tail - s_tail),
-                            torch.zeros_like(tail))
+    tail_term = torch.where(
+        torch.isfinite(tail), tail.exp() * (tail - s_tail), torch.zeros_like(tail)
+    )
     return kl + tail_term
 
 
 @torch.no_grad()
-def heldout_kl(model: torch.nn.Module, store: str, *, pad_id: int, device: torch.device,
-               max_examples: int = 512, batch_size: int = 32) -> dict[str, Any]:
+def heldout_kl(
+    model: torch.nn.Module,
+    store: str,
+    *,
+    pad_id: int,
+    device: torch.device,
+    max_examples: int = 512,
+    batch_size: int = 32,
+) -> dict[str, Any]:
     """Mean KL over the mask rows of the first ``max_examples`` examples of ``store``.
 
     The examples are the store's first ``max_examples`` in order, whatever the number of
@@ -56,16 +68,25 @@ def heldout_kl(model: torch.nn.Module, store: str, *, pad_id: int, device: torch
     examples = itertools.islice(stream, rank, max_examples, world)
     was_training = model.training
     model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)                # (sum KL, rows)
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum KL, rows)
     while chunk := list(itertools.islice(examples, batch_size)):
         b = collate_examples(chunk, pad_id)
-        hidden = mask_hidden_states(model, b["input_ids"].to(device),
-                                    b["attention_mask"].to(device), b["mask_batch"].to(device),
-                                    b["mask_positions"].to(device))
-        rows = masked_kl_rows(lm_head_of(model)(hidden), b["topk_ids"].to(device),
-                              b["topk_logprobs"].to(device), b["tail_logmass"].to(device))
-        total += torch.stack([rows.double().sum(), torch.tensor(float(len(rows)),
-                                                                 device=device).double()])
+        hidden = mask_hidden_states(
+            model,
+            b["input_ids"].to(device),
+            b["attention_mask"].to(device),
+            b["mask_batch"].to(device),
+            b["mask_positions"].to(device),
+        )
+        rows = masked_kl_rows(
+            lm_head_of(model)(hidden),
+            b["topk_ids"].to(device),
+            b["topk_logprobs"].to(device),
+            b["tail_logmass"].to(device),
+        )
+        total += torch.stack(
+            [rows.double().sum(), torch.tensor(float(len(rows)), device=device).double()]
+        )
     model.train(was_training)
     if distributed:
         torch.distributed.all_reduce(total)

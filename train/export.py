@@ -39,17 +39,21 @@ def check_export_path(path: str | Path) -> str | None:
         raise ValueError(
             f"export folder name {name!r} ends in '-<number>', which LM-BFF's trainer mistakes "
             "for a checkpoint to resume (it would skip that many steps); use e.g. "
-            "'student_step1000'")
+            "'student_step1000'"
+        )
     full = str(Path(path).absolute())
     step = _lm_bff_step(full)
     if step is None:
         return None
-    return (f"note: LM-BFF would read the absolute export path {full} as checkpoint step "
-            f"{step} (a '-<number>' folder above it); pass it a path without one")
+    return (
+        f"note: LM-BFF would read the absolute export path {full} as checkpoint step "
+        f"{step} (a '-<number>' folder above it); pass it a path without one"
+    )
 
 
-def export_student(model: torch.nn.Module, tokenizer: Any, out: str | Path,
-                   info: dict[str, Any] | None = None) -> Path:
+def export_student(
+    model: torch.nn.Module, tokenizer: Any, out: str | Path, info: dict[str, Any] | None = None
+) -> Path:
     """``save_pretrained`` the HF ``model`` (float32) and ``tokenizer`` into ``out``.
 
     ``info`` (JSON-able) is written beside them as ``smash_training.json``: which stores,
@@ -58,8 +62,10 @@ def export_student(model: torch.nn.Module, tokenizer: Any, out: str | Path,
     check_export_path(out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float() if v.is_floating_point() else v.detach()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().float() if v.is_floating_point() else v.detach()
+        for k, v in model.state_dict().items()
+    }
     model.save_pretrained(out, state_dict={k: v.cpu() for k, v in state.items()})
     config = copy.deepcopy(model.config)
     config.dtype = torch.float32  # the weights written, not the training precision

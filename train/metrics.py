@@ -29,8 +29,10 @@ class MetricsLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            print("metrics: TensorBoard is not installed (pip install 'smash-distill[logging]');"
-                  f" writing {self.path} only")
+            print(
+                "metrics: TensorBoard is not installed (pip install 'smash-distill[logging]');"
+                f" writing {self.path} only"
+            )
         else:
             self._tb = SummaryWriter(str(Path(directory) / "tensorboard"))
 

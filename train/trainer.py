@@ -50,8 +50,7 @@ class Trainer:
     """One distillation run. ``precision`` (fp32 | fp16 | bf16) overrides the DeepSpeed config;
     ``resume`` continues from the newest checkpoint in ``output_dir``."""
 
-    def __init__(self, config: TrainConfig, *, precision: str | None = None,
-                 resume: bool = False):
+    def __init__(self, config: TrainConfig, *, precision: str | None = None, resume: bool = False):
         self.cfg, self.precision, self.resume = config, precision, resume
         self.out = Path(config.output_dir)
         self.step = 0
@@ -78,36 +77,55 @@ class Trainer:
             check_tokenizer(manifest, self.tokenizer, spec.path)
         if cfg.eval_store is not None:
             check_tokenizer(load_manifest(cfg.eval_store), self.tokenizer, cfg.eval_store)
-        words = [store_verbalizer(cfg.objective, m.producer, s.verbalizer, s.path)
-                 for s, m in zip(cfg.stores, self.manifests)]
-        self.verbalizers = [None if w is None else verbalizer_ids(self.tokenizer, w)
-                            for w in words]
+        words = [
+            store_verbalizer(cfg.objective, m.producer, s.verbalizer, s.path)
+            for s, m in zip(cfg.stores, self.manifests)
+        ]
+        self.verbalizers = [None if w is None else verbalizer_ids(self.tokenizer, w) for w in words]
 
         torch.manual_seed(cfg.seed)
         model = AutoModelForMaskedLM.from_pretrained(cfg.student, dtype=torch.float32)
         self._check_lengths(model)
-        stored = [uses_stored_labels(cfg.objective, m.producer, s.verbalizer)
-                  for s, m in zip(cfg.stores, self.manifests)]
-        self.module = DistillStudent(model, objective=cfg.objective, verbalizers=self.verbalizers,
-                                     stored_labels=stored, loss=cfg.loss, tail=cfg.tail, temperature=cfg.temperature,
-                                     scale_t2=cfg.scale_t2, kernel_impl=cfg.kernel_impl)
-        self.ds_config = resolve_deepspeed(cfg.deepspeed, max_steps=cfg.max_steps,
-                                           precision=self.precision)
+        stored = [
+            uses_stored_labels(cfg.objective, m.producer, s.verbalizer)
+            for s, m in zip(cfg.stores, self.manifests)
+        ]
+        self.module = DistillStudent(
+            model,
+            objective=cfg.objective,
+            verbalizers=self.verbalizers,
+            stored_labels=stored,
+            loss=cfg.loss,
+            tail=cfg.tail,
+            temperature=cfg.temperature,
+            scale_t2=cfg.scale_t2,
+            kernel_impl=cfg.kernel_impl,
+        )
+        self.ds_config = resolve_deepspeed(
+            cfg.deepspeed, max_steps=cfg.max_steps, precision=self.precision
+        )
         self.engine = build_engine(self.module, self.ds_config)
         self.rank, self.world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         # DeepSpeed reports the gradient norm from its ZeRO and mixed-precision optimizers only
-        self._own_grad_norm = not (self.engine.zero_optimization() or
-                                   self.engine.fp16_enabled() or self.engine.bfloat16_enabled())
+        self._own_grad_norm = not (
+            self.engine.zero_optimization()
+            or self.engine.fp16_enabled()
+            or self.engine.bfloat16_enabled()
+        )
         self._grad_norm: float | None = None
         self.device = device_of()
         torch.manual_seed(cfg.seed + self.rank)  # dropout differs across ranks, not runs
         self.teacher = self._online_teacher() if cfg.teacher else None
 
-        self.loader = make_loader([s.path for s in cfg.stores], [s.weight for s in cfg.stores],
-                                  batch_size=self.engine.train_micro_batch_size_per_gpu(),
-                                  pad_id=self.tokenizer.pad_token_id, seed=cfg.seed,
-                                  num_workers=cfg.num_workers,
-                                  pin_memory=self.device.type == "cuda")
+        self.loader = make_loader(
+            [s.path for s in cfg.stores],
+            [s.weight for s in cfg.stores],
+            batch_size=self.engine.train_micro_batch_size_per_gpu(),
+            pad_id=self.tokenizer.pad_token_id,
+            seed=cfg.seed,
+            num_workers=cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         if self.resume:
             self.step, saved = ckpt.load_checkpoint(self.engine, self.out / "checkpoints")
             self.loader.load_state_dict(saved["loader"])
@@ -117,20 +135,24 @@ class Trainer:
         if self._keys is not None:
             self._keys.parent.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
-            (self.out / "config.json").write_text(json.dumps(
-                {**cfg.to_json(), "deepspeed": self.ds_config}, indent=1) + "\n")
+            (self.out / "config.json").write_text(
+                json.dumps({**cfg.to_json(), "deepspeed": self.ds_config}, indent=1) + "\n"
+            )
 
     def _check_output_dir(self) -> None:
         has_checkpoint = ckpt.latest_tag(self.out / "checkpoints") is not None
         if self.resume and not has_checkpoint:
             raise FileNotFoundError(f"--resume: {self.out / 'checkpoints'} holds no checkpoint")
         if not self.resume and has_checkpoint:
-            raise FileExistsError(f"{self.out} already holds checkpoints: pass --resume to "
-                                  "continue that run, or choose another output folder")
+            raise FileExistsError(
+                f"{self.out} already holds checkpoints: pass --resume to "
+                "continue that run, or choose another output folder"
+            )
         if self.resume and (self.out / "config.json").exists():
             saved = json.loads((self.out / "config.json").read_text())
-            changed = sorted(k for k, v in self.cfg.to_json().items()
-                             if k != "deepspeed" and saved.get(k) != v)
+            changed = sorted(
+                k for k, v in self.cfg.to_json().items() if k != "deepspeed" and saved.get(k) != v
+            )
             if changed:
                 print(f"resume: config keys changed since the checkpoint: {changed}")
 
@@ -142,11 +164,15 @@ class Trainer:
             if length is None:
                 continue
             if self.cfg.max_length is not None and length > self.cfg.max_length:
-                raise ValueError(f"{spec.path}: examples up to {length} tokens, more than this "
-                                 f"config's max_length={self.cfg.max_length}")
+                raise ValueError(
+                    f"{spec.path}: examples up to {length} tokens, more than this "
+                    f"config's max_length={self.cfg.max_length}"
+                )
             if length > limit:
-                raise ValueError(f"{spec.path}: examples up to {length} tokens, but the student "
-                                 f"{self.cfg.student} takes at most {limit}")
+                raise ValueError(
+                    f"{spec.path}: examples up to {length} tokens, but the student "
+                    f"{self.cfg.student} takes at most {limit}"
+                )
 
     def _online_teacher(self) -> OnlineTeacher:
         """The online-teacher mode: the one case where the teacher is loaded."""
@@ -156,10 +182,16 @@ class Trainer:
         theirs = AutoTokenizer.from_pretrained(self.cfg.teacher)
         ours_fp, theirs_fp = tokenizer_fingerprint(self.tokenizer), tokenizer_fingerprint(theirs)
         if ours_fp != theirs_fp:
-            raise FingerprintMismatch(f"teacher {self.cfg.teacher}", theirs_fp,
-                                      self.cfg.teacher, ours_fp, self.cfg.student)
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self._precision_name(),
-                                                                    torch.float32)
+            raise FingerprintMismatch(
+                f"teacher {self.cfg.teacher}",
+                theirs_fp,
+                self.cfg.teacher,
+                ours_fp,
+                self.cfg.student,
+            )
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            self._precision_name(), torch.float32
+        )
         return OnlineTeacher(self.cfg.teacher, self.device, k=self.cfg.teacher_k, dtype=dtype)
 
     def _precision_name(self) -> str:
@@ -183,10 +215,16 @@ class Trainer:
         batches = iter(self.loader)
         accumulation = engine.gradient_accumulation_steps()
         loss_sum = torch.zeros((), device=self.device)  # on the device: no sync per step
-        counts = [0, 0, 0]                                # micro-batches, samples, tokens
+        counts = [0, 0, 0]  # micro-batches, samples, tokens
         started = time.perf_counter()
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train-student", unit="step",
-                   disable=self.rank != 0, dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step,
+            desc="train-student",
+            unit="step",
+            disable=self.rank != 0,
+            dynamic_ncols=True,
+        )
         saved_at = None
         while self.step < last:
             for _ in range(accumulation):
@@ -200,8 +238,9 @@ class Trainer:
             logged = self.step % cfg.log_every == 0 or self.step == last
             if logged:
                 record = self._log(loss_sum, counts, time.perf_counter() - started)
-                bar.set_postfix(loss=f"{record['loss']:.4f}",
-                                samples_s=f"{record['samples_per_s']:.1f}")
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.1f}"
+                )
                 loss_sum.zero_()
                 counts = [0, 0, 0]
             if cfg.eval_every and self.step % cfg.eval_every == 0:
@@ -216,8 +255,9 @@ class Trainer:
         if saved_at != self.step:
             self.save_checkpoint()
         if self.step == cfg.max_steps:
-            if cfg.eval_store is not None and not (cfg.eval_every and
-                                                   self.step % cfg.eval_every == 0):
+            if cfg.eval_store is not None and not (
+                cfg.eval_every and self.step % cfg.eval_every == 0
+            ):
                 self.evaluate()
             self.export()
         return self.step
@@ -229,8 +269,11 @@ class Trainer:
         loss = self.engine(**inputs, store=batch["store"])
         self.engine.backward(loss)
         if self._own_grad_norm and self.engine.is_gradient_accumulation_boundary():
-            norms = [p.grad.detach().float().norm() for p in self.module.parameters()
-                     if p.grad is not None]  # (torch.nn.utils.get_total_norm needs torch 2.6)
+            norms = [
+                p.grad.detach().float().norm()
+                for p in self.module.parameters()
+                if p.grad is not None
+            ]  # (torch.nn.utils.get_total_norm needs torch 2.6)
             self._grad_norm = float(torch.stack(norms).norm()) if norms else 0.0
         self.engine.step()
         if self._keys is not None:
@@ -240,42 +283,62 @@ class Trainer:
 
     def _log(self, loss_sum: torch.Tensor, counts: list[int], seconds: float) -> dict[str, Any]:
         """All-reduce the window's sums and log them (every rank takes part)."""
-        totals = torch.cat([loss_sum.double().view(1),
-                            torch.tensor(counts, dtype=torch.float64, device=self.device)])
+        totals = torch.cat(
+            [
+                loss_sum.double().view(1),
+                torch.tensor(counts, dtype=torch.float64, device=self.device),
+            ]
+        )
         torch.distributed.all_reduce(totals)
         loss_sum, micro, samples, tokens = totals.tolist()
         norm = self._grad_norm if self._own_grad_norm else self.engine.get_global_grad_norm()
-        record = {"loss": loss_sum / max(micro, 1.0), "lr": float(self.engine.get_lr()[0]),
-                  "grad_norm": None if norm is None else float(norm),
-                  "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
-                  "samples": int(samples)}
+        record = {
+            "loss": loss_sum / max(micro, 1.0),
+            "lr": float(self.engine.get_lr()[0]),
+            "grad_norm": None if norm is None else float(norm),
+            "samples_per_s": samples / seconds,
+            "tokens_per_s": tokens / seconds,
+            "samples": int(samples),
+        }
         self.logger.log(self.step, **record)
         return record
 
     def evaluate(self) -> dict[str, Any]:
         """Held-out KL(teacher || student) at the mask positions of ``eval_store``."""
-        result = heldout_kl(self.module.model, self.cfg.eval_store,
-                            pad_id=self.tokenizer.pad_token_id, device=self.device,
-                            max_examples=self.cfg.eval_examples)
+        result = heldout_kl(
+            self.module.model,
+            self.cfg.eval_store,
+            pad_id=self.tokenizer.pad_token_id,
+            device=self.device,
+            max_examples=self.cfg.eval_examples,
+        )
         self.logger.log(self.step, eval_kl=result["kl"], eval_rows=result["rows"])
         return result
 
     # ------------------------------------------------------- checkpoint, export
     def save_checkpoint(self) -> int:
         """A DeepSpeed checkpoint of this step with every rank's stream and RNG state."""
-        ckpt.save_checkpoint(self.engine, self.out / "checkpoints", self.step,
-                             self.loader.state_dict(), {"world_size": self.world},
-                             keep=self.cfg.keep_checkpoints)
+        ckpt.save_checkpoint(
+            self.engine,
+            self.out / "checkpoints",
+            self.step,
+            self.loader.state_dict(),
+            {"world_size": self.world},
+            keep=self.cfg.keep_checkpoints,
+        )
         return self.step
 
     def export(self, name: str | None = None) -> Path:
         """``save_pretrained`` the student and its tokenizer under ``output_dir`` (rank 0)."""
         out = self.out / (name or self.cfg.export_name)
         if self.rank == 0:
-            info = {"step": self.step, "objective": self.cfg.objective,
-                    "stores": [s.path for s in self.cfg.stores],
-                    "teacher": [m.producer.get("teacher") for m in self.manifests],
-                    "config": self.cfg.to_json()}
+            info = {
+                "step": self.step,
+                "objective": self.cfg.objective,
+                "stores": [s.path for s in self.cfg.stores],
+                "teacher": [m.producer.get("teacher") for m in self.manifests],
+                "config": self.cfg.to_json(),
+            }
             export_student(self.module.model, self.tokenizer, out, info)
         torch.distributed.barrier()
         return out

@@ -31,11 +31,19 @@ __all__ = ["evaluate_models", "main"]
 MODES = ("prompt", "zero-shot", "finetune")
 
 
-def evaluate_models(models: Sequence[tuple[str, str]], tasks: Sequence[Task], data: str | Path,
-                    modes: Sequence[str], protocol: Protocol, seeds: Sequence[int] = SEEDS,
-                    k: int = 16, templates: dict[str, str] | None = None,
-                    words: dict[str, Sequence[str]] | None = None,
-                    max_length: int | None = None, device: str = "cpu") -> list[Entry]:
+def evaluate_models(
+    models: Sequence[tuple[str, str]],
+    tasks: Sequence[Task],
+    data: str | Path,
+    modes: Sequence[str],
+    protocol: Protocol,
+    seeds: Sequence[int] = SEEDS,
+    k: int = 16,
+    templates: dict[str, str] | None = None,
+    words: dict[str, Sequence[str]] | None = None,
+    max_length: int | None = None,
+    device: str = "cpu",
+) -> list[Entry]:
     """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
     from transformers import AutoTokenizer
 
@@ -53,9 +61,15 @@ def evaluate_models(models: Sequence[tuple[str, str]], tasks: Sequence[Task], da
                 for task in tasks:
                     length = max_length or task.max_length
                     _check_length(path, length, task)
-                    make = _factory(mode, path, tokenizer, task, length,
-                                    templates.get(task.name, task.template),
-                                    words.get(task.name, task.words))
+                    make = _factory(
+                        mode,
+                        path,
+                        tokenizer,
+                        task,
+                        length,
+                        templates.get(task.name, task.template),
+                        words.get(task.name, task.words),
+                    )
                     cache: dict = {}
                     results = []
                     for seed in seeds:
@@ -63,30 +77,59 @@ def evaluate_models(models: Sequence[tuple[str, str]], tasks: Sequence[Task], da
                         split = splits[(task.name, seed)]
                         if mode == "zero-shot":
                             torch.manual_seed(seed)
-                            results.append(zero_shot(make(), split, seed, protocol.eval_batch_size,
-                                                     dev, cache))
+                            results.append(
+                                zero_shot(make(), split, seed, protocol.eval_batch_size, dev, cache)
+                            )
                             bar.update(1)
                         else:
-                            results.append(run_seed(make, split, task, seed, protocol, dev,
-                                                    on_config_done=lambda: bar.update(1)))
-                    entries.append(Entry(model=name, path=str(path), mode=mode, task=task.name,
-                                         metric=task.metric, seeds=results))
+                            results.append(
+                                run_seed(
+                                    make,
+                                    split,
+                                    task,
+                                    seed,
+                                    protocol,
+                                    dev,
+                                    on_config_done=lambda: bar.update(1),
+                                )
+                            )
+                    entries.append(
+                        Entry(
+                            model=name,
+                            path=str(path),
+                            mode=mode,
+                            task=task.name,
+                            metric=task.metric,
+                            seeds=results,
+                        )
+                    )
     return entries
 
 
-def _factory(mode: str, path: str, tokenizer, task: Task, max_length: int, template: str,
-             label_words: Sequence[str]) -> Callable[[], PromptLearner | FinetuneLearner]:
+def _factory(
+    mode: str,
+    path: str,
+    tokenizer,
+    task: Task,
+    max_length: int,
+    template: str,
+    label_words: Sequence[str],
+) -> Callable[[], PromptLearner | FinetuneLearner]:
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     if mode == "finetune":
+
         def make() -> FinetuneLearner:
             model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=task.num_outputs)
+                path, num_labels=task.num_outputs
+            )
             return FinetuneLearner(model, tokenizer, task, max_length)
     else:
+
         def make() -> PromptLearner:
             model = AutoModelForMaskedLM.from_pretrained(path)
             return PromptLearner(model, tokenizer, task, template, label_words, max_length)
+
     make()  # fail early on a bad template, label word or model folder
     return make
 
@@ -96,8 +139,10 @@ def _check_length(path: str, max_length: int, task: Task) -> None:
 
     limit = max_sequence_length(AutoConfig.from_pretrained(path))
     if max_length > limit:
-        raise ValueError(f"{task.name}: max length {max_length} exceeds the {limit} positions "
-                         f"of {path}; pass --max-length {limit} or less")
+        raise ValueError(
+            f"{task.name}: max length {max_length} exceeds the {limit} positions "
+            f"of {path}; pass --max-length {limit} or less"
+        )
 
 
 def _overrides(items: Sequence[str], flag: str) -> dict[str, str]:
@@ -131,11 +176,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, help="override every task's max length")
-    p.add_argument("--template", action="append", default=[], metavar="TASK=SPEC",
-                   help="LM-BFF template for a task, e.g. 'SST-2=*cls**sent_0*_It_was*mask*.*sep+*'")
-    p.add_argument("--words", action="append", default=[], metavar="TASK=W1,W2",
-                   help="label words for a task in label order, without a space, e.g. "
-                        "SST-2=bad,good (' '+word must be one token)")
+    p.add_argument(
+        "--template",
+        action="append",
+        default=[],
+        metavar="TASK=SPEC",
+        help="LM-BFF template for a task, e.g. 'SST-2=*cls**sent_0*_It_was*mask*.*sep+*'",
+    )
+    p.add_argument(
+        "--words",
+        action="append",
+        default=[],
+        metavar="TASK=W1,W2",
+        help="label words for a task in label order, without a space, e.g. "
+        "SST-2=bad,good (' '+word must be one token)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     from transformers.utils import logging as hf_logging
@@ -145,18 +200,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = args.name or [Path(m).name for m in args.model]
     if len(names) != len(args.model):
         p.error(f"--name gives {len(names)} names for {len(args.model)} models")
-    protocol = Protocol(learning_rates=tuple(args.lrs), batch_sizes=tuple(args.batch_sizes),
-                        max_steps=args.max_steps, eval_every=args.eval_every,
-                        eval_batch_size=args.eval_batch_size)
+    protocol = Protocol(
+        learning_rates=tuple(args.lrs),
+        batch_sizes=tuple(args.batch_sizes),
+        max_steps=args.max_steps,
+        eval_every=args.eval_every,
+        eval_batch_size=args.eval_batch_size,
+    )
     try:
         for model in args.model:
             require_folder_or_hub_name("--model", model)
         tasks = [get_task(t) for t in args.tasks]
         words = {t: w.split(",") for t, w in _overrides(args.words, "--words").items()}
-        entries = evaluate_models(list(zip(names, args.model)), tasks, args.data, args.mode,
-                                  protocol, args.seeds, args.k,
-                                  _overrides(args.template, "--template"), words,
-                                  args.max_length, args.device)
+        entries = evaluate_models(
+            list(zip(names, args.model)),
+            tasks,
+            args.data,
+            args.mode,
+            protocol,
+            args.seeds,
+            args.k,
+            _overrides(args.template, "--template"),
+            words,
+            args.max_length,
+            args.device,
+        )
         config = {**vars(args), **dataclasses.asdict(protocol), "tasks": [t.name for t in tasks]}
         written = write_report(args.out, entries, config)
     except (DataError, ValueError, OSError) as err:  # DataError: FILE:LINE: what is wrong

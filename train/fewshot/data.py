@@ -15,8 +15,17 @@ from pathlib import Path
 
 from smash.train.fewshot.tasks import Task
 
-__all__ = ["DataError", "Example", "KShotData", "kshot_dir", "load_kshot", "parse_label",
-           "read_examples", "read_rows", "require_file"]
+__all__ = [
+    "DataError",
+    "Example",
+    "KShotData",
+    "kshot_dir",
+    "load_kshot",
+    "parse_label",
+    "read_examples",
+    "read_rows",
+    "require_file",
+]
 
 
 class DataError(ValueError):
@@ -55,8 +64,11 @@ def load_kshot(root: str | Path, task: Task, k: int, seed: int) -> KShotData:
     def read(stem: str) -> list[Example]:
         return read_examples(task, folder / f"{stem}.{ext}")
 
-    return KShotData(train=read("train"), dev=read(task.dev),
-                     tests={col: read(stem) for col, stem in task.tests.items()})
+    return KShotData(
+        train=read("train"),
+        dev=read(task.dev),
+        tests={col: read(stem) for col, stem in task.tests.items()},
+    )
 
 
 def read_examples(task: Task, path: str | Path) -> list[Example]:
@@ -83,19 +95,25 @@ def read_rows(task: Task, path: str | Path) -> Iterator[tuple[int, list[str]]]:
             reader = csv.reader(f)
             for row in reader:
                 if len(row) != 2:
-                    raise DataError(f"{path}:{reader.line_num}: expected 2 comma-separated "
-                                    f"columns (label,sentence), found {len(row)}")
+                    raise DataError(
+                        f"{path}:{reader.line_num}: expected 2 comma-separated "
+                        f"columns (label,sentence), found {len(row)}"
+                    )
                 yield reader.line_num, row
             return
         header = f.readline().rstrip("\n").split("\t")
         if len(header) < task.min_columns:
-            raise DataError(f"{path}:1: header has {len(header)} tab-separated columns, "
-                            f"{task.name} needs at least {task.min_columns}")
+            raise DataError(
+                f"{path}:1: header has {len(header)} tab-separated columns, "
+                f"{task.name} needs at least {task.min_columns}"
+            )
         for line, text in enumerate(f, start=2):
             row = text.rstrip("\n").split("\t")
             if len(row) != len(header):
-                raise DataError(f"{path}:{line}: expected {len(header)} tab-separated columns "
-                                f"(as in the header), found {len(row)}")
+                raise DataError(
+                    f"{path}:{line}: expected {len(header)} tab-separated columns "
+                    f"(as in the header), found {len(row)}"
+                )
             yield line, row
 
 
@@ -106,8 +124,9 @@ def require_file(task: Task, path: str | Path, hint: str = _KSHOT_HINT) -> Path:
     """``path`` as a Path; raises DataError naming it (and ``hint``) when it is not a file."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found (expected LM-BFF's layout for {task.name}; "
-                        f"{hint})")
+        raise DataError(
+            f"{path}: file not found (expected LM-BFF's layout for {task.name}; {hint})"
+        )
     return path
 
 
@@ -121,10 +140,12 @@ def parse_label(task: Task, row: list[str], path: str | Path, line: int) -> int 
         except ValueError:
             score = math.nan
         if not lo <= score <= hi:
-            raise DataError(f"{path}:{line}: {task.name} score {raw!r} is not a number in "
-                            f"[{lo:g}, {hi:g}]")
+            raise DataError(
+                f"{path}:{line}: {task.name} score {raw!r} is not a number in [{lo:g}, {hi:g}]"
+            )
         return score
     if raw not in task.labels:
-        raise DataError(f"{path}:{line}: label {raw!r} is not one of {task.name}'s labels "
-                        f"{list(task.labels)}")
+        raise DataError(
+            f"{path}:{line}: label {raw!r} is not one of {task.name}'s labels {list(task.labels)}"
+        )
     return task.labels.index(raw)

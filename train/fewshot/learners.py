@@ -48,8 +48,12 @@ class Batch:
     labels: torch.Tensor  # (B,) long for classes, float for scores
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
-                                               self.mask_positions, self.labels)))
+        return Batch(
+            *(
+                t.to(device)
+                for t in (self.input_ids, self.attention_mask, self.mask_positions, self.labels)
+            )
+        )
 
 
 def collate(features: Sequence[Features], pad_id: int, regression: bool) -> Batch:
@@ -58,16 +62,18 @@ def collate(features: Sequence[Features], pad_id: int, regression: bool) -> Batc
     ids = torch.full((len(features), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(features), width), dtype=torch.long)
     for i, f in enumerate(features):
-        ids[i, :len(f.input_ids)] = torch.tensor(f.input_ids)
-        attn[i, :len(f.input_ids)] = 1
-    labels = torch.tensor([f.label for f in features],
-                          dtype=torch.float32 if regression else torch.long)
+        ids[i, : len(f.input_ids)] = torch.tensor(f.input_ids)
+        attn[i, : len(f.input_ids)] = 1
+    labels = torch.tensor(
+        [f.label for f in features], dtype=torch.float32 if regression else torch.long
+    )
     masks = torch.tensor([f.mask_position for f in features], dtype=torch.long)
     return Batch(ids, attn, masks, labels)
 
 
-def interpolation_loss(word_logits: torch.Tensor, scores: torch.Tensor,
-                       bounds: tuple[float, float]) -> torch.Tensor:
+def interpolation_loss(
+    word_logits: torch.Tensor, scores: torch.Tensor, bounds: tuple[float, float]
+) -> torch.Tensor:
     """KL(p_gold || p_pred) averaged over the batch, for regression by interpolation.
 
     ``word_logits`` (B, 2) are the low and high label words' logits at the mask; a score y in
@@ -90,13 +96,16 @@ def interpolation_predict(word_logits: torch.Tensor, bounds: tuple[float, float]
 class PromptLearner:
     """A masked LM scored by its label words' logits at the template's ``<mask>``."""
 
-    def __init__(self, model, tokenizer, task: Task, template: str, words: Sequence[str],
-                 max_length: int):
+    def __init__(
+        self, model, tokenizer, task: Task, template: str, words: Sequence[str], max_length: int
+    ):
         self.model, self.tokenizer, self.task = model, tokenizer, task
         self.template = parse_template(template)
         if self.template.num_sentences > len(task.text_columns):
-            raise ValueError(f"template {template!r} reads {self.template.num_sentences} "
-                             f"sentences, {task.name} has {len(task.text_columns)}")
+            raise ValueError(
+                f"template {template!r} reads {self.template.num_sentences} "
+                f"sentences, {task.name} has {len(task.text_columns)}"
+            )
         expected = 2 if task.is_regression else len(task.labels)
         if len(words) != expected:
             raise ValueError(f"{task.name} needs {expected} label words, got {list(words)}")
@@ -116,12 +125,14 @@ class PromptLearner:
         """Label-word logits at the mask, (B, C); C = 2 (low, high) for regression."""
         rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
         if self._head is not None:
-            hidden = self.model.base_model(input_ids=batch.input_ids,
-                                           attention_mask=batch.attention_mask)[0]
+            hidden = self.model.base_model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask
+            )[0]
             logits = self._head(hidden[rows, batch.mask_positions])  # (B, V)
         else:
-            logits = self.model(input_ids=batch.input_ids,
-                                attention_mask=batch.attention_mask).logits
+            logits = self.model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask
+            ).logits
             logits = logits[rows, batch.mask_positions]  # (B, V)
         return logits[:, self.word_ids.to(logits.device)]
 

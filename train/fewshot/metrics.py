@@ -12,8 +12,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["METRICS", "accuracy", "aggregate", "compute_metric", "f1_binary", "pearson",
-           "select_best"]
+__all__ = [
+    "METRICS",
+    "accuracy",
+    "aggregate",
+    "compute_metric",
+    "f1_binary",
+    "pearson",
+    "select_best",
+]
 
 
 def accuracy(preds: Sequence[float], labels: Sequence[float]) -> float:

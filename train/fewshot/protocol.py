@@ -56,29 +56,38 @@ class SeedResult:
 
 
 @torch.no_grad()
-def predict(learner: Learner, features: Sequence[Features], batch_size: int,
-            device: torch.device) -> list[float]:
+def predict(
+    learner: Learner, features: Sequence[Features], batch_size: int, device: torch.device
+) -> list[float]:
     """Predictions for ``features`` in their order, in length-sorted batches (little padding)."""
     learner.model.eval()
     order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
     preds: list[float] = [0.0] * len(features)
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = collate([features[i] for i in idx], learner.tokenizer.pad_token_id,
-                        learner.task.is_regression).to(device)
+        idx = order[start : start + batch_size]
+        batch = collate(
+            [features[i] for i in idx], learner.tokenizer.pad_token_id, learner.task.is_regression
+        ).to(device)
         for i, p in zip(idx, learner.predict(learner.forward(batch)).tolist()):
             preds[i] = p
     return preds
 
 
-def evaluate(learner: Learner, features: Sequence[Features], batch_size: int,
-             device: torch.device) -> float:
+def evaluate(
+    learner: Learner, features: Sequence[Features], batch_size: int, device: torch.device
+) -> float:
     preds = predict(learner, features, batch_size, device)
     return compute_metric(learner.task.metric, preds, [f.label for f in features])
 
 
-def zero_shot(learner: Learner, data: KShotData, seed: int, batch_size: int,
-              device: torch.device, cache: dict | None = None) -> SeedResult:
+def zero_shot(
+    learner: Learner,
+    data: KShotData,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    cache: dict | None = None,
+) -> SeedResult:
     """The untrained model through the same template and label words.
 
     GLUE test sets are the same file for every seed, so test metrics are memoised in ``cache``
@@ -96,9 +105,15 @@ def zero_shot(learner: Learner, data: KShotData, seed: int, batch_size: int,
     return SeedResult(seed=seed, dev=dev, tests=tests)
 
 
-def run_seed(make_learner: Callable[[], object], data: KShotData, task: Task, seed: int,
-             protocol: Protocol, device: torch.device,
-             on_config_done: Callable[[], None] = lambda: None) -> SeedResult:
+def run_seed(
+    make_learner: Callable[[], object],
+    data: KShotData,
+    task: Task,
+    seed: int,
+    protocol: Protocol,
+    device: torch.device,
+    on_config_done: Callable[[], None] = lambda: None,
+) -> SeedResult:
     """Grid-search one k-shot split and test the best-dev checkpoint."""
     train = dev = None
     best: tuple[float, dict, float, int, int] | None = None  # dev, state, lr, bs, step
@@ -117,14 +132,25 @@ def run_seed(make_learner: Callable[[], object], data: KShotData, task: Task, se
         on_config_done()
     score, state, lr, bs, step = best
     learner.model.load_state_dict(state)
-    tests = {col: evaluate(learner, learner.encode(ex), protocol.eval_batch_size, device)
-             for col, ex in data.tests.items()}
-    return SeedResult(seed=seed, dev=score, tests=tests, lr=lr, batch_size=bs, step=step,
-                      grid_dev=grid_dev)
+    tests = {
+        col: evaluate(learner, learner.encode(ex), protocol.eval_batch_size, device)
+        for col, ex in data.tests.items()
+    }
+    return SeedResult(
+        seed=seed, dev=score, tests=tests, lr=lr, batch_size=bs, step=step, grid_dev=grid_dev
+    )
 
 
-def _train(learner, train: list[Features], dev: list[Features], lr: float, batch_size: int,
-           seed: int, protocol: Protocol, device: torch.device) -> tuple[float, dict, int]:
+def _train(
+    learner,
+    train: list[Features],
+    dev: list[Features],
+    lr: float,
+    batch_size: int,
+    seed: int,
+    protocol: Protocol,
+    device: torch.device,
+) -> tuple[float, dict, int]:
     """Train one configuration; returns (best dev metric, its weights on CPU, its step)."""
     model = learner.model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -139,8 +165,9 @@ def _train(learner, train: list[Features], dev: list[Features], lr: float, batch
         perm = torch.randperm(len(train), generator=order).tolist()
         for start in range(0, len(perm), batch_size):
             model.train()
-            batch = collate([train[i] for i in perm[start:start + batch_size]], pad,
-                            regression).to(device)
+            batch = collate(
+                [train[i] for i in perm[start : start + batch_size]], pad, regression
+            ).to(device)
             loss = learner.loss(learner.forward(batch), batch.labels)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, protocol.max_grad_norm)
@@ -152,8 +179,9 @@ def _train(learner, train: list[Features], dev: list[Features], lr: float, batch
                 score = evaluate(learner, dev, protocol.eval_batch_size, device)
                 if best_state is None or select_best([best_score, score]) == 1:
                     best_score, best_step = score, step
-                    best_state = {k: v.detach().to("cpu", copy=True)
-                                  for k, v in model.state_dict().items()}
+                    best_state = {
+                        k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                    }
             if step == total:
                 break
     return best_score, best_state, best_step

@@ -72,12 +72,21 @@ def write_report(out_dir: str | Path, entries: list[Entry], config: dict) -> lis
     deltas = delta_rows(rows)
     payload = {
         "config": config,
-        "entries": [{**{k: v for k, v in asdict(e).items() if k != "seeds"},
-                     "seeds": [_clean(asdict(s)) for s in e.seeds],
-                     "summary": {c: dict(zip(("mean", "std"), _clean(aggregate(
-                         e.column_values(c))))) for c in e.columns}} for e in entries],
-        "table": [{"model": m, "mode": mode, **{c: _clean(v) for c, v in cells.items()}}
-                  for m, mode, cells in rows + deltas],
+        "entries": [
+            {
+                **{k: v for k, v in asdict(e).items() if k != "seeds"},
+                "seeds": [_clean(asdict(s)) for s in e.seeds],
+                "summary": {
+                    c: dict(zip(("mean", "std"), _clean(aggregate(e.column_values(c)))))
+                    for c in e.columns
+                },
+            }
+            for e in entries
+        ],
+        "table": [
+            {"model": m, "mode": mode, **{c: _clean(v) for c, v in cells.items()}}
+            for m, mode, cells in rows + deltas
+        ],
     }
     paths = [out / "results.json", out / "results.md"]
     paths[0].write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
@@ -113,16 +122,17 @@ def _markdown(columns, rows, deltas, config) -> str:
     lines = [
         "# Few-shot results",
         "",
-        (f"K = {config['k']} per label, seeds {config['seeds']}; prompt and fine-tune modes "
-         f"pick the best dev checkpoint over lr {{{_join(config['learning_rates'])}}} × batch "
-         f"{{{_join(config['batch_sizes'])}}}, up to {config['max_steps']} steps, dev every "
-         f"{config['eval_every']}. Cells: test metric × 100, mean (std) over seeds."),
+        (
+            f"K = {config['k']} per label, seeds {config['seeds']}; prompt and fine-tune modes "
+            f"pick the best dev checkpoint over lr {{{_join(config['learning_rates'])}}} × batch "
+            f"{{{_join(config['batch_sizes'])}}}, up to {config['max_steps']} steps, dev every "
+            f"{config['eval_every']}. Cells: test metric × 100, mean (std) over seeds."
+        ),
         "",
         "| model | mode | " + " | ".join(columns.values()) + " |",
         "|---|---|" + "---:|" * len(columns),
     ]
-    for (model, mode, cells), is_delta in ([(r, False) for r in rows]
-                                           + [(r, True) for r in deltas]):
+    for (model, mode, cells), is_delta in [(r, False) for r in rows] + [(r, True) for r in deltas]:
         vals = [_cell(*cells[c], is_delta) if c in cells else "" for c in columns]
         lines.append(f"| {model} | {mode} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"

@@ -46,18 +46,24 @@ def select_kshot(rows: Sequence, groups: Sequence, seed: int, k: int) -> tuple[l
     for i in order:
         by_group.setdefault(groups[i], []).append(rows[i])
     train = [r for members in by_group.values() for r in members[:k]]
-    dev = [r for members in by_group.values() for r in members[k:2 * k]]
+    dev = [r for members in by_group.values() for r in members[k : 2 * k]]
     return train, dev
 
 
-def make_kshot(original: str | Path, out: str | Path, tasks: Sequence[Task],
-               seeds: Sequence[int] = SEEDS, k: int = 16) -> list[Path]:
+def make_kshot(
+    original: str | Path,
+    out: str | Path,
+    tasks: Sequence[Task],
+    seeds: Sequence[int] = SEEDS,
+    k: int = 16,
+) -> list[Path]:
     """Write the k-shot splits of ``tasks`` for ``seeds``; returns the folders written."""
     written = []
     for task in tasks:
         src = Path(original) / task.dirname
-        splits = {name: _read_original(task, src / f"{name}.{task.fmt}")
-                  for name in task.original_splits}
+        splits = {
+            name: _read_original(task, src / f"{name}.{task.fmt}") for name in task.original_splits
+        }
         header, rows, groups = splits["train"]
         for seed in seeds:
             train, dev = select_kshot(rows, groups, seed, k)

@@ -59,8 +59,14 @@ class Task:
 _SENTIMENT = "*cls**sent_0*_It_was*mask*.*sep+*"
 _NLI = "*cls**sent-_0*?*mask*,*+sentl_1**sep+*"
 _PARAPHRASE = "*cls**sent_0**mask*,*+sentl_1**sep+*"
-_CSV = {"fmt": "csv", "text_columns": (1,), "label_column": 0, "template": _SENTIMENT,
-        "metric": "acc", "original_splits": ("train", "test")}
+_CSV = {
+    "fmt": "csv",
+    "text_columns": (1,),
+    "label_column": 0,
+    "template": _SENTIMENT,
+    "metric": "acc",
+    "original_splits": ("train", "test"),
+}
 _NLI3 = ("contradiction", "entailment", "neutral")
 
 
@@ -70,33 +76,108 @@ def _task(name: str, **kw) -> Task:
     return Task(name=name, **kw)
 
 
-TASKS: dict[str, Task] = {t.name: t for t in [
-    _task("SST-2", fmt="tsv", text_columns=(0,), label_column=-1, labels=("0", "1"),
-          words=("terrible", "great"), template=_SENTIMENT, metric="acc"),
-    _task("SST-5", dirname="sst-5", labels=("0", "1", "2", "3", "4"),
-          words=("terrible", "bad", "okay", "good", "great"), **_CSV),
-    _task("MR", dirname="mr", labels=("0", "1"), words=("terrible", "great"), **_CSV),
-    _task("CR", dirname="cr", labels=("0", "1"), words=("terrible", "great"), **_CSV),
-    _task("MNLI", fmt="tsv", text_columns=(8, 9), label_column=-1, labels=_NLI3,
-          words=("No", "Yes", "Maybe"), template=_NLI, metric="acc", max_length=256,
-          dev="dev_matched", tests={"MNLI-m": "test_matched", "MNLI-mm": "test_mismatched"},
-          original_splits=("train", "dev_matched", "dev_mismatched")),
-    _task("SNLI", fmt="tsv", text_columns=(7, 8), label_column=-1, labels=_NLI3,
-          words=("No", "Yes", "Maybe"), template=_NLI, metric="acc", max_length=256),
-    _task("QNLI", fmt="tsv", text_columns=(1, 2), label_column=-1,
-          labels=("entailment", "not_entailment"), words=("Yes", "No"), template=_NLI,
-          metric="acc"),
-    _task("RTE", fmt="tsv", text_columns=(1, 2), label_column=-1,
-          labels=("entailment", "not_entailment"), words=("Yes", "No"), template=_NLI,
-          metric="acc", max_length=256),
-    _task("MRPC", fmt="tsv", text_columns=(3, 4), label_column=0, labels=("0", "1"),
-          words=("No", "Yes"), template=_PARAPHRASE, metric="f1"),
-    _task("QQP", fmt="tsv", text_columns=(3, 4), label_column=5, labels=("0", "1"),
-          words=("No", "Yes"), template=_PARAPHRASE, metric="f1"),
-    _task("STS-B", fmt="tsv", text_columns=(7, 8), label_column=-1, labels=(),
-          words=("No", "Yes"), template=_PARAPHRASE, metric="pearson", bounds=(0.0, 5.0),
-          bin_at=2.5),
-]}
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in [
+        _task(
+            "SST-2",
+            fmt="tsv",
+            text_columns=(0,),
+            label_column=-1,
+            labels=("0", "1"),
+            words=("terrible", "great"),
+            template=_SENTIMENT,
+            metric="acc",
+        ),
+        _task(
+            "SST-5",
+            dirname="sst-5",
+            labels=("0", "1", "2", "3", "4"),
+            words=("terrible", "bad", "okay", "good", "great"),
+            **_CSV,
+        ),
+        _task("MR", dirname="mr", labels=("0", "1"), words=("terrible", "great"), **_CSV),
+        _task("CR", dirname="cr", labels=("0", "1"), words=("terrible", "great"), **_CSV),
+        _task(
+            "MNLI",
+            fmt="tsv",
+            text_columns=(8, 9),
+            label_column=-1,
+            labels=_NLI3,
+            words=("No", "Yes", "Maybe"),
+            template=_NLI,
+            metric="acc",
+            max_length=256,
+            dev="dev_matched",
+            tests={"MNLI-m": "test_matched", "MNLI-mm": "test_mismatched"},
+            original_splits=("train", "dev_matched", "dev_mismatched"),
+        ),
+        _task(
+            "SNLI",
+            fmt="tsv",
+            text_columns=(7, 8),
+            label_column=-1,
+            labels=_NLI3,
+            words=("No", "Yes", "Maybe"),
+            template=_NLI,
+            metric="acc",
+            max_length=256,
+        ),
+        _task(
+            "QNLI",
+            fmt="tsv",
+            text_columns=(1, 2),
+            label_column=-1,
+            labels=("entailment", "not_entailment"),
+            words=("Yes", "No"),
+            template=_NLI,
+            metric="acc",
+        ),
+        _task(
+            "RTE",
+            fmt="tsv",
+            text_columns=(1, 2),
+            label_column=-1,
+            labels=("entailment", "not_entailment"),
+            words=("Yes", "No"),
+            template=_NLI,
+            metric="acc",
+            max_length=256,
+        ),
+        _task(
+            "MRPC",
+            fmt="tsv",
+            text_columns=(3, 4),
+            label_column=0,
+            labels=("0", "1"),
+            words=("No", "Yes"),
+            template=_PARAPHRASE,
+            metric="f1",
+        ),
+        _task(
+            "QQP",
+            fmt="tsv",
+            text_columns=(3, 4),
+            label_column=5,
+            labels=("0", "1"),
+            words=("No", "Yes"),
+            template=_PARAPHRASE,
+            metric="f1",
+        ),
+        _task(
+            "STS-B",
+            fmt="tsv",
+            text_columns=(7, 8),
+            label_column=-1,
+            labels=(),
+            words=("No", "Yes"),
+            template=_PARAPHRASE,
+            metric="pearson",
+            bounds=(0.0, 5.0),
+            bin_at=2.5,
+        ),
+    ]
+}
 
 
 def get_task(name: str) -> Task:

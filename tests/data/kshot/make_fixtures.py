@@ -69,50 +69,97 @@ def main() -> None:
             csv_file(ROOT / task / f"{split}.csv", rows)
 
     nli = ["contradiction", "entailment", "neutral"]
-    for task, first, splits in (("MNLI", 8, ("train", "dev_matched", "dev_mismatched")),
-                                ("SNLI", 7, ("train", "dev"))):
+    for task, first, splits in (
+        ("MNLI", 8, ("train", "dev_matched", "dev_mismatched")),
+        ("SNLI", 7, ("train", "dev")),
+    ):
         for split in splits:
             extra = 1 if split == "train" else 5
-            header = (["index", "promptID", "pairID", "genre"] if task == "MNLI"
-                      else ["index", "captionID", "pairID"])
+            header = (
+                ["index", "promptID", "pairID", "genre"]
+                if task == "MNLI"
+                else ["index", "captionID", "pairID"]
+            )
             assert len(header) + 4 == first  # sentence1 sits at column `first`
-            header += ["sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse",
-                       "sentence2_parse", "sentence1", "sentence2"]
+            header += [
+                "sentence1_binary_parse",
+                "sentence2_binary_parse",
+                "sentence1_parse",
+                "sentence2_parse",
+                "sentence1",
+                "sentence2",
+            ]
             header += [f"label{i + 1}" for i in range(extra)] + ["gold_label"]
             rows = []
             for i, y in enumerate(balanced(nli, sizes[split], rng)):
                 a, b = pair(rng)
-                meta = ([str(i), str(100 + i), f"{100 + i}n", "fiction"] if task == "MNLI"
-                        else [str(i), f"{i}.jpg#0", f"{i}.jpg#0r1n"])
-                rows.append(meta + [f"( {a} )", f"( {b} )", f"(ROOT {a})", f"(ROOT {b})", a, b]
-                            + [y] * extra + [y])
+                meta = (
+                    [str(i), str(100 + i), f"{100 + i}n", "fiction"]
+                    if task == "MNLI"
+                    else [str(i), f"{i}.jpg#0", f"{i}.jpg#0r1n"]
+                )
+                rows.append(
+                    meta
+                    + [f"( {a} )", f"( {b} )", f"(ROOT {a})", f"(ROOT {b})", a, b]
+                    + [y] * extra
+                    + [y]
+                )
             tsv(ROOT / task / f"{split}.tsv", header, rows)
 
     for task in ("QNLI", "RTE"):
         for split in ("train", "dev"):
-            rows = [[str(i), *pair(rng), y] for i, y in
-                    enumerate(balanced(["entailment", "not_entailment"], sizes[split], rng))]
-            header = ["index", "question", "sentence", "label"] if task == "QNLI" else \
-                ["index", "sentence1", "sentence2", "label"]
+            rows = [
+                [str(i), *pair(rng), y]
+                for i, y in enumerate(balanced(["entailment", "not_entailment"], sizes[split], rng))
+            ]
+            header = (
+                ["index", "question", "sentence", "label"]
+                if task == "QNLI"
+                else ["index", "sentence1", "sentence2", "label"]
+            )
             tsv(ROOT / task / f"{split}.tsv", header, rows)
 
     for split in ("train", "dev"):
-        rows = [[y, str(1000 + i), str(2000 + i), *pair(rng)]
-                for i, y in enumerate(balanced(["0", "1"], sizes[split], rng))]
-        tsv(ROOT / "MRPC" / f"{split}.tsv", ["Quality", "#1 ID", "#2 ID", "#1 String",
-                                             "#2 String"], rows)
-        rows = [[str(i), str(2 * i), str(2 * i + 1), *pair(rng), y]
-                for i, y in enumerate(balanced(["0", "1"], sizes[split], rng))]
-        tsv(ROOT / "QQP" / f"{split}.tsv", ["id", "qid1", "qid2", "question1", "question2",
-                                            "is_duplicate"], rows)
+        rows = [
+            [y, str(1000 + i), str(2000 + i), *pair(rng)]
+            for i, y in enumerate(balanced(["0", "1"], sizes[split], rng))
+        ]
+        tsv(
+            ROOT / "MRPC" / f"{split}.tsv",
+            ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+            rows,
+        )
+        rows = [
+            [str(i), str(2 * i), str(2 * i + 1), *pair(rng), y]
+            for i, y in enumerate(balanced(["0", "1"], sizes[split], rng))
+        ]
+        tsv(
+            ROOT / "QQP" / f"{split}.tsv",
+            ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+            rows,
+        )
         rows = []
         for i in range(2 * sizes[split]):
             score = f"{rng.uniform(0.0, 5.0):.3f}"
-            rows.append([str(i), "main-news", "2012", "test", str(i), "none", "none",
-                         *pair(rng), score])
-        tsv(ROOT / "STS-B" / f"{split}.tsv", ["index", "genre", "filename", "year", "old_index",
-                                              "source1", "source2", "sentence1", "sentence2",
-                                              "score"], rows)
+            rows.append(
+                [str(i), "main-news", "2012", "test", str(i), "none", "none", *pair(rng), score]
+            )
+        tsv(
+            ROOT / "STS-B" / f"{split}.tsv",
+            [
+                "index",
+                "genre",
+                "filename",
+                "year",
+                "old_index",
+                "source1",
+                "source2",
+                "sentence1",
+                "sentence2",
+                "score",
+            ],
+            rows,
+        )
 
 
 if __name__ == "__main__":
