@@ -1,7 +1,11 @@
 """``smash-store``: inspect and verify a teacher store.
 
-smash-store inspect DIR [--json]   summary, producer config, teacher statistics
-smash-store verify DIR             every shard's checksum and decode; exit 1 naming bad ones
+    smash-store inspect STORE [--json]   summary, producer config, teacher statistics
+    smash-store verify STORE             every shard's checksum, decoding, k and vocabulary;
+                                         exit 1 naming the bad shards
+
+STORE is a folder, a manifest.json path, an http(s):// URL or a pipe: command. A read that
+receives nothing for --stall-timeout seconds fails, naming the location.
 """
 
 from __future__ import annotations
@@ -9,34 +13,58 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from .codec import DecodedChunk
 from .errors import StoreError
-from .manifest import Manifest, load_manifest, manifest_location
+from .locations import DEFAULT_STALL_TIMEOUT
+from .manifest import Manifest, ShardInfo, load_manifest, manifest_location
 from .shards import read_shard
 
 __all__ = ["main", "teacher_statistics", "verify_store"]
 
 
-def _shard_urls(store: str, manifest: Manifest) -> list[str]:
+def _read_shards(
+    store: str, manifest: Manifest, shards: list[ShardInfo], stall_timeout: float, desc: str
+) -> Iterator[tuple[ShardInfo, list[DecodedChunk] | StoreError]]:
+    """Each shard's checked chunks (against its checksum and the manifest's k and vocabulary),
+    or the error that names what is wrong with it, with a progress bar."""
     _, base = manifest_location(store)
-    return [f"{base}/{s.name}" for s in manifest.shards]
+    for info in tqdm(shards, desc=desc, unit="shard", disable=len(shards) < 4):
+        try:
+            yield (
+                info,
+                read_shard(
+                    f"{base}/{info.name}",
+                    info,
+                    k=manifest.k,
+                    vocab_size=manifest.vocab_size,
+                    stall_timeout=stall_timeout,
+                ),
+            )
+        except StoreError as err:
+            yield info, err
 
 
-def teacher_statistics(store: str, max_shards: int | None = None) -> dict[str, Any]:
+def teacher_statistics(
+    store: str, max_shards: int | None = None, stall_timeout: float = DEFAULT_STALL_TIMEOUT
+) -> dict[str, Any]:
     """Mean top-k mass, mean entropy of the stored top-k part, and length statistics.
 
     The entropy is over the top-k entries plus the tail mass as one bucket, a lower bound of
     the teacher's full entropy.
     """
-    manifest = load_manifest(store)
-    shards = list(zip(_shard_urls(store, manifest), manifest.shards))[:max_shards]
+    manifest = load_manifest(store, stall_timeout=stall_timeout)
+    shards = manifest.shards[:max_shards]
     mass, entropy, lengths, masks, top1 = [], [], [], [], []
-    for url, info in tqdm(shards, desc="reading shards", unit="shard", disable=len(shards) < 4):
-        for chunk in read_shard(url, info):
+    for _, chunks in _read_shards(store, manifest, shards, stall_timeout, "reading shards"):
+        if isinstance(chunks, StoreError):
+            raise chunks
+        for chunk in chunks:
             lp = chunk.topk_logprobs.astype(np.float64)
             p = np.exp(lp)
             tail = np.exp(chunk.tail_logmass.astype(np.float64))
@@ -62,23 +90,22 @@ def teacher_statistics(store: str, max_shards: int | None = None) -> dict[str, A
     }
 
 
-def verify_store(store: str) -> list[tuple[str, str]]:
-    """Check every shard; returns (shard name, problem) for each bad one."""
-    manifest = load_manifest(store)
-    bad = []
-    for url, info in tqdm(
-        list(zip(_shard_urls(store, manifest), manifest.shards)), desc="verifying", unit="shard"
-    ):
-        try:
-            read_shard(url, info, verify=True)
-        except StoreError as err:
-            bad.append((info.name, getattr(err, "problem", str(err))))
-    return bad
+def verify_store(store: str, stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> list[tuple[str, str]]:
+    """Check every shard (bytes, checksum, decoding, each chunk's k and vocabulary against the
+    manifest's); returns (shard name, problem) for each bad one."""
+    manifest = load_manifest(store, stall_timeout=stall_timeout)
+    return [
+        (info.name, getattr(result, "problem", str(result)))
+        for info, result in _read_shards(
+            store, manifest, manifest.shards, stall_timeout, "verifying"
+        )
+        if isinstance(result, StoreError)
+    ]
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args.store)
-    stats = teacher_statistics(args.store, max_shards=args.max_shards)
+    manifest = load_manifest(args.store, stall_timeout=args.stall_timeout)
+    stats = teacher_statistics(args.store, args.max_shards, args.stall_timeout)
     if args.json:
         print(
             json.dumps(
@@ -115,8 +142,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args.store)
-    bad = verify_store(args.store)
+    manifest = load_manifest(args.store, stall_timeout=args.stall_timeout)
+    bad = verify_store(args.store, stall_timeout=args.stall_timeout)
     for name, problem in bad:
         print(f"BAD  {name}: {problem}", file=sys.stderr)
     good = len(manifest.shards) - len(bad)
@@ -127,6 +154,17 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _store_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("store", help="store directory, manifest.json path, URL or pipe: command")
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=DEFAULT_STALL_TIMEOUT,
+        metavar="SECONDS",
+        help="give up on a read that receives nothing for this long (default: %(default)g)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="smash-store",
@@ -135,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="summary and teacher statistics")
-    p.add_argument("store", help="store directory, manifest.json path or URL")
+    _store_arguments(p)
     p.add_argument(
         "--max-shards",
         type=int,
@@ -144,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_inspect)
-    p = sub.add_parser("verify", help="check every shard's checksum and that it decodes")
-    p.add_argument("store", help="store directory, manifest.json path or URL")
+    p = sub.add_parser(
+        "verify", help="check every shard's checksum, that it decodes, and its k and vocabulary"
+    )
+    _store_arguments(p)
     p.set_defaults(run=_verify)
     args = parser.parse_args(argv)
     try:

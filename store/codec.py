@@ -5,8 +5,9 @@ single zstd frame (with zstd's content checksum) over::
 
     uint32 header_length | header (JSON) | column bytes, one after another
 
-The JSON header lists each column's name, dtype, shape and the reversible transforms applied
-to it, so a chunk decodes by itself. Columns:
+The JSON header holds the chunk's example count ``n``, its ``k``, the vocabulary size it was
+written for (from format version 2 on) and each column's name, dtype, shape and the reversible
+transforms applied to it, so a chunk decodes by itself. Columns:
 
     length          (n,)       uint8/uint16   tokens per example
     input_ids       (sum L,)   uint16/uint32  concatenated token ids
@@ -181,7 +182,13 @@ def encode_chunk(
         ("tail_logmass", tail.view(np.uint32)),
         ("label", labels.astype(np.int8).view(np.uint8)),
     ]
-    header: dict[str, Any] = {"n": n, "k": k, "layout": layout.to_json(), "columns": []}
+    header: dict[str, Any] = {
+        "n": n,
+        "k": k,
+        "vocab_size": vocab_size,
+        "layout": layout.to_json(),
+        "columns": [],
+    }
     body = []
     for name, arr in columns:
         transforms = []
@@ -225,6 +232,7 @@ class DecodedChunk:
         header = json.loads(bytes(payload[4 : 4 + head_len]))
         self.n: int = header["n"]
         self.k: int = header["k"]
+        self.vocab_size: int | None = header.get("vocab_size")  # None: format version 1
         cols: dict[str, Any] = {}
         pos = 4 + head_len
         for col in header["columns"]:

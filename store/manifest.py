@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError
+from .locations import DEFAULT_STALL_TIMEOUT, StalledRead, read_location
 
 __all__ = [
     "FORMAT_NAME",
@@ -31,14 +33,18 @@ __all__ = [
 ]
 
 FORMAT_NAME = "smash-teacher-store"
-FORMAT_VERSION = 1
+# 1: the first format. 2: the tokenizer fingerprint also covers how text becomes ids
+# (``fingerprint.py``, scheme 2) and each chunk records the vocabulary size it was written for.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 _PART_PREFIX = "manifest.part-"
+_SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
 class ShardInfo:
-    name: str  # file name relative to the store root
+    name: str  # a plain file name beside the manifest
     samples: int
     bytes: int
     sha256: str
@@ -74,9 +80,10 @@ class Manifest:
         return {"format": out.pop("format"), "format_version": out.pop("format_version"), **out}
 
     @classmethod
-    def from_json(cls, data: Any, source: str) -> Manifest:
-        if not isinstance(data, dict):
-            raise ManifestError(source, "not a JSON object")
+    def from_json(cls, data: Any, source: str, *, unique_names: bool = True) -> Manifest:
+        """A validated manifest: every field of the right type and range, named when not.
+        ``unique_names``: refuse a shard listed twice (which would be read twice an epoch)."""
+        fields = _Fields(data, source)
         if data.get("format") != FORMAT_NAME:
             raise ManifestError(
                 source,
@@ -84,25 +91,105 @@ class Manifest:
                 f"{FORMAT_NAME!r}: not a SMASH teacher store",
             )
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
             raise ManifestError(
                 source,
-                f"field 'format_version' is {version!r}; this version "
-                f"of smash reads format version {FORMAT_VERSION} only",
+                f"field 'format_version' is {version!r}; this version of smash reads format "
+                f"versions {', '.join(map(str, READABLE_VERSIONS))}",
             )
-        try:
-            shards = [ShardInfo(**s) for s in data["shards"]]
-            return cls(
-                producer=data["producer"],
-                tokenizer=data["tokenizer"],
-                k=int(data["k"]),
-                layout=data["layout"],
-                shards=shards,
+        tokenizer = fields.get("tokenizer", dict)
+        fields.get("tokenizer.fingerprint", str, tokenizer)
+        vocab = fields.count("tokenizer.vocab_size", tokenizer, minimum=1)
+        k = fields.count("k", data)
+        if k > vocab:
+            raise ManifestError(source, f"field 'k' is {k}, more than tokenizer.vocab_size {vocab}")
+        shards = [_shard(fields, i, raw) for i, raw in enumerate(fields.get("shards", list))]
+        if not shards:
+            raise ManifestError(source, "field 'shards' is empty: the store holds no shard")
+        seen: set[str] = set()
+        for i, shard in enumerate(shards):
+            if unique_names and shard.name in seen:
+                raise ManifestError(source, f"shards[{i}]: {shard.name!r} is listed more than once")
+            seen.add(shard.name)
+        return cls(
+            producer=fields.get("producer", dict),
+            tokenizer=tokenizer,
+            k=k,
+            layout=fields.get("layout", dict),
+            shards=shards,
+            format_version=version,
+        )
+
+
+class _Fields:
+    """Reads fields of a manifest's JSON object; a missing or mistyped one is a ManifestError
+    that names it."""
+
+    def __init__(self, data: Any, source: str):
+        if not isinstance(data, dict):
+            raise ManifestError(source, "not a JSON object")
+        self.data, self.source = data, source
+
+    def get(self, name: str, kind: type, parent: dict | None = None) -> Any:
+        where = self.data if parent is None else parent
+        key = name.rsplit(".", 1)[-1]
+        if key not in where:
+            raise ManifestError(self.source, f"missing field {name!r}")
+        value = where[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise ManifestError(
+                self.source,
+                f"field {name!r} is {json.dumps(value)[:60]} ({_JSON_NAMES[type(value)]}); "
+                f"expected {_JSON_NAMES[kind]}",
             )
-        except KeyError as err:
-            raise ManifestError(source, f"missing field {err.args[0]!r}") from None
-        except TypeError as err:
-            raise ManifestError(source, f"malformed field 'shards': {err}") from None
+        return value
+
+    def count(self, name: str, parent: dict, minimum: int = 0) -> int:
+        value = self.get(name, int, parent)
+        if value < minimum:
+            raise ManifestError(self.source, f"field {name!r} is {value}; expected >= {minimum}")
+        return value
+
+
+_JSON_NAMES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    int: "a whole number",
+    float: "a number with a fraction",
+    bool: "true/false",
+    type(None): "null",
+}
+
+
+def _shard(fields: _Fields, i: int, raw: Any) -> ShardInfo:
+    where = f"shards[{i}]"
+    if not isinstance(raw, dict):
+        raise ManifestError(fields.source, f"field {where!r} is not an object")
+    name = fields.get(f"{where}.name", str, raw)
+    if not is_plain_file_name(name):
+        raise ManifestError(
+            fields.source,
+            f"field '{where}.name' is {name!r}: shard names must be plain file names inside "
+            f"the store (no '/', '..' or absolute paths)",
+        )
+    sha256 = fields.get(f"{where}.sha256", str, raw)
+    if not _SHA256.match(sha256):
+        raise ManifestError(
+            fields.source,
+            f"field '{where}.sha256' is {sha256!r}; expected 'sha256:' + 64 hex digits",
+        )
+    unknown = sorted(set(raw) - {"name", "samples", "bytes", "sha256"})
+    if unknown:
+        raise ManifestError(fields.source, f"field {where!r} has unknown keys {unknown}")
+    return ShardInfo(
+        name, fields.count(f"{where}.samples", raw), fields.count(f"{where}.bytes", raw), sha256
+    )
+
+
+def is_plain_file_name(name: str) -> bool:
+    """A name that stays inside its folder: no separators, not ``.``/``..``, not empty."""
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -115,14 +202,13 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _read_json(location: str) -> Any:
-    from webdataset.gopen import gopen
-
+def _read_json(location: str, stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> Any:
     try:
-        with gopen(location, "rb") as stream:
-            raw = stream.read()
+        raw = read_location(location, stall_timeout=stall_timeout)
     except FileNotFoundError:
         raise ManifestError(location, "no such file") from None
+    except StalledRead as err:
+        raise ManifestError(location, str(err)) from None
     except OSError as err:
         raise ManifestError(location, f"cannot be read: {err}") from None
     if not raw:
@@ -141,29 +227,35 @@ def manifest_location(store: str | os.PathLike) -> tuple[str, str]:
     return s.rstrip("/") + "/" + MANIFEST_NAME, s.rstrip("/")
 
 
-def load_manifest(store: str | os.PathLike) -> Manifest:
-    """Read a store's manifest from a directory, a ``manifest.json`` path or an http(s) URL."""
+def load_manifest(
+    store: str | os.PathLike, *, stall_timeout: float = DEFAULT_STALL_TIMEOUT
+) -> Manifest:
+    """Read and validate a store's manifest from a directory, a ``manifest.json`` path, an
+    http(s) URL or a ``pipe:`` command (see ``locations.py``)."""
     location, _ = manifest_location(store)
-    return Manifest.from_json(_read_json(location), location)
+    return Manifest.from_json(_read_json(location, stall_timeout), location)
 
 
 def part_path(root: Path, part: str) -> Path:
     return root / f"{_PART_PREFIX}{part}.json"
 
 
+def _read_part(path: Path) -> Manifest:
+    # Parts written before a rewrite replaced its entry may list a shard more than once;
+    # finalize keeps one entry per name (the final manifest never lists one twice).
+    return Manifest.from_json(_read_json(str(path)), str(path), unique_names=False)
+
+
 def read_part(root: Path, part: str) -> Manifest | None:
     path = part_path(root, part)
     if not path.exists():
         return None
-    return Manifest.from_json(_read_json(str(path)), str(path))
+    return _read_part(path)
 
 
 def read_parts(root: str | os.PathLike) -> list[tuple[Path, Manifest]]:
     """Every part manifest under ``root``, by file name."""
-    return [
-        (path, Manifest.from_json(_read_json(str(path)), str(path)))
-        for path in sorted(Path(root).glob(f"{_PART_PREFIX}*.json"))
-    ]
+    return [(path, _read_part(path)) for path in sorted(Path(root).glob(f"{_PART_PREFIX}*.json"))]
 
 
 def finalize_store(root: str | os.PathLike) -> Manifest:

@@ -27,6 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import StoreError
 from .fingerprint import check_tokenizer
+from .locations import DEFAULT_STALL_TIMEOUT
 from .manifest import Manifest, load_manifest, manifest_location
 from .shards import read_shard
 
@@ -69,6 +70,8 @@ class StoreDataset(IterableDataset):
         tokenizer: if given (a tokenizer or its fingerprint), refuse a store written with
             another tokenizer.
         verify: check each shard's byte count and sha256 before decoding it.
+        stall_timeout: seconds a manifest or shard read may receive nothing before it fails
+            with a ``StoreError`` naming the location (see ``locations.py``).
     """
 
     def __init__(
@@ -83,15 +86,17 @@ class StoreDataset(IterableDataset):
         world_size: int | None = None,
         tokenizer: Any = None,
         verify: bool = True,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     ):
         super().__init__()
         self.source = str(store)
-        self.manifest: Manifest = load_manifest(store)
+        self.manifest: Manifest = load_manifest(store, stall_timeout=stall_timeout)
         if tokenizer is not None:
             check_tokenizer(self.manifest, tokenizer, self.source)
         _, self._base = manifest_location(store)
         self._template = shard_url
         self.seed, self.shuffle, self.epochs, self.verify = seed, shuffle, epochs, verify
+        self.stall_timeout = stall_timeout
         self._rank, self._world = _check_readers(rank, world_size)
         self._start = {"epoch": 0, "position": 0, "first_epoch": 0}
         self._epoch, self._position = 0, 0
@@ -170,7 +175,14 @@ class StoreDataset(IterableDataset):
                     position += len(samples)
                     continue
                 info = self.manifest.shards[shard_index]
-                chunks = read_shard(self.shard_url(info.name), info, verify=self.verify)
+                chunks = read_shard(
+                    self.shard_url(info.name),
+                    info,
+                    verify=self.verify,
+                    k=self.manifest.k,
+                    vocab_size=self.manifest.vocab_size,
+                    stall_timeout=self.stall_timeout,
+                )
                 chunk_of = np.repeat(np.arange(len(chunks)), [c.n for c in chunks])
                 chunk_start = np.cumsum([0] + [c.n for c in chunks])
                 first = max(skip - position, 0)

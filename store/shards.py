@@ -17,21 +17,21 @@ import zstandard
 
 from .codec import CHUNK_SUFFIX, DecodedChunk
 from .errors import ShardError
+from .locations import DEFAULT_STALL_TIMEOUT, StalledRead, read_location
 from .manifest import ShardInfo
 
 __all__ = ["check_shard_bytes", "decode_shard", "fetch_shard", "read_shard"]
 
 
-def fetch_shard(url: str) -> bytes:
-    """Read a shard from a local path or any URL WebDataset's ``gopen`` accepts."""
-    from webdataset.gopen import gopen
-
+def fetch_shard(url: str, stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> bytes:
+    """Read a shard whole from a local path, an http(s) URL or a ``pipe:`` command."""
     try:
-        with gopen(url, "rb") as stream:
-            return stream.read()
+        return read_location(url, stall_timeout=stall_timeout)
     except FileNotFoundError:
         raise ShardError(url, "missing: no such file") from None
-    except Exception as err:  # noqa: BLE001 - gopen's pipes raise plain Exception
+    except StalledRead as err:
+        raise ShardError(url, str(err)) from None
+    except OSError as err:
         raise ShardError(url, f"cannot be read: {err}") from None
 
 
@@ -48,8 +48,11 @@ def check_shard_bytes(url: str, data: bytes, info: ShardInfo) -> None:
         )
 
 
-def decode_shard(url: str, data: bytes) -> Iterator[DecodedChunk]:
-    """Decode the chunks of a shard's bytes, in member order."""
+def decode_shard(
+    url: str, data: bytes, k: int | None = None, vocab_size: int | None = None
+) -> Iterator[DecodedChunk]:
+    """Decode the chunks of a shard's bytes, in member order. With ``k`` and ``vocab_size``
+    (the manifest's), each chunk must have been written for them."""
     from webdataset.tariterators import tar_file_iterator
 
     try:
@@ -59,21 +62,51 @@ def decode_shard(url: str, data: bytes) -> Iterator[DecodedChunk]:
             if not name.endswith("." + CHUNK_SUFFIX):
                 raise ShardError(url, f"unexpected member {name!r} (expected *.{CHUNK_SUFFIX})")
             try:
-                yield DecodedChunk(member["data"])
+                chunk = DecodedChunk(member["data"])
             except (zstandard.ZstdError, ValueError, KeyError, TypeError, struct.error) as err:
                 raise ShardError(url, f"member {name!r} does not decode: {err}") from None
+            if k is not None and vocab_size is not None:
+                _check_chunk(url, name, chunk, k, vocab_size)
+            yield chunk
     except ShardError:
         raise
     except (tarfile.TarError, EOFError, OSError) as err:
         raise ShardError(url, f"not a readable tar archive: {err}") from None
 
 
-def read_shard(url: str, info: ShardInfo, verify: bool = True) -> list[DecodedChunk]:
-    """Fetch, check and decode a shard; the decoded sample count must match the manifest."""
-    data = fetch_shard(url)
+def _check_chunk(url: str, name: str, chunk: DecodedChunk, k: int, vocab_size: int) -> None:
+    if chunk.k != k:
+        raise ShardError(url, f"member {name!r} holds k={chunk.k}, the manifest records k={k}")
+    if chunk.vocab_size is not None and chunk.vocab_size != vocab_size:
+        raise ShardError(
+            url,
+            f"member {name!r} was written for a vocabulary of {chunk.vocab_size}, the "
+            f"manifest records {vocab_size}",
+        )
+    for field, ids in (("input_ids", chunk.input_ids), ("topk_ids", chunk.topk_ids)):
+        if ids.size and int(ids.max()) >= vocab_size:
+            raise ShardError(
+                url,
+                f"member {name!r}: {field} holds id {int(ids.max())}, outside the manifest's "
+                f"vocabulary of {vocab_size}",
+            )
+
+
+def read_shard(
+    url: str,
+    info: ShardInfo,
+    verify: bool = True,
+    *,
+    k: int | None = None,
+    vocab_size: int | None = None,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+) -> list[DecodedChunk]:
+    """Fetch, check and decode a shard; the decoded sample count must match the manifest, and
+    with ``k`` and ``vocab_size`` every chunk's own (see ``decode_shard``)."""
+    data = fetch_shard(url, stall_timeout)
     if verify:
         check_shard_bytes(url, data, info)
-    chunks = list(decode_shard(url, data))
+    chunks = list(decode_shard(url, data, k, vocab_size))
     count = sum(c.n for c in chunks)
     if count != info.samples:
         raise ShardError(url, f"holds {count} samples, the manifest records {info.samples}")

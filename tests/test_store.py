@@ -6,6 +6,7 @@ import tarfile
 import numpy as np
 import pytest
 from smash.store import (
+    FORMAT_VERSION,
     ChunkLayout,
     FingerprintMismatch,
     ManifestError,
@@ -153,7 +154,7 @@ def test_store_round_trip_through_reader(tmp_path):
     assert [s.samples for s in shards] == [40, 40, 40, 10]
     manifest = finalize_store(tmp_path)
     assert manifest.num_samples == 130
-    assert json.loads((tmp_path / "manifest.json").read_text())["format_version"] == 1
+    assert json.loads((tmp_path / "manifest.json").read_text())["format_version"] == FORMAT_VERSION
     read = list(StoreDataset(tmp_path, shuffle=False))
     assert [r["__key__"] for r in read][:2] == ["shard-000000.tar/0", "shard-000000.tar/1"]
     for written, got in zip(examples, read):
