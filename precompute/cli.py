@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace a store of another configuration in --out"
     )
     p.add_argument(
+        "--verify-existing",
+        action="store_true",
+        help="on a rerun, check the sha256 of every finished shard, not only its size, and "
+        "write again the ones that differ",
+    )
+    p.add_argument(
         "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
     )  # passed by the deepspeed launcher; env is used
     return p
@@ -126,6 +132,11 @@ def _print_summary(summary: PassSummary, out: Path, rank: int) -> None:
         f"{summary.padding_efficiency:.3f}, {summary.wall_s:,.1f} s ({rate:,.1f} ex/s, "
         f"{summary.real_tokens / max(summary.wall_s, 1e-9):,.0f} tokens/s)"
     )
+    if summary.redone_shards:
+        print(
+            f"[rank {rank}] written again ({len(summary.redone_shards)}, recorded as finished "
+            f"but missing or damaged): {', '.join(summary.redone_shards)}"
+        )
     if summary.candidates < summary.requested:
         print(
             f"[rank {rank}] note: the corpus ran out after {summary.candidates:,} of the "
@@ -164,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    preparer = None
+    preparer, created = None, False
     try:
         _import_plugins(args.plugin)
         if args.k < 1 or args.num_examples < 1 or args.shard_size < 1:
@@ -172,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         splitter = SentenceSplitter(args.min_words, args.max_words)
         task = make_task(args.task, splitter, **_task_options(args))
         group = getattr(task, "group_size", 1)
+        if args.num_examples < group:
+            raise ValueError(
+                f"--num-examples {args.num_examples} makes no example: task {args.task} takes "
+                f"examples in groups of {group} (one per label); ask for at least {group}"
+            )
         if rank == 0 and args.num_examples % group:
             print(
                 f"precompute-teacher: note: --task {args.task} takes examples in groups of "
@@ -219,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             tokenize_workers=args.tokenize_workers
             if args.tokenize_workers is not None
             else min(8, max(1, (os.cpu_count() or 2) // world - 1)),
+            verify_existing=args.verify_existing,
         )
         preparer = ShardPreparer(
             tokenizer,
@@ -261,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                 "nccl" if device.type == "cuda" else "gloo", timeout=timedelta(days=1)
             )
         # Every rank checks (and refuses alike); then rank 0 alone clears, between barriers.
+        created = not args.out.exists()
         args.out.mkdir(parents=True, exist_ok=True)
         replace = check_output(args.out, producer, tokenizer_record(tokenizer), args.overwrite)
         if distributed:
@@ -290,9 +308,20 @@ def main(argv: list[str] | None = None) -> int:
     except (CorpusError, ConfigMismatch, StoreError, ValueError, OSError) as err:
         if preparer is not None:
             preparer.close(wait=False)
+        if created:
+            _remove_if_empty(args.out)
         # Under torchrun / the deepspeed launcher, this rank's exit ends the other ranks too.
         print(f"precompute-teacher: error: {err}", file=sys.stderr)
         return 2
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Leave no empty output folder behind a run that wrote nothing (another rank may have
+    removed it already, or may still write into it)."""
+    try:
+        out.rmdir()
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

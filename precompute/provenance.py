@@ -132,9 +132,10 @@ def _short(value: object, width: int = 120) -> str:
 
 
 def clear_output(out: Path, everything: bool) -> None:
-    """Remove half-written shards of a killed run and, with ``everything``, the old store.
-    Files that are not the store's are left alone. One rank calls it."""
-    for tmp in out.glob(".shard-*.tmp*"):
+    """Remove the half-written shards and manifests (``.NAME.tmp<PID>``) of a killed run and,
+    with ``everything``, the old store. Files that are not the store's are left alone. One
+    rank calls it, before any rank writes."""
+    for tmp in [*out.glob(".shard-*.tmp*"), *out.glob(".manifest*.json.tmp*")]:
         tmp.unlink(missing_ok=True)
     if everything:
         for stale in [*out.glob("shard-*.tar"), *out.glob("manifest*.json")]:

@@ -55,7 +55,7 @@ class SentencePairTask:
     def examples(self, corpus: Corpus, seed: int) -> Iterator[TaskExample]:
         rng = random.Random(seed)
         pool: list[tuple[int, str]] = []  # reservoir of (document index, sentence) seen before
-        pooled = usable = 0
+        pooled = usable = made = 0
         for doc_index, document in enumerate(corpus):
             kept = self.splitter.split_positions(document)
             adjacent = [a for a in range(len(kept) - 1) if kept[a + 1][0] == kept[a][0] + 1]
@@ -64,6 +64,7 @@ class SentencePairTask:
                 if pool:  # label 0 needs a sentence from an earlier document
                     for _ in range(self.pairs_per_doc):
                         yield from self._triple(rng, doc_index, kept, adjacent, pool)
+                        made += 3
             for _, s in kept:  # reservoir sampling: a uniform sample of all past sentences
                 pooled += 1
                 if len(pool) < self.reservoir:
@@ -77,6 +78,14 @@ class SentencePairTask:
                 f"adjacent ({doc_index + 1} "
                 f"documents read), so same-document pairs (labels 1 and 2) are impossible; use "
                 f"a corpus of multi-sentence documents or relax --min-words/--max-words"
+            )
+        if made == 0:
+            raise CorpusError(
+                f"{corpus.path}: the sentence-pair task made no example from {doc_index + 1} "
+                f"document(s): only one has 3 or more sentences of "
+                f"{self.splitter.min_words}-{self.splitter.max_words} words, two of them "
+                f"adjacent, and no document before it has a sentence to pair it with for label "
+                f"0 (different documents); use a corpus of several such documents"
             )
 
     @staticmethod

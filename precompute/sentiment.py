@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .corpus import Corpus
+from .corpus import Corpus, CorpusError
 from .sentences import SentenceSplitter
 from .tasks import TaskExample, register_task
 
@@ -61,11 +61,19 @@ class SentimentTask:
         """Sentences in a seeded, buffer-shuffled order (neighbours are not all one document)."""
         rng = random.Random(seed)
         buffer: list[TaskExample] = []
+        made = 0
         for doc_index, document in enumerate(corpus):
             for i, sentence in enumerate(self.splitter.split(document)):
                 buffer.append(TaskExample((sentence,), -1, {"doc": doc_index, "i": i}))
                 if len(buffer) >= self.shuffle_buffer:
+                    made += 1
                     yield buffer.pop(rng.randrange(len(buffer)))
+        if not buffer and not made:
+            raise CorpusError(
+                f"{corpus.path}: the sentiment task made no example: none of its "
+                f"{doc_index + 1} document(s) has a sentence of {self.splitter.min_words}-"
+                f"{self.splitter.max_words} words; relax --min-words/--max-words"
+            )
         rng.shuffle(buffer)
         yield from buffer
 

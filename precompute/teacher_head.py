@@ -22,7 +22,7 @@ class TeacherTopK:
     ids: torch.Tensor  # (R, k) int64
     logprobs: torch.Tensor  # (R, k) float16, sorted descending
     tail_logmass: torch.Tensor  # (R,) float32
-    extra_logprobs: torch.Tensor | None = None  # (R, E) float32 at ``extra_ids`` (verbalizer)
+    verbalizer_logprobs: torch.Tensor | None = None  # (R, C) float32 at ``verbalizer_ids``
 
 
 def lm_head_of(model: torch.nn.Module) -> torch.nn.Module:
@@ -62,9 +62,9 @@ def teacher_topk(
     mask_batch: torch.Tensor,
     mask_positions: torch.Tensor,
     k: int,
-    extra_ids: torch.Tensor | None = None,
+    verbalizer_ids: torch.Tensor | None = None,
 ) -> TeacherTopK:
-    """Top-k of the teacher's float32 log-softmax at each mask position; with ``extra_ids``
+    """Top-k of the teacher's float32 log-softmax at each mask position; with ``verbalizer_ids``
     (e.g. a verbalizer's token ids) also their log-probabilities from the same forward."""
     hidden = mask_hidden_states(model, input_ids, attention_mask, mask_batch, mask_positions)
     logits = lm_head_of(model)(hidden).float()  # (R, V)
@@ -78,8 +78,8 @@ def teacher_topk(
         if k < logp.shape[-1]
         else torch.full_like(logp[:, 0], float("-inf"))
     )
-    extra = logp[:, extra_ids] if extra_ids is not None else None
-    return TeacherTopK(top.indices, top.values.to(torch.float16), tail, extra)
+    verbalizer = logp[:, verbalizer_ids] if verbalizer_ids is not None else None
+    return TeacherTopK(top.indices, top.values.to(torch.float16), tail, verbalizer)
 
 
 # Models whose position ids start after the padding index (RoBERTa's create_position_ids).

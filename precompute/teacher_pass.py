@@ -15,17 +15,15 @@ event, then filters, encodes, compresses and writes, while the GPU computes the 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-import queue
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from smash.store import StoreWriter, finalize_store, shard_name, tokenizer_record
+from smash.store import ShardInfo, StoreWriter, finalize_store, shard_name, tokenizer_record
 from smash.store.codec import ChunkLayout
 from smash.store.manifest import read_parts
 from tqdm import tqdm
@@ -33,11 +31,12 @@ from transformers import PreTrainedTokenizerBase
 
 from .background import background
 from .shard_prep import ShardPreparer
+from .shard_writer import BeginShard, EndShard, ShardWriterThread, TeacherBatch
 from .tasks import IntermediateTask, TaskExample
 from .teacher_head import teacher_topk
-from .templates import EncodedPrompt, parse_template
+from .templates import parse_template
 
-__all__ = ["PassConfig", "PassSummary", "finalize", "run_teacher_pass"]
+__all__ = ["NoExamples", "PassConfig", "PassSummary", "finalize", "run_teacher_pass"]
 
 
 @dataclass
@@ -51,16 +50,19 @@ class PassConfig:
     rank: int = 0
     world_size: int = 1
     tokenize_workers: int = 1  # processes tokenizing ahead; 0 = in a thread of this process
+    verify_existing: bool = False  # check finished shards' sha256, not only their size
 
 
 @dataclass
 class PassSummary:
     requested: int = 0  # candidates this process was asked for (--num-examples share)
     candidates: int = 0  # candidates the corpus gave it (fewer when it runs out)
+    stream_shards: int = 0  # shards the example stream filled, this process's or not
     examples: int = 0  # candidates sent through the teacher by this process
     kept: int = 0  # examples written (after the filter)
     shards: int = 0  # shards written by this process in this run
     skipped_shards: int = 0  # finished in an earlier run
+    redone_shards: list[str] = field(default_factory=list)  # recorded, but damaged or missing
     bytes: int = 0
     real_tokens: int = 0
     computed_tokens: int = 0
@@ -69,11 +71,14 @@ class PassSummary:
     store_shards: int = 0  # after finalize (rank 0)
     store_examples: int = 0
     store_bytes: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def padding_efficiency(self) -> float:
         return self.real_tokens / max(self.computed_tokens, 1)
+
+
+class NoExamples(ValueError):
+    """The task drew no example at all from the corpus."""
 
 
 def _shards(
@@ -87,106 +92,45 @@ def _shards(
         yield index, chunk
 
 
-class _Writer(threading.Thread):
-    """Consumes finished batches and shards from a bounded queue; writes shards in order."""
+def _damage(path: Path, records: list[ShardInfo], check_hash: bool) -> str | None:
+    """Why a shard recorded as finished must be written again (None: it is intact).
 
-    def __init__(self, store: StoreWriter, task: IntermediateTask, summary: PassSummary):
-        super().__init__(daemon=True, name="smash-shard-writer")
-        self.queue: queue.Queue = queue.Queue(maxsize=8)
-        self.store, self.task, self.summary = store, task, summary
-        self.error: BaseException | None = None
-
-    def put(self, item: tuple) -> None:
-        """Queue an item; re-raises here, in the caller's thread, what failed in the writer."""
-        while True:
-            if self.error is not None:
-                raise self.error
-            try:
-                self.queue.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-
-    def stop(self) -> None:
-        """End the thread after what is queued, also when it already died with a full queue
-        (a blocking put would then wait forever)."""
-        while self.is_alive():
-            try:
-                self.queue.put(("stop",), timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        self.join()
-
-    def run(self) -> None:
-        try:
-            out: dict[str, np.ndarray] = {}
-            while (item := self.queue.get())[0] != "stop":
-                if item[0] == "begin":  # ("begin", shard index, examples, prompts)
-                    shard, out = item[1:], {}
-                elif item[0] == "batch":  # ("batch", example rows, CUDA event or None, outputs)
-                    _, rows, event, top = item
-                    if event is not None:
-                        event.synchronize()  # the non-blocking copies have landed
-                    for name, value in top.items():
-                        value = value.numpy()
-                        if name not in out:
-                            out[name] = np.empty((len(shard[1]), *value.shape[1:]), value.dtype)
-                        out[name][rows] = value
-                else:  # ("end",)
-                    self._write_shard(*shard, out)
-        except BaseException as err:  # noqa: BLE001 - re-raised by put()/finish()
-            self.error = err
-
-    def _write_shard(
-        self,
-        index: int,
-        examples: list[TaskExample],
-        prompts: list[EncodedPrompt],
-        out: dict[str, np.ndarray],
-    ) -> None:
-        keep = np.ones(len(examples), dtype=bool)
-        labels = np.array([ex.label for ex in examples])
-        if "extra" in out:
-            decided = self.task.keep(out["extra"][: len(examples)])
-            if decided is not None:
-                keep = decided
-            if hasattr(self.task, "label"):
-                labels = self.task.label(out["extra"][: len(examples)])
-        info = self.store.write_shard(
-            index,
-            (
-                {
-                    "input_ids": np.asarray(prompts[i].input_ids),
-                    "mask_positions": np.array([prompts[i].mask_position]),
-                    "topk_ids": out["ids"][i : i + 1],
-                    "topk_logprobs": out["logprobs"][i : i + 1],
-                    "tail_logmass": out["tail"][i : i + 1],
-                    "label": int(labels[i]),
-                    "meta": examples[i].meta or None,
-                }
-                for i in np.flatnonzero(keep)
-            ),
-        )
-        self.summary.kept += info.samples
-        self.summary.shards += 1
-        self.summary.bytes += info.bytes
-
-    def finish(self) -> None:
-        self.put(("stop",))
-        self.join()
-        if self.error is not None:
-            raise self.error
+    Its size is compared with the records (cheap); with ``check_hash`` also its sha256.
+    """
+    if not path.exists():
+        return "its file is missing"
+    size = path.stat().st_size
+    if all(size != r.bytes for r in records):
+        return f"its file has {size:,} bytes, the record {records[-1].bytes:,}"
+    if check_hash:
+        digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        if all(digest != r.sha256 for r in records):
+            return "its checksum differs from the record"
+    return None
 
 
 def _shard_jobs(
-    examples: Iterator[TaskExample], cfg: PassConfig, total: int, done: set[str]
+    examples: Iterator[TaskExample],
+    cfg: PassConfig,
+    total: int,
+    done: dict[str, list[ShardInfo]],
+    summary: PassSummary,
 ) -> Iterator[tuple]:
-    """This rank's shards as ((index, examples), sentences to prepare or None to skip)."""
+    """This rank's shards as ((index, examples), sentences to prepare or None to skip).
+
+    A shard recorded by an earlier run is skipped when its file is intact; otherwise it is
+    written again (and said so).
+    """
     for index, chunk in _shards(examples, cfg, total):
+        summary.stream_shards += 1
         if index % cfg.world_size != cfg.rank:
             continue
-        finished = shard_name(index) in done and (cfg.out / shard_name(index)).exists()
+        name = shard_name(index)
+        finished = name in done
+        if finished and (why := _damage(cfg.out / name, done[name], cfg.verify_existing)):
+            tqdm.write(f"[rank {cfg.rank}] {name} was finished, but {why}: writing it again")
+            summary.redone_shards.append(name)
+            finished = False
         yield (index, chunk), (None if finished else [ex.sentences for ex in chunk])
 
 
@@ -213,8 +157,8 @@ def run_teacher_pass(
     if cfg.k > vocab:
         raise ValueError(f"--k {cfg.k} is larger than the vocabulary ({vocab} tokens)")
     parse_template(task.template)  # a bad template fails here, before anything starts
-    extra = producer["verbalizer_ids"]
-    extra_ids = torch.tensor(extra, device=device) if extra else None
+    verbalizer = producer["verbalizer_ids"]
+    verbalizer_ids = torch.tensor(verbalizer, device=device) if verbalizer else None
     store = StoreWriter(
         cfg.out,
         producer=producer,
@@ -224,7 +168,7 @@ def run_teacher_pass(
         part=f"rank{cfg.rank}",
     )
     summary = PassSummary()
-    writer = _Writer(store, task, summary)
+    writer = ShardWriterThread(store, task, summary)
     writer.start()
     cuda = device.type == "cuda"
     total = cfg.num_examples - cfg.num_examples % getattr(task, "group_size", 1)
@@ -246,8 +190,11 @@ def run_teacher_pass(
             cfg.token_budget,
             workers=cfg.tokenize_workers,
         )
-    done = {s.name for _, part in read_parts(cfg.out) for s in part.shards}
-    shards = background(preparer.map(_shard_jobs(examples, cfg, total, done)))
+    done: dict[str, list[ShardInfo]] = {}
+    for _, part in read_parts(cfg.out):
+        for info in part.shards:
+            done.setdefault(info.name, []).append(info)
+    shards = background(preparer.map(_shard_jobs(examples, cfg, total, done, summary)))
     try:
         for (index, chunk), prepared in shards:
             summary.candidates += len(chunk)
@@ -255,7 +202,7 @@ def run_teacher_pass(
                 summary.skipped_shards += 1
                 bar.update(len(chunk))
                 continue
-            writer.put(("begin", index, chunk, prepared.prompts))
+            writer.put(BeginShard(index, chunk, prepared.prompts))
             for batch in prepared.batches:
                 if not summary.startup_s:
                     summary.startup_s = time.perf_counter() - t0
@@ -275,11 +222,15 @@ def run_teacher_pass(
                     torch.arange(len(batch.rows), device=device),
                     positions.to(device, non_blocking=True),
                     cfg.k,
-                    extra_ids,
+                    verbalizer_ids,
                 )
-                out = {"ids": top.ids, "logprobs": top.logprobs, "tail": top.tail_logmass}
-                if top.extra_logprobs is not None:
-                    out["extra"] = top.extra_logprobs
+                out = {
+                    "topk_ids": top.ids,
+                    "topk_logprobs": top.logprobs,
+                    "tail_logmass": top.tail_logmass,
+                }
+                if top.verbalizer_logprobs is not None:
+                    out["verbalizer_logprobs"] = top.verbalizer_logprobs
                 event = None
                 if cuda:  # copy back without waiting; the writer waits on the event
                     out = {
@@ -290,7 +241,7 @@ def run_teacher_pass(
                     }
                     event = torch.cuda.Event()
                     event.record()
-                writer.put(("batch", batch.rows, event, out))
+                writer.put(TeacherBatch(batch.rows, out, event))
                 summary.real_tokens += int(batch.lengths.sum())
                 summary.computed_tokens += batch.input_ids.size
                 summary.examples += len(batch.rows)
@@ -300,8 +251,12 @@ def run_teacher_pass(
                     pad_eff=f"{summary.padding_efficiency:.3f}",
                     refresh=False,
                 )
-            writer.put(("end",))
+            writer.put(EndShard())
         writer.finish()
+        if summary.stream_shards == 0:
+            raise NoExamples(
+                f"task {task.name!r} made no example from this corpus (nothing was written)"
+            )
     except BaseException:
         shards.close()
         preparer.close(wait=False)

@@ -75,8 +75,11 @@ class ShardFile:
         self._pending = []
 
     def close(self) -> ShardInfo:
+        """Finish the shard, make it durable (fsync), then publish it under its name."""
         self._flush()
         self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
         data = self._tmp.read_bytes()
         info = ShardInfo(

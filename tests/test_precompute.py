@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from smash.precompute import teacher_pass
 from smash.precompute.cli import main
 from smash.precompute.corpus import Corpus
 from smash.precompute.sentences import SentenceSplitter
+from smash.precompute.shard_writer import BeginShard, EndShard, ShardWriterThread
 from smash.precompute.tasks import make_task
 from smash.precompute.templates import parse_template
 from smash.store import StoreDataset, load_manifest
@@ -188,7 +188,7 @@ def test_same_arguments_give_byte_identical_stores(tiny, pair_store, tmp_path):
 
 def kill_after_one_shard(tiny, out, monkeypatch) -> None:
     """Run the pass into ``out`` and kill it while it writes its second shard."""
-    original = teacher_pass._Writer._write_shard
+    original = ShardWriterThread._write_shard
     calls = []
 
     def dying(self, *args):
@@ -197,10 +197,10 @@ def kill_after_one_shard(tiny, out, monkeypatch) -> None:
             raise KeyboardInterrupt("simulated kill")
         return original(self, *args)
 
-    monkeypatch.setattr(teacher_pass._Writer, "_write_shard", dying)
+    monkeypatch.setattr(ShardWriterThread, "_write_shard", dying)
     with pytest.raises(KeyboardInterrupt, match="simulated kill"):
         run(tiny, out)
-    monkeypatch.setattr(teacher_pass._Writer, "_write_shard", original)
+    monkeypatch.setattr(ShardWriterThread, "_write_shard", original)
     assert sorted(p.name for p in out.glob("shard-*")) == ["shard-000000.tar"]
 
 
@@ -487,15 +487,15 @@ def test_a_writer_dying_with_a_full_queue_is_stopped_without_hanging(monkeypatch
         time.sleep(1.0)
         raise OSError("disk full")
 
-    monkeypatch.setattr(teacher_pass._Writer, "_write_shard", slow_failure)
-    writer = teacher_pass._Writer(store=None, task=None, summary=None)
+    monkeypatch.setattr(ShardWriterThread, "_write_shard", slow_failure)
+    writer = ShardWriterThread(store=None, task=None, summary=None)
     writer.start()
-    writer.queue.put(("begin", 0, [], []))
-    writer.queue.put(("end",))
+    writer.queue.put(BeginShard(0, [], []))
+    writer.queue.put(EndShard())
     while writer.queue.qsize():  # the writer is inside the failing write
         time.sleep(0.01)
     for _ in range(writer.queue.maxsize):
-        writer.queue.put_nowait(("end",))
+        writer.queue.put_nowait(EndShard())
     stopper = threading.Thread(target=writer.stop, daemon=True)
     stopper.start()
     stopper.join(timeout=10)

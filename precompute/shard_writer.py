@@ -1,0 +1,136 @@
+"""The teacher pass's writer thread: teacher outputs in, filtered and encoded shards out.
+
+The thread driving the teacher sends typed messages through a bounded queue: ``BeginShard``,
+one ``TeacherBatch`` per teacher batch (rows in any order, results possibly still being
+copied off the GPU), then ``EndShard``. The writer puts each batch's rows back in example
+order, applies the task's filter and label hooks to the verbalizer log-probabilities, and
+writes the shard (``StoreWriter.write_shard``), so the bytes never depend on batching.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from smash.store import StoreWriter
+
+from .background import offer
+from .tasks import IntermediateTask, TaskExample
+from .templates import EncodedPrompt
+
+__all__ = ["BeginShard", "EndShard", "ShardWriterThread", "TeacherBatch"]
+
+
+@dataclass(frozen=True)
+class BeginShard:
+    index: int
+    examples: list[TaskExample]
+    prompts: list[EncodedPrompt]
+
+
+@dataclass(frozen=True)
+class TeacherBatch:
+    rows: np.ndarray  # (B,) positions of the batch's examples in the shard
+    outputs: dict[str, torch.Tensor]  # name -> (B, ...) on the CPU (pinned when from a GPU)
+    ready: Any = None  # a CUDA event that fires once the copies into ``outputs`` landed
+
+
+@dataclass(frozen=True)
+class EndShard:
+    pass
+
+
+@dataclass(frozen=True)
+class _Stop:
+    pass
+
+
+Message = BeginShard | TeacherBatch | EndShard | _Stop
+
+
+class ShardWriterThread(threading.Thread):
+    """Consumes messages from a bounded queue and writes shards in order.
+
+    ``summary`` (a ``PassSummary``) counts what was written. An error in the thread is kept
+    and re-raised in the sender's thread by ``put`` or ``finish``.
+    """
+
+    def __init__(self, store: StoreWriter, task: IntermediateTask, summary: Any):
+        super().__init__(daemon=True, name="smash-shard-writer")
+        self.queue: queue.Queue[Message] = queue.Queue(maxsize=8)
+        self.store, self.task, self.summary = store, task, summary
+        self.error: BaseException | None = None
+
+    def put(self, message: Message) -> None:
+        """Queue a message; re-raises here what failed in the writer."""
+        if not offer(self.queue, message, lambda: self.error is not None):
+            raise self.error
+
+    def stop(self) -> None:
+        """End the thread after what is queued, also when it died with a full queue."""
+        offer(self.queue, _Stop(), lambda: not self.is_alive())
+        self.join()
+
+    def finish(self) -> None:
+        """Write what is queued, end the thread, and re-raise its error if it failed."""
+        self.put(_Stop())
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+    def run(self) -> None:
+        try:
+            shard: BeginShard | None = None
+            out: dict[str, np.ndarray] = {}
+            while not isinstance(message := self.queue.get(), _Stop):
+                if isinstance(message, BeginShard):
+                    shard, out = message, {}
+                elif isinstance(message, TeacherBatch):
+                    if message.ready is not None:
+                        message.ready.synchronize()
+                    for name, tensor in message.outputs.items():
+                        value = tensor.numpy()
+                        if name not in out:
+                            out[name] = np.empty(
+                                (len(shard.examples), *value.shape[1:]), value.dtype
+                            )
+                        out[name][message.rows] = value
+                else:
+                    self._write_shard(shard, out)
+        except BaseException as err:  # noqa: BLE001 - re-raised by put()/finish()
+            self.error = err
+
+    def _write_shard(self, shard: BeginShard, out: dict[str, np.ndarray]) -> None:
+        """``out``: the teacher's outputs per example of the shard, in example order."""
+        examples, prompts = shard.examples, shard.prompts
+        keep = np.ones(len(examples), dtype=bool)
+        labels = np.array([ex.label for ex in examples])
+        if "verbalizer_logprobs" in out:
+            verbalizer = out["verbalizer_logprobs"]
+            decided = self.task.keep(verbalizer)
+            if decided is not None:
+                keep = decided
+            if hasattr(self.task, "label"):
+                labels = self.task.label(verbalizer)
+        info = self.store.write_shard(
+            shard.index,
+            (
+                {
+                    "input_ids": np.asarray(prompts[i].input_ids),
+                    "mask_positions": np.array([prompts[i].mask_position]),
+                    "topk_ids": out["topk_ids"][i : i + 1],
+                    "topk_logprobs": out["topk_logprobs"][i : i + 1],
+                    "tail_logmass": out["tail_logmass"][i : i + 1],
+                    "label": int(labels[i]),
+                    "meta": examples[i].meta or None,
+                }
+                for i in np.flatnonzero(keep)
+            ),
+        )
+        self.summary.kept += info.samples
+        self.summary.shards += 1
+        self.summary.bytes += info.bytes
