@@ -5,12 +5,14 @@ from .codec import ChunkLayout, DecodedChunk, decode_chunk, encode_chunk
 from .collate import collate_examples
 from .errors import FingerprintMismatch, ManifestError, ShardError, StoreError
 from .fingerprint import check_tokenizer, tokenizer_fingerprint, tokenizer_record
+from .locations import DEFAULT_STALL_TIMEOUT, StalledRead, read_location
 from .manifest import FORMAT_VERSION, Manifest, ShardInfo, finalize_store, load_manifest
 from .reader import StoreDataset
 from .shards import read_shard
 from .writer import ShardFile, StoreWriter, shard_name
 
 __all__ = [
+    "DEFAULT_STALL_TIMEOUT",
     "FORMAT_VERSION",
     "ChunkLayout",
     "DecodedChunk",
@@ -20,6 +22,7 @@ __all__ = [
     "ShardError",
     "ShardFile",
     "ShardInfo",
+    "StalledRead",
     "StoreDataset",
     "StoreError",
     "StoreWriter",
@@ -29,6 +32,7 @@ __all__ = [
     "encode_chunk",
     "finalize_store",
     "load_manifest",
+    "read_location",
     "read_shard",
     "shard_name",
     "tokenizer_fingerprint",

@@ -4,15 +4,20 @@ Layout under ``<output_dir>/checkpoints``::
 
     step<N>/                    one DeepSpeed tag: weights, optimizer, scheduler (DeepSpeed's files)
     step<N>/rank<r>.pt          this rank's data-loader state (per worker) and RNG states
-    latest                      DeepSpeed's pointer to the newest complete tag
+    step<N>/complete            written once every rank's files of step N are on disk
+    latest                      DeepSpeed's pointer to its newest tag (for DeepSpeed's tools)
 
-DeepSpeed writes its client state from one rank only, but every rank reads its own share of
-the stores, so the stream position is saved per rank, *before* DeepSpeed moves ``latest``:
-a checkpoint that ``latest`` names is complete.
+A resumed run takes the newest ``step<N>/`` holding ``complete``. DeepSpeed writes ``latest``
+non-atomically (a kill can leave it empty or cut short) and before the other ranks are done, so
+it is only read for checkpoints written before ``complete`` existed. A checkpoint that cannot be
+written (a full disk) is removed and reported as a ``CheckpointError`` naming its path; the one
+before it stays the newest.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 import shutil
 from pathlib import Path
@@ -25,9 +30,11 @@ if TYPE_CHECKING:
     from deepspeed.runtime.engine import DeepSpeedEngine
 
 __all__ = [
+    "CheckpointError",
     "checkpoint_tags",
-    "latest_tag",
-    "load_checkpoint",
+    "load_engine_state",
+    "load_rank_state",
+    "resume_tag",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
@@ -53,15 +60,44 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointError(OSError):
+    """A checkpoint could not be written; the message says why and what is still there."""
+
+
+COMPLETE = "complete"
+
+
 def checkpoint_tags(directory: Path) -> list[str]:
     """Tags under ``directory``, oldest first."""
     tags = [p.name for p in directory.glob("step*") if p.is_dir() and p.name[4:].isdigit()]
     return sorted(tags, key=lambda t: int(t[4:]))
 
 
-def latest_tag(directory: Path) -> str | None:
-    pointer = directory / "latest"
-    return pointer.read_text().strip() if pointer.exists() else None
+def resume_tag(directory: Path) -> str | None:
+    """The newest complete checkpoint's tag, or None (see the module doc)."""
+    tags = checkpoint_tags(directory)
+    complete = [t for t in tags if (directory / t / COMPLETE).exists()]
+    if complete:
+        return complete[-1]
+    pointer = directory / "latest"  # checkpoints written before the ``complete`` marker
+    named = pointer.read_text().strip() if pointer.exists() else ""
+    return named if named in tags else None
+
+
+def _no_space(directory: Path) -> bool:
+    """Whether writing into ``directory`` fails for want of space (torch's writer drops the
+    errno, so a small probe asks the file system)."""
+    probe = directory / f".space-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    finally:
+        probe.unlink(missing_ok=True)
+    return False
 
 
 def save_checkpoint(
@@ -75,36 +111,48 @@ def save_checkpoint(
     """Save step ``step`` on every rank (a collective call); keep the newest ``keep`` tags."""
     rank = torch.distributed.get_rank()
     tag = f"step{step}"
-    (directory / tag).mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {"loader": loader_state, "rng": rng_state(), **extra}, directory / tag / f"rank{rank}.pt"
-    )
-    torch.distributed.barrier()
-    engine.save_checkpoint(str(directory), tag=tag, client_state={"step": step})
+    path = directory / tag
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save({"loader": loader_state, "rng": rng_state(), **extra}, path / f"rank{rank}.pt")
+        torch.distributed.barrier()
+        engine.save_checkpoint(str(directory), tag=tag, client_state={"step": step})
+    except (OSError, RuntimeError) as err:
+        full = _no_space(directory)
+        shutil.rmtree(path, ignore_errors=True)
+        previous = resume_tag(directory)
+        kept = (
+            f"the newest complete checkpoint is {directory / previous}"
+            if previous
+            else ("no complete checkpoint is left")
+        )
+        why = "no space left on device" if full else f"{type(err).__name__}: {err}"
+        raise CheckpointError(
+            f"{path}: the checkpoint could not be written ({why}); {kept}"
+        ) from err
     if rank == 0:
+        (path / COMPLETE).touch()
         for old in checkpoint_tags(directory)[:-keep]:
             shutil.rmtree(directory / old, ignore_errors=True)
     torch.distributed.barrier()
-    return directory / tag
+    return path
 
 
-def load_checkpoint(engine: DeepSpeedEngine, directory: Path) -> tuple[int, dict[str, Any]]:
-    """Load the newest checkpoint into ``engine``; returns (step, this rank's saved state).
-
-    The RNG states are *not* restored here: the caller restores them last, after everything
-    else that might draw random numbers during set-up.
-    """
-    tag = latest_tag(directory)
-    if tag is None:
-        raise FileNotFoundError(f"{directory}: no checkpoint to resume from (no 'latest' file)")
-    rank = torch.distributed.get_rank()
-    mine = directory / tag / f"rank{rank}.pt"
+def load_rank_state(directory: Path, tag: str) -> dict[str, Any]:
+    """This rank's saved stream and RNG states of checkpoint ``tag``."""
+    mine = directory / tag / f"rank{torch.distributed.get_rank()}.pt"
     if not mine.exists():
         raise FileNotFoundError(
             f"{mine}: this rank's stream state is missing; resume with "
             "the number of ranks the checkpoint was written with"
         )
+    return torch.load(mine, weights_only=False)
+
+
+def load_engine_state(engine: DeepSpeedEngine, directory: Path, tag: str) -> int:
+    """Load checkpoint ``tag`` into ``engine``; returns its step. The RNG states are restored
+    by the caller, last, after everything else that might draw random numbers."""
     path, client = engine.load_checkpoint(str(directory), tag=tag)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {directory / tag}")
-    return int(client["step"]), torch.load(mine, weights_only=False)
+    return int(client["step"])

@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--teacher", help="online-teacher mode: compute targets with this live teacher")
     p.add_argument("--teacher-k", type=int, help="online mode: teacher top-k (default: vocab)")
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop with an error when a store read receives nothing for this long (default 60)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument(
         "--stop-at-step",
@@ -137,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "teacher",
             "teacher_k",
             "eval_every",
+            "stall_timeout",
         )
     }
     overrides["stores"] = args.store

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from smash.kernels import TAIL_MODES
+from smash.store import DEFAULT_STALL_TIMEOUT
 
 __all__ = [
     "DEEPSPEED_KEYS",
@@ -173,6 +174,7 @@ class TrainConfig:
     record_keys: bool = False  # write the key of every trained sample (data audits)
     teacher: str | None = None  # online-teacher mode: the only mode that loads a teacher
     teacher_k: int | None = None  # online mode: top-k of the live teacher (None: vocabulary)
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT  # seconds a store read may receive nothing
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -339,6 +341,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     )
     need(cfg.tail in TAIL_MODES, f"tail must be one of {TAIL_MODES}, got {cfg.tail!r}")
     need(cfg.temperature > 0, f"temperature must be > 0, got {cfg.temperature}")
+    need(cfg.stall_timeout > 0, f"stall_timeout must be > 0 seconds, got {cfg.stall_timeout}")
     need(cfg.max_steps >= 1, f"max_steps must be >= 1, got {cfg.max_steps}")
     for name in ("checkpoint_every", "export_every", "eval_every", "num_workers"):
         need(getattr(cfg, name) >= 0, f"{name} must be >= 0")

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from smash.store import StoreDataset, collate_examples
+from smash.store import DEFAULT_STALL_TIMEOUT, StoreDataset, collate_examples
 from torch.utils.data import IterableDataset, get_worker_info
 
 if TYPE_CHECKING:
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-__all__ = ["MixedBatches", "make_loader"]
+__all__ = ["MixedBatches", "loader_workers", "make_loader"]
 
 
 def _reader_index() -> int:
@@ -104,15 +104,20 @@ def make_loader(
     seed: int,
     num_workers: int,
     pin_memory: bool = False,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
 ) -> StatefulDataLoader:
     """A ``StatefulDataLoader`` over ``MixedBatches`` of the given store paths.
 
-    Shards are verified against their checksums as they are read; a bad shard raises
-    ``ShardError`` naming it (inside a worker, the DataLoader re-raises it with that text).
+    Shards are verified against their checksums as they are read; a bad shard, or a read
+    that receives nothing for ``stall_timeout`` seconds, raises ``ShardError`` naming it
+    (inside a worker, the DataLoader re-raises it with that text).
     """
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    datasets = [StoreDataset(path, seed=seed, shuffle=True, epochs=None) for path in stores]
+    datasets = [
+        StoreDataset(path, seed=seed, shuffle=True, epochs=None, stall_timeout=stall_timeout)
+        for path in stores
+    ]
     mixed = MixedBatches(datasets, weights, batch_size, pad_id, seed=seed)
     # Its own generator: starting an iterator draws a worker seed, which must not come from
     # the global RNG (a resumed run starts its iterator after restoring that RNG's state).
@@ -124,3 +129,9 @@ def make_loader(
         prefetch_factor=4 if num_workers else None,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def loader_workers(state: dict[str, Any]) -> int:
+    """How many DataLoader workers a ``StatefulDataLoader`` state was saved with (torchdata
+    records the count in the main snapshot of a multi-process state only)."""
+    return int(state.get("_snapshot", {}).get("_main_snapshot", {}).get("_num_workers", 0))

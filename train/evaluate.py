@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from smash.precompute.teacher_head import lm_head_of, mask_hidden_states
-from smash.store import StoreDataset, collate_examples
+from smash.store import DEFAULT_STALL_TIMEOUT, StoreDataset, collate_examples
 
 __all__ = ["heldout_kl", "masked_kl_rows"]
 
@@ -52,6 +52,7 @@ def heldout_kl(
     device: torch.device,
     max_examples: int = 512,
     batch_size: int = 32,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
 ) -> dict[str, Any]:
     """Mean KL over the mask rows of the first ``max_examples`` examples of ``store``.
 
@@ -64,7 +65,9 @@ def heldout_kl(
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
     world = torch.distributed.get_world_size() if distributed else 1
-    stream = StoreDataset(store, shuffle=False, epochs=1, rank=0, world_size=1)
+    stream = StoreDataset(
+        store, shuffle=False, epochs=1, rank=0, world_size=1, stall_timeout=stall_timeout
+    )
     examples = itertools.islice(stream, rank, max_examples, world)
     was_training = model.training
     model.eval()

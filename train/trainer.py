@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .data import make_loader
+from .data import loader_workers, make_loader
 from .engine import build_engine, device_of, resolve_deepspeed
 from .evaluate import heldout_kl
 from .export import check_export_path, export_student
@@ -72,11 +72,14 @@ class Trainer:
             self.tokenizer = AutoTokenizer.from_pretrained(cfg.student)
         except OSError as err:  # a missing folder or unknown name: say which model it was
             raise OSError(f"student {cfg.student!r} cannot be loaded: {err}") from err
-        self.manifests = [load_manifest(s.path) for s in cfg.stores]
+        self.manifests = [
+            load_manifest(s.path, stall_timeout=cfg.stall_timeout) for s in cfg.stores
+        ]
         for spec, manifest in zip(cfg.stores, self.manifests):
             check_tokenizer(manifest, self.tokenizer, spec.path)
         if cfg.eval_store is not None:
-            check_tokenizer(load_manifest(cfg.eval_store), self.tokenizer, cfg.eval_store)
+            eval_manifest = load_manifest(cfg.eval_store, stall_timeout=cfg.stall_timeout)
+            check_tokenizer(eval_manifest, self.tokenizer, cfg.eval_store)
         words = [
             store_verbalizer(cfg.objective, m.producer, s.verbalizer, s.path)
             for s, m in zip(cfg.stores, self.manifests)
@@ -125,9 +128,21 @@ class Trainer:
             seed=cfg.seed,
             num_workers=cfg.num_workers,
             pin_memory=self.device.type == "cuda",
+            stall_timeout=cfg.stall_timeout,
         )
         if self.resume:
-            self.step, saved = ckpt.load_checkpoint(self.engine, self.out / "checkpoints")
+            directory = self.out / "checkpoints"
+            tag = ckpt.resume_tag(directory)
+            saved = ckpt.load_rank_state(directory, tag)
+            workers = loader_workers(saved["loader"])
+            if workers != cfg.num_workers:
+                raise ValueError(
+                    f"--resume: checkpoint {directory / tag} was written with {workers} "
+                    f"DataLoader workers per rank and this run has {cfg.num_workers}; every "
+                    f"worker's stream position is saved on its own, so resume with "
+                    f"--num-workers {workers}"
+                )
+            self.step = ckpt.load_engine_state(self.engine, directory, tag)
             self.loader.load_state_dict(saved["loader"])
             ckpt.set_rng_state(saved["rng"])
         self.logger = MetricsLogger(self.out, enabled=self.rank == 0)
@@ -140,10 +155,10 @@ class Trainer:
             )
 
     def _check_output_dir(self) -> None:
-        has_checkpoint = ckpt.latest_tag(self.out / "checkpoints") is not None
-        if self.resume and not has_checkpoint:
-            raise FileNotFoundError(f"--resume: {self.out / 'checkpoints'} holds no checkpoint")
-        if not self.resume and has_checkpoint:
+        directory = self.out / "checkpoints"
+        if self.resume and ckpt.resume_tag(directory) is None:
+            raise FileNotFoundError(f"--resume: {directory} holds no complete checkpoint")
+        if not self.resume and ckpt.checkpoint_tags(directory):
             raise FileExistsError(
                 f"{self.out} already holds checkpoints: pass --resume to "
                 "continue that run, or choose another output folder"
@@ -217,41 +232,40 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)  # on the device: no sync per step
         counts = [0, 0, 0]  # micro-batches, samples, tokens
         started = time.perf_counter()
-        bar = tqdm(
+        saved_at = None
+        with tqdm(
             total=cfg.max_steps,
             initial=self.step,
             desc="train-student",
             unit="step",
             disable=self.rank != 0,
             dynamic_ncols=True,
-        )
-        saved_at = None
-        while self.step < last:
-            for _ in range(accumulation):
-                batch = next(batches)
-                loss_sum += self._micro_step(batch)
-                counts[0] += 1
-                counts[1] += len(batch["keys"])
-                counts[2] += int(batch["attention_mask"].sum())
-            self.step += 1
-            bar.update(1)
-            logged = self.step % cfg.log_every == 0 or self.step == last
-            if logged:
-                record = self._log(loss_sum, counts, time.perf_counter() - started)
-                bar.set_postfix(
-                    loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.1f}"
-                )
-                loss_sum.zero_()
-                counts = [0, 0, 0]
-            if cfg.eval_every and self.step % cfg.eval_every == 0:
-                self.evaluate()
-            if cfg.export_every and self.step % cfg.export_every == 0:
-                self.export(f"exports/{cfg.export_name}_step{self.step}")
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                saved_at = self.save_checkpoint()
-            if logged:  # the next window times training only, not evaluation or saving
-                started = time.perf_counter()
-        bar.close()
+        ) as bar:
+            while self.step < last:
+                for _ in range(accumulation):
+                    batch = next(batches)
+                    loss_sum += self._micro_step(batch)
+                    counts[0] += 1
+                    counts[1] += len(batch["keys"])
+                    counts[2] += int(batch["attention_mask"].sum())
+                self.step += 1
+                bar.update(1)
+                logged = self.step % cfg.log_every == 0 or self.step == last
+                if logged:
+                    record = self._log(loss_sum, counts, time.perf_counter() - started)
+                    bar.set_postfix(
+                        loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_s']:.1f}"
+                    )
+                    loss_sum.zero_()
+                    counts = [0, 0, 0]
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    self.evaluate()
+                if cfg.export_every and self.step % cfg.export_every == 0:
+                    self.export(f"exports/{cfg.export_name}_step{self.step}")
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    saved_at = self.save_checkpoint()
+                if logged:  # the next window times training only, not evaluation or saving
+                    started = time.perf_counter()
         if saved_at != self.step:
             self.save_checkpoint()
         if self.step == cfg.max_steps:
@@ -311,6 +325,7 @@ class Trainer:
             pad_id=self.tokenizer.pad_token_id,
             device=self.device,
             max_examples=self.cfg.eval_examples,
+            stall_timeout=self.cfg.stall_timeout,
         )
         self.logger.log(self.step, eval_kl=result["kl"], eval_rows=result["rows"])
         return result
