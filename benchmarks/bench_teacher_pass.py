@@ -27,10 +27,11 @@ import torch
 from smash.precompute.batching import token_budget_batches
 from smash.precompute.provenance import producer_config
 from smash.precompute.shard_prep import ShardPreparer
+from smash.precompute.shared.adapters import adapter_for
+from smash.precompute.shared.teacher_targets import teacher_topk
+from smash.precompute.shared.templates import parse_template
 from smash.precompute.tasks import TaskExample
-from smash.precompute.teacher_head import teacher_topk
 from smash.precompute.teacher_pass import PassConfig, run_teacher_pass
-from smash.precompute.templates import parse_template
 from smash.precompute.tiny import train_tiny_tokenizer, write_tiny_corpus
 from transformers import AddedToken, RobertaConfig, RobertaForMaskedLM
 
@@ -172,9 +173,10 @@ def run(args) -> dict:
             rows_total += len(rows)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
+    adapter = adapter_for(model)
     t0 = time.perf_counter()
     for ids, att, pos in batches:
-        teacher_topk(model, ids, att, torch.arange(len(ids), device=device), pos, args.k)
+        teacher_topk(adapter, ids, att, torch.arange(len(ids), device=device), pos, args.k)
     sync()
     bare_s = time.perf_counter() - t0
 

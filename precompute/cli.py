@@ -21,7 +21,6 @@ import torch
 from smash.store import StoreError, tokenizer_record
 
 from .corpus import Corpus, CorpusError, HFCorpus, open_corpus
-from .model_paths import require_folder_or_hub_name
 from .provenance import (
     ConfigMismatch,
     check_output,
@@ -32,13 +31,13 @@ from .provenance import (
 )
 from .sentences import SentenceSplitter
 from .shard_prep import ShardPreparer
+from .shared.adapters import max_sequence_length
+from .shared.model_paths import require_folder_or_hub_name
+from .shared.precisions import PRECISIONS
 from .tasks import make_task, task_names
-from .teacher_head import max_sequence_length
 from .teacher_pass import PassConfig, PassSummary, finalize, run_teacher_pass
 
 __all__ = ["build_parser", "main"]
-
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "per rank minus one, at most 8; 0: in a thread)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
+    p.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp16")
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
     p.add_argument("--min-words", type=int, default=4, help="shortest sentence kept")
     p.add_argument("--max-words", type=int, default=60, help="longest sentence kept")
@@ -248,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             AutoModelForMaskedLM.from_pretrained(
                 args.teacher,
                 revision=args.revision,
-                dtype=DTYPES[args.dtype],
+                dtype=PRECISIONS[args.dtype],
                 attn_implementation="sdpa",
             )
             .to(device)

@@ -16,9 +16,9 @@ from pathlib import Path
 from smash.store.manifest import load_manifest
 from transformers import PreTrainedTokenizerBase
 
+from .shared.templates import verbalizer_ids
 from .tasks import IntermediateTask
 from .teacher_pass import PassConfig
-from .templates import verbalizer_ids
 
 __all__ = [
     "ConfigMismatch",

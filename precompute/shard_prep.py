@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .batching import token_budget_batches
-from .templates import EncodedPrompt, parse_template
+from .shared.templates import EncodedPrompt, parse_template
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -19,8 +19,8 @@ import torch
 from smash.store import StoreWriter
 
 from .background import offer
+from .shared.templates import EncodedPrompt
 from .tasks import IntermediateTask, TaskExample
-from .templates import EncodedPrompt
 
 __all__ = ["BeginShard", "EndShard", "ShardWriterThread", "TeacherBatch"]
 

@@ -32,9 +32,10 @@ from transformers import PreTrainedTokenizerBase
 from .background import background
 from .shard_prep import ShardPreparer
 from .shard_writer import BeginShard, EndShard, ShardWriterThread, TeacherBatch
+from .shared.adapters import adapter_for
+from .shared.teacher_targets import teacher_topk
+from .shared.templates import parse_template
 from .tasks import IntermediateTask, TaskExample
-from .teacher_head import teacher_topk
-from .templates import parse_template
 
 __all__ = ["NoExamples", "PassConfig", "PassSummary", "finalize", "run_teacher_pass"]
 
@@ -157,6 +158,7 @@ def run_teacher_pass(
     if cfg.k > vocab:
         raise ValueError(f"--k {cfg.k} is larger than the vocabulary ({vocab} tokens)")
     parse_template(task.template)  # a bad template fails here, before anything starts
+    adapter = adapter_for(model)
     verbalizer = producer["verbalizer_ids"]
     verbalizer_ids = torch.tensor(verbalizer, device=device) if verbalizer else None
     store = StoreWriter(
@@ -216,7 +218,7 @@ def run_teacher_pass(
                         t.pin_memory() for t in (ids, attention, positions)
                     )
                 top = teacher_topk(
-                    model,
+                    adapter,
                     ids.to(device, non_blocking=True),
                     attention.to(device, non_blocking=True),
                     torch.arange(len(batch.rows), device=device),
@@ -224,11 +226,7 @@ def run_teacher_pass(
                     cfg.k,
                     verbalizer_ids,
                 )
-                out = {
-                    "topk_ids": top.ids,
-                    "topk_logprobs": top.logprobs,
-                    "tail_logmass": top.tail_logmass,
-                }
+                out = top.stored_fields()
                 if top.verbalizer_logprobs is not None:
                     out["verbalizer_logprobs"] = top.verbalizer_logprobs
                 event = None

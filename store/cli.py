@@ -65,9 +65,9 @@ def teacher_statistics(
         if isinstance(chunks, StoreError):
             raise chunks
         for chunk in chunks:
-            lp = chunk.topk_logprobs.astype(np.float64)
+            lp = chunk["topk_logprobs"].astype(np.float64)
             p = np.exp(lp)
-            tail = np.exp(chunk.tail_logmass.astype(np.float64))
+            tail = np.exp(chunk["tail_logmass"].astype(np.float64))
             mass.append(p.sum(1))
             with np.errstate(invalid="ignore", divide="ignore"):
                 tail_term = np.where(tail > 0, -tail * np.log(tail), 0.0)

@@ -42,7 +42,9 @@ from typing import Any
 import numpy as np
 import zstandard
 
-__all__ = ["ChunkLayout", "DecodedChunk", "canonical_order", "decode_chunk", "encode_chunk"]
+from .schema import FIELDS, Field, StoredExample
+
+__all__ = ["ChunkLayout", "DecodedChunk", "canonical_order", "encode_chunk"]
 
 CHUNK_SUFFIX = "cols.zst"
 _HEADER = struct.Struct("<I")
@@ -100,27 +102,54 @@ def _unplanes(buf: memoryview, dtype: np.dtype, count: int) -> np.ndarray:
     return np.ascontiguousarray(flat.reshape(width, count).T).view(dtype).reshape(-1)
 
 
-def _field(value: Any, dtype, width: int | None) -> np.ndarray:
-    """One example's field as an array; an empty sequence (e.g. ``[]``, which numpy makes
-    float64) becomes an empty array of the field's own dtype and shape."""
-    arr = np.asarray(value)
-    if arr.ndim == 1 and arr.size == 0:
-        return np.zeros(0 if width is None else (0, width), dtype)
-    return arr
+def _parts(examples: Sequence[Mapping[str, Any]], f: Field, k: int) -> list[np.ndarray]:
+    """Each example's value of field ``f`` as an array; an empty sequence (e.g. ``[]``,
+    which numpy makes float64) becomes an empty array of the field's own dtype and shape."""
+    out = []
+    for ex in examples:
+        arr = np.asarray(ex[f.name])
+        if arr.ndim == 1 and arr.size == 0:
+            arr = np.zeros(0 if f.width is None else (0, k), f.dtype)
+        out.append(arr)
+    return out
 
 
-def _stack(examples: Sequence[Mapping[str, Any]], key: str, dtype, width: int | None = None):
-    """Concatenate one field of all examples; 2-D fields must be (rows, width) each."""
-    parts = [_field(ex[key], dtype, width) for ex in examples]
-    if width is None:
-        return np.concatenate([p.reshape(-1) for p in parts]) if parts else np.zeros(0, dtype)
+def _column(examples: Sequence[Mapping[str, Any]], f: Field, k: int) -> np.ndarray:
+    """One field of all examples, concatenated: (sum,) or, for a width-k field, (rows, k)."""
+    parts = _parts(examples, f, k)
+    if f.width is None:
+        return np.concatenate([p.reshape(-1) for p in parts]) if parts else np.zeros(0, f.dtype)
     for i, p in enumerate(parts):
-        if p.ndim != 2 or p.shape[1] != width:
+        if p.ndim != 2 or p.shape[1] != k:
             raise ValueError(
-                f"example {i}: {key} must have one row of k={width} per mask "
+                f"example {i}: {f.name} must have one row of k={k} per mask "
                 f"position, got shape {p.shape}"
             )
-    return np.concatenate(parts, axis=0) if parts else np.zeros((0, width), dtype)
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, k), f.dtype)
+
+
+def _stored(f: Field, values: np.ndarray, vocab_size: int) -> np.ndarray:
+    """The column of field ``f`` in its storage type (checked, lossless)."""
+    if f.storage == "ids":
+        values = values.astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() >= vocab_size):
+            raise ValueError(
+                f"{f.name} out of range [0, {vocab_size}): min {values.min()}, max {values.max()}"
+            )
+        return values.astype(_uint(vocab_size - 1))
+    if f.storage == "index":
+        values = values.astype(np.int64)
+        return values.astype(_uint(int(values.max(initial=0))))
+    if f.storage in ("float16", "float32"):
+        if values.dtype != np.dtype(f.storage):
+            raise TypeError(
+                f"{f.name} must be {f.storage} (the stored precision), got {values.dtype}"
+            )
+        return values.view(np.uint16 if f.storage == "float16" else np.uint32)
+    values = values.astype(np.int64)  # int8
+    if values.size and (values.min() < -1 or values.max() > 127):
+        raise ValueError(f"{f.name} must be in [-1, 127], got {values.min()}..{values.max()}")
+    return values.astype(np.int8).view(np.uint8)
 
 
 def encode_chunk(
@@ -130,69 +159,52 @@ def encode_chunk(
     vocab_size: int,
     layout: ChunkLayout = ChunkLayout(),
 ) -> bytes:
-    """Encode examples (dicts with the keys of ``DecodedChunk.example``) into one chunk.
+    """Encode examples (``StoredExample`` dicts, the fields of ``schema.FIELDS``) into one chunk.
 
-    ``topk_logprobs`` must be float16 and ``tail_logmass`` float32: the store keeps exactly
-    those bits. Rows are reordered into the layout's canonical order.
+    Float fields must come in their stored dtype (``topk_logprobs`` float16, ``tail_logmass``
+    float32): the store keeps exactly those bits. Top-k rows are put in the layout's canonical
+    order. ``label`` may be missing or None (stored as -1), ``meta`` missing or None.
     """
-    n = len(examples)
-    lengths = np.array([len(ex["input_ids"]) for ex in examples], dtype=np.int64)
-    n_masks = np.array([len(ex["mask_positions"]) for ex in examples], dtype=np.int64)
-    input_ids = _stack(examples, "input_ids", np.int64).astype(np.int64)
-    mask_pos = _stack(examples, "mask_positions", np.int64).astype(np.int64)
-    rows = int(n_masks.sum())
-    ids = _stack(examples, "topk_ids", np.int64, width=k).astype(np.int64)
-    lps = _stack(examples, "topk_logprobs", np.float16, width=k)
-    tail = _stack(examples, "tail_logmass", np.float32)
-    if lps.dtype != np.float16:
-        raise TypeError(f"topk_logprobs must be float16 (the stored precision), got {lps.dtype}")
-    if tail.dtype != np.float32:
-        raise TypeError(f"tail_logmass must be float32, got {tail.dtype}")
-    if ids.shape != (rows, k) or lps.shape != (rows, k) or tail.shape != (rows,):
-        raise ValueError(
-            f"top-k arrays must have one row of k={k} per mask position "
-            f"({rows} rows); got ids {ids.shape}, logprobs {lps.shape}, "
-            f"tail {tail.shape}"
-        )
-    for name, arr, bound in (("input_ids", input_ids, vocab_size), ("topk_ids", ids, vocab_size)):
-        if arr.size and (arr.min() < 0 or arr.max() >= bound):
-            raise ValueError(f"{name} out of range [0, {bound}): min {arr.min()}, max {arr.max()}")
-    offsets = np.repeat(np.arange(n), n_masks)
-    if mask_pos.size and ((mask_pos < 0).any() or (mask_pos >= lengths[offsets]).any()):
+    examples = [{"label": -1, "meta": None, **ex} for ex in examples]
+    for ex in examples:
+        if ex["label"] is None:
+            ex["label"] = -1
+    counts = {
+        "token": np.array([len(ex["input_ids"]) for ex in examples], dtype=np.int64),
+        "mask": np.array([len(ex["mask_positions"]) for ex in examples], dtype=np.int64),
+    }
+    rows = int(counts["mask"].sum())
+    values = {f.name: _column(examples, f, k) for f in FIELDS if f.storage != "json"}
+    for f in FIELDS:
+        want = (rows, k) if f.width else (rows,) if f.level == "mask" else None
+        if want is not None and values[f.name].shape != want:
+            raise ValueError(
+                f"mask-row fields must have one row{f' of k={k}' if f.width else ''} per mask "
+                f"position ({rows} rows); got {f.name} {values[f.name].shape}"
+            )
+    stored = {f.name: _stored(f, values[f.name], vocab_size) for f in FIELDS if f.name in values}
+    offsets = np.repeat(np.arange(len(examples)), counts["mask"])
+    positions = values["mask_positions"]
+    if positions.size and ((positions < 0).any() or (positions >= counts["token"][offsets]).any()):
         raise ValueError("mask_positions must lie inside their example's input_ids")
-    labels = np.array(
-        [ex.get("label", -1) if ex.get("label") is not None else -1 for ex in examples],
-        dtype=np.int64,
-    )
-    if labels.size and (labels.min() < -1 or labels.max() > 127):
-        raise ValueError(f"labels must be in [-1, 127], got {labels.min()}..{labels.max()}")
-
     if k:
-        perm = canonical_order(ids, lps, layout.order)
-        ids = np.take_along_axis(ids, perm, axis=1)
-        lps = np.take_along_axis(lps, perm, axis=1)
-    id_dtype = _uint(vocab_size - 1)
-    columns = [
-        ("length", lengths.astype(_uint(int(lengths.max(initial=0))))),
-        ("input_ids", input_ids.astype(id_dtype)),
-        ("n_masks", n_masks.astype(_uint(int(n_masks.max(initial=0))))),
-        ("mask_positions", mask_pos.astype(_uint(int(mask_pos.max(initial=0))))),
-        ("topk_ids", ids.astype(id_dtype)),
-        ("topk_logprobs", lps.view(np.uint16)),
-        ("tail_logmass", tail.view(np.uint32)),
-        ("label", labels.astype(np.int8).view(np.uint8)),
-    ]
+        perm = canonical_order(values["topk_ids"], values["topk_logprobs"], layout.order)
+        for f in FIELDS:
+            if f.width:
+                stored[f.name] = np.take_along_axis(stored[f.name], perm, axis=1)
+
     header: dict[str, Any] = {
-        "n": n,
+        "n": len(examples),
         "k": k,
         "vocab_size": vocab_size,
         "layout": layout.to_json(),
         "columns": [],
     }
     body = []
-    for name, arr in columns:
+
+    def add(name: str, arr: np.ndarray, delta: bool = False) -> None:
         transforms = []
-        if name == "topk_logprobs" and layout.delta and k:
+        if delta:  # value-ordered float16 rows: differences of their bit patterns are small
             arr = np.diff(arr, axis=1, prepend=np.uint16(0)).astype(np.uint16)
             transforms.append("delta")
         raw = np.ascontiguousarray(arr).reshape(-1)
@@ -210,20 +222,43 @@ def encode_chunk(
             }
         )
         body.append(data)
-    metas = [ex.get("meta") for ex in examples]
-    if any(m is not None for m in metas):
-        data = json.dumps(metas, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        header["columns"].append(
-            {"name": "meta", "dtype": "json", "shape": [len(data)], "transforms": []}
+
+    started = set()
+    for f in FIELDS:
+        if f.level in counts and f.level not in started:  # per-example counts before the level
+            started.add(f.level)
+            count = counts[f.level]
+            add(_COUNT_COLUMN[f.level], count.astype(_uint(int(count.max(initial=0)))))
+        if f.storage == "json":
+            found = [ex[f.name] for ex in examples]
+            if any(m is not None for m in found):
+                data = json.dumps(found, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+                header["columns"].append(
+                    {"name": f.name, "dtype": "json", "shape": [len(data)], "transforms": []}
+                )
+                body.append(data)
+            continue
+        add(
+            f.name,
+            stored[f.name],
+            delta=bool(layout.delta and f.width and k and f.storage == "float16"),
         )
-        body.append(data)
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     payload = b"".join([_HEADER.pack(len(head)), head, *body])
     return zstandard.ZstdCompressor(level=layout.level, write_checksum=True).compress(payload)
 
 
+# The column of per-example counts that cuts a level's concatenated values into examples.
+_COUNT_COLUMN = {"token": "length", "mask": "n_masks"}
+_DECODED_VIEW = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
+
+
 class DecodedChunk:
-    """Columns of one chunk; ``example(i)`` and iteration give per-example dicts of views."""
+    """Columns of one chunk; ``example(i)`` and iteration give ``StoredExample`` dicts of views.
+
+    ``chunk[name]`` is a field's whole column (decoded dtype), ``lengths`` and ``n_masks`` the
+    per-example token and mask-row counts.
+    """
 
     def __init__(self, blob: bytes):
         # A decompressor per chunk: they are cheap, and one shared object is not thread-safe.
@@ -237,7 +272,7 @@ class DecodedChunk:
         pos = 4 + head_len
         for col in header["columns"]:
             if col["dtype"] == "json":
-                cols["meta"] = json.loads(bytes(payload[pos : pos + col["shape"][0]]))
+                cols[col["name"]] = json.loads(bytes(payload[pos : pos + col["shape"][0]]))
                 pos += col["shape"][0]
                 continue
             dtype, count = np.dtype(col["dtype"]), int(np.prod(col["shape"]))
@@ -257,39 +292,41 @@ class DecodedChunk:
         if pos != len(payload):
             raise ValueError(f"{len(payload) - pos} trailing bytes after the last column")
         self.lengths = cols["length"].astype(np.int64)
-        self.input_ids = cols["input_ids"].astype(np.int64)
         self.n_masks = cols["n_masks"].astype(np.int64)
-        self.mask_positions = cols["mask_positions"].astype(np.int64)
-        self.topk_ids = cols["topk_ids"].astype(np.int64)
-        self.topk_logprobs = cols["topk_logprobs"].view(np.float16)
-        self.tail_logmass = cols["tail_logmass"].view(np.float32)
-        self.labels = cols["label"].view(np.int8).astype(np.int64)
-        self.meta: list | None = cols.get("meta")
-        self.token_offsets = np.concatenate([[0], np.cumsum(self.lengths)])
-        self.row_offsets = np.concatenate([[0], np.cumsum(self.n_masks)])
-        if (
-            self.token_offsets[-1] != len(self.input_ids)
-            or self.row_offsets[-1] != len(self.tail_logmass)
-            or len(self.lengths) != self.n
-        ):
+        self._columns: dict[str, Any] = {}
+        for f in FIELDS:
+            if f.storage == "json":
+                self._columns[f.name] = cols.get(f.name)
+            elif f.storage in _DECODED_VIEW:
+                view = cols[f.name].view(_DECODED_VIEW[f.storage])
+                self._columns[f.name] = view if view.dtype == f.dtype else view.astype(f.dtype)
+            else:
+                self._columns[f.name] = cols[f.name].astype(f.dtype)
+        self._offsets = {
+            "token": np.concatenate([[0], np.cumsum(self.lengths)]),
+            "mask": np.concatenate([[0], np.cumsum(self.n_masks)]),
+        }
+        for level, offsets in self._offsets.items():
+            for f in FIELDS:
+                if f.level == level and len(self._columns[f.name]) != offsets[-1]:
+                    raise ValueError("column lengths disagree with the example counts")
+        if len(self.lengths) != self.n or len(self.n_masks) != self.n:
             raise ValueError("column lengths disagree with the example counts")
 
-    def example(self, i: int) -> dict[str, Any]:
-        t0, t1 = self.token_offsets[i], self.token_offsets[i + 1]
-        r0, r1 = self.row_offsets[i], self.row_offsets[i + 1]
-        return {
-            "input_ids": self.input_ids[t0:t1],
-            "mask_positions": self.mask_positions[r0:r1],
-            "topk_ids": self.topk_ids[r0:r1],
-            "topk_logprobs": self.topk_logprobs[r0:r1],
-            "tail_logmass": self.tail_logmass[r0:r1],
-            "label": int(self.labels[i]),
-            "meta": self.meta[i] if self.meta is not None else None,
-        }
+    def __getitem__(self, name: str) -> Any:
+        return self._columns[name]
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def example(self, i: int) -> StoredExample:
+        out: dict[str, Any] = {}
+        for f in FIELDS:
+            column = self._columns[f.name]
+            if f.level == "example":
+                out[f.name] = None if column is None else column[i]
+            else:
+                start, stop = self._offsets[f.level][i : i + 2]
+                out[f.name] = column[start:stop]
+        out["label"] = int(out["label"])
+        return out  # type: ignore[return-value]
+
+    def __iter__(self) -> Iterator[StoredExample]:
         return (self.example(i) for i in range(self.n))
-
-
-def decode_chunk(blob: bytes) -> DecodedChunk:
-    return DecodedChunk(blob)

@@ -1,4 +1,4 @@
-"""Batching stored examples into padded tensors for a student step."""
+"""Batching stored examples into padded tensors for a student step, field by field."""
 
 from __future__ import annotations
 
@@ -8,37 +8,45 @@ from typing import Any
 import numpy as np
 import torch
 
+from .schema import FIELDS, StoredExample
+
 __all__ = ["collate_examples"]
 
 
-def collate_examples(examples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Pad and stack examples from ``StoreDataset``.
+def collate_examples(examples: Sequence[StoredExample], pad_id: int) -> dict[str, Any]:
+    """Pad and stack examples from ``StoreDataset``, each field by its level (``schema.py``).
 
-    Returns (B examples, R mask rows in total, L the longest example, k the store's k):
-        input_ids (B, L) int64, attention_mask (B, L) int64,
-        mask_batch (R,) int64 and mask_positions (R,) int64: where each row's mask sits,
-        topk_ids (R, k) int64, topk_logprobs (R, k) float16, tail_logmass (R,) float32,
-        labels (B,) int64 (-1 where none), keys: list of B sample keys.
+    Returns (B examples, R mask rows in total, L the longest example, k the store's k), under
+    each field's ``batch_key``:
+        token level: input_ids (B, L) int64, padded with ``pad_id``, and attention_mask (B, L);
+        mask level: mask_positions (R,), topk_ids (R, k), topk_logprobs (R, k) float16,
+            tail_logmass (R,) float32, and mask_batch (R,): the example each row belongs to;
+        example level: labels (B,) int64 (-1 where none);
+        keys: list of B sample keys. JSON fields (meta) are not batched.
     """
     if not examples:
         raise ValueError("cannot collate an empty batch")
     lengths = [len(ex["input_ids"]) for ex in examples]
-    input_ids = np.full((len(examples), max(lengths)), pad_id, dtype=np.int64)
-    attention = np.zeros_like(input_ids)
-    for b, ex in enumerate(examples):
-        input_ids[b, : lengths[b]] = ex["input_ids"]
-        attention[b, : lengths[b]] = 1
     n_masks = [len(ex["mask_positions"]) for ex in examples]
-    return {
-        "input_ids": torch.from_numpy(input_ids),
+    attention = np.zeros((len(examples), max(lengths)), dtype=np.int64)
+    for b, length in enumerate(lengths):
+        attention[b, :length] = 1
+    batch: dict[str, Any] = {
         "attention_mask": torch.from_numpy(attention),
         "mask_batch": torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(n_masks)),
-        "mask_positions": torch.from_numpy(
-            np.concatenate([ex["mask_positions"] for ex in examples]).astype(np.int64)
-        ),
-        "topk_ids": torch.from_numpy(np.concatenate([ex["topk_ids"] for ex in examples])),
-        "topk_logprobs": torch.from_numpy(np.concatenate([ex["topk_logprobs"] for ex in examples])),
-        "tail_logmass": torch.from_numpy(np.concatenate([ex["tail_logmass"] for ex in examples])),
-        "labels": torch.tensor([ex["label"] for ex in examples], dtype=torch.int64),
-        "keys": [ex.get("__key__") for ex in examples],
     }
+    for f in FIELDS:
+        values = [ex[f.name] for ex in examples]
+        if f.storage == "json":
+            continue
+        if f.level == "token":
+            padded = np.full(attention.shape, pad_id if f.name == "input_ids" else 0, f.dtype)
+            for b, value in enumerate(values):
+                padded[b, : lengths[b]] = value
+            batch[f.key] = torch.from_numpy(padded)
+        elif f.level == "mask":
+            batch[f.key] = torch.from_numpy(np.concatenate(values).astype(f.dtype, copy=False))
+        else:
+            batch[f.key] = torch.from_numpy(np.asarray(values, dtype=f.dtype))
+    batch["keys"] = [ex.get("__key__") for ex in examples]
+    return batch

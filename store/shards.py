@@ -19,6 +19,7 @@ from .codec import CHUNK_SUFFIX, DecodedChunk
 from .errors import ShardError
 from .locations import DEFAULT_STALL_TIMEOUT, StalledRead, read_location
 from .manifest import ShardInfo
+from .schema import FIELDS
 
 __all__ = ["check_shard_bytes", "decode_shard", "fetch_shard", "read_shard"]
 
@@ -83,11 +84,12 @@ def _check_chunk(url: str, name: str, chunk: DecodedChunk, k: int, vocab_size: i
             f"member {name!r} was written for a vocabulary of {chunk.vocab_size}, the "
             f"manifest records {vocab_size}",
         )
-    for field, ids in (("input_ids", chunk.input_ids), ("topk_ids", chunk.topk_ids)):
-        if ids.size and int(ids.max()) >= vocab_size:
+    for f in FIELDS:
+        ids = chunk[f.name]
+        if f.storage == "ids" and ids.size and int(ids.max()) >= vocab_size:
             raise ShardError(
                 url,
-                f"member {name!r}: {field} holds id {int(ids.max())}, outside the manifest's "
+                f"member {name!r}: {f.name} holds id {int(ids.max())}, outside the manifest's "
                 f"vocabulary of {vocab_size}",
             )
 

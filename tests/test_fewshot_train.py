@@ -61,7 +61,7 @@ def test_stsb_prompt_learner_uses_no_yes(tiny, tiny_tokenizer):
 
     task = get_task("STS-B")
     model = AutoModelForMaskedLM.from_pretrained(tiny["student"])
-    learner = PromptLearner(model, tiny_tokenizer, task, task.template, task.words, 64)
+    learner = PromptLearner(model, tiny_tokenizer, task, task.template, task.verbalizer, 64)
     feats = learner.encode([Example(("A boat.", "The river."), 3.0, 1)])
     assert feats[0].input_ids[feats[0].mask_position] == tiny_tokenizer.mask_token_id
     batch = collate(feats, tiny_tokenizer.pad_token_id, regression=True)
@@ -102,7 +102,9 @@ def test_grid_keeps_best_dev_checkpoint(tiny, tiny_tokenizer, kshot):
 
     def make():
         model = AutoModelForMaskedLM.from_pretrained(tiny["student"])
-        learners.append(PromptLearner(model, tiny_tokenizer, task, task.template, task.words, 64))
+        learners.append(
+            PromptLearner(model, tiny_tokenizer, task, task.template, task.verbalizer, 64)
+        )
         return learners[-1]
 
     protocol = Protocol(learning_rates=(1e-6, 3e-3), batch_sizes=(4,), max_steps=40, eval_every=10)

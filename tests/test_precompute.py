@@ -14,8 +14,8 @@ from smash.precompute.cli import main
 from smash.precompute.corpus import Corpus
 from smash.precompute.sentences import SentenceSplitter
 from smash.precompute.shard_writer import BeginShard, EndShard, ShardWriterThread
+from smash.precompute.shared.templates import parse_template
 from smash.precompute.tasks import make_task
-from smash.precompute.templates import parse_template
 from smash.store import StoreDataset, load_manifest
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
@@ -504,14 +504,14 @@ def test_a_writer_dying_with_a_full_queue_is_stopped_without_hanging(monkeypatch
 
 
 def test_head_of_an_unsupported_architecture_is_refused():
-    from smash.precompute.teacher_head import lm_head_of
+    from smash.precompute.shared.adapters import adapter_for
     from transformers import DistilBertConfig, DistilBertForMaskedLM
 
     model = DistilBertForMaskedLM(
         DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
     )
     with pytest.raises(ValueError, match="DistilBertForMaskedLM: no masked-LM head"):
-        lm_head_of(model)
+        adapter_for(model)
 
 
 def test_a_corpus_that_runs_out_is_reported(tiny, tmp_path, capsys):

@@ -8,12 +8,12 @@ import pytest
 from smash.store import (
     FORMAT_VERSION,
     ChunkLayout,
+    DecodedChunk,
     FingerprintMismatch,
     ManifestError,
     ShardError,
     StoreDataset,
     StoreWriter,
-    decode_chunk,
     encode_chunk,
     finalize_store,
     load_manifest,
@@ -83,7 +83,7 @@ def assert_same(written, read):
 )
 def test_chunk_round_trip_is_bit_exact(layout):
     examples = make_examples(50, k=16, with_meta=True)
-    chunk = decode_chunk(encode_chunk(examples, k=16, vocab_size=VOCAB, layout=layout))
+    chunk = DecodedChunk(encode_chunk(examples, k=16, vocab_size=VOCAB, layout=layout))
     assert chunk.n == 50 and chunk.k == 16
     for written, read in zip(examples, chunk):
         assert_same(canonical(written, layout.order), read)
@@ -93,13 +93,13 @@ def test_special_float_values_survive():
     ex = make_examples(1, k=4, max_masks=1)[0]
     ex["topk_logprobs"] = np.array([[0.0, -0.0, -65504.0, -np.inf]], dtype=np.float16)
     ex["tail_logmass"] = np.array([-np.inf], dtype=np.float32)
-    read = next(iter(decode_chunk(encode_chunk([ex], k=4, vocab_size=VOCAB))))
+    read = next(iter(DecodedChunk(encode_chunk([ex], k=4, vocab_size=VOCAB))))
     assert_same(canonical(ex), read)
 
 
 def test_k_zero_stores_examples_without_teacher():
     ex = make_examples(3, k=0)
-    read = list(decode_chunk(encode_chunk(ex, k=0, vocab_size=VOCAB)))
+    read = list(DecodedChunk(encode_chunk(ex, k=0, vocab_size=VOCAB)))
     assert [r["topk_ids"].shape for r in read] == [(len(e["mask_positions"]), 0) for e in ex]
     assert [list(r["input_ids"]) for r in read] == [list(e["input_ids"]) for e in ex]
 
@@ -115,7 +115,7 @@ def test_example_without_masks_may_give_empty_lists(topk):
         "tail_logmass": [],
         "label": 1,
     }
-    first, second = decode_chunk(encode_chunk([bare, ex], k=4, vocab_size=VOCAB))
+    first, second = DecodedChunk(encode_chunk([bare, ex], k=4, vocab_size=VOCAB))
     assert list(first["input_ids"]) == [1, 2] and first["label"] == 1
     assert first["topk_ids"].shape == (0, 4) and first["tail_logmass"].dtype == np.float32
     assert_same(canonical(ex), second)

@@ -1,7 +1,7 @@
 """The shared LM-BFF template engine: parsing, encoding, truncation, label words, errors."""
 
 import pytest
-from smash.precompute.templates import parse_template, verbalizer_ids
+from smash.precompute.shared.templates import parse_template, verbalizer_ids
 
 SENTIMENT = "*cls**sent_0*_It_was*mask*.*sep+*"
 PAIR = "*cls**sent-_0*?*mask*,*+sentl_1**sep+*"

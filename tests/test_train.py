@@ -6,16 +6,20 @@ import shutil
 
 import pytest
 import torch
-from smash.precompute.model_paths import require_folder_or_hub_name
-from smash.precompute.teacher_head import lm_head_of, mask_hidden_states
-from smash.store import FingerprintMismatch, load_manifest
+from smash.precompute.shared.adapters import adapter_for
+from smash.precompute.shared.model_paths import require_folder_or_hub_name
+from smash.store import STEP_KEYS, FingerprintMismatch, Manifest, load_manifest
 from smash.train.cli import main as train_student
 from smash.train.cli import parse_store
-from smash.train.config import ConfigError, load_config
+from smash.train.config import ConfigError, StoreSpec, load_config
 from smash.train.engine import resolve_deepspeed
 from smash.train.export import check_export_path
-from smash.train.objectives import hard_labels, rule_labels, store_verbalizer
-from smash.train.student import DistillStudent, OnlineTeacher, head_features
+from smash.train.objectives import StoreContext
+from smash.train.objectives.ce import PredictionDistillation
+from smash.train.objectives.hard import HardLabels, HardStore, hard_labels
+from smash.train.objectives.label_words import label_word_loss
+from smash.train.objectives.rule import RuleLabels, rule_labels
+from smash.train.student import DistillStudent, OnlineTeacher
 from train_support import (
     VOCAB,
     first_batch,
@@ -134,55 +138,84 @@ def test_hard_label_is_the_argmax_over_label_words_in_the_top_k():
     assert hard_labels(ids, logprobs.half(), words).tolist() == [1, 2, -1]
 
 
-def test_label_words_come_from_the_store_and_the_task():
+def make_student(model, objective="ce", *, verbalizer=None, stored_labels=False, **ce):
+    """A student with one objective, prepared for one store."""
+    if objective == "ce":
+        return DistillStudent(model, [(PredictionDistillation(**ce), 1.0)], [[None]])
+    words = torch.tensor(verbalizer)
+    state = HardStore(words, stored_labels) if objective == "hard" else words
+    chosen = HardLabels() if objective == "hard" else RuleLabels()
+    return DistillStudent(model, [(chosen, 1.0)], [[state]])
+
+
+def store_of(tokenizer, producer, verbalizer=None):
+    manifest = Manifest(producer, {"fingerprint": "x", "vocab_size": len(tokenizer)}, 8, {})
+    return StoreContext("s", manifest, StoreSpec("s", verbalizer=verbalizer), tokenizer)
+
+
+def test_label_words_come_from_the_store_and_the_task(tiny_tokenizer):
     """``hard``: the manifest's verbalizer; ``rule``: the sentence-pair task's; config wins."""
     from smash.precompute.sentence_pair import SentencePairTask
+    from smash.precompute.shared.templates import verbalizer_ids
 
-    sentiment = {"task": "sentiment", "verbalizer": ["awful", "fine", "superb"]}
+    def ids(*words):
+        return verbalizer_ids(tiny_tokenizer, words)
+
+    sentiment = {"task": "sentiment", "verbalizer": ["terrible", "okay", "great"]}
     pairs = {"task": "sentence-pair", "verbalizer": ["No", "Maybe", "Yes"]}
-    assert store_verbalizer("ce", pairs, None, "s") is None
-    assert store_verbalizer("hard", sentiment, None, "s") == ("awful", "fine", "superb")
-    assert store_verbalizer("rule", pairs, None, "s") == SentencePairTask.verbalizer
-    assert store_verbalizer("hard", sentiment, ["a", "b"], "s") == ("a", "b")
-    assert store_verbalizer("rule", pairs, ["n", "m", "y"], "s") == ("n", "m", "y")
+    hard, rule = HardLabels(), RuleLabels()
+    assert PredictionDistillation().for_store(store_of(tiny_tokenizer, pairs)) is None
+    got = hard.for_store(store_of(tiny_tokenizer, sentiment)).verbalizer.tolist()
+    assert got == ids("terrible", "okay", "great")
+    assert rule.for_store(store_of(tiny_tokenizer, pairs)).tolist() == ids(
+        *SentencePairTask.verbalizer
+    )
+    got = hard.for_store(store_of(tiny_tokenizer, sentiment, ("bad", "good"))).verbalizer
+    assert got.tolist() == ids("bad", "good")
+    got = rule.for_store(store_of(tiny_tokenizer, pairs, ("bad", "okay", "good")))
+    assert got.tolist() == ids("bad", "okay", "good")
     with pytest.raises(ValueError, match="records no verbalizer"):
-        store_verbalizer("hard", {"task": "my-task", "verbalizer": []}, None, "s")
+        hard.for_store(store_of(tiny_tokenizer, {"task": "my-task", "verbalizer": []}))
     with pytest.raises(ValueError, match="a my-task store has none"):
-        store_verbalizer("rule", {"task": "my-task"}, None, "s")
+        rule.for_store(store_of(tiny_tokenizer, {"task": "my-task"}))
 
 
 def test_hard_reads_the_teacher_labels_a_store_holds(tiny, tiny_tokenizer, pair_store):
     """With ``stored_labels`` the batch's labels are the targets, even for rows whose top-k
     holds no label word (which ``hard_labels`` would leave out)."""
-    from smash.train.objectives import label_word_loss, uses_stored_labels
+    words = ["terrible", "bad", "okay", "good", "great"]
 
-    assert uses_stored_labels("hard", {"label_source": "teacher"}, None)
-    assert not uses_stored_labels("hard", {"label_source": "task"}, None)
-    assert not uses_stored_labels("hard", {"label_source": "teacher"}, ["a", "b"])
-    assert not uses_stored_labels("ce", {"label_source": "teacher"}, None)
+    def stored(producer, verbalizer=None):
+        context = store_of(tiny_tokenizer, {"verbalizer": words, **producer}, verbalizer)
+        return HardLabels().for_store(context).stored_labels
+
+    assert stored({"label_source": "teacher"})
+    assert not stored({"label_source": "task"})
+    assert not stored({"label_source": "teacher"}, ("bad", "good"))
     batch = first_batch(pair_store, 6, tiny_tokenizer.pad_token_id)
     words = load_manifest(pair_store).producer["verbalizer_ids"]
     batch["topk_ids"] = batch["topk_ids"][:, :4]  # keep only entries that are no label word
     batch["topk_ids"][torch.isin(batch["topk_ids"], torch.tensor(words))] = 0
     batch["topk_logprobs"] = batch["topk_logprobs"][:, :4]
     model = AutoModelForMaskedLM.from_pretrained(tiny["student"])
-    student = DistillStudent(model, objective="hard", verbalizers=[words], stored_labels=[True])
+    student = make_student(model, "hard", verbalizer=words, stored_labels=True)
     loss, _ = _step(student, batch)
-    head = student.model.get_output_embeddings()
-    hidden = mask_hidden_states(
-        model,
+    adapter = adapter_for(model)
+    hidden = adapter.answers(
         batch["input_ids"],
         batch["attention_mask"],
         batch["mask_batch"],
         batch["mask_positions"],
-    )
-    features = head_features(lm_head_of(model), student._slot, hidden)
+    ).hidden
     expected = label_word_loss(
-        features, head, torch.tensor(words), batch["labels"][batch["mask_batch"]]
+        adapter.features(hidden),
+        adapter.decoder,
+        torch.tensor(words),
+        batch["labels"][batch["mask_batch"]],
     )
     assert bool((batch["labels"] >= 0).all())
     torch.testing.assert_close(loss, expected.detach())
-    unlabelled = DistillStudent(model, objective="hard", verbalizers=[words])
+    unlabelled = make_student(model, "hard", verbalizer=words)
     assert float(_step(unlabelled, batch)[0]) == 0.0  # every row left out without them
 
 
@@ -202,41 +235,24 @@ def test_rule_labels_follow_each_mask_to_its_example():
 
 def _step(module, batch):
     module.zero_grad(set_to_none=True)
-    loss = module(
-        **{
-            k: batch[k]
-            for k in (
-                "input_ids",
-                "attention_mask",
-                "mask_batch",
-                "mask_positions",
-                "topk_ids",
-                "topk_logprobs",
-                "tail_logmass",
-                "labels",
-            )
-        }
-    )
+    loss = module(**{k: batch[k] for k in STEP_KEYS})
     loss.backward()
     return loss.detach(), grads_of(module)
 
 
 @pytest.mark.parametrize(
-    "objective, loss", [("ce", "kernel"), ("ce", "fused_linear"), ("hard", "kernel")]
+    "objective, loss", [("ce", "logits"), ("ce", "fused_linear"), ("hard", "logits")]
 )
 def test_offline_store_equals_online_teacher(tiny, tiny_tokenizer, pair_store, objective, loss):
     """A store with k = V gives the live teacher's losses and gradients on the same batches."""
     batch = first_batch(pair_store, 12, tiny_tokenizer.pad_token_id)
     assert load_manifest(pair_store).k == VOCAB
     words = load_manifest(pair_store).producer["verbalizer_ids"]
-    student = DistillStudent(
-        AutoModelForMaskedLM.from_pretrained(tiny["student"]),
-        objective=objective,
-        loss=loss,
-        tail="bucket",
-        temperature=2.0,
-        verbalizers=[words if objective == "hard" else None],
-    )
+    model = AutoModelForMaskedLM.from_pretrained(tiny["student"])
+    if objective == "ce":
+        student = make_student(model, loss=loss, tail="bucket", temperature=2.0)
+    else:
+        student = make_student(model, objective, verbalizer=words)
     teacher = OnlineTeacher(str(tiny["teacher"]), torch.device("cpu"))
     offline_loss, offline_grads = _step(student, batch)
     online_loss, online_grads = _step(student, teacher.fill(batch))
@@ -246,13 +262,13 @@ def test_offline_store_equals_online_teacher(tiny, tiny_tokenizer, pair_store, o
         torch.testing.assert_close(online_grads[name], offline_grads[name], rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("loss", ["kernel", "fused_linear"])
+@pytest.mark.parametrize("loss", ["logits", "fused_linear"])
 def test_step_skips_the_id_check_and_recomputes_the_gradient(
     tiny, tiny_tokenizer, pair_store, monkeypatch, loss
 ):
     """The training step calls the kernels with check_ids=False (ids from a verified store) and
     soft_cross_entropy with grad_in_forward=False (DeepSpeed's upstream gradient is not 1)."""
-    import smash.train.student as student_module
+    import smash.train.objectives.ce as student_module
 
     seen = {}
 
@@ -268,10 +284,10 @@ def test_step_skips_the_id_check_and_recomputes_the_gradient(
     for name in ("soft_cross_entropy", "fused_linear_soft_cross_entropy"):
         monkeypatch.setattr(student_module, name, spy_on(name))
     batch = first_batch(pair_store, 4, tiny_tokenizer.pad_token_id)
-    _step(DistillStudent(AutoModelForMaskedLM.from_pretrained(tiny["student"]), loss=loss), batch)
-    name = "soft_cross_entropy" if loss == "kernel" else "fused_linear_soft_cross_entropy"
+    _step(make_student(AutoModelForMaskedLM.from_pretrained(tiny["student"]), loss=loss), batch)
+    name = "soft_cross_entropy" if loss == "logits" else "fused_linear_soft_cross_entropy"
     assert list(seen) == [name] and seen[name]["check_ids"] is False
-    if loss == "kernel":
+    if loss == "logits":
         assert seen[name]["grad_in_forward"] is False
 
 
@@ -279,8 +295,8 @@ def test_fused_linear_loss_equals_kernel_loss(tiny, tiny_tokenizer, pair_store):
     batch = first_batch(pair_store, 8, tiny_tokenizer.pad_token_id)
     model = AutoModelForMaskedLM.from_pretrained(tiny["student"])
     results = [
-        _step(DistillStudent(model, loss=loss, tail="bucket"), batch)
-        for loss in ("kernel", "fused_linear")
+        _step(make_student(model, loss=loss, tail="bucket"), batch)
+        for loss in ("logits", "fused_linear")
     ]
     torch.testing.assert_close(results[0][0], results[1][0])
     for name in results[0][1]:

@@ -19,7 +19,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .config import LOSS_IMPLS, OBJECTIVES, ConfigError, load_config
+from smash.kernels import IMPLS, TAIL_MODES
+from smash.precompute.shared.precisions import PRECISIONS
+
+from .config import ConfigError, load_config
+from .objectives import objective_names
+from .objectives.ce import LOSS_IMPLS
 
 __all__ = ["build_parser", "main", "parse_store"]
 
@@ -30,15 +35,31 @@ def _error(message: str) -> int:
     return 2
 
 
-def parse_store(text: str) -> dict:
-    """``PATH`` or ``PATH@WEIGHT`` -> a store entry of the config."""
-    path, sep, weight = text.rpartition("@")
+def _weighted(text: str) -> tuple[str, float | None]:
+    """``NAME`` or ``NAME@WEIGHT`` -> (name, weight or None)."""
+    name, sep, weight = text.rpartition("@")
     if sep:
         try:
-            return {"path": path, "weight": float(weight)}
+            return name, float(weight)
         except ValueError:
             pass
-    return {"path": text}
+    return text, None
+
+
+def parse_store(text: str) -> dict:
+    """``PATH`` or ``PATH@WEIGHT`` -> a store entry of the config."""
+    path, weight = _weighted(text)
+    return {"path": path} if weight is None else {"path": path, "weight": weight}
+
+
+def objective_value(given: list[tuple[str, float | None]] | None) -> str | dict | None:
+    """Repeated ``--objective NAME[@WEIGHT]`` -> the config's ``objective``: one name
+    without a weight stays a name, anything else a {name: weight} object (weight 1 if none)."""
+    if not given:
+        return None
+    if len(given) == 1 and given[0][1] is None:
+        return given[0][0]
+    return {name: 1.0 if weight is None else weight for name, weight in given}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,10 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int)
     p.add_argument("--student", help="AutoModelForMaskedLM path or name")
     p.add_argument("--out", dest="output_dir", help="output folder")
-    p.add_argument("--objective", choices=OBJECTIVES)
-    p.add_argument("--loss", choices=LOSS_IMPLS, help="kernel, or the fused-linear kernel")
-    p.add_argument("--kernel-impl", choices=("auto", "triton", "torch"))
-    p.add_argument("--tail", choices=("renorm", "bucket", "uniform"))
+    p.add_argument(
+        "--objective",
+        action="append",
+        type=_weighted,
+        metavar="NAME[@WEIGHT]",
+        help=f"an objective ({', '.join(objective_names())}); repeat to add weighted ones, "
+        f"e.g. --objective ce --objective hard@0.5 (replaces the config's)",
+    )
+    p.add_argument(
+        "--loss",
+        choices=LOSS_IMPLS,
+        help="ce: the LM head's logits then the soft-CE kernel, or the fused-linear kernel",
+    )
+    p.add_argument("--kernel-impl", choices=IMPLS)
+    p.add_argument("--tail", choices=TAIL_MODES)
     p.add_argument("--temperature", type=float)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--seed", type=int)
@@ -84,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "bf16"),
+        choices=tuple(PRECISIONS),
         help="overrides the DeepSpeed config's fp16/bf16 sections",
     )
     p.add_argument("--teacher", help="online-teacher mode: compute targets with this live teacher")
@@ -127,7 +159,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in (
             "output_dir",
             "student",
-            "objective",
             "loss",
             "kernel_impl",
             "tail",
@@ -146,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "stall_timeout",
         )
     }
+    overrides["objective"] = objective_value(args.objective)
     overrides["stores"] = args.store
     overrides["eval_store"] = args.eval_store
     trainer = None

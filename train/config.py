@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smash.kernels import TAIL_MODES
-from smash.store import DEFAULT_STALL_TIMEOUT
+from smash.kernels import IMPLS, TAIL_MODES
+from smash.store import DEFAULT_STALL_TIMEOUT, TEACHER_FIELDS
+
+from .objectives import TEACHER_INTERNALS, objective_class, objective_names
+from .objectives.ce import LOSS_IMPLS
 
 __all__ = [
     "DEEPSPEED_KEYS",
-    "LOSS_IMPLS",
-    "OBJECTIVES",
     "SHIPPED",
     "ConfigError",
     "StoreSpec",
@@ -45,8 +46,7 @@ __all__ = [
     "shipped_config_path",
 ]
 
-OBJECTIVES = ("ce", "hard", "rule")
-LOSS_IMPLS = ("kernel", "fused_linear")
+TEACHER_OUTPUTS = TEACHER_INTERNALS | set(TEACHER_FIELDS)
 _CONFIG_DIR = Path(__file__).with_name("configs")
 SHIPPED = {
     "paper-sentence-pair": "paper_sentence_pair.json",
@@ -137,7 +137,7 @@ class StoreSpec:
 
     ``verbalizer``: label words for the ``hard`` and ``rule`` objectives; by default the
     store's own (manifest ``producer.verbalizer``) for ``hard`` and the sentence-pair task's
-    for ``rule`` (see ``objectives.store_verbalizer``).
+    for ``rule`` (see their ``for_store``).
     """
 
     path: str
@@ -153,8 +153,8 @@ class TrainConfig:
     deepspeed: dict[str, Any]
     stores: tuple[StoreSpec, ...] = ()
     student: str = "distilroberta-base"
-    objective: str = "ce"  # ce | hard | rule (paper 4.4)
-    loss: str = "kernel"  # kernel: LM head then soft-CE; fused_linear: never the logits
+    objective: str | dict[str, float] = "ce"  # a name, or {name: weight} (smash.train.objectives)
+    loss: str = "logits"  # ce's loss: LM head then soft-CE, or fused_linear (never the logits)
     kernel_impl: str = "auto"  # smash.kernels impl=: auto | triton | torch
     temperature: float = 1.0
     tail: str = "bucket"  # how the teacher's tail mass enters the loss
@@ -175,6 +175,11 @@ class TrainConfig:
     teacher: str | None = None  # online-teacher mode: the only mode that loads a teacher
     teacher_k: int | None = None  # online mode: top-k of the live teacher (None: vocabulary)
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # seconds a store read may receive nothing
+
+    @property
+    def objectives(self) -> dict[str, float]:
+        """The objectives by name with their weights (one name means weight 1)."""
+        return {self.objective: 1.0} if isinstance(self.objective, str) else dict(self.objective)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -243,8 +248,10 @@ def _validate(data: dict[str, Any], path: Path | None) -> TrainConfig:
     values = dict(data)
     values["stores"] = tuple(_store(s, i) for i, s in enumerate(data.get("stores", [])))
     values["deepspeed"] = _deepspeed_section(data["deepspeed"], path and path.parent)
+    if "objective" in values:
+        values["objective"] = _objective(values["objective"])
     for name, f in known.items():
-        if name in ("stores", "deepspeed") or name not in values:
+        if name in ("stores", "deepspeed", "objective") or name not in values:
             continue
         values[name] = _typed(name, values[name], f.type)
     cfg = TrainConfig(**values)
@@ -269,6 +276,24 @@ def _typed(name: str, value: Any, annotation: str) -> Any:
         if isinstance(value, expected):
             return float(value) if option == "float" else value
     raise ConfigError(f"config key {name!r} must be {annotation}, got {value!r}")
+
+
+def _objective(raw: Any) -> str | dict[str, float]:
+    """A registered objective's name, or {name: weight > 0, ...} of registered ones."""
+    names = objective_names()
+    given = {raw: 1.0} if isinstance(raw, str) else raw
+    if not isinstance(given, dict) or not given:
+        raise ConfigError(
+            f"config key 'objective' must be a name or a {{name: weight}} object, got {raw!r}"
+        )
+    for name, weight in given.items():
+        if name not in names:
+            raise ConfigError(f"objective must be one of {names}, got {name!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise ConfigError(
+                f"objective {name!r}: its weight must be a number > 0, got {weight!r}"
+            )
+    return raw if isinstance(raw, str) else {name: float(w) for name, w in given.items()}
 
 
 def _store(raw: Any, index: int) -> StoreSpec:
@@ -331,14 +356,9 @@ def _check_ranges(cfg: TrainConfig) -> None:
         if not ok:
             raise ConfigError(message)
 
-    need(
-        cfg.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {cfg.objective!r}"
-    )
-    need(cfg.loss in LOSS_IMPLS, f"loss must be one of {LOSS_IMPLS}, got {cfg.loss!r}")
-    need(
-        cfg.kernel_impl in ("auto", "triton", "torch"),
-        f"kernel_impl must be auto, triton or torch, got {cfg.kernel_impl!r}",
-    )
+    loss_hint = " ('kernel' is now called 'logits')" if cfg.loss == "kernel" else ""
+    need(cfg.loss in LOSS_IMPLS, f"loss must be one of {LOSS_IMPLS}, got {cfg.loss!r}{loss_hint}")
+    need(cfg.kernel_impl in IMPLS, f"kernel_impl must be one of {IMPLS}, got {cfg.kernel_impl!r}")
     need(cfg.tail in TAIL_MODES, f"tail must be one of {TAIL_MODES}, got {cfg.tail!r}")
     need(cfg.temperature > 0, f"temperature must be > 0, got {cfg.temperature}")
     need(cfg.stall_timeout > 0, f"stall_timeout must be > 0 seconds, got {cfg.stall_timeout}")
@@ -350,9 +370,18 @@ def _check_ranges(cfg: TrainConfig) -> None:
     need(cfg.max_length is None or cfg.max_length >= 3, "max_length must be >= 3")
     need(cfg.teacher_k is None or cfg.teacher_k >= 1, "teacher_k must be >= 1")
     need(cfg.eval_every == 0 or cfg.eval_store is not None, "eval_every needs an eval_store")
+    needs = {name: objective_class(name).needs for name in cfg.objectives}
+    teacher_free = [n for n, wants in needs.items() if not wants & (TEACHER_OUTPUTS)]
     need(
-        cfg.teacher is None or cfg.objective != "rule",
-        "objective 'rule' uses no teacher outputs: drop the online teacher",
+        cfg.teacher is None or len(teacher_free) < len(needs),
+        f"objective {' + '.join(map(repr, teacher_free))} uses no teacher outputs: drop the "
+        f"online teacher",
+    )
+    internals = sorted(n for n, wants in needs.items() if wants & TEACHER_INTERNALS)
+    need(
+        cfg.teacher is not None or not internals,
+        f"objective {' + '.join(map(repr, internals))} distils the teacher's internals: give "
+        f"the teacher (online-teacher mode, 'teacher' / --teacher)",
     )
     need(cfg.teacher_k is None or cfg.teacher is not None, "teacher_k needs a teacher")
     need(

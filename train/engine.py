@@ -19,13 +19,12 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
+from smash.precompute.shared.precisions import PRECISIONS
 
 if TYPE_CHECKING:
     from deepspeed.runtime.engine import DeepSpeedEngine
 
-__all__ = ["PRECISIONS", "build_engine", "device_of", "ensure_process_env", "resolve_deepspeed"]
-
-PRECISIONS = ("fp32", "fp16", "bf16")
+__all__ = ["build_engine", "device_of", "ensure_process_env", "resolve_deepspeed"]
 
 
 def _free_port() -> int:
@@ -92,7 +91,7 @@ def resolve_deepspeed(
         )
     if precision is not None:
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         ds.setdefault("fp16", {})["enabled"] = precision == "fp16"
         ds.setdefault("bf16", {})["enabled"] = precision == "bf16"
     ds.setdefault("steps_per_print", 10**9)  # the trainer logs; keep DeepSpeed's own quiet

@@ -16,7 +16,7 @@ import itertools
 from typing import Any
 
 import torch
-from smash.precompute.teacher_head import lm_head_of, mask_hidden_states
+from smash.precompute.shared.adapters import adapter_for
 from smash.store import DEFAULT_STALL_TIMEOUT, StoreDataset, collate_examples
 
 __all__ = ["heldout_kl", "masked_kl_rows"]
@@ -71,21 +71,15 @@ def heldout_kl(
     examples = itertools.islice(stream, rank, max_examples, world)
     was_training = model.training
     model.eval()
+    adapter = adapter_for(model)
     total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum KL, rows)
     while chunk := list(itertools.islice(examples, batch_size)):
-        b = collate_examples(chunk, pad_id)
-        hidden = mask_hidden_states(
-            model,
-            b["input_ids"].to(device),
-            b["attention_mask"].to(device),
-            b["mask_batch"].to(device),
-            b["mask_positions"].to(device),
-        )
+        b = {k: v.to(device) for k, v in collate_examples(chunk, pad_id).items() if k != "keys"}
+        hidden = adapter.answers(
+            b["input_ids"], b["attention_mask"], b["mask_batch"], b["mask_positions"]
+        ).hidden
         rows = masked_kl_rows(
-            lm_head_of(model)(hidden),
-            b["topk_ids"].to(device),
-            b["topk_logprobs"].to(device),
-            b["tail_logmass"].to(device),
+            adapter.logits(hidden), b["topk_ids"], b["topk_logprobs"], b["tail_logmass"]
         )
         total += torch.stack(
             [rows.double().sum(), torch.tensor(float(len(rows)), device=device).double()]

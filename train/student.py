@@ -1,16 +1,13 @@
 """The student step and the online teacher.
 
-``DistillStudent`` is what DeepSpeed wraps: the HF masked LM plus its loss. Its forward runs
-the encoder only, gathers the hidden states at the R mask positions, and applies the LM head
-to those rows alone, (R, H) instead of (B*L, H), exactly as the teacher pass did
-(``smash.precompute.teacher_head``). The loss goes through ``smash.kernels``: either the LM
-head then ``soft_cross_entropy`` (``loss="kernel"``), or the head's transform then
-``fused_linear_soft_cross_entropy`` (``loss="fused_linear"``), which never makes the (R, V)
-logits.
+``DistillStudent`` is what DeepSpeed wraps: the HF model, its adapter and the run's weighted
+objectives. Its forward runs the model once through the adapter (the encoder, then the LM head
+on the R answer rows alone, (R, H) instead of (B * L, H), exactly as the teacher pass did),
+hands the outputs to each objective and returns the weighted sum of their losses.
 
-``OnlineTeacher`` is the one place a teacher model is loaded during distillation. It produces
-the same ``TeacherTopK`` numbers as the teacher pass, from a live model, for the
-offline-equals-online test and the offline-vs-online benchmark.
+``OnlineTeacher`` is the one place a teacher model is loaded during distillation. It fills a
+batch with what the objectives need from the teacher: the same ``TeacherTopK`` numbers the
+teacher pass stores, and (for objectives that distil them) its hidden states and attentions.
 """
 
 from __future__ import annotations
@@ -19,157 +16,57 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from smash.kernels import fused_linear_soft_cross_entropy, soft_cross_entropy
-from smash.precompute.teacher_head import (
-    TeacherTopK,
-    lm_head_of,
-    mask_hidden_states,
-    teacher_topk,
-)
+from smash.precompute.shared.adapters import adapter_for
+from smash.precompute.shared.teacher_targets import topk_targets
+from smash.store import TEACHER_FIELDS
 from torch import nn
 
-from .objectives import hard_labels, label_word_loss, rule_labels
+from .objectives import Objective, StudentOutputs
 
-__all__ = ["STEP_KEYS", "DistillStudent", "OnlineTeacher", "head_features"]
-
-# The batch entries a step reads (collate_examples' names).
-STEP_KEYS = (
-    "input_ids",
-    "attention_mask",
-    "mask_batch",
-    "mask_positions",
-    "topk_ids",
-    "topk_logprobs",
-    "tail_logmass",
-    "labels",
-)
-
-
-def _decoder_slot(head: nn.Module, decoder: nn.Module) -> tuple[nn.Module, str] | None:
-    """(parent module, attribute) holding ``decoder`` inside ``head``; None if head is it."""
-    if head is decoder:
-        return None
-    for module in head.modules():
-        for attr, child in module.named_children():
-            if child is decoder:
-                return module, attr
-    raise ValueError(
-        f"{type(head).__name__} does not contain the output embeddings "
-        f"{type(decoder).__name__}: cannot split its LM head"
-    )
-
-
-def head_features(
-    head: nn.Module, slot: tuple[nn.Module, str] | None, hidden: torch.Tensor
-) -> torch.Tensor:
-    """The LM head's output *before* its vocabulary projection: (R, H) -> (R, H).
-
-    The head's own forward runs with the decoder swapped for an identity, so the transform
-    (dense, activation, layer norm for RoBERTa and BERT) is the model's code, not a copy.
-    """
-    if slot is None:
-        return hidden
-    parent, attr = slot
-    decoder = getattr(parent, attr)
-    setattr(parent, attr, nn.Identity())
-    try:
-        return head(hidden)
-    finally:
-        setattr(parent, attr, decoder)
+__all__ = ["DistillStudent", "OnlineTeacher"]
 
 
 class DistillStudent(nn.Module):
-    """Student masked LM + distillation loss; ``forward(**batch)`` returns the scalar loss.
+    """Student model + weighted objectives; ``forward(**batch, store=i)`` returns the loss.
 
     Args:
         model: an HF ``AutoModelForMaskedLM``.
-        objective: ``ce`` | ``hard`` | ``rule`` (see ``smash.train.objectives``).
-        verbalizers: per store, the label-word ids (``hard``/``rule``) or None.
-        stored_labels: per store, whether ``hard`` takes the batch's ``labels`` (the teacher's
-            argmax, written by the teacher pass) instead of deriving it from the top-k.
-        loss: ``kernel`` | ``fused_linear`` (``ce`` only; label-word losses apply the C
-            label-word rows of the decoder either way).
-        tail, temperature, scale_t2, kernel_impl: passed to the kernel.
+        objectives: (objective, weight) pairs; the loss is the weighted sum.
+        store_states: per store, per objective, what ``Objective.for_store`` prepared.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        *,
-        objective: str = "ce",
-        verbalizers: Sequence[Sequence[int] | None] = (None,),
-        stored_labels: Sequence[bool] = (False,),
-        loss: str = "kernel",
-        tail: str = "bucket",
-        temperature: float = 1.0,
-        scale_t2: bool = False,
-        kernel_impl: str = "auto",
+        objectives: Sequence[tuple[Objective, float]],
+        store_states: Sequence[Sequence[Any]],
     ):
         super().__init__()
+        if not objectives:
+            raise ValueError("DistillStudent needs at least one objective")
         self.model = model
-        self.objective, self.loss_impl = objective, loss
-        self.kernel_args = {
-            "tail": tail,
-            "temperature": temperature,
-            "scale_t2": scale_t2,
-            "impl": kernel_impl,
-        }
-        self.verbalizers = [
-            None if v is None else torch.tensor(list(v), dtype=torch.int64) for v in verbalizers
-        ]
-        self.stored_labels = list(stored_labels)
-        self._slot = _decoder_slot(lm_head_of(model), model.get_output_embeddings())
+        self.adapter = adapter_for(model)
+        self.objectives = list(objectives)
+        self.store_states = [list(states) for states in store_states]
+        wanted = set().union(*(o.student_needs for o, _ in self.objectives))
+        self._hidden_states, self._attentions = "hidden_states" in wanted, "attentions" in wanted
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        mask_batch: torch.Tensor,
-        mask_positions: torch.Tensor,
-        topk_ids: torch.Tensor,
-        topk_logprobs: torch.Tensor,
-        tail_logmass: torch.Tensor,
-        labels: torch.Tensor,
-        store: int = 0,
-    ) -> torch.Tensor:
-        hidden = mask_hidden_states(
-            self.model, input_ids, attention_mask, mask_batch, mask_positions
-        )  # (R, H)
-        head, decoder = lm_head_of(self.model), self.model.get_output_embeddings()
-        if self.objective == "ce":
-            # check_ids=False: the ids come from a checksummed store written by the teacher
-            # pass (or from a live teacher's top-k), and the check costs a host sync per step.
-            if self.loss_impl == "kernel":
-                logits = head(hidden)  # (R, V)
-                # grad_in_forward=False: DeepSpeed divides the loss by the accumulation steps
-                # (and fp16 scales it), so the upstream gradient is not 1; recomputing in
-                # backward avoids the host sync and the extra pass over the saved gradient.
-                return soft_cross_entropy(
-                    logits,
-                    topk_ids,
-                    topk_logprobs,
-                    tail_logmass=tail_logmass,
-                    check_ids=False,
-                    grad_in_forward=False,
-                    **self.kernel_args,
-                )
-            features = head_features(head, self._slot, hidden)  # (R, H)
-            return fused_linear_soft_cross_entropy(
-                features,
-                decoder.weight,
-                decoder.bias,
-                topk_ids,
-                topk_logprobs,
-                tail_logmass=tail_logmass,
-                check_ids=False,
-                **self.kernel_args,
-            )
-        words = self.verbalizers[store].to(input_ids.device)
-        if self.objective == "hard" and not self.stored_labels[store]:
-            targets = hard_labels(topk_ids, topk_logprobs, words)
-        else:
-            targets = rule_labels(labels, mask_batch, len(words))
-        return label_word_loss(head_features(head, self._slot, hidden), decoder, words, targets)
+    def forward(self, store: int = 0, **batch: torch.Tensor) -> torch.Tensor:
+        answers = self.adapter.answers(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["mask_batch"],
+            batch["mask_positions"],
+            hidden_states=self._hidden_states,
+            attentions=self._attentions,
+        )
+        outputs = StudentOutputs(self.adapter, answers)
+        total = None
+        for (objective, weight), state in zip(self.objectives, self.store_states[store]):
+            loss = objective.loss(outputs, batch, state)
+            loss = loss if weight == 1.0 else weight * loss
+            total = loss if total is None else total + loss
+        return total
 
 
 class OnlineTeacher:
@@ -189,33 +86,40 @@ class OnlineTeacher:
     ):
         from transformers import AutoModelForMaskedLM
 
-        self.model = AutoModelForMaskedLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        self.path = path
-        vocab = self.model.get_output_embeddings().weight.shape[0]
+        model = AutoModelForMaskedLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.adapter, self.path = adapter_for(model), path
+        vocab = self.adapter.decoder.weight.shape[0]
         self.k = vocab if k is None else k
         if self.k > vocab:
             raise ValueError(
                 f"teacher_k={self.k} is larger than the teacher's vocabulary ({vocab})"
             )
 
-    def targets(self, batch: dict[str, Any]) -> TeacherTopK:
-        top = teacher_topk(
-            self.model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["mask_batch"],
-            batch["mask_positions"],
-            self.k,
-        )
+    def fill(
+        self, batch: dict[str, Any], needs: frozenset[str] = frozenset(TEACHER_FIELDS)
+    ) -> dict[str, Any]:
+        """``batch`` with what ``needs`` asks of the live teacher: its top-k fields (the names of
+        ``schema.TEACHER_FIELDS``, as the teacher pass stores them) and ``teacher_hidden_states``
+        / ``teacher_attentions`` (tuples over its layers, see ``Answers``)."""
+        with torch.inference_mode():
+            answers = self.adapter.answers(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["mask_batch"],
+                batch["mask_positions"],
+                hidden_states="teacher_hidden_states" in needs,
+                attentions="teacher_attentions" in needs,
+            )
+        values: dict[str, Any] = {}
+        if needs & set(TEACHER_FIELDS):
+            values.update(topk_targets(self.adapter, answers.hidden, self.k).stored_fields())
+        if answers.hidden_states is not None:
+            values["teacher_hidden_states"] = answers.hidden_states
+        if answers.attentions is not None:
+            values["teacher_attentions"] = answers.attentions
         # inference-mode tensors cannot enter an autograd graph: copy them out
-        return TeacherTopK(top.ids.clone(), top.logprobs.clone(), top.tail_logmass.clone())
+        return {**batch, **{name: _copied(value) for name, value in values.items()}}
 
-    def fill(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """``batch`` with its teacher entries replaced by the live teacher's."""
-        top = self.targets(batch)
-        return {
-            **batch,
-            "topk_ids": top.ids,
-            "topk_logprobs": top.logprobs,
-            "tail_logmass": top.tail_logmass,
-        }
+
+def _copied(value: torch.Tensor | tuple[torch.Tensor, ...]) -> Any:
+    return tuple(v.clone() for v in value) if isinstance(value, tuple) else value.clone()

@@ -27,10 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from smash.precompute.model_paths import require_folder_or_hub_name
-from smash.precompute.teacher_head import max_sequence_length
-from smash.precompute.templates import verbalizer_ids
-from smash.store import FingerprintMismatch, check_tokenizer, load_manifest, tokenizer_fingerprint
+from smash.precompute.shared.adapters import max_sequence_length
+from smash.precompute.shared.model_paths import require_folder_or_hub_name
+from smash.precompute.shared.precisions import PRECISIONS
+from smash.store import (
+    STEP_KEYS,
+    FingerprintMismatch,
+    check_tokenizer,
+    load_manifest,
+    tokenizer_fingerprint,
+)
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
@@ -40,8 +46,8 @@ from .engine import build_engine, device_of, resolve_deepspeed
 from .evaluate import heldout_kl
 from .export import check_export_path, export_student
 from .metrics import MetricsLogger
-from .objectives import store_verbalizer, uses_stored_labels
-from .student import STEP_KEYS, DistillStudent, OnlineTeacher
+from .objectives import StoreContext, make_objectives
+from .student import DistillStudent, OnlineTeacher
 
 __all__ = ["Trainer"]
 
@@ -80,30 +86,20 @@ class Trainer:
         if cfg.eval_store is not None:
             eval_manifest = load_manifest(cfg.eval_store, stall_timeout=cfg.stall_timeout)
             check_tokenizer(eval_manifest, self.tokenizer, cfg.eval_store)
-        words = [
-            store_verbalizer(cfg.objective, m.producer, s.verbalizer, s.path)
-            for s, m in zip(cfg.stores, self.manifests)
+        objectives = make_objectives(cfg)
+        store_states = [
+            [
+                objective.for_store(StoreContext(spec.path, manifest, spec, self.tokenizer))
+                for objective, _ in objectives
+            ]
+            for spec, manifest in zip(cfg.stores, self.manifests)
         ]
-        self.verbalizers = [None if w is None else verbalizer_ids(self.tokenizer, w) for w in words]
+        self.needs = frozenset().union(*(objective.needs for objective, _ in objectives))
 
         torch.manual_seed(cfg.seed)
         model = AutoModelForMaskedLM.from_pretrained(cfg.student, dtype=torch.float32)
         self._check_lengths(model)
-        stored = [
-            uses_stored_labels(cfg.objective, m.producer, s.verbalizer)
-            for s, m in zip(cfg.stores, self.manifests)
-        ]
-        self.module = DistillStudent(
-            model,
-            objective=cfg.objective,
-            verbalizers=self.verbalizers,
-            stored_labels=stored,
-            loss=cfg.loss,
-            tail=cfg.tail,
-            temperature=cfg.temperature,
-            scale_t2=cfg.scale_t2,
-            kernel_impl=cfg.kernel_impl,
-        )
+        self.module = DistillStudent(model, objectives, store_states)
         self.ds_config = resolve_deepspeed(
             cfg.deepspeed, max_steps=cfg.max_steps, precision=self.precision
         )
@@ -204,9 +200,7 @@ class Trainer:
                 ours_fp,
                 self.cfg.student,
             )
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-            self._precision_name(), torch.float32
-        )
+        dtype = PRECISIONS[self._precision_name()]
         return OnlineTeacher(self.cfg.teacher, self.device, k=self.cfg.teacher_k, dtype=dtype)
 
     def _precision_name(self) -> str:
@@ -279,7 +273,7 @@ class Trainer:
     def _micro_step(self, batch: dict[str, Any]) -> torch.Tensor:
         inputs = {k: batch[k].to(self.device, non_blocking=True) for k in STEP_KEYS}
         if self.teacher is not None:
-            inputs = self.teacher.fill(inputs)
+            inputs = self.teacher.fill(inputs, self.needs)
         loss = self.engine(**inputs, store=batch["store"])
         self.engine.backward(loss)
         if self._own_grad_norm and self.engine.is_gradient_accumulation_boundary():

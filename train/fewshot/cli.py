@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from smash.precompute.model_paths import require_folder_or_hub_name
-from smash.precompute.teacher_head import max_sequence_length
+from smash.precompute.shared.adapters import max_sequence_length
+from smash.precompute.shared.model_paths import require_folder_or_hub_name
 from smash.train.fewshot.data import DataError, load_kshot
 from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
 from smash.train.fewshot.protocol import Protocol, run_seed, zero_shot
@@ -40,14 +40,14 @@ def evaluate_models(
     seeds: Sequence[int] = SEEDS,
     k: int = 16,
     templates: dict[str, str] | None = None,
-    words: dict[str, Sequence[str]] | None = None,
+    verbalizers: dict[str, Sequence[str]] | None = None,
     max_length: int | None = None,
     device: str = "cpu",
 ) -> list[Entry]:
     """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
     from transformers import AutoTokenizer
 
-    templates, words = templates or {}, words or {}
+    templates, verbalizers = templates or {}, verbalizers or {}
     splits = {(t.name, s): load_kshot(data, t, k, s) for t in tasks for s in seeds}
     runs_per_seed = {m: 1 if m == "zero-shot" else len(protocol.grid) for m in modes}
     total = len(models) * len(tasks) * len(seeds) * sum(runs_per_seed.values())
@@ -68,7 +68,7 @@ def evaluate_models(
                         task,
                         length,
                         templates.get(task.name, task.template),
-                        words.get(task.name, task.words),
+                        verbalizers.get(task.name, task.verbalizer),
                     )
                     cache: dict = {}
                     results = []
@@ -113,7 +113,7 @@ def _factory(
     task: Task,
     max_length: int,
     template: str,
-    label_words: Sequence[str],
+    verbalizer: Sequence[str],
 ) -> Callable[[], PromptLearner | FinetuneLearner]:
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
@@ -128,7 +128,7 @@ def _factory(
 
         def make() -> PromptLearner:
             model = AutoModelForMaskedLM.from_pretrained(path)
-            return PromptLearner(model, tokenizer, task, template, label_words, max_length)
+            return PromptLearner(model, tokenizer, task, template, verbalizer, max_length)
 
     make()  # fail early on a bad template, label word or model folder
     return make
@@ -184,11 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="LM-BFF template for a task, e.g. 'SST-2=*cls**sent_0*_It_was*mask*.*sep+*'",
     )
     p.add_argument(
+        "--verbalizer",
         "--words",
         action="append",
         default=[],
         metavar="TASK=W1,W2",
-        help="label words for a task in label order, without a space, e.g. "
+        help="label words (the verbalizer) for a task in label order, without a space, e.g. "
         "SST-2=bad,good (' '+word must be one token)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -211,7 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for model in args.model:
             require_folder_or_hub_name("--model", model)
         tasks = [get_task(t) for t in args.tasks]
-        words = {t: w.split(",") for t, w in _overrides(args.words, "--words").items()}
+        verbalizers = {
+            t: w.split(",") for t, w in _overrides(args.verbalizer, "--verbalizer").items()
+        }
         entries = evaluate_models(
             list(zip(names, args.model)),
             tasks,
@@ -221,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seeds,
             args.k,
             _overrides(args.template, "--template"),
-            words,
+            verbalizers,
             args.max_length,
             args.device,
         )

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from smash.precompute.templates import parse_template, verbalizer_ids
+from smash.precompute.shared.adapters import adapter_for
+from smash.precompute.shared.templates import parse_template, verbalizer_ids
 from smash.train.fewshot.data import Example
 from smash.train.fewshot.tasks import Task
 
@@ -97,7 +98,13 @@ class PromptLearner:
     """A masked LM scored by its label words' logits at the template's ``<mask>``."""
 
     def __init__(
-        self, model, tokenizer, task: Task, template: str, words: Sequence[str], max_length: int
+        self,
+        model,
+        tokenizer,
+        task: Task,
+        template: str,
+        verbalizer: Sequence[str],
+        max_length: int,
     ):
         self.model, self.tokenizer, self.task = model, tokenizer, task
         self.template = parse_template(template)
@@ -107,12 +114,11 @@ class PromptLearner:
                 f"sentences, {task.name} has {len(task.text_columns)}"
             )
         expected = 2 if task.is_regression else len(task.labels)
-        if len(words) != expected:
-            raise ValueError(f"{task.name} needs {expected} label words, got {list(words)}")
-        self.word_ids = torch.tensor(verbalizer_ids(tokenizer, words))
+        if len(verbalizer) != expected:
+            raise ValueError(f"{task.name} needs {expected} label words, got {list(verbalizer)}")
+        self.verbalizer = torch.tensor(verbalizer_ids(tokenizer, verbalizer))
         self.max_length = max_length
-        # RoBERTa-family heads can run on the mask rows only: (B, H) instead of (B, T, V).
-        self._head = getattr(model, "lm_head", None)
+        self.adapter = adapter_for(model)  # the head runs on the mask rows only
 
     def encode(self, examples: Sequence[Example]) -> list[Features]:
         out = []
@@ -124,17 +130,13 @@ class PromptLearner:
     def forward(self, batch: Batch) -> torch.Tensor:
         """Label-word logits at the mask, (B, C); C = 2 (low, high) for regression."""
         rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
-        if self._head is not None:
-            hidden = self.model.base_model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask
-            )[0]
-            logits = self._head(hidden[rows, batch.mask_positions])  # (B, V)
-        else:
-            logits = self.model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask
-            ).logits
-            logits = logits[rows, batch.mask_positions]  # (B, V)
-        return logits[:, self.word_ids.to(logits.device)]
+        hidden = self.adapter.answers(
+            batch.input_ids, batch.attention_mask, rows, batch.mask_positions
+        ).hidden  # (B, H)
+        features = self.adapter.features(hidden)
+        decoder, verbalizer = self.adapter.decoder, self.verbalizer.to(hidden.device)
+        bias = decoder.bias[verbalizer] if decoder.bias is not None else None
+        return F.linear(features, decoder.weight[verbalizer], bias)  # (B, C)
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.task.is_regression:

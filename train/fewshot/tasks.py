@@ -19,7 +19,7 @@ class Task:
     """Everything the loaders, the split maker and the learners need to know about a task.
 
     ``labels`` are the label strings as written in the files, in verbalizer order; an empty
-    tuple means regression (STS-B), where ``bounds`` is the score range, ``words`` are the
+    tuple means regression (STS-B), where ``bounds`` is the score range, ``verbalizer`` holds the
     low and high label words, and ``bin_at`` is the threshold used to balance sampling.
     ``tests`` maps a results column (e.g. ``MNLI-mm``) to the k-shot test file stem.
     """
@@ -30,7 +30,7 @@ class Task:
     text_columns: tuple[int, ...]
     label_column: int
     labels: tuple[str, ...]
-    words: tuple[str, ...]
+    verbalizer: tuple[str, ...]
     template: str
     metric: str  # "acc", "f1" or "pearson"
     max_length: int = 128
@@ -85,7 +85,7 @@ TASKS: dict[str, Task] = {
             text_columns=(0,),
             label_column=-1,
             labels=("0", "1"),
-            words=("terrible", "great"),
+            verbalizer=("terrible", "great"),
             template=_SENTIMENT,
             metric="acc",
         ),
@@ -93,18 +93,18 @@ TASKS: dict[str, Task] = {
             "SST-5",
             dirname="sst-5",
             labels=("0", "1", "2", "3", "4"),
-            words=("terrible", "bad", "okay", "good", "great"),
+            verbalizer=("terrible", "bad", "okay", "good", "great"),
             **_CSV,
         ),
-        _task("MR", dirname="mr", labels=("0", "1"), words=("terrible", "great"), **_CSV),
-        _task("CR", dirname="cr", labels=("0", "1"), words=("terrible", "great"), **_CSV),
+        _task("MR", dirname="mr", labels=("0", "1"), verbalizer=("terrible", "great"), **_CSV),
+        _task("CR", dirname="cr", labels=("0", "1"), verbalizer=("terrible", "great"), **_CSV),
         _task(
             "MNLI",
             fmt="tsv",
             text_columns=(8, 9),
             label_column=-1,
             labels=_NLI3,
-            words=("No", "Yes", "Maybe"),
+            verbalizer=("No", "Yes", "Maybe"),
             template=_NLI,
             metric="acc",
             max_length=256,
@@ -118,7 +118,7 @@ TASKS: dict[str, Task] = {
             text_columns=(7, 8),
             label_column=-1,
             labels=_NLI3,
-            words=("No", "Yes", "Maybe"),
+            verbalizer=("No", "Yes", "Maybe"),
             template=_NLI,
             metric="acc",
             max_length=256,
@@ -129,7 +129,7 @@ TASKS: dict[str, Task] = {
             text_columns=(1, 2),
             label_column=-1,
             labels=("entailment", "not_entailment"),
-            words=("Yes", "No"),
+            verbalizer=("Yes", "No"),
             template=_NLI,
             metric="acc",
         ),
@@ -139,7 +139,7 @@ TASKS: dict[str, Task] = {
             text_columns=(1, 2),
             label_column=-1,
             labels=("entailment", "not_entailment"),
-            words=("Yes", "No"),
+            verbalizer=("Yes", "No"),
             template=_NLI,
             metric="acc",
             max_length=256,
@@ -150,7 +150,7 @@ TASKS: dict[str, Task] = {
             text_columns=(3, 4),
             label_column=0,
             labels=("0", "1"),
-            words=("No", "Yes"),
+            verbalizer=("No", "Yes"),
             template=_PARAPHRASE,
             metric="f1",
         ),
@@ -160,7 +160,7 @@ TASKS: dict[str, Task] = {
             text_columns=(3, 4),
             label_column=5,
             labels=("0", "1"),
-            words=("No", "Yes"),
+            verbalizer=("No", "Yes"),
             template=_PARAPHRASE,
             metric="f1",
         ),
@@ -170,7 +170,7 @@ TASKS: dict[str, Task] = {
             text_columns=(7, 8),
             label_column=-1,
             labels=(),
-            words=("No", "Yes"),
+            verbalizer=("No", "Yes"),
             template=_PARAPHRASE,
             metric="pearson",
             bounds=(0.0, 5.0),

@@ -1,0 +1,73 @@
+"""``ce``: prediction distillation, the paper's Eq. 1, against the stored teacher top-k + tail.
+
+The loss is ``smash.kernels``' soft cross-entropy, either on the (R, V) logits of the answer
+rows (``loss="logits"``) or fused with the LM head's vocabulary projection
+(``loss="fused_linear"``), which never makes the logits. Both take the run's ``tail``,
+``temperature``, ``scale_t2`` and ``kernel_impl``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from smash.kernels import fused_linear_soft_cross_entropy, soft_cross_entropy
+
+from . import register_objective
+from .base import Objective, StudentOutputs
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+
+__all__ = ["LOSS_IMPLS", "PredictionDistillation"]
+
+LOSS_IMPLS = ("logits", "fused_linear")
+
+
+@register_objective
+class PredictionDistillation(Objective):
+    name = "ce"
+    needs = frozenset({"topk_ids", "topk_logprobs", "tail_logmass"})
+
+    def __init__(
+        self,
+        loss: str = "logits",
+        tail: str = "bucket",
+        temperature: float = 1.0,
+        scale_t2: bool = False,
+        kernel_impl: str = "auto",
+    ):
+        if loss not in LOSS_IMPLS:
+            raise ValueError(f"loss must be one of {LOSS_IMPLS}, got {loss!r}")
+        self.fused = loss == "fused_linear"
+        self.kernel_args = {
+            "tail": tail,
+            "temperature": temperature,
+            "scale_t2": scale_t2,
+            "impl": kernel_impl,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> PredictionDistillation:
+        return cls(cfg.loss, cfg.tail, cfg.temperature, cfg.scale_t2, cfg.kernel_impl)
+
+    def loss(
+        self, student: StudentOutputs, batch: Mapping[str, torch.Tensor], state: Any
+    ) -> torch.Tensor:
+        # check_ids=False: the ids come from a checksummed store written by the teacher pass
+        # (or from a live teacher's top-k), and the check costs a host sync per step.
+        targets = (batch["topk_ids"], batch["topk_logprobs"])
+        if self.fused:
+            decoder = student.decoder
+            return fused_linear_soft_cross_entropy(
+                student.features, decoder.weight, decoder.bias, *targets,
+                tail_logmass=batch["tail_logmass"], check_ids=False, **self.kernel_args,
+            )  # fmt: skip
+        # grad_in_forward=False: DeepSpeed divides the loss by the accumulation steps (and
+        # fp16 scales it), so the upstream gradient is not 1; recomputing in backward avoids
+        # the host sync and the extra pass over the saved gradient.
+        return soft_cross_entropy(
+            student.logits, *targets, tail_logmass=batch["tail_logmass"], check_ids=False,
+            grad_in_forward=False, **self.kernel_args,
+        )  # fmt: skip
