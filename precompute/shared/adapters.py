@@ -108,6 +108,12 @@ class MaskedLMAdapter(ModelAdapter):
         hidden_states: bool = False,
         attentions: bool = False,
     ) -> Answers:
+        if attentions and self.model.config._attn_implementation != "eager":
+            raise ValueError(
+                f"{type(self.model).__name__}: attention probabilities need the eager attention "
+                f"path (it runs {self.model.config._attn_implementation!r}); load the model with "
+                f"attn_implementation='eager'"
+            )
         out = self.encoder(
             input_ids=input_ids,
             attention_mask=attention_mask,

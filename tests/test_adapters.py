@@ -1,0 +1,73 @@
+"""Model adapters: for every supported family, the answer-row logits are the model's own."""
+
+import pytest
+import torch
+from smash.precompute.shared.adapters import MaskedLMAdapter, adapter_for
+
+
+def tiny_masked_lm(family: str):
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        RobertaConfig,
+        RobertaForMaskedLM,
+        XLMRobertaConfig,
+        XLMRobertaForMaskedLM,
+    )
+
+    size = {"vocab_size": 97, "hidden_size": 24, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "intermediate_size": 48, "max_position_embeddings": 40}  # fmt: skip
+    torch.manual_seed(0)
+    if family == "bert":
+        return BertForMaskedLM(BertConfig(**size)).eval()
+    if family == "xlm-roberta":
+        return XLMRobertaForMaskedLM(XLMRobertaConfig(**size, pad_token_id=1)).eval()
+    return RobertaForMaskedLM(RobertaConfig(**size, pad_token_id=1)).eval()
+
+
+def batch():
+    gen = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(5, 97, (3, 11), generator=gen)
+    attention = torch.ones_like(input_ids)
+    attention[1, 8:] = 0  # padding
+    return input_ids, attention, torch.tensor([0, 0, 1, 2]), torch.tensor([2, 9, 4, 10])
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "bert"])
+def test_answer_logits_are_the_models_own(family):
+    model = tiny_masked_lm(family)
+    adapter = adapter_for(model)
+    input_ids, attention, rows, positions = batch()
+    with torch.no_grad():
+        full = model(input_ids=input_ids, attention_mask=attention).logits[rows, positions]
+        answers = adapter.answers(input_ids, attention, rows, positions)
+        logits = adapter.logits(answers.hidden)
+        fused = adapter.features(answers.hidden) @ adapter.decoder.weight.T + adapter.decoder.bias
+    assert torch.equal(logits, full)
+    torch.testing.assert_close(fused, full, rtol=1e-5, atol=1e-5)
+    assert answers.hidden.shape == (4, 24) and answers.hidden_states is None
+
+
+def test_hidden_states_and_attentions_on_request():
+    model = tiny_masked_lm("roberta")
+    input_ids, attention, rows, positions = batch()
+    with pytest.raises(ValueError, match="attention probabilities need the eager attention path"):
+        MaskedLMAdapter(model).answers(input_ids, attention, rows, positions, attentions=True)
+    model.set_attn_implementation("eager")
+    answers = MaskedLMAdapter(model).answers(
+        input_ids, attention, rows, positions, hidden_states=True, attentions=True
+    )
+    assert len(answers.hidden_states) == 3 and answers.hidden_states[0].shape == (3, 11, 24)
+    assert len(answers.attentions) == 2 and answers.attentions[0].shape == (3, 4, 11, 11)
+    torch.testing.assert_close(answers.attentions[1].sum(-1), torch.ones(3, 4, 11))
+    assert torch.equal(answers.hidden_states[-1][rows, positions], answers.hidden)
+
+
+def test_an_unsupported_family_is_refused():
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    model = DistilBertForMaskedLM(
+        DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
+    )
+    with pytest.raises(ValueError, match="DistilBertForMaskedLM: no masked-LM head"):
+        adapter_for(model)
