@@ -95,14 +95,16 @@ def build_workspace(work: Path, args) -> dict:
         RobertaForMaskedLM(config).save_pretrained(work / role)
         tok.save_pretrained(work / role)
     n = args.batch * (args.warmup + args.steps) * (1 + args.workers)
-    with StoreWriter(
+    writer = StoreWriter(
         work / "store",
         producer={"task": "bench", "max_length": 128},
         tokenizer=tokenizer_record(tok),
         k=K,
-        max_samples=max(n // 8, 1),
-    ) as w:
-        w.write_all(synthetic_examples(n, vocab=VOCAB, k=K, seed=0))
+    )
+    examples = synthetic_examples(n, vocab=VOCAB, k=K, seed=0)
+    per_shard = max(n // 8, 1)
+    for i, start in enumerate(range(0, n, per_shard)):
+        writer.write_shard(i, examples[start : start + per_shard])
     finalize_store(work / "store")
     return {"shapes": dims, "examples": n}
 

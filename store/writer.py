@@ -1,9 +1,10 @@
 """Writing teacher outputs into WebDataset tar shards.
 
 ``ShardFile`` writes one shard: chunks of examples go into a tar under a temporary name;
-``close`` renames it into place and returns its ``ShardInfo`` (samples, bytes, sha256).
-``StoreWriter`` starts a new shard at a sample or byte limit and records every closed shard
-in its process's part manifest, so several processes can write one store without clashing.
+``close`` makes it durable, renames it into place and returns its ``ShardInfo`` (samples,
+bytes, sha256). ``StoreWriter`` writes shards under given indices and records every closed
+shard in its process's part manifest, so several processes can write one store without
+clashing.
 Tar headers carry a fixed mtime and owner, so the same examples give byte-identical shards.
 """
 
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import webdataset as wds
-from typing_extensions import Self
 
 from .codec import CHUNK_SUFFIX, ChunkLayout, encode_chunk
 from .errors import ManifestError
@@ -98,16 +98,13 @@ class ShardFile:
 
 
 class StoreWriter:
-    """Writes examples into numbered shards of a store directory and keeps a part manifest.
+    """Writes numbered shards of a store directory and keeps this process's part manifest.
 
-    ``part`` names this writer's part manifest (one per process, e.g. its rank);
-    ``first_shard`` lets processes use disjoint shard-number ranges. Finished shards already
-    recorded in the part manifest (from an earlier, interrupted run) are kept; that part must
-    have been written with the same producer, tokenizer, k and layout.
-
-    ``write`` fills shards one after another up to ``max_samples`` or ``max_bytes``;
-    ``write_shard`` writes one whole shard under a given index (how the teacher pass assigns
-    fixed example ranges to shards).
+    ``part`` names the part manifest (one per process, e.g. its rank). Finished shards already
+    recorded in it (by an earlier, interrupted run) are kept; that part must have been written
+    with the same producer, tokenizer, k and layout. ``write_shard`` writes one whole shard
+    under a given index: the teacher pass assigns fixed example ranges to shard indices, so
+    processes never clash and a rerun knows which shards are done.
     """
 
     def __init__(
@@ -118,59 +115,21 @@ class StoreWriter:
         tokenizer: dict[str, Any],
         k: int,
         layout: ChunkLayout = DEFAULT_LAYOUT,
-        max_samples: int = 10_000,
-        max_bytes: int | None = 256 << 20,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         part: str = "0",
-        first_shard: int = 0,
     ):
-        if max_samples < 1:
-            raise ValueError("max_samples must be at least 1")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.part = part
-        self.max_samples, self.max_bytes, self.chunk_size = max_samples, max_bytes, chunk_size
+        self.part, self.layout, self.chunk_size = part, layout, chunk_size
         fresh = Manifest(producer=producer, tokenizer=tokenizer, k=k, layout=layout.to_json())
         self.manifest = read_part(self.root, part) or fresh
-        for name in ("producer", "tokenizer", "k", "layout"):
+        for name in ("format_version", "producer", "tokenizer", "k", "layout"):
             if getattr(self.manifest, name) != getattr(fresh, name):
                 raise ManifestError(
                     str(part_path(self.root, part)),
                     f"field {name!r} differs from this writer's: the part "
                     f"belongs to a store of another configuration",
                 )
-        self.layout = layout
-        self.next_shard = first_shard + len(self.manifest.shards)
-        self._shard: ShardFile | None = None
-
-    @property
-    def shards(self) -> list[ShardInfo]:
-        return list(self.manifest.shards)
-
-    def _open(self) -> ShardFile:
-        path = self.root / shard_name(self.next_shard)
-        self.next_shard += 1
-        return ShardFile(
-            path,
-            k=self.manifest.k,
-            vocab_size=self.manifest.vocab_size,
-            layout=self.layout,
-            chunk_size=self.chunk_size,
-        )
-
-    def write(self, example: Mapping[str, Any]) -> None:
-        if self._shard is None:
-            self._shard = self._open()
-        self._shard.write(example)
-        full = self._shard.samples >= self.max_samples or (
-            self.max_bytes is not None and self._shard.compressed_bytes >= self.max_bytes
-        )
-        if full:
-            self.close_shard()
-
-    def write_all(self, examples: Iterable[Mapping[str, Any]]) -> None:
-        for ex in examples:
-            self.write(ex)
 
     def write_shard(self, index: int, examples: Iterable[Mapping[str, Any]]) -> ShardInfo:
         """Write ``examples`` as shard number ``index`` and record it; on error nothing is
@@ -203,25 +162,3 @@ class StoreWriter:
         self.manifest.shards = [s for s in self.manifest.shards if s.name != info.name]
         self.manifest.shards.append(info)
         write_json_atomic(part_path(self.root, self.part), self.manifest.to_json())
-
-    def close_shard(self) -> ShardInfo | None:
-        if self._shard is None:
-            return None
-        info = self._shard.close()
-        self._shard = None
-        self.record(info)
-        return info
-
-    def close(self) -> list[ShardInfo]:
-        self.close_shard()
-        return self.shards
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        elif self._shard is not None:
-            self._shard.abort()  # finished shards stay recorded; the partial one is dropped
-            self._shard = None

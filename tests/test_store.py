@@ -134,18 +134,19 @@ def test_encode_rejects_bad_input():
 
 
 def write_store(root, examples, *, max_samples=40, part="0", first_shard=0, fp="sha256:abc", k=8):
-    with StoreWriter(
+    """Shards of ``max_samples`` examples, numbered from ``first_shard``; their records."""
+    writer = StoreWriter(
         root,
         producer={"task": "test", "seed": 1},
         tokenizer={"fingerprint": fp, "name": "tok", "vocab_size": VOCAB},
         k=k,
-        max_samples=max_samples,
         chunk_size=16,
         part=part,
-        first_shard=first_shard,
-    ) as writer:
-        writer.write_all(examples)
-    return writer.shards
+    )
+    return [
+        writer.write_shard(first_shard + i, examples[start : start + max_samples])
+        for i, start in enumerate(range(0, len(examples), max_samples))
+    ]
 
 
 def test_store_round_trip_through_reader(tmp_path):
@@ -187,37 +188,6 @@ def test_finalize_refuses_disagreeing_parts(tmp_path):
     with pytest.raises(ManifestError, match="manifest.part-rank1.json.*tokenizer"):
         finalize_store(tmp_path)
     assert not (tmp_path / "manifest.json").exists()
-
-
-def test_failed_writer_keeps_finished_shards(tmp_path):
-    examples = make_examples(50, seed=5)
-    with (
-        pytest.raises(RuntimeError),
-        StoreWriter(
-            tmp_path,
-            producer={},
-            tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
-            k=8,
-            max_samples=20,
-        ) as writer,
-    ):
-        writer.write_all(examples[:45])
-        raise RuntimeError("killed")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "manifest.part-0.json",
-        "shard-000000.tar",
-        "shard-000001.tar",
-    ]
-    # A restarted writer keeps the recorded shards and continues numbering after them.
-    with StoreWriter(
-        tmp_path,
-        producer={},
-        tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
-        k=8,
-        max_samples=20,
-    ) as writer:
-        writer.write_all(examples[40:])
-    assert [s.samples for s in finalize_store(tmp_path).shards] == [20, 20, 10]
 
 
 @pytest.fixture

@@ -31,14 +31,13 @@ def test_inspect_reports_teacher_statistics(store, capsys):
 @pytest.mark.parametrize("order", ["value", "id"])
 def test_top1_prob_is_the_largest_stored_probability_in_any_layout(tmp_path, order):
     examples = make_examples(40, seed=22)
-    with StoreWriter(
+    StoreWriter(
         tmp_path,
         producer={},
         tokenizer={"fingerprint": "x", "vocab_size": VOCAB},
         k=8,
         layout=ChunkLayout(order=order),
-    ) as writer:
-        writer.write_all(examples)
+    ).write_shard(0, examples)
     finalize_store(tmp_path)
     rows = np.concatenate(
         [np.exp(ex["topk_logprobs"].astype(np.float64)).max(1) for ex in examples]

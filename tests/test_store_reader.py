@@ -182,11 +182,11 @@ def test_endless_stream_with_nothing_to_read_is_an_error(tmp_path):
 def write_sized_store(root, sizes):
     """A store whose shard i holds sizes[i] examples (0: an empty shard)."""
     examples = iter(make_examples(sum(sizes), seed=8))
-    with StoreWriter(
+    writer = StoreWriter(
         root, producer={}, tokenizer={"fingerprint": "x", "vocab_size": VOCAB}, k=8
-    ) as writer:
-        for index, n in enumerate(sizes):
-            writer.write_shard(index, itertools.islice(examples, n))
+    )
+    for index, n in enumerate(sizes):
+        writer.write_shard(index, itertools.islice(examples, n))
     finalize_store(root)
 
 
