@@ -3,11 +3,13 @@
     python benchmarks/bench_kernel.py [--device cuda|cpu] [--n 128 2048 16384] [--k 64]
                                       [--tail bucket] [--out benchmarks/out]
 
-Shapes come from the RoBERTa config in ``transformers`` (vocab 50,265, hidden 768, as in
-DistilRoBERTa, the student): N mask rows × V logits, k = 64 teacher entries, bf16 on GPU.
+Shapes come from the student's published config (``shapes.py``: DistilRoBERTa-base, vocab
+50,265, hidden 768): N mask rows × V logits, k = 64 teacher entries, bf16 on GPU.
 
-On CUDA every row is timed with ``triton.testing.do_bench`` (median) and its peak extra
-memory measured (``max_memory_allocated`` above what was allocated before the call):
+Every row is timed on the shared harness (``harness.py``: median and 20/80% quantiles,
+``triton.testing.do_bench`` on CUDA) and, on CUDA, its peak extra memory measured
+(``max_memory_allocated`` above what was allocated before the call). The reference and the
+Triton kernel are also split into forward, backward and full (loss + gradient) rows:
 
 * soft-CE on given logits: the PyTorch reference (eager and ``torch.compile``), the Triton
   kernel (loss + gradient computed in the forward or recomputed in backward, each with an
@@ -30,20 +32,21 @@ On CPU only the reference paths run (fp32, smaller N), timed with a wall clock.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import time
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from smash.kernels import (
+    TAIL_MODES,
     fused_linear_soft_cross_entropy,
     soft_cross_entropy,
     soft_cross_entropy_reference,
 )
-from transformers import RobertaConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import device_name, measure_modes, peak_extra_bytes, time_ms, write_result
+from shapes import STUDENT, model_config
 
 # Nominal DRAM bandwidth (GB/s) by device-name fragment, when the properties lack it.
 NOMINAL_GBPS = {
@@ -63,7 +66,7 @@ SWEEP = [(2048, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 16)]
 def make_inputs(n: int, vocab: int, hidden: int, k: int, dtype, device, seed: int = 0) -> dict:
     """Student logits / hidden / LM head, and a teacher top-k built 2048 rows at a time."""
     gen = torch.Generator(device=device).manual_seed(seed)
-    ids, lps, tails = [], [], []
+    ids, lps, tail_logmass = [], [], []
     for start in range(0, n, 2048):
         rows = min(2048, n - start)
         full = torch.randn(rows, vocab, generator=gen, device=device) * 2.5
@@ -71,50 +74,19 @@ def make_inputs(n: int, vocab: int, hidden: int, k: int, dtype, device, seed: in
         lp, idx = full.topk(k, dim=-1)
         ids.append(idx)
         lps.append(lp.half())
-        tails.append(torch.log1p(-lp.exp().sum(-1).clamp_max(1 - 1e-7)))
+        tail_logmass.append(torch.log1p(-lp.exp().sum(-1).clamp_max(1 - 1e-7)))
         del full
     return {
         "logits": (torch.randn(n, vocab, generator=gen, device=device) * 3).to(dtype),
         "ids": torch.cat(ids),
         "lp": torch.cat(lps),
-        "tail": torch.cat(tails),
+        "tail_logmass": torch.cat(tail_logmass),
         "hidden": torch.randn(n, hidden, generator=gen, device=device).to(dtype),
         "weight": (torch.randn(vocab, hidden, generator=gen, device=device) / hidden**0.5).to(
             dtype
         ),
         "bias": torch.zeros(vocab, device=device, dtype=dtype),
     }
-
-
-def time_ms(fn: Callable[[], None], device: str, reset: list[torch.Tensor]) -> float:
-    """Median milliseconds per call; ``reset`` tensors get ``.grad = None`` before each call."""
-    if device == "cuda":
-        from triton.testing import do_bench
-
-        return float(do_bench(fn, grad_to_none=reset, return_mode="median"))
-    fn()  # warm-up
-    times = []
-    for _ in range(5):
-        for t in reset:
-            t.grad = None
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def peak_extra_bytes(fn: Callable[[], None], device: str, reset: list[torch.Tensor]) -> int | None:
-    """Peak memory allocated during one call above what was allocated before it (CUDA only)."""
-    if device != "cuda":
-        return None
-    for t in reset:
-        t.grad = None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
 
 
 def bandwidth_gbps(device: str) -> dict:
@@ -129,28 +101,28 @@ def bandwidth_gbps(device: str) -> dict:
         nominal = next((v for key, v in NOMINAL_GBPS.items() if key in props.name), None)
     src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src), device, [])
+    ms = time_ms(lambda: dst.copy_(src), device)["ms"]
     return {"nominal": nominal, "copy": 2 * src.numel() / (ms * 1e-3) / 1e9}
 
 
 def soft_ce_cases(x: dict, tail: str, device: str, compile_ref: bool) -> dict[str, Callable]:
-    """Loss + gradient on given logits, per implementation."""
+    """Per implementation, a function that returns the loss on the given logits."""
     logits = x["logits"].requires_grad_()
-    kw = {"tail_logmass": x["tail"], "tail": tail, "check_ids": False}
+    kw = {"tail_logmass": x["tail_logmass"], "tail": tail, "check_ids": False}
 
     def ours(impl: str, upstream: float = 1.0, grad_in_forward: bool = True) -> Callable:
-        def step() -> None:
-            loss = soft_cross_entropy(
+        def loss() -> torch.Tensor:
+            value = soft_cross_entropy(
                 logits, x["ids"], x["lp"], impl=impl, grad_in_forward=grad_in_forward, **kw
             )
-            (loss * upstream if upstream != 1.0 else loss).backward()
+            return value * upstream if upstream != 1.0 else value
 
-        return step
+        return loss
 
     cases = {"torch": ours("torch")}
     if compile_ref:
         compiled = torch.compile(soft_cross_entropy_reference)
-        cases["torch.compile"] = lambda: compiled(logits, x["ids"], x["lp"], **kw).backward()
+        cases["torch.compile"] = lambda: compiled(logits, x["ids"], x["lp"], **kw)
     if device == "cuda":
         cases["triton"] = ours("triton")
         # the two gradient strategies (soft_ce_triton's docstring), upstream 1 and not 1
@@ -159,49 +131,41 @@ def soft_ce_cases(x: dict, tail: str, device: str, compile_ref: bool) -> dict[st
         cases["triton recompute-in-bwd, upstream 0.5"] = ours(
             "triton", upstream=0.5, grad_in_forward=False
         )
-
-        def forward_only() -> None:
-            with torch.no_grad():
-                soft_cross_entropy(logits, x["ids"], x["lp"], impl="triton", **kw)
-
-        cases["triton fwd only"] = forward_only
         try:
             from liger_kernel.transformers import LigerCrossEntropyLoss
 
             liger, labels = LigerCrossEntropyLoss(), x["ids"][:, 0]
             own = x["logits"].detach().clone().requires_grad_()  # Liger writes its grad in place
-            cases["liger hard CE (anchor)"] = lambda: liger(own, labels).backward()
+            cases["liger hard CE (anchor)"] = lambda: liger(own, labels)
         except ImportError:
             pass
     return cases
 
 
 def linear_cases(x: dict, tail: str, device: str) -> dict[str, Callable]:
-    """LM head + loss with gradients for hidden, weight and bias."""
+    """LM head + loss with gradients for hidden, weight and bias: functions returning the loss
+    (the bare matmuls return None: they are timed whole)."""
     h, w, b = (x[key].requires_grad_() for key in ("hidden", "weight", "bias"))
     impl = "triton" if device == "cuda" else "torch"
-    kw = {"tail_logmass": x["tail"], "tail": tail, "check_ids": False, "impl": impl}
+    kw = {"tail_logmass": x["tail_logmass"], "tail": tail, "check_ids": False, "impl": impl}
 
-    def unfused() -> None:
+    def unfused() -> torch.Tensor:
         logits = torch.nn.functional.linear(h, w, b)
-        soft_cross_entropy(logits, x["ids"], x["lp"], **kw).backward()
+        return soft_cross_entropy(logits, x["ids"], x["lp"], **kw)
 
     cases = {
         f"linear + {impl}": unfused,
         f"fused linear ({impl})": lambda: fused_linear_soft_cross_entropy(
             h, w, b, x["ids"], x["lp"], **kw
-        ).backward(),
+        ),
     }
     if device == "cuda":
-        g = x["logits"].detach()  # stands in for d(loss)/d(logits)
-        hd, wd = h.detach(), w.detach()
-        cases["3 matmuls only"] = lambda: (hd @ wd.T, g @ wd, g.T @ hd)
         labels = x["ids"][:, 0]
         try:
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
             liger = LigerFusedLinearCrossEntropyLoss()
-            cases["liger fused linear hard CE (anchor)"] = lambda: liger(w, h, labels, b).backward()
+            cases["liger fused linear hard CE (anchor)"] = lambda: liger(w, h, labels, b)
         except ImportError:
             pass
         try:
@@ -209,28 +173,36 @@ def linear_cases(x: dict, tail: str, device: str) -> dict[str, Callable]:
 
             cases["cut cross-entropy hard (anchor)"] = lambda: linear_cross_entropy(
                 h, w, labels, bias=b
-            ).backward()
+            )
         except ImportError:
             pass
     return cases
 
 
+SPLIT = ("torch", "triton")  # implementations also timed forward and backward alone
+
+
 def run_group(group: str, cases: dict, n: int, x: dict, device: str) -> list[dict]:
+    """One row per implementation and mode (``full`` = loss + gradient, for every one)."""
     reset = [x[key] for key in ("logits", "hidden", "weight", "bias")]
     rows = []
-    for name, fn in cases.items():
-        row = {"group": group, "n": n, "impl": name}
+    for name, loss_fn in cases.items():
+        modes = ("forward", "backward", "full") if name in SPLIT else ("full",)
         try:
-            row["ms"] = time_ms(fn, device, reset)
-            row["peak_extra_bytes"] = peak_extra_bytes(fn, device, reset)
+            measured = measure_modes(loss_fn, device, reset, modes)
         except Exception as exc:  # noqa: BLE001 (a failing baseline, e.g. OOM, is reported)
-            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            measured = {"full": {"error": f"{type(exc).__name__}: {exc}"[:300]}}
+        for mode, values in measured.items():
+            row = {"group": group, "n": n, "impl": name, "mode": mode, **values}
+            rows.append(row)
+            timing = f"{row['ms']:9.3f} ms" if "ms" in row else row["error"]
+            print(f"  {group:8s} N={n:6d} {name:38s} {mode:8s} {timing}", flush=True)
+    if device == "cuda" and group == "linear":  # the three matmuls alone, the fused floor
+        g, hd, wd = x["logits"].detach(), x["hidden"].detach(), x["weight"].detach()
+        row = {"group": group, "n": n, "impl": "3 matmuls only", "mode": "full"}
+        row.update(time_ms(lambda: (hd @ wd.T, g @ wd, g.T @ hd), device))
+        row["peak_extra_bytes"] = peak_extra_bytes(lambda: (hd @ wd.T, g @ wd, g.T @ hd), device)
         rows.append(row)
-        print(
-            f"  {group:8s} N={n:6d} {name:38s} "
-            + (f"{row['ms']:9.3f} ms" if "ms" in row else row["error"]),
-            flush=True,
-        )
     return rows
 
 
@@ -262,8 +234,7 @@ def sweep(x: dict, tail: str) -> list[dict]:
                 logits, inputs, grad_scale=scale, grad_out=grad, block_v=b, num_warps=w
             ),
             "cuda",
-            [],
-        )
+        )["ms"]
         rows.append({"block_v": block_v, "num_warps": warps, "ms": ms})
         print(f"  sweep BLOCK_V={block_v:5d} warps={warps:2d} {ms:9.3f} ms", flush=True)
     return rows
@@ -273,7 +244,10 @@ def targets(rows: list[dict], n: int, vocab: int, k: int, elem: int, bw: dict) -
     """The issue's targets at N = n, from the measured rows."""
 
     def get(impl: str, key: str = "ms"):
-        return next((r.get(key) for r in rows if r["n"] == n and r["impl"] == impl), None)
+        return next(
+            (r.get(key) for r in rows if r["n"] == n and r["impl"] == impl and r["mode"] == "full"),
+            None,
+        )
 
     out: dict = {"n": n}
     t_triton, t_eager = get("triton"), get("torch")
@@ -311,20 +285,8 @@ def targets(rows: list[dict], n: int, vocab: int, k: int, elem: int, bw: dict) -
     return out
 
 
-def print_table(result: dict) -> None:
-    print(
-        f"\n{result['device']}, V={result['vocab']}, H={result['hidden']}, k={result['k']}, "
-        f"{result['dtype']}, tail={result['tail']}"
-    )
-    print(f"| {'group':8s} | {'N':>6s} | {'impl':38s} | {'ms':>9s} | {'peak extra MiB':>14s} |")
-    print(f"|{'-' * 10}|{'-' * 8}|{'-' * 40}|{'-' * 11}|{'-' * 16}|")
-    for r in result["rows"]:
-        ms = f"{r['ms']:9.3f}" if "ms" in r else "error"
-        peak = r.get("peak_extra_bytes")
-        mib = f"{peak / 2**20:14.1f}" if peak is not None else f"{'-':>14s}"
-        print(f"| {r['group']:8s} | {r['n']:6d} | {r['impl']:38s} | {ms:>9s} | {mib} |")
-    for key, value in result["targets"].items():
-        print(f"  {key}: {value:.3f}" if isinstance(value, float) else f"  {key}: {value}")
+COLUMNS = [("group", "s"), ("n", "d"), ("impl", "s"), ("mode", "s"), ("ms", ".3f"),
+           ("ms_p20", ".3f"), ("ms_p80", ".3f"), ("peak_extra_bytes", ",d")]  # fmt: skip
 
 
 def main() -> None:
@@ -338,19 +300,18 @@ def main() -> None:
         "--n", type=int, nargs="+", help="rows (default GPU 128 2048 16384, CPU 128 1024)"
     )
     parser.add_argument("--k", type=int, default=64)
-    parser.add_argument("--tail", default="bucket", choices=["renorm", "bucket", "uniform"])
+    parser.add_argument("--tail", default="bucket", choices=TAIL_MODES)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (GPU)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = parser.parse_args()
 
     device = args.device
-    config = RobertaConfig()  # vocab 50,265 and hidden 768, as roberta-base / distilroberta
+    config = model_config(STUDENT)  # the student's LM head: vocab 50,265, hidden 768
     vocab, hidden = config.vocab_size, config.hidden_size
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     ns = args.n or ([128, 2048, 16384] if device == "cuda" else [128, 1024])
-    name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu"
     bw = bandwidth_gbps(device)
-    print(f"{name}: nominal {bw['nominal']} GB/s, copy {bw['copy']} GB/s")
+    print(f"{device_name(device)}: nominal {bw['nominal']} GB/s, copy {bw['copy']} GB/s")
 
     rows: list[dict] = []
     swept: list[dict] = []
@@ -367,25 +328,22 @@ def main() -> None:
 
     elem = torch.finfo(dtype).bits // 8
     result = {
-        "device": name,
-        "torch": torch.__version__,
+        "model": STUDENT,
         "vocab": vocab,
         "hidden": hidden,
         "k": args.k,
         "dtype": str(dtype),
         "tail": args.tail,
         "bandwidth_gbps": bw,
+        "threads": torch.get_num_threads() if device == "cpu" else None,
         "rows": rows,
         "sweep": swept,
         "targets": targets(rows, max(ns), vocab, args.k, elem, bw),
     }
-    if device == "cpu":
-        result["threads"] = torch.get_num_threads()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench_kernel_{device}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print_table(result)
-    print(f"\nwrote {path}")
+    print(f"\nV={vocab}, H={hidden} ({STUDENT}), k={args.k}, {dtype}, tail={args.tail}")
+    write_result(f"bench_kernel_{device}", result, args.out, device, COLUMNS)
+    for key, value in result["targets"].items():
+        print(f"  {key}: {value:.3f}" if isinstance(value, float) else f"  {key}: {value}")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,16 @@
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import blingfire
 from smash.precompute.tiny import write_tiny_corpus
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import write_result
 
 HARD = [  # (text, expected sentences)
     (
@@ -80,8 +83,9 @@ def main() -> None:
             f"{r['splitter']:<12}{r['MB_s']:>10.2f}{r['sentences']:>12,}"
             f"{r['hard_cases_correct']:>12}"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sentence_split.json").write_text(json.dumps(rows, indent=1))
+    write_result(
+        "sentence_split", {"documents": len(docs), "MB": mb, "rows": rows}, args.out, "cpu"
+    )
 
 
 if __name__ == "__main__":

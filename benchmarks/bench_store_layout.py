@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -31,12 +29,13 @@ import webdataset as wds
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smash.store import ChunkLayout, ShardFile, ShardInfo, read_shard
+from harness import write_result
+from smash.store import FIELDS as SCHEMA
+from smash.store import TEACHER_FIELDS, ChunkLayout, ShardFile, ShardInfo, read_shard
 from smash.store.codec import canonical_order
 from synthetic_teacher import synthetic_examples
 
-FIELDS = ("input_ids", "mask_positions", "topk_ids", "topk_logprobs", "tail_logmass")
-TEACHER_FIELDS = ("topk_ids", "topk_logprobs", "tail_logmass")
+FIELDS = tuple(f.name for f in SCHEMA if f.level != "example")  # the per-token and per-mask arrays
 
 
 def logical_bytes(examples: list[dict]) -> int:
@@ -220,22 +219,18 @@ def run(n: int, k: int, vocab: int, out_dir: Path) -> dict:
         ">= 100k examples/s decode": ours["decode_examples_s"] >= 100_000,
     }
     result = {
-        "benchmark": "store_layout",
         "examples": n,
         "k": k,
         "vocab": vocab,
         "mean_length": float(np.mean([len(e["input_ids"]) for e in examples])),
         "logical_bytes_per_example": logical / n,
-        "machine": platform.processor() or platform.machine(),
         "torch_threads": 1,
         "rows": rows,
         "ratios": {"b_over_a": b["bytes"] / ours["bytes"], "c_over_a": c["bytes"] / ours["bytes"]},
         "targets": targets,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "store_layout.json").write_text(json.dumps(result, indent=1))
     print_table(result)
-    print(f"\nwrote {out_dir / 'store_layout.json'}")
+    write_result("store_layout", result, out_dir, "cpu")
     return result
 
 

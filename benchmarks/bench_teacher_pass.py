@@ -1,7 +1,7 @@
 """Teacher pass throughput: the whole ``precompute-teacher`` pipeline against a bare forward.
 
-    python benchmarks/bench_teacher_pass.py                      # CPU, small model
-    python benchmarks/bench_teacher_pass.py --device cuda --shape roberta-large --dtype fp16
+    python benchmarks/bench_teacher_pass.py                      # CPU, RoBERTa-large / 8
+    python benchmarks/bench_teacher_pass.py --device cuda --dtype fp16   # the real shape
 
 Runs ``run_teacher_pass`` (tokenize, bucket, teacher, top-k, background compress + write) on
 sentence pairs whose lengths follow short sentence pairs (20-128 tokens, lognormal around 48),
@@ -9,15 +9,16 @@ then the bare teacher (``teacher_topk`` only) on exactly the same batches. Repor
 examples/s, real tokens/s, padding efficiency (real / computed tokens), overlap efficiency
 (pipeline throughput / bare-forward throughput; also after start-up, i.e. once the first
 shard is tokenized, which nothing can overlap) and, on GPU, achieved TFLOP/s and MFU.
-Models are built from a config with random weights (no downloads); the tokenizer is the tiny
+The teacher is RoBERTa-large's published config (``shapes.py``; widths and depths divided by
+``--scale`` on CPU) with random weights (no downloads); the tokenizer is the tiny
 BPE, padded with never-used tokens to the model's vocabulary size so ids span it all.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from smash.precompute.batching import token_budget_batches
 from smash.precompute.provenance import producer_config
 from smash.precompute.shard_prep import ShardPreparer
 from smash.precompute.shared.adapters import adapter_for
+from smash.precompute.shared.precisions import PRECISIONS
 from smash.precompute.shared.teacher_targets import teacher_topk
 from smash.precompute.shared.templates import parse_template
 from smash.precompute.tasks import TaskExample
@@ -35,22 +37,10 @@ from smash.precompute.teacher_pass import PassConfig, run_teacher_pass
 from smash.precompute.tiny import train_tiny_tokenizer, write_tiny_corpus
 from transformers import AddedToken, RobertaConfig, RobertaForMaskedLM
 
-SHAPES = {  # the real architectures' dimensions; "cpu-small" keeps RoBERTa-large's proportions
-    "roberta-large": {
-        "hidden_size": 1024,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "intermediate_size": 4096,
-        "vocab_size": 50_265,
-    },
-    "cpu-small": {
-        "hidden_size": 128,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 2,
-        "intermediate_size": 512,
-        "vocab_size": 50_265,
-    },
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import device_name, write_result
+from shapes import TEACHER, model_config
+
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense fp16/bf16 tensor cores
 
 
@@ -112,15 +102,14 @@ def model_flops(config: RobertaConfig, batches: list[tuple[int, int]], rows: int
 
 def run(args) -> dict:
     device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    dtype = PRECISIONS[args.dtype]
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="smash-teacher-bench-"))
-    shape = SHAPES[args.shape]
-    tok, words = padded_tokenizer(work, shape["vocab_size"])
-    config = RobertaConfig(
-        **shape, max_position_embeddings=514, type_vocab_size=1, pad_token_id=tok.pad_token_id
-    )
+    scale = args.scale or (1 if device.type == "cuda" else 8)
+    config = model_config(TEACHER, scale)
+    tok, words = padded_tokenizer(work, config.vocab_size)
+    config.pad_token_id = tok.pad_token_id
     torch.manual_seed(0)
     model = RobertaForMaskedLM(config).to(device=device, dtype=dtype).eval()
     model.config._attn_implementation = "sdpa"
@@ -134,7 +123,12 @@ def run(args) -> dict:
         tokenize_workers=args.tokenize_workers,
     )
     producer = producer_config(
-        task, tok, {"name": f"random {args.shape}", "dtype": args.dtype}, cfg, "synthetic", {}
+        task,
+        tok,
+        {"name": f"random {TEACHER} / {scale}", "dtype": args.dtype},
+        cfg,
+        "synthetic",
+        {},
     )
     # Started before the warm-up, as the CLI starts it before loading the model.
     preparer = ShardPreparer(
@@ -181,12 +175,11 @@ def run(args) -> dict:
     bare_s = time.perf_counter() - t0
 
     flops = model_flops(config, [tuple(b[0].shape) for b in batches], rows_total)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    name = device_name(args.device)
     peak = next((v for key, v in PEAK_TFLOPS.items() if key in name), None)
     result = {
-        "benchmark": "teacher_pass",
-        "device": name,
-        "shape": args.shape,
+        "model": TEACHER,
+        "scale": scale,
         "dtype": args.dtype,
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "examples": summary.examples,
@@ -217,28 +210,19 @@ def run(args) -> dict:
     return result
 
 
-def print_table(r: dict) -> None:
-    print(
-        f"\nteacher pass: {r['shape']} ({r['params_M']:.0f}M params, {r['dtype']}) on "
-        f"{r['device']}, {r['examples']:,} examples in {r['shards']} shards, k={r['k']}, "
-        f"token budget {r['token_budget']:,}, mean length {r['mean_length']:.1f}\n"
-    )
-    rows = [
-        ("examples/s", f"{r['examples_per_s']:,.1f}"),
-        ("real tokens/s (pipeline)", f"{r['real_tokens_per_s']:,.0f}"),
-        ("real tokens/s (bare forward)", f"{r['bare_real_tokens_per_s']:,.0f}"),
-        ("padding efficiency", f"{r['padding_efficiency']:.3f}"),
-        ("overlap efficiency", f"{r['overlap_efficiency']:.3f}"),
-        ("  start-up (first shard's prep)", f"{r['startup_s']:.2f} s"),
-        ("  overlap after start-up", f"{r['steady_overlap_efficiency']:.3f}"),
-        ("achieved TFLOP/s", f"{r['achieved_tflops']:.2f}"),
-        ("MFU", f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a (no GPU peak)"),
-        ("store bytes/example", f"{r['store_bytes_per_example']:.1f}"),
+def summary_rows(r: dict) -> list[dict]:
+    return [
+        {"metric": "examples/s", "value": r["examples_per_s"]},
+        {"metric": "real tokens/s (pipeline)", "value": r["real_tokens_per_s"]},
+        {"metric": "real tokens/s (bare forward)", "value": r["bare_real_tokens_per_s"]},
+        {"metric": "padding efficiency", "value": r["padding_efficiency"]},
+        {"metric": "overlap efficiency", "value": r["overlap_efficiency"]},
+        {"metric": "start-up s (first shard's prep)", "value": r["startup_s"]},
+        {"metric": "overlap after start-up", "value": r["steady_overlap_efficiency"]},
+        {"metric": "achieved TFLOP/s", "value": r["achieved_tflops"]},
+        {"metric": "MFU", "value": r["mfu"]},
+        {"metric": "store bytes/example", "value": r["store_bytes_per_example"]},
     ]
-    for name, value in rows:
-        print(f"  {name:<30}{value:>14}")
-    for name, ok in r["targets"].items():
-        print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
 
 
 def main() -> None:
@@ -246,8 +230,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
-    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp32")
+    p.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        help=f"divide {TEACHER}'s widths and depths by this (default: 8 on CPU, 1 on GPU)",
+    )
+    p.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp32")
     p.add_argument("--examples", type=int, default=16_384)
     p.add_argument("--shard-size", type=int, default=2048)
     p.add_argument("--token-budget", type=int, default=4096)
@@ -257,11 +246,22 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = p.parse_args()
     result = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"teacher_pass_{args.device.split(':')[0]}.json"
-    path.write_text(json.dumps(result, indent=1))
-    print_table(result)
-    print(f"\nwrote {path}")
+    print(
+        f"\nteacher pass: {TEACHER} / {result['scale']} ({result['params_M']:.0f}M params, "
+        f"{result['dtype']}), {result['examples']:,} examples in {result['shards']} shards, "
+        f"k={result['k']}, token budget {result['token_budget']:,}, mean length "
+        f"{result['mean_length']:.1f}"
+    )
+    result["rows"] = summary_rows(result)
+    write_result(
+        f"teacher_pass_{args.device.split(':')[0]}",
+        result,
+        args.out,
+        args.device,
+        [("metric", "s"), ("value", ",.3f")],
+    )
+    for name, ok in result["targets"].items():
+        print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -39,36 +37,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import device_name, write_result
+from shapes import STUDENT, TEACHER, model_config
 
-REAL = {  # from the models' published configs (roberta-large, distilroberta-base)
-    "teacher": {
-        "hidden_size": 1024,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "intermediate_size": 4096,
-    },
-    "student": {
-        "hidden_size": 768,
-        "num_hidden_layers": 6,
-        "num_attention_heads": 12,
-        "intermediate_size": 3072,
-    },
-}
-VOCAB, K = 50_265, 64
-
-
-def shapes(scale: int) -> dict[str, dict]:
-    """Both models' dims divided by ``scale`` (heads keep their 64-wide head size)."""
-    out = {}
-    for role, dims in REAL.items():
-        hidden = dims["hidden_size"] // scale
-        out[role] = {
-            "hidden_size": hidden,
-            "num_hidden_layers": math.ceil(dims["num_hidden_layers"] / scale),
-            "num_attention_heads": max(hidden // 64, 1),
-            "intermediate_size": dims["intermediate_size"] // scale,
-        }
-    return out
+K = 64
 
 
 def build_workspace(work: Path, args) -> dict:
@@ -78,19 +50,16 @@ def build_workspace(work: Path, args) -> dict:
     from smash.store import StoreWriter, finalize_store, tokenizer_record
     from synthetic_teacher import synthetic_examples
     from tokenizers import AddedToken
-    from transformers import RobertaConfig, RobertaForMaskedLM
+    from transformers import RobertaForMaskedLM
 
+    vocab = model_config(STUDENT).vocab_size
     tok = train_tiny_tokenizer([write_tiny_corpus(work / "corpus.txt")], work / "tok")
-    tok.add_tokens([AddedToken(f"<unused{i}>", special=True) for i in range(VOCAB - len(tok))])
-    dims = shapes(args.scale)
-    for role, seed in (("teacher", 0), ("student", 1)):
-        config = RobertaConfig(
-            **dims[role],
-            vocab_size=VOCAB,
-            max_position_embeddings=514,
-            type_vocab_size=1,
-            pad_token_id=tok.pad_token_id,
-        )
+    tok.add_tokens([AddedToken(f"<unused{i}>", special=True) for i in range(vocab - len(tok))])
+    dims = {}
+    for role, name, seed in (("teacher", TEACHER, 0), ("student", STUDENT, 1)):
+        config = model_config(name, args.scale, pad_token_id=tok.pad_token_id)
+        dims[role] = {key: getattr(config, key) for key in (
+            "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}  # fmt: skip
         torch.manual_seed(seed)
         RobertaForMaskedLM(config).save_pretrained(work / role)
         tok.save_pretrained(work / role)
@@ -101,7 +70,7 @@ def build_workspace(work: Path, args) -> dict:
         tokenizer=tokenizer_record(tok),
         k=K,
     )
-    examples = synthetic_examples(n, vocab=VOCAB, k=K, seed=0)
+    examples = synthetic_examples(n, vocab=vocab, k=K, seed=0)
     per_shard = max(n // 8, 1)
     for i, start in enumerate(range(0, n, per_shard)):
         writer.write_shard(i, examples[start : start + per_shard])
@@ -184,7 +153,7 @@ def child(mode: str, work: Path, args) -> dict:
     teacher_bytes = (
         0
         if trainer.teacher is None
-        else sum(p.numel() * p.element_size() for p in trainer.teacher.model.parameters())
+        else sum(p.numel() * p.element_size() for p in trainer.teacher.adapter.model.parameters())
     )
     result = {
         "mode": mode,
@@ -242,14 +211,6 @@ def run_child(mode: str, work: Path, args) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{mode} run failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs)"
 
 
 def print_table(result: dict) -> None:
@@ -346,7 +307,6 @@ def main() -> None:
         "serial_load_fraction": runs["offline"]["load_s_per_batch"] / runs["offline"]["step_s"],
     }
     result = {
-        "device": device_name(args.device),
         "precision": "bf16" if gpu else "fp32",
         "batch": args.batch,
         "steps": args.steps,
@@ -364,13 +324,11 @@ def main() -> None:
         "trials": trials,
         "summary": summary,
         "seconds": time.perf_counter() - started,
+        "rows": [{"configuration": mode, **run} for mode, run in runs.items()],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"trainer_{args.device}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
     shutil.rmtree(work, ignore_errors=True)
-    print_table(result)
-    print(f"\nwrote {path}")
+    print_table({**result, "device": device_name(args.device)})
+    write_result(f"trainer_{args.device}", result, args.out, args.device)
 
 
 if __name__ == "__main__":

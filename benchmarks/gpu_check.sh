@@ -30,10 +30,10 @@ step() {  # step NAME TIMEOUT_S CMD...: run one check, keep its log, remember fa
   local rc=${PIPESTATUS[0]}
   [ "$rc" -eq 0 ] || { echo "!!! $name failed (exit $rc)"; status=1; }
 }
-step check_kernels   90 python3 benchmarks/check_kernels_cuda.py --out "$OUT"
+step check_kernels  120 python3 benchmarks/check_kernels_cuda.py --out "$OUT"
 step bench_kernel    120 python3 benchmarks/bench_kernel.py --device cuda --out "$OUT"
 step bench_teacher   100 python3 benchmarks/bench_teacher_pass.py --device cuda \
-  --shape roberta-large --dtype fp16 --examples 40960 --shard-size 10240 \
+  --dtype fp16 --examples 40960 --shard-size 10240 \
   --token-budget 65536 --tokenize-workers 8 --out "$OUT"
 step bench_trainer   120 python3 benchmarks/bench_trainer.py --device cuda --out "$OUT"
 exit $status

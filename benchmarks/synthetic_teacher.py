@@ -46,7 +46,7 @@ def synthetic_examples(
         logp = torch.log_softmax(logits, dim=-1)
         top = torch.topk(logp, k, dim=-1)
         rest = logp.scatter(1, top.indices, float("-inf"))
-        tail = torch.logsumexp(rest, dim=-1)
+        tail_logmass = torch.logsumexp(rest, dim=-1)
         for j in range(m):
             length = int(lengths[start + j])
             ids = _zipf_ids(rng, vocab, length)
@@ -57,7 +57,7 @@ def synthetic_examples(
                     "mask_positions": np.array([mask]),
                     "topk_ids": top.indices[j : j + 1].numpy(),
                     "topk_logprobs": top.values[j : j + 1].numpy().astype(np.float16),
-                    "tail_logmass": tail[j : j + 1].numpy().astype(np.float32),
+                    "tail_logmass": tail_logmass[j : j + 1].numpy().astype(np.float32),
                     "label": int(rng.integers(0, 3)),
                     "meta": None,
                 }

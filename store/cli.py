@@ -67,10 +67,10 @@ def teacher_statistics(
         for chunk in chunks:
             lp = chunk["topk_logprobs"].astype(np.float64)
             p = np.exp(lp)
-            tail = np.exp(chunk["tail_logmass"].astype(np.float64))
+            tail_mass = np.exp(chunk["tail_logmass"].astype(np.float64))
             mass.append(p.sum(1))
             with np.errstate(invalid="ignore", divide="ignore"):
-                tail_term = np.where(tail > 0, -tail * np.log(tail), 0.0)
+                tail_term = np.where(tail_mass > 0, -tail_mass * np.log(tail_mass), 0.0)
             entropy.append(-(p * np.where(p > 0, lp, 0.0)).sum(1) + tail_term)
             top1.append(p.max(1) if p.shape[1] else np.zeros(len(p)))  # any ChunkLayout order
             lengths.append(chunk.lengths)

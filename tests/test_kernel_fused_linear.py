@@ -7,10 +7,9 @@ import pytest
 import torch
 from smash.kernels import fused_linear_soft_cross_entropy, soft_cross_entropy_reference
 from smash.kernels.fused_linear_soft_ce import chunk_rows
+from soft_ce_cases import FUSED_TOL, assert_close
 
 N, H, V, K = 37, 24, 300, 9  # odd sizes; chunk_size=8 leaves a partial last chunk
-# dtype -> (atol relative to max |value|, rtol) for loss and the three gradients.
-TOL = {torch.float32: (2e-5, 1e-4), torch.float16: (4e-3, 1e-2), torch.bfloat16: (3e-2, 5e-2)}
 
 
 def make_case(gen, dtype, *, bias=True):
@@ -24,19 +23,18 @@ def make_case(gen, dtype, *, bias=True):
     return hidden, weight, b, ids, lp.half(), tail, weights
 
 
-def reference_grads(hidden, weight, bias, ids, lp, upstream, **kw):
-    params = [t.detach().double().requires_grad_() for t in (hidden, weight)]
+def reference_grads(hidden, weight, bias, ids, lp, upstream, dtype=torch.float64, **kw):
+    """The reference on materialised logits, computed in ``dtype``: loss and gradients."""
+    params = [t.detach().to(dtype).requires_grad_() for t in (hidden, weight)]
     if bias is not None:
-        params.append(bias.detach().double().requires_grad_())
+        params.append(bias.detach().to(dtype).requires_grad_())
     logits = params[0] @ params[1].T + (params[2] if bias is not None else 0)
     loss = soft_cross_entropy_reference(logits, ids, lp, **kw)
-    return loss.detach(), torch.autograd.grad(loss, params, upstream)
+    return loss.detach(), torch.autograd.grad(loss, params, upstream.to(loss.dtype))
 
 
-def check(got, expected, dtype):
-    rel, rtol = TOL[dtype]
-    atol = rel * max(expected.abs().max().item(), 1e-12)
-    torch.testing.assert_close(got.double(), expected, atol=atol, rtol=rtol)
+def check(got, expected, dtype, same_dtype=None):
+    assert_close(got, expected, FUSED_TOL[dtype], grad=True, same_dtype=same_dtype)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -64,13 +62,13 @@ def test_fused_linear_matches_reference(impl, dtype, tail, temperature, reductio
     }
     loss = fused_linear_soft_cross_entropy(*leaves, ids, lp, impl=impl, chunk_size=8, **kw)
     (loss * 2).backward()
-    ref, ref_grads = reference_grads(
-        hidden, weight, bias, ids, lp, torch.tensor(2.0).double(), **kw
-    )
-    check(loss, ref, torch.float32)  # the loss is fp32; bf16 inputs are the same for both
-    for leaf, expected in zip(leaves, ref_grads, strict=True):
+    upstream = torch.tensor(2.0).double()
+    ref, ref_grads = reference_grads(hidden, weight, bias, ids, lp, upstream, **kw)
+    same, same_grads = reference_grads(hidden, weight, bias, ids, lp, upstream, dtype, **kw)
+    check(loss, ref, torch.float32, same)  # the loss is fp32, the inputs as given
+    for leaf, expected, same_grad in zip(leaves, ref_grads, same_grads, strict=True):
         assert leaf.grad.dtype == dtype
-        check(leaf.grad, expected, dtype)
+        check(leaf.grad, expected, dtype, same_grad)
 
 
 @pytest.mark.parametrize("impl", ["triton", "torch"])
@@ -122,10 +120,17 @@ def test_fused_linear_fp16_gradients_survive_loss_scaling(impl):
     loss = fused_linear_soft_cross_entropy(*leaves, ids, lp, impl=impl, chunk_size=8, **kw)
     (loss * upstream).backward()
     _, ref_grads = reference_grads(hidden, weight, bias, ids, lp, torch.tensor(1.0).double(), **kw)
-    for leaf, expected in zip(leaves, ref_grads, strict=True):
-        check(leaf.grad.double() / upstream, expected, torch.float16)
+    _, same_grads = reference_grads(
+        hidden, weight, bias, ids, lp, torch.tensor(upstream), torch.float16, **kw
+    )
+    same_grads = [g.double() / upstream for g in same_grads]
+    for leaf, expected, same in zip(leaves, ref_grads, same_grads, strict=True):
+        check(leaf.grad.double() / upstream, expected, torch.float16, same)
     outside = torch.ones(V, dtype=torch.bool).index_fill_(0, ids[0], False)
-    check(leaves[2].grad[outside].double() / upstream, ref_grads[2][outside], torch.float16)
+    check(
+        leaves[2].grad[outside].double() / upstream, ref_grads[2][outside], torch.float16,
+        same_grads[2][outside],
+    )  # fmt: skip
 
 
 def test_chunk_rows_fits_budget():

@@ -18,6 +18,7 @@ from soft_ce_cases import (
     make_logits,
     make_teacher,
     reference_f64,
+    reference_in,
     run_kernel,
 )
 
@@ -35,21 +36,13 @@ def test_kernel_matches_reference(mode, temperature, dtype):
     loss, grad = run_kernel(
         logits, ids, lp, tail, mode=mode, temperature=temperature, weights=weights, scale_t2=True
     )
-    ref_rows, ref_grad = reference_f64(
-        logits,
-        ids,
-        lp,
-        tail,
-        tail=mode,
-        temperature=temperature,
-        scale_t2=True,
-        weights=weights,
-        reduction="none",
-        upstream=torch.full((n,), 2.0, dtype=torch.float64),
-    )
+    kw = {"tail": mode, "temperature": temperature, "scale_t2": True, "weights": weights,
+          "reduction": "none", "upstream": torch.full((n,), 2.0, dtype=torch.float64)}  # fmt: skip
+    ref_rows, ref_grad = reference_f64(logits, ids, lp, tail, **kw)
+    same_rows, same_grad = reference_in(dtype, logits, ids, lp, tail, **kw)
     assert grad.dtype == dtype
-    assert_close(loss, ref_rows, LOSS_TOL[dtype])
-    assert_close(grad, ref_grad, GRAD_TOL[dtype], grad=True)
+    assert_close(loss, ref_rows, LOSS_TOL[dtype], same_dtype=same_rows)
+    assert_close(grad, ref_grad, GRAD_TOL[dtype], grad=True, same_dtype=same_grad)
     assert loss[1] == 0 and (grad[1] == 0).all()
 
 
@@ -136,18 +129,19 @@ def test_kernel_exact_when_student_tail_vanishes(mode, temperature, dtype):
     p_tail = student_tail_mass(logits, ids, temperature)
     assert p_tail.max() > 1e-2 and p_tail.min() < 1e-29
     loss, grad = run_kernel(logits, ids, lp, tail, mode=mode, temperature=temperature)
-    ref_rows, ref_grad = reference_f64(
-        logits, ids, lp, tail, tail=mode, temperature=temperature, reduction="none",
-        upstream=torch.full((len(CONFIDENT_GAPS),), 2.0, dtype=torch.float64),
-    )  # fmt: skip
-    assert_close(loss, ref_rows, LOSS_TOL[dtype])
-    assert_close(grad, ref_grad, GRAD_TOL[dtype], grad=True)
+    kw = {"tail": mode, "temperature": temperature, "reduction": "none",
+          "upstream": torch.full((len(CONFIDENT_GAPS),), 2.0, dtype=torch.float64)}  # fmt: skip
+    ref_rows, ref_grad = reference_f64(logits, ids, lp, tail, **kw)
+    same_rows, same_grad = reference_in(dtype, logits, ids, lp, tail, **kw)
+    assert_close(loss, ref_rows, LOSS_TOL[dtype], same_dtype=same_rows)
+    assert_close(grad, ref_grad, GRAD_TOL[dtype], grad=True, same_dtype=same_grad)
     if mode == "bucket":  # the tail's gradient -q_tail s_v / P_tail, at its own scale
         # (renorm's is s_v itself, below the half-precision range for a confident row)
         outside = torch.ones_like(logits, dtype=torch.bool).scatter_(1, ids, False)
         for row in range(len(CONFIDENT_GAPS)):
             got, expected = grad[row, outside[row]], ref_grad[row, outside[row]]
-            assert_close(got, expected, GRAD_TOL[dtype], grad=True)
+            same = same_grad[row, outside[row]]
+            assert_close(got, expected, GRAD_TOL[dtype], grad=True, same_dtype=same)
 
 
 def test_bucket_recomputed_gradient_when_student_tail_vanishes():

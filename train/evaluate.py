@@ -31,14 +31,16 @@ def masked_kl_rows(
     """Per-row KL (R,) in nats between the stored teacher and the student's logits (R, V)."""
     logs = torch.log_softmax(student_logits.float(), dim=-1)  # (R, V)
     top = topk_logprobs.float()
-    tail = tail_logmass.float()
-    norm = torch.logsumexp(torch.cat([top, tail[:, None]], dim=1), dim=1, keepdim=True)
-    top, tail = top - norm, tail - norm[:, 0]
+    log_tail = tail_logmass.float()
+    norm = torch.logsumexp(torch.cat([top, log_tail[:, None]], dim=1), dim=1, keepdim=True)
+    top, log_tail = top - norm, log_tail - norm[:, 0]
     s_top = logs.gather(1, topk_ids)  # (R, k)
     s_tail = torch.logsumexp(logs.scatter(1, topk_ids, float("-inf")), dim=1)  # (R,)
     kl = (top.exp() * (top - s_top)).sum(dim=1)
     tail_term = torch.where(
-        torch.isfinite(tail), tail.exp() * (tail - s_tail), torch.zeros_like(tail)
+        torch.isfinite(log_tail),
+        log_tail.exp() * (log_tail - s_tail),
+        torch.zeros_like(log_tail),
     )
     return kl + tail_term
 

@@ -50,13 +50,13 @@ def topk_targets(
     logp = torch.log_softmax(logits, dim=-1)
     top = torch.topk(logp, k, dim=-1, sorted=True)
     rest = logp.scatter(1, top.indices, float("-inf"))
-    tail = (
+    tail_logmass = (
         torch.logsumexp(rest, dim=-1)
         if k < logp.shape[-1]
         else torch.full_like(logp[:, 0], float("-inf"))
     )
     verbalizer = logp[:, verbalizer_ids] if verbalizer_ids is not None else None
-    return TeacherTopK(top.indices, top.values.to(torch.float16), tail, verbalizer)
+    return TeacherTopK(top.indices, top.values.to(torch.float16), tail_logmass, verbalizer)
 
 
 @torch.inference_mode()
