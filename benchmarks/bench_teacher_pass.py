@@ -27,13 +27,12 @@ import numpy as np
 import torch
 from smash.precompute.batching import token_budget_batches
 from smash.precompute.provenance import producer_config
-from smash.precompute.shard_prep import ShardPreparer
 from smash.precompute.shared.adapters import adapter_for
 from smash.precompute.shared.precisions import PRECISIONS
 from smash.precompute.shared.teacher_targets import teacher_topk
 from smash.precompute.shared.templates import parse_template
 from smash.precompute.tasks import TaskExample
-from smash.precompute.teacher_pass import PassConfig, run_teacher_pass
+from smash.precompute.teacher_pass import PassConfig, run_teacher_pass, start_preparer
 from smash.precompute.tiny import train_tiny_tokenizer, write_tiny_corpus
 from transformers import AddedToken, RobertaConfig, RobertaForMaskedLM
 
@@ -131,9 +130,7 @@ def run(args) -> dict:
         {},
     )
     # Started before the warm-up, as the CLI starts it before loading the model.
-    preparer = ShardPreparer(
-        tok, task.template, task.max_length, cfg.token_budget, workers=args.tokenize_workers
-    )
+    preparer = start_preparer(task, tok, cfg)
     # Warm-up (kernels, allocator) on a separate store.
     warm = PassConfig(
         out=work / "warm",
@@ -170,7 +167,9 @@ def run(args) -> dict:
     adapter = adapter_for(model)
     t0 = time.perf_counter()
     for ids, att, pos in batches:
-        teacher_topk(adapter, ids, att, torch.arange(len(ids), device=device), pos, args.k)
+        prompts = {"input_ids": ids, "attention_mask": att, "mask_positions": pos,
+                   "mask_batch": torch.arange(len(ids), device=device)}  # fmt: skip
+        teacher_topk(adapter, prompts, args.k)
     sync()
     bare_s = time.perf_counter() - t0
 

@@ -30,12 +30,11 @@ from .provenance import (
     recorded_teacher_name,
 )
 from .sentences import SentenceSplitter
-from .shard_prep import ShardPreparer
 from .shared.adapters import max_sequence_length
 from .shared.model_paths import require_folder_or_hub_name
 from .shared.precisions import PRECISIONS
 from .tasks import make_task, task_names
-from .teacher_pass import PassConfig, PassSummary, finalize, run_teacher_pass
+from .teacher_pass import PassConfig, PassSummary, finalize, run_teacher_pass, start_preparer
 
 __all__ = ["build_parser", "main"]
 
@@ -236,13 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             else min(8, max(1, (os.cpu_count() or 2) // world - 1)),
             verify_existing=args.verify_existing,
         )
-        preparer = ShardPreparer(
-            tokenizer,
-            task.template,
-            task.max_length,
-            cfg.token_budget,
-            workers=cfg.tokenize_workers,
-        )  # starts while the model loads
+        preparer = start_preparer(task, tokenizer, cfg)  # starts while the model loads
         model = (
             AutoModelForMaskedLM.from_pretrained(
                 args.teacher,

@@ -37,7 +37,14 @@ from .shared.teacher_targets import teacher_topk
 from .shared.templates import parse_template
 from .tasks import IntermediateTask, TaskExample
 
-__all__ = ["NoExamples", "PassConfig", "PassSummary", "finalize", "run_teacher_pass"]
+__all__ = [
+    "NoExamples",
+    "PassConfig",
+    "PassSummary",
+    "finalize",
+    "run_teacher_pass",
+    "start_preparer",
+]
 
 
 @dataclass
@@ -135,6 +142,15 @@ def _shard_jobs(
         yield (index, chunk), (None if finished else [ex.sentences for ex in chunk])
 
 
+def start_preparer(
+    task: IntermediateTask, tokenizer: PreTrainedTokenizerBase, cfg: PassConfig
+) -> ShardPreparer:
+    """Start the tokenizer processes of a pass (the CLI starts them before the model loads)."""
+    return ShardPreparer(
+        tokenizer, task.template, task.max_length, cfg.token_budget, workers=cfg.tokenize_workers
+    )
+
+
 def run_teacher_pass(
     task: IntermediateTask,
     examples: Iterator[TaskExample],
@@ -185,13 +201,7 @@ def run_teacher_pass(
     )
     t0 = time.perf_counter()
     if preparer is None:
-        preparer = ShardPreparer(
-            tokenizer,
-            task.template,
-            task.max_length,
-            cfg.token_budget,
-            workers=cfg.tokenize_workers,
-        )
+        preparer = start_preparer(task, tokenizer, cfg)
     done: dict[str, list[ShardInfo]] = {}
     for _, part in read_parts(cfg.out):
         for info in part.shards:
@@ -217,15 +227,13 @@ def run_teacher_pass(
                     ids, attention, positions = (
                         t.pin_memory() for t in (ids, attention, positions)
                     )
-                top = teacher_topk(
-                    adapter,
-                    ids.to(device, non_blocking=True),
-                    attention.to(device, non_blocking=True),
-                    torch.arange(len(batch.rows), device=device),
-                    positions.to(device, non_blocking=True),
-                    cfg.k,
-                    verbalizer_ids,
-                )
+                prompts = {
+                    "input_ids": ids.to(device, non_blocking=True),
+                    "attention_mask": attention.to(device, non_blocking=True),
+                    "mask_batch": torch.arange(len(batch.rows), device=device),
+                    "mask_positions": positions.to(device, non_blocking=True),
+                }
+                top = teacher_topk(adapter, prompts, cfg.k, verbalizer_ids)
                 out = top.stored_fields()
                 if top.verbalizer_logprobs is not None:
                     out["verbalizer_logprobs"] = top.verbalizer_logprobs

@@ -21,7 +21,9 @@ import subprocess
 import urllib.error
 import urllib.request
 
-__all__ = ["DEFAULT_STALL_TIMEOUT", "StalledRead", "read_location"]
+from .errors import StoreError
+
+__all__ = ["DEFAULT_STALL_TIMEOUT", "StalledRead", "read_location", "read_store_file"]
 
 DEFAULT_STALL_TIMEOUT = 60.0  # seconds without a byte before a read gives up
 _BLOCK = 1 << 20
@@ -59,6 +61,21 @@ def read_location(location: str, *, stall_timeout: float = DEFAULT_STALL_TIMEOUT
         f"unsupported location scheme {name}://; use a local path, http(s):// or "
         f"pipe:COMMAND (a command that writes the file to its standard output)"
     )
+
+
+def read_store_file(
+    location: str, error: type[StoreError], stall_timeout: float, missing: str = "no such file"
+) -> bytes:
+    """``read_location``, every failure raised as ``error(location, problem)`` (the store's
+    ``ManifestError`` or ``ShardError``), ``missing`` being the problem of a missing file."""
+    try:
+        return read_location(location, stall_timeout=stall_timeout)
+    except FileNotFoundError:
+        raise error(location, missing) from None
+    except StalledRead as err:
+        raise error(location, str(err)) from None
+    except OSError as err:
+        raise error(location, f"cannot be read: {err}") from None
 
 
 def _read_http(url: str, stall_timeout: float) -> bytes:

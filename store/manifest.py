@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError
-from .locations import DEFAULT_STALL_TIMEOUT, StalledRead, read_location
+from .locations import DEFAULT_STALL_TIMEOUT, read_store_file
 
 __all__ = [
     "FORMAT_NAME",
@@ -203,14 +203,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def _read_json(location: str, stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> Any:
-    try:
-        raw = read_location(location, stall_timeout=stall_timeout)
-    except FileNotFoundError:
-        raise ManifestError(location, "no such file") from None
-    except StalledRead as err:
-        raise ManifestError(location, str(err)) from None
-    except OSError as err:
-        raise ManifestError(location, f"cannot be read: {err}") from None
+    raw = read_store_file(location, ManifestError, stall_timeout)
     if not raw:
         raise ManifestError(location, "empty (unreadable URL or empty file)")
     try:

@@ -17,7 +17,7 @@ import zstandard
 
 from .codec import CHUNK_SUFFIX, DecodedChunk
 from .errors import ShardError
-from .locations import DEFAULT_STALL_TIMEOUT, StalledRead, read_location
+from .locations import DEFAULT_STALL_TIMEOUT, read_store_file
 from .manifest import ShardInfo
 from .schema import FIELDS
 
@@ -26,14 +26,7 @@ __all__ = ["check_shard_bytes", "decode_shard", "fetch_shard", "read_shard"]
 
 def fetch_shard(url: str, stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> bytes:
     """Read a shard whole from a local path, an http(s) URL or a ``pipe:`` command."""
-    try:
-        return read_location(url, stall_timeout=stall_timeout)
-    except FileNotFoundError:
-        raise ShardError(url, "missing: no such file") from None
-    except StalledRead as err:
-        raise ShardError(url, str(err)) from None
-    except OSError as err:
-        raise ShardError(url, f"cannot be read: {err}") from None
+    return read_store_file(url, ShardError, stall_timeout, missing="missing: no such file")
 
 
 def check_shard_bytes(url: str, data: bytes, info: ShardInfo) -> None:

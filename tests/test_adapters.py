@@ -30,17 +30,20 @@ def batch():
     input_ids = torch.randint(5, 97, (3, 11), generator=gen)
     attention = torch.ones_like(input_ids)
     attention[1, 8:] = 0  # padding
-    return input_ids, attention, torch.tensor([0, 0, 1, 2]), torch.tensor([2, 9, 4, 10])
+    return {"input_ids": input_ids, "attention_mask": attention,
+            "mask_batch": torch.tensor([0, 0, 1, 2]), "mask_positions": torch.tensor([2, 9, 4, 10])}  # fmt: skip
 
 
 @pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "bert"])
 def test_answer_logits_are_the_models_own(family):
     model = tiny_masked_lm(family)
     adapter = adapter_for(model)
-    input_ids, attention, rows, positions = batch()
+    prompts = batch()
+    rows, positions = prompts["mask_batch"], prompts["mask_positions"]
     with torch.no_grad():
-        full = model(input_ids=input_ids, attention_mask=attention).logits[rows, positions]
-        answers = adapter.answers(input_ids, attention, rows, positions)
+        full = model(input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"])
+        full = full.logits[rows, positions]
+        answers = adapter.answers(prompts)
         logits = adapter.logits(answers.hidden)
         fused = adapter.features(answers.hidden) @ adapter.decoder.weight.T + adapter.decoder.bias
     assert torch.equal(logits, full)
@@ -50,16 +53,15 @@ def test_answer_logits_are_the_models_own(family):
 
 def test_hidden_states_and_attentions_on_request():
     model = tiny_masked_lm("roberta")
-    input_ids, attention, rows, positions = batch()
+    prompts = batch()
     with pytest.raises(ValueError, match="attention probabilities need the eager attention path"):
-        MaskedLMAdapter(model).answers(input_ids, attention, rows, positions, attentions=True)
+        MaskedLMAdapter(model).answers(prompts, attentions=True)
     model.set_attn_implementation("eager")
-    answers = MaskedLMAdapter(model).answers(
-        input_ids, attention, rows, positions, hidden_states=True, attentions=True
-    )
+    answers = MaskedLMAdapter(model).answers(prompts, hidden_states=True, attentions=True)
     assert len(answers.hidden_states) == 3 and answers.hidden_states[0].shape == (3, 11, 24)
     assert len(answers.attentions) == 2 and answers.attentions[0].shape == (3, 4, 11, 11)
     torch.testing.assert_close(answers.attentions[1].sum(-1), torch.ones(3, 4, 11))
+    rows, positions = prompts["mask_batch"], prompts["mask_positions"]
     assert torch.equal(answers.hidden_states[-1][rows, positions], answers.hidden)
 
 

@@ -118,38 +118,10 @@ def test_grid_keeps_best_dev_checkpoint(tiny, tiny_tokenizer, kshot):
 
 def test_prompt_finetuning_beats_chance(tiny, kshot, tmp_path):
     out = tmp_path / "out"
-    main(
-        [
-            "--model",
-            str(tiny["student"]),
-            "--tasks",
-            "SST-2",
-            "--data",
-            str(kshot),
-            "--mode",
-            "prompt",
-            "--out",
-            str(out),
-            "--k",
-            "16",
-            "--seeds",
-            "13",
-            "21",
-            "42",
-            "--lrs",
-            "3e-3",
-            "--batch-sizes",
-            "4",
-            "--max-steps",
-            "100",
-            "--eval-every",
-            "20",
-            "--max-length",
-            "64",
-            "--device",
-            "cpu",
-        ]
-    )
+    main(["--model", str(tiny["student"]), "--tasks", "SST-2", "--data", str(kshot), "--mode",
+        "prompt", "--out", str(out), "--k", "16", "--seeds", "13", "21", "42", "--lrs", "3e-3",
+        "--batch-sizes", "4", "--max-steps", "100", "--eval-every", "20", "--max-length", "64",
+        "--device", "cpu"])  # fmt: skip
     result = json.loads((out / "results.json").read_text())
     summary = result["entries"][0]["summary"]["SST-2"]
     assert summary["mean"] >= 70.0, summary  # 40 balanced test rows: chance is 50
@@ -157,48 +129,11 @@ def test_prompt_finetuning_beats_chance(tiny, kshot, tmp_path):
 
 def test_cli_two_models_three_modes(tiny, kshot, tmp_path):
     out = tmp_path / "out"
-    main(
-        [
-            "--model",
-            str(tiny["student"]),
-            "--model",
-            str(tiny["teacher"]),
-            "--name",
-            "before",
-            "after",
-            "--tasks",
-            "sts-b",
-            "MRPC",
-            "--data",
-            str(kshot),
-            "--mode",
-            "prompt",
-            "zero-shot",
-            "finetune",
-            "--out",
-            str(out),
-            "--k",
-            "8",
-            "--seeds",
-            "13",
-            "21",
-            "--lrs",
-            "1e-3",
-            "--batch-sizes",
-            "2",
-            "4",
-            "--max-steps",
-            "4",
-            "--eval-every",
-            "2",
-            "--max-length",
-            "64",
-            "--template",
-            "MRPC=*cls**sent_0*?*mask*,*+sentl_1**sep+*",
-            "--device",
-            "cpu",
-        ]
-    )
+    main(["--model", str(tiny["student"]), "--model", str(tiny["teacher"]), "--name", "before",
+        "after", "--tasks", "sts-b", "MRPC", "--data", str(kshot), "--mode", "prompt", "zero-shot",
+        "finetune", "--out", str(out), "--k", "8", "--seeds", "13", "21", "--lrs", "1e-3",
+        "--batch-sizes", "2", "4", "--max-steps", "4", "--eval-every", "2", "--max-length", "64",
+        "--template", "MRPC=*cls**sent_0*?*mask*,*+sentl_1**sep+*", "--device", "cpu"])  # fmt: skip
     result = json.loads((out / "results.json").read_text())
     assert len(result["entries"]) == 2 * 3 * 2
     entry = next(e for e in result["entries"] if e["mode"] == "prompt" and e["task"] == "STS-B")
@@ -230,87 +165,28 @@ def _cli_error(capsys, argv):
 
 
 def test_max_length_beyond_model(tiny, kshot, tmp_path, capsys):
-    err = _cli_error(
-        capsys,
-        [
-            "--model",
-            str(tiny["student"]),
-            "--tasks",
-            "SST-2",
-            "--data",
-            str(kshot),
-            "--mode",
-            "zero-shot",
-            "--out",
-            str(tmp_path),
-            "--k",
-            "8",
-            "--seeds",
-            "13",
-            "--max-length",
-            "256",
-        ],
-    )
+    err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "SST-2", "--data",
+        str(kshot), "--mode", "zero-shot", "--out", str(tmp_path), "--k", "8", "--seeds", "13",
+        "--max-length", "256"])  # fmt: skip
     assert "max length 256 exceeds the 130 positions" in err
 
 
 def test_cli_unknown_task(tiny, kshot, tmp_path, capsys):
-    err = _cli_error(
-        capsys,
-        [
-            "--model",
-            str(tiny["student"]),
-            "--tasks",
-            "SST-3",
-            "--data",
-            str(kshot),
-            "--out",
-            str(tmp_path),
-        ],
-    )
+    err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "SST-3", "--data",
+        str(kshot), "--out", str(tmp_path)])  # fmt: skip
     assert "unknown task 'SST-3'" in err
 
 
 def test_cli_missing_model_folder(kshot, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    err = _cli_error(
-        capsys,
-        [
-            "--model",
-            "demo-out/run/nostudent",
-            "--tasks",
-            "SST-2",
-            "--data",
-            str(kshot),
-            "--out",
-            str(tmp_path),
-            "--k",
-            "8",
-            "--seeds",
-            "13",
-        ],
-    )
+    err = _cli_error(capsys, ["--model", "demo-out/run/nostudent", "--tasks", "SST-2", "--data",
+        str(kshot), "--out", str(tmp_path), "--k", "8", "--seeds", "13"])  # fmt: skip
     assert err == "evaluate-fewshot: error: --model demo-out/run/nostudent: no such folder"
 
 
 def test_cli_missing_data_file(tiny, kshot, tmp_path, capsys):
-    err = _cli_error(
-        capsys,
-        [
-            "--model",
-            str(tiny["student"]),
-            "--tasks",
-            "RTE",
-            "--data",
-            str(kshot),
-            "--out",
-            str(tmp_path),
-            "--k",
-            "8",
-            "--seeds",
-            "13",
-        ],
-    )
+    err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "RTE", "--data",
+        str(kshot), "--out", str(tmp_path), "--k", "8", "--seeds", "13"])  # fmt: skip
     assert f"{kshot / 'RTE' / '8-13' / 'train.tsv'}: file not found" in err
 
 
@@ -324,23 +200,8 @@ def test_cli_bad_row_names_file_and_line(tiny, kshot, tmp_path, capsys):
     lines = (split / "dev.tsv").read_text().splitlines(keepends=True)
     lines[3] = "a sentence\t7\n"
     (split / "dev.tsv").write_text("".join(lines))
-    err = _cli_error(
-        capsys,
-        [
-            "--model",
-            str(tiny["student"]),
-            "--tasks",
-            "SST-2",
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path),
-            "--k",
-            "8",
-            "--seeds",
-            "13",
-        ],
-    )
+    err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "SST-2", "--data",
+        str(data), "--out", str(tmp_path), "--k", "8", "--seeds", "13"])  # fmt: skip
     assert f"{split / 'dev.tsv'}:4: label '7'" in err
 
 

@@ -21,29 +21,9 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 
 def run(tiny, out, *extra, task="sentence-pair", n=90, shard=30, k=16):
-    argv = [
-        "--task",
-        task,
-        "--corpus",
-        str(tiny["corpus"]),
-        "--teacher",
-        str(tiny["teacher"]),
-        "--out",
-        str(out),
-        "--num-examples",
-        str(n),
-        "--shard-size",
-        str(shard),
-        "--k",
-        str(k),
-        "--dtype",
-        "fp32",
-        "--device",
-        "cpu",
-        "--token-budget",
-        "1024",
-        *extra,
-    ]
+    argv = ["--task", task, "--corpus", str(tiny["corpus"]), "--teacher", str(tiny["teacher"]),
+            "--out", str(out), "--num-examples", str(n), "--shard-size", str(shard), "--k", str(k),
+            "--dtype", "fp32", "--device", "cpu", "--token-budget", "1024", *extra]  # fmt: skip
     return main(argv)
 
 
@@ -383,25 +363,10 @@ def test_bad_input_gets_a_clear_message(tiny, tmp_path, capsys, case, expected):
     (out / "keep.txt").write_text("user file")
     if case == "broken-manifest":
         (out / "manifest.json").write_text("{half")
-    argv = [
-        "--task",
-        "odd-words" if case == "multi-token-verbalizer" else "sentence-pair",
-        "--corpus",
-        str(corpus),
-        "--teacher",
-        str(teacher),
-        "--out",
-        str(out),
-        "--num-examples",
-        "30",
-        "--k",
-        str(k),
-        "--dtype",
-        "fp32",
-        "--device",
-        "cpu",
-        *extra,
-    ]
+    task = "odd-words" if case == "multi-token-verbalizer" else "sentence-pair"
+    argv = ["--task", task, "--corpus", str(corpus), "--teacher", str(teacher), "--out", str(out),
+            "--num-examples", "30", "--k", str(k), "--dtype", "fp32", "--device", "cpu",
+            *extra]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert expected in err, err

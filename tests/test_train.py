@@ -201,12 +201,7 @@ def test_hard_reads_the_teacher_labels_a_store_holds(tiny, tiny_tokenizer, pair_
     student = make_student(model, "hard", verbalizer=words, stored_labels=True)
     loss, _ = _step(student, batch)
     adapter = adapter_for(model)
-    hidden = adapter.answers(
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["mask_batch"],
-        batch["mask_positions"],
-    ).hidden
+    hidden = adapter.answers(batch).hidden
     expected = label_word_loss(
         adapter.features(hidden),
         adapter.decoder,

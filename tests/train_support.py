@@ -20,29 +20,9 @@ PAIR_EXAMPLES = 240
 def precompute(task, corpus, teacher, out, *, k, n, seed=0, shard_size=40, extra=()):
     from smash.precompute.cli import main
 
-    argv = [
-        "--task",
-        task,
-        "--corpus",
-        str(corpus),
-        "--teacher",
-        str(teacher),
-        "--out",
-        str(out),
-        "--k",
-        str(k),
-        "--num-examples",
-        str(n),
-        "--seed",
-        str(seed),
-        "--dtype",
-        "fp32",
-        "--device",
-        "cpu",
-        "--shard-size",
-        str(shard_size),
-        *extra,
-    ]
+    argv = ["--task", task, "--corpus", str(corpus), "--teacher", str(teacher), "--out", str(out),
+            "--k", str(k), "--num-examples", str(n), "--seed", str(seed), "--dtype", "fp32",
+            "--device", "cpu", "--shard-size", str(shard_size), *extra]  # fmt: skip
     assert main(argv) == 0
     return Path(out)
 
@@ -127,35 +107,28 @@ def module_weights(trainer):
 
 
 _STORES: dict = {}  # one store of each kind per session, shared by the test modules
+_KINDS = {  # kind -> (task, precompute-teacher options)
+    "pairs": ("sentence-pair", {"k": VOCAB, "n": PAIR_EXAMPLES}),  # the whole vocabulary
+    "sentiment": ("sentiment", {"k": 32, "n": 120, "extra": ["--filter-rule", "none"]}),
+}
+
+
+def _store_of(kind, tiny, tmp_path_factory):
+    if kind not in _STORES:
+        task, options = _KINDS[kind]
+        out = tmp_path_factory.mktemp(kind) / "store"
+        _STORES[kind] = precompute(task, tiny["corpus"], tiny["teacher"], out, **options)
+    return _STORES[kind]
 
 
 def pair_store_of(tiny, tmp_path_factory):
     """Sentence pairs from the tiny (random) teacher with the whole vocabulary (k = V)."""
-    if "pairs" not in _STORES:
-        _STORES["pairs"] = precompute(
-            "sentence-pair",
-            tiny["corpus"],
-            tiny["teacher"],
-            tmp_path_factory.mktemp("pairs") / "store",
-            k=VOCAB,
-            n=PAIR_EXAMPLES,
-        )
-    return _STORES["pairs"]
+    return _store_of("pairs", tiny, tmp_path_factory)
 
 
 def sentiment_store_of(tiny, tmp_path_factory):
     """Sentiment examples (no filter) with k = 32."""
-    if "sentiment" not in _STORES:
-        _STORES["sentiment"] = precompute(
-            "sentiment",
-            tiny["corpus"],
-            tiny["teacher"],
-            tmp_path_factory.mktemp("sentiment") / "store",
-            k=32,
-            n=120,
-            extra=["--filter-rule", "none"],
-        )
-    return _STORES["sentiment"]
+    return _store_of("sentiment", tiny, tmp_path_factory)
 
 
 def first_batch(store, n, pad_id):

@@ -188,30 +188,10 @@ def _precompute(
 
     available = corpus_examples(task, corpus, seed)
     n = available if n is None else min(n, available)
-    argv = [
-        "--task",
-        task,
-        "--corpus",
-        str(corpus),
-        "--teacher",
-        str(teacher),
-        "--out",
-        str(out),
-        "--k",
-        str(k),
-        "--num-examples",
-        str(n),
-        "--seed",
-        str(seed),
-        "--dtype",
-        "fp32",
-        "--device",
-        "cpu",
-        "--shard-size",
-        str(max((n + 3) // 4, 1)),
-        "--overwrite",
-        *extra,
-    ]
+    argv = ["--task", task, "--corpus", str(corpus), "--teacher", str(teacher), "--out", str(out),
+            "--k", str(k), "--num-examples", str(n), "--seed", str(seed), "--dtype", "fp32",
+            "--device", "cpu", "--shard-size", str(max((n + 3) // 4, 1)), "--overwrite",
+            *extra]  # fmt: skip
     if precompute(argv) != 0:
         raise RuntimeError(f"precompute-teacher failed: {' '.join(argv)}")
 

@@ -77,9 +77,7 @@ def heldout_kl(
     total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum KL, rows)
     while chunk := list(itertools.islice(examples, batch_size)):
         b = {k: v.to(device) for k, v in collate_examples(chunk, pad_id).items() if k != "keys"}
-        hidden = adapter.answers(
-            b["input_ids"], b["attention_mask"], b["mask_batch"], b["mask_positions"]
-        ).hidden
+        hidden = adapter.answers(b).hidden
         rows = masked_kl_rows(
             adapter.logits(hidden), b["topk_ids"], b["topk_logprobs"], b["tail_logmass"]
         )

@@ -53,12 +53,7 @@ class DistillStudent(nn.Module):
 
     def forward(self, store: int = 0, **batch: torch.Tensor) -> torch.Tensor:
         answers = self.adapter.answers(
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["mask_batch"],
-            batch["mask_positions"],
-            hidden_states=self._hidden_states,
-            attentions=self._attentions,
+            batch, hidden_states=self._hidden_states, attentions=self._attentions
         )
         outputs = StudentOutputs(self.adapter, answers)
         total = None
@@ -103,10 +98,7 @@ class OnlineTeacher:
         / ``teacher_attentions`` (tuples over its layers, see ``Answers``)."""
         with torch.inference_mode():
             answers = self.adapter.answers(
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["mask_batch"],
-                batch["mask_positions"],
+                batch,
                 hidden_states="teacher_hidden_states" in needs,
                 attentions="teacher_attentions" in needs,
             )

@@ -4,8 +4,10 @@ The teacher pass, the student step, the online teacher, the held-out KL and the 
 learners all go through an adapter, so "the logits at the ``<mask>``" means one thing
 everywhere. An adapter answers four questions:
 
-``answers(input_ids, attention_mask, mask_batch, mask_positions)``
-    the hidden states at the R answer slots, (R, H), computed without the vocabulary
+``answers(prompts)``
+    for a padded batch of prompts (a mapping with ``input_ids`` and ``attention_mask`` (B, L),
+    ``mask_batch`` and ``mask_positions`` (R,): where each answer slot is), the hidden states
+    at the R answer slots, (R, H), computed without the vocabulary
     projection; optionally the encoder's hidden states and attention probabilities too (for
     the objectives that distil them);
 ``features(hidden)``
@@ -24,12 +26,24 @@ the mask, bit for bit. A new family is one class here plus its case in that test
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["Answers", "MaskedLMAdapter", "ModelAdapter", "adapter_for", "max_sequence_length"]
+__all__ = [
+    "Answers",
+    "MaskedLMAdapter",
+    "ModelAdapter",
+    "Prompts",
+    "adapter_for",
+    "max_sequence_length",
+]
+
+
+# A padded batch of prompts: input_ids, attention_mask (B, L); mask_batch, mask_positions (R,).
+Prompts = Mapping[str, torch.Tensor]
 
 
 @dataclass
@@ -49,16 +63,7 @@ class ModelAdapter(abc.ABC):
     decoder: nn.Linear
 
     @abc.abstractmethod
-    def answers(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        mask_batch: torch.Tensor,
-        mask_positions: torch.Tensor,
-        *,
-        hidden_states: bool = False,
-        attentions: bool = False,
-    ) -> Answers: ...
+    def answers(self, prompts: Prompts, *, hidden_states=False, attentions=False) -> Answers: ...
 
     @abc.abstractmethod
     def features(self, hidden: torch.Tensor) -> torch.Tensor: ...
@@ -98,16 +103,7 @@ class MaskedLMAdapter(ModelAdapter):
 
         return self._head.layer_norm(gelu(self._head.dense(hidden)))
 
-    def answers(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        mask_batch: torch.Tensor,
-        mask_positions: torch.Tensor,
-        *,
-        hidden_states: bool = False,
-        attentions: bool = False,
-    ) -> Answers:
+    def answers(self, prompts: Prompts, *, hidden_states=False, attentions=False) -> Answers:
         if attentions and self.model.config._attn_implementation != "eager":
             raise ValueError(
                 f"{type(self.model).__name__}: attention probabilities need the eager attention "
@@ -115,13 +111,13 @@ class MaskedLMAdapter(ModelAdapter):
                 f"attn_implementation='eager'"
             )
         out = self.encoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
+            input_ids=prompts["input_ids"],
+            attention_mask=prompts["attention_mask"],
             output_hidden_states=hidden_states,
             output_attentions=attentions,
         )
         return Answers(
-            out.last_hidden_state[mask_batch, mask_positions],
+            out.last_hidden_state[prompts["mask_batch"], prompts["mask_positions"]],
             out.hidden_states if hidden_states else None,
             out.attentions if attentions else None,
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import ModelAdapter
+from .adapters import ModelAdapter, Prompts
 
 __all__ = ["TeacherTopK", "teacher_topk", "topk_targets"]
 
@@ -62,13 +62,9 @@ def topk_targets(
 @torch.inference_mode()
 def teacher_topk(
     adapter: ModelAdapter,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    mask_batch: torch.Tensor,
-    mask_positions: torch.Tensor,
+    prompts: Prompts,
     k: int,
     verbalizer_ids: torch.Tensor | None = None,
 ) -> TeacherTopK:
-    """``topk_targets`` at the answer slots of a padded batch of prompts."""
-    hidden = adapter.answers(input_ids, attention_mask, mask_batch, mask_positions).hidden
-    return topk_targets(adapter, hidden, k, verbalizer_ids)
+    """``topk_targets`` at the answer slots of a padded batch of prompts (``Prompts``)."""
+    return topk_targets(adapter, adapter.answers(prompts).hidden, k, verbalizer_ids)

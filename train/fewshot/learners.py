@@ -130,9 +130,9 @@ class PromptLearner:
     def forward(self, batch: Batch) -> torch.Tensor:
         """Label-word logits at the mask, (B, C); C = 2 (low, high) for regression."""
         rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
-        hidden = self.adapter.answers(
-            batch.input_ids, batch.attention_mask, rows, batch.mask_positions
-        ).hidden  # (B, H)
+        prompts = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                   "mask_batch": rows, "mask_positions": batch.mask_positions}  # fmt: skip
+        hidden = self.adapter.answers(prompts).hidden  # (B, H)
         features = self.adapter.features(hidden)
         decoder, verbalizer = self.adapter.decoder, self.verbalizer.to(hidden.device)
         bias = decoder.bias[verbalizer] if decoder.bias is not None else None
