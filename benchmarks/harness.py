@@ -1,10 +1,10 @@
 """The benchmarks' shared harness (one place, as Liger-Kernel's ``benchmark/scripts/utils.py``).
 
-Every benchmark script times with ``time_ms`` (median and 20/80% quantiles: Triton's
-``do_bench`` on CUDA, repeated wall-clock runs on a CPU), splits a loss into forward /
-backward / full with ``measure_modes``, measures ``peak_extra_bytes`` on CUDA, tags its result
-with ``device_name`` and writes it with ``write_result``: JSON under ``--out`` plus a printed
-Markdown table of its rows.
+Operations are timed with ``time_ms`` (median and 20/80% quantiles: Triton's ``do_bench`` on
+CUDA, repeated wall-clock runs on a CPU), a loss is split into forward / backward / full with
+``measure_modes`` and ``peak_extra_bytes`` is measured on CUDA (the kernel benchmark; the
+pipeline benchmarks time whole runs). Every benchmark tags its result with ``device_name`` and
+writes it with ``write_result``: JSON under ``--out`` plus a printed Markdown table.
 """
 
 from __future__ import annotations

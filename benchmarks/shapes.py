@@ -2,7 +2,7 @@
 built from them, so no benchmark downloads anything).
 
 ``model_config(name, scale)`` divides widths and depths by ``scale`` for CPU runs, keeping the
-proportions and the 64-wide attention heads; the vocabulary is never scaled (the LM head over
+proportions and heads about 64 wide; the vocabulary is never scaled (the LM head over
 50,265 tokens is what the kernels and the mask-only head are about).
 """
 
@@ -30,13 +30,6 @@ MODELS: dict[str, dict] = {
         "intermediate_size": 4096,
         **_ROBERTA_VOCAB,
     },
-    "roberta-base": {
-        "hidden_size": 768,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "intermediate_size": 3072,
-        **_ROBERTA_VOCAB,
-    },
     "distilroberta-base": {
         "hidden_size": 768,
         "num_hidden_layers": 6,
@@ -55,10 +48,13 @@ def model_config(name: str, scale: int = 1, **overrides):
     dims = dict(MODELS[name])
     if scale != 1:
         hidden = dims["hidden_size"] // scale
+        heads = max(hidden // 64, 1)
+        while hidden % heads:  # the heads must split the width evenly
+            heads -= 1
         dims.update(
             hidden_size=hidden,
             num_hidden_layers=math.ceil(dims["num_hidden_layers"] / scale),
-            num_attention_heads=max(hidden // 64, 1),
+            num_attention_heads=heads,
             intermediate_size=dims["intermediate_size"] // scale,
         )
     return RobertaConfig(**{**dims, **overrides})

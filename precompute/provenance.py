@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from smash.store.manifest import load_manifest
+from smash.store.manifest import FORMAT_VERSION, load_manifest
 from transformers import PreTrainedTokenizerBase
 
 from .shared.templates import verbalizer_ids
@@ -63,7 +63,7 @@ def recorded_teacher_name(out: Path, name: str, fingerprint: str | None) -> str:
     if fingerprint is None:
         return name
     for path in sorted(out.glob("manifest*.json")):
-        teacher = load_manifest(path).producer.get("teacher") or {}
+        teacher = load_manifest(path, unique_names=False).producer.get("teacher") or {}
         if teacher.get("fingerprint") == fingerprint and teacher.get("name"):
             return teacher["name"]
     return os.path.normpath(name)
@@ -105,10 +105,14 @@ def check_output(out: Path, producer: dict, tokenizer: dict, overwrite: bool) ->
     """Whether ``out`` holds another configuration's store that ``overwrite`` must clear;
     without ``overwrite`` that is refused. ``tokenizer``: the manifest's tokenizer record
     (``tokenizer_record``). Only reads, so every rank can call it."""
-    ours = {**producer, "tokenizer": tokenizer}
+    ours = {**producer, "tokenizer": tokenizer, "format_version": FORMAT_VERSION}
     for path in sorted(out.glob("manifest*.json")):
-        existing = load_manifest(path)
-        theirs = {**existing.producer, "tokenizer": existing.tokenizer}
+        existing = load_manifest(path, unique_names=False)  # a part, or the final manifest
+        theirs = {
+            **existing.producer,
+            "tokenizer": existing.tokenizer,
+            "format_version": existing.format_version,
+        }
         differing = sorted(
             key for key in set(ours) | set(theirs) if ours.get(key) != theirs.get(key)
         )
@@ -118,9 +122,14 @@ def check_output(out: Path, producer: dict, tokenizer: dict, overwrite: bool) ->
             changes = "; ".join(
                 f"{key}: {_short(theirs.get(key))} -> {_short(ours.get(key))}" for key in differing
             )
+            older = (
+                " (an earlier version of smash started it: finish it with that version)"
+                if "format_version" in differing
+                else ""
+            )
             raise ConfigMismatch(
                 f"{out} holds a store made with another configuration (see {path.name}: "
-                f"{changes}); pass --overwrite to replace it or choose another --out"
+                f"{changes}){older}; pass --overwrite to replace it or choose another --out"
             )
         return True
     return False

@@ -51,14 +51,17 @@ def _read_shards(
 
 
 def teacher_statistics(
-    store: str, max_shards: int | None = None, stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    store: str,
+    max_shards: int | None = None,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    manifest: Manifest | None = None,
 ) -> dict[str, Any]:
     """Mean top-k mass, mean entropy of the stored top-k part, and length statistics.
 
     The entropy is over the top-k entries plus the tail mass as one bucket, a lower bound of
-    the teacher's full entropy.
+    the teacher's full entropy. ``manifest``: the store's, when already loaded.
     """
-    manifest = load_manifest(store, stall_timeout=stall_timeout)
+    manifest = manifest or load_manifest(store, stall_timeout=stall_timeout)
     shards = manifest.shards[:max_shards]
     mass, entropy, lengths, masks, top1 = [], [], [], [], []
     for _, chunks in _read_shards(store, manifest, shards, stall_timeout, "reading shards"):
@@ -90,10 +93,13 @@ def teacher_statistics(
     }
 
 
-def verify_store(store: str, stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> list[tuple[str, str]]:
+def verify_store(
+    store: str, stall_timeout: float = DEFAULT_STALL_TIMEOUT, manifest: Manifest | None = None
+) -> list[tuple[str, str]]:
     """Check every shard (bytes, checksum, decoding, each chunk's k and vocabulary against the
-    manifest's); returns (shard name, problem) for each bad one."""
-    manifest = load_manifest(store, stall_timeout=stall_timeout)
+    manifest's); returns (shard name, problem) for each bad one. ``manifest``: the store's,
+    when already loaded."""
+    manifest = manifest or load_manifest(store, stall_timeout=stall_timeout)
     return [
         (info.name, getattr(result, "problem", str(result)))
         for info, result in _read_shards(
@@ -105,7 +111,7 @@ def verify_store(store: str, stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> li
 
 def _inspect(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.store, stall_timeout=args.stall_timeout)
-    stats = teacher_statistics(args.store, args.max_shards, args.stall_timeout)
+    stats = teacher_statistics(args.store, args.max_shards, args.stall_timeout, manifest)
     if args.json:
         print(
             json.dumps(
@@ -143,7 +149,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.store, stall_timeout=args.stall_timeout)
-    bad = verify_store(args.store, stall_timeout=args.stall_timeout)
+    bad = verify_store(args.store, args.stall_timeout, manifest)
     for name, problem in bad:
         print(f"BAD  {name}: {problem}", file=sys.stderr)
     good = len(manifest.shards) - len(bad)
@@ -154,11 +160,21 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
 def _store_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", help="store directory, manifest.json path, URL or pipe: command")
     p.add_argument(
         "--stall-timeout",
-        type=float,
+        type=_positive(float),
         default=DEFAULT_STALL_TIMEOUT,
         metavar="SECONDS",
         help="give up on a read that receives nothing for this long (default: %(default)g)",
@@ -176,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     _store_arguments(p)
     p.add_argument(
         "--max-shards",
-        type=int,
+        type=_positive(int),
         default=None,
         help="compute statistics from the first N shards only",
     )

@@ -36,9 +36,9 @@ def collate_examples(examples: Sequence[StoredExample], pad_id: int) -> dict[str
         "mask_batch": torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(n_masks)),
     }
     for f in FIELDS:
-        values = [ex[f.name] for ex in examples]
         if f.storage == "json":
             continue
+        values = [ex[f.name] for ex in examples]
         if f.level == "token":
             padded = np.full(attention.shape, pad_id if f.name == "input_ids" else 0, f.dtype)
             for b, value in enumerate(values):

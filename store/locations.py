@@ -1,9 +1,11 @@
 """Reading a store's files whole from a local path, an ``http(s)://`` URL or a ``pipe:`` command.
 
-Every read has a *stall timeout*: a source that sends nothing for that many seconds (a server
-stopped mid-response, a command waiting on a dead mount) raises ``StalledRead`` instead of
-hanging its reader, and with it a training job, forever. A slow source that keeps sending is
-never cut off: the clock restarts with every block that arrives.
+Every read from a server or a command has a *stall timeout*: a source that sends nothing for
+that many seconds (a server stopped mid-response, a command waiting on a dead mount) raises
+``StalledRead`` instead of hanging its reader, and with it a training job, forever. A slow
+source that keeps sending is never cut off: the clock restarts with every block that arrives.
+Local paths are read directly (a hung network file system is the kernel's to time out; read
+such a store through ``pipe:cat`` to have the stall timeout apply).
 
 ``pipe:COMMAND`` runs ``COMMAND`` in a shell and reads its standard output (WebDataset's
 convention, e.g. ``pipe:aws s3 cp s3://bucket/store/shard-000000.tar -``); a non-zero exit
@@ -18,6 +20,7 @@ import re
 import selectors
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -103,32 +106,47 @@ def _read_http(url: str, stall_timeout: float) -> bytes:
 
 
 def _read_pipe(command: str, stall_timeout: float) -> bytes:
-    """Standard output of ``command``; its standard error goes into the error message."""
+    """Standard output of ``command``; the end of its standard error goes into the error
+    message. Only standard output counts as progress."""
     proc = subprocess.Popen(
         command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
     out, err = bytearray(), bytearray()
+    deadline = time.monotonic() + stall_timeout
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stdout, selectors.EVENT_READ, out)
         selector.register(proc.stderr, selectors.EVENT_READ, err)
         while selector.get_map():
-            ready = selector.select(timeout=stall_timeout)
-            if not ready:
-                os.killpg(proc.pid, signal.SIGKILL)  # the shell and what it started
-                proc.wait()
+            ready = selector.select(timeout=max(deadline - time.monotonic(), 0))
+            if time.monotonic() >= deadline and not any(k.data is out for k, _ in ready):
+                _kill(proc)
                 raise StalledRead(stall_timeout)
             for key, _ in ready:
                 block = os.read(key.fd, _BLOCK)
-                if block:
-                    key.data.extend(block)
-                else:
+                if not block:
                     selector.unregister(key.fileobj)
+                elif key.data is out:
+                    out.extend(block)
+                    deadline = time.monotonic() + stall_timeout
+                else:
+                    err.extend(block)
+                    del err[: max(len(err) - 4096, 0)]  # keep the end
     proc.stdout.close()
     proc.stderr.close()
-    status = proc.wait()
+    try:
+        status = proc.wait(timeout=stall_timeout)
+    except subprocess.TimeoutExpired:  # output closed, but the command lingers
+        _kill(proc)
+        raise StalledRead(stall_timeout) from None
     if status != 0:
         said = err.decode("utf-8", "replace").strip().splitlines()
         raise OSError(
             f"command {command!r} exited with status {status}" + (f": {said[-1]}" if said else "")
         )
     return bytes(out)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """Stop the shell of a ``pipe:`` command and everything it started."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

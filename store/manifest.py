@@ -91,7 +91,7 @@ class Manifest:
                 f"{FORMAT_NAME!r}: not a SMASH teacher store",
             )
         version = data.get("format_version")
-        if version not in READABLE_VERSIONS or isinstance(version, bool):
+        if type(version) is not int or version not in READABLE_VERSIONS:
             raise ManifestError(
                 source,
                 f"field 'format_version' is {version!r}; this version of smash reads format "
@@ -221,12 +221,17 @@ def manifest_location(store: str | os.PathLike) -> tuple[str, str]:
 
 
 def load_manifest(
-    store: str | os.PathLike, *, stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    store: str | os.PathLike,
+    *,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    unique_names: bool = True,
 ) -> Manifest:
     """Read and validate a store's manifest from a directory, a ``manifest.json`` path, an
-    http(s) URL or a ``pipe:`` command (see ``locations.py``)."""
+    http(s) URL or a ``pipe:`` command (see ``locations.py``). ``unique_names=False`` reads a
+    part manifest, which may list a rewritten shard twice."""
     location, _ = manifest_location(store)
-    return Manifest.from_json(_read_json(location, stall_timeout), location)
+    data = _read_json(location, stall_timeout)
+    return Manifest.from_json(data, location, unique_names=unique_names)
 
 
 def part_path(root: Path, part: str) -> Path:
@@ -236,7 +241,7 @@ def part_path(root: Path, part: str) -> Path:
 def _read_part(path: Path) -> Manifest:
     # Parts written before a rewrite replaced its entry may list a shard more than once;
     # finalize keeps one entry per name (the final manifest never lists one twice).
-    return Manifest.from_json(_read_json(str(path)), str(path), unique_names=False)
+    return load_manifest(path, unique_names=False)
 
 
 def read_part(root: Path, part: str) -> Manifest | None:
@@ -254,7 +259,8 @@ def read_parts(root: str | os.PathLike) -> list[tuple[Path, Manifest]]:
 def finalize_store(root: str | os.PathLike) -> Manifest:
     """Merge every part manifest under ``root`` into ``manifest.json``; shards sorted by name.
 
-    Parts must agree on producer, tokenizer, k and layout; otherwise nothing is written and the
+    Parts must agree on format version, producer, tokenizer, k and layout; otherwise nothing is
+    written and the
     error names the disagreeing part. A shard listed more than once (a resumed run rewrote a
     missing shard, perhaps from another process after the number of processes changed) gets
     one entry: the records if they are equal, else the one that matches the shard's file, the
@@ -265,10 +271,13 @@ def finalize_store(root: str | os.PathLike) -> Manifest:
     if not parts:
         raise ManifestError(str(root), "no part manifests to finalize (no shard was written)")
     first = parts[0][1]
-    merged = Manifest(first.producer, first.tokenizer, first.k, first.layout, [])
+    merged = Manifest(
+        first.producer, first.tokenizer, first.k, first.layout, [],
+        format_version=first.format_version,
+    )  # fmt: skip
     listed: dict[str, list[tuple[str, ShardInfo]]] = {}
     for path, part in parts:
-        for name in ("producer", "tokenizer", "k", "layout"):
+        for name in ("format_version", "producer", "tokenizer", "k", "layout"):
             if getattr(part, name) != getattr(merged, name):
                 raise ManifestError(
                     str(path),

@@ -70,8 +70,9 @@ class StoreDataset(IterableDataset):
         tokenizer: if given (a tokenizer or its fingerprint), refuse a store written with
             another tokenizer.
         verify: check each shard's byte count and sha256 before decoding it.
-        stall_timeout: seconds a manifest or shard read may receive nothing before it fails
-            with a ``StoreError`` naming the location (see ``locations.py``).
+        stall_timeout: seconds a manifest or shard read from a URL or a ``pipe:`` command may
+            receive nothing before it fails with a ``StoreError`` naming the location
+            (``locations.py``; local files are read directly).
     """
 
     def __init__(

@@ -27,7 +27,6 @@ __all__ = [
     "TEACHER_FIELDS",
     "Field",
     "StoredExample",
-    "field",
 ]
 
 Level = Literal["token", "mask", "example"]
@@ -80,14 +79,6 @@ STEP_KEYS: tuple[str, ...] = (
     "mask_batch",
     *(f.key for f in FIELDS if f.storage != "json" and f.name != "input_ids"),
 )
-
-
-def field(name: str) -> Field:
-    """The field called ``name``."""
-    for f in FIELDS:
-        if f.name == name:
-            return f
-    raise KeyError(f"no stored field {name!r}; fields: {[f.name for f in FIELDS]}")
 
 
 class StoredExample(TypedDict, total=False):

@@ -35,7 +35,7 @@ def store_files(out):
     }
 
 
-TEACHER_FIELDS = ("topk_logprobs", "tail_logmass")
+TEACHER_VALUES = ("topk_logprobs", "tail_logmass")  # compared within a tolerance
 
 
 def example_differences(a, b, teacher_tolerance: float = 0.0) -> list[str]:
@@ -52,7 +52,7 @@ def example_differences(a, b, teacher_tolerance: float = 0.0) -> list[str]:
     for key, x in ea.items():
         for field, value in x.items():
             other = eb[key][field]
-            if field in TEACHER_FIELDS:
+            if field in TEACHER_VALUES:
                 gap = np.abs(np.asarray(value, np.float64) - np.asarray(other, np.float64))
                 if gap.max(initial=0) > teacher_tolerance:
                     found.append(f"{key}.{field}: max gap {gap.max():.3g}")

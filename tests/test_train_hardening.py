@@ -37,6 +37,18 @@ def test_resuming_with_another_number_of_workers_says_what_to_do(
     assert train_student(["--config", path, "--resume"]) == 0
 
 
+def test_resuming_with_another_number_of_ranks_says_how_many(tiny, pair_store, tmp_path, capsys):
+    path = config_file(tmp_path, tiny, pair_store, tmp_path / "run", max_steps=2,
+                       checkpoint_every=1)  # fmt: skip
+    assert train_student(["--config", path, "--stop-at-step", "1"]) == 0
+    step = tmp_path / "run" / "checkpoints" / "step1"
+    shutil.copy(step / "rank0.pt", step / "rank1.pt")  # as if two processes had written it
+    capsys.readouterr()
+    assert train_student(["--config", path, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "written by 2 ranks and this run has 1" in err and "resume with 2 processes" in err
+
+
 def test_a_kill_while_deepspeed_writes_latest_falls_back_to_the_complete_checkpoint(
     tiny, pair_store, tmp_path
 ):
@@ -50,8 +62,10 @@ def test_a_kill_while_deepspeed_writes_latest_falls_back_to_the_complete_checkpo
     # and step 2 was never marked complete
     (checkpoints / "step2" / COMPLETE).unlink()
     (checkpoints / "latest").write_text("")
+    (checkpoints / "step9").mkdir()  # a stale save of some later, killed attempt
     assert resume_tag(checkpoints) == "step1"
     assert train_student(["--config", path, "--resume"]) == 0
+    assert [p.name for p in sorted(checkpoints.glob("step*"))] == ["step1", "step2", "step3"]
     steps = [r["step"] for r in read_metrics(out) if "loss" in r]
     assert steps == [1, 2, 2, 3]  # step 2 trained again from the step-1 checkpoint
 

@@ -7,7 +7,8 @@ Layout under ``<output_dir>/checkpoints``::
     step<N>/complete            written once every rank's files of step N are on disk
     latest                      DeepSpeed's pointer to its newest tag (for DeepSpeed's tools)
 
-A resumed run takes the newest ``step<N>/`` holding ``complete``. DeepSpeed writes ``latest``
+A resumed run takes the newest ``step<N>/`` holding ``complete``, with as many ranks as wrote
+it. DeepSpeed writes ``latest``
 non-atomically (a kill can leave it empty or cut short) and before the other ranks are done, so
 it is only read for checkpoints written before ``complete`` existed. A checkpoint that cannot be
 written (a full disk) is removed and reported as a ``CheckpointError`` naming its path; the one
@@ -105,7 +106,6 @@ def save_checkpoint(
     directory: Path,
     step: int,
     loader_state: dict[str, Any],
-    extra: dict[str, Any],
     keep: int,
 ) -> Path:
     """Save step ``step`` on every rank (a collective call); keep the newest ``keep`` tags."""
@@ -114,7 +114,7 @@ def save_checkpoint(
     path = directory / tag
     try:
         path.mkdir(parents=True, exist_ok=True)
-        torch.save({"loader": loader_state, "rng": rng_state(), **extra}, path / f"rank{rank}.pt")
+        torch.save({"loader": loader_state, "rng": rng_state()}, path / f"rank{rank}.pt")
         torch.distributed.barrier()
         engine.save_checkpoint(str(directory), tag=tag, client_state={"step": step})
     except (OSError, RuntimeError) as err:
@@ -132,21 +132,33 @@ def save_checkpoint(
         ) from err
     if rank == 0:
         (path / COMPLETE).touch()
-        for old in checkpoint_tags(directory)[:-keep]:
-            shutil.rmtree(directory / old, ignore_errors=True)
+        _prune(directory, step, keep)
     torch.distributed.barrier()
     return path
 
 
+def _prune(directory: Path, step: int, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints up to ``step``; remove older ones, and any later
+    folder (a save of a killed run that this resumed run has gone back behind)."""
+    tags = checkpoint_tags(directory)
+    stale = [t for t in tags if int(t[4:]) > step]
+    older = [t for t in tags if int(t[4:]) <= step]
+    for old in stale + older[:-keep]:
+        shutil.rmtree(directory / old, ignore_errors=True)
+
+
 def load_rank_state(directory: Path, tag: str) -> dict[str, Any]:
-    """This rank's saved stream and RNG states of checkpoint ``tag``."""
-    mine = directory / tag / f"rank{torch.distributed.get_rank()}.pt"
-    if not mine.exists():
-        raise FileNotFoundError(
-            f"{mine}: this rank's stream state is missing; resume with "
-            "the number of ranks the checkpoint was written with"
+    """This rank's saved stream and RNG states of checkpoint ``tag``; refused, saying how
+    many ranks to use, when the checkpoint was written by another number of ranks."""
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    saved = sorted(directory.glob(f"{tag}/rank*.pt"))
+    if len(saved) != world:
+        raise ValueError(
+            f"--resume: checkpoint {directory / tag} was written by {len(saved)} ranks and this "
+            f"run has {world}; every rank's stream position is saved on its own, so resume "
+            f"with {len(saved)} processes"
         )
-    return torch.load(mine, weights_only=False)
+    return torch.load(directory / tag / f"rank{rank}.pt", weights_only=False)
 
 
 def load_engine_state(engine: DeepSpeedEngine, directory: Path, tag: str) -> int:
@@ -154,5 +166,5 @@ def load_engine_state(engine: DeepSpeedEngine, directory: Path, tag: str) -> int
     by the caller, last, after everything else that might draw random numbers."""
     path, client = engine.load_checkpoint(str(directory), tag=tag)
     if path is None:
-        raise RuntimeError(f"DeepSpeed could not load checkpoint {directory / tag}")
+        raise CheckpointError(f"{directory / tag}: DeepSpeed could not load this checkpoint")
     return int(client["step"])

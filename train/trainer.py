@@ -332,7 +332,6 @@ class Trainer:
             self.out / "checkpoints",
             self.step,
             self.loader.state_dict(),
-            {"world_size": self.world},
             keep=self.cfg.keep_checkpoints,
         )
         return self.step

@@ -16,7 +16,8 @@ everywhere. An adapter answers four questions:
 ``logits(hidden)``
     the whole head, (R, V) = ``features(hidden) @ decoder.weight.T + decoder.bias``;
 ``decoder``
-    the vocabulary projection (an ``nn.Linear``; its weight may be tied to the embeddings).
+    the vocabulary projection (an ``nn.Linear``; its weight may be tied to the embeddings);
+    ``logits_at(features, token_ids)`` applies only some of its rows (label words).
 
 Masked LMs (RoBERTa/XLM-R/CamemBERT/Data2Vec-text ``lm_head``, BERT ``cls``) are supported;
 ``tests/test_adapters.py`` checks for each that ``logits`` equals the model's own forward at
@@ -30,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -58,7 +60,6 @@ class Answers:
 class ModelAdapter(abc.ABC):
     """The interface (see the module doc); ``model`` is the wrapped Hugging Face model."""
 
-    family: str
     model: nn.Module
     decoder: nn.Linear
 
@@ -71,6 +72,12 @@ class ModelAdapter(abc.ABC):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.features(hidden))
 
+    def logits_at(self, features: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """The logits of the vocabulary entries ``token_ids`` (C,) alone, from the head's
+        ``features`` (R, H): (R, C), as prompt-based fine-tuning scores its label words."""
+        bias = self.decoder.bias[token_ids] if self.decoder.bias is not None else None
+        return F.linear(features, self.decoder.weight[token_ids], bias)
+
 
 class MaskedLMAdapter(ModelAdapter):
     """An ``AutoModelForMaskedLM``: the answer slot is the ``<mask>`` token.
@@ -78,8 +85,6 @@ class MaskedLMAdapter(ModelAdapter):
     Only the encoder runs over the whole input; the head runs on the R mask rows alone, (R, H)
     instead of (B * L, H).
     """
-
-    family = "masked-lm"
 
     def __init__(self, model: nn.Module):
         self.model = model

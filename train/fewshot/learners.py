@@ -134,9 +134,7 @@ class PromptLearner:
                    "mask_batch": rows, "mask_positions": batch.mask_positions}  # fmt: skip
         hidden = self.adapter.answers(prompts).hidden  # (B, H)
         features = self.adapter.features(hidden)
-        decoder, verbalizer = self.adapter.decoder, self.verbalizer.to(hidden.device)
-        bias = decoder.bias[verbalizer] if decoder.bias is not None else None
-        return F.linear(features, decoder.weight[verbalizer], bias)  # (B, C)
+        return self.adapter.logits_at(features, self.verbalizer.to(hidden.device))  # (B, C)
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.task.is_regression:

@@ -1,18 +1,18 @@
-"""Distillation objectives as components: each module of this package registers one.
+"""Distillation objectives as components: each objective module of this package registers one.
 
     ce     prediction distillation (the paper's Eq. 1) against the stored top-k + tail
     hard   the teacher's argmax over the store's label words, as prompt-based fine-tuning
     rule   the sentence-pair task's rule-based labels (setting 6; no teacher outputs)
 
-A run names its objectives with weights: ``"objective": "ce"`` or
-``{"ce": 1.0, "hidn": 0.01}`` (the paper's ``Lce + 0.01 Lhidn``); the loss is the weighted
-sum. To add one, write a module here with a subclass of ``Objective`` decorated with
+A run names its objectives with weights: ``"objective": "ce"`` or ``{"ce": 1.0, "hard": 0.5}``
+(as the paper writes ``Lce + 0.01 Lhidn``); the loss is the weighted sum. To add one, write a module here with a subclass of ``Objective`` decorated with
 ``@register_objective`` (``rule.py`` is a small complete example) and its tests: modules of
 this package are found and imported by name, nothing else changes.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from typing import TYPE_CHECKING
@@ -44,6 +44,7 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
     return cls
 
 
+@functools.cache
 def _load() -> None:
     for module in pkgutil.iter_modules(__path__):
         if module.name != "base":

@@ -10,7 +10,7 @@ An objective declares
     ``topk_ids`` or ``labels``) or the online teacher's internals (``TEACHER_INTERNALS``:
     ``teacher_hidden_states``, ``teacher_attentions``). Stored fields come from the store, or
     from the online teacher when a run loads one; an objective that needs the teacher's
-    internals makes the run load it;
+    internals needs the online-teacher mode (the config must name the teacher);
 ``student_needs``
     what it reads of the student beyond the answer rows: ``hidden_states``, ``attentions``;
 

@@ -71,4 +71,4 @@ class HardLabels(Objective):
             targets = batch["labels"][batch["mask_batch"]]
         else:
             targets = hard_labels(batch["topk_ids"], batch["topk_logprobs"], verbalizer)
-        return label_word_loss(student.features, student.decoder, verbalizer, targets)
+        return label_word_loss(student.adapter.logits_at(student.features, verbalizer), targets)

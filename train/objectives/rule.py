@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from smash.precompute.sentence_pair import SentencePairTask
 
 from . import register_objective
 from .base import Objective, StoreContext, StudentOutputs
@@ -33,19 +32,19 @@ class RuleLabels(Objective):
     needs = frozenset({"labels"})
 
     def for_store(self, store: StoreContext) -> torch.Tensor:
-        """The label words' ids: the config's for the store, else the sentence-pair task's,
-        whose rule-based labels the store's must be."""
-        task = store.manifest.producer.get("task")
-        if not store.spec.verbalizer and task != "sentence-pair":
+        """The label words' ids: the config's for the store, else the sentence-pair task's
+        (as its manifest records them), whose rule-based labels the store's must be."""
+        producer = store.manifest.producer
+        if not store.spec.verbalizer and producer.get("task") != "sentence-pair":
             raise ValueError(
                 f"{store.path}: objective 'rule' needs the rule-based labels of the "
-                f"sentence-pair task; a {task} store has none (use 'hard')"
+                f"sentence-pair task; a {producer.get('task')} store has none (use 'hard')"
             )
-        return verbalizer_of(store, SentencePairTask.verbalizer)
+        return verbalizer_of(store, tuple(producer.get("verbalizer", ())))
 
     def loss(
         self, student: StudentOutputs, batch: Mapping[str, torch.Tensor], state: torch.Tensor
     ) -> torch.Tensor:
         verbalizer = state.to(student.hidden.device)
         targets = rule_labels(batch["labels"], batch["mask_batch"], len(verbalizer))
-        return label_word_loss(student.features, student.decoder, verbalizer, targets)
+        return label_word_loss(student.adapter.logits_at(student.features, verbalizer), targets)
