@@ -102,6 +102,11 @@ def _unplanes(buf: memoryview, dtype: np.dtype, count: int) -> np.ndarray:
     return np.ascontiguousarray(flat.reshape(width, count).T).view(dtype).reshape(-1)
 
 
+# The column of per-example counts that cuts a level's concatenated values into examples.
+_COUNT_COLUMN = {"token": "length", "mask": "n_masks"}
+_DECODED_VIEW = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
+
+
 def _parts(examples: Sequence[Mapping[str, Any]], f: Field, k: int) -> list[np.ndarray]:
     """Each example's value of field ``f`` as an array; an empty sequence (e.g. ``[]``,
     which numpy makes float64) becomes an empty array of the field's own dtype and shape."""
@@ -248,11 +253,6 @@ def encode_chunk(
     return zstandard.ZstdCompressor(level=layout.level, write_checksum=True).compress(payload)
 
 
-# The column of per-example counts that cuts a level's concatenated values into examples.
-_COUNT_COLUMN = {"token": "length", "mask": "n_masks"}
-_DECODED_VIEW = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
-
-
 class DecodedChunk:
     """Columns of one chunk; ``example(i)`` and iteration give ``StoredExample`` dicts of views.
 
@@ -293,39 +293,43 @@ class DecodedChunk:
             raise ValueError(f"{len(payload) - pos} trailing bytes after the last column")
         self.lengths = cols["length"].astype(np.int64)
         self.n_masks = cols["n_masks"].astype(np.int64)
+        if len(self.lengths) != self.n or len(self.n_masks) != self.n:
+            raise ValueError("column lengths disagree with the example counts")
         self._columns: dict[str, Any] = {}
         for f in FIELDS:
             if f.storage == "json":
-                self._columns[f.name] = cols.get(f.name)
+                self._columns[f.name] = cols.get(f.name) or [None] * self.n
             elif f.storage in _DECODED_VIEW:
                 view = cols[f.name].view(_DECODED_VIEW[f.storage])
                 self._columns[f.name] = view if view.dtype == f.dtype else view.astype(f.dtype)
             else:
                 self._columns[f.name] = cols[f.name].astype(f.dtype)
-        self._offsets = {
-            "token": np.concatenate([[0], np.cumsum(self.lengths)]),
-            "mask": np.concatenate([[0], np.cumsum(self.n_masks)]),
-        }
-        for level, offsets in self._offsets.items():
-            for f in FIELDS:
-                if f.level == level and len(self._columns[f.name]) != offsets[-1]:
-                    raise ValueError("column lengths disagree with the example counts")
-        if len(self.lengths) != self.n or len(self.n_masks) != self.n:
-            raise ValueError("column lengths disagree with the example counts")
+        # Per level: the offsets (Python ints: fast to index) and the columns cut by them.
+        self._levels = []
+        for level, counts in (("token", self.lengths), ("mask", self.n_masks)):
+            offsets = [0, *np.cumsum(counts).tolist()]
+            fields = [(f.name, self._columns[f.name]) for f in FIELDS if f.level == level]
+            if any(len(column) != offsets[-1] for _, column in fields):
+                raise ValueError("column lengths disagree with the example counts")
+            self._levels.append((offsets, fields))
+        self._per_example = []  # (name, Python list): an example's value is an int or JSON
+        for f in FIELDS:
+            if f.level == "example":
+                column = self._columns[f.name]
+                as_list = column.tolist() if isinstance(column, np.ndarray) else column
+                self._per_example.append((f.name, as_list))
 
     def __getitem__(self, name: str) -> Any:
         return self._columns[name]
 
     def example(self, i: int) -> StoredExample:
         out: dict[str, Any] = {}
-        for f in FIELDS:
-            column = self._columns[f.name]
-            if f.level == "example":
-                out[f.name] = None if column is None else column[i]
-            else:
-                start, stop = self._offsets[f.level][i : i + 2]
-                out[f.name] = column[start:stop]
-        out["label"] = int(out["label"])
+        for offsets, fields in self._levels:
+            start, stop = offsets[i], offsets[i + 1]
+            for name, column in fields:
+                out[name] = column[start:stop]
+        for name, column in self._per_example:
+            out[name] = column[i]
         return out  # type: ignore[return-value]
 
     def __iter__(self) -> Iterator[StoredExample]:
