@@ -107,12 +107,22 @@ _COUNT_COLUMN = {"token": "length", "mask": "n_masks"}
 _DECODED_VIEW = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
 
 
+def _value(example: Mapping[str, Any], f: Field) -> Any:
+    """``example``'s value of field ``f``: its default when missing or None, if it has one."""
+    value = example.get(f.name)
+    if value is None:
+        if f.default is None and f.storage != "json":
+            raise KeyError(f"an example has no {f.name!r}")
+        return f.default
+    return value
+
+
 def _parts(examples: Sequence[Mapping[str, Any]], f: Field, k: int) -> list[np.ndarray]:
     """Each example's value of field ``f`` as an array; an empty sequence (e.g. ``[]``,
     which numpy makes float64) becomes an empty array of the field's own dtype and shape."""
     out = []
     for ex in examples:
-        arr = np.asarray(ex[f.name])
+        arr = np.asarray(_value(ex, f))
         if arr.ndim == 1 and arr.size == 0:
             arr = np.zeros(0 if f.width is None else (0, k), f.dtype)
         out.append(arr)
@@ -170,10 +180,6 @@ def encode_chunk(
     float32): the store keeps exactly those bits. Top-k rows are put in the layout's canonical
     order. ``label`` may be missing or None (stored as -1), ``meta`` missing or None.
     """
-    examples = [{"label": -1, "meta": None, **ex} for ex in examples]
-    for ex in examples:
-        if ex["label"] is None:
-            ex["label"] = -1
     counts = {
         "token": np.array([len(ex["input_ids"]) for ex in examples], dtype=np.int64),
         "mask": np.array([len(ex["mask_positions"]) for ex in examples], dtype=np.int64),
@@ -235,7 +241,7 @@ def encode_chunk(
             count = counts[f.level]
             add(_COUNT_COLUMN[f.level], count.astype(_uint(int(count.max(initial=0)))))
         if f.storage == "json":
-            found = [ex[f.name] for ex in examples]
+            found = [_value(ex, f) for ex in examples]
             if any(m is not None for m in found):
                 data = json.dumps(found, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
                 header["columns"].append(

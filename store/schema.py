@@ -52,6 +52,7 @@ class Field:
     source: Literal["prompt", "teacher", "task"]
     width: Literal["k"] | None = None
     batch_key: str | None = None  # its name in a collated batch, when not ``name``
+    default: Any = None  # what a writer stores when an example has none (None: required)
 
     @property
     def key(self) -> str:
@@ -64,7 +65,7 @@ FIELDS: tuple[Field, ...] = (
     Field("topk_ids", "mask", np.int64, "ids", "teacher", width="k"),
     Field("topk_logprobs", "mask", np.float16, "float16", "teacher", width="k"),
     Field("tail_logmass", "mask", np.float32, "float32", "teacher"),
-    Field("label", "example", np.int64, "int8", "task", batch_key="labels"),
+    Field("label", "example", np.int64, "int8", "task", batch_key="labels", default=-1),
     Field("meta", "example", object, "json", "task"),
 )
 
