@@ -68,11 +68,18 @@ def old_student(tmp_path_factory):
     return out
 
 
+def test_the_old_stores_share_one_tokenizer():
+    """So that one tiny student trains on all of them."""
+    files = {(p / "tokenizer.json").read_text() for p in STORES.glob("v*/tokenizer")}
+    assert len(files) == 1
+
+
+@pytest.mark.parametrize("version", sorted({p.parent.name for p in OLD_STORES}))
 @pytest.mark.parametrize(
     "objective, store", [("ce", "pairs"), ("rule", "pairs"), ("hard", "sentiment")]
 )
-def test_old_store_trains(old_student, tmp_path, objective, store):
-    path = STORES / "v1" / store
+def test_old_store_trains(old_student, tmp_path, version, objective, store):
+    path = STORES / version / store
     trainer = Trainer(
         load_config(
             tiny_config(
