@@ -16,6 +16,7 @@ transforms applied to it, so a chunk decodes by itself. Columns:
     topk_ids        (R, k)     uint16/uint32  R = sum M rows, one per mask position
     topk_logprobs   (R, k)     float16        teacher log-probabilities at T=1
     tail_logmass    (R,)       float32        log(1 - sum of the row's top-k probabilities)
+    mlm_labels      (R,)       uint16/uint32  masked-LM stores only (format 3): original tokens
     label           (n,)       int8           -1 where the example has none
     meta            JSON list  only when some example has metadata
 
@@ -129,6 +130,21 @@ def _parts(examples: Sequence[Mapping[str, Any]], f: Field, k: int) -> list[np.n
     return out
 
 
+def _present(examples: Sequence[Mapping[str, Any]], f: Field) -> bool:
+    """Whether a chunk stores field ``f``: always, unless it is optional and no example has it
+    (an optional field given for some examples of a chunk but not all is an error)."""
+    if not f.optional:
+        return True
+    given = [ex.get(f.name) is not None for ex in examples]
+    if any(given) and not all(given):
+        missing = given.index(False)
+        raise ValueError(
+            f"example {missing} has no {f.name!r}, which other examples of its chunk have: "
+            f"give it for all of them or none"
+        )
+    return any(given)
+
+
 def _column(examples: Sequence[Mapping[str, Any]], f: Field, k: int) -> np.ndarray:
     """One field of all examples, concatenated: (sum,) or, for a width-k field, (rows, k)."""
     parts = _parts(examples, f, k)
@@ -185,8 +201,14 @@ def encode_chunk(
         "mask": np.array([len(ex["mask_positions"]) for ex in examples], dtype=np.int64),
     }
     rows = int(counts["mask"].sum())
-    values = {f.name: _column(examples, f, k) for f in FIELDS if f.storage != "json"}
+    values = {
+        f.name: _column(examples, f, k)
+        for f in FIELDS
+        if f.storage != "json" and _present(examples, f)
+    }
     for f in FIELDS:
+        if f.name not in values:
+            continue
         want = (rows, k) if f.width else (rows,) if f.level == "mask" else None
         if want is not None and values[f.name].shape != want:
             raise ValueError(
@@ -249,6 +271,8 @@ def encode_chunk(
                 )
                 body.append(data)
             continue
+        if f.name not in stored:
+            continue
         add(
             f.name,
             stored[f.name],
@@ -305,6 +329,9 @@ class DecodedChunk:
         for f in FIELDS:
             if f.storage == "json":
                 self._columns[f.name] = cols.get(f.name) or [None] * self.n
+            elif f.optional and f.name not in cols:
+                rows = self.lengths.sum() if f.level == "token" else self.n_masks.sum()
+                self._columns[f.name] = np.full(int(rows), f.default, f.dtype)
             elif f.storage in _DECODED_VIEW:
                 view = cols[f.name].view(_DECODED_VIEW[f.storage])
                 self._columns[f.name] = view if view.dtype == f.dtype else view.astype(f.dtype)

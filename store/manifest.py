@@ -35,8 +35,10 @@ __all__ = [
 FORMAT_NAME = "smash-teacher-store"
 # 1: the first format. 2: the tokenizer fingerprint also covers how text becomes ids
 # (``fingerprint.py``, scheme 2) and each chunk records the vocabulary size it was written for.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 3: optional columns (``schema.Field.optional``): masked-LM stores keep the original token at
+# each masked position (``mlm_labels``), which a version-2 reader would drop without a word.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 _PART_PREFIX = "manifest.part-"
 _SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")

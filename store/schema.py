@@ -1,8 +1,9 @@
 """The stored example, defined once: its fields, their dtypes, shapes and where they come from.
 
 An example is a prompt (``input_ids``) with one or more answer positions (``mask_positions``),
-what the teacher said at each of them (``topk_ids``, ``topk_logprobs``, ``tail_logmass``), a
-label and provenance. Each field has a *level*:
+what the teacher said at each of them (``topk_ids``, ``topk_logprobs``, ``tail_logmass``), for
+masked-LM text the token each position held before masking (``mlm_labels``), a label and
+provenance. Each field has a *level*:
 
     token    one value per input token        concatenated over a chunk; padded to (B, L)
     mask     one value (or row of k) per answer position, a "mask row"; concatenated to (R, ...)
@@ -53,6 +54,7 @@ class Field:
     width: Literal["k"] | None = None
     batch_key: str | None = None  # its name in a collated batch, when not ``name``
     default: Any = None  # what a writer stores when an example has none (None: required)
+    optional: bool = False
 
     @property
     def key(self) -> str:
@@ -65,6 +67,8 @@ FIELDS: tuple[Field, ...] = (
     Field("topk_ids", "mask", np.int64, "ids", "teacher", width="k"),
     Field("topk_logprobs", "mask", np.float16, "float16", "teacher", width="k"),
     Field("tail_logmass", "mask", np.float32, "float32", "teacher"),
+    # masked-LM stores: the token each masked position held before masking (-100: none)
+    Field("mlm_labels", "mask", np.int64, "ids", "task", default=-100, optional=True),
     Field("label", "example", np.int64, "int8", "task", batch_key="labels", default=-1),
     Field("meta", "example", object, "json", "task"),
 )
@@ -90,6 +94,7 @@ class StoredExample(TypedDict, total=False):
     topk_ids: np.ndarray  # (M, k) int64
     topk_logprobs: np.ndarray  # (M, k) float16, in the store's canonical order
     tail_logmass: np.ndarray  # (M,) float32
+    mlm_labels: np.ndarray  # (M,) int64, the original tokens (masked-LM stores; else -100)
     label: int  # -1: none
     meta: Any  # JSON, or None
     __key__: str  # "<shard name>/<index in shard>" (reader only)

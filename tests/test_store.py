@@ -121,6 +121,27 @@ def test_example_without_masks_may_give_empty_lists(topk):
     assert_same(canonical(ex), second)
 
 
+def test_masked_lm_labels_round_trip_and_default_to_minus_100_where_not_stored():
+    examples = make_examples(6, k=4, max_masks=3)
+    rng = np.random.default_rng(1)
+    with_labels = [
+        {**ex, "mlm_labels": rng.integers(0, VOCAB, len(ex["mask_positions"]))} for ex in examples
+    ]
+    blob = encode_chunk(with_labels, k=4, vocab_size=VOCAB)
+    for written, read in zip(with_labels, DecodedChunk(blob)):
+        assert read["mlm_labels"].tolist() == list(written["mlm_labels"])
+        assert_same(canonical(written), read)
+    plain = DecodedChunk(encode_chunk(examples, k=4, vocab_size=VOCAB))
+    assert all(read["mlm_labels"].tolist() == [-100] * len(ex["mask_positions"])
+               for ex, read in zip(examples, plain))  # fmt: skip
+    assert len(encode_chunk(examples, k=4, vocab_size=VOCAB)) < len(blob)  # no column at all
+    with pytest.raises(ValueError, match="example 1 has no 'mlm_labels'"):
+        encode_chunk([with_labels[0], examples[1]], k=4, vocab_size=VOCAB)
+    with pytest.raises(ValueError, match="mlm_labels out of range"):
+        rows = len(examples[0]["mask_positions"])
+        encode_chunk([{**examples[0], "mlm_labels": [VOCAB] * rows}], k=4, vocab_size=VOCAB)
+
+
 def test_encode_rejects_bad_input():
     ex = make_examples(1, k=4)[0]
     with pytest.raises(TypeError, match="float16"):
