@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter-rule", default=None, help="sentiment: max-prob | polar | none")
     p.add_argument("--threshold", type=float, default=None, help="sentiment filter threshold")
     p.add_argument(
+        "--segment-words", type=int, default=None, help="mlm: words per text segment (300)"
+    )
+    p.add_argument(
+        "--mask-probability",
+        type=float,
+        default=None,
+        help="mlm: share of each segment's tokens masked (0.15; 80/10/10 as BERT)",
+    )
+    p.add_argument(
         "--plugin",
         action="append",
         default=[],
@@ -117,6 +126,8 @@ def _task_options(args: argparse.Namespace) -> dict:
         "max_length": args.max_length,
         "filter_rule": args.filter_rule,
         "threshold": args.threshold,
+        "segment_words": args.segment_words,
+        "mask_probability": args.mask_probability,
     }
     return {k: v for k, v in options.items() if v is not None}
 

@@ -34,14 +34,17 @@ class SentenceSplitter:
     def split_positions(self, document: str) -> list[tuple[int, str]]:
         """The kept sentences, each with its position among all the document's sentences
         (so that two kept sentences are adjacent in the text only if their positions are)."""
-        import blingfire  # here, so that modules importing the task registry do not need it
-
-        sentences = blingfire.text_to_sentences(document).split("\n")
         return [
-            (position, s.strip())
-            for position, s in enumerate(sentences)
+            (position, s)
+            for position, s in enumerate(self.sentences(document))
             if self.min_words <= len(s.split()) <= self.max_words
         ]
+
+    def sentences(self, document: str) -> list[str]:
+        """All of the document's sentences, in order, none dropped (blank ones included)."""
+        import blingfire  # here, so that modules importing the task registry do not need it
+
+        return [s.strip() for s in blingfire.text_to_sentences(document).split("\n")]
 
     def config(self) -> dict:
         return {

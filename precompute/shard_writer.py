@@ -1,8 +1,8 @@
 """The teacher pass's writer thread: teacher outputs in, filtered and encoded shards out.
 
 The thread driving the teacher sends typed messages through a bounded queue: ``BeginShard``,
-one ``TeacherBatch`` per teacher batch (rows in any order, results possibly still being
-copied off the GPU), then ``EndShard``. The writer puts each batch's rows back in example
+one ``TeacherBatch`` per teacher batch (answer positions in any order, results possibly still
+being copied off the GPU), then ``EndShard``. The writer puts each batch's rows back in example
 order, applies the task's filter and label hooks to the verbalizer log-probabilities, and
 writes the shard (``StoreWriter.write_shard``), so the bytes never depend on batching.
 """
@@ -19,7 +19,7 @@ import torch
 from smash.store import StoreWriter
 
 from .background import offer
-from .shared.templates import EncodedPrompt
+from .shard_prep import PreparedExample
 from .tasks import IntermediateTask, TaskExample
 
 __all__ = ["BeginShard", "EndShard", "ShardWriterThread", "TeacherBatch"]
@@ -29,12 +29,12 @@ __all__ = ["BeginShard", "EndShard", "ShardWriterThread", "TeacherBatch"]
 class BeginShard:
     index: int
     examples: list[TaskExample]
-    prompts: list[EncodedPrompt]
+    prepared: list[PreparedExample]
 
 
 @dataclass(frozen=True)
 class TeacherBatch:
-    rows: np.ndarray  # (B,) positions of the batch's examples in the shard
+    rows: np.ndarray  # (R,) the shard's answer positions (in example order) of the outputs
     outputs: dict[str, torch.Tensor]  # name -> (B, ...) on the CPU (pinned when from a GPU)
     ready: Any = None  # a CUDA event that fires once the copies into ``outputs`` landed
 
@@ -89,15 +89,14 @@ class ShardWriterThread(threading.Thread):
             while not isinstance(message := self.queue.get(), _Stop):
                 if isinstance(message, BeginShard):
                     shard, out = message, {}
+                    total = sum(len(p.mask_positions) for p in shard.prepared)
                 elif isinstance(message, TeacherBatch):
                     if message.ready is not None:
                         message.ready.synchronize()
                     for name, tensor in message.outputs.items():
                         value = tensor.numpy()
                         if name not in out:
-                            out[name] = np.empty(
-                                (len(shard.examples), *value.shape[1:]), value.dtype
-                            )
+                            out[name] = np.empty((total, *value.shape[1:]), value.dtype)
                         out[name][message.rows] = value
                 else:
                     self._write_shard(shard, out)
@@ -105,8 +104,10 @@ class ShardWriterThread(threading.Thread):
             self.error = err
 
     def _write_shard(self, shard: BeginShard, out: dict[str, np.ndarray]) -> None:
-        """``out``: the teacher's outputs per example of the shard, in example order."""
-        examples, prompts = shard.examples, shard.prompts
+        """``out``: the teacher's outputs per answer position of the shard, in example order
+        (one position per example where the task has a verbalizer: a prompt's mask)."""
+        examples, prepared = shard.examples, shard.prepared
+        first = np.cumsum([0] + [len(p.mask_positions) for p in prepared]).tolist()
         keep = np.ones(len(examples), dtype=bool)
         labels = np.array([ex.label for ex in examples])
         if "verbalizer_logprobs" in out:
@@ -120,11 +121,12 @@ class ShardWriterThread(threading.Thread):
             shard.index,
             (
                 {
-                    "input_ids": np.asarray(prompts[i].input_ids),
-                    "mask_positions": np.array([prompts[i].mask_position]),
-                    "topk_ids": out["topk_ids"][i : i + 1],
-                    "topk_logprobs": out["topk_logprobs"][i : i + 1],
-                    "tail_logmass": out["tail_logmass"][i : i + 1],
+                    "input_ids": prepared[i].input_ids,
+                    "mask_positions": prepared[i].mask_positions,
+                    "topk_ids": out["topk_ids"][first[i] : first[i + 1]],
+                    "topk_logprobs": out["topk_logprobs"][first[i] : first[i + 1]],
+                    "tail_logmass": out["tail_logmass"][first[i] : first[i + 1]],
+                    "mlm_labels": prepared[i].mlm_labels,
                     "label": int(labels[i]),
                     "meta": examples[i].meta or None,
                 }

@@ -18,6 +18,8 @@ one, write a small module with a class like ``SentencePairTask`` and decorate it
 Two optional hooks: ``label(verbalizer_logprobs) -> np.ndarray`` replaces the examples' labels
 by what the teacher says (the sentiment task stores its argmax over the verbalizer), and
 ``group_size`` makes the teacher pass take a multiple of it (3 for the balanced pair labels).
+A task with no template and a ``masking`` (``shared/masking.Masking``) gives raw text that the
+teacher pass masks, several positions per example (``masked_lm.py``).
 ``sentiment.py`` is a complete example. Pass ``--task my-task --plugin my_module`` to
 ``precompute-teacher`` (the module is imported from the working folder or PYTHONPATH).
 """
@@ -48,7 +50,7 @@ class TaskExample:
 
 class IntermediateTask(Protocol):
     name: str
-    template: str
+    template: str | None  # None: raw text masked by the task's ``masking`` (masked_lm.py)
     max_length: int
     verbalizer: tuple[str, ...]
 
@@ -99,4 +101,4 @@ def _takes(factory: Callable[..., IntermediateTask], option: str) -> bool:
 
 
 def _load_builtin() -> None:
-    from . import sentence_pair, sentiment  # noqa: F401  (registration side effect)
+    from . import masked_lm, sentence_pair, sentiment  # noqa: F401  (registration side effect)

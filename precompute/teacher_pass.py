@@ -30,7 +30,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .background import background
-from .shard_prep import ShardPreparer
+from .shard_prep import MaskedTextEncoding, ShardInput, ShardPreparer, TemplateEncoding
 from .shard_writer import BeginShard, EndShard, ShardWriterThread, TeacherBatch
 from .shared.adapters import adapter_for
 from .shared.teacher_targets import teacher_topk
@@ -124,7 +124,7 @@ def _shard_jobs(
     done: dict[str, list[ShardInfo]],
     summary: PassSummary,
 ) -> Iterator[tuple]:
-    """This rank's shards as ((index, examples), sentences to prepare or None to skip).
+    """This rank's shards as ((index, examples), what to prepare or None to skip).
 
     A shard recorded by an earlier run is skipped when its file is intact; otherwise it is
     written again (and said so).
@@ -139,15 +139,22 @@ def _shard_jobs(
             tqdm.write(f"[rank {cfg.rank}] {name} was finished, but {why}: writing it again")
             summary.redone_shards.append(name)
             finished = False
-        yield (index, chunk), (None if finished else [ex.sentences for ex in chunk])
+        todo = ShardInput(index * cfg.shard_size, [ex.sentences for ex in chunk])
+        yield (index, chunk), (None if finished else todo)
 
 
 def start_preparer(
     task: IntermediateTask, tokenizer: PreTrainedTokenizerBase, cfg: PassConfig
 ) -> ShardPreparer:
     """Start the tokenizer processes of a pass (the CLI starts them before the model loads)."""
+    masking = getattr(task, "masking", None)
+    encoding = (
+        TemplateEncoding(task.template)
+        if masking is None
+        else MaskedTextEncoding(masking, cfg.seed)
+    )
     return ShardPreparer(
-        tokenizer, task.template, task.max_length, cfg.token_budget, workers=cfg.tokenize_workers
+        tokenizer, encoding, task.max_length, cfg.token_budget, workers=cfg.tokenize_workers
     )
 
 
@@ -173,7 +180,8 @@ def run_teacher_pass(
     vocab = len(tokenizer)
     if cfg.k > vocab:
         raise ValueError(f"--k {cfg.k} is larger than the vocabulary ({vocab} tokens)")
-    parse_template(task.template)  # a bad template fails here, before anything starts
+    if task.template is not None:
+        parse_template(task.template)  # a bad template fails here, before anything starts
     adapter = adapter_for(model)
     verbalizer = producer["verbalizer_ids"]
     verbalizer_ids = torch.tensor(verbalizer, device=device) if verbalizer else None
@@ -214,7 +222,7 @@ def run_teacher_pass(
                 summary.skipped_shards += 1
                 bar.update(len(chunk))
                 continue
-            writer.put(BeginShard(index, chunk, prepared.prompts))
+            writer.put(BeginShard(index, chunk, prepared.examples))
             for batch in prepared.batches:
                 if not summary.startup_s:
                     summary.startup_s = time.perf_counter() - t0
@@ -222,15 +230,16 @@ def run_teacher_pass(
                 attention = (
                     torch.arange(ids.shape[1])[None, :] < torch.from_numpy(batch.lengths)[:, None]
                 ).long()
+                rows = torch.from_numpy(batch.mask_batch)
                 positions = torch.from_numpy(batch.mask_positions)
                 if cuda:  # pinned, so the host-to-device copies run asynchronously
-                    ids, attention, positions = (
-                        t.pin_memory() for t in (ids, attention, positions)
+                    ids, attention, rows, positions = (
+                        t.pin_memory() for t in (ids, attention, rows, positions)
                     )
                 prompts = {
                     "input_ids": ids.to(device, non_blocking=True),
                     "attention_mask": attention.to(device, non_blocking=True),
-                    "mask_batch": torch.arange(len(batch.rows), device=device),
+                    "mask_batch": rows.to(device, non_blocking=True),
                     "mask_positions": positions.to(device, non_blocking=True),
                 }
                 top = teacher_topk(adapter, prompts, cfg.k, verbalizer_ids)
@@ -247,7 +256,7 @@ def run_teacher_pass(
                     }
                     event = torch.cuda.Event()
                     event.record()
-                writer.put(TeacherBatch(batch.rows, out, event))
+                writer.put(TeacherBatch(batch.mask_rows, out, event))
                 summary.real_tokens += int(batch.lengths.sum())
                 summary.computed_tokens += batch.input_ids.size
                 summary.examples += len(batch.rows)
