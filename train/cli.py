@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="online-teacher mode: compute targets with this live teacher")
     p.add_argument("--teacher-k", type=int, help="online mode: teacher top-k (default: vocab)")
     p.add_argument(
+        "--dynamic-masking",
+        action="store_true",
+        default=None,
+        help="online mode, masked-text (--task mlm) stores: mask anew every step",
+    )
+    p.add_argument(
         "--stall-timeout",
         type=float,
         metavar="SECONDS",
@@ -173,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "record_keys",
             "teacher",
             "teacher_k",
+            "dynamic_masking",
             "eval_every",
             "stall_timeout",
         )

@@ -174,6 +174,7 @@ class TrainConfig:
     record_keys: bool = False  # write the key of every trained sample (data audits)
     teacher: str | None = None  # online-teacher mode: the only mode that loads a teacher
     teacher_k: int | None = None  # online mode: top-k of the live teacher (None: vocabulary)
+    dynamic_masking: bool = False  # online mode, masked-text stores: new masks every step
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # seconds a store read may receive nothing
 
     @property
@@ -384,6 +385,11 @@ def _check_ranges(cfg: TrainConfig) -> None:
         f"the teacher (online-teacher mode, 'teacher' / --teacher)",
     )
     need(cfg.teacher_k is None or cfg.teacher is not None, "teacher_k needs a teacher")
+    need(
+        not cfg.dynamic_masking or cfg.teacher is not None,
+        "dynamic_masking needs the online teacher ('teacher' / --teacher): the stored teacher "
+        "outputs belong to the stored masks",
+    )
     need(
         "/" not in cfg.export_name and cfg.export_name not in ("", ".", ".."),
         f"export_name must be a plain folder name, got {cfg.export_name!r}",

@@ -23,7 +23,13 @@ from torch import nn
 
 from .objectives import Objective, StudentOutputs
 
-__all__ = ["DistillStudent", "OnlineTeacher"]
+__all__ = ["DistillStudent", "OnlineTeacher", "attention_path"]
+
+
+def attention_path(attentions: bool) -> dict[str, str]:
+    """``from_pretrained`` arguments: attention probabilities come only from the eager
+    attention path, chosen for runs whose objectives distil them; else the default (SDPA)."""
+    return {"attn_implementation": "eager"} if attentions else {}
 
 
 class DistillStudent(nn.Module):
@@ -68,7 +74,8 @@ class OnlineTeacher:
     """A live teacher giving the stored targets' numbers (``teacher_topk``) for any batch.
 
     This is the only mode in which ``train-student`` loads a teacher. ``k`` defaults to the
-    vocabulary, i.e. the full distribution (tail mass -inf).
+    vocabulary, i.e. the full distribution (tail mass -inf). ``attentions``: load it on the
+    eager attention path, the one that gives attention probabilities.
     """
 
     def __init__(
@@ -78,10 +85,14 @@ class OnlineTeacher:
         *,
         k: int | None = None,
         dtype: torch.dtype = torch.float32,
+        attentions: bool = False,
     ):
         from transformers import AutoModelForMaskedLM
 
-        model = AutoModelForMaskedLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        model = AutoModelForMaskedLM.from_pretrained(
+            path, dtype=dtype, **attention_path(attentions)
+        )
+        model = model.to(device).eval()
         self.adapter, self.path = adapter_for(model), path
         vocab = self.adapter.decoder.weight.shape[0]
         self.k = vocab if k is None else k

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from smash.precompute.shared.adapters import max_sequence_length
+from smash.precompute.shared.masking import Masking, example_rng
 from smash.precompute.shared.model_paths import require_folder_or_hub_name
 from smash.precompute.shared.precisions import PRECISIONS
 from smash.store import (
@@ -40,14 +41,15 @@ from smash.store import (
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .config import TrainConfig
+from .config import TEACHER_OUTPUTS, TrainConfig
 from .data import loader_workers, make_loader
+from .dynamic_masking import remask
 from .engine import build_engine, device_of, resolve_deepspeed
 from .evaluate import heldout_kl
 from .export import check_export_path, export_student
 from .metrics import MetricsLogger
 from .objectives import StoreContext, make_objectives
-from .student import DistillStudent, OnlineTeacher
+from .student import DistillStudent, OnlineTeacher, attention_path
 
 __all__ = ["Trainer"]
 
@@ -95,9 +97,13 @@ class Trainer:
             for spec, manifest in zip(cfg.stores, self.manifests)
         ]
         self.needs = frozenset().union(*(objective.needs for objective, _ in objectives))
+        self.maskings = self._store_maskings() if cfg.dynamic_masking else None
 
         torch.manual_seed(cfg.seed)
-        model = AutoModelForMaskedLM.from_pretrained(cfg.student, dtype=torch.float32)
+        student_needs = frozenset().union(*(o.student_needs for o, _ in objectives))
+        model = AutoModelForMaskedLM.from_pretrained(
+            cfg.student, dtype=torch.float32, **attention_path("attentions" in student_needs)
+        )
         self._check_lengths(model)
         self.module = DistillStudent(model, objectives, store_states)
         self.ds_config = resolve_deepspeed(
@@ -115,6 +121,8 @@ class Trainer:
         self.device = device_of()
         torch.manual_seed(cfg.seed + self.rank)  # dropout differs across ranks, not runs
         self.teacher = self._online_teacher() if cfg.teacher else None
+        for objective, _ in objectives if self.teacher is not None else ():
+            objective.check_teacher(model.config, self.teacher.adapter.model.config)
 
         self.loader = make_loader(
             [s.path for s in cfg.stores],
@@ -185,11 +193,31 @@ class Trainer:
                     f"{self.cfg.student} takes at most {limit}"
                 )
 
+    def _store_maskings(self) -> list[Masking]:
+        """Each store's masking rule, for dynamic masking (masked-text stores only)."""
+        maskings = []
+        for spec, manifest in zip(self.cfg.stores, self.manifests):
+            rule = manifest.producer.get("task_options", {}).get("masking")
+            if rule is None:
+                raise ValueError(
+                    f"{spec.path}: dynamic_masking needs masked-text stores (precompute-teacher "
+                    f"--task mlm); this store's task is {manifest.producer.get('task')!r}"
+                )
+            maskings.append(Masking(**rule))
+        return maskings
+
     def _online_teacher(self) -> OnlineTeacher:
         """The online-teacher mode: the one case where the teacher is loaded."""
         from transformers import AutoTokenizer
 
         require_folder_or_hub_name("teacher", self.cfg.teacher)
+        wanted = sorted(self.needs & TEACHER_OUTPUTS)
+        if self.rank == 0:
+            masks = "; masks drawn anew every step" if self.maskings else ""
+            print(
+                f"online-teacher mode: loading the teacher {self.cfg.teacher} for "
+                f"{', '.join(wanted)}{masks}"
+            )
         theirs = AutoTokenizer.from_pretrained(self.cfg.teacher)
         ours_fp, theirs_fp = tokenizer_fingerprint(self.tokenizer), tokenizer_fingerprint(theirs)
         if ours_fp != theirs_fp:
@@ -201,7 +229,13 @@ class Trainer:
                 self.cfg.student,
             )
         dtype = PRECISIONS[self._precision_name()]
-        return OnlineTeacher(self.cfg.teacher, self.device, k=self.cfg.teacher_k, dtype=dtype)
+        return OnlineTeacher(
+            self.cfg.teacher,
+            self.device,
+            k=self.cfg.teacher_k,
+            dtype=dtype,
+            attentions="teacher_attentions" in self.needs,
+        )
 
     def _precision_name(self) -> str:
         for name in ("fp16", "bf16"):
@@ -236,9 +270,9 @@ class Trainer:
             dynamic_ncols=True,
         ) as bar:
             while self.step < last:
-                for _ in range(accumulation):
+                for micro in range(accumulation):
                     batch = next(batches)
-                    loss_sum += self._micro_step(batch)
+                    loss_sum += self._micro_step(batch, micro)
                     counts[0] += 1
                     counts[1] += len(batch["keys"])
                     counts[2] += int(batch["attention_mask"].sum())
@@ -270,8 +304,17 @@ class Trainer:
             self.export()
         return self.step
 
-    def _micro_step(self, batch: dict[str, Any]) -> torch.Tensor:
-        inputs = {k: batch[k].to(self.device, non_blocking=True) for k in STEP_KEYS}
+    def _micro_step(self, batch: dict[str, Any], micro: int) -> torch.Tensor:
+        if self.maskings is not None:
+            batch = remask(
+                batch,
+                self.maskings[batch["store"]],
+                example_rng(self.cfg.seed, self.rank, self.step, micro),
+                mask_id=self.tokenizer.mask_token_id,
+                vocab_size=len(self.tokenizer),
+                special_ids=self.tokenizer.all_special_ids,
+            )
+        inputs = {k: batch[k].to(self.device, non_blocking=True) for k in STEP_KEYS if k in batch}
         if self.teacher is not None:
             inputs = self.teacher.fill(inputs, self.needs)
         loss = self.engine(**inputs, store=batch["store"])

@@ -88,6 +88,10 @@ class Objective(abc.ABC):
         naming the store when it cannot be trained on with this objective."""
         return None
 
+    def check_teacher(self, student: Any, teacher: Any) -> None:
+        """Raise ValueError when this objective cannot compare the student with the online
+        teacher (their Hugging Face configs), naming both; called once both are loaded."""
+
     @abc.abstractmethod
     def loss(
         self, student: StudentOutputs, batch: Mapping[str, torch.Tensor], state: Any
