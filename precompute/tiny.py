@@ -170,15 +170,19 @@ def build_tiny_masked_lm(
 
 
 def build_tiny_setup(root: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Corpus, tokenizer, a 'teacher' and a smaller 'student' under ``root``: their paths."""
+    """Corpus, tokenizer, a 'teacher', a smaller 'student' and a 'student-wide' (the teacher's
+    hidden size and heads, one layer) under ``root``: their paths."""
     root = Path(root)
     corpus = write_tiny_corpus(root / "corpus" / "tiny_corpus.txt", seed=seed)
     tok = train_tiny_tokenizer([corpus], root / "tokenizer")
     build_tiny_masked_lm(tok, root / "teacher", hidden=64, layers=2, heads=4, seed=seed)
     build_tiny_masked_lm(tok, root / "student", hidden=32, layers=1, heads=2, seed=seed + 1)
+    # the teacher's width and heads with half its layers: for hidn, attn and cos
+    build_tiny_masked_lm(tok, root / "student-wide", hidden=64, layers=1, heads=4, seed=seed + 2)
     return {
         "corpus": corpus,
         "tokenizer": root / "tokenizer",
         "teacher": root / "teacher",
         "student": root / "student",
+        "student_wide": root / "student-wide",
     }

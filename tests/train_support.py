@@ -110,6 +110,7 @@ _STORES: dict = {}  # one store of each kind per session, shared by the test mod
 _KINDS = {  # kind -> (task, precompute-teacher options)
     "pairs": ("sentence-pair", {"k": VOCAB, "n": PAIR_EXAMPLES}),  # the whole vocabulary
     "sentiment": ("sentiment", {"k": 32, "n": 120, "extra": ["--filter-rule", "none"]}),
+    "mlm": ("mlm", {"k": 32, "n": 48, "extra": ["--max-length", "64", "--segment-words", "30"]}),
 }
 
 
@@ -129,6 +130,11 @@ def pair_store_of(tiny, tmp_path_factory):
 def sentiment_store_of(tiny, tmp_path_factory):
     """Sentiment examples (no filter) with k = 32."""
     return _store_of("sentiment", tiny, tmp_path_factory)
+
+
+def mlm_store_of(tiny, tmp_path_factory):
+    """Masked text (segments of up to 30 words, 64 tokens) with k = 32."""
+    return _store_of("mlm", tiny, tmp_path_factory)
 
 
 def first_batch(store, n, pad_id):
