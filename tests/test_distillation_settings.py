@@ -250,3 +250,27 @@ def test_mismatched_models_and_stores_are_refused(tiny, pair_store, mlm_store, t
         setup(tiny["student"], pair_store, teacher=teacher, dynamic_masking=True)
     with pytest.raises(ConfigError, match="dynamic_masking needs the online teacher"):
         load_config(tiny_config(tmp_path, tiny["student"], [(mlm_store, 1)], dynamic_masking=True))
+
+
+@pytest.mark.parametrize(
+    "name, objective, teacher",
+    [
+        ("paper-ce-hidn", {"ce": 1.0, "hidn": 0.01}, "roberta-base"),
+        ("paper-ce-attn", {"ce": 1.0, "attn": 0.01}, "roberta-base"),
+        ("paper-distilbert-offline", {"ce": 5.0, "mlm": 2.0}, None),
+        ("paper-distilbert-online", {"ce": 5.0, "mlm": 2.0, "cos": 1.0}, "roberta-base"),
+    ],
+)
+def test_shipped_settings_hold_the_papers_values(name, objective, teacher):
+    from smash.train.engine import resolve_deepspeed
+
+    cfg = load_config(name, stores=["s"])
+    ds = resolve_deepspeed(cfg.deepspeed, max_steps=cfg.max_steps)
+    assert (cfg.objectives, cfg.teacher, cfg.student) == (objective, teacher, "distilroberta-base")
+    distilbert = "distilbert" in name  # appendix A: lr 1e-5, length 512, batch 4 x 32, T = 2
+    assert ds["train_batch_size"] == 128 and cfg.max_steps == 200_000
+    assert ds["train_micro_batch_size_per_gpu"] == (4 if distilbert else 32)
+    assert ds["optimizer"]["params"]["lr"] == (1e-5 if distilbert else 1e-4)
+    assert cfg.max_length == (512 if distilbert else 128)
+    assert (cfg.temperature, cfg.scale_t2) == ((2.0, True) if distilbert else (1.0, False))
+    assert cfg.dynamic_masking == (name == "paper-distilbert-online")

@@ -51,6 +51,11 @@ _CONFIG_DIR = Path(__file__).with_name("configs")
 SHIPPED = {
     "paper-sentence-pair": "paper_sentence_pair.json",
     "paper-sentiment": "paper_sentiment.json",
+    # the paper's section 4.4 settings 3, 4, 5 (offline: masks fixed in the store) and 5
+    "paper-ce-hidn": "paper_ce_hidn.json",
+    "paper-ce-attn": "paper_ce_attn.json",
+    "paper-distilbert-offline": "paper_distilbert_offline.json",
+    "paper-distilbert-online": "paper_distilbert_online.json",
 }
 
 # DeepSpeed's top-level config keys (deepspeed/runtime/config.py and the sub-configs it
@@ -192,7 +197,7 @@ class TrainConfig:
 
 
 def shipped_config_path(name: str) -> Path:
-    """Path of a shipped config by its name (``paper-sentence-pair``, ``paper-sentiment``)."""
+    """Path of a shipped config by its name (``SHIPPED``: ``paper-sentence-pair``, ...)."""
     if name not in SHIPPED:
         raise ConfigError(f"no shipped config {name!r}; shipped: {sorted(SHIPPED)}")
     return _CONFIG_DIR / SHIPPED[name]
