@@ -13,6 +13,13 @@ DeepSpeed), each configuration in its own process so that peak memory is its own
    against distilling from a live teacher (``--teacher``, targets computed each step by
    the same ``teacher_topk`` as the teacher pass, same k), at the same shapes.
    Target on a GPU at the real shapes: at least 3x faster per step, zero teacher memory.
+3. The paper's other settings (section 4.4), with its RoBERTa-base teacher (DistilRoBERTa's
+   width and heads, which ``hidn``, ``attn`` and ``cos`` need): ``ce`` online with that
+   teacher, ``ce + 0.01 hidn``, ``ce + 0.01 attn`` (student and teacher on the eager attention
+   path), and DistilBERT's ``5 ce + 2 mlm`` offline and ``5 ce + 2 mlm + 1 cos`` online with
+   dynamic masking, on a masked-text store (15% of the tokens masked). Each is read against
+   ``ce`` offline (and the attention row against ``ce`` online with the same teacher, for what
+   the eager path and the attention maps cost).
 
 Shapes: the teacher has RoBERTa-large's dimensions and the student DistilRoBERTa's (random
 weights, no downloads; vocab 50,265). On CPU every width and depth is divided by ``--scale``
@@ -36,18 +43,73 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import device_name, write_result
-from shapes import STUDENT, TEACHER, model_config
+from shapes import BASE_TEACHER, STUDENT, TEACHER, model_config
 
 K = 64
+# configuration -> (label, objective, teacher model folder or None, store, extra config)
+MODES = {
+    "memory": ("in-memory batches", "ce", None, "store", {}),
+    "offline": ("streamed from store (offline)", "ce", None, "store", {}),
+    "online": ("online teacher (large)", "ce", "teacher", "store", {}),
+    "online-base": ("online teacher (base)", "ce", "teacher-base", "store", {}),
+    "ce+hidn": ("ce + 0.01 hidn (base, online)", {"ce": 1.0, "hidn": 0.01}, "teacher-base",
+                "store", {}),
+    "ce+attn": ("ce + 0.01 attn (base, online)", {"ce": 1.0, "attn": 0.01}, "teacher-base",
+                "store", {}),
+    "distilbert-offline": ("5 ce + 2 mlm (offline)", {"ce": 5.0, "mlm": 2.0}, None, "mlm-store",
+                           {"temperature": 2.0, "scale_t2": True}),
+    "distilbert-online": ("5 ce + 2 mlm + 1 cos (base, online)",
+                          {"ce": 5.0, "mlm": 2.0, "cos": 1.0}, "teacher-base", "mlm-store",
+                          {"temperature": 2.0, "scale_t2": True, "dynamic_masking": True}),
+}  # fmt: skip
+
+
+def masked_text(examples: list[dict], vocab: int, mask_id: int, seed: int) -> list[dict]:
+    """The synthetic examples as a masked-text store holds them: 15% of each one's tokens
+    masked (BERT's rule), a top-k row and the original token per masked position."""
+    from smash.precompute.shared.masking import Masking, example_rng
+
+    out = []
+    for i, ex in enumerate(examples):
+        ids = np.asarray(ex["input_ids"])
+        maskable = np.ones(len(ids), bool)
+        maskable[[0, -1]] = False
+        masked = Masking().apply(
+            ids, maskable, example_rng(seed, i), mask_id=mask_id, vocab_size=vocab
+        )
+        rows = np.arange(len(masked.mask_positions))  # top-k rows borrowed from the next examples
+        out.append(
+            {
+                "input_ids": masked.input_ids,
+                "mask_positions": masked.mask_positions,
+                "mlm_labels": masked.original_ids,
+                **{
+                    name: np.concatenate([examples[r][name] for r in (i + rows) % len(examples)])
+                    for name in ("topk_ids", "topk_logprobs", "tail_logmass")
+                },
+            }
+        )
+    return out
+
+
+def write_store(path: Path, tok, examples: list[dict], producer: dict) -> None:
+    from smash.store import StoreWriter, finalize_store, tokenizer_record
+
+    writer = StoreWriter(path, producer=producer, tokenizer=tokenizer_record(tok), k=K)
+    per_shard = max(len(examples) // 8, 1)
+    for i, start in enumerate(range(0, len(examples), per_shard)):
+        writer.write_shard(i, examples[start : start + per_shard])
+    finalize_store(path)
 
 
 def build_workspace(work: Path, args) -> dict:
-    """Tokenizer padded to RoBERTa's vocabulary, random teacher and student, one store."""
+    """Tokenizer padded to RoBERTa's vocabulary, random teachers and student, the stores."""
     import torch
     from smash.precompute.tiny import train_tiny_tokenizer, write_tiny_corpus
-    from smash.store import StoreWriter, finalize_store, tokenizer_record
     from synthetic_teacher import synthetic_examples
     from tokenizers import AddedToken
     from transformers import RobertaForMaskedLM
@@ -56,7 +118,8 @@ def build_workspace(work: Path, args) -> dict:
     tok = train_tiny_tokenizer([write_tiny_corpus(work / "corpus.txt")], work / "tok")
     tok.add_tokens([AddedToken(f"<unused{i}>", special=True) for i in range(vocab - len(tok))])
     dims = {}
-    for role, name, seed in (("teacher", TEACHER, 0), ("student", STUDENT, 1)):
+    models = (("teacher", TEACHER, 0), ("student", STUDENT, 1), ("teacher-base", BASE_TEACHER, 2))
+    for role, name, seed in models:
         config = model_config(name, args.scale, pad_token_id=tok.pad_token_id)
         dims[role] = {key: getattr(config, key) for key in (
             "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}  # fmt: skip
@@ -64,35 +127,36 @@ def build_workspace(work: Path, args) -> dict:
         RobertaForMaskedLM(config).save_pretrained(work / role)
         tok.save_pretrained(work / role)
     n = args.batch * (args.warmup + args.steps) * (1 + args.workers)
-    writer = StoreWriter(
-        work / "store",
-        producer={"task": "bench", "max_length": 128},
-        tokenizer=tokenizer_record(tok),
-        k=K,
-    )
     examples = synthetic_examples(n, vocab=vocab, k=K, seed=0)
-    per_shard = max(n // 8, 1)
-    for i, start in enumerate(range(0, n, per_shard)):
-        writer.write_shard(i, examples[start : start + per_shard])
-    finalize_store(work / "store")
+    write_store(work / "store", tok, examples, {"task": "bench", "max_length": 128})
+    masking = {"probability": 0.15, "replace_mask": 0.8, "replace_random": 0.1}
+    write_store(
+        work / "mlm-store",
+        tok,
+        masked_text(examples, vocab, tok.mask_token_id, seed=0),
+        {"task": "bench-mlm", "max_length": 128, "task_options": {"masking": masking}},
+    )
     return {"shapes": dims, "examples": n}
 
 
-def config_for(work: Path, out: Path, args, *, teacher: bool) -> dict:
+def config_for(work: Path, out: Path, args, mode: str) -> dict:
     from smash.train.config import load_config
 
+    _, objective, teacher, store, extra = MODES[mode]
     precision = "bf16" if args.device == "cuda" else "fp32"
     return load_config(
         {
+            **extra,
             "student": str(work / "student"),
             "output_dir": str(out),
-            "stores": [{"path": str(work / "store")}],
+            "stores": [{"path": str(work / store)}],
+            "objective": objective,
             "max_steps": args.warmup + args.steps,
             "log_every": args.warmup if args.warmup else args.steps,
             "checkpoint_every": 0,
             "num_workers": args.workers,
             "seed": 0,
-            "teacher": str(work / "teacher") if teacher else None,
+            "teacher": str(work / teacher) if teacher else None,
             "teacher_k": K if teacher else None,
             "deepspeed": {
                 "train_micro_batch_size_per_gpu": args.batch,
@@ -120,14 +184,14 @@ class InMemory:
 
 
 def child(mode: str, work: Path, args) -> dict:
-    """One configuration in this process: ``memory``, ``offline`` (streamed) or ``online``."""
+    """One configuration (``MODES``) in this process."""
     import torch
     from smash.train.metrics import read_metrics
     from smash.train.trainer import Trainer
 
     out = work / f"run-{mode}"
     shutil.rmtree(out, ignore_errors=True)  # the previous repeat's run
-    trainer = Trainer(config_for(work, out, args, teacher=mode == "online"))
+    trainer = Trainer(config_for(work, out, args, mode))
     trainer.setup()
     if mode == "memory":
         stream = iter(trainer.loader)
@@ -220,16 +284,11 @@ def print_table(result: dict) -> None:
         f"\ntrainer benchmark on {result['device']}, {result['precision']}, micro-batch "
         f"{result['batch']}, {result['steps']} timed steps; shapes {result['shape_note']}"
     )
-    print(f"{'configuration':<34}{'samples/s':>11}{'ms/step':>10}{'peak MB':>10}")
-    for key, label in (
-        ("memory", "in-memory batches"),
-        ("offline", "streamed from store (offline)"),
-        ("online", "online teacher"),
-    ):
-        r = runs[key]
+    print(f"{'configuration':<38}{'samples/s':>11}{'ms/step':>10}{'peak MB':>10}{'x ce':>7}")
+    for key, r in runs.items():
         print(
-            f"{label:<34}{r['samples_per_s']:>11.1f}{1e3 * r['step_s']:>10.1f}"
-            f"{r['peak_bytes'] / mb:>10.0f}"
+            f"{MODES[key][0]:<38}{r['samples_per_s']:>11.1f}{1e3 * r['step_s']:>10.1f}"
+            f"{r['peak_bytes'] / mb:>10.0f}{r['step_s'] / runs['offline']['step_s']:>7.2f}"
         )
     s = result["summary"]
     print(
@@ -243,6 +302,12 @@ def print_table(result: dict) -> None:
         f"({100 * s['memory_saved_fraction']:.0f}%); teacher weights alone "
         f"{s['teacher_param_bytes'] / mb:.0f} MB, none of it loaded offline"
     )
+    if "eager_attention_cost" in s:
+        print(
+            f"ce + 0.01 attn takes {s['eager_attention_cost']:.2f}x the step of ce online with "
+            f"the same teacher (eager attention path and the attention maps)"
+        )
+    print("x ce: step time against ce streamed from the store (offline)")
 
 
 def main() -> None:
@@ -267,6 +332,13 @@ def main() -> None:
         "a core from the step; 4 on GPU)",
     )
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs per configuration")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=list(MODES),
+        default=list(MODES),
+        help="configurations to run (memory, offline and online are always run)",
+    )
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -287,7 +359,9 @@ def main() -> None:
         f"workspace {work}: {info['examples']} synthetic examples; teacher "
         f"{info['shapes']['teacher']}, student {info['shapes']['student']}"
     )
-    trials: dict[str, list[dict]] = {"memory": [], "offline": [], "online": []}
+    modes = ["memory", "offline", "online", *(m for m in MODES if m in set(args.modes) - {
+        "memory", "offline", "online"})]  # fmt: skip
+    trials: dict[str, list[dict]] = {mode: [] for mode in modes}
     for repeat in range(args.repeats):  # interleaved, order alternating: drifting load hits all
         for mode in list(trials)[:: 1 if repeat % 2 == 0 else -1]:
             results = trials[mode]
@@ -306,6 +380,8 @@ def main() -> None:
         "teacher_param_bytes": runs["online"]["teacher_param_bytes"],
         "serial_load_fraction": runs["offline"]["load_s_per_batch"] / runs["offline"]["step_s"],
     }
+    if {"ce+attn", "online-base"} <= runs.keys():
+        summary["eager_attention_cost"] = runs["ce+attn"]["step_s"] / runs["online-base"]["step_s"]
     result = {
         "precision": "bf16" if gpu else "fp32",
         "batch": args.batch,

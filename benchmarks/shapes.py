@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["MODELS", "STUDENT", "TEACHER", "model_config"]
+__all__ = ["BASE_TEACHER", "MODELS", "STUDENT", "TEACHER", "model_config"]
 
 _ROBERTA_VOCAB = {
     "vocab_size": 50_265,
@@ -30,6 +30,13 @@ MODELS: dict[str, dict] = {
         "intermediate_size": 4096,
         **_ROBERTA_VOCAB,
     },
+    "roberta-base": {  # the teacher of the paper's settings 2-5 (section 4.4)
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        **_ROBERTA_VOCAB,
+    },
     "distilroberta-base": {
         "hidden_size": 768,
         "num_hidden_layers": 6,
@@ -39,6 +46,7 @@ MODELS: dict[str, dict] = {
     },
 }
 TEACHER, STUDENT = "roberta-large", "distilroberta-base"  # the paper's pair
+BASE_TEACHER = "roberta-base"  # settings 3-5: DistilRoBERTa's width and heads, twice its depth
 
 
 def model_config(name: str, scale: int = 1, **overrides):
