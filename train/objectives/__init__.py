@@ -3,9 +3,14 @@
     ce     prediction distillation (the paper's Eq. 1) against the stored top-k + tail
     hard   the teacher's argmax over the store's label words, as prompt-based fine-tuning
     rule   the sentence-pair task's rule-based labels (setting 6; no teacher outputs)
+    mlm    masked-LM cross-entropy against a masked-text store's original tokens (setting 5)
+    hidn   hidden-state distillation (Eq. 2, setting 3; the online teacher's hidden states)
+    attn   attention distillation (Eq. 3, setting 4; the online teacher's attentions)
+    cos    DistilBERT's cosine loss on the last hidden states (setting 5b; online teacher)
 
 A run names its objectives with weights: ``"objective": "ce"`` or ``{"ce": 1.0, "hard": 0.5}``
-(as the paper writes ``Lce + 0.01 Lhidn``); the loss is the weighted sum. To add one, write a module here with a subclass of ``Objective`` decorated with
+(as the paper writes ``Lce + 0.01 Lhidn``); the loss is the weighted sum. To add one, write a
+module here with a subclass of ``Objective`` decorated with
 ``@register_objective`` (``rule.py`` is a small complete example) and its tests: modules of
 this package are found and imported by name, nothing else changes.
 """
