@@ -503,3 +503,23 @@ def test_resume_with_another_number_of_ranks(tiny, pair_store, tmp_path, monkeyp
     assert run(tiny, tmp_path) == 0
     assert (tmp_path / "shard-000001.tar").stat().st_mtime_ns == first  # not recomputed
     assert_same_store(tmp_path, pair_store)
+
+
+def test_masked_text_masks_do_not_depend_on_ranks_or_reruns(tiny, tmp_path, monkeypatch):
+    """A mlm store written half by rank 1 of 2, then finished by one process, is byte-identical
+    to one process's store: each example's masks come from (seed, its index) alone."""
+    import torch.distributed as dist
+
+    options = ("--max-length", "64", "--segment-words", "30", "--tokenize-workers", "0")
+    mlm = {"n": 40, "shard": 20, "k": 8}
+    assert run(tiny, tmp_path / "whole", *options, task="mlm", **mlm) == 0
+    for name in ("init_process_group", "barrier", "destroy_process_group"):
+        monkeypatch.setattr(dist, name, lambda *a, **k: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run(tiny, tmp_path / "split", *options, task="mlm", **mlm) == 0
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert run(tiny, tmp_path / "split", *options, task="mlm", **mlm) == 0
+    assert store_files(tmp_path / "split") == store_files(tmp_path / "whole")
