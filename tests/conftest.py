@@ -13,6 +13,11 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
+# DeepSpeed's logger writes to the sys.stdout of the moment it is first imported. Imported first
+# inside a test that captures with capsys, it would keep that test's stream, closed afterwards,
+# and every later DeepSpeed log line would print a "Logging error" traceback into another
+# test's output: import it now, while sys.stdout is the session's.
+import deepspeed  # noqa: F401
 import pytest
 
 
