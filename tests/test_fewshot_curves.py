@@ -15,6 +15,7 @@ from smash.train.fewshot.metrics import aggregate
 from smash.train.fewshot.protocol import PAPER_MAX_STEPS, Protocol
 from smash.train.fewshot.splits import make_kshot
 from smash.train.fewshot.tasks import get_task
+from train_support import sentiment_store_of, tiny_config, write_config
 
 ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
 # Tiny and fast: one grid point, 4 steps, dev every 2 steps, two seeds.
@@ -146,6 +147,27 @@ def test_curve_from_exports(tiny, kshot, run_dir, tmp_path, capsys):
     assert f"| ce | prompt | {line['mean'][0]:.1f} ({line['std'][0]:.1f}) |" in md
     assert f"| before | prompt | {base['mean']:.1f} ({base['std']:.1f}) |" in md
     _assert_png(out / "curve.png")
+
+
+def test_curve_from_train_student_exports(tiny, kshot, tmp_path_factory, tmp_path):
+    """The exports of a real train-student run: exports/student_step{2,4,6}, and the final
+    student at step 6 too, which is the step-6 export again and is drawn once."""
+    from smash.train.cli import main as train_student
+
+    store = sentiment_store_of(tiny, tmp_path_factory)
+    run = tmp_path / "distil"
+    config = tiny_config(run, tiny["student"], [(store, 1.0)], max_steps=6, export_every=2)
+    assert train_student(["--config", write_config(tmp_path / "c.json", config)]) == 0
+    curve = _curve(["--curve", "steps", "--model", str(run / "exports" / "*"), str(run / "student"),
+                    "--data", str(kshot), "--k", "8", *TINY, "--mode", "zero-shot"],
+                   tmp_path / "out")  # fmt: skip
+    assert [(p["series"], p["x"], Path(p["path"]).name) for p in curve["points"]] == [
+        ("distil", s, f"student_step{s}") for s in (2, 4, 6)
+    ]
+    (line,) = curve["lines"]
+    assert (line["mode"], line["x"]) == ("zero-shot", [2, 4, 6])
+    _assert_lines_match_points(curve)
+    _assert_png(tmp_path / "out" / "curve.png")
 
 
 def test_curve_over_k(tiny, kshot, tmp_path):

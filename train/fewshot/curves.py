@@ -101,6 +101,12 @@ def _recorded_step(folder: Path) -> int | None:
     return step if isinstance(step, int) else None
 
 
+def _same_export(a: Path, b: Path) -> bool:
+    """Whether two folders hold the same training record (run, step, config)."""
+    a_info, b_info = a / _INFO, b / _INFO
+    return a_info.is_file() and b_info.is_file() and a_info.read_bytes() == b_info.read_bytes()
+
+
 def _folders(pattern: str) -> list[Path]:
     """The folders a ``--model`` value names: a glob (sorted matches) or one path."""
     if not glob.has_magic(pattern):
@@ -115,15 +121,23 @@ def _folders(pattern: str) -> list[Path]:
 
 
 def step_points(series: str, patterns: Sequence[str], k: int, protocol: Protocol) -> list[Point]:
-    """One point per export that ``patterns`` (globs or folders) name, sorted by step."""
+    """One point per export that ``patterns`` (globs or folders) name, sorted by step.
+
+    Two folders at one step are refused, except the final export beside the periodic export
+    of its step (``max_steps`` a multiple of ``export_every``): the same training record says
+    they are one student, and the ``_step<N>`` folder is kept.
+    """
     by_step: dict[int, Path] = {}
     for pattern in patterns:
         for folder in _folders(pattern):
             step = export_step(folder)
-            if by_step.setdefault(step, folder) != folder:
-                raise ValueError(
-                    f"series {series}: {by_step[step]} and {folder} are both step {step}"
-                )
+            seen = by_step.setdefault(step, folder)
+            if seen == folder:
+                continue
+            if not _same_export(seen, folder):
+                raise ValueError(f"series {series}: {seen} and {folder} are both step {step}")
+            if _STEP.search(folder.name) and not _STEP.search(seen.name):
+                by_step[step] = folder
     return [
         Point(series, step, Run(f"{series}@{step}", str(by_step[step]), k, protocol))
         for step in sorted(by_step)
