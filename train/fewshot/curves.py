@@ -27,7 +27,13 @@ from pathlib import Path
 
 from smash.train.fewshot.metrics import aggregate
 from smash.train.fewshot.protocol import Protocol
-from smash.train.fewshot.report import Entry, entry_from_json, entry_to_json, json_safe
+from smash.train.fewshot.report import (
+    METRIC_NAMES,
+    Entry,
+    entry_from_json,
+    entry_to_json,
+    json_safe,
+)
 from smash.train.fewshot.runner import Run
 
 __all__ = [
@@ -272,14 +278,20 @@ def _columns(lines: list[dict], baselines: list[dict]) -> dict[str, str]:
     """Results columns in task order, each with its metric (``SST-2 (acc)``)."""
     out: dict[str, str] = {}
     for item in lines + baselines:
-        out.setdefault(item["column"], f"{item['column']} ({item['metric']})")
+        out.setdefault(item["column"], f"{item['column']} ({METRIC_NAMES[item['metric']]})")
     return out
 
 
 def _markdown(axis: str, lines: list[dict], baselines: list[dict], config: dict) -> str:
     seeds = ", ".join(str(s) for s in config["seeds"])
-    intro = f"Test metric × 100, mean (std) over seeds {seeds}, against {AXES[axis]}"
-    intro += f" (K = {config['k'][0]} per label)." if axis == "steps" else "."
+    steps = config["max_steps_per_k"]
+    intro = f"Test metric × 100, mean (std) over seeds {seeds}, against {AXES[axis]}; "
+    if axis == "steps":
+        k = config["k"][0]
+        intro += f"K = {k} per label, up to {steps[str(k)]} training steps per grid point."
+    else:
+        per_k = ", ".join(f"K={k}: {n}" for k, n in sorted(steps.items(), key=lambda i: int(i[0])))
+        intro += f"training steps per grid point {per_k}."
     out = ["# Few-shot learning curve", "", intro]
     for column, title in _columns(lines, baselines).items():
         of_column = [line for line in lines if line["column"] == column]
@@ -299,51 +311,65 @@ def _markdown(axis: str, lines: list[dict], baselines: list[dict], config: dict)
 
 
 def _plot(path: Path, axis: str, lines: list[dict], baselines: list[dict]) -> None:
-    """One panel per results column: each line is its mean with a shaded ±std band."""
+    """One panel per results column, one legend for all beside them."""
     require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import EngFormatter
 
     columns = _columns(lines, baselines)
     ncols = min(3, max(len(columns), 1))
     nrows = max(math.ceil(len(columns) / ncols), 1)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
-    several_modes = len({item["mode"] for item in lines + baselines}) > 1
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.6 * ncols + 2.0, 3.6 * nrows), squeeze=False, layout="constrained"
+    )
     names = list(dict.fromkeys((item["series"], item["mode"]) for item in lines + baselines))
     colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
-
-    def label(item: dict) -> str:
-        return item["series"] + (f" · {item['mode']}" if several_modes else "")
-
+    several_modes = len({mode for _, mode in names}) > 1
     for ax, (column, title) in zip(axes.flat, columns.items()):
-        for line in (li for li in lines if li["column"] == column):
-            color = colors[(line["series"], line["mode"])]
-            mean, std = line["mean"], line["std"]
-            low, high = [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)]
-            ax.plot(line["x"], mean, marker="o", markersize=3, color=color, label=label(line))
-            ax.fill_between(line["x"], low, high, color=color, alpha=0.2, linewidth=0)
-        for b in (b for b in baselines if b["column"] == column):
-            color = colors[(b["series"], b["mode"])]
-            ax.axhline(b["mean"], color=color, linestyle="--", linewidth=1, label=label(b))
-        xs = sorted({x for li in lines if li["column"] == column for x in li["x"]})
-        if axis == "k":
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(xs, [str(x) for x in xs])
-            ax.minorticks_off()
-        else:
-            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-        ax.set_title(title)
-        ax.set_xlabel(AXES[axis])
-        ax.set_ylabel("test metric × 100 (mean ± std)")
-        ax.grid(alpha=0.3)
+        of_column = [li for li in lines if li["column"] == column]
+        base = [b for b in baselines if b["column"] == column]
+        _panel(ax, axis, title, of_column, base, colors, several_modes)
     for ax in list(axes.flat)[len(columns) :]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles: dict = {}
+    for ax in axes.flat:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(name, handle)
+    fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=8)
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     tmp.replace(path)
+
+
+def _panel(ax, axis, title, lines, baselines, colors, several_modes) -> None:
+    """One task: each line is its mean with a shaded ±std band (the paper's figures), each
+    baseline a dashed line at its mean."""
+    from matplotlib.ticker import EngFormatter, MaxNLocator
+
+    def label(item: dict) -> str:
+        return item["series"] + (f" · {item['mode']}" if several_modes else "")
+
+    for line in lines:
+        color = colors[(line["series"], line["mode"])]
+        mean, std = line["mean"], line["std"]
+        low, high = [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)]
+        ax.plot(line["x"], mean, marker="o", markersize=3, color=color, label=label(line))
+        ax.fill_between(line["x"], low, high, color=color, alpha=0.2, linewidth=0)
+    for b in baselines:
+        color = colors[(b["series"], b["mode"])]
+        ax.axhline(b["mean"], color=color, linestyle="--", linewidth=1, label=label(b))
+    if axis == "k":
+        xs = sorted({x for line in lines for x in line["x"]})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.minorticks_off()
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_title(title)
+    ax.set_xlabel(AXES[axis])
+    ax.set_ylabel("test metric × 100 (mean ± std)")
+    ax.grid(alpha=0.3)

@@ -17,6 +17,7 @@ from smash.train.fewshot.metrics import aggregate
 from smash.train.fewshot.protocol import SeedResult
 
 __all__ = [
+    "METRIC_NAMES",
     "Entry",
     "delta_rows",
     "entry_from_json",
@@ -26,7 +27,8 @@ __all__ = [
     "write_report",
 ]
 
-_METRIC_NAMES = {"acc": "acc", "f1": "F1", "pearson": "Pearson"}
+# How a column header names each metric, as the paper's tables do.
+METRIC_NAMES = {"acc": "acc", "f1": "F1", "pearson": "Pearson"}
 
 
 @dataclass
@@ -55,7 +57,7 @@ def table_rows(entries: list[Entry]) -> tuple[dict[str, str], list[tuple[str, st
     rows: dict[tuple[str, str], dict] = {}
     for e in entries:
         for col in e.columns:
-            columns.setdefault(col, f"{col} ({_METRIC_NAMES[e.metric]})")
+            columns.setdefault(col, f"{col} ({METRIC_NAMES[e.metric]})")
             rows.setdefault((e.model, e.mode), {})[col] = aggregate(e.column_values(col))
     return columns, [(m, mode, cells) for (m, mode), cells in rows.items()]
 
