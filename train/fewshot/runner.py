@@ -82,7 +82,6 @@ def evaluate_runs(
         for s in seeds
     }
     total = sum(_grid_runs(r.protocol, modes) for r in runs) * len(tasks) * len(seeds)
-    several_k = len({r.k for r in runs}) > 1
     dev = torch.device(device)
     out = []
     # the bar closes on an error too, so that the error message gets a line of its own
@@ -103,7 +102,7 @@ def evaluate_runs(
                         templates.get(task.name, task.template),
                         verbalizers.get(task.name, task.verbalizer),
                     )
-                    label = f"{run.name} {mode} {task.name}" + (f" K={run.k}" if several_k else "")
+                    label = f"{run.name} {mode} {task.name}"
                     results = []
                     cache: dict = {}  # zero-shot test metrics, shared by the seeds
                     for seed in seeds:
