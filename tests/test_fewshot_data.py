@@ -84,7 +84,8 @@ def test_missing_file(kshot, tmp_path):
     (root / "RTE" / f"{K}-13" / "dev.tsv").unlink()
     with pytest.raises(DataError, match=r"RTE/4-13/dev\.tsv: file not found"):
         load_kshot(root, get_task("RTE"), K, 13)
-    with pytest.raises(DataError, match="16-42.*file not found"):
+    with pytest.raises(DataError, match=r"RTE/16-42: no 16-shot split of RTE for seed 42 "
+                       r"\(make-kshot --k 16 builds it"):  # fmt: skip
         load_kshot(root, get_task("RTE"), 16, 42)
 
 

@@ -99,6 +99,27 @@ def test_mnli_file_names_and_cli(tmp_path, capsys):
     assert str(folder) in capsys.readouterr().out
 
 
+def test_cli_several_k(tmp_path, capsys):
+    """One split set per K (a learning curve over K), each the same as a single-K run's."""
+    argv = ["--original", str(ORIGINAL), "--out", str(tmp_path / "all"), "--tasks", "SST-2",
+            "--seeds", "13", "21", "--k", "2", "8"]  # fmt: skip
+    assert main(argv) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    make_kshot(ORIGINAL, tmp_path / "one", [get_task("SST-2")], seeds=[21], k=8)
+    for size, seed in ((2, 13), (2, 21), (8, 13), (8, 21)):
+        rows = (tmp_path / "all" / "SST-2" / f"{size}-{seed}" / "train.tsv").read_text()
+        assert len(rows.splitlines()) == 1 + 2 * size
+    for name in ("train.tsv", "dev.tsv", "test.tsv"):
+        split = Path("SST-2") / "8-21" / name
+        assert (tmp_path / "all" / split).read_text() == (tmp_path / "one" / split).read_text()
+
+
+def test_cli_k_must_be_positive(tmp_path, capsys):
+    err = _cli_error(capsys, ["--original", str(ORIGINAL), "--out", str(tmp_path), "--tasks",
+                              "SST-2", "--k", "4", "0"])  # fmt: skip
+    assert "K must be a positive number of examples per label, got [4, 0]" in err
+
+
 def _cli_error(capsys, argv):
     """Run make-kshot expecting bad input: exit 2, one line on stderr, no traceback."""
     assert main(argv) == 2

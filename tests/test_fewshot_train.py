@@ -187,7 +187,7 @@ def test_cli_missing_model_folder(kshot, tmp_path, monkeypatch, capsys):
 def test_cli_missing_data_file(tiny, kshot, tmp_path, capsys):
     err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "RTE", "--data",
         str(kshot), "--out", str(tmp_path), "--k", "8", "--seeds", "13"])  # fmt: skip
-    assert f"{kshot / 'RTE' / '8-13' / 'train.tsv'}: file not found" in err
+    assert f"{kshot / 'RTE' / '8-13'}: no 8-shot split of RTE for seed 13" in err
 
 
 def test_cli_bad_row_names_file_and_line(tiny, kshot, tmp_path, capsys):

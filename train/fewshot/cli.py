@@ -3,7 +3,14 @@
     evaluate-fewshot --model before/ --model after/ --name before after \\
         --tasks SST-2 MNLI STS-B --data data/k-shot --mode prompt zero-shot --out results/
 
-Every (task, seed) split is read and checked before any training starts. The grid, steps,
+Learning curves (the paper's Figures 2 and 4) against distillation steps or K:
+
+    evaluate-fewshot --curve steps --model 'runs/ce/exports/student_step*' \\
+        --baseline students/before --tasks MNLI --data data/k-shot --out curve/
+    evaluate-fewshot --curve k --k 16 32 64 128 256 --model before/ --model after/ \\
+        --tasks SST-2 --data data/k-shot --out curve-k/
+
+Every (task, K, seed) split is read and checked before any training starts. The grid, steps,
 seeds and K are flags so that the same command runs tiny on a CPU.
 """
 
@@ -12,137 +19,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from smash.precompute.shared.adapters import max_sequence_length
 from smash.precompute.shared.model_paths import require_folder_or_hub_name
-from smash.train.fewshot.data import DataError, load_kshot
-from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
-from smash.train.fewshot.protocol import Protocol, run_seed, zero_shot
-from smash.train.fewshot.report import Entry, write_report
+from smash.train.fewshot.curves import (
+    Point,
+    k_points,
+    load_finished,
+    point_key,
+    require_matplotlib,
+    series_name,
+    step_points,
+    write_curve,
+)
+from smash.train.fewshot.data import DataError
+from smash.train.fewshot.protocol import Protocol, paper_max_steps
+from smash.train.fewshot.report import write_report
+from smash.train.fewshot.runner import MODES, Run, evaluate_models, evaluate_runs
 from smash.train.fewshot.splits import SEEDS
-from smash.train.fewshot.tasks import TASKS, Task, get_task
-from tqdm.auto import tqdm
+from smash.train.fewshot.tasks import TASKS, get_task
 
 __all__ = ["evaluate_models", "main"]
-
-MODES = ("prompt", "zero-shot", "finetune")
-
-
-def evaluate_models(
-    models: Sequence[tuple[str, str]],
-    tasks: Sequence[Task],
-    data: str | Path,
-    modes: Sequence[str],
-    protocol: Protocol,
-    seeds: Sequence[int] = SEEDS,
-    k: int = 16,
-    templates: dict[str, str] | None = None,
-    verbalizers: dict[str, Sequence[str]] | None = None,
-    max_length: int | None = None,
-    device: str = "cpu",
-) -> list[Entry]:
-    """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
-    from transformers import AutoTokenizer
-
-    templates, verbalizers = templates or {}, verbalizers or {}
-    splits = {(t.name, s): load_kshot(data, t, k, s) for t in tasks for s in seeds}
-    runs_per_seed = {m: 1 if m == "zero-shot" else len(protocol.grid) for m in modes}
-    total = len(models) * len(tasks) * len(seeds) * sum(runs_per_seed.values())
-    # the bar closes on an error too, so that the error message gets a line of its own
-    with tqdm(total=total, desc="few-shot", unit="run", dynamic_ncols=True) as bar:
-        dev = torch.device(device)
-        entries = []
-        for name, path in models:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            for mode in modes:
-                for task in tasks:
-                    length = max_length or task.max_length
-                    _check_length(path, length, task)
-                    make = _factory(
-                        mode,
-                        path,
-                        tokenizer,
-                        task,
-                        length,
-                        templates.get(task.name, task.template),
-                        verbalizers.get(task.name, task.verbalizer),
-                    )
-                    cache: dict = {}
-                    results = []
-                    for seed in seeds:
-                        bar.set_postfix_str(f"{name} {mode} {task.name} seed {seed}")
-                        split = splits[(task.name, seed)]
-                        if mode == "zero-shot":
-                            torch.manual_seed(seed)
-                            results.append(
-                                zero_shot(make(), split, seed, protocol.eval_batch_size, dev, cache)
-                            )
-                            bar.update(1)
-                        else:
-                            results.append(
-                                run_seed(
-                                    make,
-                                    split,
-                                    task,
-                                    seed,
-                                    protocol,
-                                    dev,
-                                    on_config_done=lambda: bar.update(1),
-                                )
-                            )
-                    entries.append(
-                        Entry(
-                            model=name,
-                            path=str(path),
-                            mode=mode,
-                            task=task.name,
-                            metric=task.metric,
-                            seeds=results,
-                        )
-                    )
-    return entries
-
-
-def _factory(
-    mode: str,
-    path: str,
-    tokenizer,
-    task: Task,
-    max_length: int,
-    template: str,
-    verbalizer: Sequence[str],
-) -> Callable[[], PromptLearner | FinetuneLearner]:
-    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
-
-    if mode == "finetune":
-
-        def make() -> FinetuneLearner:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=task.num_outputs
-            )
-            return FinetuneLearner(model, tokenizer, task, max_length)
-    else:
-
-        def make() -> PromptLearner:
-            model = AutoModelForMaskedLM.from_pretrained(path)
-            return PromptLearner(model, tokenizer, task, template, verbalizer, max_length)
-
-    make()  # fail early on a bad template, label word or model folder
-    return make
-
-
-def _check_length(path: str, max_length: int, task: Task) -> None:
-    from transformers import AutoConfig
-
-    limit = max_sequence_length(AutoConfig.from_pretrained(path))
-    if max_length > limit:
-        raise ValueError(
-            f"{task.name}: max length {max_length} exceeds the {limit} positions "
-            f"of {path}; pass --max-length {limit} or less"
-        )
 
 
 def _overrides(items: Sequence[str], flag: str) -> dict[str, str]:
@@ -159,20 +58,109 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line; returns the exit status (2, with one line on stderr, on bad input).
 
     Bad input is an unknown task, a missing or malformed data file (``FILE:LINE: ...``), a
-    model folder that cannot be loaded, or a template, label word or length that does not fit.
+    model folder that cannot be loaded, or a template, label word or length that does not fit;
+    for a curve also a glob that matches nothing, an export without a step, or no matplotlib.
     """
+    p = _parser()
+    args = p.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one weight-loading bar per grid point would bury ours
+
+    _check_flags(p, args)
+    try:
+        steps = _steps_per_k(args)
+        tasks = [get_task(t) for t in args.tasks]
+        options = {
+            "templates": _overrides(args.template, "--template"),
+            "verbalizers": {
+                t: w.split(",") for t, w in _overrides(args.verbalizer, "--verbalizer").items()
+            },
+            "max_length": args.max_length,
+            "device": args.device,
+        }
+        config = {
+            **vars(args),
+            **dataclasses.asdict(_protocol(args, steps[args.k[0]])),
+            "tasks": [t.name for t in tasks],
+            "max_steps_per_k": {str(k): v for k, v in steps.items()},
+        }
+        run = _curve if args.curve else _table
+        written = run(args, tasks, steps, options, config)
+    except (DataError, ValueError, OSError) as err:  # DataError: FILE:LINE: what is wrong
+        print(f"evaluate-fewshot: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="evaluate-fewshot", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", action="append", required=True, help="model folder (repeatable)")
-    p.add_argument("--name", nargs="+", help="a display name per --model (default: folder name)")
+    p.add_argument(
+        "--model",
+        action="append",
+        nargs="+",
+        required=True,
+        help="model folder (repeatable); with --curve steps, one series of exports per --model: "
+        "a quoted glob such as 'runs/ce/exports/student_step*' or several folders",
+    )
+    p.add_argument(
+        "--name",
+        nargs="+",
+        help="a display name per --model (default: folder name; for a steps series the run "
+        "folder above exports/)",
+    )
     p.add_argument("--tasks", nargs="+", default=list(TASKS))
     p.add_argument("--data", required=True, help="k-shot root holding TASK/K-SEED folders")
     p.add_argument("--mode", nargs="+", choices=MODES, default=["prompt"])
-    p.add_argument("--out", default="fewshot-results", help="folder for results.json/.md/.png")
-    p.add_argument("--k", type=int, default=16)
+    p.add_argument(
+        "--out",
+        default="fewshot-results",
+        help="folder for results.json/.md/.png (curve.json/.md/.png with --curve)",
+    )
+    p.add_argument(
+        "--curve",
+        choices=("steps", "k"),
+        help="draw a learning curve: the metric against each export's distillation step, or "
+        "against K (one point per --k value)",
+    )
+    p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        help="with --curve steps: a model drawn as a dashed horizontal line (repeatable)",
+    )
+    p.add_argument("--baseline-name", nargs="+", help="a display name per --baseline")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --curve: keep the points already in OUT/curve.json (same settings), "
+        "evaluate only the others, e.g. exports written since",
+    )
+    p.add_argument(
+        "--k",
+        nargs="+",
+        type=int,
+        default=[16],
+        help="examples per label; several values with --curve k",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--lrs", nargs="+", type=float, default=[1e-5, 2e-5, 5e-5])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 4])
-    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        help="training steps per grid point (default: the paper's for K: 1000 for K=16 and "
+        "32, 2000 for 64 and 128, 4000 for 256; 1000 for other K)",
+    )
+    p.add_argument(
+        "--k-steps",
+        action="append",
+        default=[],
+        metavar="K=STEPS",
+        help="training steps for one K (repeatable), over --max-steps and the paper's",
+    )
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, help="override every task's max length")
@@ -193,49 +181,154 @@ def main(argv: Sequence[str] | None = None) -> int:
         "SST-2=bad,good (' '+word must be one token)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
-    from transformers.utils import logging as hf_logging
+    return p
 
-    hf_logging.disable_progress_bar()  # one weight-loading bar per grid point would bury ours
 
-    names = args.name or [Path(m).name for m in args.model]
-    if len(names) != len(args.model):
-        p.error(f"--name gives {len(names)} names for {len(args.model)} models")
-    protocol = Protocol(
+def _check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Flag combinations that cannot work (argparse's usage error, exit 2)."""
+    if len(args.k) != len(set(args.k)) or min(args.k) < 1:
+        p.error(f"--k needs distinct positive values, got {' '.join(map(str, args.k))}")
+    if args.max_steps is not None and args.max_steps < 1:
+        p.error(f"--max-steps must be positive, got {args.max_steps}")
+    if len(args.k) > 1 and args.curve != "k":
+        p.error("--k takes several values only with --curve k")
+    if args.baseline and args.curve != "steps":
+        p.error("--baseline draws a reference line on a --curve steps plot")
+    if args.baseline_name and len(args.baseline_name) != len(args.baseline):
+        p.error(f"--baseline-name gives {len(args.baseline_name)} names for "
+                f"{len(args.baseline)} baselines")  # fmt: skip
+    if args.resume and not args.curve:
+        p.error("--resume continues a --curve")
+    groups = len(args.model) if args.curve == "steps" else sum(map(len, args.model))
+    if args.name and len(args.name) != groups:
+        what = "series (one per --model)" if args.curve == "steps" else "models"
+        p.error(f"--name gives {len(args.name)} names for {groups} {what}")
+
+
+def _steps_per_k(args: argparse.Namespace) -> dict[int, int]:
+    """Training steps for each K: --k-steps, else --max-steps, else the paper's."""
+    given = args.max_steps
+    steps = {k: given if given is not None else paper_max_steps(k) for k in args.k}
+    for item in args.k_steps:
+        k, sep, value = item.partition("=")
+        if not (sep and k.isdigit() and value.isdigit() and int(value) > 0):
+            raise ValueError(f"--k-steps {item!r}: expected K=STEPS, e.g. 64=2000")
+        if int(k) not in steps:
+            raise ValueError(f"--k-steps {item!r}: K={k} is not among --k")
+        steps[int(k)] = int(value)
+    return steps
+
+
+def _protocol(args: argparse.Namespace, max_steps: int) -> Protocol:
+    return Protocol(
         learning_rates=tuple(args.lrs),
         batch_sizes=tuple(args.batch_sizes),
-        max_steps=args.max_steps,
+        max_steps=max_steps,
         eval_every=args.eval_every,
         eval_batch_size=args.eval_batch_size,
     )
-    try:
-        for model in args.model:
-            require_folder_or_hub_name("--model", model)
-        tasks = [get_task(t) for t in args.tasks]
-        verbalizers = {
-            t: w.split(",") for t, w in _overrides(args.verbalizer, "--verbalizer").items()
-        }
-        entries = evaluate_models(
-            list(zip(names, args.model)),
-            tasks,
-            args.data,
-            args.mode,
-            protocol,
-            args.seeds,
-            args.k,
-            _overrides(args.template, "--template"),
-            verbalizers,
-            args.max_length,
-            args.device,
+
+
+def _table(args, tasks, steps, options, config) -> list[Path]:
+    """One K, every model: results.json/.md/.png."""
+    models = [m for group in args.model for m in group]
+    for model in models:
+        require_folder_or_hub_name("--model", model)
+    names = args.name or [Path(m).name for m in models]
+    k = args.k[0]
+    entries = evaluate_models(
+        list(zip(names, models)),
+        tasks,
+        args.data,
+        args.mode,
+        _protocol(args, steps[k]),
+        args.seeds,
+        k,
+        **options,
+    )
+    return write_report(args.out, entries, {**config, "k": k})
+
+
+def _curve(args, tasks, steps, options, config) -> list[Path]:
+    """Every point of the curve (those of an earlier run kept with --resume), its files
+    rewritten after each point."""
+    require_matplotlib()
+    points = _points(args, steps)
+    settings = {
+        "curve": args.curve,
+        "data": str(Path(args.data).resolve()),
+        **{key: config[key] for key in _SETTINGS},
+    }
+    out = Path(args.out)
+    done = load_finished(out / "curve.json", settings) if args.resume else {}
+    todo = [pt for pt in points if point_key(pt) not in done]
+
+    def finished(i: int, entries) -> None:
+        done[point_key(todo[i])] = entries
+        results = [(pt, done[point_key(pt)]) for pt in points if point_key(pt) in done]
+        write_curve(out, args.curve, results, config, settings)
+
+    if todo:
+        runs = [pt.run for pt in todo]
+        evaluate_runs(
+            runs, tasks, args.data, args.mode, args.seeds, **options, on_run_done=finished
         )
-        config = {**vars(args), **dataclasses.asdict(protocol), "tasks": [t.name for t in tasks]}
-        written = write_report(args.out, entries, config)
-    except (DataError, ValueError, OSError) as err:  # DataError: FILE:LINE: what is wrong
-        print(f"evaluate-fewshot: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(path)
-    return 0
+    results = [(pt, done[point_key(pt)]) for pt in points]
+    return write_curve(out, args.curve, results, config, settings)
+
+
+# What a --resume must share with the run that wrote curve.json (beside the curve, the data
+# root, and each point's folder, K and step budget, which are compared point by point).
+_SETTINGS = ("tasks", "mode", "seeds", "learning_rates", "batch_sizes", "eval_every",
+             "eval_batch_size", "max_length", "template", "verbalizer")  # fmt: skip
+
+
+def _points(args: argparse.Namespace, steps: dict[int, int]) -> list[Point]:
+    """The curve's points in evaluation (and legend) order; line names must not repeat."""
+    make = _step_curve_points if args.curve == "steps" else _k_curve_points
+    names, points = make(args, steps)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(
+            f"two lines are named {repeated[0]!r}; give each a name with --name "
+            "(and --baseline-name)"
+        )
+    return points
+
+
+def _step_curve_points(args, steps) -> tuple[list[str], list[Point]]:
+    """Each --model's exports by step, then the --baseline models (x = None)."""
+    k = args.k[0]
+    protocol = _protocol(args, steps[k])
+    names = list(args.name or [series_name(patterns) for patterns in args.model])
+    points = [
+        pt
+        for name, patterns in zip(names, args.model)
+        for pt in step_points(name, patterns, k, protocol)
+    ]
+    for path in args.baseline:
+        require_folder_or_hub_name("--baseline", path)
+    base_names = args.baseline_name or [Path(b).name for b in args.baseline]
+    points += [
+        Point(name, None, Run(name, path, k, protocol))
+        for name, path in zip(base_names, args.baseline)
+    ]
+    return names + base_names, points
+
+
+def _k_curve_points(args, steps) -> tuple[list[str], list[Point]]:
+    """Each model at every K, K ascending."""
+    models = [m for group in args.model for m in group]
+    for model in models:
+        require_folder_or_hub_name("--model", model)
+    names = args.name or [Path(m).name for m in models]
+    protocol = _protocol(args, steps[args.k[0]])
+    points = [
+        pt
+        for name, path in zip(names, models)
+        for pt in k_points(name, path, args.k, steps, protocol)
+    ]
+    return names, points
 
 
 if __name__ == "__main__":

@@ -59,6 +59,11 @@ def kshot_dir(root: str | Path, task: Task, k: int, seed: int) -> Path:
 def load_kshot(root: str | Path, task: Task, k: int, seed: int) -> KShotData:
     """Read the train, dev and test files of one k-shot split of ``task``."""
     folder = kshot_dir(root, task, k, seed)
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder}: no {k}-shot split of {task.name} for seed {seed} (make-kshot --k {k} "
+            "builds it from the original task files)"
+        )
     ext = task.fmt
 
     def read(stem: str) -> list[Example]:

@@ -21,9 +21,26 @@ from smash.train.fewshot.learners import Features, FinetuneLearner, PromptLearne
 from smash.train.fewshot.metrics import compute_metric, select_best
 from smash.train.fewshot.tasks import Task
 
-__all__ = ["Protocol", "SeedResult", "evaluate", "predict", "run_seed", "zero_shot"]
+__all__ = [
+    "PAPER_MAX_STEPS",
+    "Protocol",
+    "SeedResult",
+    "evaluate",
+    "paper_max_steps",
+    "predict",
+    "run_seed",
+    "zero_shot",
+]
 
 Learner = PromptLearner | FinetuneLearner
+
+# Training steps per K of the paper's Figure 4 (appendix A, "Experiments in Section 4.6").
+PAPER_MAX_STEPS = {16: 1000, 32: 1000, 64: 2000, 128: 2000, 256: 4000}
+
+
+def paper_max_steps(k: int) -> int:
+    """The paper's step budget for K; other K get appendix A.1's 1000."""
+    return PAPER_MAX_STEPS.get(k, 1000)
 
 
 @dataclass(frozen=True)

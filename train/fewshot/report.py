@@ -16,9 +16,19 @@ from pathlib import Path
 from smash.train.fewshot.metrics import aggregate
 from smash.train.fewshot.protocol import SeedResult
 
-__all__ = ["Entry", "delta_rows", "table_rows", "write_report"]
+__all__ = [
+    "METRIC_NAMES",
+    "Entry",
+    "delta_rows",
+    "entry_from_json",
+    "entry_to_json",
+    "json_safe",
+    "table_rows",
+    "write_report",
+]
 
-_METRIC_NAMES = {"acc": "acc", "f1": "F1", "pearson": "Pearson"}
+# How a column header names each metric, as the paper's tables do.
+METRIC_NAMES = {"acc": "acc", "f1": "F1", "pearson": "Pearson"}
 
 
 @dataclass
@@ -47,7 +57,7 @@ def table_rows(entries: list[Entry]) -> tuple[dict[str, str], list[tuple[str, st
     rows: dict[tuple[str, str], dict] = {}
     for e in entries:
         for col in e.columns:
-            columns.setdefault(col, f"{col} ({_METRIC_NAMES[e.metric]})")
+            columns.setdefault(col, f"{col} ({METRIC_NAMES[e.metric]})")
             rows.setdefault((e.model, e.mode), {})[col] = aggregate(e.column_values(col))
     return columns, [(m, mode, cells) for (m, mode), cells in rows.items()]
 
@@ -72,19 +82,9 @@ def write_report(out_dir: str | Path, entries: list[Entry], config: dict) -> lis
     deltas = delta_rows(rows)
     payload = {
         "config": config,
-        "entries": [
-            {
-                **{k: v for k, v in asdict(e).items() if k != "seeds"},
-                "seeds": [_clean(asdict(s)) for s in e.seeds],
-                "summary": {
-                    c: dict(zip(("mean", "std"), _clean(aggregate(e.column_values(c)))))
-                    for c in e.columns
-                },
-            }
-            for e in entries
-        ],
+        "entries": [entry_to_json(e) for e in entries],
         "table": [
-            {"model": m, "mode": mode, **{c: _clean(v) for c, v in cells.items()}}
+            {"model": m, "mode": mode, **{c: json_safe(v) for c, v in cells.items()}}
             for m, mode, cells in rows + deltas
         ],
     }
@@ -95,14 +95,43 @@ def write_report(out_dir: str | Path, entries: list[Entry], config: dict) -> lis
     return paths + ([png] if png else [])
 
 
-def _clean(value):
+def entry_to_json(entry: Entry) -> dict:
+    """``entry`` as JSON: its fields, every seed's result and a mean/std summary per column."""
+    return {
+        **{k: v for k, v in asdict(entry).items() if k != "seeds"},
+        "seeds": [json_safe(asdict(s)) for s in entry.seeds],
+        "summary": {
+            c: dict(zip(("mean", "std"), json_safe(aggregate(entry.column_values(c)))))
+            for c in entry.columns
+        },
+    }
+
+
+def entry_from_json(data: dict) -> Entry:
+    """The inverse of :func:`entry_to_json` (null metrics become NaN again)."""
+    seeds = []
+    for s in data["seeds"]:
+        s = dict(s)
+        s["dev"] = _nan_if_null(s["dev"])
+        s["tests"] = {c: _nan_if_null(v) for c, v in s["tests"].items()}
+        s["grid_dev"] = [_nan_if_null(v) for v in s["grid_dev"]]
+        seeds.append(SeedResult(**s))
+    fields = ("model", "path", "mode", "task", "metric")
+    return Entry(**{f: data[f] for f in fields}, seeds=seeds)
+
+
+def _nan_if_null(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def json_safe(value):
     """JSON has no NaN: undefined metrics become null."""
     if isinstance(value, float):
         return None if math.isnan(value) else value
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     return value
 
 

@@ -55,9 +55,13 @@ def make_kshot(
     out: str | Path,
     tasks: Sequence[Task],
     seeds: Sequence[int] = SEEDS,
-    k: int = 16,
+    k: int | Sequence[int] = 16,
 ) -> list[Path]:
-    """Write the k-shot splits of ``tasks`` for ``seeds``; returns the folders written."""
+    """Write the k-shot splits of ``tasks`` for ``seeds`` and each K in ``k`` (one or several,
+    e.g. 16 32 64 128 256 for a learning curve over K); returns the folders written."""
+    ks = [k] if isinstance(k, int) else list(k)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"K must be a positive number of examples per label, got {ks}")
     written = []
     for task in tasks:
         src = Path(original) / task.dirname
@@ -65,17 +69,18 @@ def make_kshot(
             name: _read_original(task, src / f"{name}.{task.fmt}") for name in task.original_splits
         }
         header, rows, groups = splits["train"]
-        for seed in seeds:
-            train, dev = select_kshot(rows, groups, seed, k)
-            folder = Path(out) / task.dirname / f"{k}-{seed}"
-            folder.mkdir(parents=True, exist_ok=True)
-            _write(task, folder / f"train.{task.fmt}", header, train)
-            _write(task, folder / f"{task.dev}.{task.fmt}", header, dev)
-            for name, (test_header, test_rows, _) in splits.items():
-                if name != "train":
-                    stem = name.replace("dev", "test")
-                    _write(task, folder / f"{stem}.{task.fmt}", test_header, test_rows)
-            written.append(folder)
+        for size in ks:
+            for seed in seeds:
+                train, dev = select_kshot(rows, groups, seed, size)
+                folder = Path(out) / task.dirname / f"{size}-{seed}"
+                folder.mkdir(parents=True, exist_ok=True)
+                _write(task, folder / f"train.{task.fmt}", header, train)
+                _write(task, folder / f"{task.dev}.{task.fmt}", header, dev)
+                for name, (test_header, test_rows, _) in splits.items():
+                    if name != "train":
+                        stem = name.replace("dev", "test")
+                        _write(task, folder / f"{stem}.{task.fmt}", test_header, test_rows)
+                written.append(folder)
     return written
 
 
@@ -124,7 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="k-shot root to write TASK/K-SEED into")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="task names")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument("--k", type=int, default=16, help="examples per label in train and dev")
+    parser.add_argument(
+        "--k",
+        nargs="+",
+        type=int,
+        default=[16],
+        help="examples per label in train and dev; several values make one split set per K",
+    )
     args = parser.parse_args(argv)
     try:
         tasks = [get_task(name) for name in args.tasks]

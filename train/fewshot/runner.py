@@ -1,0 +1,171 @@
+"""Run the protocol over a list of models: every (run, mode, task, seed), under one progress bar.
+
+A :class:`Run` is one model folder evaluated at one K with one protocol: a row of the results
+table, or one point of a learning curve (an export at some distillation step, or a model at
+some K). Every split of every run is read and checked before any training starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from smash.precompute.shared.adapters import max_sequence_length
+from smash.train.fewshot.data import load_kshot
+from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
+from smash.train.fewshot.protocol import Protocol, SeedResult, run_seed, zero_shot
+from smash.train.fewshot.report import Entry
+from smash.train.fewshot.splits import SEEDS
+from smash.train.fewshot.tasks import Task
+from tqdm.auto import tqdm
+
+__all__ = ["MODES", "Run", "evaluate_models", "evaluate_runs"]
+
+MODES = ("prompt", "zero-shot", "finetune")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One model folder (shown as ``name``) evaluated on K-shot splits with ``protocol``."""
+
+    name: str
+    path: str
+    k: int
+    protocol: Protocol
+
+
+def evaluate_models(
+    models: Sequence[tuple[str, str]],
+    tasks: Sequence[Task],
+    data: str | Path,
+    modes: Sequence[str],
+    protocol: Protocol,
+    seeds: Sequence[int] = SEEDS,
+    k: int = 16,
+    templates: dict[str, str] | None = None,
+    verbalizers: dict[str, Sequence[str]] | None = None,
+    max_length: int | None = None,
+    device: str = "cpu",
+) -> list[Entry]:
+    """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
+    runs = [Run(name, path, k, protocol) for name, path in models]
+    per_run = evaluate_runs(
+        runs, tasks, data, modes, seeds, templates, verbalizers, max_length, device
+    )
+    return [entry for entries in per_run for entry in entries]
+
+
+def evaluate_runs(
+    runs: Sequence[Run],
+    tasks: Sequence[Task],
+    data: str | Path,
+    modes: Sequence[str],
+    seeds: Sequence[int] = SEEDS,
+    templates: dict[str, str] | None = None,
+    verbalizers: dict[str, Sequence[str]] | None = None,
+    max_length: int | None = None,
+    device: str = "cpu",
+    on_run_done: Callable[[int, list[Entry]], None] = lambda i, entries: None,
+) -> list[list[Entry]]:
+    """The entries of each run, in run order; ``on_run_done(i, entries)`` is called as soon
+    as run ``i`` is finished (a curve writes its files so far, so a long series shows
+    progress and a killed one keeps its finished points)."""
+    from transformers import AutoTokenizer
+
+    templates, verbalizers = templates or {}, verbalizers or {}
+    splits = {
+        (t.name, k, s): load_kshot(data, t, k, s)
+        for k in dict.fromkeys(r.k for r in runs)
+        for t in tasks
+        for s in seeds
+    }
+    total = sum(_grid_runs(r.protocol, modes) for r in runs) * len(tasks) * len(seeds)
+    dev = torch.device(device)
+    out = []
+    # the bar closes on an error too, so that the error message gets a line of its own
+    with tqdm(total=total, desc="few-shot", unit="run", dynamic_ncols=True) as bar:
+        for i, run in enumerate(runs):
+            tokenizer = AutoTokenizer.from_pretrained(run.path)
+            entries = []
+            for mode in modes:
+                for task in tasks:
+                    length = max_length or task.max_length
+                    _check_length(run.path, length, task)
+                    make = _factory(
+                        mode,
+                        run.path,
+                        tokenizer,
+                        task,
+                        length,
+                        templates.get(task.name, task.template),
+                        verbalizers.get(task.name, task.verbalizer),
+                    )
+                    label = f"{run.name} {mode} {task.name}"
+                    results = []
+                    cache: dict = {}  # zero-shot test metrics, shared by the seeds
+                    for seed in seeds:
+                        bar.set_postfix_str(f"{label} seed {seed}")
+                        split = splits[(task.name, run.k, seed)]
+                        results.append(_seed(make, mode, split, task, seed, run, dev, bar, cache))
+                    entries.append(
+                        Entry(run.name, str(run.path), mode, task.name, task.metric, results)
+                    )
+            on_run_done(i, entries)
+            out.append(entries)
+    return out
+
+
+def _seed(make, mode, split, task, seed, run, dev, bar, cache) -> SeedResult:
+    """One seed of one (run, mode, task); advances ``bar`` once per training (or zero-shot)."""
+    if mode == "zero-shot":
+        torch.manual_seed(seed)
+        result = zero_shot(make(), split, seed, run.protocol.eval_batch_size, dev, cache)
+        bar.update(1)
+        return result
+    return run_seed(make, split, task, seed, run.protocol, dev, lambda: bar.update(1))
+
+
+def _grid_runs(protocol: Protocol, modes: Sequence[str]) -> int:
+    """Trainings per (task, seed) of one run: one per grid point, one for zero-shot."""
+    return sum(1 if m == "zero-shot" else len(protocol.grid) for m in modes)
+
+
+def _factory(
+    mode: str,
+    path: str,
+    tokenizer,
+    task: Task,
+    max_length: int,
+    template: str,
+    verbalizer: Sequence[str],
+) -> Callable[[], PromptLearner | FinetuneLearner]:
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    if mode == "finetune":
+
+        def make() -> FinetuneLearner:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=task.num_outputs
+            )
+            return FinetuneLearner(model, tokenizer, task, max_length)
+    else:
+
+        def make() -> PromptLearner:
+            model = AutoModelForMaskedLM.from_pretrained(path)
+            return PromptLearner(model, tokenizer, task, template, verbalizer, max_length)
+
+    make()  # fail early on a bad template, label word or model folder
+    return make
+
+
+def _check_length(path: str, max_length: int, task: Task) -> None:
+    from transformers import AutoConfig
+
+    limit = max_sequence_length(AutoConfig.from_pretrained(path))
+    if max_length > limit:
+        raise ValueError(
+            f"{task.name}: max length {max_length} exceeds the {limit} positions "
+            f"of {path}; pass --max-length {limit} or less"
+        )
