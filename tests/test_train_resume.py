@@ -3,6 +3,7 @@
 CPU, fp32, two stores mixed 2:1, one DataLoader worker, gradient accumulation and dropout:
 the resumed run must restore the weights, AdamW's moments, the LR schedule, every stream's
 position inside the worker, the store-mixing draws and the RNG states to match bit for bit.
+So must a run that masks a masked-text store anew every step with the teacher loaded.
 """
 
 import pytest
@@ -11,6 +12,7 @@ from smash.train.config import load_config
 from smash.train.metrics import read_metrics
 from smash.train.trainer import Trainer
 from train_support import (
+    mlm_store_of,
     pair_store_of,
     sentiment_store_of,
     student_with_dropout,
@@ -46,6 +48,21 @@ def config_for(tiny, tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="module")
+def dynamic_masking_config_for(tiny, tmp_path_factory):
+    """Setting 5b: DistilBERT's loss, the teacher loaded, new masks every step."""
+    mlm = mlm_store_of(tiny, tmp_path_factory)
+
+    def make(out):
+        return load_config(
+            tiny_config(out, tiny["student_wide"], [(mlm, 1.0)], max_steps=STEPS,
+                        checkpoint_every=CHECKPOINT, num_workers=1, teacher=str(tiny["teacher"]),
+                        objective={"ce": 5.0, "mlm": 2.0, "cos": 1.0}, dynamic_masking=True)
+        )  # fmt: skip
+
+    return make
+
+
 def weights(trainer):
     return {k: v.detach().clone() for k, v in trainer.module.model.state_dict().items()}
 
@@ -54,7 +71,11 @@ def losses(out):
     return {r["step"]: r["loss"] for r in read_metrics(out) if "loss" in r}
 
 
-def test_killed_and_resumed_run_matches_an_uninterrupted_one(config_for, tmp_path, monkeypatch):
+@pytest.mark.parametrize("run", ["mixed stores", "dynamic masking"])
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(request, run, tmp_path, monkeypatch):
+    config_for = request.getfixturevalue(
+        "config_for" if run == "mixed stores" else "dynamic_masking_config_for"
+    )
     straight = Trainer(config_for(tmp_path / "straight"))
     straight.setup()
     assert straight.train() == STEPS
@@ -70,10 +91,10 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(config_for, tmp_pat
     killed.setup()
     step = killed._micro_step
 
-    def dies_during_step_after_kill_point(batch):
+    def dies_during_step_after_kill_point(batch, micro):
         if killed.step == KILLED_AT:
             raise Killed
-        return step(batch)
+        return step(batch, micro)
 
     monkeypatch.setattr(killed, "_micro_step", dies_during_step_after_kill_point)
     with pytest.raises(Killed):
