@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fewshot_support import cli_error
 from smash.train.export import export_student
 from smash.train.fewshot.cli import main
 from smash.train.fewshot.curves import export_step, series_name, step_points
@@ -228,37 +229,27 @@ def test_resume_evaluates_only_new_exports(tiny, kshot, run_dir, tmp_path, capsy
     assert second["points"][:2] == first["points"]
     assert second["lines"][0]["mean"][:2] == first["lines"][0]["mean"]
     capsys.readouterr()
-    err = _cli_error(capsys, [*argv, "--resume", "--seeds", "13", "--out", str(tmp_path / "out")])
+    err = cli_error(capsys, [*argv, "--resume", "--seeds", "13", "--out", str(tmp_path / "out")])
     assert "curve.json was made with other settings (seeds differ)" in err
-
-
-def _cli_error(capsys, argv):
-    """evaluate-fewshot on bad input: exit 2, its one error line last on stderr, no traceback."""
-    assert main(argv) == 2
-    out, err = capsys.readouterr()
-    last = err.splitlines()[-1]
-    assert last.startswith("evaluate-fewshot: error: ") and err.count("error:") == 1, err
-    assert "Traceback" not in out + err
-    return last
 
 
 def test_curve_errors(tiny, kshot, run_dir, tmp_path, capsys):
     common = ["--data", str(kshot), "--max-steps", "4", *TINY, "--out", str(tmp_path)]
-    err = _cli_error(capsys, ["--curve", "steps", "--model", str(run_dir / "exports" / "nope_*"),
+    err = cli_error(capsys, ["--curve", "steps", "--model", str(run_dir / "exports" / "nope_*"),
                               "--k", "8", *common])  # fmt: skip
     assert err.endswith(f"--model {run_dir / 'exports' / 'nope_*'}: the pattern matches no folder")
-    err = _cli_error(capsys, ["--curve", "steps", "--model", str(run_dir / "exports" / "*"),
+    err = cli_error(capsys, ["--curve", "steps", "--model", str(run_dir / "exports" / "*"),
                               str(tiny["student"]), "--k", "8", *common])  # fmt: skip
     assert f"{tiny['student']}: no distillation step in the folder name" in err
-    err = _cli_error(capsys, ["--curve", "steps", "--model", str(run_dir / "exports" / "*"),
+    err = cli_error(capsys, ["--curve", "steps", "--model", str(run_dir / "exports" / "*"),
                               "--model", str(run_dir / "exports" / "*"), "--k", "8", *common])  # fmt: skip
     assert "two lines are named 'ce'; give each a name with --name" in err
-    err = _cli_error(capsys, ["--curve", "k", "--k", "4", "3", "--model", str(tiny["student"]),
+    err = cli_error(capsys, ["--curve", "k", "--k", "4", "3", "--model", str(tiny["student"]),
                               *common])  # fmt: skip
     assert (
         f"{kshot / 'SST-2' / '3-13'}: no 3-shot split of SST-2 for seed 13 (make-kshot --k 3" in err
     )
-    err = _cli_error(capsys, ["--curve", "k", "--k", "4", "8", "--k-steps", "16=10", "--model",
+    err = cli_error(capsys, ["--curve", "k", "--k", "4", "8", "--k-steps", "16=10", "--model",
                               str(tiny["student"]), *common])  # fmt: skip
     assert "--k-steps '16=10': K=16 is not among --k" in err
 
@@ -266,7 +257,7 @@ def test_curve_errors(tiny, kshot, run_dir, tmp_path, capsys):
 def test_curve_needs_matplotlib(tiny, kshot, tmp_path, monkeypatch, capsys):
     """Refused before any training, saying how to install it."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
-    err = _cli_error(capsys, ["--curve", "k", "--k", "4", "8", "--model", str(tiny["student"]),
+    err = cli_error(capsys, ["--curve", "k", "--k", "4", "8", "--model", str(tiny["student"]),
                               "--data", str(kshot), *TINY, "--out", str(tmp_path)])  # fmt: skip
     assert "matplotlib, which is not installed: pip install 'smash-distill[plots]'" in err
     assert not (tmp_path / "curve.json").exists()

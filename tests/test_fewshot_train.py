@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from fewshot_support import cli_error
 from smash.train.fewshot.cli import main
 from smash.train.fewshot.data import Example, load_kshot
 from smash.train.fewshot.learners import (
@@ -153,39 +154,28 @@ def test_cli_two_models_three_modes(tiny, kshot, tmp_path):
     assert (out / "results.png").stat().st_size > 0
 
 
-def _cli_error(capsys, argv):
-    """Run evaluate-fewshot expecting bad input: exit 2, one error line (the last on stderr,
-    after the progress bar if one started), no traceback."""
-    assert main(argv) == 2
-    out, err = capsys.readouterr()
-    last = err.splitlines()[-1]
-    assert last.startswith("evaluate-fewshot: error: ") and err.count("error:") == 1, err
-    assert "Traceback" not in out + err
-    return last
-
-
 def test_max_length_beyond_model(tiny, kshot, tmp_path, capsys):
-    err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "SST-2", "--data",
+    err = cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "SST-2", "--data",
         str(kshot), "--mode", "zero-shot", "--out", str(tmp_path), "--k", "8", "--seeds", "13",
         "--max-length", "256"])  # fmt: skip
     assert "max length 256 exceeds the 130 positions" in err
 
 
 def test_cli_unknown_task(tiny, kshot, tmp_path, capsys):
-    err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "SST-3", "--data",
+    err = cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "SST-3", "--data",
         str(kshot), "--out", str(tmp_path)])  # fmt: skip
     assert "unknown task 'SST-3'" in err
 
 
 def test_cli_missing_model_folder(kshot, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    err = _cli_error(capsys, ["--model", "demo-out/run/nostudent", "--tasks", "SST-2", "--data",
+    err = cli_error(capsys, ["--model", "demo-out/run/nostudent", "--tasks", "SST-2", "--data",
         str(kshot), "--out", str(tmp_path), "--k", "8", "--seeds", "13"])  # fmt: skip
     assert err == "evaluate-fewshot: error: --model demo-out/run/nostudent: no such folder"
 
 
 def test_cli_missing_data_file(tiny, kshot, tmp_path, capsys):
-    err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "RTE", "--data",
+    err = cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "RTE", "--data",
         str(kshot), "--out", str(tmp_path), "--k", "8", "--seeds", "13"])  # fmt: skip
     assert f"{kshot / 'RTE' / '8-13'}: no 8-shot split of RTE for seed 13" in err
 
@@ -200,7 +190,7 @@ def test_cli_bad_row_names_file_and_line(tiny, kshot, tmp_path, capsys):
     lines = (split / "dev.tsv").read_text().splitlines(keepends=True)
     lines[3] = "a sentence\t7\n"
     (split / "dev.tsv").write_text("".join(lines))
-    err = _cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "SST-2", "--data",
+    err = cli_error(capsys, ["--model", str(tiny["student"]), "--tasks", "SST-2", "--data",
         str(data), "--out", str(tmp_path), "--k", "8", "--seeds", "13"])  # fmt: skip
     assert f"{split / 'dev.tsv'}:4: label '7'" in err
 

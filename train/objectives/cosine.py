@@ -1,6 +1,7 @@
 """``cos``: DistilBERT's cosine loss between the student's and the teacher's last hidden states,
 1 - cos(h_stu, h_tea) averaged over the real (non-padding) tokens (setting 5b, with the
-teacher loaded: ``5 ce + 2 mlm + 1 cos``). Needs equal hidden sizes.
+teacher loaded: ``5 ce + 2 mlm + 1 cos``). It reads what ``hidn`` reads and needs equal hidden
+sizes too.
 """
 
 from __future__ import annotations
@@ -12,20 +13,16 @@ import torch
 import torch.nn.functional as F
 
 from . import register_objective
-from .base import Objective, StudentOutputs
-from .internals import check_same, real_tokens
+from .base import StudentOutputs
+from .hidden import HiddenStateDistillation
+from .internals import real_tokens
 
 __all__ = ["CosineDistillation"]
 
 
 @register_objective
-class CosineDistillation(Objective):
+class CosineDistillation(HiddenStateDistillation):
     name = "cos"
-    needs = frozenset({"teacher_hidden_states"})
-    student_needs = frozenset({"hidden_states"})
-
-    def check_teacher(self, student: Any, teacher: Any) -> None:
-        check_same(self.name, "hidden sizes", "hidden_size", student, teacher)
 
     def loss(
         self, student: StudentOutputs, batch: Mapping[str, torch.Tensor], state: Any
