@@ -116,15 +116,14 @@ class ShardWriterThread(threading.Thread):
                 keep = decided
             if hasattr(self.task, "label"):
                 labels = self.task.label(verbalizer)
+        teacher_fields = [name for name in out if name != "verbalizer_logprobs"]
         info = self.store.write_shard(
             shard.index,
             (
                 {
                     "input_ids": np.asarray(prompts[i].input_ids),
                     "mask_positions": np.array([prompts[i].mask_position]),
-                    "topk_ids": out["topk_ids"][i : i + 1],
-                    "topk_logprobs": out["topk_logprobs"][i : i + 1],
-                    "tail_logmass": out["tail_logmass"][i : i + 1],
+                    **{name: out[name][i : i + 1] for name in teacher_fields},
                     "label": int(labels[i]),
                     "meta": examples[i].meta or None,
                 }

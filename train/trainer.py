@@ -271,7 +271,7 @@ class Trainer:
         return self.step
 
     def _micro_step(self, batch: dict[str, Any]) -> torch.Tensor:
-        inputs = {k: batch[k].to(self.device, non_blocking=True) for k in STEP_KEYS}
+        inputs = {k: batch[k].to(self.device, non_blocking=True) for k in STEP_KEYS if k in batch}
         if self.teacher is not None:
             inputs = self.teacher.fill(inputs, self.needs)
         loss = self.engine(**inputs, store=batch["store"])
