@@ -48,6 +48,7 @@ from .export import check_export_path, export_student
 from .metrics import MetricsLogger
 from .objectives import StoreContext, make_objectives
 from .student import DistillStudent, OnlineTeacher
+from .targets import check_estimators
 
 __all__ = ["Trainer"]
 
@@ -87,6 +88,8 @@ class Trainer:
             eval_manifest = load_manifest(cfg.eval_store, stall_timeout=cfg.stall_timeout)
             check_tokenizer(eval_manifest, self.tokenizer, cfg.eval_store)
         objectives = make_objectives(cfg)
+        if cfg.teacher is None and any("topk_ids" in o.needs for o, _ in objectives):
+            check_estimators([s.path for s in cfg.stores], self.manifests, cfg.tail)
         store_states = [
             [
                 objective.for_store(StoreContext(spec.path, manifest, spec, self.tokenizer))
