@@ -68,11 +68,12 @@ def old_student(tmp_path_factory):
     return out
 
 
+@pytest.mark.parametrize("version", sorted({p.parent.name for p in OLD_STORES}))
 @pytest.mark.parametrize(
     "objective, store", [("ce", "pairs"), ("rule", "pairs"), ("hard", "sentiment")]
 )
-def test_old_store_trains(old_student, tmp_path, objective, store):
-    path = STORES / "v1" / store
+def test_old_store_trains(old_student, tmp_path, objective, store, version):
+    path = STORES / version / store
     trainer = Trainer(
         load_config(
             tiny_config(
