@@ -32,6 +32,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_teacher_pass.py
 	$(BIN)/python benchmarks/bench_kernel.py --device cpu
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_trainer.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_target_fidelity.py
 
 clean:
 	rm -rf $(VENV) demo-out benchmarks/out

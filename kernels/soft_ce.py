@@ -43,6 +43,12 @@ Tail modes and their bias
              Zipf-like: the student's tail is pushed up on very unlikely tokens (higher
              entropy), and every one of the V logits receives a gradient.
 
+Sampled targets (``precompute-teacher --targets sampled``) need no mode of their own: a row
+of distinct sampled ids with ``teacher_logprobs = log(counts)`` and ``tail_logmass = -inf``
+gives ``q_i = c_i / N`` and ``q_tail = 0`` in every mode, i.e. ``L = -sum_i (c_i/N) log s_i``,
+an unbiased estimate of the loss against the full teacher (``smash.train.targets``); padding
+entries with count 0 (``log 0 = -inf``) get ``q = 0``.
+
 For ``T != 1`` both tail modes inherit the uniform-tail assumption in ``q_tail``: by
 Jensen's inequality it over-states the tempered tail mass for ``T > 1`` (``x^(1/T)`` is
 concave) and under-states it for ``T < 1``.

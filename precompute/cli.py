@@ -1,7 +1,8 @@
-"""``precompute-teacher``: corpus -> intermediate-task examples -> teacher top-k -> a store.
+"""``precompute-teacher``: corpus -> intermediate-task examples -> teacher targets -> a store.
 
     precompute-teacher --task sentence-pair --corpus wiki/ --teacher roberta-large \\
         --out stores/pairs --num-examples 2560000 --k 64 --dtype fp16
+    precompute-teacher ... --targets sampled --samples 12   # 12 draws per mask, ids + counts
 
 One process per GPU with ``torchrun --nproc_per_node N`` or the ``deepspeed`` launcher: ranks
 take disjoint shards and rank 0 writes the merged ``manifest.json``. Rerunning the same
@@ -59,7 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default="roberta-large", help="AutoModelForMaskedLM path or name")
     p.add_argument("--revision", default=None, help="model revision (hub models)")
     p.add_argument("--out", required=True, type=Path, help="store directory")
-    p.add_argument("--k", type=int, default=64, help="top-k entries kept per mask")
+    p.add_argument(
+        "--targets",
+        choices=("topk", "sampled"),
+        default="topk",
+        help="what a mask keeps of the teacher: its top-k with the tail mass, or --samples "
+        "draws from its full distribution (distinct ids and counts: unbiased targets)",
+    )
+    p.add_argument("--k", type=int, default=None, help="top-k entries kept per mask (64)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="--targets sampled: draws per mask (12), seeded by --sample-seed, example and mask",
+    )
+    p.add_argument(
+        "--sample-seed",
+        type=int,
+        default=None,
+        help="--targets sampled: the draws' seed (default: --seed); another one draws other "
+        "tokens for the same examples",
+    )
     p.add_argument(
         "--num-examples",
         type=int,
@@ -187,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     preparer, created = None, False
     try:
         _import_plugins(args.plugin)
-        if args.k < 1 or args.num_examples < 1 or args.shard_size < 1:
-            raise ValueError("--k, --num-examples and --shard-size must be positive")
+        width = _target_width(args)
+        if args.num_examples < 1 or args.shard_size < 1:
+            raise ValueError("--num-examples and --shard-size must be positive")
         splitter = SentenceSplitter(args.min_words, args.max_words)
         task = make_task(args.task, splitter, **_task_options(args))
         group = getattr(task, "group_size", 1)
@@ -227,14 +249,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(
                 f"tokenizer of {args.teacher!r} has no mask token; a masked LM teacher needs one"
             )
-        if args.k > len(tokenizer):
+        if width > len(tokenizer):
+            option = "--k" if args.targets == "topk" else "--samples"
             raise ValueError(
-                f"--k {args.k} is larger than the vocabulary of {args.teacher!r} "
+                f"{option} {width} is larger than the vocabulary of {args.teacher!r} "
                 f"({len(tokenizer)} tokens)"
             )
         cfg = PassConfig(
             out=args.out,
-            k=args.k,
+            k=width,
+            targets=args.targets,
+            sample_seed=args.sample_seed,
             num_examples=args.num_examples,
             shard_size=args.shard_size,
             token_budget=args.token_budget,
@@ -283,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         # Every rank checks (and refuses alike); then rank 0 alone clears, between barriers.
         created = not args.out.exists()
         args.out.mkdir(parents=True, exist_ok=True)
-        replace = check_output(args.out, producer, tokenizer_record(tokenizer), args.overwrite)
+        replace = check_output(
+            args.out, producer, tokenizer_record(tokenizer), args.overwrite, cfg.targets_record()
+        )
         if distributed:
             torch.distributed.barrier()
         if rank == 0:
@@ -316,6 +343,23 @@ def main(argv: list[str] | None = None) -> int:
         # Under torchrun / the deepspeed launcher, this rank's exit ends the other ranks too.
         print(f"precompute-teacher: error: {err}", file=sys.stderr)
         return 2
+
+
+def _target_width(args: argparse.Namespace) -> int:
+    """Entries per mask: --k for top-k targets, --samples for sampled ones (the other refused)."""
+    if args.targets == "topk":
+        if args.samples is not None or args.sample_seed is not None:
+            raise ValueError(
+                "--samples and --sample-seed are for --targets sampled; top-k targets take --k"
+            )
+        width, option = (64 if args.k is None else args.k), "--k"
+    else:
+        if args.k is not None:
+            raise ValueError("--k is for --targets topk; sampled targets take --samples")
+        width, option = (12 if args.samples is None else args.samples), "--samples"
+    if width < 1:
+        raise ValueError(f"{option} must be positive, got {width}")
+    return width
 
 
 def _remove_if_empty(out: Path) -> None:

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from smash.store.manifest import FORMAT_VERSION, load_manifest
+from smash.store.manifest import FORMAT_VERSION, TOPK_TARGETS, load_manifest
 from transformers import PreTrainedTokenizerBase
 
 from .shared.templates import verbalizer_ids
@@ -101,17 +101,26 @@ def producer_config(
     }
 
 
-def check_output(out: Path, producer: dict, tokenizer: dict, overwrite: bool) -> bool:
+def check_output(
+    out: Path, producer: dict, tokenizer: dict, overwrite: bool, targets: dict | None = None
+) -> bool:
     """Whether ``out`` holds another configuration's store that ``overwrite`` must clear;
     without ``overwrite`` that is refused. ``tokenizer``: the manifest's tokenizer record
-    (``tokenizer_record``). Only reads, so every rank can call it."""
-    ours = {**producer, "tokenizer": tokenizer, "format_version": FORMAT_VERSION}
+    (``tokenizer_record``); ``targets``: its targets section (default: top-k). Only reads, so
+    every rank can call it."""
+    ours = {
+        **producer,
+        "tokenizer": tokenizer,
+        "format_version": FORMAT_VERSION,
+        "targets": targets or TOPK_TARGETS,
+    }
     for path in sorted(out.glob("manifest*.json")):
         existing = load_manifest(path, unique_names=False)  # a part, or the final manifest
         theirs = {
             **existing.producer,
             "tokenizer": existing.tokenizer,
             "format_version": existing.format_version,
+            "targets": existing.targets,
         }
         differing = sorted(
             key for key in set(ours) | set(theirs) if ours.get(key) != theirs.get(key)

@@ -117,15 +117,14 @@ class ShardWriterThread(threading.Thread):
                 keep = decided
             if hasattr(self.task, "label"):
                 labels = self.task.label(verbalizer)
+        teacher_fields = [name for name in out if name != "verbalizer_logprobs"]
         info = self.store.write_shard(
             shard.index,
             (
                 {
                     "input_ids": prepared[i].input_ids,
                     "mask_positions": prepared[i].mask_positions,
-                    "topk_ids": out["topk_ids"][first[i] : first[i + 1]],
-                    "topk_logprobs": out["topk_logprobs"][first[i] : first[i + 1]],
-                    "tail_logmass": out["tail_logmass"][first[i] : first[i + 1]],
+                    **{name: out[name][first[i] : first[i + 1]] for name in teacher_fields},
                     "mlm_labels": prepared[i].mlm_labels,
                     "label": int(labels[i]),
                     "meta": examples[i].meta or None,

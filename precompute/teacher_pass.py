@@ -1,4 +1,4 @@
-"""The teacher pass: task examples -> teacher top-k at every mask -> store shards.
+"""The teacher pass: task examples -> teacher top-k (or sampled) targets at every mask -> shards.
 
 Work is cut into shards by example index: shard ``i`` holds candidates
 ``[i * shard_size, (i + 1) * shard_size)`` of the task's deterministic example stream (fewer
@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from smash.store import ShardInfo, StoreWriter, finalize_store, shard_name, tokenizer_record
 from smash.store.codec import ChunkLayout
@@ -30,10 +31,22 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .background import background
-from .shard_prep import MaskedTextEncoding, ShardInput, ShardPreparer, TemplateEncoding
+from .shard_prep import (
+    MaskedTextEncoding,
+    PreparedBatch,
+    ShardInput,
+    ShardPreparer,
+    TemplateEncoding,
+)
 from .shard_writer import BeginShard, EndShard, ShardWriterThread, TeacherBatch
-from .shared.adapters import adapter_for
-from .shared.teacher_targets import teacher_topk
+from .shared.adapters import ModelAdapter, adapter_for
+from .shared.sampled_targets import (
+    TeacherSample,
+    counter_uniforms,
+    sampled_targets,
+    targets_record,
+)
+from .shared.teacher_targets import TeacherTopK, teacher_topk
 from .shared.templates import parse_template
 from .tasks import IntermediateTask, TaskExample
 
@@ -59,6 +72,18 @@ class PassConfig:
     world_size: int = 1
     tokenize_workers: int = 1  # processes tokenizing ahead; 0 = in a thread of this process
     verify_existing: bool = False  # check finished shards' sha256, not only their size
+    targets: str = "topk"  # "topk", or "sampled": k draws per mask (k = the number of samples)
+    sample_seed: int | None = None  # seeds the draws of sampled targets (None: ``seed``)
+
+    @property
+    def draw_seed(self) -> int:
+        return self.seed if self.sample_seed is None else self.sample_seed
+
+    def targets_record(self) -> dict:
+        """The manifest's ``targets`` section for this pass."""
+        if self.targets == "topk":
+            return {"mode": "topk"}
+        return targets_record(self.k, self.draw_seed)
 
 
 @dataclass
@@ -192,6 +217,7 @@ def run_teacher_pass(
         k=cfg.k,
         layout=ChunkLayout(),
         part=f"rank{cfg.rank}",
+        targets=cfg.targets_record(),
     )
     summary = PassSummary()
     writer = ShardWriterThread(store, task, summary)
@@ -242,7 +268,7 @@ def run_teacher_pass(
                     "mask_batch": rows.to(device, non_blocking=True),
                     "mask_positions": positions.to(device, non_blocking=True),
                 }
-                top = teacher_topk(adapter, prompts, cfg.k, verbalizer_ids)
+                top = _targets(adapter, prompts, cfg, index, batch, verbalizer_ids)
                 out = top.stored_fields()
                 if top.verbalizer_logprobs is not None:
                     out["verbalizer_logprobs"] = top.verbalizer_logprobs
@@ -282,6 +308,29 @@ def run_teacher_pass(
     preparer.close()
     summary.wall_s = time.perf_counter() - t0
     return summary
+
+
+def _targets(
+    adapter: ModelAdapter,
+    prompts: dict[str, torch.Tensor],
+    cfg: PassConfig,
+    shard: int,
+    batch: PreparedBatch,
+    verbalizer_ids: torch.Tensor | None,
+) -> TeacherTopK | TeacherSample:
+    """The teacher's targets for a batch: top-k, or ``cfg.k`` draws per mask seeded by the
+    example's place in the task's stream (shard ``shard``, its row within it) and the mask's
+    place among the example's masks."""
+    if cfg.targets == "topk":
+        return teacher_topk(adapter, prompts, cfg.k, verbalizer_ids)
+    keys = shard * cfg.shard_size + batch.rows[batch.mask_batch].astype(np.int64)
+    # an example's masks are consecutive rows: its first row's index is where its run starts
+    masks = np.arange(len(batch.mask_batch)) - np.searchsorted(batch.mask_batch, batch.mask_batch)
+    uniforms = counter_uniforms(cfg.draw_seed, keys, masks.astype(np.int64), cfg.k)
+    hidden = adapter.answers(prompts).hidden
+    return sampled_targets(
+        adapter, hidden, torch.from_numpy(uniforms).to(hidden.device), verbalizer_ids
+    )
 
 
 def finalize(out: Path, summary: PassSummary) -> None:

@@ -43,6 +43,7 @@ def _read_shards(
                     info,
                     k=manifest.k,
                     vocab_size=manifest.vocab_size,
+                    targets=manifest.targets,
                     stall_timeout=stall_timeout,
                 ),
             )
@@ -56,40 +57,63 @@ def teacher_statistics(
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     manifest: Manifest | None = None,
 ) -> dict[str, Any]:
-    """Mean top-k mass, mean entropy of the stored top-k part, and length statistics.
+    """Teacher and length statistics of a store (``manifest``: the store's, when loaded).
 
-    The entropy is over the top-k entries plus the tail mass as one bucket, a lower bound of
-    the teacher's full entropy. ``manifest``: the store's, when already loaded.
+    Top-k stores: mean top-k mass and top-1 probability, and the entropy over the top-k
+    entries plus the tail mass as one bucket (a lower bound of the teacher's full entropy).
+    Sampled stores: distinct ids per mask, the share of the most drawn id, and the teacher's
+    exact entropy (stored).
     """
     manifest = manifest or load_manifest(store, stall_timeout=stall_timeout)
     shards = manifest.shards[:max_shards]
-    mass, entropy, lengths, masks, top1 = [], [], [], [], []
+    per_row: dict[str, list[np.ndarray]] = {}
+    lengths, masks = [], []
     for _, chunks in _read_shards(store, manifest, shards, stall_timeout, "reading shards"):
         if isinstance(chunks, StoreError):
             raise chunks
         for chunk in chunks:
-            lp = chunk["topk_logprobs"].astype(np.float64)
-            p = np.exp(lp)
-            tail_mass = np.exp(chunk["tail_logmass"].astype(np.float64))
-            mass.append(p.sum(1))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                tail_term = np.where(tail_mass > 0, -tail_mass * np.log(tail_mass), 0.0)
-            entropy.append(-(p * np.where(p > 0, lp, 0.0)).sum(1) + tail_term)
-            top1.append(p.max(1) if p.shape[1] else np.zeros(len(p)))  # any ChunkLayout order
+            rows = _sampled_rows(chunk) if manifest.sampled else _topk_rows(chunk)
+            for key, values in rows.items():
+                per_row.setdefault(key, []).append(values)
             lengths.append(chunk.lengths)
             masks.append(chunk.n_masks)
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
-    mass, entropy, lengths, masks, top1 = map(cat, (mass, entropy, lengths, masks, top1))
-    return {
+    lengths, masks = cat(lengths), cat(masks)
+    names = ("distinct_ids", "top1_share") if manifest.sampled else ("topk_mass", "top1_prob")
+    out: dict[str, Any] = {
         "shards_read": len(shards),
         "examples": len(lengths),
         "mask_rows": int(masks.sum()),
         "mean_length": float(lengths.mean()) if len(lengths) else 0.0,
         "max_length": int(lengths.max()) if len(lengths) else 0,
-        "mean_topk_mass": float(mass.mean()) if len(mass) else 0.0,
-        "min_topk_mass": float(mass.min()) if len(mass) else 0.0,
-        "mean_top1_prob": float(top1.mean()) if len(top1) else 0.0,
-        "mean_entropy_nats": float(entropy.mean()) if len(entropy) else 0.0,
+    }
+    for key in (*names, "entropy_nats"):
+        values = cat(per_row.get(key, []))
+        out[f"mean_{key}"] = float(values.mean()) if len(values) else 0.0
+        if key == "topk_mass":
+            out["min_topk_mass"] = float(values.min()) if len(values) else 0.0
+    return out
+
+
+def _topk_rows(chunk: DecodedChunk) -> dict[str, np.ndarray]:
+    lp = chunk["topk_logprobs"].astype(np.float64)
+    p = np.exp(lp)
+    tail_mass = np.exp(chunk["tail_logmass"].astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tail_term = np.where(tail_mass > 0, -tail_mass * np.log(tail_mass), 0.0)
+    return {
+        "topk_mass": p.sum(1),
+        "entropy_nats": -(p * np.where(p > 0, lp, 0.0)).sum(1) + tail_term,
+        "top1_prob": p.max(1) if p.shape[1] else np.zeros(len(p)),  # any ChunkLayout order
+    }
+
+
+def _sampled_rows(chunk: DecodedChunk) -> dict[str, np.ndarray]:
+    counts = chunk["sample_counts"]
+    return {
+        "distinct_ids": (counts > 0).sum(1).astype(np.float64),
+        "top1_share": counts.max(1) / np.maximum(counts.sum(1), 1),
+        "entropy_nats": chunk["teacher_entropy"].astype(np.float64),
     }
 
 
@@ -130,6 +154,7 @@ def _inspect(args: argparse.Namespace) -> int:
         f"vocab {manifest.vocab_size})"
     )
     print(f"k           {manifest.k}")
+    print(f"targets     {json.dumps(manifest.targets)}")
     print(
         f"shards      {len(manifest.shards)}, {manifest.num_samples:,} examples, "
         f"{manifest.num_bytes / 1e6:,.2f} MB "

@@ -6,8 +6,9 @@ single zstd frame (with zstd's content checksum) over::
     uint32 header_length | header (JSON) | column bytes, one after another
 
 The JSON header holds the chunk's example count ``n``, its ``k``, the vocabulary size it was
-written for (from format version 2 on) and each column's name, dtype, shape and the reversible
-transforms applied to it, so a chunk decodes by itself. Columns:
+written for (from format version 2 on), its targets when they are ``sampled`` (format version
+3; absent: ``topk``) and each column's name, dtype, shape and the reversible transforms applied
+to it, so a chunk decodes by itself. Columns of a top-k chunk:
 
     length          (n,)       uint8/uint16   tokens per example
     input_ids       (sum L,)   uint16/uint32  concatenated token ids
@@ -20,11 +21,15 @@ transforms applied to it, so a chunk decodes by itself. Columns:
     label           (n,)       int8           -1 where the example has none
     meta            JSON list  only when some example has metadata
 
+A sampled chunk (``schema.py``) has ``sample_counts`` (R, k) uint8 (up to 255 draws) and
+``teacher_entropy`` (R,) float32 in place of ``topk_logprobs`` and ``tail_logmass``; its
+``topk_ids`` rows hold the distinct sampled ids, padded with count-0 entries.
+
 Transforms (all exactly invertible, so read-back values equal written values bit for bit):
 
-- rows are put in canonical order: descending log-probability, ties by ascending id. The
-  float16 bit patterns of negative numbers then *rise* along a row, so ``delta`` (differences
-  of the uint16 patterns, modulo 2**16) turns them into small numbers;
+- rows are put in canonical order: descending log-probability (sampled: count), ties by
+  ascending id. The float16 bit patterns of negative numbers then *rise* along a row, so
+  ``delta`` (differences of the uint16 patterns, modulo 2**16) turns them into small numbers;
 - ``planes`` splits multi-byte integers into byte planes (all low bytes, then all high
   bytes), which lets zstd see the near-constant high bytes of small ids and deltas.
 
@@ -43,7 +48,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from .schema import FIELDS, Field, StoredExample
+from .schema import Field, StoredExample, fields_of
 
 __all__ = ["ChunkLayout", "DecodedChunk", "canonical_order", "encode_chunk"]
 
@@ -70,7 +75,8 @@ class ChunkLayout:
 
 
 def canonical_order(ids: np.ndarray, logprobs: np.ndarray, order: str = "value") -> np.ndarray:
-    """Per-row permutation (R, k) that sorts by descending value (ties: ascending id) or by id."""
+    """Per-row permutation (R, k) that sorts by descending value (ties: ascending id) or by id.
+    ``logprobs``: the row's values (log-probabilities, or a sampled store's counts)."""
     if order == "id":
         return np.argsort(ids, axis=1, kind="stable")
     if order != "value":
@@ -183,19 +189,26 @@ def _stored(f: Field, values: np.ndarray, vocab_size: int) -> np.ndarray:
     return values.astype(np.int8).view(np.uint8)
 
 
+# The width-k field whose values put a row of each kind of targets in canonical order.
+_ORDER_BY = {"topk": "topk_logprobs", "sampled": "sample_counts"}
+
+
 def encode_chunk(
     examples: Sequence[Mapping[str, Any]],
     *,
     k: int,
     vocab_size: int,
     layout: ChunkLayout = ChunkLayout(),
+    targets: str = "topk",
 ) -> bytes:
-    """Encode examples (``StoredExample`` dicts, the fields of ``schema.FIELDS``) into one chunk.
+    """Encode examples (``StoredExample`` dicts, the fields of ``schema.fields_of(targets)``)
+    into one chunk.
 
     Float fields must come in their stored dtype (``topk_logprobs`` float16, ``tail_logmass``
-    float32): the store keeps exactly those bits. Top-k rows are put in the layout's canonical
+    float32): the store keeps exactly those bits. Rows are put in the layout's canonical
     order. ``label`` may be missing or None (stored as -1), ``meta`` missing or None.
     """
+    fields = fields_of(targets)
     counts = {
         "token": np.array([len(ex["input_ids"]) for ex in examples], dtype=np.int64),
         "mask": np.array([len(ex["mask_positions"]) for ex in examples], dtype=np.int64),
@@ -203,10 +216,10 @@ def encode_chunk(
     rows = int(counts["mask"].sum())
     values = {
         f.name: _column(examples, f, k)
-        for f in FIELDS
+        for f in fields
         if f.storage != "json" and _present(examples, f)
     }
-    for f in FIELDS:
+    for f in fields:
         if f.name not in values:
             continue
         want = (rows, k) if f.width else (rows,) if f.level == "mask" else None
@@ -215,14 +228,14 @@ def encode_chunk(
                 f"mask-row fields must have one row{f' of k={k}' if f.width else ''} per mask "
                 f"position ({rows} rows); got {f.name} {values[f.name].shape}"
             )
-    stored = {f.name: _stored(f, values[f.name], vocab_size) for f in FIELDS if f.name in values}
+    stored = {f.name: _stored(f, values[f.name], vocab_size) for f in fields if f.name in values}
     offsets = np.repeat(np.arange(len(examples)), counts["mask"])
     positions = values["mask_positions"]
     if positions.size and ((positions < 0).any() or (positions >= counts["token"][offsets]).any()):
         raise ValueError("mask_positions must lie inside their example's input_ids")
     if k:
-        perm = canonical_order(values["topk_ids"], values["topk_logprobs"], layout.order)
-        for f in FIELDS:
+        perm = canonical_order(values["topk_ids"], values[_ORDER_BY[targets]], layout.order)
+        for f in fields:
             if f.width:
                 stored[f.name] = np.take_along_axis(stored[f.name], perm, axis=1)
 
@@ -231,8 +244,10 @@ def encode_chunk(
         "k": k,
         "vocab_size": vocab_size,
         "layout": layout.to_json(),
-        "columns": [],
     }
+    if targets != "topk":  # absent: top-k, which keeps top-k chunks as format 2 wrote them
+        header["targets"] = targets
+    header["columns"] = []
     body = []
 
     def add(name: str, arr: np.ndarray, delta: bool = False) -> None:
@@ -257,7 +272,7 @@ def encode_chunk(
         body.append(data)
 
     started = set()
-    for f in FIELDS:
+    for f in fields:
         if f.level in counts and f.level not in started:  # per-example counts before the level
             started.add(f.level)
             count = counts[f.level]
@@ -287,7 +302,8 @@ class DecodedChunk:
     """Columns of one chunk; ``example(i)`` and iteration give ``StoredExample`` dicts of views.
 
     ``chunk[name]`` is a field's whole column (decoded dtype), ``lengths`` and ``n_masks`` the
-    per-example token and mask-row counts.
+    per-example token and mask-row counts, ``targets`` the kind of teacher targets it holds
+    (the fields of ``schema.fields_of(targets)``).
     """
 
     def __init__(self, blob: bytes):
@@ -298,6 +314,8 @@ class DecodedChunk:
         self.n: int = header["n"]
         self.k: int = header["k"]
         self.vocab_size: int | None = header.get("vocab_size")  # None: format version 1
+        self.targets: str = header.get("targets", "topk")
+        fields = fields_of(self.targets)  # ValueError: an unknown kind
         cols: dict[str, Any] = {}
         pos = 4 + head_len
         for col in header["columns"]:
@@ -326,7 +344,7 @@ class DecodedChunk:
         if len(self.lengths) != self.n or len(self.n_masks) != self.n:
             raise ValueError("column lengths disagree with the example counts")
         self._columns: dict[str, Any] = {}
-        for f in FIELDS:
+        for f in fields:
             if f.storage == "json":
                 self._columns[f.name] = cols.get(f.name) or [None] * self.n
             elif f.optional and f.name not in cols:
@@ -341,12 +359,12 @@ class DecodedChunk:
         self._levels = []
         for level, counts in (("token", self.lengths), ("mask", self.n_masks)):
             offsets = [0, *np.cumsum(counts).tolist()]
-            fields = [(f.name, self._columns[f.name]) for f in FIELDS if f.level == level]
-            if any(len(column) != offsets[-1] for _, column in fields):
+            cut = [(f.name, self._columns[f.name]) for f in fields if f.level == level]
+            if any(len(column) != offsets[-1] for _, column in cut):
                 raise ValueError("column lengths disagree with the example counts")
-            self._levels.append((offsets, fields))
+            self._levels.append((offsets, cut))
         self._per_example = []  # (name, Python list): an example's value is an int or JSON
-        for f in FIELDS:
+        for f in fields:
             if f.level == "example":
                 column = self._columns[f.name]
                 as_list = column.tolist() if isinstance(column, np.ndarray) else column

@@ -19,8 +19,10 @@ def collate_examples(examples: Sequence[StoredExample], pad_id: int) -> dict[str
     Returns (B examples, R mask rows in total, L the longest example, k the store's k), under
     each field's ``batch_key``:
         token level: input_ids (B, L) int64, padded with ``pad_id``, and attention_mask (B, L);
-        mask level: mask_positions (R,), topk_ids (R, k), topk_logprobs (R, k) float16,
-            tail_logmass (R,) float32, and mask_batch (R,): the example each row belongs to;
+        mask level: mask_positions (R,), topk_ids (R, k), topk_logprobs (R, k) float16 and
+            tail_logmass (R,) float32 (top-k targets) or sample_counts (R, k) int64 and
+            teacher_entropy (R,) float32 (sampled targets), and mask_batch (R,): the example
+            each row belongs to;
         example level: labels (B,) int64 (-1 where none);
         keys: list of B sample keys. JSON fields (meta) are not batched.
     """
@@ -36,7 +38,7 @@ def collate_examples(examples: Sequence[StoredExample], pad_id: int) -> dict[str
         "mask_batch": torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(n_masks)),
     }
     for f in FIELDS:
-        if f.storage == "json":
+        if f.storage == "json" or f.name not in examples[0]:  # the other targets' fields
             continue
         values = [ex[f.name] for ex in examples]
         if f.level == "token":

@@ -22,6 +22,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
+    "TOPK_TARGETS",
     "Manifest",
     "ShardInfo",
     "finalize_store",
@@ -35,10 +36,14 @@ __all__ = [
 FORMAT_NAME = "smash-teacher-store"
 # 1: the first format. 2: the tokenizer fingerprint also covers how text becomes ids
 # (``fingerprint.py``, scheme 2) and each chunk records the vocabulary size it was written for.
-# 3: optional columns (``schema.Field.optional``): masked-LM stores keep the original token at
-# each masked position (``mlm_labels``), which a version-2 reader would drop without a word.
+# 3: a store's teacher targets are top-k or sampled (the manifest's ``targets``; a sampled
+# chunk says so in its header and holds other columns, ``schema.py``), and chunks may hold
+# optional columns (``schema.Field.optional``: a masked-LM store's original tokens,
+# ``mlm_labels``). Top-k chunks without them are unchanged, but a version-2 reader must refuse
+# such stores rather than misread them or drop a column without a word.
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
+TOPK_TARGETS: dict[str, Any] = {"mode": "topk"}
 MANIFEST_NAME = "manifest.json"
 _PART_PREFIX = "manifest.part-"
 _SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -61,8 +66,15 @@ class Manifest:
     k: int
     layout: dict[str, Any]
     shards: list[ShardInfo] = field(default_factory=list)
+    # {"mode": "topk"}, or {"mode": "sampled", "samples": N, "proposal_temperature": tau,
+    # "estimator": "unbiased", "seed": s} (see ``precompute/shared/sampled_targets.py``)
+    targets: dict[str, Any] = field(default_factory=lambda: dict(TOPK_TARGETS))
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
+
+    @property
+    def sampled(self) -> bool:
+        return self.targets["mode"] == "sampled"
 
     @property
     def num_samples(self) -> int:
@@ -108,6 +120,7 @@ class Manifest:
         shards = [_shard(fields, i, raw) for i, raw in enumerate(fields.get("shards", list))]
         if not shards:
             raise ManifestError(source, "field 'shards' is empty: the store holds no shard")
+        targets = _targets(fields, data, k) if "targets" in data else dict(TOPK_TARGETS)
         seen: set[str] = set()
         for i, shard in enumerate(shards):
             if unique_names and shard.name in seen:
@@ -119,6 +132,7 @@ class Manifest:
             k=k,
             layout=fields.get("layout", dict),
             shards=shards,
+            targets=targets,
             format_version=version,
         )
 
@@ -142,7 +156,7 @@ class _Fields:
             raise ManifestError(
                 self.source,
                 f"field {name!r} is {json.dumps(value)[:60]} ({_JSON_NAMES[type(value)]}); "
-                f"expected {_JSON_NAMES[kind]}",
+                f"expected {_JSON_NAMES.get(kind, 'a number')}",
             )
         return value
 
@@ -162,6 +176,40 @@ _JSON_NAMES = {
     bool: "true/false",
     type(None): "null",
 }
+
+
+def _targets(fields: _Fields, data: dict, k: int) -> dict[str, Any]:
+    """The validated ``targets`` section (absent in versions 1 and 2: top-k)."""
+    targets = fields.get("targets", dict)
+    mode = fields.get("targets.mode", str, targets)
+    if mode == "topk":
+        expected = {"mode"}
+    elif mode == "sampled":
+        expected = {"mode", "samples", "proposal_temperature", "estimator", "seed"}
+        samples = fields.count("targets.samples", targets, minimum=1)
+        if samples != k:
+            raise ManifestError(
+                fields.source,
+                f"field 'targets.samples' is {samples} but 'k' is {k}: a sampled store keeps "
+                f"one entry per draw at most (k = samples)",
+            )
+        tau = fields.get("targets.proposal_temperature", (int, float), targets)
+        if not tau > 0:
+            raise ManifestError(
+                fields.source, f"field 'targets.proposal_temperature' is {tau}; expected > 0"
+            )
+        fields.get("targets.estimator", str, targets)
+        fields.count("targets.seed", targets)
+    else:
+        raise ManifestError(
+            fields.source, f"field 'targets.mode' is {mode!r}; expected 'topk' or 'sampled'"
+        )
+    if set(targets) != expected:
+        raise ManifestError(
+            fields.source,
+            f"field 'targets' has keys {sorted(targets)}; {mode} targets have {sorted(expected)}",
+        )
+    return targets
 
 
 def _shard(fields: _Fields, i: int, raw: Any) -> ShardInfo:
@@ -275,11 +323,11 @@ def finalize_store(root: str | os.PathLike) -> Manifest:
     first = parts[0][1]
     merged = Manifest(
         first.producer, first.tokenizer, first.k, first.layout, [],
-        format_version=first.format_version,
+        targets=first.targets, format_version=first.format_version,
     )  # fmt: skip
     listed: dict[str, list[tuple[str, ShardInfo]]] = {}
     for path, part in parts:
-        for name in ("format_version", "producer", "tokenizer", "k", "layout"):
+        for name in ("format_version", "producer", "tokenizer", "k", "layout", "targets"):
             if getattr(part, name) != getattr(merged, name):
                 raise ManifestError(
                     str(path),

@@ -182,6 +182,7 @@ class StoreDataset(IterableDataset):
                     verify=self.verify,
                     k=self.manifest.k,
                     vocab_size=self.manifest.vocab_size,
+                    targets=self.manifest.targets,
                     stall_timeout=self.stall_timeout,
                 )
                 chunk_of = np.repeat(np.arange(len(chunks)), [c.n for c in chunks])

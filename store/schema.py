@@ -1,9 +1,18 @@
 """The stored example, defined once: its fields, their dtypes, shapes and where they come from.
 
 An example is a prompt (``input_ids``) with one or more answer positions (``mask_positions``),
-what the teacher said at each of them (``topk_ids``, ``topk_logprobs``, ``tail_logmass``), for
-masked-LM text the token each position held before masking (``mlm_labels``), a label and
-provenance. Each field has a *level*:
+what the teacher said at each of them, for masked-LM text the token each position held before
+masking (``mlm_labels``), a label and provenance. What the teacher said takes one
+of two forms, the store's *targets* (``TARGET_KINDS``, recorded in its manifest):
+
+    topk     the k most likely ids with their log-probabilities and the exact tail mass
+             (``topk_ids``, ``topk_logprobs``, ``tail_logmass``)
+    sampled  N tokens drawn from the teacher's full distribution, as their distinct ids and
+             how often each was drawn (``topk_ids``, ``sample_counts``; k = N, rows padded with
+             count-0 entries), plus the teacher's entropy (``teacher_entropy``) for held-out KL
+
+A field belongs to the targets of its ``kinds``; a chunk holds the columns of its own kind.
+Each field has a *level*:
 
     token    one value per input token        concatenated over a chunk; padded to (B, L)
     mask     one value (or row of k) per answer position, a "mask row"; concatenated to (R, ...)
@@ -25,12 +34,15 @@ import numpy as np
 __all__ = [
     "FIELDS",
     "STEP_KEYS",
+    "TARGET_KINDS",
     "TEACHER_FIELDS",
     "Field",
     "StoredExample",
+    "fields_of",
 ]
 
 Level = Literal["token", "mask", "example"]
+TARGET_KINDS: tuple[str, ...] = ("topk", "sampled")
 Storage = Literal["ids", "index", "float16", "float32", "int8", "json"]
 
 
@@ -44,6 +56,8 @@ class Field:
     must be given in that dtype, ``int8`` integers in [-1, 127], ``json`` a JSON value per
     example (only stored when some example has one). ``width="k"``: a row of the store's k
     values per mask row. ``source``: who fills it (the prompt, the teacher, or the task).
+    ``optional``: a column only in chunks whose examples have the field (all of them, or
+    none); a chunk without it decodes to ``default`` (from format version 3 on).
     """
 
     name: str
@@ -54,6 +68,7 @@ class Field:
     width: Literal["k"] | None = None
     batch_key: str | None = None  # its name in a collated batch, when not ``name``
     default: Any = None  # what a writer stores when an example has none (None: required)
+    kinds: tuple[str, ...] = TARGET_KINDS  # the stores' targets that carry this field
     optional: bool = False
 
     @property
@@ -65,19 +80,30 @@ FIELDS: tuple[Field, ...] = (
     Field("input_ids", "token", np.int64, "ids", "prompt"),
     Field("mask_positions", "mask", np.int64, "index", "prompt"),
     Field("topk_ids", "mask", np.int64, "ids", "teacher", width="k"),
-    Field("topk_logprobs", "mask", np.float16, "float16", "teacher", width="k"),
-    Field("tail_logmass", "mask", np.float32, "float32", "teacher"),
+    Field("topk_logprobs", "mask", np.float16, "float16", "teacher", width="k", kinds=("topk",)),
+    Field("tail_logmass", "mask", np.float32, "float32", "teacher", kinds=("topk",)),
+    Field("sample_counts", "mask", np.int64, "index", "teacher", width="k", kinds=("sampled",)),
+    Field("teacher_entropy", "mask", np.float32, "float32", "teacher", kinds=("sampled",)),
     # masked-LM stores: the token each masked position held before masking (-100: none)
     Field("mlm_labels", "mask", np.int64, "ids", "task", default=-100, optional=True),
     Field("label", "example", np.int64, "int8", "task", batch_key="labels", default=-1),
     Field("meta", "example", object, "json", "task"),
 )
 
-# What the teacher fills in (the online teacher replaces exactly these in a batch).
-TEACHER_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.source == "teacher")
 
-# The tensors of a collated batch that a training step reads: every non-JSON field, plus the
-# attention mask of the padded tokens and the example each mask row belongs to.
+def fields_of(targets: str) -> tuple[Field, ...]:
+    """The fields a store of ``targets`` (one of ``TARGET_KINDS``) holds, in column order."""
+    if targets not in TARGET_KINDS:
+        raise ValueError(f"unknown targets {targets!r}; expected one of {TARGET_KINDS}")
+    return tuple(f for f in FIELDS if targets in f.kinds)
+
+
+# What the teacher fills in for top-k targets (the online teacher gives exactly these).
+TEACHER_FIELDS: tuple[str, ...] = tuple(f.name for f in fields_of("topk") if f.source == "teacher")
+
+# The tensors of a collated batch that a training step may read: every non-JSON field (those
+# of the store's targets are present), plus the attention mask of the padded tokens and the
+# example each mask row belongs to.
 STEP_KEYS: tuple[str, ...] = (
     "input_ids",
     "attention_mask",
@@ -92,8 +118,10 @@ class StoredExample(TypedDict, total=False):
     input_ids: np.ndarray  # (L,) int64
     mask_positions: np.ndarray  # (M,) int64
     topk_ids: np.ndarray  # (M, k) int64
-    topk_logprobs: np.ndarray  # (M, k) float16, in the store's canonical order
-    tail_logmass: np.ndarray  # (M,) float32
+    topk_logprobs: np.ndarray  # (M, k) float16, in the store's canonical order (top-k)
+    tail_logmass: np.ndarray  # (M,) float32 (top-k)
+    sample_counts: np.ndarray  # (M, k) int64, draws per id, 0 on padding (sampled)
+    teacher_entropy: np.ndarray  # (M,) float32, nats (sampled)
     mlm_labels: np.ndarray  # (M,) int64, the original tokens (masked-LM stores; else -100)
     label: int  # -1: none
     meta: Any  # JSON, or None

@@ -19,7 +19,7 @@ from .codec import CHUNK_SUFFIX, DecodedChunk
 from .errors import ShardError
 from .locations import DEFAULT_STALL_TIMEOUT, read_store_file
 from .manifest import ShardInfo
-from .schema import FIELDS
+from .schema import fields_of
 
 __all__ = ["check_shard_bytes", "decode_shard", "fetch_shard", "read_shard"]
 
@@ -43,10 +43,15 @@ def check_shard_bytes(url: str, data: bytes, info: ShardInfo) -> None:
 
 
 def decode_shard(
-    url: str, data: bytes, k: int | None = None, vocab_size: int | None = None
+    url: str,
+    data: bytes,
+    k: int | None = None,
+    vocab_size: int | None = None,
+    targets: dict | None = None,
 ) -> Iterator[DecodedChunk]:
     """Decode the chunks of a shard's bytes, in member order. With ``k`` and ``vocab_size``
-    (the manifest's), each chunk must have been written for them."""
+    (the manifest's), each chunk must have been written for them, and for the manifest's
+    ``targets`` (default: top-k)."""
     from webdataset.tariterators import tar_file_iterator
 
     try:
@@ -60,7 +65,7 @@ def decode_shard(
             except (zstandard.ZstdError, ValueError, KeyError, TypeError, struct.error) as err:
                 raise ShardError(url, f"member {name!r} does not decode: {err}") from None
             if k is not None and vocab_size is not None:
-                _check_chunk(url, name, chunk, k, vocab_size)
+                _check_chunk(url, name, chunk, k, vocab_size, targets or {"mode": "topk"})
             yield chunk
     except ShardError:
         raise
@@ -68,7 +73,15 @@ def decode_shard(
         raise ShardError(url, f"not a readable tar archive: {err}") from None
 
 
-def _check_chunk(url: str, name: str, chunk: DecodedChunk, k: int, vocab_size: int) -> None:
+def _check_chunk(
+    url: str, name: str, chunk: DecodedChunk, k: int, vocab_size: int, targets: dict
+) -> None:
+    if chunk.targets != targets["mode"]:
+        raise ShardError(
+            url,
+            f"member {name!r} holds {chunk.targets} targets, the manifest records "
+            f"{targets['mode']}",
+        )
     if chunk.k != k:
         raise ShardError(url, f"member {name!r} holds k={chunk.k}, the manifest records k={k}")
     if chunk.vocab_size is not None and chunk.vocab_size != vocab_size:
@@ -77,7 +90,16 @@ def _check_chunk(url: str, name: str, chunk: DecodedChunk, k: int, vocab_size: i
             f"member {name!r} was written for a vocabulary of {chunk.vocab_size}, the "
             f"manifest records {vocab_size}",
         )
-    for f in FIELDS:
+    if chunk.targets == "sampled":
+        drawn = chunk["sample_counts"].sum(axis=1)
+        if drawn.size and (drawn != targets["samples"]).any():
+            row = int((drawn != targets["samples"]).nonzero()[0][0])
+            raise ShardError(
+                url,
+                f"member {name!r}: mask row {row} counts {int(drawn[row])} draws, the manifest "
+                f"records samples={targets['samples']}",
+            )
+    for f in fields_of(chunk.targets):
         ids = chunk[f.name]
         if f.storage == "ids" and ids.size and int(ids.max()) >= vocab_size:
             raise ShardError(
@@ -94,6 +116,7 @@ def read_shard(
     *,
     k: int | None = None,
     vocab_size: int | None = None,
+    targets: dict | None = None,
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
 ) -> list[DecodedChunk]:
     """Fetch, check and decode a shard; the decoded sample count must match the manifest, and
@@ -101,7 +124,7 @@ def read_shard(
     data = fetch_shard(url, stall_timeout)
     if verify:
         check_shard_bytes(url, data, info)
-    chunks = list(decode_shard(url, data, k, vocab_size))
+    chunks = list(decode_shard(url, data, k, vocab_size, targets))
     count = sum(c.n for c in chunks)
     if count != info.samples:
         raise ShardError(url, f"holds {count} samples, the manifest records {info.samples}")

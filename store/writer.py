@@ -20,7 +20,7 @@ import webdataset as wds
 
 from .codec import CHUNK_SUFFIX, ChunkLayout, encode_chunk
 from .errors import ManifestError
-from .manifest import Manifest, ShardInfo, part_path, read_part, write_json_atomic
+from .manifest import TOPK_TARGETS, Manifest, ShardInfo, part_path, read_part, write_json_atomic
 
 __all__ = ["ShardFile", "StoreWriter", "shard_name"]
 
@@ -33,7 +33,8 @@ def shard_name(index: int, prefix: str = "shard") -> str:
 
 
 class ShardFile:
-    """One shard being written: ``write`` examples, then ``close()`` (or ``abort()``)."""
+    """One shard being written: ``write`` examples, then ``close()`` (or ``abort()``).
+    ``targets``: the kind of teacher targets the examples carry (``schema.TARGET_KINDS``)."""
 
     def __init__(
         self,
@@ -43,8 +44,10 @@ class ShardFile:
         vocab_size: int,
         layout: ChunkLayout = DEFAULT_LAYOUT,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        targets: str = "topk",
     ):
         self.path = Path(path)
+        self.targets = targets
         self.k, self.vocab_size, self.layout, self.chunk_size = k, vocab_size, layout, chunk_size
         self._tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         self._file = open(self._tmp, "wb")  # noqa: SIM115 - open until close()/abort()
@@ -68,7 +71,13 @@ class ShardFile:
     def _flush(self) -> None:
         if not self._pending:
             return
-        blob = encode_chunk(self._pending, k=self.k, vocab_size=self.vocab_size, layout=self.layout)
+        blob = encode_chunk(
+            self._pending,
+            k=self.k,
+            vocab_size=self.vocab_size,
+            layout=self.layout,
+            targets=self.targets,
+        )
         self._tar.write({"__key__": f"{self._chunks:06d}", CHUNK_SUFFIX: blob})
         self.compressed_bytes += len(blob)
         self._chunks += 1
@@ -102,7 +111,9 @@ class StoreWriter:
 
     ``part`` names the part manifest (one per process, e.g. its rank). Finished shards already
     recorded in it (by an earlier, interrupted run) are kept; that part must have been written
-    with the same producer, tokenizer, k and layout. ``write_shard`` writes one whole shard
+    with the same producer, tokenizer, k, layout and targets (the manifest's ``targets``
+    section: ``{"mode": "topk"}`` or a sampled store's mode, samples, temperature, estimator
+    and seed). ``write_shard`` writes one whole shard
     under a given index: the teacher pass assigns fixed example ranges to shard indices, so
     processes never clash and a rerun knows which shards are done.
     """
@@ -117,13 +128,20 @@ class StoreWriter:
         layout: ChunkLayout = DEFAULT_LAYOUT,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         part: str = "0",
+        targets: dict[str, Any] | None = None,
     ):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.part, self.layout, self.chunk_size = part, layout, chunk_size
-        fresh = Manifest(producer=producer, tokenizer=tokenizer, k=k, layout=layout.to_json())
+        fresh = Manifest(
+            producer=producer,
+            tokenizer=tokenizer,
+            k=k,
+            layout=layout.to_json(),
+            targets=dict(targets or TOPK_TARGETS),
+        )
         self.manifest = read_part(self.root, part) or fresh
-        for name in ("format_version", "producer", "tokenizer", "k", "layout"):
+        for name in ("format_version", "producer", "tokenizer", "k", "layout", "targets"):
             if getattr(self.manifest, name) != getattr(fresh, name):
                 raise ManifestError(
                     str(part_path(self.root, part)),
@@ -140,6 +158,7 @@ class StoreWriter:
             vocab_size=self.manifest.vocab_size,
             layout=self.layout,
             chunk_size=self.chunk_size,
+            targets=self.manifest.targets["mode"],
         )
         try:
             for example in examples:

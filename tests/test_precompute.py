@@ -21,8 +21,10 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 
 def run(tiny, out, *extra, task="sentence-pair", n=90, shard=30, k=16):
+    """The pass with ``--k k``, or without it (``k=None``) for sampled targets."""
+    width = [] if k is None else ["--k", str(k)]
     argv = ["--task", task, "--corpus", str(tiny["corpus"]), "--teacher", str(tiny["teacher"]),
-            "--out", str(out), "--num-examples", str(n), "--shard-size", str(shard), "--k", str(k),
+            "--out", str(out), "--num-examples", str(n), "--shard-size", str(shard), *width,
             "--dtype", "fp32", "--device", "cpu", "--token-budget", "1024", *extra]  # fmt: skip
     return main(argv)
 
@@ -166,8 +168,9 @@ def test_same_arguments_give_byte_identical_stores(tiny, pair_store, tmp_path):
     assert_same_store(tmp_path, pair_store)
 
 
-def kill_after_one_shard(tiny, out, monkeypatch) -> None:
-    """Run the pass into ``out`` and kill it while it writes its second shard."""
+def kill_after_one_shard(tiny, out, monkeypatch, *extra, k=16) -> None:
+    """Run the pass into ``out`` (with ``extra`` arguments) and kill it while it writes its
+    second shard."""
     original = ShardWriterThread._write_shard
     calls = []
 
@@ -179,7 +182,7 @@ def kill_after_one_shard(tiny, out, monkeypatch) -> None:
 
     monkeypatch.setattr(ShardWriterThread, "_write_shard", dying)
     with pytest.raises(KeyboardInterrupt, match="simulated kill"):
-        run(tiny, out)
+        run(tiny, out, *extra, k=k)
     monkeypatch.setattr(ShardWriterThread, "_write_shard", original)
     assert sorted(p.name for p in out.glob("shard-*")) == ["shard-000000.tar"]
 

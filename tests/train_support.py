@@ -20,8 +20,9 @@ PAIR_EXAMPLES = 240
 def precompute(task, corpus, teacher, out, *, k, n, seed=0, shard_size=40, extra=()):
     from smash.precompute.cli import main
 
+    width = [] if k is None else ["--k", str(k)]  # None: sampled targets (extra --samples)
     argv = ["--task", task, "--corpus", str(corpus), "--teacher", str(teacher), "--out", str(out),
-            "--k", str(k), "--num-examples", str(n), "--seed", str(seed), "--dtype", "fp32",
+            *width, "--num-examples", str(n), "--seed", str(seed), "--dtype", "fp32",
             "--device", "cpu", "--shard-size", str(shard_size), *extra]  # fmt: skip
     assert main(argv) == 0
     return Path(out)

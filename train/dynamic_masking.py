@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from smash.precompute.shared.masking import Masking
-from smash.store import TEACHER_FIELDS
+from smash.store.schema import FIELDS
 
 __all__ = ["remask", "restored_ids"]
 
@@ -53,7 +53,8 @@ def remask(
         rows.append(np.full(len(masked.mask_positions), b))
         positions.append(masked.mask_positions)
         labels.append(masked.original_ids)
-    out = {k: v for k, v in batch.items() if k not in TEACHER_FIELDS}
+    teacher = {f.key for f in FIELDS if f.source == "teacher"}
+    out = {k: v for k, v in batch.items() if k not in teacher}
     out.update(
         input_ids=torch.from_numpy(ids),
         mask_batch=torch.from_numpy(np.concatenate(rows)),

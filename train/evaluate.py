@@ -8,6 +8,13 @@ The teacher is known through its top-k and tail mass ``r``, so the KL is taken b
 This is exact when the store keeps the whole vocabulary (k = V, r = 0) and a lower bound of
 the full KL otherwise (coarsening never increases a KL). Stored float16 probabilities are
 renormalised with ``r`` so that they sum to one.
+
+A sampled store keeps N draws per mask (counts ``c_i``) and the teacher's entropy ``H``, which
+give an unbiased estimate of the full KL (cross-entropy minus entropy)::
+
+    KL ~ -sum_i (c_i / N) log s_i - H
+
+noisy per row (it can be negative), unbiased on average over the held-out rows.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import torch
 from smash.precompute.shared.adapters import adapter_for
 from smash.store import DEFAULT_STALL_TIMEOUT, StoreDataset, collate_examples
 
-__all__ = ["heldout_kl", "masked_kl_rows"]
+__all__ = ["heldout_kl", "masked_kl_rows", "sampled_kl_rows"]
 
 
 def masked_kl_rows(
@@ -43,6 +50,26 @@ def masked_kl_rows(
         torch.zeros_like(log_tail),
     )
     return kl + tail_term
+
+
+def sampled_kl_rows(
+    student_logits: torch.Tensor,
+    sample_ids: torch.Tensor,
+    sample_counts: torch.Tensor,
+    teacher_entropy: torch.Tensor,
+) -> torch.Tensor:
+    """Per-row unbiased estimate (R,) in nats of KL(teacher || student) from a sampled row."""
+    logs = torch.log_softmax(student_logits.float(), dim=-1)  # (R, V)
+    weights = sample_counts.float() / sample_counts.sum(dim=1, keepdim=True).float()
+    return -(weights * logs.gather(1, sample_ids)).sum(dim=1) - teacher_entropy.float()
+
+
+def _kl_rows(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    if "sample_counts" in batch:
+        return sampled_kl_rows(
+            logits, batch["topk_ids"], batch["sample_counts"], batch["teacher_entropy"]
+        )
+    return masked_kl_rows(logits, batch["topk_ids"], batch["topk_logprobs"], batch["tail_logmass"])
 
 
 @torch.no_grad()
@@ -78,9 +105,7 @@ def heldout_kl(
     while chunk := list(itertools.islice(examples, batch_size)):
         b = {k: v.to(device) for k, v in collate_examples(chunk, pad_id).items() if k != "keys"}
         hidden = adapter.answers(b).hidden
-        rows = masked_kl_rows(
-            adapter.logits(hidden), b["topk_ids"], b["topk_logprobs"], b["tail_logmass"]
-        )
+        rows = _kl_rows(adapter.logits(hidden), b)
         total += torch.stack(
             [rows.double().sum(), torch.tensor(float(len(rows)), device=device).double()]
         )

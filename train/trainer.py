@@ -50,6 +50,7 @@ from .export import check_export_path, export_student
 from .metrics import MetricsLogger
 from .objectives import StoreContext, make_objectives
 from .student import DistillStudent, OnlineTeacher, attention_path
+from .targets import check_estimators
 
 __all__ = ["Trainer"]
 
@@ -89,6 +90,8 @@ class Trainer:
             eval_manifest = load_manifest(cfg.eval_store, stall_timeout=cfg.stall_timeout)
             check_tokenizer(eval_manifest, self.tokenizer, cfg.eval_store)
         objectives = make_objectives(cfg)
+        if cfg.teacher is None and any("topk_ids" in o.needs for o, _ in objectives):
+            check_estimators([s.path for s in cfg.stores], self.manifests, cfg.tail)
         store_states = [
             [
                 objective.for_store(StoreContext(spec.path, manifest, spec, self.tokenizer))

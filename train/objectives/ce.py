@@ -1,4 +1,5 @@
-"""``ce``: prediction distillation, the paper's Eq. 1, against the stored teacher top-k + tail.
+"""``ce``: prediction distillation, the paper's Eq. 1, against the stored teacher top-k + tail,
+or its unbiased estimate from a sampled store's draws (``train/targets.py``).
 
 The loss is ``smash.kernels``' soft cross-entropy, either on the (R, V) logits of the answer
 rows (``loss="logits"``) or fused with the LM head's vocabulary projection
@@ -14,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from smash.kernels import fused_linear_soft_cross_entropy, soft_cross_entropy
 
+from ..targets import kernel_targets
 from . import register_objective
-from .base import Objective, StudentOutputs
+from .base import Objective, StoreContext, StudentOutputs
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -52,22 +54,32 @@ class PredictionDistillation(Objective):
     def from_config(cls, cfg: TrainConfig) -> PredictionDistillation:
         return cls(cfg.loss, cfg.tail, cfg.temperature, cfg.scale_t2, cfg.kernel_impl)
 
+    def for_store(self, store: StoreContext) -> None:
+        """Sampled targets estimate the teacher at T=1 only: ``softmax(log c / T)`` is not
+        an estimate of the tempered teacher, so another temperature is refused."""
+        if store.manifest.sampled and self.kernel_args["temperature"] != 1.0:
+            raise ValueError(
+                f"{store.path}: a sampled store estimates the teacher at temperature 1; "
+                f"temperature={self.kernel_args['temperature']} would bias it (use 1.0, or a "
+                f"top-k store)"
+            )
+
     def loss(
         self, student: StudentOutputs, batch: Mapping[str, torch.Tensor], state: Any
     ) -> torch.Tensor:
         # check_ids=False: the ids come from a checksummed store written by the teacher pass
         # (or from a live teacher's top-k), and the check costs a host sync per step.
-        targets = (batch["topk_ids"], batch["topk_logprobs"])
+        *targets, tail_logmass = kernel_targets(batch)
         if self.fused:
             decoder = student.decoder
             return fused_linear_soft_cross_entropy(
                 student.features, decoder.weight, decoder.bias, *targets,
-                tail_logmass=batch["tail_logmass"], check_ids=False, **self.kernel_args,
+                tail_logmass=tail_logmass, check_ids=False, **self.kernel_args,
             )  # fmt: skip
         # grad_in_forward=False: DeepSpeed divides the loss by the accumulation steps (and
         # fp16 scales it), so the upstream gradient is not 1; recomputing in backward avoids
         # the host sync and the extra pass over the saved gradient.
         return soft_cross_entropy(
-            student.logits, *targets, tail_logmass=batch["tail_logmass"], check_ids=False,
+            student.logits, *targets, tail_logmass=tail_logmass, check_ids=False,
             grad_in_forward=False, **self.kernel_args,
         )  # fmt: skip

@@ -3,7 +3,8 @@ as prompt-based fine-tuning (cross-entropy over the label words' logits only, as
 
 Where the teacher pass already labelled the examples so (the manifest's ``label_source`` is
 "teacher", e.g. sentiment) those exact labels are used; otherwise the argmax is read from the
-stored top-k, which leaves out rows whose top-k holds none of the label words.
+stored top-k, which leaves out rows whose top-k holds none of the label words. On a sampled
+store it is the label word drawn most often, an estimate of the teacher's argmax; rows where no label word was drawn are left out.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..targets import kernel_targets
 from . import register_objective
 from .base import Objective, StoreContext, StudentOutputs
 from .label_words import label_word_loss, verbalizer_of
@@ -70,5 +72,6 @@ class HardLabels(Objective):
         if state.stored_labels:
             targets = batch["labels"][batch["mask_batch"]]
         else:
-            targets = hard_labels(batch["topk_ids"], batch["topk_logprobs"], verbalizer)
+            ids, scores, _ = kernel_targets(batch)  # sampled: log counts, -inf when not drawn
+            targets = hard_labels(ids, scores, verbalizer)
         return label_word_loss(student.adapter.logits_at(student.features, verbalizer), targets)

@@ -1,0 +1,177 @@
+"""Sampled teacher targets: the draws, the store that keeps them, resume and read-back."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from smash.precompute.shared.sampled_targets import counter_uniforms, targets_record
+from smash.store import StoreDataset, StoreWriter, finalize_store, load_manifest, tokenizer_record
+from smash.store.cli import main as store_main
+from smash.store.cli import verify_store
+from test_precompute import assert_same_store, kill_after_one_shard, run
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+SAMPLED = ("--targets", "sampled", "--samples", "12")
+
+
+@pytest.fixture(scope="module")
+def sampled_store(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sampled")
+    assert run(tiny, out, *SAMPLED, k=None) == 0
+    return out
+
+
+def test_uniforms_are_a_pure_function_of_seed_example_mask_and_draw():
+    keys, masks = np.array([0, 1, 2, 2**40]), np.array([0, 0, 3, 1])
+    u = counter_uniforms(7, keys, masks, 5)
+    assert u.shape == (4, 5) and (u >= 0).all() and (u < 1).all()
+    np.testing.assert_array_equal(u[1:3], counter_uniforms(7, keys[1:3], masks[1:3], 5))
+    np.testing.assert_array_equal(u[:, :2], counter_uniforms(7, keys, masks, 2))
+    assert not np.isin(u, counter_uniforms(8, keys, masks, 5)).any()
+    many = counter_uniforms(0, np.arange(20_000), np.zeros(20_000), 4).ravel()
+    # uniform on [0, 1): mean 1/2 and deciles 1/10 each, to a few standard errors
+    assert abs(many.mean() - 0.5) < 0.01
+    deciles = np.bincount((many * 10).astype(int), minlength=10) / many.size
+    assert np.abs(deciles - 0.1).max() < 0.01
+
+
+def test_stored_draws_are_the_teachers_inverse_cdf_at_counter_uniforms(tiny, sampled_store):
+    manifest = load_manifest(sampled_store)
+    assert manifest.format_version == 3 and manifest.k == 12
+    assert manifest.targets == {
+        "mode": "sampled",
+        "samples": 12,
+        "proposal_temperature": 1.0,
+        "estimator": "unbiased",
+        "seed": 0,
+    }
+    model = AutoModelForMaskedLM.from_pretrained(tiny["teacher"]).eval()
+    examples = list(StoreDataset(sampled_store, shuffle=False))
+    assert len(examples) == 90
+    for ex in examples[::11]:
+        shard, row = ex["__key__"].split("/")
+        key = int(shard.removeprefix("shard-").removesuffix(".tar")) * 30 + int(row)
+        with torch.no_grad():
+            logits = model(input_ids=torch.as_tensor(ex["input_ids"])[None]).logits[0]
+        logp = torch.log_softmax(logits[int(ex["mask_positions"][0])].float(), -1).double()
+        cdf = np.cumsum(logp.exp().numpy())
+        u = counter_uniforms(0, np.array([key]), np.array([0]), 12)[0]
+        draws = np.searchsorted(cdf, u * cdf[-1], side="right")
+        ids, counts = ex["topk_ids"][0], ex["sample_counts"][0]
+        drawn = dict(zip(*np.unique(draws, return_counts=True)))
+        assert {int(i): int(c) for i, c in zip(ids, counts) if c} == drawn
+        assert len(set(ids.tolist())) == 12 and counts.sum() == 12  # padding: count 0, distinct
+        entropy = -(logp.exp() * logp).sum()
+        assert ex["teacher_entropy"][0] == pytest.approx(float(entropy), abs=1e-5)
+
+
+def test_another_sample_seed_draws_other_tokens_for_the_same_examples(
+    tiny, sampled_store, tmp_path
+):
+    assert run(tiny, tmp_path, *SAMPLED, "--sample-seed", "5", k=None) == 0
+    assert load_manifest(tmp_path).targets["seed"] == 5
+    ours = list(StoreDataset(tmp_path, shuffle=False))
+    theirs = list(StoreDataset(sampled_store, shuffle=False))
+    assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(ours, theirs))
+    same = [np.array_equal(a["topk_ids"], b["topk_ids"]) for a, b in zip(ours, theirs)]
+    assert not any(same)
+
+
+def test_killed_sampled_run_resumes_to_the_same_store(tiny, sampled_store, tmp_path, monkeypatch):
+    kill_after_one_shard(tiny, tmp_path, monkeypatch, *SAMPLED, k=None)
+    assert run(tiny, tmp_path, *SAMPLED, k=None) == 0
+    assert_same_store(tmp_path, sampled_store)
+    assert verify_store(str(tmp_path)) == []
+
+
+def write_sampled(root, tokenizer, examples, samples):
+    """A sampled store of ``examples`` written directly (no teacher)."""
+    writer = StoreWriter(
+        root,
+        producer={},
+        tokenizer=tokenizer_record(tokenizer),
+        k=samples,
+        targets=targets_record(samples, seed=0),
+    )
+    writer.write_shard(0, examples)
+    finalize_store(root)
+
+
+def random_sampled_examples(vocab, n=40, samples=255, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        m = 1 + i % 3  # masks per example
+        counts = rng.multinomial(samples, rng.dirichlet(np.ones(samples) * 0.05), size=m)
+        ids = np.stack([rng.permutation(vocab)[:samples] for _ in range(m)])
+        out.append(
+            {
+                "input_ids": rng.integers(0, vocab, 20),
+                "mask_positions": np.arange(m) * 2,
+                "topk_ids": ids,
+                "sample_counts": counts,
+                "teacher_entropy": rng.random(m).astype(np.float32) * 6,
+                "label": i % 3,
+            }
+        )
+    return out
+
+
+def test_sampled_targets_read_back_losslessly(tiny, tmp_path):
+    """Whatever is written (ids, counts up to 255, entropies) is read back bit for bit."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny["tokenizer"])
+    written = random_sampled_examples(len(tokenizer))
+    write_sampled(tmp_path, tokenizer, written, 255)
+    read = list(StoreDataset(tmp_path, shuffle=False))
+    assert set(read[0]) == {"__key__", "input_ids", "mask_positions", "topk_ids", "sample_counts",
+                            "teacher_entropy", "mlm_labels", "label", "meta"}  # fmt: skip
+    assert all((r["mlm_labels"] == -100).all() for r in read)  # not a masked-text store
+    for w, r in zip(written, read, strict=True):
+        for name in ("input_ids", "mask_positions", "label"):
+            np.testing.assert_array_equal(r[name], w[name])
+        np.testing.assert_array_equal(r["teacher_entropy"].view(np.uint32),
+                                      w["teacher_entropy"].view(np.uint32))  # fmt: skip
+        for row in range(len(w["mask_positions"])):  # rows come back in canonical order
+            assert sorted(zip(r["topk_ids"][row], r["sample_counts"][row])) == sorted(
+                zip(w["topk_ids"][row], w["sample_counts"][row])
+            )
+            assert (np.diff(r["sample_counts"][row]) <= 0).all()  # most drawn first
+    assert verify_store(str(tmp_path)) == []
+
+
+def test_counts_that_disagree_with_the_manifest_are_named(tiny, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny["tokenizer"])
+    examples = random_sampled_examples(len(tokenizer), n=3, samples=16)
+    examples[2]["sample_counts"][0, 0] -= 1
+    write_sampled(tmp_path, tokenizer, examples, 16)
+    [(name, problem)] = verify_store(str(tmp_path))
+    assert name == "shard-000000.tar"
+    assert "mask row 3 counts 15 draws, the manifest records samples=16" in problem
+
+
+def test_inspect_and_verify_a_sampled_store(sampled_store, capsys):
+    assert store_main(["inspect", str(sampled_store), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)["statistics"]
+    assert 1 <= stats["mean_distinct_ids"] <= 12 and stats["mean_entropy_nats"] > 0
+    assert store_main(["verify", str(sampled_store)]) == 0
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (("--targets", "sampled", "--k", "8"), "--k is for --targets topk"),
+        (("--samples", "8"), "--samples and --sample-seed are for --targets sampled"),
+        (("--sample-seed", "3"), "--samples and --sample-seed are for --targets sampled"),
+        (("--targets", "sampled", "--samples", "0"), "--samples must be positive"),
+    ],
+)
+def test_conflicting_target_options_are_refused(tiny, tmp_path, capsys, extra, expected):
+    assert run(tiny, tmp_path / "out", *extra, k=None) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_a_sampled_rerun_of_a_topk_store_is_another_configuration(tiny, tmp_path, capsys):
+    assert run(tiny, tmp_path, "--num-examples", "30", k=8) == 0
+    assert run(tiny, tmp_path, *SAMPLED, "--num-examples", "30", k=None) == 2
+    assert "targets" in capsys.readouterr().err
