@@ -20,7 +20,7 @@ to it, so a chunk decodes by itself. Columns of a top-k chunk:
     label           (n,)       int8           -1 where the example has none
     meta            JSON list  only when some example has metadata
 
-A sampled chunk (``schema.py``) has ``sample_counts`` (R, k) uint8 (up to 255 draws) and
+A sampled chunk (``schema.py``) has ``sample_counts`` (R, k) uint8 (uint16 past 255 draws) and
 ``teacher_entropy`` (R,) float32 in place of ``topk_logprobs`` and ``tail_logmass``; its
 ``topk_ids`` rows hold the distinct sampled ids, padded with count-0 entries.
 
