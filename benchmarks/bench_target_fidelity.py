@@ -300,6 +300,12 @@ def main() -> int:
     p.add_argument("--ks", default="1,4,16,64")
     p.add_argument("--tails", default="renorm,bucket,uniform")
     p.add_argument("--samples", default="1,4,12,32")
+    p.add_argument(
+        "--proposal-temperature",
+        type=float,
+        default=1.0,
+        help="sampled stores draw from the teacher at this temperature (importance-weighted)",
+    )
     p.add_argument("--work", type=Path, default=None, help="workspace (default: a temp folder)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     args = p.parse_args()
@@ -348,11 +354,13 @@ def main() -> int:
         for k in ks:
             for tail in args.tails.split(","):
                 runs.append((f"top-{k} {tail}", "topk", k, tail, topk[k], {"tail": tail}))
+        tau = args.proposal_temperature
         for s in samples:
+            name = f"sampled N={s}" + (f" tau={tau:g}" if tau != 1.0 else "")
             store = precompute(
                 train_corpus,
                 tiny["teacher"],
-                stores / f"sampled{s}-seed{seed}",
+                stores / f"sampled{s}-tau{tau:g}-seed{seed}",
                 n,
                 "--targets",
                 "sampled",
@@ -360,8 +368,10 @@ def main() -> int:
                 str(s),
                 "--sample-seed",
                 str(seed),
+                "--proposal-temperature",
+                str(args.proposal_temperature),
             )
-            runs.append((f"sampled N={s}", "sampled", s, None, store, {}))
+            runs.append((name, "sampled", s, None, store, {}))
         for name, targets, width, tail, store, extra in runs:
             run = work / "runs" / f"seed{seed}" / name.replace(" ", "_").replace("=", "")
             config = train_config(run, tiny["student"], store, args, seed, **extra)
@@ -405,6 +415,7 @@ def main() -> int:
         "steps": args.steps,
         "batch": args.batch,
         "lr": args.lr,
+        "proposal_temperature": args.proposal_temperature,
         "teacher_mlm_loss": [first, last],
         "train_examples": n,
         "heldout_examples": int(json.loads((heldout / "manifest.json").read_text())["num_samples"]),

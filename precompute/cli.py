@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from datetime import timedelta
@@ -80,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="--targets sampled: the draws' seed (default: --seed); another one draws other "
         "tokens for the same examples",
+    )
+    p.add_argument(
+        "--proposal-temperature",
+        type=float,
+        default=None,
+        help="--targets sampled: draw from the teacher at this temperature (1.0; above 1 "
+        "reaches further into the tail) and store each id's importance ratio",
     )
     p.add_argument(
         "--num-examples",
@@ -260,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             k=width,
             targets=args.targets,
             sample_seed=args.sample_seed,
+            proposal_temperature=args.proposal_temperature or 1.0,
             num_examples=args.num_examples,
             shard_size=args.shard_size,
             token_budget=args.token_budget,
@@ -348,15 +357,19 @@ def main(argv: list[str] | None = None) -> int:
 def _target_width(args: argparse.Namespace) -> int:
     """Entries per mask: --k for top-k targets, --samples for sampled ones (the other refused)."""
     if args.targets == "topk":
-        if args.samples is not None or args.sample_seed is not None:
+        if (args.samples, args.sample_seed, args.proposal_temperature) != (None, None, None):
             raise ValueError(
-                "--samples and --sample-seed are for --targets sampled; top-k targets take --k"
+                "--samples, --sample-seed and --proposal-temperature are for --targets sampled; "
+                "top-k targets take --k"
             )
         width, option = (64 if args.k is None else args.k), "--k"
     else:
         if args.k is not None:
             raise ValueError("--k is for --targets topk; sampled targets take --samples")
         width, option = (12 if args.samples is None else args.samples), "--samples"
+        tau = args.proposal_temperature
+        if tau is not None and not (tau > 0 and math.isfinite(tau)):
+            raise ValueError(f"--proposal-temperature must be a positive number, got {tau}")
     if width < 1:
         raise ValueError(f"{option} must be positive, got {width}")
     return width

@@ -74,6 +74,7 @@ class PassConfig:
     verify_existing: bool = False  # check finished shards' sha256, not only their size
     targets: str = "topk"  # "topk", or "sampled": k draws per mask (k = the number of samples)
     sample_seed: int | None = None  # seeds the draws of sampled targets (None: ``seed``)
+    proposal_temperature: float = 1.0  # sampled targets: draw from the teacher at this T
 
     @property
     def draw_seed(self) -> int:
@@ -83,7 +84,7 @@ class PassConfig:
         """The manifest's ``targets`` section for this pass."""
         if self.targets == "topk":
             return {"mode": "topk"}
-        return targets_record(self.k, self.draw_seed)
+        return targets_record(self.k, self.draw_seed, self.proposal_temperature)
 
 
 @dataclass
@@ -328,9 +329,8 @@ def _targets(
     masks = np.arange(len(batch.mask_batch)) - np.searchsorted(batch.mask_batch, batch.mask_batch)
     uniforms = counter_uniforms(cfg.draw_seed, keys, masks.astype(np.int64), cfg.k)
     hidden = adapter.answers(prompts).hidden
-    return sampled_targets(
-        adapter, hidden, torch.from_numpy(uniforms).to(hidden.device), verbalizer_ids
-    )
+    uniforms = torch.from_numpy(uniforms).to(hidden.device)
+    return sampled_targets(adapter, hidden, uniforms, verbalizer_ids, cfg.proposal_temperature)
 
 
 def finalize(out: Path, summary: PassSummary) -> None:

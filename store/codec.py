@@ -21,7 +21,8 @@ to it, so a chunk decodes by itself. Columns of a top-k chunk:
     label           (n,)       int8           -1 where the example has none
     meta            JSON list  only when some example has metadata
 
-A sampled chunk (``schema.py``) has ``sample_counts`` (R, k) uint8 (up to 255 draws) and
+A sampled chunk (``schema.py``) has ``sample_counts`` (R, k) uint8 (uint16 past 255 draws),
+``sample_logratios`` (R, k) float32 (all 0, so next to free, at proposal temperature 1) and
 ``teacher_entropy`` (R,) float32 in place of ``topk_logprobs`` and ``tail_logmass``; its
 ``topk_ids`` rows hold the distinct sampled ids, padded with count-0 entries.
 
@@ -176,6 +177,8 @@ def _stored(f: Field, values: np.ndarray, vocab_size: int) -> np.ndarray:
         return values.astype(_uint(vocab_size - 1))
     if f.storage == "index":
         values = values.astype(np.int64)
+        if values.size and values.min() < 0:
+            raise ValueError(f"{f.name} must be >= 0, got {values.min()}")
         return values.astype(_uint(int(values.max(initial=0))))
     if f.storage in ("float16", "float32"):
         if values.dtype != np.dtype(f.storage):

@@ -120,7 +120,11 @@ class Manifest:
         shards = [_shard(fields, i, raw) for i, raw in enumerate(fields.get("shards", list))]
         if not shards:
             raise ManifestError(source, "field 'shards' is empty: the store holds no shard")
-        targets = _targets(fields, data, k) if "targets" in data else dict(TOPK_TARGETS)
+        if "targets" in data and version < 3:
+            raise ManifestError(
+                source, f"field 'targets' appears in format version {version}; it is new in 3"
+            )
+        targets = _targets(fields, k) if "targets" in data else dict(TOPK_TARGETS)
         seen: set[str] = set()
         for i, shard in enumerate(shards):
             if unique_names and shard.name in seen:
@@ -156,7 +160,7 @@ class _Fields:
             raise ManifestError(
                 self.source,
                 f"field {name!r} is {json.dumps(value)[:60]} ({_JSON_NAMES[type(value)]}); "
-                f"expected {_JSON_NAMES.get(kind, 'a number')}",
+                f"expected {_JSON_NAMES[kind]}",
             )
         return value
 
@@ -178,7 +182,7 @@ _JSON_NAMES = {
 }
 
 
-def _targets(fields: _Fields, data: dict, k: int) -> dict[str, Any]:
+def _targets(fields: _Fields, k: int) -> dict[str, Any]:
     """The validated ``targets`` section (absent in versions 1 and 2: top-k)."""
     targets = fields.get("targets", dict)
     mode = fields.get("targets.mode", str, targets)
@@ -193,7 +197,7 @@ def _targets(fields: _Fields, data: dict, k: int) -> dict[str, Any]:
                 f"field 'targets.samples' is {samples} but 'k' is {k}: a sampled store keeps "
                 f"one entry per draw at most (k = samples)",
             )
-        tau = fields.get("targets.proposal_temperature", (int, float), targets)
+        tau = fields.get("targets.proposal_temperature", float, targets)
         if not tau > 0:
             raise ManifestError(
                 fields.source, f"field 'targets.proposal_temperature' is {tau}; expected > 0"

@@ -7,9 +7,11 @@ of two forms, the store's *targets* (``TARGET_KINDS``, recorded in its manifest)
 
     topk     the k most likely ids with their log-probabilities and the exact tail mass
              (``topk_ids``, ``topk_logprobs``, ``tail_logmass``)
-    sampled  N tokens drawn from the teacher's full distribution, as their distinct ids and
-             how often each was drawn (``topk_ids``, ``sample_counts``; k = N, rows padded with
-             count-0 entries), plus the teacher's entropy (``teacher_entropy``) for held-out KL
+    sampled  N tokens drawn from the teacher's full distribution (or from it at a proposal
+             temperature), as their distinct ids, how often each was drawn and its importance
+             ratio (``topk_ids``, ``sample_counts``, ``sample_logratios``; k = N, rows padded
+             with count-0 entries), plus the teacher's entropy (``teacher_entropy``) for
+             held-out KL
 
 A field belongs to the targets of its ``kinds``; a chunk holds the columns of its own kind.
 Each field has a *level*:
@@ -83,6 +85,9 @@ FIELDS: tuple[Field, ...] = (
     Field("topk_logprobs", "mask", np.float16, "float16", "teacher", width="k", kinds=("topk",)),
     Field("tail_logmass", "mask", np.float32, "float32", "teacher", kinds=("topk",)),
     Field("sample_counts", "mask", np.int64, "index", "teacher", width="k", kinds=("sampled",)),
+    Field(
+        "sample_logratios", "mask", np.float32, "float32", "teacher", width="k", kinds=("sampled",)
+    ),
     Field("teacher_entropy", "mask", np.float32, "float32", "teacher", kinds=("sampled",)),
     # masked-LM stores: the token each masked position held before masking (-100: none)
     Field("mlm_labels", "mask", np.int64, "ids", "task", default=-100, optional=True),
@@ -121,6 +126,7 @@ class StoredExample(TypedDict, total=False):
     topk_logprobs: np.ndarray  # (M, k) float16, in the store's canonical order (top-k)
     tail_logmass: np.ndarray  # (M,) float32 (top-k)
     sample_counts: np.ndarray  # (M, k) int64, draws per id, 0 on padding (sampled)
+    sample_logratios: np.ndarray  # (M, k) float32, log(p/q) per id, 0 at tau = 1 (sampled)
     teacher_entropy: np.ndarray  # (M,) float32, nats (sampled)
     mlm_labels: np.ndarray  # (M,) int64, the original tokens (masked-LM stores; else -100)
     label: int  # -1: none

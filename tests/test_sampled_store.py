@@ -36,6 +36,30 @@ def test_uniforms_are_a_pure_function_of_seed_example_mask_and_draw():
     assert np.abs(deciles - 0.1).max() < 0.01
 
 
+def assert_draws_follow_the_proposal(tiny, store, tau, every=11):
+    """Every ``every``-th example's stored draws are the inverse CDF of the teacher at ``tau``
+    at the counter uniforms of its key, with log(p/q) ratios and the teacher's entropy."""
+    model = AutoModelForMaskedLM.from_pretrained(tiny["teacher"]).eval()
+    for ex in list(StoreDataset(store, shuffle=False))[::every]:
+        shard, row = ex["__key__"].split("/")
+        key = int(shard.removeprefix("shard-").removesuffix(".tar")) * 30 + int(row)
+        with torch.no_grad():
+            logits = model(input_ids=torch.as_tensor(ex["input_ids"])[None]).logits[0]
+        logp = torch.log_softmax(logits[int(ex["mask_positions"][0])].float(), -1).double()
+        logq = torch.log_softmax(logp / tau, -1)
+        cdf = np.cumsum(logq.exp().numpy())
+        u = counter_uniforms(0, np.array([key]), np.array([0]), 12)[0]
+        draws = np.searchsorted(cdf, u * cdf[-1], side="right")
+        ids, counts = ex["topk_ids"][0], ex["sample_counts"][0]
+        drawn = dict(zip(*np.unique(draws, return_counts=True)))
+        assert {int(i): int(c) for i, c in zip(ids, counts) if c} == drawn
+        assert len(set(ids.tolist())) == 12 and counts.sum() == 12  # padding: count 0, distinct
+        ratios = np.where(counts > 0, (logp - logq).numpy()[ids], 0.0)
+        np.testing.assert_allclose(ex["sample_logratios"][0], ratios, rtol=1e-5, atol=1e-6)
+        entropy = -(logp.exp() * logp).sum()
+        assert ex["teacher_entropy"][0] == pytest.approx(float(entropy), abs=1e-5)
+
+
 def test_stored_draws_are_the_teachers_inverse_cdf_at_counter_uniforms(tiny, sampled_store):
     manifest = load_manifest(sampled_store)
     assert manifest.format_version == 3 and manifest.k == 12
@@ -46,24 +70,16 @@ def test_stored_draws_are_the_teachers_inverse_cdf_at_counter_uniforms(tiny, sam
         "estimator": "unbiased",
         "seed": 0,
     }
-    model = AutoModelForMaskedLM.from_pretrained(tiny["teacher"]).eval()
-    examples = list(StoreDataset(sampled_store, shuffle=False))
-    assert len(examples) == 90
-    for ex in examples[::11]:
-        shard, row = ex["__key__"].split("/")
-        key = int(shard.removeprefix("shard-").removesuffix(".tar")) * 30 + int(row)
-        with torch.no_grad():
-            logits = model(input_ids=torch.as_tensor(ex["input_ids"])[None]).logits[0]
-        logp = torch.log_softmax(logits[int(ex["mask_positions"][0])].float(), -1).double()
-        cdf = np.cumsum(logp.exp().numpy())
-        u = counter_uniforms(0, np.array([key]), np.array([0]), 12)[0]
-        draws = np.searchsorted(cdf, u * cdf[-1], side="right")
-        ids, counts = ex["topk_ids"][0], ex["sample_counts"][0]
-        drawn = dict(zip(*np.unique(draws, return_counts=True)))
-        assert {int(i): int(c) for i, c in zip(ids, counts) if c} == drawn
-        assert len(set(ids.tolist())) == 12 and counts.sum() == 12  # padding: count 0, distinct
-        entropy = -(logp.exp() * logp).sum()
-        assert ex["teacher_entropy"][0] == pytest.approx(float(entropy), abs=1e-5)
+    assert len(list(StoreDataset(sampled_store, shuffle=False))) == 90
+    assert_draws_follow_the_proposal(tiny, sampled_store, 1.0)
+    assert all((ex["sample_logratios"] == 0).all() for ex in StoreDataset(sampled_store))
+
+
+def test_draws_at_a_proposal_temperature_keep_their_importance_ratios(tiny, tmp_path):
+    extra = (*SAMPLED, "--proposal-temperature", "2.5", "--num-examples", "30")
+    assert run(tiny, tmp_path, *extra, k=None) == 0
+    assert load_manifest(tmp_path).targets["proposal_temperature"] == 2.5
+    assert_draws_follow_the_proposal(tiny, tmp_path, 2.5, every=3)
 
 
 def test_another_sample_seed_draws_other_tokens_for_the_same_examples(
@@ -111,6 +127,7 @@ def random_sampled_examples(vocab, n=40, samples=255, seed=0):
                 "mask_positions": np.arange(m) * 2,
                 "topk_ids": ids,
                 "sample_counts": counts,
+                "sample_logratios": rng.normal(size=counts.shape).astype(np.float32),
                 "teacher_entropy": rng.random(m).astype(np.float32) * 6,
                 "label": i % 3,
             }
@@ -119,13 +136,14 @@ def random_sampled_examples(vocab, n=40, samples=255, seed=0):
 
 
 def test_sampled_targets_read_back_losslessly(tiny, tmp_path):
-    """Whatever is written (ids, counts up to 255, entropies) is read back bit for bit."""
+    """Whatever is written (ids, counts up to 255, ratios, entropies) is read back bit for bit."""
     tokenizer = AutoTokenizer.from_pretrained(tiny["tokenizer"])
     written = random_sampled_examples(len(tokenizer))
     write_sampled(tmp_path, tokenizer, written, 255)
     read = list(StoreDataset(tmp_path, shuffle=False))
     assert set(read[0]) == {"__key__", "input_ids", "mask_positions", "topk_ids", "sample_counts",
-                            "teacher_entropy", "mlm_labels", "label", "meta"}  # fmt: skip
+                            "sample_logratios", "teacher_entropy", "mlm_labels", "label",
+                            "meta"}  # fmt: skip
     assert all((r["mlm_labels"] == -100).all() for r in read)  # not a masked-text store
     for w, r in zip(written, read, strict=True):
         for name in ("input_ids", "mask_positions", "label"):
@@ -133,9 +151,12 @@ def test_sampled_targets_read_back_losslessly(tiny, tmp_path):
         np.testing.assert_array_equal(r["teacher_entropy"].view(np.uint32),
                                       w["teacher_entropy"].view(np.uint32))  # fmt: skip
         for row in range(len(w["mask_positions"])):  # rows come back in canonical order
-            assert sorted(zip(r["topk_ids"][row], r["sample_counts"][row])) == sorted(
-                zip(w["topk_ids"][row], w["sample_counts"][row])
-            )
+            entries = ("topk_ids", "sample_counts", "sample_logratios")
+            got = zip(*(r[n][row].view(np.uint32) if n == "sample_logratios" else r[n][row]
+                        for n in entries))  # fmt: skip
+            put = zip(*(w[n][row].view(np.uint32) if n == "sample_logratios" else w[n][row]
+                        for n in entries))  # fmt: skip
+            assert sorted(got) == sorted(put)
             assert (np.diff(r["sample_counts"][row]) <= 0).all()  # most drawn first
     assert verify_store(str(tmp_path)) == []
 
@@ -143,11 +164,20 @@ def test_sampled_targets_read_back_losslessly(tiny, tmp_path):
 def test_counts_that_disagree_with_the_manifest_are_named(tiny, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny["tokenizer"])
     examples = random_sampled_examples(len(tokenizer), n=3, samples=16)
-    examples[2]["sample_counts"][0, 0] -= 1
+    counts = examples[2]["sample_counts"]
+    counts[0, counts[0].argmax()] -= 1
     write_sampled(tmp_path, tokenizer, examples, 16)
     [(name, problem)] = verify_store(str(tmp_path))
     assert name == "shard-000000.tar"
     assert "mask row 3 counts 15 draws, the manifest records samples=16" in problem
+
+
+def test_negative_counts_are_refused_naming_the_field(tiny, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny["tokenizer"])
+    examples = random_sampled_examples(len(tokenizer), n=2, samples=16)
+    examples[1]["sample_counts"][0, -1] = -1
+    with pytest.raises(ValueError, match="sample_counts must be >= 0, got -1"):
+        write_sampled(tmp_path, tokenizer, examples, 16)
 
 
 def test_inspect_and_verify_a_sampled_store(sampled_store, capsys):
@@ -161,8 +191,13 @@ def test_inspect_and_verify_a_sampled_store(sampled_store, capsys):
     "extra, expected",
     [
         (("--targets", "sampled", "--k", "8"), "--k is for --targets topk"),
-        (("--samples", "8"), "--samples and --sample-seed are for --targets sampled"),
-        (("--sample-seed", "3"), "--samples and --sample-seed are for --targets sampled"),
+        (("--samples", "8"), "--proposal-temperature are for --targets sampled"),
+        (("--sample-seed", "3"), "--proposal-temperature are for --targets sampled"),
+        (("--proposal-temperature", "2"), "--proposal-temperature are for --targets sampled"),
+        (
+            ("--targets", "sampled", "--proposal-temperature", "0"),
+            "--proposal-temperature must be a positive number, got 0.0",
+        ),
         (("--targets", "sampled", "--samples", "0"), "--samples must be positive"),
     ],
 )

@@ -9,7 +9,7 @@ import pytest
 import torch
 from smash.kernels import soft_cross_entropy
 from smash.precompute.shared.adapters import adapter_for
-from smash.precompute.shared.sampled_targets import _distinct, counter_uniforms
+from smash.precompute.shared.sampled_targets import counter_uniforms, sample_rows
 from smash.store import StoreDataset, collate_examples
 from smash.train.config import load_config
 from smash.train.evaluate import heldout_kl
@@ -22,18 +22,16 @@ SEEDS, N = 1000, 4  # 4,000 draws per row in all
 V, R = 50, 3
 
 
-def draws_for_seeds(p: torch.Tensor, seeds: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sampled rows (seeds * R, n) as the teacher pass makes them (counter uniforms, inverse CDF,
-    distinct ids and counts), one sampling seed after another."""
-    cdf = p.double().cumsum(-1)
-    ids, counts = [], []
+def draws_for_seeds(p: torch.Tensor, seeds: int, n: int, tau: float) -> dict[str, torch.Tensor]:
+    """Sampled rows (seeds * R, n) as the teacher pass makes them (counter uniforms, inverse CDF
+    of the proposal at ``tau``, distinct ids, counts and ratios), one sampling seed after
+    another, as a batch."""
+    parts = []
     for seed in range(seeds):
         u = torch.from_numpy(counter_uniforms(seed, np.arange(len(p)), np.zeros(len(p)), n))
-        draws = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
-        i, c = _distinct(draws, p.shape[-1])
-        ids.append(i)
-        counts.append(c)
-    return torch.cat(ids), torch.cat(counts)
+        parts.append(sample_rows(p.log().float(), u, tau)[:3])
+    ids, counts, ratios = (torch.cat(x) for x in zip(*parts))
+    return {"topk_ids": ids, "sample_counts": counts, "sample_logratios": ratios}
 
 
 @pytest.fixture(scope="module")
@@ -41,35 +39,39 @@ def problem():
     g = torch.Generator().manual_seed(0)
     teacher = torch.softmax(torch.randn(R, V, generator=g, dtype=torch.float64) * 2.5, -1)
     student = torch.randn(R, V, generator=g, dtype=torch.float64)
-    ids, counts = draws_for_seeds(teacher, SEEDS, N)
-    return teacher, student, ids, counts
+    return teacher, student
 
 
-def sampled_loss_and_grad(student, ids, counts, seeds, impl="torch"):
-    """Per-row loss (seeds, R) and gradient (seeds, R, V) of the kernel on sampled targets."""
+def sampled_loss_and_grad(student, batch, seeds, impl="torch"):
+    """Per-row loss (seeds, R) and gradient (seeds, R, V) of the kernel on sampled targets,
+    each row weighted by its W as ``ce`` does."""
     logits = student.repeat(seeds, 1).float().requires_grad_()
-    batch = {"topk_ids": ids, "sample_counts": counts}
-    tid, logw, tail = kernel_targets(batch)
-    rows = soft_cross_entropy(
-        logits, tid, logw, tail_logmass=tail, tail="bucket", reduction="none", impl=impl
-    )
-    rows.sum().backward()
-    return rows.detach().double().view(seeds, R), logits.grad.double().view(seeds, R, V)
+    tid, logw, tail, rows = kernel_targets(batch)
+    loss = soft_cross_entropy(logits, tid, logw, tail_logmass=tail, tail="bucket", weights=rows,
+                              reduction="none", impl=impl)  # fmt: skip
+    loss.sum().backward()
+    return loss.detach().double().view(seeds, R), logits.grad.double().view(seeds, R, V)
 
 
-def test_sampled_loss_and_gradient_converge_to_the_full_eq1(problem):
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_sampled_loss_and_gradient_converge_to_the_full_eq1(problem, tau):
     """Averaged over 1,000 sampling seeds of N=4 draws (4,000 draws per row), the sampled loss
-    and its gradient are within 4 standard errors of the full-vocabulary Eq. 1."""
-    teacher, student, ids, counts = problem
-    loss, grad = sampled_loss_and_grad(student, ids, counts, SEEDS)
+    and its gradient are within 4 standard errors of the full-vocabulary Eq. 1, drawing from
+    the teacher (tau = 1) or from a flatter proposal with importance weights (tau = 2)."""
+    teacher, student = problem
+    batch = draws_for_seeds(teacher, SEEDS, N, tau)
+    loss, grad = sampled_loss_and_grad(student, batch, SEEDS)
     logs = torch.log_softmax(student, -1)
+    s = logs.exp()
     full = -(teacher * logs).sum(-1)  # Eq. 1 over the whole vocabulary, (R,)
-    full_grad = torch.softmax(student, -1) - teacher  # its gradient w.r.t. the logits
-    # standard errors of a mean of 4,000 draws of -log s(x) and of the indicator 1[x = v]
-    var = (teacher * logs**2).sum(-1) - full**2
-    se = (var / (SEEDS * N)).sqrt()
+    full_grad = s - teacher  # its gradient w.r.t. the logits
+    # per draw x ~ q: w(x) (-log s_x) and w(x) (s_v - 1[x = v]), w = p/q; their variances
+    q = torch.softmax(teacher.log() / tau, -1)
+    m2 = (teacher**2 / q).sum(-1, keepdim=True)  # E_q[w^2]
+    var = (teacher**2 / q * logs**2).sum(-1) - full**2
+    grad_var = s**2 * m2 - 2 * s * teacher**2 / q + teacher**2 / q - full_grad**2
+    se, grad_se = (var / (SEEDS * N)).sqrt(), (grad_var / (SEEDS * N)).sqrt()
     assert ((loss.mean(0) - full).abs() < 4 * se).all(), (loss.mean(0), full, se)
-    grad_se = (teacher * (1 - teacher) / (SEEDS * N)).sqrt()
     assert ((grad.mean(0) - full_grad).abs() <= 4 * grad_se + 1e-6).all()
     # and the bound can fail: the top-4 renormalised target misses Eq. 1 by far more
     top = torch.topk(teacher, 4, -1)
@@ -77,12 +79,44 @@ def test_sampled_loss_and_gradient_converge_to_the_full_eq1(problem):
     assert ((renorm.sum(-1) - full).abs() > 4 * se).any()
 
 
+def test_a_flatter_proposal_draws_further_into_the_tail(problem):
+    teacher, _ = problem
+    one, two = (draws_for_seeds(teacher, 200, N, tau) for tau in (1.0, 2.0))
+    distinct = [(b["sample_counts"] > 0).sum().item() for b in (one, two)]
+    assert distinct[1] > distinct[0]
+    assert (one["sample_logratios"] == 0).all()
+    assert (two["sample_logratios"][two["sample_counts"] == 0] == 0).all()
+
+
+@pytest.mark.parametrize("loss", ["logits", "fused_linear"])
+def test_ce_weights_rows_by_w_at_a_proposal_temperature(tiny, loss):
+    """Through the ``ce`` objective on the tiny student: the mean over rows of
+    sum_i (c_i w_i / N)(-log s_i), with either loss implementation."""
+    from smash.precompute.shared.adapters import Answers
+    from smash.train.objectives.base import StudentOutputs
+    from smash.train.objectives.ce import PredictionDistillation
+    from transformers import AutoModelForMaskedLM
+
+    g = torch.Generator().manual_seed(1)
+    teacher = torch.softmax(torch.randn(6, 600, generator=g, dtype=torch.float64) * 3, -1)
+    batch = draws_for_seeds(teacher, 1, 8, 2.0)
+    adapter = adapter_for(AutoModelForMaskedLM.from_pretrained(tiny["student"]))
+    student = StudentOutputs(adapter, Answers(torch.randn(6, 32, generator=g)))
+    value = PredictionDistillation(loss=loss, tail="bucket").loss(student, batch, True)
+    c, w = batch["sample_counts"].double(), batch["sample_logratios"].double().exp()
+    logs = torch.log_softmax(student.logits.double(), -1).gather(1, batch["topk_ids"])
+    expect = -(c * w / 8 * logs).sum(-1).mean()
+    torch.testing.assert_close(value.double(), expect, rtol=1e-5, atol=1e-6)
+
+
 def test_the_estimator_is_exact_when_counts_equal_probabilities():
     """Counts proportional to the teacher give Eq. 1 itself (no renormalisation bias)."""
     counts = torch.tensor([[6, 3, 2, 1, 0]])
     ids = torch.tensor([[4, 0, 2, 1, 3]])
     student = torch.randn(1, 5, dtype=torch.float64)
-    tid, logw, tail = kernel_targets({"topk_ids": ids, "sample_counts": counts})
+    batch = {"topk_ids": ids, "sample_counts": counts, "sample_logratios": torch.zeros(1, 5)}
+    tid, logw, tail, rows = kernel_targets(batch)
+    assert rows.tolist() == [1.0]
     loss = soft_cross_entropy(student, tid, logw, tail_logmass=tail, tail="uniform", impl="torch")
     p = torch.zeros(1, 5, dtype=torch.float64).scatter(1, ids, counts.double() / 12)
     expect = -(p * torch.log_softmax(student, -1)).sum()
@@ -92,10 +126,11 @@ def test_the_estimator_is_exact_when_counts_equal_probabilities():
 def test_triton_kernel_agrees_on_sampled_targets(problem):
     """The kernel's Triton path (interpreted here) gives the reference's loss and gradient on
     sampled rows, padding entries (log 0 = -inf) included."""
-    _, student, ids, counts = problem
-    assert (counts == 0).any()
-    ref = sampled_loss_and_grad(student, ids[: 4 * R], counts[: 4 * R], 4, impl="torch")
-    tri = sampled_loss_and_grad(student, ids[: 4 * R], counts[: 4 * R], 4, impl="triton")
+    teacher, student = problem
+    batch = draws_for_seeds(teacher, 4, N, 2.0)
+    assert (batch["sample_counts"] == 0).any() and (batch["sample_logratios"] != 0).any()
+    ref = sampled_loss_and_grad(student, batch, 4, impl="torch")
+    tri = sampled_loss_and_grad(student, batch, 4, impl="triton")
     for a, b in zip(ref, tri):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -104,7 +139,8 @@ def test_hard_labels_of_sampled_rows_are_the_most_drawn_label_word():
     ids = torch.tensor([[7, 3, 9, 0], [5, 6, 1, 2]])
     counts = torch.tensor([[5, 2, 1, 0], [4, 0, 0, 0]])
     verbalizer = torch.tensor([9, 3, 8])
-    tid, scores, _ = kernel_targets({"topk_ids": ids, "sample_counts": counts})
+    batch = {"topk_ids": ids, "sample_counts": counts, "sample_logratios": torch.zeros(2, 4)}
+    tid, scores, _, _ = kernel_targets(batch)
     assert hard_labels(tid, scores, verbalizer).tolist() == [1, -1]
 
 

@@ -21,6 +21,14 @@ from smash.store import (
 from smash.store.cli import main, verify_store
 from test_store import make_examples, write_store
 
+SAMPLED = {
+    "mode": "sampled",
+    "samples": 16,
+    "proposal_temperature": 1.0,
+    "estimator": "unbiased",
+    "seed": 0,
+}
+
 
 @pytest.fixture
 def store(tmp_path):
@@ -81,11 +89,35 @@ def test_shard_names_must_be_plain_file_names(store, capsys, name):
         ),
         (lambda m: m.update(shards=[]), r"field 'shards' is empty: the store holds no shard"),
         (lambda m: m.update(shards={}), r"field 'shards' is \{\} \(an object\); expected a list"),
+        (lambda m: m["targets"].update(mode="beam"), r"'targets.mode' is 'beam'; expected"),
+        (
+            lambda m: m["targets"].update(samples=16),
+            r"field 'targets' has keys \['mode', 'samples'\]; topk targets have \['mode'\]",
+        ),
+        (
+            lambda m: m.update(targets={**SAMPLED, "samples": 12}),
+            r"'targets.samples' is 12 but 'k' is 16",
+        ),
+        (
+            lambda m: m.update(targets={**SAMPLED, "proposal_temperature": 0.0}),
+            r"'targets.proposal_temperature' is 0.0; expected > 0",
+        ),
+        (
+            lambda m: m.update(format_version=2),
+            r"field 'targets' appears in format version 2; it is new in 3",
+        ),
     ],
 )
 def test_manifest_fields_are_checked_and_named(store, capsys, edit, message):
     edit_manifest(store, edit)
     refused_everywhere(store, capsys, message)
+
+
+def test_verify_names_chunks_of_other_targets_than_the_manifest(store, capsys):
+    edit_manifest(store, lambda m: m.update(targets=SAMPLED))
+    assert main(["verify", str(store)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("holds topk targets, the manifest records sampled") == 3
 
 
 def test_verify_compares_each_chunk_with_the_manifest(store, capsys):

@@ -9,10 +9,11 @@ This is exact when the store keeps the whole vocabulary (k = V, r = 0) and a low
 the full KL otherwise (coarsening never increases a KL). Stored float16 probabilities are
 renormalised with ``r`` so that they sum to one.
 
-A sampled store keeps N draws per mask (counts ``c_i``) and the teacher's entropy ``H``, which
-give an unbiased estimate of the full KL (cross-entropy minus entropy)::
+A sampled store keeps N draws per mask (counts ``c_i``, importance ratios ``w_i``) and the
+teacher's entropy ``H``, which give an unbiased estimate of the full KL (cross-entropy minus
+entropy)::
 
-    KL ~ -sum_i (c_i / N) log s_i - H
+    KL ~ -sum_i (c_i w_i / N) log s_i - H
 
 noisy per row (it can be negative), unbiased on average over the held-out rows.
 """
@@ -56,19 +57,20 @@ def sampled_kl_rows(
     student_logits: torch.Tensor,
     sample_ids: torch.Tensor,
     sample_counts: torch.Tensor,
+    sample_logratios: torch.Tensor,
     teacher_entropy: torch.Tensor,
 ) -> torch.Tensor:
     """Per-row unbiased estimate (R,) in nats of KL(teacher || student) from a sampled row."""
     logs = torch.log_softmax(student_logits.float(), dim=-1)  # (R, V)
-    weights = sample_counts.float() / sample_counts.sum(dim=1, keepdim=True).float()
+    counts = sample_counts.float()
+    weights = counts * sample_logratios.float().exp() / counts.sum(dim=1, keepdim=True)
     return -(weights * logs.gather(1, sample_ids)).sum(dim=1) - teacher_entropy.float()
 
 
 def _kl_rows(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if "sample_counts" in batch:
-        return sampled_kl_rows(
-            logits, batch["topk_ids"], batch["sample_counts"], batch["teacher_entropy"]
-        )
+        names = ("topk_ids", "sample_counts", "sample_logratios", "teacher_entropy")
+        return sampled_kl_rows(logits, *(batch[name] for name in names))
     return masked_kl_rows(logits, batch["topk_ids"], batch["topk_logprobs"], batch["tail_logmass"])
 
 

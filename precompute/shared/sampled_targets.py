@@ -1,20 +1,23 @@
 """Sampled teacher targets: N tokens drawn at each answer slot from the teacher's full distribution.
 
 Random-sampling distillation (Anshumann et al., "Sparse Logit Sampling", ACL 2025) stores, per
-mask, the distinct ids of N draws from the teacher and how often each was drawn (``counts``).
-With the proposal equal to the teacher (temperature 1, the only proposal offered here) every
-importance weight is 1, and the estimate of the paper's Eq. 1 is::
+mask, the distinct ids of N draws and how often each was drawn (``counts``). The draws come
+from a proposal ``q = softmax(log p / tau)``, the teacher at a proposal temperature ``tau``
+(``tau > 1`` reaches further into the tail), with the importance ratio ``w_i = p_i / q_i`` of
+each distinct id stored as ``log w_i`` (float32). The estimate of the paper's Eq. 1 is::
 
-    L = -sum_i (c_i / N) log s_i          E[c_i / N] = p_i, so E[L] = -sum_v p_v log s_v
+    L = -sum_i (c_i w_i / N) log s_i      E[c_i w_i / N] = p_i, so E[L] = -sum_v p_v log s_v
 
-unbiased, as is its gradient with respect to the student's logits (``s - c/N`` against
-``s - p``). The weights ``c_i / N`` already sum to one, so the unbiased and the self-normalised
-estimators are the same number: nothing is renormalised, nothing is dropped.
+unbiased, as is its gradient with respect to the student's logits (``W s - c w/N`` with
+``W = sum_i c_i w_i / N``, against ``s - p``). This is the estimator chosen: the
+self-normalised one (dividing by ``W`` instead of N) has lower variance but is biased when
+``tau != 1``. At ``tau = 1`` (the default) every ratio is 1, ``W = 1`` and the two are the same
+number: nothing is renormalised, nothing is dropped.
 
 The draws are a pure function of (seed, example key, mask index, draw index):
 ``counter_uniforms`` hashes those four integers (SplitMix64's finaliser, chained) into
 uniforms in [0, 1), with no generator state, and each uniform picks a token through the
-inverse CDF of the teacher's float64 probabilities. So a store's bytes never depend on
+inverse CDF of the proposal's float64 probabilities. So a store's bytes never depend on
 batching, ranks, the device's random state or an interrupted run.
 """
 
@@ -31,6 +34,7 @@ __all__ = [
     "SAMPLED_ESTIMATOR",
     "TeacherSample",
     "counter_uniforms",
+    "sample_rows",
     "sampled_targets",
     "targets_record",
 ]
@@ -63,12 +67,18 @@ def counter_uniforms(seed: int, keys: np.ndarray, masks: np.ndarray, n: int) -> 
 class TeacherSample:
     ids: torch.Tensor  # (R, N) int64: the distinct drawn ids, then padding ids (count 0)
     counts: torch.Tensor  # (R, N) int64: draws of each id; they sum to N per row
+    logratios: torch.Tensor  # (R, N) float32: log(p/q) of each id (0 at tau = 1 and on padding)
     entropy: torch.Tensor  # (R,) float32: the teacher's entropy in nats (for held-out KL)
     verbalizer_logprobs: torch.Tensor | None = None  # (R, C) float32 at ``verbalizer_ids``
 
     def stored_fields(self) -> dict[str, torch.Tensor]:
         """The values under the names of a sampled store's teacher fields (``schema.py``)."""
-        return {"topk_ids": self.ids, "sample_counts": self.counts, "teacher_entropy": self.entropy}
+        return {
+            "topk_ids": self.ids,
+            "sample_counts": self.counts,
+            "sample_logratios": self.logratios,
+            "teacher_entropy": self.entropy,
+        }
 
 
 def _distinct(draws: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,37 +101,52 @@ def _distinct(draws: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tens
     return torch.where(position < distinct, ids, pad), counts
 
 
+def sample_rows(
+    logp: torch.Tensor, uniforms: torch.Tensor, proposal_temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, counts, logratios, entropy) of N draws per row of the teacher's log-probabilities
+    ``logp`` (R, V) at ``proposal_temperature``, one per column of ``uniforms`` (R, N)."""
+    vocab = logp.shape[-1]
+    if uniforms.shape[1] > vocab:
+        raise ValueError(f"--samples {uniforms.shape[1]} is larger than the vocabulary ({vocab})")
+    logp64 = logp.double()  # (R, V)
+    logq = logp64
+    if proposal_temperature != 1.0:
+        logq = torch.log_softmax(logp64 / proposal_temperature, dim=-1)
+    cdf = logq.exp().cumsum(dim=-1)
+    # the first id whose cumulative probability exceeds u * total: never an id of probability 0
+    draws = torch.searchsorted(cdf, uniforms.to(cdf) * cdf[:, -1:], right=True)
+    ids, counts = _distinct(draws.clamp_(max=vocab - 1), vocab)
+    ratios = (logp64 - logq).gather(1, ids)  # exactly 0 at temperature 1
+    logratios = torch.where(counts > 0, ratios, 0.0).float()
+    entropy = -(logp64.exp() * logp64).nan_to_num(0.0).sum(-1)
+    return ids, counts, logratios, entropy.float()
+
+
 @torch.inference_mode()
 def sampled_targets(
     adapter: ModelAdapter,
     hidden: torch.Tensor,
     uniforms: torch.Tensor,
     verbalizer_ids: torch.Tensor | None = None,
+    proposal_temperature: float = 1.0,
 ) -> TeacherSample:
-    """N draws per answer row ``hidden`` (R, H) from the teacher's full distribution, one per
-    column of ``uniforms`` (R, N) (``counter_uniforms``); with ``verbalizer_ids`` also the
-    label words' log-probabilities, as ``topk_targets`` gives them."""
-    logits = adapter.logits(hidden).float()  # (R, V)
-    vocab = logits.shape[-1]
-    if uniforms.shape[1] > vocab:
-        raise ValueError(f"--samples {uniforms.shape[1]} is larger than the vocabulary ({vocab})")
-    logp = torch.log_softmax(logits, dim=-1)
-    p = logp.double().exp()  # (R, V)
-    cdf = p.cumsum(dim=-1)
-    # the first id whose cumulative probability exceeds u * total: never an id of probability 0
-    draws = torch.searchsorted(cdf, uniforms.to(cdf) * cdf[:, -1:], right=True)
-    ids, counts = _distinct(draws.clamp_(max=vocab - 1), vocab)
-    entropy = -(p * logp.double()).nan_to_num(0.0).sum(-1)
+    """N draws per answer row ``hidden`` (R, H) from the teacher's full distribution at
+    ``proposal_temperature``, one per column of ``uniforms`` (R, N) (``counter_uniforms``);
+    with ``verbalizer_ids`` also the label words' log-probabilities, as ``topk_targets``
+    gives them."""
+    logp = torch.log_softmax(adapter.logits(hidden).float(), dim=-1)  # (R, V)
+    drawn = sample_rows(logp, uniforms, proposal_temperature)
     verbalizer = logp[:, verbalizer_ids] if verbalizer_ids is not None else None
-    return TeacherSample(ids, counts, entropy.float(), verbalizer)
+    return TeacherSample(*drawn, verbalizer)
 
 
-def targets_record(samples: int, seed: int) -> dict:
+def targets_record(samples: int, seed: int, proposal_temperature: float = 1.0) -> dict:
     """The manifest's ``targets`` section of a sampled store."""
     return {
         "mode": "sampled",
         "samples": samples,
-        "proposal_temperature": 1.0,
+        "proposal_temperature": float(proposal_temperature),
         "estimator": SAMPLED_ESTIMATOR,
         "seed": seed,
     }

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from smash.kernels import fused_linear_soft_cross_entropy, soft_cross_entropy
 
-from ..targets import kernel_targets
+from ..targets import importance_weighted, kernel_targets
 from . import register_objective
 from .base import Objective, StoreContext, StudentOutputs
 
@@ -54,32 +54,47 @@ class PredictionDistillation(Objective):
     def from_config(cls, cfg: TrainConfig) -> PredictionDistillation:
         return cls(cfg.loss, cfg.tail, cfg.temperature, cfg.scale_t2, cfg.kernel_impl)
 
-    def for_store(self, store: StoreContext) -> None:
-        """Sampled targets estimate the teacher at T=1 only: ``softmax(log c / T)`` is not
-        an estimate of the tempered teacher, so another temperature is refused."""
+    def for_store(self, store: StoreContext) -> bool:
+        """Whether the store's rows need their importance weights (``train/targets.py``).
+        Sampled targets estimate the teacher at T=1 only: ``softmax(log c / T)`` is not an
+        estimate of the tempered teacher, so another temperature is refused."""
         if store.manifest.sampled and self.kernel_args["temperature"] != 1.0:
             raise ValueError(
                 f"{store.path}: a sampled store estimates the teacher at temperature 1; "
                 f"temperature={self.kernel_args['temperature']} would bias it (use 1.0, or a "
                 f"top-k store)"
             )
+        return importance_weighted(store.manifest)
 
     def loss(
-        self, student: StudentOutputs, batch: Mapping[str, torch.Tensor], state: Any
+        self, student: StudentOutputs, batch: Mapping[str, torch.Tensor], state: bool
     ) -> torch.Tensor:
         # check_ids=False: the ids come from a checksummed store written by the teacher pass
         # (or from a live teacher's top-k), and the check costs a host sync per step.
-        *targets, tail_logmass = kernel_targets(batch)
+        *targets, tail_logmass, rows = kernel_targets(batch)
+        if state and rows is not None:  # importance weights: sum_r W_r L_r / R, unbiased
+            weighted = {**self.kernel_args, "reduction": "sum"}
+            return self._loss(student, targets, tail_logmass, rows, weighted) / rows.numel()
+        return self._loss(student, targets, tail_logmass, None, self.kernel_args)
+
+    def _loss(
+        self,
+        student: StudentOutputs,
+        targets: list[torch.Tensor],
+        tail_logmass: torch.Tensor,
+        weights: torch.Tensor | None,
+        kernel_args: dict[str, Any],
+    ) -> torch.Tensor:
         if self.fused:
             decoder = student.decoder
             return fused_linear_soft_cross_entropy(
                 student.features, decoder.weight, decoder.bias, *targets,
-                tail_logmass=tail_logmass, check_ids=False, **self.kernel_args,
+                tail_logmass=tail_logmass, weights=weights, check_ids=False, **kernel_args,
             )  # fmt: skip
         # grad_in_forward=False: DeepSpeed divides the loss by the accumulation steps (and
         # fp16 scales it), so the upstream gradient is not 1; recomputing in backward avoids
         # the host sync and the extra pass over the saved gradient.
         return soft_cross_entropy(
-            student.logits, *targets, tail_logmass=tail_logmass, check_ids=False,
-            grad_in_forward=False, **self.kernel_args,
+            student.logits, *targets, tail_logmass=tail_logmass, weights=weights,
+            check_ids=False, grad_in_forward=False, **kernel_args,
         )  # fmt: skip

@@ -72,6 +72,6 @@ class HardLabels(Objective):
         if state.stored_labels:
             targets = batch["labels"][batch["mask_batch"]]
         else:
-            ids, scores, _ = kernel_targets(batch)  # sampled: log counts, -inf when not drawn
+            ids, scores, _, _ = kernel_targets(batch)  # sampled: log(c w), -inf if not drawn
             targets = hard_labels(ids, scores, verbalizer)
         return label_word_loss(student.adapter.logits_at(student.features, verbalizer), targets)
