@@ -153,7 +153,8 @@ def store_of(tokenizer, producer, verbalizer=None):
 
 
 def test_label_words_come_from_the_store_and_the_task(tiny_tokenizer):
-    """``hard``: the manifest's verbalizer; ``rule``: the sentence-pair task's; config wins."""
+    """``hard``: the manifest's verbalizer; ``rule``: the sentence-pair task's; config wins
+    (``ce`` only asks whether the store's rows carry importance weights)."""
     from smash.precompute.sentence_pair import SentencePairTask
     from smash.precompute.shared.templates import verbalizer_ids
 
@@ -163,7 +164,9 @@ def test_label_words_come_from_the_store_and_the_task(tiny_tokenizer):
     sentiment = {"task": "sentiment", "verbalizer": ["terrible", "okay", "great"]}
     pairs = {"task": "sentence-pair", "verbalizer": ["No", "Maybe", "Yes"]}
     hard, rule = HardLabels(), RuleLabels()
-    assert PredictionDistillation().for_store(store_of(tiny_tokenizer, pairs)) is None
+    assert (
+        PredictionDistillation().for_store(store_of(tiny_tokenizer, pairs)) is False
+    )  # unweighted
     got = hard.for_store(store_of(tiny_tokenizer, sentiment)).verbalizer.tolist()
     assert got == ids("terrible", "okay", "great")
     assert rule.for_store(store_of(tiny_tokenizer, pairs)).tolist() == ids(
