@@ -2,7 +2,12 @@
 
 import pytest
 import torch
-from smash.precompute.shared.adapters import MaskedLMAdapter, adapter_for
+from smash.precompute.shared.adapters import (
+    EncoderDecoderAdapter,
+    MaskedLMAdapter,
+    adapter_for,
+    max_sequence_length,
+)
 
 
 def tiny_masked_lm(family: str):
@@ -73,3 +78,63 @@ def test_an_unsupported_family_is_refused():
     )
     with pytest.raises(ValueError, match="DistilBertForMaskedLM: no masked-LM head"):
         adapter_for(model)
+
+
+def tiny_t5(tied: bool = True):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(vocab_size=97, d_model=24, d_kv=6, d_ff=48, num_layers=2, num_heads=4,
+                      dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                      tie_word_embeddings=tied)  # fmt: skip
+    torch.manual_seed(0)
+    return T5ForConditionalGeneration(config).eval()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_t5_answer_logits_are_the_second_decoder_positions(tied):
+    """The decoder fed <pad> <extra_id_0>: logits at its second position, bit for bit; the
+    fused-linear product (features @ lm_head.weight.T, no bias) to fp32 round-off."""
+    model, sentinel = tiny_t5(tied), 96
+    adapter = adapter_for(model, sentinel_id=sentinel)
+    assert isinstance(adapter, EncoderDecoderAdapter) and adapter.decoder.bias is None
+    prompts = {**batch(), "mask_batch": torch.tensor([2, 0, 1]),
+               "mask_positions": torch.tensor([3, 5, 4])}  # fmt: skip
+    with torch.no_grad():
+        start = torch.tensor([[0, sentinel]]).expand(3, 2)
+        full = model(input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"],
+                     decoder_input_ids=start).logits[:, 1][prompts["mask_batch"]]  # fmt: skip
+        answers = adapter.answers(prompts)
+        logits = adapter.logits(answers.hidden)
+        fused = adapter.features(answers.hidden) @ adapter.decoder.weight.T
+        label_words = adapter.logits_at(adapter.features(answers.hidden), torch.tensor([7, 50]))
+    assert torch.equal(logits, full)
+    torch.testing.assert_close(fused, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(label_words, full[:, [7, 50]], rtol=1e-5, atol=1e-5)
+    # the rescale matters: without it the logits are off by d_model ** 0.5 (tied) or not at all
+    scaled = adapter.decoder(answers.hidden)
+    assert torch.equal(scaled, full) != tied
+    assert answers.hidden.shape == (3, 24)
+
+
+def test_t5_answers_need_one_slot_per_prompt_and_the_sentinel():
+    model = tiny_t5()
+    with pytest.raises(ValueError, match="needs the tokenizer's <extra_id_0> id"):
+        adapter_for(model)
+    prompts = batch()  # 4 answer slots in 3 prompts
+    with pytest.raises(ValueError, match="one answer per prompt; got 4 answer slots in 3"):
+        adapter_for(model, sentinel_id=96).answers(prompts)
+
+
+def test_t5_encoder_states_on_request():
+    model = tiny_t5()
+    model.set_attn_implementation("eager")
+    prompts = {**batch(), "mask_batch": torch.arange(3), "mask_positions": torch.tensor([1, 2, 3])}
+    answers = adapter_for(model, sentinel_id=96).answers(prompts, hidden_states=True,
+                                                         attentions=True)  # fmt: skip
+    assert len(answers.hidden_states) == 3 and answers.hidden_states[0].shape == (3, 11, 24)
+    assert len(answers.attentions) == 2 and answers.attentions[0].shape == (3, 4, 11, 11)
+
+
+def test_max_sequence_length_of_t5_and_roberta():
+    assert max_sequence_length(tiny_t5().config) == 512
+    assert max_sequence_length(tiny_masked_lm("roberta").config) == 40 - 2

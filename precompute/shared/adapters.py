@@ -19,9 +19,11 @@ everywhere. An adapter answers four questions:
     the vocabulary projection (an ``nn.Linear``; its weight may be tied to the embeddings);
     ``logits_at(features, token_ids)`` applies only some of its rows (label words).
 
-Masked LMs (RoBERTa/XLM-R/CamemBERT/Data2Vec-text ``lm_head``, BERT ``cls``) are supported;
-``tests/test_adapters.py`` checks for each that ``logits`` equals the model's own forward at
-the mask, bit for bit. A new family is one class here plus its case in that test.
+Masked LMs (RoBERTa/XLM-R/CamemBERT/Data2Vec-text ``lm_head``, BERT ``cls``) and T5
+(``T5ForConditionalGeneration``: the answer is the decoder's second token, paper appendix A)
+are supported; ``tests/test_adapters.py`` checks for each that ``logits`` equals the model's
+own forward at the answer, bit for bit. A new family is one class here plus its case in that
+test.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ from torch import nn
 
 __all__ = [
     "Answers",
+    "EncoderDecoderAdapter",
     "MaskedLMAdapter",
     "ModelAdapter",
     "Prompts",
     "adapter_for",
+    "family_of",
     "max_sequence_length",
 ]
 
@@ -131,10 +135,96 @@ class MaskedLMAdapter(ModelAdapter):
         return self._transform(hidden)
 
 
-def adapter_for(model: nn.Module) -> ModelAdapter:
-    """The adapter of ``model``'s family (masked LMs now)."""
+class EncoderDecoderAdapter(ModelAdapter):
+    """A T5 ``AutoModelForSeq2SeqLM`` (paper appendix A): the encoder reads the prompt, whose
+    answer slot is the sentinel ``<extra_id_0>``; the decoder is fed ``<pad> <extra_id_0>``
+    and the answer is its output at the second position (the distribution of the second
+    generated token; the first is always the sentinel). One answer per prompt: ``mask_batch``
+    says which prompt each answer row is (``mask_positions``, where the sentinel sits in the
+    encoder's input, is not needed). ``hidden_states``/``attentions`` are the encoder's.
+    """
+
+    def __init__(self, model: nn.Module, sentinel_id: int):
+        self.model = model
+        self.decoder = model.get_output_embeddings()  # lm_head: no bias
+        config = model.config
+        # transformers 5 names the rescale ``scale_decoder_outputs``; before, T5 rescaled
+        # exactly when ``tie_word_embeddings`` (T5 v1.1 unties and does not rescale).
+        scale = getattr(config, "scale_decoder_outputs", config.tie_word_embeddings)
+        self._scale = config.d_model**-0.5 if scale else None
+        self.start_id = config.decoder_start_token_id  # <pad> for T5
+        # the tokenizer's <extra_id_0> (t5-large: 32099; its embeddings are padded to 32128)
+        self.sentinel_id = sentinel_id
+        if self.start_id is None:
+            raise ValueError(f"{type(model).__name__}: config has no decoder_start_token_id")
+
+    def answers(self, prompts: Prompts, *, hidden_states=False, attentions=False) -> Answers:
+        ids, mask, rows = prompts["input_ids"], prompts["attention_mask"], prompts["mask_batch"]
+        if rows.shape[0] != ids.shape[0]:
+            raise ValueError(
+                f"{type(self.model).__name__}: an encoder-decoder model gives one answer per "
+                f"prompt; got {rows.shape[0]} answer slots in {ids.shape[0]} prompts"
+            )
+        if attentions and self.model.config._attn_implementation != "eager":
+            raise ValueError(
+                f"{type(self.model).__name__}: attention probabilities need the eager attention "
+                f"path (it runs {self.model.config._attn_implementation!r}); load the model with "
+                f"attn_implementation='eager'"
+            )
+        encoded = self.model.get_encoder()(
+            input_ids=ids,
+            attention_mask=mask,
+            output_hidden_states=hidden_states,
+            output_attentions=attentions,
+        )
+        start = torch.tensor([self.start_id, self.sentinel_id], device=ids.device)
+        decoded = self.model.decoder(
+            input_ids=start.expand(ids.shape[0], 2),  # (B, 2): <pad> <extra_id_0>
+            encoder_hidden_states=encoded.last_hidden_state,
+            encoder_attention_mask=mask,
+            use_cache=False,
+        )
+        return Answers(
+            decoded.last_hidden_state[rows, 1],
+            encoded.hidden_states if hidden_states else None,
+            encoded.attentions if attentions else None,
+        )
+
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden if self._scale is None else hidden * self._scale
+
+
+def family_of(config) -> str:
+    """``"t5"`` for encoder-decoder (T5) configs, ``"masked-lm"`` otherwise."""
+    if getattr(config, "is_encoder_decoder", False):
+        if config.model_type not in _ENCODER_DECODER:
+            raise ValueError(
+                f"{config.model_type!r}: encoder-decoder models other than "
+                f"{sorted(_ENCODER_DECODER)} are not supported"
+            )
+        return "t5"
+    return "masked-lm"
+
+
+# Encoder-decoder families whose LM head and decoder start follow T5.
+_ENCODER_DECODER = {"t5"}
+
+
+def adapter_for(model: nn.Module, sentinel_id: int | None = None) -> ModelAdapter:
+    """The adapter of ``model``'s family. An encoder-decoder model needs ``sentinel_id``, its
+    tokenizer's ``<extra_id_0>`` (``templates.answer_token_id``), to start the decoder."""
+    if family_of(model.config) == "t5":
+        if sentinel_id is None:
+            raise ValueError(
+                f"{type(model).__name__}: an encoder-decoder adapter needs the tokenizer's "
+                f"<extra_id_0> id (sentinel_id) to feed the decoder '<pad> <extra_id_0>'"
+            )
+        return EncoderDecoderAdapter(model, sentinel_id)
     return MaskedLMAdapter(model)
 
+
+# T5 was pre-trained on 512-token inputs; its relative positions accept longer ones.
+T5_MAX_LENGTH = 512
 
 # Models whose position ids start after the padding index (RoBERTa's create_position_ids).
 _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "data2vec-text"}
@@ -144,8 +234,11 @@ def max_sequence_length(config) -> int:
     """The longest input (in tokens) a model's position embeddings can take.
 
     RoBERTa-style models number positions from ``pad_token_id + 1``, so ``roberta-large``
-    with 514 position embeddings takes 512 tokens.
+    with 514 position embeddings takes 512 tokens. T5 has relative position buckets and no
+    hard limit: its pre-training length, 512, is returned.
     """
+    if family_of(config) == "t5":
+        return T5_MAX_LENGTH
     limit = int(config.max_position_embeddings)
     if config.model_type in _OFFSET_POSITIONS:
         limit -= int(config.pad_token_id) + 1
