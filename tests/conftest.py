@@ -34,3 +34,20 @@ def tiny_tokenizer(tiny):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny["tokenizer"])
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory, tiny) -> dict:
+    """Paths of a unigram T5 tokenizer trained on the tiny corpus, a tiny T5 'teacher' and a
+    smaller T5 'student' (each folder holds its tokenizer)."""
+    from smash.precompute.tiny_t5 import build_tiny_t5, train_tiny_t5_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny_t5")
+    tok = train_tiny_t5_tokenizer([tiny["corpus"]], root / "tokenizer")
+    build_tiny_t5(tok, root / "teacher", d_model=64, layers=2, heads=4, seed=0)
+    build_tiny_t5(tok, root / "student", d_model=32, layers=1, heads=2, seed=1)
+    return {
+        "tokenizer": root / "tokenizer",
+        "teacher": root / "teacher",
+        "student": root / "student",
+    }

@@ -8,6 +8,11 @@ A template is a string of parts separated by ``*`` (Gao et al., 2021, ``src/data
 
 Parts: ``cls``, ``mask``, ``sep`` and ``sep+`` are the tokenizer's special tokens (``sep+``
 also starts a new segment in LM-BFF; RoBERTa has no segments, so here it is a plain ``sep``).
+A T5 tokenizer (no mask token, but the sentinel ``<extra_id_0>``) reads the same templates as
+the paper's appendix A.3 does: ``<s>`` removed and ``<mask>`` replaced by ``<extra_id_0>``, so
+``cls`` is nothing, ``mask`` is ``<extra_id_0>`` and ``sep``/``sep+`` are ``</s>``::
+
+    *cls**sent-_0*?*mask*,*+sentl_1**sep+*         x0?<extra_id_0>, x1</s>   (T5)
 ``sent_i`` is sentence ``i``, with modifiers as in LM-BFF: a leading ``+`` puts a space before
 it, ``l`` (``u``) lower-cases (upper-cases) its first character, a trailing ``-`` deletes its
 last character, e.g. ``+sentl-_1``. Any other part is literal text in which ``_`` is a space;
@@ -34,7 +39,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["EncodedPrompt", "Part", "Template", "parse_template", "verbalizer_ids"]
+__all__ = [
+    "SENTINEL",
+    "EncodedPrompt",
+    "Part",
+    "Template",
+    "answer_token_id",
+    "is_sentinel_tokenizer",
+    "parse_template",
+    "verbalizer_ids",
+]
+
+SENTINEL = "<extra_id_0>"  # T5's first span-corruption sentinel: its answer slot
 
 _SPECIAL = ("cls", "mask", "sep", "sep+")
 _SENT = re.compile(r"^(?P<space>\+?)sent(?P<case>[lu]?)(?P<drop>-?)_(?P<index>\d+)$")
@@ -110,7 +126,7 @@ class Template:
         columns: list[list[list[int]] | list[int]] = []  # per part: ids per example, or fixed
         for part in self.parts:
             if part.kind == "special":
-                columns.append([_special_id(tokenizer, part.text, self.spec)])
+                columns.append(_special_ids(tokenizer, part.text, self.spec))
             elif part.kind == "sentence":
                 columns.append(
                     _encode_many(tokenizer, [part.sentence_text(s[part.index]) for s in batch])
@@ -211,7 +227,35 @@ def _encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
     ]
 
 
-def _special_id(tokenizer, name: str, spec: str) -> int:
+def is_sentinel_tokenizer(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether ``tokenizer`` marks answers with T5's sentinel: it has no mask token but has
+    ``<extra_id_0>`` as a token of its own."""
+    if tokenizer.mask_token_id is not None:
+        return False
+    token_id = tokenizer.convert_tokens_to_ids(SENTINEL)
+    return token_id is not None and token_id != tokenizer.unk_token_id
+
+
+def answer_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token of a prompt's answer slot: ``<mask>``, or ``<extra_id_0>`` for T5."""
+    if tokenizer.mask_token_id is not None:
+        return tokenizer.mask_token_id
+    if is_sentinel_tokenizer(tokenizer):
+        return tokenizer.convert_tokens_to_ids(SENTINEL)
+    raise ValueError(
+        f"tokenizer {tokenizer.name_or_path!r} has neither a mask token nor {SENTINEL}: "
+        f"a prompt has no answer slot"
+    )
+
+
+def _special_ids(tokenizer, name: str, spec: str) -> list[int]:
+    if is_sentinel_tokenizer(tokenizer):  # T5 (appendix A.3): no <s>, <extra_id_0>, </s>
+        return {
+            "cls": [],
+            "mask": [answer_token_id(tokenizer)],
+            "sep": [tokenizer.eos_token_id],
+            "sep+": [tokenizer.eos_token_id],
+        }[name]
     attr = {
         "cls": "cls_token_id",
         "mask": "mask_token_id",
@@ -221,7 +265,7 @@ def _special_id(tokenizer, name: str, spec: str) -> int:
     token_id = getattr(tokenizer, attr, None)
     if token_id is None:
         raise ValueError(f"template {spec!r} uses *{name}* but the tokenizer has no {attr}")
-    return token_id
+    return [token_id]
 
 
 def _truncate_longest_first(pieces: list[list[int]], is_sentence: list[bool], budget: int) -> None:
