@@ -32,9 +32,10 @@ from .provenance import (
     recorded_teacher_name,
 )
 from .sentences import SentenceSplitter
-from .shared.adapters import max_sequence_length
+from .shared.adapters import family_of, max_sequence_length
 from .shared.model_paths import require_folder_or_hub_name
 from .shared.precisions import PRECISIONS
+from .shared.templates import answer_token_id
 from .tasks import make_task, task_names
 from .teacher_pass import PassConfig, PassSummary, finalize, run_teacher_pass, start_preparer
 
@@ -58,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--one-doc-per-file", action="store_true", help="treat each text file as one document"
     )
-    p.add_argument("--teacher", default="roberta-large", help="AutoModelForMaskedLM path or name")
+    p.add_argument(
+        "--teacher",
+        default="roberta-large",
+        help="path or name of an AutoModelForMaskedLM, or of a T5 (AutoModelForSeq2SeqLM: "
+        "the answer is the decoder's second token after '<pad> <extra_id_0>')",
+    )
     p.add_argument("--revision", default=None, help="model revision (hub models)")
     p.add_argument("--out", required=True, type=Path, help="store directory")
     p.add_argument(
@@ -249,13 +255,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         if device.type == "cuda":  # CUDA events, streams and pinned copies use this device
             torch.cuda.set_device(device)
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         require_folder_or_hub_name("--teacher", args.teacher)
+        family = family_of(AutoConfig.from_pretrained(args.teacher, revision=args.revision))
         tokenizer = AutoTokenizer.from_pretrained(args.teacher, revision=args.revision)
-        if tokenizer.mask_token_id is None:
+        answer_token_id(tokenizer)  # raises when prompts would have no answer slot
+        if family == "t5" and task.template is None:
             raise ValueError(
-                f"tokenizer of {args.teacher!r} has no mask token; a masked LM teacher needs one"
+                f"task {task.name!r} masks raw text, which needs a masked LM; {args.teacher!r} "
+                f"is a T5 (encoder-decoder) model: use a template task"
             )
         if width > len(tokenizer):
             option = "--k" if args.targets == "topk" else "--samples"
@@ -282,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         preparer = start_preparer(task, tokenizer, cfg)  # starts while the model loads
         model = (
-            AutoModelForMaskedLM.from_pretrained(
+            _auto_model(family)
+            .from_pretrained(
                 args.teacher,
                 revision=args.revision,
                 dtype=PRECISIONS[args.dtype],
@@ -306,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             "revision": args.revision or getattr(model.config, "_commit_hash", None),
             "fingerprint": fingerprint,
         }
+        if family != "masked-lm":  # masked-LM stores keep the record they always had
+            teacher["family"] = family
         producer = producer_config(task, tokenizer, teacher, cfg, corpus_fp, splitter.config())
         distributed = world > 1
         if distributed and not torch.distributed.is_initialized():
@@ -352,6 +364,13 @@ def main(argv: list[str] | None = None) -> int:
         # Under torchrun / the deepspeed launcher, this rank's exit ends the other ranks too.
         print(f"precompute-teacher: error: {err}", file=sys.stderr)
         return 2
+
+
+def _auto_model(family: str):
+    """The Auto class that loads a teacher of ``family`` (``adapters.family_of``)."""
+    from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if family == "t5" else AutoModelForMaskedLM
 
 
 def _target_width(args: argparse.Namespace) -> int:

@@ -47,7 +47,7 @@ from .shared.sampled_targets import (
     targets_record,
 )
 from .shared.teacher_targets import TeacherTopK, teacher_topk
-from .shared.templates import parse_template
+from .shared.templates import answer_token_id, parse_template
 from .tasks import IntermediateTask, TaskExample
 
 __all__ = [
@@ -201,14 +201,13 @@ def run_teacher_pass(
     this thread runs the teacher; the writer thread filters, encodes and writes finished
     shards.
     """
-    if tokenizer.mask_token_id is None:
-        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no mask token")
+    answer_id = answer_token_id(tokenizer)  # <mask>, or <extra_id_0> for T5
     vocab = len(tokenizer)
     if cfg.k > vocab:
         raise ValueError(f"--k {cfg.k} is larger than the vocabulary ({vocab} tokens)")
     if task.template is not None:
         parse_template(task.template)  # a bad template fails here, before anything starts
-    adapter = adapter_for(model)
+    adapter = adapter_for(model, sentinel_id=answer_id)
     verbalizer = producer["verbalizer_ids"]
     verbalizer_ids = torch.tensor(verbalizer, device=device) if verbalizer else None
     store = StoreWriter(

@@ -310,7 +310,7 @@ def test_changed_configuration_is_refused_and_nothing_is_lost(tiny, tmp_path, ca
         ("latin1", "line 2 (byte 27) is not valid UTF-8"),
         ("no-mask-template", "must contain exactly one *mask*"),
         ("big-k", "--k 5000 is larger than the vocabulary"),
-        ("no-mask-tokenizer", "has no mask token"),
+        ("no-mask-tokenizer", "has neither a mask token nor <extra_id_0>"),
         ("multi-token-verbalizer", "not a single token"),
         ("missing-plugin", "--plugin no_such_module: cannot import it"),
         ("too-long", "makes examples of up to 200 tokens, but"),
