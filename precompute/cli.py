@@ -32,7 +32,7 @@ from .provenance import (
     recorded_teacher_name,
 )
 from .sentences import SentenceSplitter
-from .shared.adapters import family_of, max_sequence_length
+from .shared.adapters import auto_model_class, family_of, max_sequence_length
 from .shared.model_paths import require_folder_or_hub_name
 from .shared.precisions import PRECISIONS
 from .shared.templates import answer_token_id
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         preparer = start_preparer(task, tokenizer, cfg)  # starts while the model loads
         model = (
-            _auto_model(family)
+            auto_model_class(family)
             .from_pretrained(
                 args.teacher,
                 revision=args.revision,
@@ -364,13 +364,6 @@ def main(argv: list[str] | None = None) -> int:
         # Under torchrun / the deepspeed launcher, this rank's exit ends the other ranks too.
         print(f"precompute-teacher: error: {err}", file=sys.stderr)
         return 2
-
-
-def _auto_model(family: str):
-    """The Auto class that loads a teacher of ``family`` (``adapters.family_of``)."""
-    from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
-
-    return AutoModelForSeq2SeqLM if family == "t5" else AutoModelForMaskedLM
 
 
 def _target_width(args: argparse.Namespace) -> int:

@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--eval-store", help="held-out store for KL(teacher || student)")
     p.add_argument("--eval-every", type=int)
-    p.add_argument("--student", help="AutoModelForMaskedLM path or name")
+    p.add_argument(
+        "--student", help="AutoModelForMaskedLM path or name, or a T5 (AutoModelForSeq2SeqLM)"
+    )
     p.add_argument("--out", dest="output_dir", help="output folder")
     p.add_argument(
         "--objective",

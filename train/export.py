@@ -1,8 +1,9 @@
 """Exporting the student as a plain Hugging Face folder for few-shot evaluation.
 
 The folder holds ``save_pretrained``'s weights and config plus the tokenizer, and loads with
-``AutoModelForMaskedLM.from_pretrained``. Weights are written in float32 whatever the
-training precision (with fp16/bf16 they are the module's half-precision values, upcast).
+``AutoModelForMaskedLM.from_pretrained`` (a T5 student: ``AutoModelForSeq2SeqLM``). Weights
+are written in float32 whatever the training precision (with fp16/bf16 they are the module's
+half-precision values, upcast).
 
 Folder names: LM-BFF's trainer (the old ``transformers.Trainer``) takes a model path for a
 checkpoint to resume when ``int(path.split("-")[-1].split("/")[0])`` succeeds, and then skips

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from smash.precompute.shared.adapters import adapter_for
+from smash.precompute.shared.adapters import adapter_for, auto_model_class, family_of
 from smash.precompute.shared.teacher_targets import topk_targets
 from smash.store import TEACHER_FIELDS
 from torch import nn
@@ -36,9 +36,10 @@ class DistillStudent(nn.Module):
     """Student model + weighted objectives; ``forward(**batch, store=i)`` returns the loss.
 
     Args:
-        model: an HF ``AutoModelForMaskedLM``.
+        model: an HF ``AutoModelForMaskedLM``, or a T5 ``AutoModelForSeq2SeqLM``.
         objectives: (objective, weight) pairs; the loss is the weighted sum.
         store_states: per store, per objective, what ``Objective.for_store`` prepared.
+        sentinel_id: for T5, the tokenizer's ``<extra_id_0>`` (``templates.answer_token_id``).
     """
 
     def __init__(
@@ -46,12 +47,14 @@ class DistillStudent(nn.Module):
         model: nn.Module,
         objectives: Sequence[tuple[Objective, float]],
         store_states: Sequence[Sequence[Any]],
+        *,
+        sentinel_id: int | None = None,
     ):
         super().__init__()
         if not objectives:
             raise ValueError("DistillStudent needs at least one objective")
         self.model = model
-        self.adapter = adapter_for(model)
+        self.adapter = adapter_for(model, sentinel_id)
         self.objectives = list(objectives)
         self.store_states = [list(states) for states in store_states]
         wanted = set().union(*(o.student_needs for o, _ in self.objectives))
@@ -75,7 +78,8 @@ class OnlineTeacher:
 
     This is the only mode in which ``train-student`` loads a teacher. ``k`` defaults to the
     vocabulary, i.e. the full distribution (tail mass -inf). ``attentions``: load it on the
-    eager attention path, the one that gives attention probabilities.
+    eager attention path, the one that gives attention probabilities. A T5 teacher is loaded
+    with ``AutoModelForSeq2SeqLM`` and needs ``sentinel_id`` (its tokenizer's ``<extra_id_0>``).
     """
 
     def __init__(
@@ -86,14 +90,16 @@ class OnlineTeacher:
         k: int | None = None,
         dtype: torch.dtype = torch.float32,
         attentions: bool = False,
+        sentinel_id: int | None = None,
     ):
-        from transformers import AutoModelForMaskedLM
+        from transformers import AutoConfig
 
-        model = AutoModelForMaskedLM.from_pretrained(
+        family = family_of(AutoConfig.from_pretrained(path))
+        model = auto_model_class(family).from_pretrained(
             path, dtype=dtype, **attention_path(attentions)
         )
         model = model.to(device).eval()
-        self.adapter, self.path = adapter_for(model), path
+        self.adapter, self.path = adapter_for(model, sentinel_id), path
         vocab = self.adapter.decoder.weight.shape[0]
         self.k = vocab if k is None else k
         if self.k > vocab:

@@ -27,10 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from smash.precompute.shared.adapters import max_sequence_length
+from smash.precompute.shared.adapters import (
+    auto_model_class,
+    family_of,
+    max_sequence_length,
+    store_family,
+)
 from smash.precompute.shared.masking import Masking, example_rng
 from smash.precompute.shared.model_paths import require_folder_or_hub_name
 from smash.precompute.shared.precisions import PRECISIONS
+from smash.precompute.shared.templates import answer_token_id
 from smash.store import (
     STEP_KEYS,
     FingerprintMismatch,
@@ -67,7 +73,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         """Check inputs first (cheap, clear errors), then load, then build the engine."""
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         cfg = self.cfg
         if not cfg.stores:
@@ -79,15 +85,20 @@ class Trainer:
         require_folder_or_hub_name("student", cfg.student)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(cfg.student)
+            self.family = family_of(AutoConfig.from_pretrained(cfg.student))
         except OSError as err:  # a missing folder or unknown name: say which model it was
             raise OSError(f"student {cfg.student!r} cannot be loaded: {err}") from err
+        # a T5 decoder starts from <pad> <extra_id_0>; masked LMs need no such token
+        self.sentinel_id = answer_token_id(self.tokenizer) if self.family == "t5" else None
         self.manifests = [
             load_manifest(s.path, stall_timeout=cfg.stall_timeout) for s in cfg.stores
         ]
         for spec, manifest in zip(cfg.stores, self.manifests):
+            self._check_family(manifest, spec.path)
             check_tokenizer(manifest, self.tokenizer, spec.path)
         if cfg.eval_store is not None:
             eval_manifest = load_manifest(cfg.eval_store, stall_timeout=cfg.stall_timeout)
+            self._check_family(eval_manifest, cfg.eval_store)
             check_tokenizer(eval_manifest, self.tokenizer, cfg.eval_store)
         objectives = make_objectives(cfg)
         if cfg.teacher is None and any("topk_ids" in o.needs for o, _ in objectives):
@@ -104,11 +115,11 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         student_needs = frozenset().union(*(o.student_needs for o, _ in objectives))
-        model = AutoModelForMaskedLM.from_pretrained(
+        model = auto_model_class(self.family).from_pretrained(
             cfg.student, dtype=torch.float32, **attention_path("attentions" in student_needs)
         )
         self._check_lengths(model)
-        self.module = DistillStudent(model, objectives, store_states)
+        self.module = DistillStudent(model, objectives, store_states, sentinel_id=self.sentinel_id)
         self.ds_config = resolve_deepspeed(
             cfg.deepspeed, max_steps=cfg.max_steps, precision=self.precision
         )
@@ -178,6 +189,17 @@ class Trainer:
             if changed:
                 print(f"resume: config keys changed since the checkpoint: {changed}")
 
+    def _check_family(self, manifest, path: str) -> None:
+        """Refuse a store whose teacher is of another family than the student (its answers
+        sit at another slot: the mask, or T5's second decoder token)."""
+        theirs = store_family(manifest.producer)
+        if theirs != self.family:
+            teacher = (manifest.producer.get("teacher") or {}).get("name", "?")
+            raise ValueError(
+                f"{path}: a store of a {theirs} teacher ({teacher}), but the student "
+                f"{self.cfg.student} is a {self.family} model; train a {theirs} student on it"
+            )
+
     def _check_lengths(self, model: torch.nn.Module) -> None:
         """Refuse stores whose examples may not fit the config's or the student's length."""
         limit = max_sequence_length(model.config)
@@ -211,9 +233,15 @@ class Trainer:
 
     def _online_teacher(self) -> OnlineTeacher:
         """The online-teacher mode: the one case where the teacher is loaded."""
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         require_folder_or_hub_name("teacher", self.cfg.teacher)
+        family = family_of(AutoConfig.from_pretrained(self.cfg.teacher))
+        if family != self.family:
+            raise ValueError(
+                f"teacher {self.cfg.teacher} is a {family} model and the student "
+                f"{self.cfg.student} a {self.family} one: their answers sit at different slots"
+            )
         wanted = sorted(self.needs & TEACHER_OUTPUTS)
         if self.rank == 0:
             masks = "; masks drawn anew every step" if self.maskings else ""
@@ -238,6 +266,7 @@ class Trainer:
             k=self.cfg.teacher_k,
             dtype=dtype,
             attentions="teacher_attentions" in self.needs,
+            sentinel_id=self.sentinel_id,
         )
 
     def _precision_name(self) -> str:
@@ -366,6 +395,7 @@ class Trainer:
             device=self.device,
             max_examples=self.cfg.eval_examples,
             stall_timeout=self.cfg.stall_timeout,
+            sentinel_id=self.sentinel_id,
         )
         self.logger.log(self.step, eval_kl=result["kl"], eval_rows=result["rows"])
         return result

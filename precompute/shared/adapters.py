@@ -43,8 +43,10 @@ __all__ = [
     "ModelAdapter",
     "Prompts",
     "adapter_for",
+    "auto_model_class",
     "family_of",
     "max_sequence_length",
+    "store_family",
 ]
 
 
@@ -208,6 +210,19 @@ def family_of(config) -> str:
 
 # Encoder-decoder families whose LM head and decoder start follow T5.
 _ENCODER_DECODER = {"t5"}
+
+
+def auto_model_class(family: str):
+    """The ``transformers`` Auto class that loads a model of ``family`` (``family_of``)."""
+    from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if family == "t5" else AutoModelForMaskedLM
+
+
+def store_family(producer: Mapping) -> str:
+    """The family of a store's teacher, from its manifest's ``producer``: ``teacher.family``,
+    written for T5 teachers; masked-LM stores record none (as before T5 was supported)."""
+    return (producer.get("teacher") or {}).get("family", "masked-lm")
 
 
 def adapter_for(model: nn.Module, sentinel_id: int | None = None) -> ModelAdapter:
