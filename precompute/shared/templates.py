@@ -13,6 +13,7 @@ the paper's appendix A.3 does: ``<s>`` removed and ``<mask>`` replaced by ``<ext
 ``cls`` is nothing, ``mask`` is ``<extra_id_0>`` and ``sep``/``sep+`` are ``</s>``::
 
     *cls**sent-_0*?*mask*,*+sentl_1**sep+*         x0?<extra_id_0>, x1</s>   (T5)
+
 ``sent_i`` is sentence ``i``, with modifiers as in LM-BFF: a leading ``+`` puts a space before
 it, ``l`` (``u``) lower-cases (upper-cases) its first character, a trailing ``-`` deletes its
 last character, e.g. ``+sentl-_1``. Any other part is literal text in which ``_`` is a space;
@@ -21,6 +22,8 @@ empty parts (between ``**``) contribute nothing. LM-BFF's demonstration parts (`
 
 Each part is tokenized on its own (``add_special_tokens=False``) and the pieces are concatenated,
 as LM-BFF does, so ``It_was`` after a sentence becomes `` It was`` with its leading space.
+To a SentencePiece tokenizer (T5) each part starts a word, so a literal ``?`` becomes ``▁ ?``
+where the whole string ``x0?`` would give ``?`` (the paper does not say which it did).
 Truncation differs from LM-BFF on purpose: LM-BFF cuts the whole sequence's tail, which can drop
 the mask; here only sentence tokens are removed (longest sentence first, from its end), so the
 template words, special tokens and the mask always survive.
