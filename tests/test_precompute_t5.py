@@ -83,3 +83,24 @@ def test_a_masking_task_needs_a_masked_lm(tiny, tiny_t5, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "task 'mlm' masks raw text, which needs a masked LM" in err and "T5" in err
     assert not (tmp_path / "s").exists()
+
+
+def test_sampled_targets_from_a_t5_teacher(tiny, tiny_t5, tmp_path):
+    """--targets sampled draws from the same distribution: its stored entropy is the one at the
+    second decoder position."""
+    argv = ["--task", "sentence-pair", "--corpus", str(tiny["corpus"]), "--teacher",
+            str(tiny_t5["teacher"]), "--out", str(tmp_path), "--num-examples", "6",
+            "--shard-size", "6", "--targets", "sampled", "--samples", "8", "--dtype", "fp32",
+            "--device", "cpu", "--tokenize-workers", "0"]  # fmt: skip
+    assert main(argv) == 0
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5["teacher"]).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_t5["teacher"])
+    start = torch.tensor([[tok.pad_token_id, tok.convert_tokens_to_ids("<extra_id_0>")]])
+    for ex in StoreDataset(tmp_path, shuffle=False):
+        assert int(ex["sample_counts"][0].sum()) == 8
+        with torch.no_grad():
+            logits = model(input_ids=torch.as_tensor(ex["input_ids"])[None],
+                           decoder_input_ids=start).logits[0, 1]  # fmt: skip
+        logp = torch.log_softmax(logits.float(), -1)
+        entropy = -(logp.exp() * logp).sum()
+        torch.testing.assert_close(torch.as_tensor(ex["teacher_entropy"][0]).float(), entropy)
