@@ -1,5 +1,6 @@
 """The two ways a masked LM is fitted to a task: prompt-based (label words at ``<mask>``) and
-standard fine-tuning (a new classification or regression head).
+standard fine-tuning (a new classification or regression head). A T5 is fitted prompt-based
+only (its label words at the decoder's second position); its standard fine-tuning is to come.
 
 Both expose the same small interface used by the protocol: ``encode`` examples once,
 ``forward`` a padded batch to per-example outputs, ``loss`` against labels and ``predict``
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from smash.precompute.shared.adapters import adapter_for
-from smash.precompute.shared.templates import parse_template, verbalizer_ids
+from smash.precompute.shared.templates import answer_token_id, parse_template, verbalizer_ids
 from smash.train.fewshot.data import Example
 from smash.train.fewshot.tasks import Task
 
@@ -95,7 +96,8 @@ def interpolation_predict(word_logits: torch.Tensor, bounds: tuple[float, float]
 
 
 class PromptLearner:
-    """A masked LM scored by its label words' logits at the template's ``<mask>``."""
+    """A masked LM scored by its label words' logits at the template's ``<mask>``; a T5 by
+    theirs at the decoder's second position, after ``<pad> <extra_id_0>`` (appendix A.3)."""
 
     def __init__(
         self,
@@ -118,7 +120,8 @@ class PromptLearner:
             raise ValueError(f"{task.name} needs {expected} label words, got {list(verbalizer)}")
         self.verbalizer = torch.tensor(verbalizer_ids(tokenizer, verbalizer))
         self.max_length = max_length
-        self.adapter = adapter_for(model)  # the head runs on the mask rows only
+        # the head runs on the answer rows only; a T5 decoder starts from the sentinel
+        self.adapter = adapter_for(model, answer_token_id(tokenizer))
 
     def encode(self, examples: Sequence[Example]) -> list[Features]:
         out = []

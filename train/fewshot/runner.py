@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from smash.precompute.shared.adapters import max_sequence_length
+from smash.precompute.shared.adapters import auto_model_class, family_of, max_sequence_length
 from smash.train.fewshot.data import load_kshot
 from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
 from smash.train.fewshot.protocol import Protocol, SeedResult, run_seed, zero_shot
@@ -141,8 +141,14 @@ def _factory(
     template: str,
     verbalizer: Sequence[str],
 ) -> Callable[[], PromptLearner | FinetuneLearner]:
-    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    family = family_of(AutoConfig.from_pretrained(path))
+    if mode == "finetune" and family == "t5":
+        raise ValueError(
+            f"{path}: standard fine-tuning of a T5 model (a head on its encoder) is not "
+            f"supported yet; use --mode prompt or zero-shot"
+        )
     if mode == "finetune":
 
         def make() -> FinetuneLearner:
@@ -153,7 +159,7 @@ def _factory(
     else:
 
         def make() -> PromptLearner:
-            model = AutoModelForMaskedLM.from_pretrained(path)
+            model = auto_model_class(family).from_pretrained(path)
             return PromptLearner(model, tokenizer, task, template, verbalizer, max_length)
 
     make()  # fail early on a bad template, label word or model folder
