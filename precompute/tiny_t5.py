@@ -14,12 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .tiny import REQUIRED_WORDS
+from .tiny import REQUIRED_WORDS, write_tiny_corpus
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["build_tiny_t5", "train_tiny_t5_tokenizer"]
+__all__ = ["build_tiny_t5", "build_tiny_t5_setup", "train_tiny_t5_tokenizer"]
 
 T5_SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5
 
@@ -111,3 +111,19 @@ def build_tiny_t5(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return AutoModelForSeq2SeqLM.from_pretrained(out_dir)
+
+
+def build_tiny_t5_setup(root: str | Path, seed: int = 0) -> dict[str, Path]:
+    """The T5 counterpart of ``tiny.build_tiny_setup``: corpus, unigram tokenizer, a 'teacher'
+    and a smaller 'student' under ``root``: their paths."""
+    root = Path(root)
+    corpus = write_tiny_corpus(root / "corpus" / "tiny_corpus.txt", seed=seed)
+    tok = train_tiny_t5_tokenizer([corpus], root / "tokenizer")
+    build_tiny_t5(tok, root / "teacher", d_model=64, layers=2, heads=4, seed=seed)
+    build_tiny_t5(tok, root / "student", d_model=32, layers=1, heads=2, seed=seed + 1)
+    return {
+        "corpus": corpus,
+        "tokenizer": root / "tokenizer",
+        "teacher": root / "teacher",
+        "student": root / "student",
+    }

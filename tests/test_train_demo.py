@@ -54,3 +54,14 @@ def test_the_demo_asks_the_corpus_for_no_more_than_it_gives(tiny, tmp_path, caps
     assert "ran out" not in capsys.readouterr().out
     available = corpus_examples("sentence-pair", tiny["corpus"], 0)
     assert load_manifest(tmp_path / "s").num_samples == available > 0
+
+
+def test_the_t5_teacher_learns_one_token_span_corruption(tiny, tiny_t5, tmp_path):
+    import shutil
+
+    from smash.train.demo import sharpen_t5_teacher
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_t5["teacher"], teacher)
+    first, last = sharpen_t5_teacher(teacher, tiny["corpus"], steps=40, batch_size=8)
+    assert last < 0.8 * first, (first, last)

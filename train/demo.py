@@ -1,16 +1,20 @@
 """``make demo``: the whole SMASH pipeline on the bundled tiny models, on a CPU, offline.
 
     python -m smash.train.demo --out demo-out
+    python -m smash.train.demo --out demo-t5 --family t5     # the same with T5 (paper 4.7)
 
 1. builds the fixture corpus, tokenizer, tiny teacher and smaller student
-   (``smash.precompute.tiny``), and splits the corpus by document into train and held-out;
-2. briefly trains the tiny teacher as a masked LM on the train corpus: a randomly initialised
+   (``smash.precompute.tiny``; ``--family t5``: ``smash.precompute.tiny_t5``, a unigram
+   tokenizer and T5s), and splits the corpus by document into train and held-out;
+2. briefly trains the tiny teacher as a masked LM on the train corpus (a T5 on one-token
+   span corruption: ``x <extra_id_0> y`` -> ``<extra_id_0> token``): a randomly initialised
    teacher predicts an almost uniform distribution, which leaves nothing to distil;
 3. ``precompute-teacher`` writes a sentence-pair store and a sentiment store from the train
    corpus (k=64, the real default) and a held-out sentence-pair store from the held-out
    corpus with the whole vocabulary (k=V, so the KL below is exact);
 4. ``train-student`` distils the student from the two stores mixed 2:1, on DeepSpeed;
-5. the exported student is loaded back with ``AutoModelForMaskedLM.from_pretrained``.
+5. the exported student is loaded back with ``AutoModelForMaskedLM.from_pretrained``
+   (``AutoModelForSeq2SeqLM`` for T5).
 
 It prints where everything went and how far the held-out KL(teacher || student) at the mask
 positions fell. A rerun with the same ``--out`` replaces the earlier demo's output there; a
@@ -39,6 +43,7 @@ __all__ = [
     "main",
     "prepare_out",
     "run_outputs",
+    "sharpen_t5_teacher",
     "sharpen_teacher",
     "split_corpus",
 ]
@@ -111,6 +116,51 @@ def sharpen_teacher(
         masked = (torch.rand(batch.shape, generator=gen) < 0.15) & ~torch.isin(batch, special)
         inputs = batch.masked_fill(masked, tok.mask_token_id)
         labels = batch.masked_fill(~masked, -100)
+        loss = model(input_ids=inputs, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.save_pretrained(teacher)
+    return sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+
+
+def sharpen_t5_teacher(
+    teacher: Path,
+    corpus: Path,
+    *,
+    steps: int = 300,
+    batch_size: int = 32,
+    length: int = 48,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Train the tiny T5 teacher on one-token span corruption in place (one token per window
+    replaced by ``<extra_id_0>``; the target ``<extra_id_0> token </s>``, so the decoder's
+    second position learns the token, where prompts read it); returns first/last loss."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(teacher)
+    model = AutoModelForSeq2SeqLM.from_pretrained(teacher)
+    sentinel = tok.convert_tokens_to_ids("<extra_id_0>")
+    docs = [d for d in corpus.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+    ids = torch.tensor([t for d in docs for t in tok.encode(d)])
+    windows = ids[: len(ids) // length * length].view(-1, length)  # (N, L)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    special = torch.tensor(tok.all_special_ids)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        batch = windows[torch.randint(len(windows), (batch_size,), generator=gen)]
+        # one random ordinary token per row: the largest of uniform draws off the specials
+        draws = torch.rand(batch.shape, generator=gen).masked_fill(torch.isin(batch, special), -1)
+        where = draws.argmax(dim=1, keepdim=True)  # (B, 1)
+        inputs = batch.scatter(1, where, sentinel)
+        labels = torch.cat(
+            [torch.full_like(where, sentinel), batch.gather(1, where),
+             torch.full_like(where, tok.eos_token_id)], dim=1
+        )  # fmt: skip
         loss = model(input_ids=inputs, labels=labels).loss
         opt.zero_grad()
         loss.backward()
@@ -199,11 +249,13 @@ def _precompute(
 def main(argv: Sequence[str] | None = None) -> int:
     import json
 
+    from smash.precompute.shared.adapters import auto_model_class
     from smash.precompute.tiny import build_tiny_setup
+    from smash.precompute.tiny_t5 import build_tiny_t5_setup
     from smash.store import load_manifest
     from smash.train.cli import main as train_student
     from smash.train.metrics import read_metrics
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     p = argparse.ArgumentParser(
         prog="smash.train.demo",
@@ -211,6 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", type=Path, default=Path("demo-out"))
+    p.add_argument(
+        "--family",
+        choices=("masked-lm", "t5"),
+        default="masked-lm",
+        help="RoBERTa-style masked LMs, or T5s (paper 4.7: answers at the decoder's second token)",
+    )
     p.add_argument("--steps", type=int, default=200, help="student optimizer steps")
     p.add_argument("--teacher-steps", type=int, default=300, help="teacher MLM steps")
     p.add_argument(
@@ -230,14 +288,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if prepare_out(out):
         print(f"replacing the output of an earlier demo in {out}")
 
-    print("1/5 tiny corpus, tokenizer, teacher and student")
-    tiny = build_tiny_setup(out / "tiny")
+    print(f"1/5 tiny corpus, tokenizer, teacher and student ({args.family})")
+    t5 = args.family == "t5"
+    tiny = (build_tiny_t5_setup if t5 else build_tiny_setup)(out / "tiny")
     train_corpus, heldout_corpus = split_corpus(tiny["corpus"], out / "corpus")
     vocab = len(AutoTokenizer.from_pretrained(tiny["tokenizer"]))
 
-    print(f"2/5 teacher: {args.teacher_steps} masked-LM steps on {train_corpus.name}")
-    first, last = sharpen_teacher(tiny["teacher"], train_corpus, steps=args.teacher_steps)
-    print(f"    teacher MLM loss {first:.2f} -> {last:.2f}")
+    objective = "span-corruption" if t5 else "masked-LM"
+    print(f"2/5 teacher: {args.teacher_steps} {objective} steps on {train_corpus.name}")
+    sharpen = sharpen_t5_teacher if t5 else sharpen_teacher
+    first, last = sharpen(tiny["teacher"], train_corpus, steps=args.teacher_steps)
+    print(f"    teacher {objective} loss {first:.2f} -> {last:.2f}")
 
     print("3/5 precompute-teacher (tiny teacher, CPU, fp32)")
     stores = out / "stores"
@@ -282,12 +343,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("5/5 exported student")
     exported = out / "run" / "student"
-    model = AutoModelForMaskedLM.from_pretrained(exported)
+    auto = auto_model_class(args.family)
+    model = auto.from_pretrained(exported)
     params = sum(p.numel() for p in model.parameters())
     kl = [r["eval_kl"] for r in read_metrics(out / "run") if "eval_kl" in r]
     print(
         f"    {exported}: {type(model).__name__}, {params / 1e3:.0f}k parameters, loads with "
-        "AutoModelForMaskedLM.from_pretrained"
+        f"{auto.__name__}.from_pretrained"
     )
     print(
         f"\nheld-out KL(teacher || student) at the masks: {kl[0]:.3f} -> {kl[-1]:.3f} nats "
