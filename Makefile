@@ -35,7 +35,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_target_fidelity.py
 
 clean:
-	rm -rf $(VENV) demo-out benchmarks/out
+	rm -rf $(VENV) demo-out demo-t5 benchmarks/out
 
 # Wheels the GPU machine lacks (Python 3.12, x86_64), for benchmarks/gpu_check.sh.
 # DeepSpeed ships only a source archive: build its (pure-Python, JIT-ops) wheel here.

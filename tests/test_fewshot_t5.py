@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from fewshot_support import cli_error
 from smash.train.fewshot.cli import main
 from smash.train.fewshot.data import Example
+from smash.train.fewshot.encoder_head import T5EncoderClassifier
 from smash.train.fewshot.learners import PromptLearner, collate
 from smash.train.fewshot.splits import make_kshot
 from smash.train.fewshot.tasks import get_task
@@ -44,17 +44,29 @@ def test_t5_label_words_at_the_second_decoder_position(tiny_t5):
     torch.testing.assert_close(out, full[:, [no, yes]], rtol=1e-5, atol=1e-5)
 
 
-def test_evaluate_fewshot_on_a_tiny_t5(tiny_t5, kshot, tmp_path, capsys):
+def test_evaluate_fewshot_on_a_tiny_t5(tiny_t5, kshot, tmp_path):
     out = tmp_path / "out"
     main(["--model", str(tiny_t5["student"]), "--tasks", "SST-2", "STS-B", "--data", str(kshot),
-          "--mode", "prompt", "zero-shot", "--out", str(out), "--k", "8", "--seeds", "13",
-          "--lrs", "1e-3", "--batch-sizes", "4", "--max-steps", "4", "--eval-every", "2",
+          "--mode", "prompt", "zero-shot", "finetune", "--out", str(out), "--k", "8", "--seeds",
+          "13", "--lrs", "1e-3", "--batch-sizes", "4", "--max-steps", "4", "--eval-every", "2",
           "--max-length", "64", "--device", "cpu"])  # fmt: skip
     entries = json.loads((out / "results.json").read_text())["entries"]
     assert sorted((e["mode"], e["task"]) for e in entries) == [
-        ("prompt", "SST-2"), ("prompt", "STS-B"), ("zero-shot", "SST-2"), ("zero-shot", "STS-B")
-    ]  # fmt: skip
-    err = cli_error(capsys, ["--model", str(tiny_t5["student"]), "--tasks", "SST-2", "--data",
-        str(kshot), "--mode", "finetune", "--out", str(tmp_path / "f"), "--k", "8", "--seeds",
-        "13", "--device", "cpu"])  # fmt: skip
-    assert "standard fine-tuning of a T5 model (a head on its encoder) is not supported" in err
+        (mode, task) for mode in ("finetune", "prompt", "zero-shot") for task in ("SST-2", "STS-B")
+    ]
+
+
+def test_the_t5_encoder_head_reads_real_tokens_only(tiny_t5):
+    """Mean-pooled over the real tokens: padding a row does not change its outputs."""
+    torch.manual_seed(0)
+    model = T5EncoderClassifier(str(tiny_t5["student"]), 3).eval()
+    assert not hasattr(model.encoder, "decoder")
+    ids = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    with torch.no_grad():
+        both = model(input_ids=ids, attention_mask=mask).logits
+        alone = model(input_ids=ids[1:, :3], attention_mask=mask[1:, :3]).logits
+        hidden = model.encoder(input_ids=ids[:1]).last_hidden_state
+    assert both.shape == (2, 3)
+    torch.testing.assert_close(both[1:], alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(both[:1], model.head(hidden.mean(dim=1)), rtol=1e-5, atol=1e-6)

@@ -1,6 +1,6 @@
 """The two ways a masked LM is fitted to a task: prompt-based (label words at ``<mask>``) and
-standard fine-tuning (a new classification or regression head). A T5 is fitted prompt-based
-only (its label words at the decoder's second position); its standard fine-tuning is to come.
+standard fine-tuning (a new classification or regression head). A T5's label words are
+scored at the decoder's second position; its head sits on the encoder (``encoder_head.py``).
 
 Both expose the same small interface used by the protocol: ``encode`` examples once,
 ``forward`` a padded batch to per-example outputs, ``loss`` against labels and ``predict``
@@ -151,8 +151,8 @@ class PromptLearner:
 
 
 class FinetuneLearner:
-    """A sequence-classification model: ``<s> x0 </s></s> x1 </s>`` into a fresh head
-    (one regression output trained with MSE for STS-B)."""
+    """A sequence-classification model: ``<s> x0 </s></s> x1 </s>`` (T5: ``x0 </s> x1 </s>``)
+    into a fresh head (one regression output trained with MSE for STS-B)."""
 
     def __init__(self, model, tokenizer, task: Task, max_length: int):
         self.model, self.tokenizer, self.task, self.max_length = model, tokenizer, task, max_length

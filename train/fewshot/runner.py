@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from smash.precompute.shared.adapters import auto_model_class, family_of, max_sequence_length
 from smash.train.fewshot.data import load_kshot
+from smash.train.fewshot.encoder_head import T5EncoderClassifier
 from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
 from smash.train.fewshot.protocol import Protocol, SeedResult, run_seed, zero_shot
 from smash.train.fewshot.report import Entry
@@ -145,11 +146,11 @@ def _factory(
 
     family = family_of(AutoConfig.from_pretrained(path))
     if mode == "finetune" and family == "t5":
-        raise ValueError(
-            f"{path}: standard fine-tuning of a T5 model (a head on its encoder) is not "
-            f"supported yet; use --mode prompt or zero-shot"
-        )
-    if mode == "finetune":
+
+        def make() -> FinetuneLearner:
+            model = T5EncoderClassifier(path, task.num_outputs)
+            return FinetuneLearner(model, tokenizer, task, max_length)
+    elif mode == "finetune":
 
         def make() -> FinetuneLearner:
             model = AutoModelForSequenceClassification.from_pretrained(
