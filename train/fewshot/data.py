@@ -91,8 +91,10 @@ def read_rows(task: Task, path: str | Path) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(line, columns)`` for each data row, checking the column count.
 
     TSV files (GLUE) have a header, rows are split on tabs without quoting (as GLUE's readers
-    do) and every row must have as many columns as the header. CSV files have no header and
-    exactly ``label,sentence``.
+    do) and every row must have at least as many columns as the header. A row with more (the
+    public SNLI ``train.tsv`` has some, with extra annotator labels) is read as LM-BFF reads
+    it: the task's fixed text columns and the last column as the label. CSV files have no
+    header and exactly ``label,sentence``.
     """
     path = require_file(task, path)
     with path.open(encoding="utf-8", newline="" if task.fmt == "csv" else None) as f:
@@ -114,7 +116,7 @@ def read_rows(task: Task, path: str | Path) -> Iterator[tuple[int, list[str]]]:
             )
         for line, text in enumerate(f, start=2):
             row = text.rstrip("\n").split("\t")
-            if len(row) != len(header):
+            if len(row) < len(header):
                 raise DataError(
                     f"{path}:{line}: expected {len(header)} tab-separated columns "
                     f"(as in the header), found {len(row)}"
