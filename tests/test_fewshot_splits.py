@@ -179,3 +179,30 @@ def test_snli_rows_longer_than_the_header_are_read_as_lmbff_reads_them(tmp_path)
         fields = line.rstrip("\n").split("\t")
         assert example.texts == (fields[7], fields[8])
         assert get_task("SNLI").labels[example.label] == fields[-1]
+
+
+def test_csv_blank_lines_and_missing_values_come_out_as_lmbff_writes_them(tmp_path):
+    """LM-BFF reads CSVs with pandas (blank lines skipped, "NA", "null", "nan"... missing) and
+    writes the splits with DataFrame.to_csv (missing: an empty field): the same bytes here."""
+    pd = pytest.importorskip("pandas")
+    src = tmp_path / "orig" / "mr"
+    src.mkdir(parents=True)
+    rows = (ORIGINAL / "mr" / "train.csv").read_text().splitlines(keepends=True)
+    for i, odd in zip((1, 4, 7, 10, 13), ("0,NA\n", "1,null\n", "\n", "0,nan\n", "1,None\n")):
+        rows.insert(i, odd)
+    (src / "train.csv").write_text("".join(rows))
+    (src / "test.csv").write_text("1,N/A\n\n0,fine\n")
+    make_kshot(tmp_path / "orig", tmp_path / "out", [get_task("MR")], seeds=[42], k=4)
+
+    lines = pd.read_csv(src / "train.csv", header=None).values.tolist()
+    train, dev = _lmbff_reference(lines, lambda r: r[0], 42, 4)
+    folder = tmp_path / "out" / "mr" / "4-42"
+    for name, expected in (("train", train), ("dev", dev)):
+        reference = tmp_path / f"reference-{name}.csv"
+        pd.DataFrame(expected).to_csv(reference, header=False, index=False)
+        assert (folder / f"{name}.csv").read_text() == reference.read_text()
+    reference = tmp_path / "reference-test.csv"
+    pd.read_csv(src / "test.csv", header=None).to_csv(reference, header=False, index=False)
+    assert (folder / "test.csv").read_text() == reference.read_text()
+    assert any(line.endswith(",\n") for line in (folder / "train.csv").read_text().splitlines(True)
+               + (folder / "dev.csv").read_text().splitlines(True))  # fmt: skip
