@@ -142,7 +142,8 @@ def test_cli_two_models_three_modes(tiny, kshot, tmp_path):
     assert all(s["batch_size"] in (2, 4) and s["step"] in (2, 4) for s in entry["seeds"])
     assert result["config"]["template"] == ["MRPC=*cls**sent_0*?*mask*,*+sentl_1**sep+*"]
     md = (out / "results.md").read_text()
-    assert "| model | mode | STS-B (Pearson) | MRPC (F1) |" in md
+    assert "| model | mode | STS-B (Pearson) | STS-B (Spearman) | MRPC (F1) |" in md
+    assert set(entry["summary"]) == {"STS-B", "STS-B:spearman"}
     for row in (
         "| before | prompt |",
         "| after | zero-shot |",
