@@ -148,17 +148,24 @@ class PromptLearner:
 
 
 class FinetuneLearner:
-    """A sequence-classification model: ``<s> x0 </s></s> x1 </s>`` into a fresh head
-    (one regression output trained with MSE for STS-B)."""
+    """A sequence-classification model into a fresh head (one regression output trained with
+    MSE for STS-B). Inputs are encoded as LM-BFF's non-prompt path does: ``<s> x0 </s> x1 </s>``
+    (one separator between sentences, each sentence tokenized on its own, no space added), cut
+    at ``max_length`` from the end."""
 
     def __init__(self, model, tokenizer, task: Task, max_length: int):
         self.model, self.tokenizer, self.task, self.max_length = model, tokenizer, task, max_length
 
     def encode(self, examples: Sequence[Example]) -> list[Features]:
+        tok = self.tokenizer
+        pieces = [tok(list(texts), add_special_tokens=False)["input_ids"]
+                  for texts in zip(*(ex.texts for ex in examples))]  # fmt: skip
         out = []
-        for ex in examples:
-            ids = self.tokenizer(*ex.texts, truncation=True, max_length=self.max_length)
-            out.append(Features(list(ids["input_ids"]), -1, ex.label))
+        for i, ex in enumerate(examples):
+            ids = [tok.cls_token_id]
+            for sentence in pieces:
+                ids += [*sentence[i], tok.sep_token_id]
+            out.append(Features(ids[: self.max_length], -1, ex.label))
         return out
 
     def forward(self, batch: Batch) -> torch.Tensor:
