@@ -68,29 +68,9 @@ ECE_BINS = 15
 def precompute(corpus: Path, teacher: Path, out: Path, n: int, *options: str) -> Path:
     from smash.precompute.cli import main
 
-    argv = [
-        "--task",
-        "sentence-pair",
-        "--corpus",
-        str(corpus),
-        "--teacher",
-        str(teacher),
-        "--out",
-        str(out),
-        "--num-examples",
-        str(n),
-        "--shard-size",
-        str(n),
-        "--seed",
-        "0",
-        "--dtype",
-        "fp32",
-        "--device",
-        "cpu",
-        "--tokenize-workers",
-        "0",
-        *options,
-    ]
+    argv = ["--task", "sentence-pair", "--corpus", str(corpus), "--teacher", str(teacher),
+            "--out", str(out), "--num-examples", str(n), "--shard-size", str(n), "--seed", "0",
+            "--dtype", "fp32", "--device", "cpu", "--tokenize-workers", "0", *options]  # fmt: skip
     if main(argv) != 0:
         raise RuntimeError(f"precompute-teacher failed: {' '.join(argv)}")
     return out

@@ -35,5 +35,8 @@ step bench_kernel    120 python3 benchmarks/bench_kernel.py --device cuda --out 
 step bench_teacher   100 python3 benchmarks/bench_teacher_pass.py --device cuda \
   --dtype fp16 --examples 40960 --shard-size 10240 \
   --token-budget 65536 --tokenize-workers 8 --out "$OUT"
-step bench_trainer   120 python3 benchmarks/bench_trainer.py --device cuda --out "$OUT"
+# ce offline / in memory / online (RoBERTa-large), plus the eager-attention cost of setting 4
+# against ce online with its RoBERTa-base teacher; two repeats keep it within the step's time
+step bench_trainer   120 python3 benchmarks/bench_trainer.py --device cuda --out "$OUT" \
+  --modes online-base ce+attn --repeats 2
 exit $status

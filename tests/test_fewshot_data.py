@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 from smash.train.fewshot.data import DataError, load_kshot, read_examples
-from smash.train.fewshot.metrics import accuracy, compute_metric, f1_binary, pearson
+from smash.train.fewshot.metrics import (
+    accuracy,
+    compute_metric,
+    f1_binary,
+    pearson,
+    spearman,
+)
 from smash.train.fewshot.splits import make_kshot
 from smash.train.fewshot.tasks import TASKS, get_task
 
@@ -64,6 +70,13 @@ def test_metrics():
         0.8981729390
     )  # np.corrcoef
     assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
+    # Spearman: Pearson of the ranks, ties sharing their mean rank (scipy.stats.spearmanr)
+    assert spearman([0.1, 0.9, 0.4, 0.3], [1.0, 4.0, 2.5, 0.5]) == pytest.approx(0.8)
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(
+        pearson([1, 2.5, 2.5, 4], [1, 3, 2, 4])
+    )
+    assert spearman([0.5, 1.0, 7.0], [1, 2, 3]) == pytest.approx(1.0)  # any monotone map
+    assert math.isnan(spearman([2, 2, 2], [1, 2, 3]))
     assert compute_metric("f1", [1, 0], [1, 1]) == pytest.approx(2 / 3)
 
 

@@ -153,3 +153,56 @@ def test_cli_bad_row_names_file_and_line(tmp_path, capsys):
         capsys, ["--original", str(tmp_path / "orig"), "--out", str(tmp_path), "--tasks", "SST-2"]
     )
     assert f"{tmp_path / 'orig' / 'SST-2' / 'train.tsv'}:6: expected 2 tab-separated" in err
+
+
+def test_snli_rows_longer_than_the_header_are_read_as_lmbff_reads_them(tmp_path):
+    """The public SNLI train.tsv has rows with more fields than its header; LM-BFF reads the
+    fixed text columns 7 and 8 and the last field, so its splits and ours keep such rows."""
+    from smash.train.fewshot.data import load_kshot
+
+    (tmp_path / "orig" / "SNLI").mkdir(parents=True)
+    header, *lines = (ORIGINAL / "SNLI" / "train.tsv").read_text().splitlines(keepends=True)
+    # every entailment row gets extra annotator labels before its gold label: 15 fields, not 11
+    extra = "\tneutral\tentailment\tentailment\tneutral\tentailment\n"
+    lines = [line.replace("\tentailment\n", extra) for line in lines]
+    assert any(len(line.split("\t")) == 15 for line in lines)
+    (tmp_path / "orig" / "SNLI" / "train.tsv").write_text(header + "".join(lines))
+    (tmp_path / "orig" / "SNLI" / "dev.tsv").write_text((ORIGINAL / "SNLI" / "dev.tsv").read_text())
+    make_kshot(tmp_path / "orig", tmp_path / "out", [get_task("SNLI")], seeds=[13], k=2)
+    train, dev = _lmbff_reference(lines, lambda s: s.strip().split("\t")[-1], 13, 2)
+    assert any(len(line.split("\t")) == 15 for line in train)  # a long row was drawn
+    folder = tmp_path / "out" / "SNLI" / "2-13"
+    assert (folder / "train.tsv").read_text() == header + "".join(train)
+    assert (folder / "dev.tsv").read_text() == header + "".join(dev)
+    split = load_kshot(tmp_path / "out", get_task("SNLI"), 2, 13)
+    for example, line in zip(split.train, train, strict=True):
+        fields = line.rstrip("\n").split("\t")
+        assert example.texts == (fields[7], fields[8])
+        assert get_task("SNLI").labels[example.label] == fields[-1]
+
+
+def test_csv_blank_lines_and_missing_values_come_out_as_lmbff_writes_them(tmp_path):
+    """LM-BFF reads CSVs with pandas (blank lines skipped, "NA", "null", "nan"... missing) and
+    writes the splits with DataFrame.to_csv (missing: an empty field): the same bytes here."""
+    pd = pytest.importorskip("pandas")
+    src = tmp_path / "orig" / "mr"
+    src.mkdir(parents=True)
+    rows = (ORIGINAL / "mr" / "train.csv").read_text().splitlines(keepends=True)
+    for i, odd in zip((1, 4, 7, 10, 13), ("0,NA\n", "1,null\n", "\n", "0,nan\n", "1,None\n")):
+        rows.insert(i, odd)
+    (src / "train.csv").write_text("".join(rows))
+    (src / "test.csv").write_text("1,N/A\n\n0,fine\n")
+    make_kshot(tmp_path / "orig", tmp_path / "out", [get_task("MR")], seeds=[42], k=4)
+
+    lines = pd.read_csv(src / "train.csv", header=None).values.tolist()
+    train, dev = _lmbff_reference(lines, lambda r: r[0], 42, 4)
+    folder = tmp_path / "out" / "mr" / "4-42"
+    for name, expected in (("train", train), ("dev", dev)):
+        reference = tmp_path / f"reference-{name}.csv"
+        pd.DataFrame(expected).to_csv(reference, header=False, index=False)
+        assert (folder / f"{name}.csv").read_text() == reference.read_text()
+    reference = tmp_path / "reference-test.csv"
+    pd.read_csv(src / "test.csv", header=None).to_csv(reference, header=False, index=False)
+    assert (folder / "test.csv").read_text() == reference.read_text()
+    assert any(line.endswith(",\n") for line in (folder / "train.csv").read_text().splitlines(True)
+               + (folder / "dev.csv").read_text().splitlines(True))  # fmt: skip

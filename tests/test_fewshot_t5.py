@@ -70,3 +70,14 @@ def test_the_t5_encoder_head_reads_real_tokens_only(tiny_t5):
     assert both.shape == (2, 3)
     torch.testing.assert_close(both[1:], alone, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(both[:1], model.head(hidden.mean(dim=1)), rtol=1e-5, atol=1e-6)
+
+
+def test_t5_finetune_inputs_have_no_bos(tiny_t5):
+    from smash.train.fewshot.learners import FinetuneLearner
+
+    tok = AutoTokenizer.from_pretrained(tiny_t5["student"])
+    learner = FinetuneLearner(None, tok, get_task("MRPC"), 64)
+    (feats,) = learner.encode([Example(("A boat.", "The river."), 1, 0)])
+    eos = tok.eos_token_id
+    expected = tok.encode("A boat.", add_special_tokens=False) + [eos]
+    assert feats.input_ids == expected + tok.encode("The river.", add_special_tokens=False) + [eos]

@@ -11,6 +11,7 @@ from fewshot_support import cli_error
 from smash.train.fewshot.cli import main
 from smash.train.fewshot.data import Example, load_kshot
 from smash.train.fewshot.learners import (
+    FinetuneLearner,
     PromptLearner,
     collate,
     interpolation_loss,
@@ -142,7 +143,8 @@ def test_cli_two_models_three_modes(tiny, kshot, tmp_path):
     assert all(s["batch_size"] in (2, 4) and s["step"] in (2, 4) for s in entry["seeds"])
     assert result["config"]["template"] == ["MRPC=*cls**sent_0*?*mask*,*+sentl_1**sep+*"]
     md = (out / "results.md").read_text()
-    assert "| model | mode | STS-B (Pearson) | MRPC (F1) |" in md
+    assert "| model | mode | STS-B (Pearson) | STS-B (Spearman) | MRPC (F1) |" in md
+    assert set(entry["summary"]) == {"STS-B", "STS-B:spearman"}
     for row in (
         "| before | prompt |",
         "| after | zero-shot |",
@@ -211,3 +213,20 @@ def test_table_and_delta_rows():
     assert rows[0][2]["SST-2"] == pytest.approx((60.0, 10.0))
     ((name, mode, cells),) = delta_rows(rows)
     assert (name, mode) == ("Δ b − a", "prompt") and cells["SST-2"][0] == pytest.approx(25.0)
+
+
+def test_finetune_encodes_pairs_as_lmbff_does(tiny_tokenizer):
+    """LM-BFF's non-prompt path: <s> a </s> b </s>, each sentence encoded on its own, cut from
+    the end (not HF's pair encoding <s> a </s></s> b </s>)."""
+    tok = tiny_tokenizer
+    pair = Example(texts=("The cat sat.", "A dog ran."), label=1, line=2)
+    learner = FinetuneLearner(None, tok, get_task("MRPC"), max_length=64)
+    [features] = learner.encode([pair])
+    a, b = (tok.encode(t, add_special_tokens=False) for t in pair.texts)
+    assert features.input_ids == [tok.cls_token_id, *a, tok.sep_token_id, *b, tok.sep_token_id]
+    assert features.input_ids != tok(*pair.texts)["input_ids"]  # HF's pair layout differs
+    short = FinetuneLearner(None, tok, get_task("MRPC"), max_length=len(a) + 3)
+    assert short.encode([pair])[0].input_ids == features.input_ids[: len(a) + 3]
+    single = Example(texts=("Fine.",), label=0, line=2)
+    [one] = FinetuneLearner(None, tok, get_task("SST-2"), max_length=64).encode([single])
+    assert one.input_ids == tok("Fine.")["input_ids"]  # <s> x </s>

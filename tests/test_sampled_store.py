@@ -210,3 +210,25 @@ def test_a_sampled_rerun_of_a_topk_store_is_another_configuration(tiny, tmp_path
     assert run(tiny, tmp_path, "--num-examples", "30", k=8) == 0
     assert run(tiny, tmp_path, *SAMPLED, "--num-examples", "30", k=None) == 2
     assert "targets" in capsys.readouterr().err
+
+
+def test_each_mask_of_masked_text_draws_from_its_own_counter(tiny, tmp_path):
+    """A mlm store's examples hold several masks: mask j of example i draws at the uniforms of
+    (seed, i, j), the inverse CDF of the teacher at that position."""
+    options = ("--max-length", "64", "--segment-words", "30", "--tokenize-workers", "0")
+    assert run(tiny, tmp_path, *SAMPLED, *options, task="mlm", n=20, shard=10, k=None) == 0
+    model = AutoModelForMaskedLM.from_pretrained(tiny["teacher"]).eval()
+    examples = list(StoreDataset(tmp_path, shuffle=False))
+    assert sum(len(ex["mask_positions"]) for ex in examples) > 2 * len(examples)
+    for ex in examples[::3]:
+        shard, row = ex["__key__"].split("/")
+        key = int(shard.removeprefix("shard-").removesuffix(".tar")) * 10 + int(row)
+        with torch.no_grad():
+            logits = model(input_ids=torch.as_tensor(ex["input_ids"])[None]).logits[0]
+        for j, position in enumerate(ex["mask_positions"]):
+            cdf = np.cumsum(torch.softmax(logits[position].double(), -1).numpy())
+            u = counter_uniforms(0, np.array([key]), np.array([j]), 12)[0]
+            draws = np.searchsorted(cdf, u * cdf[-1], side="right")
+            ids, counts = ex["topk_ids"][j], ex["sample_counts"][j]
+            drawn = dict(zip(*np.unique(draws, return_counts=True)))
+            assert {int(i): int(c) for i, c in zip(ids, counts) if c} == drawn

@@ -28,8 +28,8 @@ from pathlib import Path
 from smash.train.fewshot.metrics import aggregate
 from smash.train.fewshot.protocol import Protocol
 from smash.train.fewshot.report import (
-    METRIC_NAMES,
     Entry,
+    column_label,
     entry_from_json,
     entry_to_json,
     json_safe,
@@ -278,7 +278,7 @@ def _columns(lines: list[dict], baselines: list[dict]) -> dict[str, str]:
     """Results columns in task order, each with its metric (``SST-2 (acc)``)."""
     out: dict[str, str] = {}
     for item in lines + baselines:
-        out.setdefault(item["column"], f"{item['column']} ({METRIC_NAMES[item['metric']]})")
+        out.setdefault(item["column"], column_label(item["column"], item["metric"]))
     return out
 
 

@@ -91,14 +91,18 @@ def read_rows(task: Task, path: str | Path) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(line, columns)`` for each data row, checking the column count.
 
     TSV files (GLUE) have a header, rows are split on tabs without quoting (as GLUE's readers
-    do) and every row must have as many columns as the header. CSV files have no header and
-    exactly ``label,sentence``.
+    do) and every row must have at least as many columns as the header. A row with more (the
+    public SNLI ``train.tsv`` has some, with extra annotator labels) is read as LM-BFF reads
+    it: the task's fixed text columns and the last column as the label. CSV files have no
+    header and exactly ``label,sentence`` per line; blank lines are skipped, as pandas does.
     """
     path = require_file(task, path)
     with path.open(encoding="utf-8", newline="" if task.fmt == "csv" else None) as f:
         if task.fmt == "csv":
             reader = csv.reader(f)
             for row in reader:
+                if not row:  # a blank line: pandas, which LM-BFF reads CSVs with, skips it
+                    continue
                 if len(row) != 2:
                     raise DataError(
                         f"{path}:{reader.line_num}: expected 2 comma-separated "
@@ -114,7 +118,7 @@ def read_rows(task: Task, path: str | Path) -> Iterator[tuple[int, list[str]]]:
             )
         for line, text in enumerate(f, start=2):
             row = text.rstrip("\n").split("\t")
-            if len(row) != len(header):
+            if len(row) < len(header):
                 raise DataError(
                     f"{path}:{line}: expected {len(header)} tab-separated columns "
                     f"(as in the header), found {len(row)}"

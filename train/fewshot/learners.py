@@ -18,7 +18,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from smash.precompute.shared.adapters import adapter_for
-from smash.precompute.shared.templates import answer_token_id, parse_template, verbalizer_ids
+from smash.precompute.shared.templates import (
+    answer_token_id,
+    is_sentinel_tokenizer,
+    parse_template,
+    verbalizer_ids,
+)
 from smash.train.fewshot.data import Example
 from smash.train.fewshot.tasks import Task
 
@@ -151,17 +156,29 @@ class PromptLearner:
 
 
 class FinetuneLearner:
-    """A sequence-classification model: ``<s> x0 </s></s> x1 </s>`` (T5: ``x0 </s> x1 </s>``)
-    into a fresh head (one regression output trained with MSE for STS-B)."""
+    """A sequence-classification model into a fresh head (one regression output trained with
+    MSE for STS-B). Inputs are encoded as LM-BFF's non-prompt path does: ``<s> x0 </s> x1 </s>``
+    (one separator between sentences, each sentence tokenized on its own, no space added), cut
+    at ``max_length`` from the end. A T5 tokenizer has no ``<s>``: ``x0 </s> x1 </s>``, as
+    appendix A.3 reads the templates."""
 
     def __init__(self, model, tokenizer, task: Task, max_length: int):
         self.model, self.tokenizer, self.task, self.max_length = model, tokenizer, task, max_length
 
     def encode(self, examples: Sequence[Example]) -> list[Features]:
+        tok = self.tokenizer
+        pieces = [tok(list(texts), add_special_tokens=False)["input_ids"]
+                  for texts in zip(*(ex.texts for ex in examples))]  # fmt: skip
+        if is_sentinel_tokenizer(tok):  # T5: no <s>, </s> after each sentence
+            start, sep = [], tok.eos_token_id
+        else:
+            start, sep = [tok.cls_token_id], tok.sep_token_id
         out = []
-        for ex in examples:
-            ids = self.tokenizer(*ex.texts, truncation=True, max_length=self.max_length)
-            out.append(Features(list(ids["input_ids"]), -1, ex.label))
+        for i, ex in enumerate(examples):
+            ids = list(start)
+            for sentence in pieces:
+                ids += [*sentence[i], sep]
+            out.append(Features(ids[: self.max_length], -1, ex.label))
         return out
 
     def forward(self, batch: Batch) -> torch.Tensor:

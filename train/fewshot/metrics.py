@@ -1,8 +1,9 @@
-"""Task metrics (accuracy, binary F1, Pearson) and the rules that pick and summarise results.
+"""Task metrics (accuracy, binary F1, Pearson, Spearman) and the rules that pick and summarise
+results.
 
-Metrics return fractions in [0, 1] (Pearson in [-1, 1]); reports multiply by 100 as the paper's
-Table 2 does. A metric that is undefined (Pearson of a constant prediction) is NaN and loses
-every comparison in :func:`select_best`.
+Metrics return fractions in [0, 1] (correlations in [-1, 1]); reports multiply by 100 as the
+paper's Table 2 does. A metric that is undefined (the correlation of a constant prediction) is
+NaN and loses every comparison in :func:`select_best`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "f1_binary",
     "pearson",
     "select_best",
+    "spearman",
 ]
 
 
@@ -43,7 +45,25 @@ def pearson(preds: Sequence[float], labels: Sequence[float]) -> float:
     return float((p * y).sum()) / denom if denom else math.nan
 
 
-METRICS = {"acc": accuracy, "f1": f1_binary, "pearson": pearson}
+def _ranks(values: Sequence[float]) -> np.ndarray:
+    """1-based ranks, ties sharing the mean of their ranks (as GLUE's scipy.stats.spearmanr)."""
+    v = np.asarray(values, dtype=np.float64)
+    order = np.argsort(v, kind="stable")
+    ranks = np.empty(len(v))
+    ranks[order] = np.arange(1, len(v) + 1)
+    _, first, counts = np.unique(v[order], return_index=True, return_counts=True)
+    for start, n in zip(first, counts):
+        if n > 1:
+            ranks[order[start : start + n]] = start + (n + 1) / 2
+    return ranks
+
+
+def spearman(preds: Sequence[float], labels: Sequence[float]) -> float:
+    """Pearson's correlation of the ranks, reported beside Pearson for STS-B as GLUE does."""
+    return pearson(_ranks(preds), _ranks(labels))
+
+
+METRICS = {"acc": accuracy, "f1": f1_binary, "pearson": pearson, "spearman": spearman}
 
 
 def compute_metric(name: str, preds: Sequence[float], labels: Sequence[float]) -> float:

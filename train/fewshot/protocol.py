@@ -29,6 +29,7 @@ __all__ = [
     "paper_max_steps",
     "predict",
     "run_seed",
+    "test_metrics",
     "zero_shot",
 ]
 
@@ -97,6 +98,23 @@ def evaluate(
     return compute_metric(learner.task.metric, preds, [f.label for f in features])
 
 
+def test_metrics(
+    learner: Learner,
+    column: str,
+    features: Sequence[Features],
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """One results column's test metrics from one prediction pass: the task's metric under
+    ``column``, each of its extra metrics under ``column:name`` (``STS-B:spearman``)."""
+    preds = predict(learner, features, batch_size, device)
+    labels = [f.label for f in features]
+    task = learner.task
+    out = {column: compute_metric(task.metric, preds, labels)}
+    out.update({f"{column}:{m}": compute_metric(m, preds, labels) for m in task.extra_metrics})
+    return out
+
+
 def zero_shot(
     learner: Learner,
     data: KShotData,
@@ -116,8 +134,8 @@ def zero_shot(
     for col, examples in data.tests.items():
         key = (col, tuple(examples))
         if key not in cache:
-            cache[key] = evaluate(learner, learner.encode(examples), batch_size, device)
-        tests[col] = cache[key]
+            cache[key] = test_metrics(learner, col, learner.encode(examples), batch_size, device)
+        tests.update(cache[key])
     dev = evaluate(learner, learner.encode(data.dev), batch_size, device)
     return SeedResult(seed=seed, dev=dev, tests=tests)
 
@@ -149,10 +167,10 @@ def run_seed(
         on_config_done()
     score, state, lr, bs, step = best
     learner.model.load_state_dict(state)
-    tests = {
-        col: evaluate(learner, learner.encode(ex), protocol.eval_batch_size, device)
-        for col, ex in data.tests.items()
-    }
+    tests: dict[str, float] = {}
+    for col, examples in data.tests.items():
+        features = learner.encode(examples)
+        tests.update(test_metrics(learner, col, features, protocol.eval_batch_size, device))
     return SeedResult(
         seed=seed, dev=score, tests=tests, lr=lr, batch_size=bs, step=step, grid_dev=grid_dev
     )

@@ -19,6 +19,7 @@ from smash.train.fewshot.protocol import SeedResult
 __all__ = [
     "METRIC_NAMES",
     "Entry",
+    "column_label",
     "delta_rows",
     "entry_from_json",
     "entry_to_json",
@@ -28,7 +29,14 @@ __all__ = [
 ]
 
 # How a column header names each metric, as the paper's tables do.
-METRIC_NAMES = {"acc": "acc", "f1": "F1", "pearson": "Pearson"}
+METRIC_NAMES = {"acc": "acc", "f1": "F1", "pearson": "Pearson", "spearman": "Spearman"}
+
+
+def column_label(column: str, metric: str) -> str:
+    """A results column's header, ``SST-2 (acc)``; the column of a task's extra metric,
+    ``STS-B:spearman``, reads ``STS-B (Spearman)``."""
+    name, _, own = column.partition(":")
+    return f"{name} ({METRIC_NAMES[own or metric]})"
 
 
 @dataclass
@@ -57,7 +65,7 @@ def table_rows(entries: list[Entry]) -> tuple[dict[str, str], list[tuple[str, st
     rows: dict[tuple[str, str], dict] = {}
     for e in entries:
         for col in e.columns:
-            columns.setdefault(col, f"{col} ({METRIC_NAMES[e.metric]})")
+            columns.setdefault(col, column_label(col, e.metric))
             rows.setdefault((e.model, e.mode), {})[col] = aggregate(e.column_values(col))
     return columns, [(m, mode, cells) for (m, mode), cells in rows.items()]
 

@@ -88,7 +88,8 @@ def _read_original(task: Task, path: Path) -> tuple[str, list, list]:
     """Header line, rows and sampling groups of one original file, each row validated.
 
     TSV rows are kept as their original text lines so they are written back byte for byte;
-    CSV rows are kept as parsed columns and re-quoted on writing, as LM-BFF does via pandas.
+    CSV rows are kept as parsed columns and re-quoted on writing, as LM-BFF does via pandas
+    (which also skips blank lines and writes missing-value strings such as ``NA`` as empty).
     """
     header = ""
     rows, groups = [], []
@@ -101,8 +102,20 @@ def _read_original(task: Task, path: Path) -> tuple[str, list, list]:
     for line, row in read_rows(task, path):
         label = parse_label(task, row, path, line)
         groups.append(int(label >= task.bin_at) if task.is_regression else label)
-        rows.append(row if lines is None else _terminated(lines[line - 1]))
+        rows.append(_as_pandas_writes(row) if lines is None else _terminated(lines[line - 1]))
     return header, rows, groups
+
+
+# pandas.read_csv's default missing-value strings: LM-BFF reads CSVs with pandas and writes the
+# splits back with DataFrame.to_csv, so a sentence that is one of these comes out empty.
+PANDAS_NA = frozenset({
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+})  # fmt: skip
+
+
+def _as_pandas_writes(row: list[str]) -> list[str]:
+    return ["" if field in PANDAS_NA else field for field in row]
 
 
 def _terminated(line: str) -> str:

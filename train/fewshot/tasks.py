@@ -32,7 +32,8 @@ class Task:
     labels: tuple[str, ...]
     verbalizer: tuple[str, ...]
     template: str
-    metric: str  # "acc", "f1" or "pearson"
+    metric: str  # "acc", "f1" or "pearson": picks the best dev checkpoint and grid point
+    extra_metrics: tuple[str, ...] = ()  # also reported on the test sets (STS-B: Spearman)
     max_length: int = 128
     dev: str = "dev"
     tests: dict[str, str] = field(default_factory=dict)
@@ -102,7 +103,8 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     _task("QQP", fmt="tsv", text_columns=(3, 4), label_column=5, labels=("0", "1"),
           verbalizer=("No", "Yes"), template=_PARAPHRASE, metric="f1"),
     _task("STS-B", fmt="tsv", text_columns=(7, 8), label_column=-1, labels=(),
-          verbalizer=("No", "Yes"), template=_PARAPHRASE, metric="pearson", bounds=(0.0, 5.0),
+          verbalizer=("No", "Yes"), template=_PARAPHRASE, metric="pearson",
+          extra_metrics=("spearman",), bounds=(0.0, 5.0),
           bin_at=2.5),
 ]}
 # fmt: on
