@@ -1,10 +1,11 @@
 """Soft cross-entropy kernel benchmark: time and memory of loss + gradient.
 
     python benchmarks/bench_kernel.py [--device cuda|cpu] [--n 128 2048 16384] [--k 64]
-                                      [--tail bucket] [--out benchmarks/out]
+                                      [--tail bucket] [--student t5-small] [--out benchmarks/out]
 
 Shapes come from the student's published config (``shapes.py``: DistilRoBERTa-base, vocab
-50,265, hidden 768): N mask rows × V logits, k = 64 teacher entries, bf16 on GPU.
+50,265, hidden 768; ``--student t5-small``: 32,128 and 512): N mask rows × V logits, k = 64
+teacher entries, bf16 on GPU.
 
 Every row is timed on the shared harness (``harness.py``: median and 20/80% quantiles,
 ``triton.testing.do_bench`` on CUDA) and, on CUDA, its peak extra memory measured
@@ -46,7 +47,7 @@ from smash.kernels import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import device_name, measure_modes, peak_extra_bytes, time_ms, write_result
-from shapes import STUDENT, model_config
+from shapes import MODELS, STUDENT, T5_MODELS, lm_head_shape
 
 # Nominal DRAM bandwidth (GB/s) by device-name fragment, when the properties lack it.
 NOMINAL_GBPS = {
@@ -302,12 +303,14 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--tail", default="bucket", choices=TAIL_MODES)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (GPU)")
+    parser.add_argument(
+        "--student", default=STUDENT, choices=[*MODELS, *T5_MODELS], help="LM head shape"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = parser.parse_args()
 
     device = args.device
-    config = model_config(STUDENT)  # the student's LM head: vocab 50,265, hidden 768
-    vocab, hidden = config.vocab_size, config.hidden_size
+    vocab, hidden = lm_head_shape(args.student)  # DistilRoBERTa-base: vocab 50,265, hidden 768
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     ns = args.n or ([128, 2048, 16384] if device == "cuda" else [128, 1024])
     bw = bandwidth_gbps(device)
@@ -328,7 +331,7 @@ def main() -> None:
 
     elem = torch.finfo(dtype).bits // 8
     result = {
-        "model": STUDENT,
+        "model": args.student,
         "vocab": vocab,
         "hidden": hidden,
         "k": args.k,
@@ -340,8 +343,9 @@ def main() -> None:
         "sweep": swept,
         "targets": targets(rows, max(ns), vocab, args.k, elem, bw),
     }
-    print(f"\nV={vocab}, H={hidden} ({STUDENT}), k={args.k}, {dtype}, tail={args.tail}")
-    write_result(f"bench_kernel_{device}", result, args.out, device, COLUMNS)
+    print(f"\nV={vocab}, H={hidden} ({args.student}), k={args.k}, {dtype}, tail={args.tail}")
+    name = "bench_kernel" if args.student == STUDENT else f"bench_kernel_{args.student}"
+    write_result(f"{name}_{device}", result, args.out, device, COLUMNS)
     for key, value in result["targets"].items():
         print(f"  {key}: {value:.3f}" if isinstance(value, float) else f"  {key}: {value}")
 

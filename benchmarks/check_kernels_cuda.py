@@ -1,6 +1,7 @@
 """Correctness of the Triton soft cross-entropy kernels on a GPU, at real shapes.
 
-    python benchmarks/check_kernels_cuda.py [--device cuda|cpu] [--n 512] [--out benchmarks/out]
+    python benchmarks/check_kernels_cuda.py [--device cuda|cpu] [--n 512] [--student t5-small]
+                                            [--out benchmarks/out]
 
 Runs :func:`smash.kernels.soft_cross_entropy` and :func:`fused_linear_soft_cross_entropy`
 with ``impl="triton"`` against the PyTorch reference on the same inputs: every tail mode,
@@ -8,8 +9,9 @@ T in {1, 2}, fp32/fp16/bf16 logits, k in {1, 64, 256}, ignored rows, a random up
 gradient. The cases, the reference calls and the tolerances are the tests' own
 (``tests/soft_ce_cases.py``), with Cut Cross-Entropy's rule: against float64 the kernel may err
 as much as the same-dtype PyTorch reference does, plus a small noise floor. The vocabulary and
-hidden size come from the student's config (``shapes.py``: 50,265 and 768). Writes
-``check_kernels_<device>.json`` and exits 1 on any mismatch.
+hidden size come from the student's config (``shapes.py``: 50,265 and 768; ``--student
+t5-small``: 32,128 and 512). Writes ``check_kernels[_<student>]_<device>.json`` and exits 1 on
+any mismatch.
 
 On CPU the same checks run in the Triton interpreter at a small vocabulary (slow).
 """
@@ -89,6 +91,8 @@ def check_fused(cases, n, vocab, hidden, tail, dtype, device, gen) -> dict:
 
 
 def main() -> int:
+    from shapes import MODELS, STUDENT, T5_MODELS, lm_head_shape
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -97,17 +101,18 @@ def main() -> int:
     )
     parser.add_argument("--n", type=int, help="rows (default 512 on CUDA, 6 on CPU)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    parser.add_argument("--student", default=STUDENT, choices=[*MODELS, *T5_MODELS],
+                        help="LM head shape")  # fmt: skip
     args = parser.parse_args()
     device = args.device
     if device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are first imported
     import soft_ce_cases as cases
     from harness import write_result
-    from shapes import STUDENT, model_config
     from smash.kernels import TAIL_MODES
 
-    config = model_config(STUDENT)
-    vocab, hidden = (config.vocab_size, config.hidden_size) if device == "cuda" else (1003, 48)
+    student = args.student
+    vocab, hidden = lm_head_shape(student) if device == "cuda" else (1003, 48)
     n = args.n or (512 if device == "cuda" else 6)
     gen = torch.Generator().manual_seed(0)
     rows = []
@@ -134,7 +139,8 @@ def main() -> int:
         if not row["ok"]:
             failed.append(label)
     result = {"n": n, "vocab": vocab, "hidden": hidden, "rows": rows, "failed": failed}
-    write_result(f"check_kernels_{device}", result, args.out, device)
+    name = "check_kernels" if student == STUDENT else f"check_kernels_{student}"
+    write_result(f"{name}_{device}", result, args.out, device)
     print(f"{len(rows) - len(failed)}/{len(rows)} cases ok")
     return 1 if failed else 0
 

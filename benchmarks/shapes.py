@@ -3,14 +3,26 @@ built from them, so no benchmark downloads anything).
 
 ``model_config(name, scale)`` divides widths and depths by ``scale`` for CPU runs, keeping the
 proportions and heads about 64 wide; the vocabulary is never scaled (the LM head over
-50,265 tokens is what the kernels and the mask-only head are about).
+50,265 tokens is what the kernels and the mask-only head are about). T5 (paper 4.7: T5-large
+into T5-small) has its own configs, ``T5_MODELS``; ``lm_head_shape(name)`` gives any model's
+(vocabulary, hidden) head shape, which is all the kernel benchmarks need.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["BASE_TEACHER", "MODELS", "STUDENT", "TEACHER", "model_config"]
+__all__ = [
+    "BASE_TEACHER",
+    "MODELS",
+    "STUDENT",
+    "T5_MODELS",
+    "T5_STUDENT",
+    "T5_TEACHER",
+    "TEACHER",
+    "lm_head_shape",
+    "model_config",
+]
 
 _ROBERTA_VOCAB = {
     "vocab_size": 50_265,
@@ -45,7 +57,16 @@ MODELS: dict[str, dict] = {
         **_ROBERTA_VOCAB,
     },
 }
+# T5's published configs: 32,128 embeddings (32,100 tokens, padded), tied and rescaled by
+# d_model ** -0.5 before the head, relative positions, ReLU feed-forward
+T5_MODELS: dict[str, dict] = {
+    "t5-large": {"d_model": 1024, "d_ff": 4096, "d_kv": 64, "num_heads": 16, "num_layers": 24,
+                 "vocab_size": 32_128},
+    "t5-small": {"d_model": 512, "d_ff": 2048, "d_kv": 64, "num_heads": 8, "num_layers": 6,
+                 "vocab_size": 32_128},
+}  # fmt: skip
 TEACHER, STUDENT = "roberta-large", "distilroberta-base"  # the paper's pair
+T5_TEACHER, T5_STUDENT = "t5-large", "t5-small"  # its section 4.7 pair
 BASE_TEACHER = "roberta-base"  # settings 3-5: DistilRoBERTa's width and heads, twice its depth
 
 
@@ -66,3 +87,10 @@ def model_config(name: str, scale: int = 1, **overrides):
             intermediate_size=dims["intermediate_size"] // scale,
         )
     return RobertaConfig(**{**dims, **overrides})
+
+
+def lm_head_shape(name: str) -> tuple[int, int]:
+    """(vocabulary, hidden) of model ``name``'s LM head, RoBERTa-style or T5."""
+    if name in T5_MODELS:
+        return T5_MODELS[name]["vocab_size"], T5_MODELS[name]["d_model"]
+    return MODELS[name]["vocab_size"], MODELS[name]["hidden_size"]
