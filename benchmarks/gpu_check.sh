@@ -30,16 +30,16 @@ step() {  # step NAME TIMEOUT_S CMD...: run one check, keep its log, remember fa
   local rc=${PIPESTATUS[0]}
   [ "$rc" -eq 0 ] || { echo "!!! $name failed (exit $rc)"; status=1; }
 }
-step check_kernels  120 python3 benchmarks/check_kernels_cuda.py --out "$OUT"
+step check_kernels  100 python3 benchmarks/check_kernels_cuda.py --out "$OUT"
 # the same at T5-small's LM head (vocab 32,128, hidden 512; paper 4.7); its time is not yet
 # measured on a GPU
-step check_kernels_t5 120 python3 benchmarks/check_kernels_cuda.py --student t5-small --out "$OUT"
-step bench_kernel    120 python3 benchmarks/bench_kernel.py --device cuda --out "$OUT"
+step check_kernels_t5 60 python3 benchmarks/check_kernels_cuda.py --student t5-small --out "$OUT"
+step bench_kernel    100 python3 benchmarks/bench_kernel.py --device cuda --out "$OUT"
 step bench_teacher   100 python3 benchmarks/bench_teacher_pass.py --device cuda \
   --dtype fp16 --examples 40960 --shard-size 10240 \
   --token-budget 65536 --tokenize-workers 8 --out "$OUT"
 # ce offline / in memory / online (RoBERTa-large), plus the eager-attention cost of setting 4
 # against ce online with its RoBERTa-base teacher; two repeats keep it within the step's time
-step bench_trainer   120 python3 benchmarks/bench_trainer.py --device cuda --out "$OUT" \
+step bench_trainer   100 python3 benchmarks/bench_trainer.py --device cuda --out "$OUT" \
   --modes online-base ce+attn --repeats 2
 exit $status
