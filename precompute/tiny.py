@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -21,6 +21,7 @@ __all__ = [
     "REQUIRED_WORDS",
     "build_tiny_masked_lm",
     "build_tiny_setup",
+    "save_random_model",
     "train_tiny_tokenizer",
     "write_tiny_corpus",
 ]
@@ -144,8 +145,7 @@ def build_tiny_masked_lm(
     max_positions: int = 130,
 ):
     """A randomly initialised RoBERTa masked LM sized for CPU tests, saved and loaded back."""
-    import torch
-    from transformers import AutoModelForMaskedLM, RobertaConfig, RobertaForMaskedLM
+    from transformers import RobertaConfig, RobertaForMaskedLM
 
     config = RobertaConfig(
         vocab_size=len(tokenizer),
@@ -161,12 +161,21 @@ def build_tiny_masked_lm(
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
+    return save_random_model(RobertaForMaskedLM, config, tokenizer, out_dir, seed)
+
+
+def save_random_model(
+    model_class: Any, config: Any, tokenizer: Any, out_dir: str | Path, seed: int
+):
+    """A ``model_class`` with ``config`` and weights drawn after ``torch.manual_seed(seed)``,
+    saved with ``tokenizer`` into ``out_dir`` and loaded back through ``from_pretrained``."""
+    import torch
+
     torch.manual_seed(seed)
-    model = RobertaForMaskedLM(config)
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
+    model_class(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    return AutoModelForMaskedLM.from_pretrained(out_dir)
+    return model_class.from_pretrained(out_dir)
 
 
 def build_tiny_setup(root: str | Path, seed: int = 0) -> dict[str, Path]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .tiny import REQUIRED_WORDS, write_tiny_corpus
+from .tiny import REQUIRED_WORDS, save_random_model, write_tiny_corpus
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -89,8 +89,7 @@ def build_tiny_t5(
 ):
     """A randomly initialised T5 (tied embeddings, so the head rescales by ``d_model ** -0.5``)
     sized for CPU tests, saved with its tokenizer and loaded back."""
-    import torch
-    from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
+    from transformers import T5Config, T5ForConditionalGeneration
 
     config = T5Config(
         vocab_size=len(tokenizer),
@@ -105,12 +104,7 @@ def build_tiny_t5(
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = T5ForConditionalGeneration(config)
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return AutoModelForSeq2SeqLM.from_pretrained(out_dir)
+    return save_random_model(T5ForConditionalGeneration, config, tokenizer, out_dir, seed)
 
 
 def build_tiny_t5_setup(root: str | Path, seed: int = 0) -> dict[str, Path]:

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed is imported anywhere
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -87,80 +87,69 @@ def split_corpus(corpus: Path, out_dir: Path, held_out: float = 0.2) -> tuple[Pa
     return train, heldout
 
 
-def sharpen_teacher(
-    teacher: Path,
-    corpus: Path,
-    *,
-    steps: int = 300,
-    batch_size: int = 32,
-    length: int = 48,
-    lr: float = 2e-3,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Train the tiny teacher as a masked LM (15% masks) in place; returns first/last loss."""
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
+def sharpen_teacher(teacher: Path, corpus: Path, **options: Any) -> tuple[float, float]:
+    """Train the tiny teacher as a masked LM (15% masks) in place; returns first/last loss.
+    ``options``: ``steps``, ``batch_size``, ``length``, ``lr``, ``seed`` (``_sharpen``)."""
+    from transformers import AutoModelForMaskedLM
 
-    tok = AutoTokenizer.from_pretrained(teacher)
-    model = AutoModelForMaskedLM.from_pretrained(teacher)
-    docs = [d for d in corpus.read_text(encoding="utf-8").split("\n\n") if d.strip()]
-    ids = torch.tensor([t for d in docs for t in tok.encode(d)])
-    windows = ids[: len(ids) // length * length].view(-1, length)  # (N, L)
-    gen = torch.Generator().manual_seed(seed)
-    random.seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    special = torch.tensor(tok.all_special_ids)
-    losses = []
-    model.train()
-    for _ in range(steps):
-        batch = windows[torch.randint(len(windows), (batch_size,), generator=gen)]
+    def corrupt(batch, tok, gen):
+        special = torch.tensor(tok.all_special_ids)
         masked = (torch.rand(batch.shape, generator=gen) < 0.15) & ~torch.isin(batch, special)
-        inputs = batch.masked_fill(masked, tok.mask_token_id)
-        labels = batch.masked_fill(~masked, -100)
-        loss = model(input_ids=inputs, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    model.save_pretrained(teacher)
-    return sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+        return batch.masked_fill(masked, tok.mask_token_id), batch.masked_fill(~masked, -100)
+
+    return _sharpen(teacher, corpus, AutoModelForMaskedLM, corrupt, **options)
 
 
-def sharpen_t5_teacher(
-    teacher: Path,
-    corpus: Path,
-    *,
-    steps: int = 300,
-    batch_size: int = 32,
-    length: int = 48,
-    lr: float = 2e-3,
-    seed: int = 0,
-) -> tuple[float, float]:
+def sharpen_t5_teacher(teacher: Path, corpus: Path, **options: Any) -> tuple[float, float]:
     """Train the tiny T5 teacher on one-token span corruption in place (one token per window
     replaced by ``<extra_id_0>``; the target ``<extra_id_0> token </s>``, so the decoder's
     second position learns the token, where prompts read it); returns first/last loss."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForSeq2SeqLM
 
-    tok = AutoTokenizer.from_pretrained(teacher)
-    model = AutoModelForSeq2SeqLM.from_pretrained(teacher)
-    sentinel = tok.convert_tokens_to_ids("<extra_id_0>")
-    docs = [d for d in corpus.read_text(encoding="utf-8").split("\n\n") if d.strip()]
-    ids = torch.tensor([t for d in docs for t in tok.encode(d)])
-    windows = ids[: len(ids) // length * length].view(-1, length)  # (N, L)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    special = torch.tensor(tok.all_special_ids)
-    losses = []
-    model.train()
-    for _ in range(steps):
-        batch = windows[torch.randint(len(windows), (batch_size,), generator=gen)]
+    def corrupt(batch, tok, gen):
+        sentinel = tok.convert_tokens_to_ids("<extra_id_0>")
+        special = torch.tensor(tok.all_special_ids)
         # one random ordinary token per row: the largest of uniform draws off the specials
         draws = torch.rand(batch.shape, generator=gen).masked_fill(torch.isin(batch, special), -1)
         where = draws.argmax(dim=1, keepdim=True)  # (B, 1)
-        inputs = batch.scatter(1, where, sentinel)
         labels = torch.cat(
             [torch.full_like(where, sentinel), batch.gather(1, where),
              torch.full_like(where, tok.eos_token_id)], dim=1
         )  # fmt: skip
+        return batch.scatter(1, where, sentinel), labels
+
+    return _sharpen(teacher, corpus, AutoModelForSeq2SeqLM, corrupt, **options)
+
+
+def _sharpen(
+    teacher: Path,
+    corpus: Path,
+    model_class: Any,
+    corrupt: Callable,
+    *,
+    steps: int = 300,
+    batch_size: int = 32,
+    length: int = 48,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Train ``teacher`` (loaded with ``model_class``) in place on windows of ``length`` tokens
+    of ``corpus``, ``corrupt(batch, tokenizer, generator) -> (inputs, labels)`` making each
+    batch's task; returns the mean loss of the first and of the last ten steps."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(teacher)
+    model = model_class.from_pretrained(teacher)
+    docs = [d for d in corpus.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+    ids = torch.tensor([t for d in docs for t in tok.encode(d)])
+    windows = ids[: len(ids) // length * length].view(-1, length)  # (N, L)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        batch = windows[torch.randint(len(windows), (batch_size,), generator=gen)]
+        inputs, labels = corrupt(batch, tok, gen)
         loss = model(input_ids=inputs, labels=labels).loss
         opt.zero_grad()
         loss.backward()
