@@ -21,6 +21,7 @@ from smash.train.objectives.rule import RuleLabels, rule_labels
 from smash.train.student import DistillStudent, OnlineTeacher
 from train_support import (
     VOCAB,
+    assert_offline_equals_online,
     first_batch,
     grads_of,
     pair_store_of,
@@ -297,22 +298,9 @@ def test_fused_linear_loss_equals_kernel_loss(tiny, tiny_tokenizer, pair_store):
 
 def test_offline_and_online_runs_train_the_same(tiny, pair_store, tmp_path):
     """The same through the whole trainer: losses per step and final weights."""
-    from smash.train.metrics import read_metrics
-
-    runs = {}
-    for mode, teacher in (("offline", None), ("online", str(tiny["teacher"]))):
-        config = tiny_config(
-            tmp_path / mode, tiny["student"], [(pair_store, 1.0)], max_steps=3, teacher=teacher
-        )
-        assert train_student(["--config", write_config(tmp_path / f"{mode}.json", config)]) == 0
-        runs[mode] = (
-            [r["loss"] for r in read_metrics(tmp_path / mode) if "loss" in r],
-            AutoModelForMaskedLM.from_pretrained(tmp_path / mode / "student").state_dict(),
-        )
-    assert len(runs["offline"][0]) == 3
-    torch.testing.assert_close(runs["online"][0], runs["offline"][0], rtol=1e-5, atol=1e-6)
-    for name, value in runs["offline"][1].items():
-        torch.testing.assert_close(runs["online"][1][name], value, rtol=1e-4, atol=1e-6)
+    assert_offline_equals_online(
+        tmp_path, tiny["student"], pair_store, tiny["teacher"], AutoModelForMaskedLM
+    )
 
 
 def test_heldout_kl_does_not_depend_on_the_number_of_ranks(

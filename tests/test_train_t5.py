@@ -4,12 +4,18 @@ import pytest
 import torch
 from smash.store import STEP_KEYS, load_manifest
 from smash.train.cli import main as train_student
-from smash.train.metrics import read_metrics
 from smash.train.objectives.ce import PredictionDistillation
 from smash.train.objectives.hard import HardLabels, HardStore
 from smash.train.objectives.rule import RuleLabels
 from smash.train.student import DistillStudent, OnlineTeacher
-from train_support import first_batch, grads_of, precompute, tiny_config, write_config
+from train_support import (
+    assert_offline_equals_online,
+    first_batch,
+    grads_of,
+    precompute,
+    tiny_config,
+    write_config,
+)
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 
@@ -60,19 +66,9 @@ def test_offline_store_equals_online_t5_teacher(tiny_t5, t5_tok, t5_store, objec
 
 def test_offline_and_online_t5_runs_train_the_same(tiny_t5, t5_store, tmp_path):
     """The whole trainer on a T5 store: losses per step and the exported weights."""
-    runs = {}
-    for mode, teacher in (("offline", None), ("online", str(tiny_t5["teacher"]))):
-        config = tiny_config(tmp_path / mode, tiny_t5["student"], [(t5_store, 1.0)], max_steps=3,
-                             teacher=teacher, eval_store=str(t5_store), eval_examples=8)  # fmt: skip
-        assert train_student(["--config", write_config(tmp_path / f"{mode}.json", config)]) == 0
-        runs[mode] = (
-            [r["loss"] for r in read_metrics(tmp_path / mode) if "loss" in r],
-            AutoModelForSeq2SeqLM.from_pretrained(tmp_path / mode / "student").state_dict(),
-        )
-    assert len(runs["offline"][0]) == 3
-    torch.testing.assert_close(runs["online"][0], runs["offline"][0], rtol=1e-5, atol=1e-6)
-    for name, value in runs["offline"][1].items():
-        torch.testing.assert_close(runs["online"][1][name], value, rtol=1e-4, atol=1e-6)
+    assert_offline_equals_online(tmp_path, tiny_t5["student"], t5_store, tiny_t5["teacher"],
+                                 AutoModelForSeq2SeqLM, eval_store=str(t5_store),
+                                 eval_examples=8)  # fmt: skip
 
 
 def test_mixing_families_is_refused_naming_both(tiny, tiny_t5, t5_store, tmp_path, capsys):

@@ -62,6 +62,27 @@ def tiny_config(out, student, stores, **overrides):
     return config
 
 
+def assert_offline_equals_online(out, student, store, teacher, model_class, **overrides):
+    """train-student from ``store`` and with ``teacher`` loaded (whole vocabulary): the same
+    loss at each of 3 steps and the same exported weights."""
+    from smash.train.cli import main as train_student
+    from smash.train.metrics import read_metrics
+
+    runs = {}
+    for mode, live in (("offline", None), ("online", str(teacher))):
+        config = tiny_config(out / mode, student, [(store, 1.0)], max_steps=3, teacher=live,
+                             **overrides)  # fmt: skip
+        assert train_student(["--config", write_config(out / f"{mode}.json", config)]) == 0
+        runs[mode] = (
+            [r["loss"] for r in read_metrics(out / mode) if "loss" in r],
+            model_class.from_pretrained(out / mode / "student").state_dict(),
+        )
+    assert len(runs["offline"][0]) == 3
+    torch.testing.assert_close(runs["online"][0], runs["offline"][0], rtol=1e-5, atol=1e-6)
+    for name, value in runs["offline"][1].items():
+        torch.testing.assert_close(runs["online"][1][name], value, rtol=1e-4, atol=1e-6)
+
+
 def write_config(path, config):
     Path(path).write_text(json.dumps(config))
     return str(path)
