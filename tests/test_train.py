@@ -8,7 +8,7 @@ import pytest
 import torch
 from smash.precompute.shared.adapters import adapter_for
 from smash.precompute.shared.model_paths import require_folder_or_hub_name
-from smash.store import STEP_KEYS, FingerprintMismatch, Manifest, load_manifest
+from smash.store import FingerprintMismatch, Manifest, load_manifest
 from smash.train.cli import main as train_student
 from smash.train.cli import parse_store
 from smash.train.config import ConfigError, StoreSpec, load_config
@@ -23,7 +23,7 @@ from train_support import (
     VOCAB,
     assert_offline_equals_online,
     first_batch,
-    grads_of,
+    loss_and_grads,
     pair_store_of,
     sentiment_store_of,
     tiny_config,
@@ -202,14 +202,14 @@ def test_hard_reads_the_teacher_labels_a_store_holds(tiny, tiny_tokenizer, pair_
     batch["topk_logprobs"] = batch["topk_logprobs"][:, :4]
     model = AutoModelForMaskedLM.from_pretrained(tiny["student"])
     student = make_student(model, "hard", verbalizer=words, stored_labels=True)
-    loss, _ = _step(student, batch)
+    loss, _ = loss_and_grads(student, batch)
     adapter = adapter_for(model)
     logits = adapter.logits(adapter.answers(batch).hidden)[:, words]  # the full head's
     expected = torch.nn.functional.cross_entropy(logits, batch["labels"][batch["mask_batch"]])
     assert bool((batch["labels"] >= 0).all())
     torch.testing.assert_close(loss, expected.detach())
     unlabelled = make_student(model, "hard", verbalizer=words)
-    assert float(_step(unlabelled, batch)[0]) == 0.0  # every row left out without them
+    assert float(loss_and_grads(unlabelled, batch)[0]) == 0.0  # every row left out without them
 
 
 def test_rule_labels_follow_each_mask_to_its_example():
@@ -226,13 +226,6 @@ def test_rule_labels_follow_each_mask_to_its_example():
 # ---------------------------------------------------------------- offline = online
 
 
-def _step(module, batch):
-    module.zero_grad(set_to_none=True)
-    loss = module(**{k: batch[k] for k in STEP_KEYS if k in batch})
-    loss.backward()
-    return loss.detach(), grads_of(module)
-
-
 @pytest.mark.parametrize(
     "objective, loss", [("ce", "logits"), ("ce", "fused_linear"), ("hard", "logits")]
 )
@@ -247,8 +240,8 @@ def test_offline_store_equals_online_teacher(tiny, tiny_tokenizer, pair_store, o
     else:
         student = make_student(model, objective, verbalizer=words)
     teacher = OnlineTeacher(str(tiny["teacher"]), torch.device("cpu"))
-    offline_loss, offline_grads = _step(student, batch)
-    online_loss, online_grads = _step(student, teacher.fill(batch))
+    offline_loss, offline_grads = loss_and_grads(student, batch)
+    online_loss, online_grads = loss_and_grads(student, teacher.fill(batch))
     torch.testing.assert_close(online_loss, offline_loss, rtol=1e-5, atol=1e-6)
     assert offline_grads.keys() == online_grads.keys() and offline_grads
     for name in offline_grads:
@@ -277,7 +270,9 @@ def test_step_skips_the_id_check_and_recomputes_the_gradient(
     for name in ("soft_cross_entropy", "fused_linear_soft_cross_entropy"):
         monkeypatch.setattr(student_module, name, spy_on(name))
     batch = first_batch(pair_store, 4, tiny_tokenizer.pad_token_id)
-    _step(make_student(AutoModelForMaskedLM.from_pretrained(tiny["student"]), loss=loss), batch)
+    loss_and_grads(
+        make_student(AutoModelForMaskedLM.from_pretrained(tiny["student"]), loss=loss), batch
+    )
     name = "soft_cross_entropy" if loss == "logits" else "fused_linear_soft_cross_entropy"
     assert list(seen) == [name] and seen[name]["check_ids"] is False
     if loss == "logits":
@@ -288,7 +283,7 @@ def test_fused_linear_loss_equals_kernel_loss(tiny, tiny_tokenizer, pair_store):
     batch = first_batch(pair_store, 8, tiny_tokenizer.pad_token_id)
     model = AutoModelForMaskedLM.from_pretrained(tiny["student"])
     results = [
-        _step(make_student(model, loss=loss, tail="bucket"), batch)
+        loss_and_grads(make_student(model, loss=loss, tail="bucket"), batch)
         for loss in ("logits", "fused_linear")
     ]
     torch.testing.assert_close(results[0][0], results[1][0])

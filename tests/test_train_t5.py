@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from smash.store import STEP_KEYS, load_manifest
+from smash.store import load_manifest
 from smash.train.cli import main as train_student
 from smash.train.objectives.ce import PredictionDistillation
 from smash.train.objectives.hard import HardLabels, HardStore
@@ -11,7 +11,7 @@ from smash.train.student import DistillStudent, OnlineTeacher
 from train_support import (
     assert_offline_equals_online,
     first_batch,
-    grads_of,
+    loss_and_grads,
     precompute,
     tiny_config,
     write_config,
@@ -31,13 +31,6 @@ def t5_store(tiny, tiny_t5, t5_tok, tmp_path_factory):
     return precompute("sentence-pair", tiny["corpus"], tiny_t5["teacher"], out, k=len(t5_tok), n=48)
 
 
-def _step(module, batch):
-    module.zero_grad(set_to_none=True)
-    loss = module(**{k: batch[k] for k in STEP_KEYS if k in batch})
-    loss.backward()
-    return loss.detach(), grads_of(module)
-
-
 @pytest.mark.parametrize(
     "objective, loss",
     [("ce", "logits"), ("ce", "fused_linear"), ("hard", "logits"), ("rule", "logits")],
@@ -55,8 +48,8 @@ def test_offline_store_equals_online_t5_teacher(tiny_t5, t5_tok, t5_store, objec
         chosen, state = (HardLabels(), HardStore(words, False)) if hard else (RuleLabels(), words)
     student = DistillStudent(model, [(chosen, 1.0)], [[state]], sentinel_id=sentinel)
     teacher = OnlineTeacher(str(tiny_t5["teacher"]), torch.device("cpu"), sentinel_id=sentinel)
-    offline_loss, offline_grads = _step(student, batch)
-    online_loss, online_grads = _step(student, teacher.fill(batch))
+    offline_loss, offline_grads = loss_and_grads(student, batch)
+    online_loss, online_grads = loss_and_grads(student, teacher.fill(batch))
     torch.testing.assert_close(online_loss, offline_loss, rtol=1e-5, atol=1e-6)
     assert offline_grads.keys() == online_grads.keys() and offline_grads
     assert any("decoder" in name for name in offline_grads)  # the loss reaches the decoder

@@ -166,6 +166,16 @@ def first_batch(store, n, pad_id):
     return collate_examples([next(stream) for _ in range(n)], pad_id)
 
 
+def loss_and_grads(module, batch):
+    """One forward and backward of a ``DistillStudent`` on ``batch``: (loss, gradients)."""
+    from smash.store import STEP_KEYS
+
+    module.zero_grad(set_to_none=True)
+    loss = module(**{k: batch[k] for k in STEP_KEYS if k in batch})
+    loss.backward()
+    return loss.detach(), grads_of(module)
+
+
 def grads_of(module):
     return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
 
