@@ -230,3 +230,21 @@ def test_finetune_encodes_pairs_as_lmbff_does(tiny_tokenizer):
     single = Example(texts=("Fine.",), label=0, line=2)
     [one] = FinetuneLearner(None, tok, get_task("SST-2"), max_length=64).encode([single])
     assert one.input_ids == tok("Fine.")["input_ids"]  # <s> x </s>
+
+
+@pytest.mark.parametrize("name, limit", [("MR", 110), ("SST-5", 110), ("CR", 110), ("RTE", 240)])
+def test_prompts_cap_the_first_sentence_as_lmbff_does(tiny, tiny_tokenizer, name, limit):
+    """LM-BFF's run_experiment.sh: --first_sent_limit 110 (MR, SST-5, CR), 240 (RTE)."""
+    from transformers import AutoModelForMaskedLM
+
+    task = get_task(name)
+    assert task.first_sent_limit == limit
+    model = AutoModelForMaskedLM.from_pretrained(tiny["student"])
+    learner = PromptLearner(model, tiny_tokenizer, task, task.template, task.verbalizer, 10_000)
+    long = " ".join(["the movie was good"] * 100)
+    texts = (long,) if len(task.text_columns) == 1 else (long, "It was bad.")
+    [capped] = learner.encode([Example(texts=texts, label=0, line=2)])
+    whole = learner.template.encode(tiny_tokenizer, texts, 10_000).input_ids
+    first = long[:-1] if name == "RTE" else long  # the NLI template's sent-_0 drops a character
+    tokens = len(tiny_tokenizer.encode(first, add_special_tokens=False))
+    assert tokens > limit and len(whole) - len(capped.input_ids) == tokens - limit

@@ -173,3 +173,22 @@ def test_encode_batch_equals_one_by_one(tiny_tokenizer, tiny):
                 assert out.input_ids == full
             assert len(out.input_ids) <= max_length
             assert out.input_ids[out.mask_position] == tok.mask_token_id
+
+
+def test_sentence_limits_cap_a_sentence_before_the_template_is_assembled(tiny_tokenizer):
+    """LM-BFF's first_sent_limit: sentence 0 keeps its first N tokens even where the whole
+    prompt would fit; other sentences are untouched; max_length still applies after."""
+    tok = tiny_tokenizer
+    a, b = " ".join(["the movie was good"] * 10), "It was bad."
+    t = parse_template(PAIR)
+    full = t.encode(tok, [a, b], 10_000)
+    capped = t.encode(tok, [a, b], 10_000, {0: 7})
+    a_ids = enc(tok, a[:-1])  # sent-_0 drops the last character
+    assert len(a_ids) > 7
+    assert capped.input_ids == [full.input_ids[0], *a_ids[:7], *full.input_ids[1 + len(a_ids) :]]
+    assert capped.input_ids[capped.mask_position] == tok.mask_token_id
+    b_ids = enc(tok, " it was bad.")  # +sentl_1: a space, the first letter lower-cased
+    assert full.input_ids[-1 - len(b_ids) : -1] == b_ids
+    cut_b = t.encode(tok, [a, b], 10_000, {1: 2}).input_ids
+    assert cut_b == full.input_ids[: -1 - len(b_ids)] + b_ids[:2] + [tok.sep_token_id]
+    assert len(t.encode(tok, [a, b], 12, {0: 7}).input_ids) == 12

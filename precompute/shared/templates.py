@@ -35,7 +35,7 @@ Both the few-shot evaluation (``smash.train.fewshot``) and the intermediate task
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -105,21 +105,33 @@ class Template:
         return 1 + max((p.index for p in self.parts if p.kind == "sentence"), default=-1)
 
     def encode(
-        self, tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str], max_length: int
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        sentences: Sequence[str],
+        max_length: int,
+        sentence_limits: Mapping[int, int] | None = None,
     ) -> EncodedPrompt:
         """Fill the template with ``sentences`` and tokenize it into at most ``max_length`` ids.
 
-        Only sentence tokens are truncated: while too long, one token is removed from the end of
-        the currently longest sentence part (the first such part on ties). Raises ValueError
-        when a sentence is missing or the template's own tokens alone exceed ``max_length``.
+        ``sentence_limits`` caps the tokens of sentence parts by sentence index first, as
+        LM-BFF's ``first_sent_limit`` does (``{0: 110}``: the first sentence keeps its first 110
+        tokens). Then only sentence tokens are truncated: while too long, one token is removed
+        from the end of the currently longest sentence part (the first such part on ties).
+        Raises ValueError when a sentence is missing or the template's own tokens alone exceed
+        ``max_length``.
         """
-        return self.encode_batch(tokenizer, [sentences], max_length)[0]
+        return self.encode_batch(tokenizer, [sentences], max_length, sentence_limits)[0]
 
     def encode_batch(
-        self, tokenizer: PreTrainedTokenizerBase, batch: Sequence[Sequence[str]], max_length: int
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        batch: Sequence[Sequence[str]],
+        max_length: int,
+        sentence_limits: Mapping[int, int] | None = None,
     ) -> list[EncodedPrompt]:
         """``encode`` for many examples at once: each sentence part of all examples goes to the
         tokenizer in one batch call (fast tokenizers encode it in Rust, in parallel)."""
+        limits = sentence_limits or {}
         for sentences in batch:
             if len(sentences) < self.num_sentences:
                 raise ValueError(
@@ -147,7 +159,10 @@ class Template:
         )
         out = []
         for row in range(len(batch)):
-            pieces = [list(col[row]) if sent else col for col, sent in zip(columns, is_sentence)]
+            pieces = [
+                list(col[row][: limits.get(part.index)]) if sent else col
+                for col, sent, part in zip(columns, is_sentence, self.parts)
+            ]
             _truncate_longest_first(pieces, is_sentence, max_length - fixed)
             mask_position = sum(len(ids) for ids in pieces[:mask_part])
             out.append(

@@ -125,13 +125,15 @@ class PromptLearner:
             raise ValueError(f"{task.name} needs {expected} label words, got {list(verbalizer)}")
         self.verbalizer = torch.tensor(verbalizer_ids(tokenizer, verbalizer))
         self.max_length = max_length
+        # LM-BFF caps the first sentence's tokens before the template is assembled
+        self.limits = {0: task.first_sent_limit} if task.first_sent_limit else None
         # the head runs on the answer rows only; a T5 decoder starts from the sentinel
         self.adapter = adapter_for(model, answer_token_id(tokenizer))
 
     def encode(self, examples: Sequence[Example]) -> list[Features]:
         out = []
         for ex in examples:
-            enc = self.template.encode(self.tokenizer, ex.texts, self.max_length)
+            enc = self.template.encode(self.tokenizer, ex.texts, self.max_length, self.limits)
             out.append(Features(enc.input_ids, enc.mask_position, ex.label))
         return out
 

@@ -34,6 +34,7 @@ class Task:
     template: str
     metric: str  # "acc", "f1" or "pearson": picks the best dev checkpoint and grid point
     extra_metrics: tuple[str, ...] = ()  # also reported on the test sets (STS-B: Spearman)
+    first_sent_limit: int | None = None  # LM-BFF's cap on the first sentence's tokens
     max_length: int = 128
     dev: str = "dev"
     tests: dict[str, str] = field(default_factory=dict)
@@ -67,6 +68,7 @@ _CSV = {
     "template": _SENTIMENT,
     "metric": "acc",
     "original_splits": ("train", "test"),
+    "first_sent_limit": 110,  # LM-BFF's run_experiment.sh for mr, sst-5 and cr
 }
 _NLI3 = ("contradiction", "entailment", "neutral")
 
@@ -97,7 +99,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
           metric="acc"),
     _task("RTE", fmt="tsv", text_columns=(1, 2), label_column=-1,
           labels=("entailment", "not_entailment"), verbalizer=("Yes", "No"), template=_NLI,
-          metric="acc", max_length=256),
+          metric="acc", max_length=256, first_sent_limit=240),
     _task("MRPC", fmt="tsv", text_columns=(3, 4), label_column=0, labels=("0", "1"),
           verbalizer=("No", "Yes"), template=_PARAPHRASE, metric="f1"),
     _task("QQP", fmt="tsv", text_columns=(3, 4), label_column=5, labels=("0", "1"),
