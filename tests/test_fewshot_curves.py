@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from fewshot_support import cli_error
+from smash.precompute.kshot.splits import make_kshot
+from smash.precompute.kshot.tasks import get_task
 from smash.train.export import export_student
 from smash.train.fewshot.cli import main
 from smash.train.fewshot.curves import export_step, series_name, step_points
 from smash.train.fewshot.metrics import aggregate
 from smash.train.fewshot.protocol import PAPER_MAX_STEPS, Protocol
-from smash.train.fewshot.splits import make_kshot
-from smash.train.fewshot.tasks import get_task
 from train_support import sentiment_store_of, tiny_config, write_config
 
 ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"

@@ -5,7 +5,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from smash.train.fewshot.data import DataError, load_kshot, read_examples
+from smash.precompute.kshot.data import DataError, load_kshot, read_examples
+from smash.precompute.kshot.splits import make_kshot
+from smash.precompute.kshot.tasks import TASKS, get_task
 from smash.train.fewshot.metrics import (
     accuracy,
     compute_metric,
@@ -13,8 +15,6 @@ from smash.train.fewshot.metrics import (
     pearson,
     spearman,
 )
-from smash.train.fewshot.splits import make_kshot
-from smash.train.fewshot.tasks import TASKS, get_task
 
 ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
 K = 4

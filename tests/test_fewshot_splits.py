@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from smash.train.fewshot.splits import main, make_kshot, select_kshot
-from smash.train.fewshot.tasks import get_task
+from smash.precompute.kshot.splits import main, make_kshot, select_kshot
+from smash.precompute.kshot.tasks import get_task
 
 ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
 
@@ -158,7 +158,7 @@ def test_cli_bad_row_names_file_and_line(tmp_path, capsys):
 def test_snli_rows_longer_than_the_header_are_read_as_lmbff_reads_them(tmp_path):
     """The public SNLI train.tsv has rows with more fields than its header; LM-BFF reads the
     fixed text columns 7 and 8 and the last field, so its splits and ours keep such rows."""
-    from smash.train.fewshot.data import load_kshot
+    from smash.precompute.kshot.data import load_kshot
 
     (tmp_path / "orig" / "SNLI").mkdir(parents=True)
     header, *lines = (ORIGINAL / "SNLI" / "train.tsv").read_text().splitlines(keepends=True)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from smash.precompute.kshot.data import Example
+from smash.precompute.kshot.splits import make_kshot
+from smash.precompute.kshot.tasks import get_task
 from smash.train.fewshot.cli import main
-from smash.train.fewshot.data import Example
 from smash.train.fewshot.encoder_head import T5EncoderClassifier
 from smash.train.fewshot.learners import PromptLearner, collate
-from smash.train.fewshot.splits import make_kshot
-from smash.train.fewshot.tasks import get_task
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"

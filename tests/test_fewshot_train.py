@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fewshot_support import cli_error
+from smash.precompute.kshot.data import Example, load_kshot
+from smash.precompute.kshot.splits import make_kshot
+from smash.precompute.kshot.tasks import get_task
 from smash.train.fewshot.cli import main
-from smash.train.fewshot.data import Example, load_kshot
 from smash.train.fewshot.learners import (
     FinetuneLearner,
     PromptLearner,
@@ -20,8 +22,6 @@ from smash.train.fewshot.learners import (
 from smash.train.fewshot.metrics import aggregate, select_best
 from smash.train.fewshot.protocol import Protocol, SeedResult, run_seed, zero_shot
 from smash.train.fewshot.report import Entry, delta_rows, table_rows
-from smash.train.fewshot.splits import make_kshot
-from smash.train.fewshot.tasks import get_task
 
 ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
 

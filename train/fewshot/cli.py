@@ -23,6 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from smash.precompute.kshot.data import DataError
+from smash.precompute.kshot.splits import SEEDS
+from smash.precompute.kshot.tasks import TASKS, get_task
 from smash.precompute.shared.model_paths import require_folder_or_hub_name
 from smash.train.fewshot.curves import (
     Point,
@@ -34,12 +37,9 @@ from smash.train.fewshot.curves import (
     step_points,
     write_curve,
 )
-from smash.train.fewshot.data import DataError
 from smash.train.fewshot.protocol import Protocol, paper_max_steps
 from smash.train.fewshot.report import write_report
 from smash.train.fewshot.runner import MODES, Run, evaluate_models, evaluate_runs
-from smash.train.fewshot.splits import SEEDS
-from smash.train.fewshot.tasks import TASKS, get_task
 
 __all__ = ["evaluate_models", "main"]
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from smash.precompute.kshot.data import Example
+from smash.precompute.kshot.tasks import Task
 from smash.precompute.shared.adapters import adapter_for
 from smash.precompute.shared.templates import (
     answer_token_id,
@@ -24,8 +26,6 @@ from smash.precompute.shared.templates import (
     parse_template,
     verbalizer_ids,
 )
-from smash.train.fewshot.data import Example
-from smash.train.fewshot.tasks import Task
 
 __all__ = [
     "Batch",

@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from smash.train.fewshot.data import KShotData
+from smash.precompute.kshot.data import KShotData
+from smash.precompute.kshot.tasks import Task
 from smash.train.fewshot.learners import Features, FinetuneLearner, PromptLearner, collate
 from smash.train.fewshot.metrics import compute_metric, select_best
-from smash.train.fewshot.tasks import Task
 
 __all__ = [
     "PAPER_MAX_STEPS",

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from smash.precompute.kshot.data import load_kshot
+from smash.precompute.kshot.splits import SEEDS
+from smash.precompute.kshot.tasks import Task
 from smash.precompute.shared.adapters import auto_model_class, family_of, max_sequence_length
-from smash.train.fewshot.data import load_kshot
 from smash.train.fewshot.encoder_head import T5EncoderClassifier
 from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
 from smash.train.fewshot.protocol import Protocol, SeedResult, run_seed, zero_shot
 from smash.train.fewshot.report import Entry
-from smash.train.fewshot.splits import SEEDS
-from smash.train.fewshot.tasks import Task
 from tqdm.auto import tqdm
 
 __all__ = ["MODES", "Run", "evaluate_models", "evaluate_runs"]

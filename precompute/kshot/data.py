@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from smash.train.fewshot.tasks import Task
+from smash.precompute.kshot.tasks import Task
 
 __all__ = [
     "DataError",

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from smash.train.fewshot.data import DataError, parse_label, read_rows, require_file
-from smash.train.fewshot.tasks import TASKS, Task, get_task
+from smash.precompute.kshot.data import DataError, parse_label, read_rows, require_file
+from smash.precompute.kshot.tasks import TASKS, Task, get_task
 
 __all__ = ["SEEDS", "main", "make_kshot", "select_kshot"]
 
