@@ -212,7 +212,8 @@ def test_curve_over_paper_k_uses_paper_steps(tiny, tmp_path):
 
 def test_resume_evaluates_only_new_exports(tiny, kshot, run_dir, tmp_path, capsys):
     """--resume keeps the finished points (their weights are not even read again) and adds
-    an export written since; a curve.json made with other settings is refused."""
+    an export written since; points.jsonl made with other settings is refused, and so is a
+    rerun into the same folder without --resume."""
     exports = tmp_path / "ce" / "exports"
     for step in STEPS[:2]:
         shutil.copytree(
@@ -229,8 +230,11 @@ def test_resume_evaluates_only_new_exports(tiny, kshot, run_dir, tmp_path, capsy
     assert second["points"][:2] == first["points"]
     assert second["lines"][0]["mean"][:2] == first["lines"][0]["mean"]
     capsys.readouterr()
-    err = cli_error(capsys, [*argv, "--resume", "--seeds", "13", "--out", str(tmp_path / "out")])
-    assert "curve.json was made with other settings (seeds differ)" in err
+    out = str(tmp_path / "out")
+    err = cli_error(capsys, [*argv, "--resume", "--eval-every", "4", "--out", out])
+    assert "points.jsonl was made with other settings (eval_every differ)" in err
+    err = cli_error(capsys, [*argv, "--out", out])
+    assert "points.jsonl holds 6 finished units of an earlier evaluation: pass --resume" in err
 
 
 def test_curve_errors(tiny, kshot, run_dir, tmp_path, capsys):
@@ -268,7 +272,6 @@ def test_curve_needs_matplotlib(tiny, kshot, tmp_path, monkeypatch, capsys):
     [
         (["--k", "8", "16"], "--k takes several values only with --curve k"),
         (["--baseline", "x"], "--baseline draws a reference line on a --curve steps plot"),
-        (["--resume"], "--resume continues a --curve"),
         (["--curve", "k", "--k", "8", "8"], "--k needs distinct positive values, got 8 8"),
     ],
 )

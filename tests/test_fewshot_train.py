@@ -110,7 +110,7 @@ def test_grid_keeps_best_dev_checkpoint(tiny, tiny_tokenizer, kshot):
         return learners[-1]
 
     protocol = Protocol(learning_rates=(1e-6, 3e-3), batch_sizes=(4,), max_steps=40, eval_every=10)
-    res = run_seed(make, data, task, 13, protocol, torch.device("cpu"))
+    res = run_seed(make, data, 13, protocol, torch.device("cpu"))
     assert len(res.grid_dev) == 2
     assert res.dev == max(res.grid_dev) and res.lr == protocol.grid[select_best(res.grid_dev)][0]
     assert res.step in (10, 20, 30, 40)

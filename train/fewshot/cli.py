@@ -30,13 +30,12 @@ from smash.precompute.shared.model_paths import require_folder_or_hub_name
 from smash.train.fewshot.curves import (
     Point,
     k_points,
-    load_finished,
-    point_key,
     require_matplotlib,
     series_name,
     step_points,
     write_curve,
 )
+from smash.train.fewshot.ledger import LEDGER_NAME, Ledger
 from smash.train.fewshot.protocol import Protocol, paper_max_steps
 from smash.train.fewshot.report import write_report
 from smash.train.fewshot.runner import MODES, Run, evaluate_models, evaluate_runs
@@ -135,8 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="with --curve: keep the points already in OUT/curve.json (same settings), "
-        "evaluate only the others, e.g. exports written since",
+        help="continue the evaluation recorded in OUT/points.jsonl (same settings): finished "
+        "grid points are not trained again; new models, exports, tasks or seeds are added",
     )
     p.add_argument(
         "--k",
@@ -197,8 +196,6 @@ def _check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.baseline_name and len(args.baseline_name) != len(args.baseline):
         p.error(f"--baseline-name gives {len(args.baseline_name)} names for "
                 f"{len(args.baseline)} baselines")  # fmt: skip
-    if args.resume and not args.curve:
-        p.error("--resume continues a --curve")
     groups = len(args.model) if args.curve == "steps" else sum(map(len, args.model))
     if args.name and len(args.name) != groups:
         what = "series (one per --model)" if args.curve == "steps" else "models"
@@ -245,42 +242,38 @@ def _table(args, tasks, steps, options, config) -> list[Path]:
         args.seeds,
         k,
         **options,
+        ledger=_ledger(args, config),
     )
     return write_report(args.out, entries, {**config, "k": k})
 
 
 def _curve(args, tasks, steps, options, config) -> list[Path]:
-    """Every point of the curve (those of an earlier run kept with --resume), its files
-    rewritten after each point."""
+    """Every point of the curve, its files rewritten after each point."""
     require_matplotlib()
     points = _points(args, steps)
-    settings = {
-        "curve": args.curve,
-        "data": str(Path(args.data).resolve()),
-        **{key: config[key] for key in _SETTINGS},
-    }
     out = Path(args.out)
-    done = load_finished(out / "curve.json", settings) if args.resume else {}
-    todo = [pt for pt in points if point_key(pt) not in done]
+    finished = []
 
-    def finished(i: int, entries) -> None:
-        done[point_key(todo[i])] = entries
-        results = [(pt, done[point_key(pt)]) for pt in points if point_key(pt) in done]
-        write_curve(out, args.curve, results, config, settings)
+    def done(i: int, entries) -> None:
+        finished.append((points[i], entries))
+        write_curve(out, args.curve, finished, config)
 
-    if todo:
-        runs = [pt.run for pt in todo]
-        evaluate_runs(
-            runs, tasks, args.data, args.mode, args.seeds, **options, on_run_done=finished
-        )
-    results = [(pt, done[point_key(pt)]) for pt in points]
-    return write_curve(out, args.curve, results, config, settings)
+    runs = [pt.run for pt in points]
+    ledger = _ledger(args, config)
+    evaluate_runs(runs, tasks, args.data, args.mode, args.seeds, **options, ledger=ledger,
+                  on_run_done=done)  # fmt: skip
+    return write_curve(out, args.curve, finished, config)
 
 
-# What a --resume must share with the run that wrote curve.json (beside the curve, the data
-# root, and each point's folder, K and step budget, which are compared point by point).
-_SETTINGS = ("tasks", "mode", "seeds", "learning_rates", "batch_sizes", "eval_every",
-             "eval_batch_size", "max_length", "template", "verbalizer")  # fmt: skip
+# What every unit of OUT/points.jsonl shares; models, K, step budgets, modes, tasks, seeds and
+# grid values are part of each unit's key instead, so a --resume may add to them.
+_SETTINGS = ("eval_every", "eval_batch_size", "max_grad_norm", "max_length", "template",
+             "verbalizer")  # fmt: skip
+
+
+def _ledger(args: argparse.Namespace, config: dict) -> Ledger:
+    settings = {"data": str(Path(args.data).resolve()), **{k: config[k] for k in _SETTINGS}}
+    return Ledger(Path(args.out) / LEDGER_NAME, settings, args.resume)
 
 
 def _points(args: argparse.Namespace, steps: dict[int, int]) -> list[Point]:

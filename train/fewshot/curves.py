@@ -30,7 +30,6 @@ from smash.train.fewshot.protocol import Protocol
 from smash.train.fewshot.report import (
     Entry,
     column_label,
-    entry_from_json,
     entry_to_json,
     json_safe,
 )
@@ -42,8 +41,6 @@ __all__ = [
     "curve_lines",
     "export_step",
     "k_points",
-    "load_finished",
-    "point_key",
     "require_matplotlib",
     "series_name",
     "step_points",
@@ -169,32 +166,6 @@ def k_points(
     ]
 
 
-def point_key(point: Point) -> tuple:
-    """What makes a finished point reusable: the same series, x, folder, K and step budget."""
-    run = point.run
-    return (point.series, point.x, run.path, run.k, run.protocol.max_steps)
-
-
-def load_finished(path: str | Path, settings: dict) -> dict[tuple, list[Entry]]:
-    """The finished points of an earlier ``curve.json`` (for ``--resume``), keyed as
-    :func:`point_key`; refuses one made with other ``settings`` (tasks, modes, seeds, grid...)."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); pass another --out") from None
-    settings = json.loads(json.dumps(settings))  # tuples as the file has them: lists
-    differ = [k for k in settings if data.get("settings", {}).get(k) != settings[k]]
-    if differ:
-        raise ValueError(
-            f"{path} was made with other settings ({', '.join(differ)} differ); "
-            "pass another --out, or the same settings"
-        )
-    return {tuple(p["key"]): [entry_from_json(e) for e in p["entries"]] for p in data["points"]}
-
-
 def curve_lines(results: Sequence[tuple[Point, list[Entry]]]) -> tuple[list[dict], list[dict]]:
     """``(lines, baselines)`` of finished points: a line per (series, mode, results column)
     with its ``x``, ``mean`` and ``std`` lists sorted by x; a baseline per (model, mode,
@@ -226,20 +197,15 @@ def write_curve(
     axis: str,
     results: Sequence[tuple[Point, list[Entry]]],
     config: dict,
-    settings: dict,
 ) -> list[Path]:
     """Write curve.json, curve.md and curve.png for the points finished so far (``results``:
-    each with its entries, in plot order); returns their paths.
-
-    ``settings`` are what a ``--resume`` must match to reuse these points.
-    """
+    each with its entries, in plot order); returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines, baselines = curve_lines(results)
     payload = {
         "axis": axis,
         "config": config,
-        "settings": settings,
         "points": [
             {
                 "series": p.series,
@@ -247,7 +213,6 @@ def write_curve(
                 "path": p.run.path,
                 "k": p.run.k,
                 "max_steps": p.run.protocol.max_steps,
-                "key": point_key(p),
                 "entries": [entry_to_json(e) for e in entries],
             }
             for p, entries in results

@@ -4,9 +4,10 @@ For each (learning rate, batch size) of the grid the model starts afresh from it
 (seeded, so a new head is the same for every grid point), trains up to ``max_steps`` with
 AdamW and a linear decay (HF Trainer defaults: no warmup, no weight decay, clipping at 1.0), and
 is evaluated on dev every ``eval_every`` steps. The best dev checkpoint is kept as an in-memory
-copy of the weights, never a file. Across the grid the configuration with the best dev metric
-wins (earliest on ties), and only its checkpoint is evaluated on the test set(s), which gives
-the same number as LM-BFF's "test every configuration, report the best-dev one".
+copy of the weights, never a file, and is evaluated on the test set(s), as LM-BFF does. Each
+grid point is so a self-contained :class:`PointResult` (a long evaluation records it and
+never trains it again); across the grid the point with the best dev metric (earliest on ties)
+gives the seed's result.
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ from dataclasses import dataclass, field
 
 import torch
 from smash.precompute.kshot.data import KShotData
-from smash.precompute.kshot.tasks import Task
 from smash.train.fewshot.learners import Features, FinetuneLearner, PromptLearner, collate
 from smash.train.fewshot.metrics import compute_metric, select_best
 
 __all__ = [
     "PAPER_MAX_STEPS",
+    "PointResult",
     "Protocol",
     "SeedResult",
+    "choose",
     "evaluate",
     "paper_max_steps",
     "predict",
+    "run_point",
     "run_seed",
     "test_metrics",
     "zero_shot",
@@ -140,40 +143,68 @@ def zero_shot(
     return SeedResult(seed=seed, dev=dev, tests=tests)
 
 
-def run_seed(
+@dataclass(frozen=True)
+class PointResult:
+    """One grid point of one seed: its best dev metric, at which step, and that checkpoint's
+    test metrics."""
+
+    lr: float
+    batch_size: int
+    dev: float
+    step: int
+    tests: dict[str, float]
+
+
+def run_point(
     make_learner: Callable[[], object],
     data: KShotData,
-    task: Task,
     seed: int,
+    lr: float,
+    batch_size: int,
     protocol: Protocol,
     device: torch.device,
-    on_config_done: Callable[[], None] = lambda: None,
-) -> SeedResult:
-    """Grid-search one k-shot split and test the best-dev checkpoint."""
-    train = dev = None
-    best: tuple[float, dict, float, int, int] | None = None  # dev, state, lr, bs, step
-    grid_dev = []
-    learner = None
-    for lr, bs in protocol.grid:
-        torch.manual_seed(seed)
-        learner = make_learner()
-        learner.model.to(device)
-        if train is None:
-            train, dev = learner.encode(data.train), learner.encode(data.dev)
-        score, state, step = _train(learner, train, dev, lr, bs, seed, protocol, device)
-        grid_dev.append(score)
-        if best is None or select_best([best[0], score]) == 1:
-            best = (score, state, lr, bs, step)
-        on_config_done()
-    score, state, lr, bs, step = best
+) -> PointResult:
+    """Train one grid point from the model's folder and test its best-dev checkpoint."""
+    torch.manual_seed(seed)
+    learner = make_learner()
+    learner.model.to(device)
+    train, dev = learner.encode(data.train), learner.encode(data.dev)
+    score, state, step = _train(learner, train, dev, lr, batch_size, seed, protocol, device)
     learner.model.load_state_dict(state)
     tests: dict[str, float] = {}
     for col, examples in data.tests.items():
         features = learner.encode(examples)
         tests.update(test_metrics(learner, col, features, protocol.eval_batch_size, device))
+    return PointResult(lr=lr, batch_size=batch_size, dev=score, step=step, tests=tests)
+
+
+def choose(seed: int, points: Sequence[PointResult]) -> SeedResult:
+    """The seed's result: the grid point with the best dev metric, the earliest on ties."""
+    best = points[select_best([p.dev for p in points])]
     return SeedResult(
-        seed=seed, dev=score, tests=tests, lr=lr, batch_size=bs, step=step, grid_dev=grid_dev
+        seed=seed,
+        dev=best.dev,
+        tests=dict(best.tests),
+        lr=best.lr,
+        batch_size=best.batch_size,
+        step=best.step,
+        grid_dev=[p.dev for p in points],
     )
+
+
+def run_seed(
+    make_learner: Callable[[], object],
+    data: KShotData,
+    seed: int,
+    protocol: Protocol,
+    device: torch.device,
+) -> SeedResult:
+    """Grid-search one k-shot split: every grid point trained and tested, the best dev one
+    reported."""
+    points = [
+        run_point(make_learner, data, seed, lr, bs, protocol, device) for lr, bs in protocol.grid
+    ]
+    return choose(seed, points)
 
 
 def _train(

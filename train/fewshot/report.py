@@ -21,7 +21,6 @@ __all__ = [
     "Entry",
     "column_label",
     "delta_rows",
-    "entry_from_json",
     "entry_to_json",
     "json_safe",
     "table_rows",
@@ -113,23 +112,6 @@ def entry_to_json(entry: Entry) -> dict:
             for c in entry.columns
         },
     }
-
-
-def entry_from_json(data: dict) -> Entry:
-    """The inverse of :func:`entry_to_json` (null metrics become NaN again)."""
-    seeds = []
-    for s in data["seeds"]:
-        s = dict(s)
-        s["dev"] = _nan_if_null(s["dev"])
-        s["tests"] = {c: _nan_if_null(v) for c, v in s["tests"].items()}
-        s["grid_dev"] = [_nan_if_null(v) for v in s["grid_dev"]]
-        seeds.append(SeedResult(**s))
-    fields = ("model", "path", "mode", "task", "metric")
-    return Entry(**{f: data[f] for f in fields}, seeds=seeds)
-
-
-def _nan_if_null(value: float | None) -> float:
-    return math.nan if value is None else value
 
 
 def json_safe(value):

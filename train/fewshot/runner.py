@@ -7,6 +7,7 @@ some K). Every split of every run is read and checked before any training starts
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,15 @@ from smash.precompute.kshot.tasks import Task
 from smash.precompute.shared.adapters import auto_model_class, family_of, max_sequence_length
 from smash.train.fewshot.encoder_head import T5EncoderClassifier
 from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
-from smash.train.fewshot.protocol import Protocol, SeedResult, run_seed, zero_shot
+from smash.train.fewshot.ledger import Ledger, UnitKey
+from smash.train.fewshot.protocol import (
+    PointResult,
+    Protocol,
+    SeedResult,
+    choose,
+    run_point,
+    zero_shot,
+)
 from smash.train.fewshot.report import Entry
 from tqdm.auto import tqdm
 
@@ -49,11 +58,12 @@ def evaluate_models(
     verbalizers: dict[str, Sequence[str]] | None = None,
     max_length: int | None = None,
     device: str = "cpu",
+    ledger: Ledger | None = None,
 ) -> list[Entry]:
     """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
     runs = [Run(name, path, k, protocol) for name, path in models]
     per_run = evaluate_runs(
-        runs, tasks, data, modes, seeds, templates, verbalizers, max_length, device
+        runs, tasks, data, modes, seeds, templates, verbalizers, max_length, device, ledger
     )
     return [entry for entries in per_run for entry in entries]
 
@@ -68,11 +78,16 @@ def evaluate_runs(
     verbalizers: dict[str, Sequence[str]] | None = None,
     max_length: int | None = None,
     device: str = "cpu",
+    ledger: Ledger | None = None,
     on_run_done: Callable[[int, list[Entry]], None] = lambda i, entries: None,
 ) -> list[list[Entry]]:
     """The entries of each run, in run order; ``on_run_done(i, entries)`` is called as soon
     as run ``i`` is finished (a curve writes its files so far, so a long series shows
-    progress and a killed one keeps its finished points)."""
+    progress and a killed one keeps its finished points).
+
+    Units already in ``ledger`` are taken from it, and a (run, mode, task) whose units are all
+    there does not even load its model; every unit trained is recorded as soon as it ends.
+    """
     from transformers import AutoTokenizer
 
     templates, verbalizers = templates or {}, verbalizers or {}
@@ -82,34 +97,45 @@ def evaluate_runs(
         for t in tasks
         for s in seeds
     }
-    total = sum(_grid_runs(r.protocol, modes) for r in runs) * len(tasks) * len(seeds)
+    plan = _Plan(runs, modes, tasks, seeds, ledger)
     dev = torch.device(device)
     out = []
     # the bar closes on an error too, so that the error message gets a line of its own
-    with tqdm(total=total, desc="few-shot", unit="run", dynamic_ncols=True) as bar:
+    with tqdm(
+        total=plan.total, initial=plan.done, desc="few-shot", unit="unit", dynamic_ncols=True
+    ) as bar:
         for i, run in enumerate(runs):
-            tokenizer = AutoTokenizer.from_pretrained(run.path)
             entries = []
             for mode in modes:
                 for task in tasks:
-                    length = max_length or task.max_length
-                    _check_length(run.path, length, task)
-                    make = _factory(
-                        mode,
-                        run.path,
-                        tokenizer,
-                        task,
-                        length,
-                        templates.get(task.name, task.template),
-                        verbalizers.get(task.name, task.verbalizer),
-                    )
-                    label = f"{run.name} {mode} {task.name}"
+                    make = None
+                    if not plan.finished(run, mode, task):
+                        length = max_length or task.max_length
+                        _check_length(run.path, length, task)
+                        make = _factory(
+                            mode,
+                            run.path,
+                            AutoTokenizer.from_pretrained(run.path),
+                            task,
+                            length,
+                            templates.get(task.name, task.template),
+                            verbalizers.get(task.name, task.verbalizer),
+                        )
                     results = []
                     cache: dict = {}  # zero-shot test metrics, shared by the seeds
                     for seed in seeds:
-                        bar.set_postfix_str(f"{label} seed {seed}")
-                        split = splits[(task.name, run.k, seed)]
-                        results.append(_seed(make, mode, split, task, seed, run, dev, bar, cache))
+                        points = []
+                        for key in plan.keys(run, mode, task, seed):
+                            found = plan.get(key)
+                            if found is None:
+                                bar.set_postfix_str(plan.postfix(key), refresh=False)
+                                found = _unit(make, key, splits[(task.name, run.k, seed)],
+                                              run, dev, cache)  # fmt: skip
+                                plan.record(key, found[0], found[1])
+                                bar.update(1)
+                                found = found[0]
+                            points.append(found)
+                        results.append(_seed_result(mode, seed, points))
                     entries.append(
                         Entry(run.name, str(run.path), mode, task.name, task.metric, results)
                     )
@@ -118,19 +144,80 @@ def evaluate_runs(
     return out
 
 
-def _seed(make, mode, split, task, seed, run, dev, bar, cache) -> SeedResult:
-    """One seed of one (run, mode, task); advances ``bar`` once per training (or zero-shot)."""
+def _unit(make, key: UnitKey, split, run: Run, dev, cache) -> tuple[PointResult, float]:
+    """Train (or zero-shot) one unit; returns its result and the seconds it took."""
+    start = time.perf_counter()
+    if key.mode == "zero-shot":
+        torch.manual_seed(key.seed)
+        r = zero_shot(make(), split, key.seed, run.protocol.eval_batch_size, dev, cache)
+        result = PointResult(lr=None, batch_size=None, dev=r.dev, step=0, tests=r.tests)
+    else:
+        result = run_point(make, split, key.seed, key.lr, key.batch_size, run.protocol, dev)
+    return result, time.perf_counter() - start
+
+
+def _seed_result(mode: str, seed: int, points: list[PointResult]) -> SeedResult:
     if mode == "zero-shot":
-        torch.manual_seed(seed)
-        result = zero_shot(make(), split, seed, run.protocol.eval_batch_size, dev, cache)
-        bar.update(1)
-        return result
-    return run_seed(make, split, task, seed, run.protocol, dev, lambda: bar.update(1))
+        return SeedResult(seed=seed, dev=points[0].dev, tests=dict(points[0].tests))
+    return choose(seed, points)
 
 
-def _grid_runs(protocol: Protocol, modes: Sequence[str]) -> int:
-    """Trainings per (task, seed) of one run: one per grid point, one for zero-shot."""
-    return sum(1 if m == "zero-shot" else len(protocol.grid) for m in modes)
+class _Plan:
+    """Every unit of an evaluation, which of them are finished, and progress counts for the
+    bar (units are grid points; a (task, seed) is done when all of its units are)."""
+
+    def __init__(self, runs, modes, tasks, seeds, ledger: Ledger | None) -> None:
+        self.runs, self.modes, self.tasks, self.seeds = runs, modes, tasks, seeds
+        self.ledger = ledger
+        self._new: dict[UnitKey, PointResult] = {}
+        self.total = self.done = 0
+        for key in self._all_keys():
+            self.total += 1
+            self.done += self.get(key) is not None
+
+    def keys(self, run: Run, mode: str, task: Task, seed: int) -> list[UnitKey]:
+        head = (run.name, str(run.path), run.k, run.protocol.max_steps, mode, task.name, seed)
+        if mode == "zero-shot":
+            return [UnitKey(*head)]
+        return [UnitKey(*head, lr, bs) for lr, bs in run.protocol.grid]
+
+    def _all_keys(self):
+        for run in self.runs:
+            for mode in self.modes:
+                for task in self.tasks:
+                    for seed in self.seeds:
+                        yield from self.keys(run, mode, task, seed)
+
+    def get(self, key: UnitKey) -> PointResult | None:
+        if key in self._new:
+            return self._new[key]
+        return self.ledger.get(key) if self.ledger is not None else None
+
+    def record(self, key: UnitKey, result: PointResult, seconds: float) -> None:
+        self._new[key] = result
+        if self.ledger is not None:
+            self.ledger.record(key, result, seconds)
+
+    def finished(self, run: Run, mode: str, task: Task) -> bool:
+        return all(
+            self.get(key) is not None for s in self.seeds for key in self.keys(run, mode, task, s)
+        )
+
+    def postfix(self, key: UnitKey) -> str:
+        """Where the evaluation is: the unit now trained, and the (model, mode, task)
+        groups and seeds already finished."""
+        groups = [(r, m, t) for r in self.runs for m in self.modes for t in self.tasks]
+        tasks_done = sum(self.finished(*g) for g in groups)
+        seeds_done = sum(
+            all(self.get(k) is not None for k in self.keys(*g, s))
+            for g in groups
+            for s in self.seeds
+        )
+        grid = "" if key.lr is None else f" lr {key.lr:g} bs {key.batch_size}"
+        return (
+            f"{key.model} {key.mode} {key.task} seed {key.seed}{grid} | done: tasks "
+            f"{tasks_done}/{len(groups)}, seeds {seeds_done}/{len(groups) * len(self.seeds)}"
+        )
 
 
 def _factory(

@@ -1,0 +1,132 @@
+"""A few-shot evaluation as a resumable job: OUT/points.jsonl records every finished grid point,
+a killed evaluation continues without repeating one, and a finished one re-renders at once."""
+
+import json
+from pathlib import Path
+
+import pytest
+from fewshot_support import cli_error
+from smash.precompute.kshot.splits import make_kshot
+from smash.precompute.kshot.tasks import get_task
+from smash.train.fewshot import runner
+from smash.train.fewshot.cli import main
+from smash.train.fewshot.ledger import Ledger, UnitKey
+from smash.train.fewshot.protocol import PointResult
+
+ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
+REAL_UNIT = runner._unit
+SETTINGS = {"data": "/d", "eval_every": 2, "template": ["SST-2=x"]}
+
+
+@pytest.fixture(scope="module")
+def kshot(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("kshot")
+    make_kshot(ORIGINAL, root, [get_task(t) for t in ("SST-2", "MRPC")], seeds=[13, 21], k=8)
+    return root
+
+
+def _argv(tiny, kshot, out) -> list[str]:
+    return ["--model", str(tiny["student"]), "--tasks", "SST-2", "MRPC", "--data", str(kshot),
+            "--mode", "prompt", "zero-shot", "--k", "8", "--seeds", "13", "21", "--lrs", "1e-3",
+            "--batch-sizes", "2", "4", "--max-steps", "4", "--eval-every", "2", "--max-length",
+            "64", "--device", "cpu", "--out", str(out)]  # fmt: skip
+
+
+def _entries(out: Path) -> list[dict]:
+    return json.loads((out / "results.json").read_text())["entries"]
+
+
+class Killed(BaseException):
+    """Like a kill mid-grid, it goes through every ``except Exception``."""
+
+
+def _count_units(monkeypatch, fail_after: int | None = None) -> list[str]:
+    """Count the units trained (or zero-shot), optionally dying like a kill after some."""
+    calls = []
+
+    def unit(make, key, *args):
+        if fail_after is not None and len(calls) == fail_after:
+            raise Killed
+        calls.append(key.mode)
+        return REAL_UNIT(make, key, *args)
+
+    monkeypatch.setattr(runner, "_unit", unit)
+    return calls
+
+
+def test_killed_evaluation_resumes_without_repeating_a_point(tiny, kshot, tmp_path, monkeypatch):
+    """2 tasks x 2 seeds x (2 grid points + zero-shot) = 12 units. Killed after 5, the resumed
+    run trains the other 7 and writes the report of an uninterrupted run."""
+    whole = tmp_path / "whole"
+    assert main(_argv(tiny, kshot, whole)) == 0
+
+    killed = tmp_path / "killed"
+    calls = _count_units(monkeypatch, fail_after=5)
+    with pytest.raises(Killed):
+        main(_argv(tiny, kshot, killed))
+    assert len(calls) == 5 and not (killed / "results.json").exists()
+    assert len((killed / "points.jsonl").read_text().splitlines()) == 1 + 5
+
+    calls = _count_units(monkeypatch)
+    assert main([*_argv(tiny, kshot, killed), "--resume"]) == 0
+    assert len(calls) == 12 - 5
+    assert _entries(killed) == _entries(whole)
+
+    # finished: the report is rendered again without training or loading any model
+    calls = _count_units(monkeypatch)
+    monkeypatch.setattr(runner, "_factory", lambda *a: pytest.fail("a model was loaded"))
+    assert main([*_argv(tiny, kshot, killed), "--resume"]) == 0
+    assert calls == [] and _entries(killed) == _entries(whole)
+
+
+def test_resume_adds_new_seeds_and_refuses_other_settings(tiny, kshot, tmp_path, monkeypatch,
+                                                          capsys):  # fmt: skip
+    out = tmp_path / "out"
+    argv = _argv(tiny, kshot, out)
+    seeds = argv.index("--seeds")
+    one_seed = argv[: seeds + 2] + argv[seeds + 3 :]
+    assert main(one_seed) == 0
+    calls = _count_units(monkeypatch)
+    assert main([*argv, "--resume"]) == 0
+    assert len(calls) == 6  # seed 21 only: 2 tasks x (2 grid points + zero-shot)
+    err = cli_error(capsys, argv)
+    assert f"{out / 'points.jsonl'} holds 12 finished units of an earlier evaluation" in err
+    err = cli_error(capsys, [*argv, "--resume", "--max-length", "32"])
+    assert "was made with other settings (max_length differ)" in err
+
+
+def _key(seed: int = 13, lr: float | None = 1e-3) -> UnitKey:
+    return UnitKey("m", "/m", 16, 100, "prompt", "SST-2", seed, lr, None if lr is None else 4)
+
+
+def _result(dev: float) -> PointResult:
+    return PointResult(lr=1e-3, batch_size=4, dev=dev, step=20, tests={"SST-2": dev / 2})
+
+
+def test_ledger_round_trip_and_a_line_cut_by_a_kill(tmp_path):
+    path = tmp_path / "points.jsonl"
+    ledger = Ledger(path, SETTINGS, resume=False)
+    ledger.record(_key(13), _result(0.75), seconds=1.5)
+    ledger.record(_key(21), _result(float("nan")), seconds=1.0)
+    with path.open("a") as f:
+        f.write('{"unit": {"model": "m", "pa')  # the kill came mid-line
+    again = Ledger(path, SETTINGS, resume=True)
+    assert len(again) == 2 and again.get(_key(13)) == _result(0.75)
+    assert again.get(_key(21)).tests["SST-2"] != again.get(_key(21)).tests["SST-2"]  # NaN
+    assert again.get(_key(42)) is None and again.get(_key(13, lr=2e-5)) is None
+    assert path.read_text().endswith("\n")  # the cut line is gone; appending goes on cleanly
+    again.record(_key(42), _result(0.5), seconds=1.0)
+    assert len(Ledger(path, SETTINGS, resume=True)) == 3
+
+
+def test_ledger_errors(tmp_path):
+    path = tmp_path / "points.jsonl"
+    Ledger(path, SETTINGS, resume=False).record(_key(), _result(0.5), seconds=1.0)
+    with pytest.raises(ValueError, match="holds 1 finished units.*pass --resume"):
+        Ledger(path, SETTINGS, resume=False)
+    with pytest.raises(ValueError, match=r"other settings \(eval_every, template differ\)"):
+        Ledger(path, {**SETTINGS, "eval_every": 4, "template": []}, resume=True)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], '{"unit": {}}', lines[1]]) + "\n")
+    with pytest.raises(ValueError, match=f"{path}:2: not a line this program writes"):
+        Ledger(path, SETTINGS, resume=True)

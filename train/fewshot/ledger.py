@@ -1,0 +1,108 @@
+"""``OUT/points.jsonl``: every finished unit of a few-shot evaluation, one JSON line each, so
+that a killed evaluation continues where it stopped and a finished one re-renders its report
+without training anything.
+
+A unit is one grid point of one seed (``mode``, ``task``, ``seed``, ``lr``, ``batch_size`` of one
+model at one K and step budget) or one zero-shot seed (``lr`` and ``batch_size`` null). The
+first line holds the settings that every unit shares (data folder, lengths, templates, label
+words, evaluation interval...); a ``--resume`` with other settings is refused, while other
+models, tasks, seeds or grid values only add units. Each line is written whole and flushed to
+disk before the next unit starts; a line cut short by a kill is dropped when the file is read
+again, and nothing else is ever rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from smash.train.fewshot.protocol import PointResult
+
+__all__ = ["LEDGER_NAME", "Ledger", "UnitKey"]
+
+LEDGER_NAME = "points.jsonl"
+
+
+@dataclass(frozen=True)
+class UnitKey:
+    """What one unit is; equal keys under equal settings give the same result."""
+
+    model: str
+    path: str
+    k: int
+    max_steps: int
+    mode: str
+    task: str
+    seed: int
+    lr: float | None = None
+    batch_size: int | None = None
+
+    def as_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+class Ledger:
+    """The finished units of ``path``; ``resume=False`` refuses a file that already holds
+    units (a forgotten ``--resume`` must not throw days of work away)."""
+
+    def __init__(self, path: str | Path, settings: dict, resume: bool) -> None:
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings))  # tuples as the file holds them
+        self._done: dict[str, PointResult] = {}
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            self._read(resume)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._append({"settings": self.settings})
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def get(self, key: UnitKey) -> PointResult | None:
+        return self._done.get(key.as_json())
+
+    def record(self, key: UnitKey, result: PointResult, seconds: float) -> None:
+        self._done[key.as_json()] = result
+        self._append({"unit": asdict(key), "result": asdict(result), "seconds": seconds})
+
+    def _append(self, line: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(line, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _read(self, resume: bool) -> None:
+        raw = self.path.read_bytes()
+        lines = raw.split(b"\n")
+        if lines[-1]:  # the last unit's line was cut short by a kill: drop it
+            with self.path.open("r+b") as f:
+                f.truncate(len(raw) - len(lines[-1]))
+        lines = lines[:-1]
+        if not resume:
+            raise ValueError(
+                f"{self.path} holds {len(lines) - 1} finished units of an earlier evaluation: "
+                "pass --resume to continue it, or another --out"
+            )
+        for number, line in enumerate(lines, 1):
+            try:
+                item = json.loads(line)
+                if number == 1:
+                    self._check_settings(item["settings"])
+                else:
+                    key = UnitKey(**item["unit"])
+                    self._done[key.as_json()] = PointResult(**item["result"])
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(
+                    f"{self.path}:{number}: not a line this program writes ({err!r}); "
+                    "pass another --out"
+                ) from None
+
+    def _check_settings(self, found: dict) -> None:
+        differ = sorted(k for k in {*found, *self.settings} if found.get(k) != self.settings.get(k))
+        if differ:
+            raise ValueError(
+                f"{self.path} was made with other settings ({', '.join(differ)} differ); "
+                "pass the same settings to continue it, or another --out"
+            )
