@@ -36,6 +36,7 @@ from smash.train.fewshot.curves import (
     write_curve,
 )
 from smash.train.fewshot.ledger import LEDGER_NAME, Ledger
+from smash.train.fewshot.paper import PAPER_MODELS, parse_compare
 from smash.train.fewshot.protocol import Protocol, paper_max_steps
 from smash.train.fewshot.report import write_report
 from smash.train.fewshot.runner import MODES, Run, evaluate_models, evaluate_runs
@@ -119,6 +120,14 @@ def _parser() -> argparse.ArgumentParser:
         help="folder for results.json/.md/.png (curve.json/.md/.png with --curve)",
     )
     p.add_argument(
+        "--compare-paper",
+        nargs="*",
+        metavar="NAME=MODEL",
+        help="put each row beside the paper's published one (Table 2; Table 4 for T5), in "
+        f"Table 2's column order: which paper model each --name stands for ({', '.join(PAPER_MODELS)}), "
+        "e.g. before=distilroberta-base after=smash; bare, models named as the paper's",
+    )
+    p.add_argument(
         "--curve",
         choices=("steps", "k"),
         help="draw a learning curve: the metric against each export's distillation step, or "
@@ -191,6 +200,8 @@ def _check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--max-steps must be positive, got {args.max_steps}")
     if len(args.k) > 1 and args.curve != "k":
         p.error("--k takes several values only with --curve k")
+    if args.compare_paper is not None and args.curve:
+        p.error("--compare-paper compares a results table, not a --curve")
     if args.baseline and args.curve != "steps":
         p.error("--baseline draws a reference line on a --curve steps plot")
     if args.baseline_name and len(args.baseline_name) != len(args.baseline):
@@ -232,6 +243,7 @@ def _table(args, tasks, steps, options, config) -> list[Path]:
     for model in models:
         require_folder_or_hub_name("--model", model)
     names = args.name or [Path(m).name for m in models]
+    paper = None if args.compare_paper is None else parse_compare(args.compare_paper, names)
     k = args.k[0]
     entries = evaluate_models(
         list(zip(names, models)),
@@ -244,7 +256,7 @@ def _table(args, tasks, steps, options, config) -> list[Path]:
         **options,
         ledger=_ledger(args, config),
     )
-    return write_report(args.out, entries, {**config, "k": k})
+    return write_report(args.out, entries, {**config, "k": k}, paper)
 
 
 def _curve(args, tasks, steps, options, config) -> list[Path]:

@@ -3,7 +3,10 @@ table shaped like the paper's Table 2) and ``results.png`` (per-task bars with s
 when matplotlib is installed).
 
 A cell is the mean (std) over seeds of the test metric x 100. With several models, each mode
-gets a delta row per later model against the first (e.g. after SMASH minus before).
+gets a delta row per later model against the first (e.g. after SMASH minus before). Given
+which published model each of ours stands for (``paper``), the columns take Table 2's order
+and a second table puts each of our rows beside the paper's row and their difference; the
+plot marks the paper's means.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from smash.train.fewshot.metrics import aggregate
+from smash.train.fewshot.paper import PAPER_COLUMNS, paper_row
 from smash.train.fewshot.protocol import SeedResult
 
 __all__ = [
@@ -23,6 +27,7 @@ __all__ = [
     "delta_rows",
     "entry_to_json",
     "json_safe",
+    "paper_rows",
     "table_rows",
     "write_report",
 ]
@@ -81,12 +86,20 @@ def delta_rows(rows: list[tuple[str, str, dict]]) -> list[tuple[str, str, dict]]
     return out
 
 
-def write_report(out_dir: str | Path, entries: list[Entry], config: dict) -> list[Path]:
-    """Write results.json, results.md and (with matplotlib) results.png; returns their paths."""
+def write_report(
+    out_dir: str | Path, entries: list[Entry], config: dict, paper: dict[str, str] | None = None
+) -> list[Path]:
+    """Write results.json, results.md and (with matplotlib) results.png; returns their paths.
+
+    ``paper`` maps our model names to the paper's models (:data:`PAPER_MODELS`) for the
+    comparison with the published rows."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     columns, rows = table_rows(entries)
+    if paper:
+        columns = dict(sorted(columns.items(), key=lambda c: _paper_order(c[0])))
     deltas = delta_rows(rows)
+    compared = paper_rows(rows, paper or {})
     payload = {
         "config": config,
         "entries": [entry_to_json(e) for e in entries],
@@ -94,12 +107,38 @@ def write_report(out_dir: str | Path, entries: list[Entry], config: dict) -> lis
             {"model": m, "mode": mode, **{c: json_safe(v) for c, v in cells.items()}}
             for m, mode, cells in rows + deltas
         ],
-    }
+        "paper": [
+            {"model": m, "mode": mode, "paper_row": name, "paper": json_safe(published),
+             "delta": json_safe(diff)}
+            for m, mode, name, published, diff in compared
+        ],
+    }  # fmt: skip
     paths = [out / "results.json", out / "results.md"]
     paths[0].write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    paths[1].write_text(_markdown(columns, rows, deltas, config), encoding="utf-8")
-    png = _plot(out / "results.png", columns, rows)
+    md = _markdown(columns, rows, deltas, config) + _paper_markdown(columns, rows, compared)
+    paths[1].write_text(md, encoding="utf-8")
+    png = _plot(out / "results.png", columns, rows, compared)
     return paths + ([png] if png else [])
+
+
+def _paper_order(column: str) -> tuple[int, str]:
+    name = column.partition(":")[0]
+    index = PAPER_COLUMNS.index(name) if name in PAPER_COLUMNS else len(PAPER_COLUMNS)
+    return index, column
+
+
+def paper_rows(rows, paper: dict[str, str]) -> list[tuple[str, str, str, dict, dict]]:
+    """``(model, mode, paper row name, published cells, ours − published)`` for each of our
+    rows that has a published counterpart (deltas of means, in the columns both have)."""
+    out = []
+    for model, mode, cells in rows:
+        found = paper_row(paper[model], mode) if model in paper else None
+        if found is None:
+            continue
+        name, published = found
+        diff = {c: cells[c][0] - published[c][0] for c in cells if c in published}
+        out.append((model, mode, name, published, diff))
+    return out
 
 
 def entry_to_json(entry: Entry) -> dict:
@@ -157,7 +196,44 @@ def _markdown(columns, rows, deltas, config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(path: Path, columns: dict[str, str], rows) -> Path | None:
+def _paper_markdown(columns, rows, compared) -> str:
+    if not compared:
+        return ""
+    shared = [c for c in columns if any(c in published for *_, published, _ in compared)]
+    lines = [
+        "",
+        "## Against the paper",
+        "",
+        (
+            "Each of our rows, the paper's published row for the same model and method "
+            "(Table 2; Table 4 for T5), and ours − paper. † rows are LM-BFF's, as the paper "
+            "marks them."
+        ),
+        "",
+        "| row | " + " | ".join(columns[c] for c in shared) + " |",
+        "|---|" + "---:|" * len(shared),
+    ]
+    ours = {(m, mode): cells for m, mode, cells in rows}
+    for model, mode, name, published, diff in compared:
+        cells = ours[(model, mode)]
+        lines += [
+            f"| {model} · {mode} | " + " | ".join(_cell(*cells[c], False) for c in shared) + " |",
+            f"| paper: {name} | " + " | ".join(_published(published.get(c)) for c in shared)
+            + " |",
+            "| Δ ours − paper | " + " | ".join(
+                _cell(diff[c], math.nan, True) if c in diff else "" for c in shared) + " |",
+        ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _published(cell: tuple[float, float] | None) -> str:
+    if cell is None:
+        return ""
+    mean, std = cell
+    return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ({std:.1f})"
+
+
+def _plot(path: Path, columns: dict[str, str], rows, compared=()) -> Path | None:
     try:
         import matplotlib
     except ImportError:
@@ -166,12 +242,20 @@ def _plot(path: Path, columns: dict[str, str], rows) -> Path | None:
     import matplotlib.pyplot as plt
 
     width = 0.8 / max(len(rows), 1)
+    published = {(m, mode): cells for m, mode, _, cells, _ in compared}
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(columns)), 4.0))
+    marked = False
     for i, (model, mode, cells) in enumerate(rows):
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(columns))]
         means = [cells.get(c, (math.nan, 0.0))[0] for c in columns]
         stds = [cells.get(c, (0.0, 0.0))[1] for c in columns]
         ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"{model} · {mode}")
+        theirs = published.get((model, mode), {})
+        if theirs:
+            ys = [theirs.get(c, (math.nan, 0.0))[0] for c in columns]
+            label = None if marked else "the paper's mean"
+            ax.scatter(xs, ys, marker="D", s=18, color="black", zorder=3, label=label)
+            marked = True
     ax.set_xticks(range(len(columns)), list(columns.values()), rotation=30, ha="right")
     ax.set_ylabel("test metric × 100 (mean ± std over seeds)")
     ax.legend(fontsize=8)
