@@ -24,6 +24,7 @@ __all__ = [
     "save_random_model",
     "train_tiny_tokenizer",
     "write_tiny_corpus",
+    "write_tiny_pair_task",
 ]
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -93,6 +94,32 @@ def write_tiny_corpus(path: str | Path, n_docs: int = 120, seed: int = 0) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     return path
+
+
+def write_tiny_pair_task(root: str | Path, per_label: int = 24, seed: int = 0) -> Path:
+    """Write a tiny sentence-pair task in GLUE's RTE layout (``root/RTE/train.tsv`` and
+    ``dev.tsv``: ``index, sentence1, sentence2, label``) from the corpus's own grammar, for
+    few-shot evaluation of the tiny models (``make-kshot`` then ``evaluate-fewshot``);
+    returns ``root``.
+
+    ``entailment`` pairs two sentences about one topic, ``not_entailment`` two of different
+    topics: what the corpus's documents and so the sentence-pair intermediate task teach.
+    """
+    rng = random.Random(seed)
+    topics = sorted(_TOPICS)
+    folder = Path(root) / "RTE"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "dev"):
+        labels = [label for label in ("entailment", "not_entailment") for _ in range(per_label)]
+        rng.shuffle(labels)
+        rows = ["index\tsentence1\tsentence2\tlabel"]
+        for i, label in enumerate(labels):
+            first, other = rng.sample(topics, 2)
+            second = first if label == "entailment" else other
+            pair = _sentence(rng, _TOPICS[first]), _sentence(rng, _TOPICS[second])
+            rows.append(f"{i}\t{pair[0]}\t{pair[1]}\t{label}")
+        (folder / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return Path(root)
 
 
 def train_tiny_tokenizer(

@@ -65,3 +65,34 @@ def test_the_t5_teacher_learns_one_token_span_corruption(tiny, tiny_t5, tmp_path
     shutil.copytree(tiny_t5["teacher"], teacher)
     first, last = sharpen_t5_teacher(teacher, tiny["corpus"], steps=40, batch_size=8)
     assert last < 0.8 * first, (first, last)
+
+
+def test_the_tiny_pair_task_reads_as_rte(tmp_path):
+    from smash.precompute.kshot.data import load_kshot
+    from smash.precompute.kshot.splits import make_kshot
+    from smash.precompute.kshot.tasks import get_task
+    from smash.precompute.tiny import write_tiny_pair_task
+
+    root = write_tiny_pair_task(tmp_path / "original", per_label=10)
+    again = write_tiny_pair_task(tmp_path / "again", per_label=10)
+    for split in ("train", "dev"):
+        text = (root / "RTE" / f"{split}.tsv").read_text()
+        assert text == (again / "RTE" / f"{split}.tsv").read_text()  # deterministic
+    make_kshot(root, tmp_path / "k-shot", [get_task("RTE")], seeds=[13], k=4)
+    data = load_kshot(tmp_path / "k-shot", get_task("RTE"), 4, 13)
+    assert [e.label for e in data.train].count(0) == 4 and len(data.tests["RTE"]) == 20
+    assert all(len(e.texts) == 2 for e in data.train)
+
+
+def test_the_demo_ends_with_few_shot_rows_before_and_after(tiny, tmp_path):
+    from smash.train.demo import fewshot_before_after
+
+    text = fewshot_before_after(tiny["student"], tiny["teacher"], tmp_path, seeds=(13,), steps=4)
+    lines = text.splitlines()
+    assert lines[0].split() == ["before", "after"]
+    assert lines[1].split()[:2] == ["prompt-based", "fine-tuning"]
+    assert lines[2].split()[0] == "zero-shot" and len(lines) == 3
+    md = (tmp_path / "results.md").read_text()
+    assert "| before | prompt |" in md and "| after | zero-shot |" in md
+    before = [c.strip() for c in md.split("| before | prompt |")[1].split("\n")[0].split("|")]
+    assert before[0] in lines[1]  # the printed cell is the report's
