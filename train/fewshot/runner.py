@@ -16,6 +16,12 @@ from smash.precompute.kshot.data import load_kshot
 from smash.precompute.kshot.splits import SEEDS
 from smash.precompute.kshot.tasks import Task
 from smash.precompute.shared.adapters import auto_model_class, family_of, max_sequence_length
+from smash.train.fewshot.distill import (
+    DISTILL_MODES,
+    DistillLearner,
+    DistillSettings,
+    prepare_distill,
+)
 from smash.train.fewshot.encoder_head import T5EncoderClassifier
 from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
 from smash.train.fewshot.protocol import Protocol, SeedResult, run_seed, zero_shot
@@ -24,7 +30,7 @@ from tqdm.auto import tqdm
 
 __all__ = ["MODES", "Run", "evaluate_models", "evaluate_runs"]
 
-MODES = ("prompt", "zero-shot", "finetune")
+MODES = ("prompt", "zero-shot", "finetune", *DISTILL_MODES)
 
 
 @dataclass(frozen=True)
@@ -49,11 +55,12 @@ def evaluate_models(
     verbalizers: dict[str, Sequence[str]] | None = None,
     max_length: int | None = None,
     device: str = "cpu",
+    distill: DistillSettings | None = None,
 ) -> list[Entry]:
     """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
     runs = [Run(name, path, k, protocol) for name, path in models]
     per_run = evaluate_runs(
-        runs, tasks, data, modes, seeds, templates, verbalizers, max_length, device
+        runs, tasks, data, modes, seeds, templates, verbalizers, max_length, device, distill
     )
     return [entry for entries in per_run for entry in entries]
 
@@ -68,14 +75,18 @@ def evaluate_runs(
     verbalizers: dict[str, Sequence[str]] | None = None,
     max_length: int | None = None,
     device: str = "cpu",
+    distill: DistillSettings | None = None,
     on_run_done: Callable[[int, list[Entry]], None] = lambda i, entries: None,
 ) -> list[list[Entry]]:
     """The entries of each run, in run order; ``on_run_done(i, entries)`` is called as soon
     as run ``i`` is finished (a curve writes its files so far, so a long series shows
-    progress and a killed one keeps its finished points)."""
+    progress and a killed one keeps its finished points). The distill modes read
+    ``distill``'s stores (``distill.py``), checked for every task and seed before a run trains."""
     from transformers import AutoTokenizer
 
     templates, verbalizers = templates or {}, verbalizers or {}
+    distill = distill or DistillSettings()
+    distill.check(modes)
     splits = {
         (t.name, k, s): load_kshot(data, t, k, s)
         for k in dict.fromkeys(r.k for r in runs)
@@ -84,11 +95,22 @@ def evaluate_runs(
     }
     total = sum(_grid_runs(r.protocol, modes) for r in runs) * len(tasks) * len(seeds)
     dev = torch.device(device)
+    stores: dict = {}  # the distill modes' stores, read once
     out = []
     # the bar closes on an error too, so that the error message gets a line of its own
     with tqdm(total=total, desc="few-shot", unit="run", dynamic_ncols=True) as bar:
         for i, run in enumerate(runs):
             tokenizer = AutoTokenizer.from_pretrained(run.path)
+            soft = {
+                (mode, task.name, seed): prepare_distill(
+                    distill, mode, task, run.k, seed, splits[(task.name, run.k, seed)], data,
+                    tokenizer, templates.get(task.name, task.template),
+                    max_length or task.max_length, stores,
+                )
+                for mode in modes if mode in DISTILL_MODES
+                for task in tasks
+                for seed in seeds
+            }  # fmt: skip
             entries = []
             for mode in modes:
                 for task in tasks:
@@ -109,7 +131,14 @@ def evaluate_runs(
                     for seed in seeds:
                         bar.set_postfix_str(f"{label} seed {seed}")
                         split = splits[(task.name, run.k, seed)]
-                        results.append(_seed(make, mode, split, task, seed, run, dev, bar, cache))
+                        if mode in DISTILL_MODES:
+                            split, labels = soft[(mode, task.name, seed)]
+                            make_seed = _distill_factory(make, labels, split, distill)
+                        else:
+                            make_seed = make
+                        results.append(
+                            _seed(make_seed, mode, split, task, seed, run, dev, bar, cache)
+                        )
                     entries.append(
                         Entry(run.name, str(run.path), mode, task.name, task.metric, results)
                     )
@@ -126,6 +155,11 @@ def _seed(make, mode, split, task, seed, run, dev, bar, cache) -> SeedResult:
         bar.update(1)
         return result
     return run_seed(make, split, task, seed, run.protocol, dev, lambda: bar.update(1))
+
+
+def _distill_factory(make, labels, split, settings) -> Callable[[], DistillLearner]:
+    """A distill mode's learner for one seed: the prompt learner with its soft labels."""
+    return lambda: DistillLearner(make(), labels, split.train, settings)
 
 
 def _grid_runs(protocol: Protocol, modes: Sequence[str]) -> int:
