@@ -253,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         _import_plugins(args.plugin)
         if args.corpus is None:
             raise ValueError(f"--task {args.task} reads a --corpus")
+        if args.kshot_data is not None or args.kshot_tasks or args.kshot_template:
+            raise ValueError(
+                "--kshot-data, --kshot-tasks and --kshot-template are for --task kshot"
+            )
         width = _target_width(args)
         if args.num_examples < 1 or args.shard_size < 1:
             raise ValueError("--num-examples and --shard-size must be positive")

@@ -277,4 +277,48 @@ def test_kshot_pass_refuses_bad_input(tiny, kshot, tmp_path, capsys):
     assert f"{kshot / 'RTE' / '8-13'}: no 8-shot split of RTE for seed 13" in err
     err = refused(*base, "--kshot-data", str(kshot), "--kshot-tasks", "SST-2", "--corpus", "x")
     assert "--corpus is for the corpus tasks, not --task kshot" in err
+    err = refused(*base[2:], "--task", "sentiment", "--corpus", str(tiny["corpus"]),
+                  "--kshot-data", str(kshot))  # fmt: skip
+    assert "--kshot-data, --kshot-tasks and --kshot-template are for --task kshot" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_t5_student_distills_at_the_decoders_second_position(tiny_t5, kshot, tmp_path):
+    """A T5 teacher's store and a T5 student: the soft term reads the student's whole
+    vocabulary at the decoder's second position (after '<pad> <extra_id_0>')."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    out = tmp_path / "t5"
+    argv = ["--task", "kshot", "--kshot-data", str(kshot), "--kshot-tasks", "SST-2",
+            "--kshot-seeds", "13", "--kshot-k", "8", "--teacher", str(tiny_t5["teacher"]),
+            "--k", "16", "--max-length", "64", "--dtype", "fp32", "--device", "cpu",
+            "--out", str(out)]  # fmt: skip
+    assert precompute(argv) == 0
+    assert load_manifest(out / "SST-2").producer["teacher"]["family"] == "t5"
+    task = get_task("SST-2")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_t5["student"])
+    settings = DistillSettings(out, weight=0.5)
+    split, soft = prepare_distill(
+        settings, "distill", task, 8, 13, load_kshot(kshot, task, 8, 13), kshot, tokenizer,
+        task.template, 64, {},
+    )  # fmt: skip
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5["student"]).train()
+    prompt = PromptLearner(model, tokenizer, task, task.template, task.verbalizer, 64)
+    learner = DistillLearner(prompt, soft, split.train, settings)
+    batch = collate(learner.encode(split.train)[:4], tokenizer.pad_token_id, regression=False)
+    loss = learner.loss(learner.forward(batch), batch.labels)
+
+    start = [model.config.decoder_start_token_id, tokenizer.convert_tokens_to_ids("<extra_id_0>")]
+    logits = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        decoder_input_ids=torch.tensor([start] * 4),
+    ).logits[:, 1]  # (B, V)
+    ce = F.cross_entropy(logits[:, prompt.verbalizer], batch.labels)
+    log_s = torch.log_softmax(logits.double(), -1)
+    p, r = soft.logprobs[:4].double().exp(), soft.tail_logmass[:4].double().exp()
+    z = p.sum(1) + r
+    outside = torch.ones_like(log_s, dtype=torch.bool).scatter(1, soft.ids[:4], False)
+    log_tail = torch.logsumexp(log_s.masked_fill(~outside, -torch.inf), -1)
+    soft_ce = -((p / z[:, None]) * log_s.gather(1, soft.ids[:4])).sum(1) - (r / z) * log_tail
+    assert loss.item() == pytest.approx((ce + 0.5 * soft_ce.mean()).item(), rel=1e-5)
