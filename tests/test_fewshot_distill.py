@@ -322,3 +322,20 @@ def test_t5_student_distills_at_the_decoders_second_position(tiny_t5, kshot, tmp
     log_tail = torch.logsumexp(log_s.masked_fill(~outside, -torch.inf), -1)
     soft_ce = -((p / z[:, None]) * log_s.gather(1, soft.ids[:4])).sum(1) - (r / z) * log_tail
     assert loss.item() == pytest.approx((ce + 0.5 * soft_ce.mean()).item(), rel=1e-5)
+
+
+def test_kshot_pass_reruns_and_refuses_another_configuration(tiny, kshot, tmp_path, capsys):
+    out = tmp_path / "st"
+    args = ("--kshot-tasks", "SST-2", "--kshot-seeds", "13")
+    assert kshot_pass(tiny, kshot, out, *args) == 0
+    before = {p.name: p.read_bytes() for p in (out / "SST-2").iterdir()}
+    assert kshot_pass(tiny, kshot, out, *args) == 0  # the finished store is kept as it is
+    assert {p.name: p.read_bytes() for p in (out / "SST-2").iterdir()} == before
+    assert "1 already done" in capsys.readouterr().out
+    assert kshot_pass(tiny, kshot, out, "--kshot-tasks", "SST-2", "--kshot-seeds", "13", "21") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{out / 'SST-2'} holds a store made with another configuration" in err
+    assert "--overwrite" in err
+    assert kshot_pass(tiny, kshot, out, *args[:2], "--kshot-seeds", "13", "21", "--overwrite") == 0
+    files = load_manifest(out / "SST-2").producer["task_options"]["files"]
+    assert sorted(files) == ["SST-2/8-13/train.tsv", "SST-2/8-21/train.tsv"]

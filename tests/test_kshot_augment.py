@@ -116,6 +116,10 @@ def test_make_augment_command(kshot, tiny_t5, tmp_path, capsys):
     record = json.loads((out / "SST-2" / "4-13" / AUGMENT_SIDECAR).read_text())
     assert record["forward"] == str(tiny_t5["teacher"]) and record["copies"] == 1
     assert record["generation"]["do_sample"] and record["generation"]["max_new_tokens"] == 6
+    written = files(out)
+    assert main(argv) == 2 and "exists; pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0  # replaced, the same files, no temporary left
+    assert files(out) == written and sorted(p.name for p in (out / "SST-2").iterdir()) == ["4-13"]
 
 
 def test_distill_bt10_end_to_end(tiny, kshot, augmented, tmp_path, capsys):

@@ -26,6 +26,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -143,12 +144,16 @@ def _clean(text: str) -> str:
 
 
 def _augment_split(task: Task, src: Path, dst: Path, translator: BackTranslator, copies: int):
+    """Write ``dst`` from ``src``: under a temporary name, renamed into place when complete,
+    so a killed run leaves no half-written split folder."""
     train = src / f"train.{task.fmt}"
     rows = [row for _, row in read_rows(task, train)]
     texts = [row[c] for row in rows for c in task.text_columns]
     back = translator.round_trip(texts, copies, desc=f"{src.parent.name}/{src.name}")
     ncol = len(task.text_columns)
-    dst.mkdir(parents=True, exist_ok=True)
+    final, dst = dst, dst.with_name(f".{dst.name}.tmp{os.getpid()}")  # published when complete
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
     for file in sorted(src.iterdir()):  # dev and test unchanged
         if file.is_file() and file.name != train.name and file.name != AUGMENT_SIDECAR:
             shutil.copyfile(file, dst / file.name)
@@ -180,6 +185,9 @@ def _augment_split(task: Task, src: Path, dst: Path, translator: BackTranslator,
         "rows": record_rows,
     }
     (dst / AUGMENT_SIDECAR).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    if final.exists():  # --overwrite
+        shutil.rmtree(final)
+    os.replace(dst, final)
 
 
 def make_augment(

@@ -38,7 +38,7 @@ from smash.train.fewshot.curves import (
     step_points,
     write_curve,
 )
-from smash.train.fewshot.distill import DistillSettings
+from smash.train.fewshot.distill import DISTILL_MODES, DistillSettings
 from smash.train.fewshot.protocol import Protocol, paper_max_steps
 from smash.train.fewshot.report import write_report
 from smash.train.fewshot.runner import MODES, Run, evaluate_models, evaluate_runs
@@ -290,6 +290,8 @@ def _curve(args, tasks, steps, options, config) -> list[Path]:
         "data": str(Path(args.data).resolve()),
         **{key: config[key] for key in _SETTINGS},
     }
+    if any(mode in DISTILL_MODES for mode in args.mode):  # their stores and loss, too
+        settings.update({key: config[key] for key in _DISTILL_SETTINGS})
     out = Path(args.out)
     done = load_finished(out / "curve.json", settings) if args.resume else {}
     todo = [pt for pt in points if point_key(pt) not in done]
@@ -312,6 +314,8 @@ def _curve(args, tasks, steps, options, config) -> list[Path]:
 # root, and each point's folder, K and step budget, which are compared point by point).
 _SETTINGS = ("tasks", "mode", "seeds", "learning_rates", "batch_sizes", "eval_every",
              "eval_batch_size", "max_length", "template", "verbalizer")  # fmt: skip
+_DISTILL_SETTINGS = ("distill_store", "augmented_data", "augmented_store", "distill_weight",
+                     "distill_temperature", "distill_tail")  # fmt: skip
 
 
 def _points(args: argparse.Namespace, steps: dict[int, int]) -> list[Point]:
