@@ -178,9 +178,9 @@ def test_distill_with_weight_zero_is_prompt_finetuning(tiny, tiny_tokenizer, ksh
 
     zero, split = _learners(tiny, tiny_tokenizer, kshot, stores, 0.0)
     score0, state0, step0 = trained(zero, split)
-    score1, state1, step1 = trained(zero.prompt.__class__(
-        student(tiny), tiny_tokenizer, split_task := get_task("SST-2"), split_task.template,
-        split_task.verbalizer, 64), split)  # fmt: skip
+    task = get_task("SST-2")
+    prompt = PromptLearner(student(tiny), tiny_tokenizer, task, task.template, task.verbalizer, 64)
+    score1, state1, step1 = trained(prompt, split)
     assert (score0, step0) == (score1, step1)
     assert all(torch.equal(state0[n], state1[n]) for n in state0)
     one, _ = _learners(tiny, tiny_tokenizer, kshot, stores, 1.0)
