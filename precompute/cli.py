@@ -3,6 +3,8 @@
     precompute-teacher --task sentence-pair --corpus wiki/ --teacher roberta-large \\
         --out stores/pairs --num-examples 2560000 --k 64 --dtype fp16
     precompute-teacher ... --targets sampled --samples 12   # 12 draws per mask, ids + counts
+    precompute-teacher --task kshot --kshot-data data/k-shot --kshot-tasks SST-2 MNLI \
+        --kshot-seeds 13 21 --kshot-k 16 --teacher roberta-large --out stores/kshot
 
 One process per GPU with ``torchrun --nproc_per_node N`` or the ``deepspeed`` launcher: ranks
 take disjoint shards and rank 0 writes the merged ``manifest.json``. Rerunning the same
@@ -23,6 +25,8 @@ import torch
 from smash.store import StoreError, tokenizer_record
 
 from .corpus import Corpus, CorpusError, HFCorpus, open_corpus
+from .kshot.pass_cli import main_kshot
+from .kshot.teacher import KSHOT_TASK
 from .provenance import (
     ConfigMismatch,
     check_output,
@@ -48,11 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", required=True, help=f"intermediate task ({', '.join(task_names())})")
+    p.add_argument(
+        "--task",
+        required=True,
+        help=f"intermediate task ({', '.join(task_names())}), or kshot: the downstream "
+        "tasks' k-shot splits (soft labels for evaluate-fewshot --mode distill)",
+    )
     p.add_argument(
         "--corpus",
-        required=True,
-        help="text file/folder (blank-line separated documents), .jsonl, .parquet, "
+        help="(intermediate tasks) text file/folder (blank-line separated documents), .jsonl, .parquet, "
         "or hf:NAME[:CONFIG][@REVISION] (e.g. hf:wikimedia/wikipedia:20231101.en)",
     )
     p.add_argument("--text-field", default="text", help="JSONL field / parquet column")
@@ -149,6 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="on a rerun, check the sha256 of every finished shard, not only its size, and "
         "write again the ones that differ",
     )
+    kshot = p.add_argument_group("--task kshot: one store per task, OUT/<task folder>/")
+    kshot.add_argument("--kshot-data", type=Path, help="k-shot root holding TASK/K-SEED folders")
+    kshot.add_argument("--kshot-tasks", nargs="+", help="downstream tasks (SST-2 MNLI ...)")
+    kshot.add_argument("--kshot-seeds", nargs="+", type=int, default=[13, 21, 42, 87, 100])
+    kshot.add_argument("--kshot-k", type=int, default=16, help="examples per label (16)")
+    kshot.add_argument(
+        "--kshot-splits",
+        nargs="+",
+        choices=("train", "dev"),
+        default=["train"],
+        help="which files get soft labels (train: what distill trains on)",
+    )
+    kshot.add_argument(
+        "--kshot-template",
+        action="append",
+        default=[],
+        metavar="TASK=SPEC",
+        help="a task's template, as evaluate-fewshot --template (default: the paper's Table 6)",
+    )
     p.add_argument(
         "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
     )  # passed by the deepspeed launcher; env is used
@@ -216,12 +243,20 @@ def _import_plugins(modules: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.task == KSHOT_TASK:
+        return main_kshot(args)
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     preparer, created = None, False
     try:
         _import_plugins(args.plugin)
+        if args.corpus is None:
+            raise ValueError(f"--task {args.task} reads a --corpus")
+        if args.kshot_data is not None or args.kshot_tasks or args.kshot_template:
+            raise ValueError(
+                "--kshot-data, --kshot-tasks and --kshot-template are for --task kshot"
+            )
         width = _target_width(args)
         if args.num_examples < 1 or args.shard_size < 1:
             raise ValueError("--num-examples and --shard-size must be positive")

@@ -47,14 +47,19 @@ class PreparedExample:
 
 @dataclass(frozen=True)
 class TemplateEncoding:
-    """Examples as prompts: the task's LM-BFF template filled with its sentences."""
+    """Examples as prompts: the task's LM-BFF template filled with its sentences;
+    ``sentence_limits`` caps sentences' tokens by sentence index first (LM-BFF's
+    ``first_sent_limit``: ``((0, 110),)``), as the few-shot learners do."""
 
     template: str
+    sentence_limits: tuple[tuple[int, int], ...] = ()
 
     def encode(
         self, tokenizer: PreTrainedTokenizerBase, batch: ShardInput, max_length: int
     ) -> list[PreparedExample]:
-        prompts = parse_template(self.template).encode_batch(tokenizer, batch.sentences, max_length)
+        prompts = parse_template(self.template).encode_batch(
+            tokenizer, batch.sentences, max_length, dict(self.sentence_limits)
+        )
         return [
             PreparedExample(np.asarray(p.input_ids, np.int64), np.array([p.mask_position]))
             for p in prompts

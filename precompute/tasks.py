@@ -18,6 +18,8 @@ one, write a small module with a class like ``SentencePairTask`` and decorate it
 Two optional hooks: ``label(verbalizer_logprobs) -> np.ndarray`` replaces the examples' labels
 by what the teacher says (the sentiment task stores its argmax over the verbalizer), and
 ``group_size`` makes the teacher pass take a multiple of it (3 for the balanced pair labels).
+``sentence_limits`` (pairs of sentence index and token cap) caps sentences before the template
+is assembled, as LM-BFF's ``first_sent_limit`` (the k-shot task, ``kshot/teacher.py``).
 A task with no template and a ``masking`` (``shared/masking.Masking``) gives raw text that the
 teacher pass masks, several positions per example (``masked_lm.py``).
 ``sentiment.py`` is a complete example. Pass ``--task my-task --plugin my_module`` to

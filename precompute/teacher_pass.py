@@ -175,7 +175,7 @@ def start_preparer(
     """Start the tokenizer processes of a pass (the CLI starts them before the model loads)."""
     masking = getattr(task, "masking", None)
     encoding = (
-        TemplateEncoding(task.template)
+        TemplateEncoding(task.template, tuple(getattr(task, "sentence_limits", ())))
         if masking is None
         else MaskedTextEncoding(masking, cfg.seed)
     )

@@ -1,7 +1,8 @@
 """``smash-store``: inspect and verify a teacher store.
 
     smash-store inspect STORE [--json]   summary, producer config, teacher statistics
-    smash-store verify STORE             every shard's checksum, decoding, k and vocabulary;
+    smash-store verify STORE             every shard's checksum, decoding, k and vocabulary
+                                         (and keys, where the producer lists example_keys);
                                          exit 1 naming the bad shards
 
 STORE is a folder, a manifest.json path, an http(s):// URL or a pipe: command. A read that
@@ -124,13 +125,37 @@ def verify_store(
     manifest's); returns (shard name, problem) for each bad one. ``manifest``: the store's,
     when already loaded."""
     manifest = manifest or load_manifest(store, stall_timeout=stall_timeout)
-    return [
-        (info.name, getattr(result, "problem", str(result)))
-        for info, result in _read_shards(
-            store, manifest, manifest.shards, stall_timeout, "verifying"
-        )
-        if isinstance(result, StoreError)
-    ]
+    keys = manifest.producer.get("example_keys")
+    seen: dict[tuple, str] = {}
+    bad = []
+    for info, result in _read_shards(store, manifest, manifest.shards, stall_timeout, "verifying"):
+        if isinstance(result, StoreError):
+            bad.append((info.name, getattr(result, "problem", str(result))))
+        elif keys is not None and (problem := _check_keys(result, keys, seen, info.name)):
+            bad.append((info.name, problem))
+    return bad
+
+
+def _check_keys(
+    chunks: list[DecodedChunk], keys: Any, seen: dict[tuple, str], shard: str
+) -> str | None:
+    """A store whose producer lists ``example_keys`` (a k-shot store: task, K, seed, split,
+    row) keys every example by them in its ``meta``, each key once in the whole store."""
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        return f"producer.example_keys is {json.dumps(keys)[:60]}; expected a list of names"
+    index = 0
+    for chunk in chunks:
+        for meta in chunk["meta"]:
+            where = f"{shard}/{index}"
+            if not isinstance(meta, dict) or any(k not in meta for k in keys):
+                return f"example {index}: its meta {json.dumps(meta)[:80]} lacks a key of {keys}"
+            key = tuple(json.dumps(meta[k]) for k in keys)
+            if key in seen:
+                shown = json.dumps({k: meta[k] for k in keys})
+                return f"example {index} repeats the key {shown} of {seen[key]}"
+            seen[key] = where
+            index += 1
+    return None
 
 
 def _inspect(args: argparse.Namespace) -> int:

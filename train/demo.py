@@ -220,7 +220,11 @@ def demo_config(
 
 
 def fewshot_before_after(
-    before: Path, after: Path, out: Path, seeds: Sequence[int] = (13, 21), steps: int = FEWSHOT_STEPS
+    before: Path,
+    after: Path,
+    out: Path,
+    seeds: Sequence[int] = (13, 21),
+    steps: int = FEWSHOT_STEPS,
 ) -> str:
     """Evaluate the student before and after distillation few-shot on the tiny sentence-pair
     task (results in ``out/results.md``); returns the two rows side by side as text."""

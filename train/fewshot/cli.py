@@ -27,6 +27,7 @@ from smash.precompute.kshot.data import DataError
 from smash.precompute.kshot.splits import SEEDS
 from smash.precompute.kshot.tasks import TASKS, get_task
 from smash.precompute.shared.model_paths import require_folder_or_hub_name
+from smash.store import StoreError
 from smash.train.fewshot.curves import (
     Point,
     k_points,
@@ -35,6 +36,7 @@ from smash.train.fewshot.curves import (
     step_points,
     write_curve,
 )
+from smash.train.fewshot.distill import DistillSettings
 from smash.train.fewshot.ledger import LEDGER_NAME, Ledger
 from smash.train.fewshot.paper import PAPER_MODELS, parse_compare
 from smash.train.fewshot.protocol import Protocol, paper_max_steps
@@ -78,6 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "max_length": args.max_length,
             "device": args.device,
+            "distill": DistillSettings(
+                args.distill_store,
+                args.augmented_data,
+                args.augmented_store,
+                args.distill_weight,
+                args.distill_temperature,
+                args.distill_tail,
+            ),
         }
         config = {
             **vars(args),
@@ -87,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         run = _curve if args.curve else _table
         written = run(args, tasks, steps, options, config)
-    except (DataError, ValueError, OSError) as err:  # DataError: FILE:LINE: what is wrong
+    except (DataError, StoreError, ValueError, OSError) as err:  # DataError: FILE:LINE: ...
         print(f"evaluate-fewshot: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     for path in written:
@@ -189,6 +199,27 @@ def _parser() -> argparse.ArgumentParser:
         "SST-2=bad,good (' '+word must be one token)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g = p.add_argument_group(
+        "distill, distill-bt10 (paper 4.1): prompt-based fine-tuning + weight * soft CE (Eq. 1) "
+        "against the teacher's stored top-k + tail at <mask>"
+    )
+    g.add_argument(
+        "--distill-store",
+        help="root of the k-shot stores over --data (precompute-teacher --task kshot): "
+        "STORE/<task folder>/",
+    )
+    g.add_argument("--augmented-data", help="distill-bt10: make-augment's k-shot root")
+    g.add_argument("--augmented-store", help="distill-bt10: the k-shot stores over it")
+    g.add_argument("--distill-weight", type=float, default=1.0, help="the soft term's weight (1)")
+    g.add_argument(
+        "--distill-temperature", type=float, default=1.0, help="on student and teacher (1)"
+    )
+    g.add_argument(
+        "--distill-tail",
+        choices=("bucket", "renorm", "uniform"),
+        default="bucket",
+        help="the teacher's mass outside its top-k (smash.kernels.soft_ce; as train-student)",
+    )
     return p
 
 

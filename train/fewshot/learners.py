@@ -40,11 +40,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Features:
-    """One tokenized example; ``mask_position`` is -1 when there is no ``<mask>``."""
+    """One tokenized example; ``mask_position`` is -1 when there is no ``<mask>``;
+    ``teacher_row`` is its row of the teacher's soft labels (``distill.py``), -1 for none."""
 
     input_ids: list[int]
     mask_position: int
     label: int | float
+    teacher_row: int = -1
 
 
 @dataclass
@@ -53,14 +55,12 @@ class Batch:
     attention_mask: torch.Tensor  # (B, T)
     mask_positions: torch.Tensor  # (B,)
     labels: torch.Tensor  # (B,) long for classes, float for scores
+    teacher_rows: torch.Tensor | None = None  # (B,) rows of the soft labels, -1: none
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(
-            *(
-                t.to(device)
-                for t in (self.input_ids, self.attention_mask, self.mask_positions, self.labels)
-            )
-        )
+        tensors = (self.input_ids, self.attention_mask, self.mask_positions, self.labels)
+        rows = None if self.teacher_rows is None else self.teacher_rows.to(device)
+        return Batch(*(t.to(device) for t in tensors), rows)
 
 
 def collate(features: Sequence[Features], pad_id: int, regression: bool) -> Batch:
@@ -75,7 +75,8 @@ def collate(features: Sequence[Features], pad_id: int, regression: bool) -> Batc
         [f.label for f in features], dtype=torch.float32 if regression else torch.long
     )
     masks = torch.tensor([f.mask_position for f in features], dtype=torch.long)
-    return Batch(ids, attn, masks, labels)
+    rows = torch.tensor([f.teacher_row for f in features], dtype=torch.long)
+    return Batch(ids, attn, masks, labels, rows)
 
 
 def interpolation_loss(
@@ -137,14 +138,21 @@ class PromptLearner:
             out.append(Features(enc.input_ids, enc.mask_position, ex.label))
         return out
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """Label-word logits at the mask, (B, C); C = 2 (low, high) for regression."""
+    def head_features(self, batch: Batch) -> torch.Tensor:
+        """The LM head's features at the answer slot, (B, H): the input of its vocabulary
+        projection (``self.adapter.decoder``)."""
         rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
         prompts = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                    "mask_batch": rows, "mask_positions": batch.mask_positions}  # fmt: skip
-        hidden = self.adapter.answers(prompts).hidden  # (B, H)
-        features = self.adapter.features(hidden)
-        return self.adapter.logits_at(features, self.verbalizer.to(hidden.device))  # (B, C)
+        return self.adapter.features(self.adapter.answers(prompts).hidden)
+
+    def word_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The label words' logits from ``head_features``, (B, C)."""
+        return self.adapter.logits_at(features, self.verbalizer.to(features.device))
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Label-word logits at the mask, (B, C); C = 2 (low, high) for regression."""
+        return self.word_logits(self.head_features(batch))
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.task.is_regression:

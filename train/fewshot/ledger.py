@@ -6,7 +6,8 @@ A unit is one grid point of one seed (``mode``, ``task``, ``seed``, ``lr``, ``ba
 model at one K and step budget) or one zero-shot seed (``lr`` and ``batch_size`` null). The
 first line holds the settings that every unit shares (data folder, lengths, templates, label
 words, evaluation interval...); a ``--resume`` with other settings is refused, while other
-models, tasks, seeds or grid values only add units. Each line is written whole and flushed to
+models, tasks, seeds or grid values only add units. The file is written from the first
+finished unit on, so an evaluation that stopped on bad input leaves nothing to resume. Each line is written whole and flushed to
 disk before the next unit starts; a line cut short by a kill is dropped when the file is read
 again, and nothing else is ever rewritten.
 """
@@ -38,6 +39,7 @@ class UnitKey:
     seed: int
     lr: float | None = None
     batch_size: int | None = None
+    options: str = ""  # a mode's own settings (its stores, its loss weight...) as JSON
 
     def as_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -51,11 +53,7 @@ class Ledger:
         self.path = Path(path)
         self.settings = json.loads(json.dumps(settings))  # tuples as the file holds them
         self._done: dict[str, PointResult] = {}
-        if self.path.is_file() and self.path.stat().st_size > 0:
-            self._read(resume)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._append({"settings": self.settings})
+        self._started = self.path.is_file() and self._read(resume)
 
     def __len__(self) -> int:
         return len(self._done)
@@ -64,6 +62,10 @@ class Ledger:
         return self._done.get(key.as_json())
 
     def record(self, key: UnitKey, result: PointResult, seconds: float) -> None:
+        if not self._started:  # the file is written from its first unit on
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"settings": self.settings}, sort_keys=True) + "\n")
+            self._started = True
         self._done[key.as_json()] = result
         self._append({"unit": asdict(key), "result": asdict(result), "seconds": seconds})
 
@@ -73,13 +75,16 @@ class Ledger:
             f.flush()
             os.fsync(f.fileno())
 
-    def _read(self, resume: bool) -> None:
+    def _read(self, resume: bool) -> bool:
+        """Take the units of an existing file; False when it holds none (it is rewritten)."""
         raw = self.path.read_bytes()
         lines = raw.split(b"\n")
         if lines[-1]:  # the last unit's line was cut short by a kill: drop it
             with self.path.open("r+b") as f:
                 f.truncate(len(raw) - len(lines[-1]))
         lines = lines[:-1]
+        if len(lines) < 2:
+            return False
         if not resume:
             raise ValueError(
                 f"{self.path} holds {len(lines) - 1} finished units of an earlier evaluation: "
@@ -98,6 +103,7 @@ class Ledger:
                     f"{self.path}:{number}: not a line this program writes ({err!r}); "
                     "pass another --out"
                 ) from None
+        return True
 
     def _check_settings(self, found: dict) -> None:
         differ = sorted(k for k in {*found, *self.settings} if found.get(k) != self.settings.get(k))

@@ -7,6 +7,8 @@ some K). Every split of every run is read and checked before any training starts
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +19,12 @@ from smash.precompute.kshot.data import load_kshot
 from smash.precompute.kshot.splits import SEEDS
 from smash.precompute.kshot.tasks import Task
 from smash.precompute.shared.adapters import auto_model_class, family_of, max_sequence_length
+from smash.train.fewshot.distill import (
+    DISTILL_MODES,
+    DistillLearner,
+    DistillSettings,
+    prepare_distill,
+)
 from smash.train.fewshot.encoder_head import T5EncoderClassifier
 from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
 from smash.train.fewshot.ledger import Ledger, UnitKey
@@ -33,7 +41,7 @@ from tqdm.auto import tqdm
 
 __all__ = ["MODES", "Run", "evaluate_models", "evaluate_runs"]
 
-MODES = ("prompt", "zero-shot", "finetune")
+MODES = ("prompt", "zero-shot", "finetune", *DISTILL_MODES)
 
 
 @dataclass(frozen=True)
@@ -59,11 +67,22 @@ def evaluate_models(
     max_length: int | None = None,
     device: str = "cpu",
     ledger: Ledger | None = None,
+    distill: DistillSettings | None = None,
 ) -> list[Entry]:
     """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
     runs = [Run(name, path, k, protocol) for name, path in models]
     per_run = evaluate_runs(
-        runs, tasks, data, modes, seeds, templates, verbalizers, max_length, device, ledger
+        runs,
+        tasks,
+        data,
+        modes,
+        seeds,
+        templates,
+        verbalizers,
+        max_length,
+        device,
+        ledger,
+        distill,
     )
     return [entry for entries in per_run for entry in entries]
 
@@ -79,6 +98,7 @@ def evaluate_runs(
     max_length: int | None = None,
     device: str = "cpu",
     ledger: Ledger | None = None,
+    distill: DistillSettings | None = None,
     on_run_done: Callable[[int, list[Entry]], None] = lambda i, entries: None,
 ) -> list[list[Entry]]:
     """The entries of each run, in run order; ``on_run_done(i, entries)`` is called as soon
@@ -87,40 +107,56 @@ def evaluate_runs(
 
     Units already in ``ledger`` are taken from it, and a (run, mode, task) whose units are all
     there does not even load its model; every unit trained is recorded as soon as it ends.
+    The distill modes read ``distill``'s stores (``distill.py``), checked for every task and
+    seed before the run trains.
     """
     from transformers import AutoTokenizer
 
     templates, verbalizers = templates or {}, verbalizers or {}
+    distill = distill or DistillSettings()
+    distill.check(modes)
     splits = {
         (t.name, k, s): load_kshot(data, t, k, s)
         for k in dict.fromkeys(r.k for r in runs)
         for t in tasks
         for s in seeds
     }
-    plan = _Plan(runs, modes, tasks, seeds, ledger)
+    options = {mode: _mode_options(mode, distill) for mode in modes}
+    plan = _Plan(runs, modes, tasks, seeds, ledger, options)
     dev = torch.device(device)
+    stores: dict = {}  # the distill modes' stores, read once
     out = []
     # the bar closes on an error too, so that the error message gets a line of its own
     with tqdm(
         total=plan.total, initial=plan.done, desc="few-shot", unit="unit", dynamic_ncols=True
     ) as bar:
         for i, run in enumerate(runs):
+            # every unfinished (mode, task) of the run is set up, and so checked, before any
+            # of them trains; a finished one does not even load the tokenizer
+            todo = [(m, t) for m in modes for t in tasks if not plan.finished(run, m, t)]
+            tokenizer = AutoTokenizer.from_pretrained(run.path) if todo else None
+            setups = {}
+            for mode, task in todo:
+                length = max_length or task.max_length
+                _check_length(run.path, length, task)
+                template = templates.get(task.name, task.template)
+                make = _factory(mode, run.path, tokenizer, task, length, template,
+                                verbalizers.get(task.name, task.verbalizer))  # fmt: skip
+                for seed in seeds:
+                    split = splits[(task.name, run.k, seed)]
+                    if mode in DISTILL_MODES:
+                        split, labels = prepare_distill(distill, mode, task, run.k, seed, split,
+                                                        data, tokenizer, template, length,
+                                                        stores)  # fmt: skip
+                        setups[(mode, task.name, seed)] = (
+                            _distill_factory(make, labels, split, distill),
+                            split,
+                        )
+                    else:
+                        setups[(mode, task.name, seed)] = (make, split)  # fmt: skip
             entries = []
             for mode in modes:
                 for task in tasks:
-                    make = None
-                    if not plan.finished(run, mode, task):
-                        length = max_length or task.max_length
-                        _check_length(run.path, length, task)
-                        make = _factory(
-                            mode,
-                            run.path,
-                            AutoTokenizer.from_pretrained(run.path),
-                            task,
-                            length,
-                            templates.get(task.name, task.template),
-                            verbalizers.get(task.name, task.verbalizer),
-                        )
                     results = []
                     cache: dict = {}  # zero-shot test metrics, shared by the seeds
                     for seed in seeds:
@@ -129,11 +165,10 @@ def evaluate_runs(
                             found = plan.get(key)
                             if found is None:
                                 bar.set_postfix_str(plan.postfix(key), refresh=False)
-                                found = _unit(make, key, splits[(task.name, run.k, seed)],
-                                              run, dev, cache)  # fmt: skip
-                                plan.record(key, found[0], found[1])
+                                make, split = setups[(mode, task.name, seed)]
+                                found, seconds = _unit(make, key, split, run, dev, cache)
+                                plan.record(key, found, seconds)
                                 bar.update(1)
-                                found = found[0]
                             points.append(found)
                         results.append(_seed_result(mode, seed, points))
                     entries.append(
@@ -142,6 +177,21 @@ def evaluate_runs(
             on_run_done(i, entries)
             out.append(entries)
     return out
+
+
+def _mode_options(mode: str, distill: DistillSettings) -> str:
+    """What, beside the shared settings, a mode's units depend on, as canonical JSON (part of
+    each unit's key, so a resume with other stores or loss weights adds units)."""
+    if mode in DISTILL_MODES:
+        fields = dataclasses.asdict(distill)
+        if mode == "distill":
+            fields.pop("augmented_data")
+            fields.pop("augmented_store")
+        else:
+            fields.pop("store")
+        paths = {k: str(Path(v).resolve()) for k, v in fields.items() if isinstance(v, Path | str)}
+        return json.dumps({**fields, **paths}, sort_keys=True)
+    return ""
 
 
 def _unit(make, key: UnitKey, split, run: Run, dev, cache) -> tuple[PointResult, float]:
@@ -166,9 +216,9 @@ class _Plan:
     """Every unit of an evaluation, which of them are finished, and progress counts for the
     bar (units are grid points; a (task, seed) is done when all of its units are)."""
 
-    def __init__(self, runs, modes, tasks, seeds, ledger: Ledger | None) -> None:
+    def __init__(self, runs, modes, tasks, seeds, ledger: Ledger | None, options) -> None:
         self.runs, self.modes, self.tasks, self.seeds = runs, modes, tasks, seeds
-        self.ledger = ledger
+        self.ledger, self.options = ledger, options
         self._new: dict[UnitKey, PointResult] = {}
         self.total = self.done = 0
         for key in self._all_keys():
@@ -177,9 +227,10 @@ class _Plan:
 
     def keys(self, run: Run, mode: str, task: Task, seed: int) -> list[UnitKey]:
         head = (run.name, str(run.path), run.k, run.protocol.max_steps, mode, task.name, seed)
+        options = self.options[mode]
         if mode == "zero-shot":
-            return [UnitKey(*head)]
-        return [UnitKey(*head, lr, bs) for lr, bs in run.protocol.grid]
+            return [UnitKey(*head, options=options)]
+        return [UnitKey(*head, lr, bs, options) for lr, bs in run.protocol.grid]
 
     def _all_keys(self):
         for run in self.runs:
@@ -218,6 +269,11 @@ class _Plan:
             f"{key.model} {key.mode} {key.task} seed {key.seed}{grid} | done: tasks "
             f"{tasks_done}/{len(groups)}, seeds {seeds_done}/{len(groups) * len(self.seeds)}"
         )
+
+
+def _distill_factory(make, labels, split, settings) -> Callable[[], DistillLearner]:
+    """A distill mode's learner for one seed: the prompt learner with its soft labels."""
+    return lambda: DistillLearner(make(), labels, split.train, settings)
 
 
 def _factory(

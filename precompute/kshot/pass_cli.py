@@ -1,0 +1,157 @@
+"""``precompute-teacher --task kshot``: the teacher over k-shot splits, one store per task.
+
+    precompute-teacher --task kshot --kshot-data data/k-shot --kshot-tasks SST-2 MNLI \\
+        --kshot-seeds 13 21 42 87 100 --kshot-k 16 --teacher roberta-large --out stores/kshot
+
+writes ``stores/kshot/SST-2/`` and ``stores/kshot/MNLI/``, each a complete store (``smash-store
+verify`` checks it) whose examples are keyed by (task, K, seed, split, row) (``teacher.py``).
+Every split is read and checked before the teacher loads. One process: the splits are small.
+A rerun with the same arguments keeps finished stores; another configuration in a task's
+folder is refused unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+from smash.store import StoreError, tokenizer_record
+
+from ..provenance import (
+    ConfigMismatch,
+    check_output,
+    clear_output,
+    local_model_fingerprint,
+    producer_config,
+    recorded_teacher_name,
+)
+from ..shared.adapters import auto_model_class, family_of, max_sequence_length
+from ..shared.model_paths import require_folder_or_hub_name
+from ..shared.precisions import PRECISIONS
+from ..shared.templates import answer_token_id
+from ..teacher_pass import PassConfig, finalize, run_teacher_pass
+from .data import DataError
+from .tasks import get_task
+from .teacher import KEY_FIELDS, KShotTeacherTask
+
+__all__ = ["main_kshot"]
+
+# flags of the corpus tasks that a k-shot pass has no use for (refused, not ignored)
+_CORPUS_ONLY = ("corpus", "template", "filter_rule", "threshold", "segment_words",
+                "mask_probability")  # fmt: skip
+
+
+def main_kshot(args: argparse.Namespace) -> int:
+    """Run the pass for ``args`` (``precompute-teacher``'s parsed flags); the exit status."""
+    try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("--task kshot runs in one process (k-shot splits are small)")
+        for name in _CORPUS_ONLY:
+            if getattr(args, name) is not None:
+                flag = "--" + name.replace("_", "-")
+                hint = " (use --kshot-template TASK=SPEC)" if name == "template" else ""
+                raise ValueError(f"{flag} is for the corpus tasks, not --task kshot{hint}")
+        if args.targets != "topk":
+            raise ValueError("--task kshot stores top-k targets (--targets topk)")
+        if args.kshot_data is None or not args.kshot_tasks:
+            raise ValueError("--task kshot needs --kshot-data and --kshot-tasks")
+        from ..cli import _target_width
+
+        width = _target_width(args)
+        templates = _templates(args.kshot_template)
+        tasks = [
+            KShotTeacherTask(
+                task,
+                args.kshot_data,
+                args.kshot_k,
+                args.kshot_seeds,
+                args.kshot_splits,
+                templates.get(task.name),
+                args.max_length,
+            )
+            for task in (get_task(name) for name in args.kshot_tasks)
+        ]
+        from transformers import AutoConfig, AutoTokenizer
+
+        require_folder_or_hub_name("--teacher", args.teacher)
+        family = family_of(AutoConfig.from_pretrained(args.teacher, revision=args.revision))
+        tokenizer = AutoTokenizer.from_pretrained(args.teacher, revision=args.revision)
+        answer_token_id(tokenizer)
+        if width > len(tokenizer):
+            raise ValueError(
+                f"--k {width} is larger than the vocabulary of {args.teacher!r} "
+                f"({len(tokenizer)} tokens)"
+            )
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = (
+            auto_model_class(family)
+            .from_pretrained(
+                args.teacher,
+                revision=args.revision,
+                dtype=PRECISIONS[args.dtype],
+                attn_implementation="sdpa",
+            )
+            .to(device)
+            .eval()
+        )
+        limit = max_sequence_length(model.config)
+        for task in tasks:
+            if task.max_length > limit:
+                raise ValueError(
+                    f"{task.task.name}: max length {task.max_length} exceeds the {limit} "
+                    f"positions of {args.teacher!r}; pass --max-length"
+                )
+        fingerprint = local_model_fingerprint(args.teacher)
+        for task in tasks:
+            _one_store(args, task, model, tokenizer, family, fingerprint, width, device)
+        return 0
+    except (ConfigMismatch, StoreError, DataError, ValueError, OSError) as err:
+        print(f"precompute-teacher: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+
+
+def _templates(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if not sep or not spec:
+            raise ValueError(f"--kshot-template {item!r}: expected TASK=SPEC")
+        out[get_task(name).name] = spec
+    return out
+
+
+def _one_store(args, task: KShotTeacherTask, model, tokenizer, family, fingerprint, width, device):
+    """The teacher pass over one task's splits into ``OUT/<task folder>``."""
+    from ..cli import _print_summary
+
+    out = args.out / task.task.dirname
+    name = recorded_teacher_name(out, args.teacher, fingerprint)
+    tokenizer.name_or_path = name
+    teacher = {
+        "name": name,
+        "dtype": args.dtype,
+        "revision": args.revision or getattr(model.config, "_commit_hash", None),
+        "fingerprint": fingerprint,
+    }
+    if family != "masked-lm":
+        teacher["family"] = family
+    cfg = PassConfig(
+        out=out,
+        k=width,
+        num_examples=len(task),
+        shard_size=args.shard_size,
+        token_budget=args.token_budget,
+        seed=args.seed,
+        tokenize_workers=0,  # a few hundred prompts: not worth a process
+        verify_existing=args.verify_existing,
+    )
+    producer = producer_config(task, tokenizer, teacher, cfg, task.fingerprint(), {})
+    producer["example_keys"] = list(KEY_FIELDS)
+    out.mkdir(parents=True, exist_ok=True)
+    replace = check_output(out, producer, tokenizer_record(tokenizer), args.overwrite)
+    clear_output(out, everything=replace)
+    summary = run_teacher_pass(task, task.examples(), model, tokenizer, cfg, producer, device)
+    finalize(out, summary)
+    _print_summary(summary, out, 0)
