@@ -37,6 +37,7 @@ from smash.train.fewshot.curves import (
     step_points,
     write_curve,
 )
+from smash.train.fewshot.demonstrations import DEMO_MODES, DemoOptions
 from smash.train.fewshot.protocol import Protocol, paper_max_steps
 from smash.train.fewshot.report import write_report
 from smash.train.fewshot.runner import MODES, Run, evaluate_models, evaluate_runs
@@ -78,6 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "max_length": args.max_length,
             "device": args.device,
+            "demos": DemoOptions(
+                samples=args.demo_samples,
+                filter_model=args.demo_filter_model,
+                filter_rate=0.5 if args.demo_filter_rate is None else args.demo_filter_rate,
+                prompts=args.lmbff_prompts,
+                auto_words=args.lmbff_words == "auto",
+            ),
         }
         config = {
             **vars(args),
@@ -180,6 +188,36 @@ def _parser() -> argparse.ArgumentParser:
         help="label words (the verbalizer) for a task in label order, without a space, e.g. "
         "SST-2=bad,good (' '+word must be one token)",
     )
+    p.add_argument(
+        "--demo-samples",
+        type=int,
+        help="with prompt-demo/lmbff: demonstration sets per evaluated example, whose logits "
+        "are averaged (default: LM-BFF's num_sample, 16; 4 for MNLI, SNLI, QQP)",
+    )
+    p.add_argument(
+        "--demo-filter-model",
+        metavar="PATH",
+        help="with prompt-demo/lmbff: keep as demonstration candidates only the examples most "
+        "similar to the query, by the cosine of this model's mean-pooled last hidden states "
+        "(LM-BFF: Sentence-BERT roberta-large-nli-stsb-mean-tokens)",
+    )
+    p.add_argument(
+        "--demo-filter-rate",
+        type=float,
+        help="with --demo-filter-model: the fraction of each label's candidates kept (0.5)",
+    )
+    p.add_argument(
+        "--lmbff-prompts",
+        metavar="DIR",
+        help="with --mode lmbff: a checkout of princeton-nlp/LM-BFF; the top line of "
+        "auto_template/TASK/K-SEED.sort.txt is each split's template",
+    )
+    p.add_argument(
+        "--lmbff-words",
+        choices=("manual", "auto"),
+        help="with --mode lmbff: the task's label words (manual, default, as LM-BFF's reported "
+        "runs) or the top line of auto_label_mapping/TASK/K-SEED.sort.txt (auto)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
 
@@ -199,6 +237,24 @@ def _check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 f"{len(args.baseline)} baselines")  # fmt: skip
     if args.resume and not args.curve:
         p.error("--resume continues a --curve")
+    demo_flags = {"--demo-samples": args.demo_samples, "--demo-filter-model":
+                  args.demo_filter_model, "--demo-filter-rate": args.demo_filter_rate}  # fmt: skip
+    for flag, value in demo_flags.items():
+        if value is not None and not set(args.mode) & set(DEMO_MODES):
+            p.error(f"{flag} applies to --mode {' or '.join(DEMO_MODES)}")
+    for flag, value in {"--lmbff-prompts": args.lmbff_prompts,
+                        "--lmbff-words": args.lmbff_words}.items():  # fmt: skip
+        if value is not None and "lmbff" not in args.mode:
+            p.error(f"{flag} applies to --mode lmbff")
+    if "lmbff" in args.mode and args.lmbff_prompts is None:
+        p.error("--mode lmbff needs --lmbff-prompts DIR (a checkout of princeton-nlp/LM-BFF)")
+    if args.demo_samples is not None and args.demo_samples < 1:
+        p.error(f"--demo-samples must be positive, got {args.demo_samples}")
+    rate = args.demo_filter_rate
+    if rate is not None and not (0 < rate <= 1 and args.demo_filter_model):
+        p.error(
+            f"--demo-filter-rate takes a fraction in (0, 1] with --demo-filter-model, got {rate}"
+        )
     groups = len(args.model) if args.curve == "steps" else sum(map(len, args.model))
     if args.name and len(args.name) != groups:
         what = "series (one per --model)" if args.curve == "steps" else "models"
@@ -234,6 +290,7 @@ def _table(args, tasks, steps, options, config) -> list[Path]:
     models = [m for group in args.model for m in group]
     for model in models:
         require_folder_or_hub_name("--model", model)
+    _check_demo_paths(args)
     names = args.name or [Path(m).name for m in models]
     k = args.k[0]
     entries = evaluate_models(
@@ -253,6 +310,7 @@ def _curve(args, tasks, steps, options, config) -> list[Path]:
     """Every point of the curve (those of an earlier run kept with --resume), its files
     rewritten after each point."""
     require_matplotlib()
+    _check_demo_paths(args)
     points = _points(args, steps)
     settings = {
         "curve": args.curve,
@@ -277,10 +335,26 @@ def _curve(args, tasks, steps, options, config) -> list[Path]:
     return write_curve(out, args.curve, results, config, settings)
 
 
+def _check_demo_paths(args: argparse.Namespace) -> None:
+    """The demonstration filter's model and LM-BFF's folder exist; a note on stderr when
+    ``lmbff`` samples demonstrations unfiltered."""
+    if args.demo_filter_model:
+        require_folder_or_hub_name("--demo-filter-model", args.demo_filter_model)
+    if args.lmbff_prompts and not Path(args.lmbff_prompts).is_dir():
+        raise FileNotFoundError(f"--lmbff-prompts {args.lmbff_prompts}: no such folder")
+    if "lmbff" in args.mode and not args.demo_filter_model:
+        print(
+            "evaluate-fewshot: note: --mode lmbff without --demo-filter-model samples "
+            "demonstrations unfiltered; LM-BFF's reported runs filter them (Sentence-BERT)",
+            file=sys.stderr,
+        )
+
+
 # What a --resume must share with the run that wrote curve.json (beside the curve, the data
 # root, and each point's folder, K and step budget, which are compared point by point).
 _SETTINGS = ("tasks", "mode", "seeds", "learning_rates", "batch_sizes", "eval_every",
-             "eval_batch_size", "max_length", "template", "verbalizer")  # fmt: skip
+             "eval_batch_size", "max_length", "template", "verbalizer", "demo_samples",
+             "demo_filter_model", "demo_filter_rate", "lmbff_prompts", "lmbff_words")  # fmt: skip
 
 
 def _points(args: argparse.Namespace, steps: dict[int, int]) -> list[Point]:
