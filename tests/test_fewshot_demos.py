@@ -134,6 +134,38 @@ def test_auto_label_word_must_be_one_token(tiny_tokenizer):
 # --- the input with demonstrations ----------------------------------------------------------
 
 
+def _lmbff_demo_template(template: str, num_labels: int) -> str:
+    """LM-BFF's run.py (the single-template path, --template_id): the reference."""
+    new = template
+    old = template.replace("*cls*", "")
+    sent_num = 2 if "_1" in old else 1
+    for label_id in range(num_labels):
+        sub = old
+        for sent_id in range(sent_num):
+            sub = sub.replace(f"_{sent_id}", f"_{sent_num + sent_num * label_id + sent_id}")
+        new += sub.replace("*mask*", f"*label_{label_id}*")
+    return new
+
+
+@pytest.mark.parametrize("task, seed", [("SST-2", 13), ("SST-2", 21), ("SST-5", 13),
+                                        ("MRPC", 87), ("STS-B", 13), ("MNLI", 13)])  # fmt: skip
+def test_demo_template_is_lmbffs(task, seed):
+    from smash.precompute.shared.templates import parse_template
+    from smash.train.fewshot.demonstrations import demo_template
+
+    task = get_task(task)
+    for spec in (read_auto_prompt(LMBFF, task, 16, seed).template, task.template):
+        words = ["w"] * (len(task.labels) or 2)
+        demo = demo_template(parse_template(spec), words, len(task.text_columns))
+        assert demo.spec == _lmbff_demo_template(spec, len(words))
+        # and its parts are that string's, each label_j the literal ' w'
+        as_text = demo.spec
+        for j in range(len(words)):
+            as_text = as_text.replace(f"*label_{j}*", "*_w*")
+        assert demo.parts == parse_template(as_text).parts
+        assert demo.num_sentences == len(task.text_columns) * (1 + len(words))
+
+
 def test_single_sentence_input_equals_hand_assembled(student, tiny_tokenizer):
     tok, task = tiny_tokenizer, get_task("SST-2")
     support = [_ex("a dull film.", label=0), _ex("so good!", label=1), _ex("bad.", label=0),

@@ -31,6 +31,7 @@ label words and the mask always stay (LM-BFF cuts the whole sequence's tail inst
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -110,7 +111,6 @@ def demo_template(template: Template, words: Sequence[str], sentences: int) -> T
     replaced by the label word (typed without a space; the space is added, as the label word
     at the mask is ``' ' + word``)."""
     parts = list(template.parts)
-    spec = template.spec
     for j, word in enumerate(words):
         for p in template.parts:
             if p.kind == "special" and p.text == "cls":
@@ -121,8 +121,28 @@ def demo_template(template: Template, words: Sequence[str], sentences: int) -> T
                 parts.append(replace(p, index=sentences * (j + 1) + p.index))
             else:
                 parts.append(p)
-        spec += f"[demo {j}: {word}]"
-    return Template(spec=spec, parts=tuple(parts))
+    return Template(spec=_lmbff_spec(template.spec, len(words), sentences), parts=tuple(parts))
+
+
+_SENT_PART = re.compile(r"^(\+?sent[lu]?-?)_(\d+)$")
+
+
+def _lmbff_spec(spec: str, blocks: int, sentences: int) -> str:
+    """The demonstration template as LM-BFF's run.py spells (and logs) it: the template, then
+    per label the template without ``*cls*``, its sentences renumbered, ``*label_j*`` for the
+    mask."""
+    raw = spec.replace("*cls*", "").split("*")
+    out = spec
+    for j in range(blocks):
+        block = []
+        for piece in raw:
+            if piece == "mask":
+                piece = f"label_{j}"
+            elif (m := _SENT_PART.match(piece)) is not None:
+                piece = f"{m[1]}_{sentences * (j + 1) + int(m[2])}"
+            block.append(piece)
+        out += "*".join(block)
+    return out
 
 
 def filter_by_similarity(
