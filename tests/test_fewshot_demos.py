@@ -392,6 +392,10 @@ def test_cli_lmbff_and_prompt_demo_end_to_end(tiny, kshot, tmp_path, capsys):
         assert all(s["step"] in (3, 6) and 0 <= s["tests"]["SST-2"] <= 1 for s in entry["seeds"])
     assert result["config"]["lmbff_prompts"] == str(LMBFF)
     assert result["config"]["demo_samples"] == 2
+    used = result["config"]["lmbff_prompts_read"]
+    assert used["SST-2 16-21"]["template"] == "*cls**sent_0*_A*mask*_film.*sep+*"
+    assert used["SST-2 16-13"]["template_source"].endswith("SST-2/16-13.sort.txt:1")
+    assert used["SST-2 16-13"]["words"] == []  # the task's own label words
     md = (out / "results.md").read_text()
     assert "| student | prompt-demo |" in md and "| student | lmbff |" in md
     assert "note:" not in capsys.readouterr().err  # filtered: no note

@@ -27,6 +27,7 @@ from smash.precompute.kshot.data import DataError
 from smash.precompute.kshot.splits import SEEDS
 from smash.precompute.kshot.tasks import TASKS, get_task
 from smash.precompute.shared.model_paths import require_folder_or_hub_name
+from smash.train.fewshot.auto_prompts import read_auto_prompt
 from smash.train.fewshot.curves import (
     Point,
     k_points,
@@ -87,8 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 auto_words=args.lmbff_words == "auto",
             ),
         }
+        _check_demo_paths(args)
         config = {
             **vars(args),
+            **_lmbff_prompts_read(args, tasks),
             **dataclasses.asdict(_protocol(args, steps[args.k[0]])),
             "tasks": [t.name for t in tasks],
             "max_steps_per_k": {str(k): v for k, v in steps.items()},
@@ -290,7 +293,6 @@ def _table(args, tasks, steps, options, config) -> list[Path]:
     models = [m for group in args.model for m in group]
     for model in models:
         require_folder_or_hub_name("--model", model)
-    _check_demo_paths(args)
     names = args.name or [Path(m).name for m in models]
     k = args.k[0]
     entries = evaluate_models(
@@ -310,7 +312,6 @@ def _curve(args, tasks, steps, options, config) -> list[Path]:
     """Every point of the curve (those of an earlier run kept with --resume), its files
     rewritten after each point."""
     require_matplotlib()
-    _check_demo_paths(args)
     points = _points(args, steps)
     settings = {
         "curve": args.curve,
@@ -333,6 +334,24 @@ def _curve(args, tasks, steps, options, config) -> list[Path]:
         )
     results = [(pt, done[point_key(pt)]) for pt in points]
     return write_curve(out, args.curve, results, config, settings)
+
+
+def _lmbff_prompts_read(args: argparse.Namespace, tasks) -> dict:
+    """For results.json: the searched prompt each (task, K, seed) of mode lmbff uses, and the
+    file lines it came from."""
+    if "lmbff" not in args.mode:
+        return {}
+    words = args.lmbff_words == "auto"
+    return {
+        "lmbff_prompts_read": {
+            f"{t.name} {k}-{s}": dataclasses.asdict(
+                read_auto_prompt(args.lmbff_prompts, t, k, s, words=words)
+            )
+            for t in tasks
+            for k in args.k
+            for s in args.seeds
+        }
+    }
 
 
 def _check_demo_paths(args: argparse.Namespace) -> None:
