@@ -258,10 +258,10 @@ class _TrainDemos:
         return len(self.candidates)
 
     def for_epoch(self, epoch: int) -> list[Features]:
-        lr = self.learner
-        rng = np.random.default_rng([lr.seed, 0, epoch])
-        demos = [sample_demos(c, lr.bins, lr.num_bins, rng) for c in self.candidates]
-        return lr.encode_with(lr.support, demos)
+        learner = self.learner
+        rng = np.random.default_rng([learner.seed, 0, epoch])
+        demos = [sample_demos(c, learner.bins, learner.num_bins, rng) for c in self.candidates]
+        return learner.encode_with(learner.support, demos)
 
 
 class DemoPromptLearner:
