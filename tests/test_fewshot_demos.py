@@ -282,6 +282,32 @@ def test_training_demonstrations_exclude_the_query_and_are_seeded(student, tiny_
         assert i not in (lo, hi) and (learner.bins[lo], learner.bins[hi]) == (0, 1)
 
 
+def test_training_draws_demonstrations_each_epoch(tiny, tiny_tokenizer, kshot):
+    """The protocol's training loop asks the training set for each epoch's features."""
+    from smash.train.fewshot.protocol import Protocol, _train
+    from transformers import AutoModelForMaskedLM
+
+    task = get_task("SST-2")
+    data = load_kshot(kshot, task, 16, 13)
+    model = AutoModelForMaskedLM.from_pretrained(tiny["student"])
+    learner = _learner(model, tiny_tokenizer, task, data.train, samples=2, max_length=64)
+    train = learner.encode(data.train)
+    epochs = []
+
+    class Recorded:  # the real training set, recording which epochs are drawn
+        def __len__(self):
+            return len(train)
+
+        def for_epoch(self, epoch):
+            epochs.append(epoch)
+            return train.for_epoch(epoch)
+
+    protocol = Protocol(learning_rates=(1e-3,), batch_sizes=(4,), max_steps=20, eval_every=10)
+    dev = learner.encode(data.dev[:4])
+    _train(learner, Recorded(), dev, 1e-3, 4, 13, protocol, torch.device("cpu"))
+    assert epochs == [0, 1, 2]  # 32 examples, 8 steps an epoch, 20 steps
+
+
 def test_stsb_demonstrations_bin_scores_at_the_median():
     task = get_task("STS-B")
     assert [demo_bin(task, s) for s in (0.0, 2.5, 2.52, 5.0)] == [0, 0, 1, 1]
