@@ -427,6 +427,35 @@ def test_cli_lmbff_and_prompt_demo_end_to_end(tiny, kshot, tmp_path, capsys):
     assert "note:" not in capsys.readouterr().err  # filtered: no note
 
 
+def test_cli_lmbff_with_searched_label_words(tiny, tiny_tokenizer, kshot, tmp_path):
+    from smash.train.fewshot.demonstrations import DemoOptions
+    from smash.train.fewshot.runner import _demo_factory
+
+    prompts = tmp_path / "lmbff"
+    shutil.copytree(LMBFF, prompts)
+    for seed in (13, 21):  # words the tiny vocabulary has as single tokens, labels swapped
+        mapping = prompts / "auto_label_mapping" / "SST-2" / f"16-{seed}.sort.txt"
+        mapping.write_text('{"0": "great", "1": "terrible"}\n{"0": "bad", "1": "good"}\n')
+    out = tmp_path / "out"
+    argv = _argv(tiny, kshot, out, "--mode", "lmbff", "--lmbff-prompts", str(prompts),
+                 "--lmbff-words", "auto", "--demo-samples", "2")  # fmt: skip
+    assert main(argv) == 0
+    used = json.loads((out / "results.json").read_text())["config"]["lmbff_prompts_read"]
+    assert used["SST-2 16-13"]["words"] == ["great", "terrible"]
+    # the learners of mode lmbff read the seed's searched template and words
+    task = get_task("SST-2")
+    auto = read_auto_prompt(prompts, task, 16, 21)
+    make = _demo_factory("lmbff", str(tiny["student"]), tiny_tokenizer, task, 64, task.template,
+                         task.verbalizer, load_kshot(kshot, task, 16, 21).train, 21,
+                         DemoOptions(auto_words=True), None, auto)  # fmt: skip
+    learner = make()
+    great, terrible = (tiny_tokenizer.encode(" " + w, add_special_tokens=False)[0]
+                       for w in ("great", "terrible"))  # fmt: skip
+    assert learner.prompt.verbalizer.tolist() == [great, terrible]
+    assert learner.template.spec.startswith("*cls**sent_0*_A*mask*_film.*sep+**sent_1*_A*label_0")
+    assert learner.seed == 21 and learner.samples == 16
+
+
 def test_cli_lmbff_errors(tiny, tiny_t5, kshot, tmp_path, capsys):
     out = tmp_path / "out"
     # seed 42 has no searched prompt among the fixtures: named before any training
