@@ -35,6 +35,8 @@ class Task:
     metric: str  # "acc", "f1" or "pearson": picks the best dev checkpoint and grid point
     extra_metrics: tuple[str, ...] = ()  # also reported on the test sets (STS-B: Spearman)
     first_sent_limit: int | None = None  # LM-BFF's cap on the first sentence's tokens
+    other_sent_limit: int | None = None  # LM-BFF's cap on every other sentence (demonstrations)
+    double_demo: bool = False  # LM-BFF doubles the max length when demonstrations are added
     max_length: int = 128
     dev: str = "dev"
     tests: dict[str, str] = field(default_factory=dict)
@@ -69,6 +71,7 @@ _CSV = {
     "metric": "acc",
     "original_splits": ("train", "test"),
     "first_sent_limit": 110,  # LM-BFF's run_experiment.sh for mr, sst-5 and cr
+    "double_demo": True,
 }
 _NLI3 = ("contradiction", "entailment", "neutral")
 
@@ -85,9 +88,11 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     _task("SST-2", fmt="tsv", text_columns=(0,), label_column=-1, labels=("0", "1"),
           verbalizer=("terrible", "great"), template=_SENTIMENT, metric="acc"),
     _task("SST-5", dirname="sst-5", labels=("0", "1", "2", "3", "4"),
-          verbalizer=("terrible", "bad", "okay", "good", "great"), **_CSV),
-    _task("MR", dirname="mr", labels=("0", "1"), verbalizer=("terrible", "great"), **_CSV),
-    _task("CR", dirname="cr", labels=("0", "1"), verbalizer=("terrible", "great"), **_CSV),
+          verbalizer=("terrible", "bad", "okay", "good", "great"), other_sent_limit=20, **_CSV),
+    _task("MR", dirname="mr", labels=("0", "1"), verbalizer=("terrible", "great"),
+          other_sent_limit=50, **_CSV),
+    _task("CR", dirname="cr", labels=("0", "1"), verbalizer=("terrible", "great"),
+          other_sent_limit=50, **_CSV),
     _task("MNLI", fmt="tsv", text_columns=(8, 9), label_column=-1, labels=_NLI3,
           verbalizer=("No", "Yes", "Maybe"), template=_NLI, metric="acc", max_length=256,
           dev="dev_matched", tests={"MNLI-m": "test_matched", "MNLI-mm": "test_mismatched"},

@@ -18,7 +18,8 @@ the paper's appendix A.3 does: ``<s>`` removed and ``<mask>`` replaced by ``<ext
 it, ``l`` (``u``) lower-cases (upper-cases) its first character, a trailing ``-`` deletes its
 last character, e.g. ``+sentl-_1``. Any other part is literal text in which ``_`` is a space;
 empty parts (between ``**``) contribute nothing. LM-BFF's demonstration parts (``label_i``,
-``labelx_i``) are not supported and are rejected.
+``labelx_i``) are not parsed and are rejected: the few-shot harness builds a demonstration
+template from parts (``smash.train.fewshot.demonstrations``).
 
 Each part is tokenized on its own (``add_special_tokens=False``) and the pieces are concatenated,
 as LM-BFF does, so ``It_was`` after a sentence becomes `` It was`` with its leading space.
@@ -35,7 +36,7 @@ Both the few-shot evaluation (``smash.train.fewshot``) and the intermediate task
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -110,6 +111,7 @@ class Template:
         sentences: Sequence[str],
         max_length: int,
         sentence_limits: Mapping[int, int] | None = None,
+        truncate_first: Collection[int] = (),
     ) -> EncodedPrompt:
         """Fill the template with ``sentences`` and tokenize it into at most ``max_length`` ids.
 
@@ -117,10 +119,13 @@ class Template:
         LM-BFF's ``first_sent_limit`` does (``{0: 110}``: the first sentence keeps its first 110
         tokens). Then only sentence tokens are truncated: while too long, one token is removed
         from the end of the currently longest sentence part (the first such part on ties).
-        Raises ValueError when a sentence is missing or the template's own tokens alone exceed
-        ``max_length``.
+        Sentences whose index is in ``truncate_first`` (demonstrations) are shortened that way
+        first, and the others only once those are empty. Raises ValueError when a sentence is
+        missing or the template's own tokens alone exceed ``max_length``.
         """
-        return self.encode_batch(tokenizer, [sentences], max_length, sentence_limits)[0]
+        return self.encode_batch(
+            tokenizer, [sentences], max_length, sentence_limits, truncate_first
+        )[0]
 
     def encode_batch(
         self,
@@ -128,6 +133,7 @@ class Template:
         batch: Sequence[Sequence[str]],
         max_length: int,
         sentence_limits: Mapping[int, int] | None = None,
+        truncate_first: Collection[int] = (),
     ) -> list[EncodedPrompt]:
         """``encode`` for many examples at once: each sentence part of all examples goes to the
         tokenizer in one batch call (fast tokenizers encode it in Rust, in parallel)."""
@@ -149,6 +155,7 @@ class Template:
             else:
                 columns.append(_encode(tokenizer, part.text))
         is_sentence = [p.kind == "sentence" for p in self.parts]
+        is_first = [s and p.index in truncate_first for s, p in zip(is_sentence, self.parts)]
         fixed = sum(len(ids) for ids, s in zip(columns, is_sentence) if not s)
         if fixed > max_length:
             raise ValueError(
@@ -163,6 +170,11 @@ class Template:
                 list(col[row][: limits.get(part.index)]) if sent else col
                 for col, sent, part in zip(columns, is_sentence, self.parts)
             ]
+            if any(is_first):  # demonstrations give way first; the query keeps its tokens
+                kept = sum(
+                    len(ids) for ids, s, f in zip(pieces, is_sentence, is_first) if s and not f
+                )
+                _truncate_longest_first(pieces, is_first, max(max_length - fixed - kept, 0))
             _truncate_longest_first(pieces, is_sentence, max_length - fixed)
             mask_position = sum(len(ids) for ids in pieces[:mask_part])
             out.append(

@@ -28,6 +28,7 @@ from smash.precompute.kshot.splits import SEEDS
 from smash.precompute.kshot.tasks import TASKS, get_task
 from smash.precompute.shared.model_paths import require_folder_or_hub_name
 from smash.store import StoreError
+from smash.train.fewshot.auto_prompts import read_auto_prompt
 from smash.train.fewshot.curves import (
     Point,
     k_points,
@@ -36,6 +37,7 @@ from smash.train.fewshot.curves import (
     step_points,
     write_curve,
 )
+from smash.train.fewshot.demonstrations import DEMO_MODES, DemoOptions
 from smash.train.fewshot.distill import DistillSettings
 from smash.train.fewshot.ledger import LEDGER_NAME, Ledger
 from smash.train.fewshot.paper import PAPER_MODELS, parse_compare
@@ -88,9 +90,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.distill_temperature,
                 args.distill_tail,
             ),
+            "demos": DemoOptions(
+                samples=args.demo_samples,
+                filter_model=args.demo_filter_model,
+                filter_rate=0.5 if args.demo_filter_rate is None else args.demo_filter_rate,
+                prompts=args.lmbff_prompts,
+                auto_words=args.lmbff_words == "auto",
+            ),
         }
+        _check_demo_paths(args)
         config = {
             **vars(args),
+            **_lmbff_prompts_read(args, tasks),
             **dataclasses.asdict(_protocol(args, steps[args.k[0]])),
             "tasks": [t.name for t in tasks],
             "max_steps_per_k": {str(k): v for k, v in steps.items()},
@@ -198,6 +209,36 @@ def _parser() -> argparse.ArgumentParser:
         help="label words (the verbalizer) for a task in label order, without a space, e.g. "
         "SST-2=bad,good (' '+word must be one token)",
     )
+    p.add_argument(
+        "--demo-samples",
+        type=int,
+        help="with prompt-demo/lmbff: demonstration sets per evaluated example, whose logits "
+        "are averaged (default: LM-BFF's num_sample, 16; 4 for MNLI, SNLI, QQP)",
+    )
+    p.add_argument(
+        "--demo-filter-model",
+        metavar="PATH",
+        help="with prompt-demo/lmbff: keep as demonstration candidates only the examples most "
+        "similar to the query, by the cosine of this model's mean-pooled last hidden states "
+        "(LM-BFF: Sentence-BERT roberta-large-nli-stsb-mean-tokens)",
+    )
+    p.add_argument(
+        "--demo-filter-rate",
+        type=float,
+        help="with --demo-filter-model: the fraction of each label's candidates kept (0.5)",
+    )
+    p.add_argument(
+        "--lmbff-prompts",
+        metavar="DIR",
+        help="with --mode lmbff: a checkout of princeton-nlp/LM-BFF; the top line of "
+        "auto_template/TASK/K-SEED.sort.txt is each split's template",
+    )
+    p.add_argument(
+        "--lmbff-words",
+        choices=("manual", "auto"),
+        help="with --mode lmbff: the task's label words (manual, default, as LM-BFF's reported "
+        "runs) or the top line of auto_label_mapping/TASK/K-SEED.sort.txt (auto)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g = p.add_argument_group(
         "distill, distill-bt10 (paper 4.1): prompt-based fine-tuning + weight * soft CE (Eq. 1) "
@@ -238,6 +279,24 @@ def _check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.baseline_name and len(args.baseline_name) != len(args.baseline):
         p.error(f"--baseline-name gives {len(args.baseline_name)} names for "
                 f"{len(args.baseline)} baselines")  # fmt: skip
+    demo_flags = {"--demo-samples": args.demo_samples, "--demo-filter-model":
+                  args.demo_filter_model, "--demo-filter-rate": args.demo_filter_rate}  # fmt: skip
+    for flag, value in demo_flags.items():
+        if value is not None and not set(args.mode) & set(DEMO_MODES):
+            p.error(f"{flag} applies to --mode {' or '.join(DEMO_MODES)}")
+    for flag, value in {"--lmbff-prompts": args.lmbff_prompts,
+                        "--lmbff-words": args.lmbff_words}.items():  # fmt: skip
+        if value is not None and "lmbff" not in args.mode:
+            p.error(f"{flag} applies to --mode lmbff")
+    if "lmbff" in args.mode and args.lmbff_prompts is None:
+        p.error("--mode lmbff needs --lmbff-prompts DIR (a checkout of princeton-nlp/LM-BFF)")
+    if args.demo_samples is not None and args.demo_samples < 1:
+        p.error(f"--demo-samples must be positive, got {args.demo_samples}")
+    rate = args.demo_filter_rate
+    if rate is not None and not (0 < rate <= 1 and args.demo_filter_model):
+        p.error(
+            f"--demo-filter-rate takes a fraction in (0, 1] with --demo-filter-model, got {rate}"
+        )
     groups = len(args.model) if args.curve == "steps" else sum(map(len, args.model))
     if args.name and len(args.name) != groups:
         what = "series (one per --model)" if args.curve == "steps" else "models"
@@ -306,6 +365,39 @@ def _curve(args, tasks, steps, options, config) -> list[Path]:
     evaluate_runs(runs, tasks, args.data, args.mode, args.seeds, **options, ledger=ledger,
                   on_run_done=done)  # fmt: skip
     return write_curve(out, args.curve, finished, config)
+
+
+def _lmbff_prompts_read(args: argparse.Namespace, tasks) -> dict:
+    """For results.json: the searched prompt each (task, K, seed) of mode lmbff uses, and the
+    file lines it came from."""
+    if "lmbff" not in args.mode:
+        return {}
+    words = args.lmbff_words == "auto"
+    return {
+        "lmbff_prompts_read": {
+            f"{t.name} {k}-{s}": dataclasses.asdict(
+                read_auto_prompt(args.lmbff_prompts, t, k, s, words=words)
+            )
+            for t in tasks
+            for k in args.k
+            for s in args.seeds
+        }
+    }
+
+
+def _check_demo_paths(args: argparse.Namespace) -> None:
+    """The demonstration filter's model and LM-BFF's folder exist; a note on stderr when
+    ``lmbff`` samples demonstrations unfiltered."""
+    if args.demo_filter_model:
+        require_folder_or_hub_name("--demo-filter-model", args.demo_filter_model)
+    if args.lmbff_prompts and not Path(args.lmbff_prompts).is_dir():
+        raise FileNotFoundError(f"--lmbff-prompts {args.lmbff_prompts}: no such folder")
+    if "lmbff" in args.mode and not args.demo_filter_model:
+        print(
+            "evaluate-fewshot: note: --mode lmbff without --demo-filter-model samples "
+            "demonstrations unfiltered; LM-BFF's reported runs filter them (Sentence-BERT)",
+            file=sys.stderr,
+        )
 
 
 # What every unit of OUT/points.jsonl shares; models, K, step budgets, modes, tasks, seeds and

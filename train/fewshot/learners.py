@@ -29,6 +29,7 @@ from smash.precompute.shared.templates import (
 
 __all__ = [
     "Batch",
+    "FeatureSets",
     "Features",
     "FinetuneLearner",
     "PromptLearner",
@@ -49,22 +50,46 @@ class Features:
     teacher_row: int = -1
 
 
+@dataclass(frozen=True)
+class FeatureSets:
+    """One example evaluated through several inputs (demonstration sets) whose outputs are
+    averaged: ``sets`` are the inputs, each carrying ``label``."""
+
+    sets: tuple[Features, ...]
+    label: int | float
+
+    @property
+    def input_ids(self) -> list[int]:
+        """The longest set's ids: what a batch of these is padded to (length sorting)."""
+        return max((f.input_ids for f in self.sets), key=len)
+
+
 @dataclass
 class Batch:
-    input_ids: torch.Tensor  # (B, T) right-padded
+    input_ids: torch.Tensor  # (B, T) right-padded; (B * S, T) for S sets per example
     attention_mask: torch.Tensor  # (B, T)
     mask_positions: torch.Tensor  # (B,)
     labels: torch.Tensor  # (B,) long for classes, float for scores
     teacher_rows: torch.Tensor | None = None  # (B,) rows of the soft labels, -1: none
+    num_sets: int = 0  # S when rows are S consecutive sets per example (FeatureSets), else 0
 
     def to(self, device: torch.device) -> Batch:
         tensors = (self.input_ids, self.attention_mask, self.mask_positions, self.labels)
         rows = None if self.teacher_rows is None else self.teacher_rows.to(device)
-        return Batch(*(t.to(device) for t in tensors), rows)
+        return Batch(*(t.to(device) for t in tensors), rows, self.num_sets)
 
 
-def collate(features: Sequence[Features], pad_id: int, regression: bool) -> Batch:
-    """Pad a list of features to the longest one (dynamic padding keeps batches small)."""
+def collate(
+    features: Sequence[Features] | Sequence[FeatureSets], pad_id: int, regression: bool
+) -> Batch:
+    """Pad a list of features to the longest one (dynamic padding keeps batches small);
+    FeatureSets of S sets each become S consecutive rows per example."""
+    num_sets = 0
+    if features and isinstance(features[0], FeatureSets):
+        num_sets = len(features[0].sets)
+        if any(len(f.sets) != num_sets for f in features):
+            raise ValueError("every example of a batch needs the same number of sets")
+        features = [f for group in features for f in group.sets]
     width = max(len(f.input_ids) for f in features)
     ids = torch.full((len(features), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(features), width), dtype=torch.long)
@@ -76,7 +101,7 @@ def collate(features: Sequence[Features], pad_id: int, regression: bool) -> Batc
     )
     masks = torch.tensor([f.mask_position for f in features], dtype=torch.long)
     rows = torch.tensor([f.teacher_row for f in features], dtype=torch.long)
-    return Batch(ids, attn, masks, labels, rows)
+    return Batch(ids, attn, masks, labels, rows, num_sets)
 
 
 def interpolation_loss(

@@ -226,13 +226,17 @@ def _train(
     order = torch.Generator().manual_seed(seed)
     pad, regression = learner.tokenizer.pad_token_id, learner.task.is_regression
     best_score, best_state, best_step = -math.inf, None, 0
-    step = 0
+    step = epoch = 0
+    # demonstrations (DemoPromptLearner) are drawn afresh each epoch, as LM-BFF draws them
+    for_epoch = getattr(train, "for_epoch", lambda epoch: train)
     while step < total:
-        perm = torch.randperm(len(train), generator=order).tolist()
+        features = for_epoch(epoch)
+        epoch += 1
+        perm = torch.randperm(len(features), generator=order).tolist()
         for start in range(0, len(perm), batch_size):
             model.train()
             batch = collate(
-                [train[i] for i in perm[start : start + batch_size]], pad, regression
+                [features[i] for i in perm[start : start + batch_size]], pad, regression
             ).to(device)
             loss = learner.loss(learner.forward(batch), batch.labels)
             loss.backward()

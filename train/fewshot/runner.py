@@ -19,6 +19,15 @@ from smash.precompute.kshot.data import load_kshot
 from smash.precompute.kshot.splits import SEEDS
 from smash.precompute.kshot.tasks import Task
 from smash.precompute.shared.adapters import auto_model_class, family_of, max_sequence_length
+from smash.train.fewshot.auto_prompts import AutoPrompt, check_label_words, read_auto_prompt
+from smash.train.fewshot.demonstrations import (
+    DEMO_MODES,
+    DemoOptions,
+    DemoPromptLearner,
+    SentenceEmbedder,
+    demo_max_length,
+    demo_samples,
+)
 from smash.train.fewshot.distill import (
     DISTILL_MODES,
     DistillLearner,
@@ -41,7 +50,7 @@ from tqdm.auto import tqdm
 
 __all__ = ["MODES", "Run", "evaluate_models", "evaluate_runs"]
 
-MODES = ("prompt", "zero-shot", "finetune", *DISTILL_MODES)
+MODES = ("prompt", "zero-shot", "finetune", *DISTILL_MODES, *DEMO_MODES)
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ def evaluate_models(
     device: str = "cpu",
     ledger: Ledger | None = None,
     distill: DistillSettings | None = None,
+    demos: DemoOptions | None = None,
 ) -> list[Entry]:
     """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
     runs = [Run(name, path, k, protocol) for name, path in models]
@@ -83,6 +93,7 @@ def evaluate_models(
         device,
         ledger,
         distill,
+        demos,
     )
     return [entry for entries in per_run for entry in entries]
 
@@ -99,6 +110,7 @@ def evaluate_runs(
     device: str = "cpu",
     ledger: Ledger | None = None,
     distill: DistillSettings | None = None,
+    demos: DemoOptions | None = None,
     on_run_done: Callable[[int, list[Entry]], None] = lambda i, entries: None,
 ) -> list[list[Entry]]:
     """The entries of each run, in run order; ``on_run_done(i, entries)`` is called as soon
@@ -108,7 +120,9 @@ def evaluate_runs(
     Units already in ``ledger`` are taken from it, and a (run, mode, task) whose units are all
     there does not even load its model; every unit trained is recorded as soon as it ends.
     The distill modes read ``distill``'s stores (``distill.py``), checked for every task and
-    seed before the run trains.
+    seed before the run trains. ``demos`` configures the modes with demonstrations
+    (``prompt-demo``, ``lmbff``); ``lmbff`` reads LM-BFF's searched template of every (task, K,
+    seed) from ``demos.prompts`` before any training.
     """
     from transformers import AutoTokenizer
 
@@ -121,7 +135,12 @@ def evaluate_runs(
         for t in tasks
         for s in seeds
     }
-    options = {mode: _mode_options(mode, distill) for mode in modes}
+    demos = demos or DemoOptions()
+    auto = _auto_prompts(demos, tasks, modes, [r.k for r in runs], seeds)
+    embedder = None
+    if demos.filter_model and any(m in DEMO_MODES for m in modes):
+        embedder = SentenceEmbedder(demos.filter_model, device)
+    options = {mode: _mode_options(mode, distill, demos) for mode in modes}
     plan = _Plan(runs, modes, tasks, seeds, ledger, options)
     dev = torch.device(device)
     stores: dict = {}  # the distill modes' stores, read once
@@ -135,16 +154,26 @@ def evaluate_runs(
             # of them trains; a finished one does not even load the tokenizer
             todo = [(m, t) for m in modes for t in tasks if not plan.finished(run, m, t)]
             tokenizer = AutoTokenizer.from_pretrained(run.path) if todo else None
+            if any(m in DEMO_MODES for m, _ in todo):
+                _check_demo_run(run, tokenizer, auto)
             setups = {}
             for mode, task in todo:
                 length = max_length or task.max_length
-                _check_length(run.path, length, task)
+                if mode in DEMO_MODES:
+                    length = demo_max_length(task, length)
+                doubled = length != (max_length or task.max_length)
+                _check_length(run.path, length, task, doubled)
                 template = templates.get(task.name, task.template)
-                make = _factory(mode, run.path, tokenizer, task, length, template,
-                                verbalizers.get(task.name, task.verbalizer))  # fmt: skip
+                args = (run.path, tokenizer, task, length, template,
+                        verbalizers.get(task.name, task.verbalizer))  # fmt: skip
+                make = None if mode in DEMO_MODES else _factory(mode, *args)
                 for seed in seeds:
                     split = splits[(task.name, run.k, seed)]
-                    if mode in DISTILL_MODES:
+                    if mode in DEMO_MODES:
+                        setups[(mode, task.name, seed)] = (_demo_factory(
+                            mode, *args, split.train, seed, demos, embedder,
+                            auto.get((task.name, run.k, seed))), split)  # fmt: skip
+                    elif mode in DISTILL_MODES:
                         split, labels = prepare_distill(distill, mode, task, run.k, seed, split,
                                                         data, tokenizer, template, length,
                                                         stores)  # fmt: skip
@@ -179,7 +208,7 @@ def evaluate_runs(
     return out
 
 
-def _mode_options(mode: str, distill: DistillSettings) -> str:
+def _mode_options(mode: str, distill: DistillSettings, demos: DemoOptions) -> str:
     """What, beside the shared settings, a mode's units depend on, as canonical JSON (part of
     each unit's key, so a resume with other stores or loss weights adds units)."""
     if mode in DISTILL_MODES:
@@ -189,9 +218,24 @@ def _mode_options(mode: str, distill: DistillSettings) -> str:
             fields.pop("augmented_store")
         else:
             fields.pop("store")
-        paths = {k: str(Path(v).resolve()) for k, v in fields.items() if isinstance(v, Path | str)}
-        return json.dumps({**fields, **paths}, sort_keys=True)
+        return _canonical(fields)
+    if mode in DEMO_MODES:
+        fields = dataclasses.asdict(demos)
+        if mode == "prompt-demo":
+            fields.pop("prompts")
+            fields.pop("auto_words")
+        return _canonical(fields)
     return ""
+
+
+def _canonical(fields: dict) -> str:
+    """``fields`` as sorted JSON, folders as absolute paths (a hub name stays a name)."""
+    paths = {
+        k: str(Path(v).resolve())
+        for k, v in fields.items()
+        if isinstance(v, Path | str) and Path(v).exists()
+    }
+    return json.dumps({**fields, **paths}, sort_keys=True, default=str)
 
 
 def _unit(make, key: UnitKey, split, run: Run, dev, cache) -> tuple[PointResult, float]:
@@ -310,12 +354,79 @@ def _factory(
     return make
 
 
-def _check_length(path: str, max_length: int, task: Task) -> None:
+def _check_length(path: str, max_length: int, task: Task, doubled: bool = False) -> None:
     from transformers import AutoConfig
 
     limit = max_sequence_length(AutoConfig.from_pretrained(path))
     if max_length > limit:
+        most = limit // 2 if doubled else limit
+        why = " (doubled with demonstrations, as LM-BFF's --double_demo)" if doubled else ""
         raise ValueError(
-            f"{task.name}: max length {max_length} exceeds the {limit} positions "
-            f"of {path}; pass --max-length {limit} or less"
+            f"{task.name}: max length {max_length}{why} exceeds the {limit} positions "
+            f"of {path}; pass --max-length {most} or less"
         )
+
+
+def _auto_prompts(demos: DemoOptions, tasks, modes, ks, seeds) -> dict[tuple, AutoPrompt]:
+    """LM-BFF's top searched prompt of every (task, K, seed) for mode ``lmbff``."""
+    if "lmbff" not in modes:
+        return {}
+    if not demos.prompts:
+        raise ValueError(
+            "--mode lmbff needs --lmbff-prompts DIR, a checkout of princeton-nlp/LM-BFF "
+            "holding auto_template/ and auto_label_mapping/"
+        )
+    return {
+        (t.name, k, s): read_auto_prompt(demos.prompts, t, k, s, words=demos.auto_words)
+        for k in dict.fromkeys(ks)
+        for t in tasks
+        for s in seeds
+    }
+
+
+def _check_demo_run(run: Run, tokenizer, auto: dict[tuple, AutoPrompt]) -> None:
+    """Before training: demonstrations need a masked LM; searched label words must be one
+    token each for this model's tokenizer (FILE:LINE: ...)."""
+    from transformers import AutoConfig
+
+    if family_of(AutoConfig.from_pretrained(run.path)) == "t5":
+        raise ValueError(
+            f"{run.path}: demonstrations (--mode {' / '.join(DEMO_MODES)}) are not supported "
+            "for T5 (the paper evaluates T5 with prompts only)"
+        )
+    for prompt in auto.values():
+        if prompt.words:
+            check_label_words(tokenizer, prompt.words, prompt.words_source)
+
+
+def _demo_factory(
+    mode: str,
+    path: str,
+    tokenizer,
+    task: Task,
+    max_length: int,
+    template: str,
+    verbalizer: Sequence[str],
+    support,
+    seed: int,
+    demos: DemoOptions,
+    embedder: SentenceEmbedder | None,
+    auto: AutoPrompt | None,
+) -> Callable[[], DemoPromptLearner]:
+    """Learners with demonstrations for one seed: ``prompt-demo`` with the task's (or the
+    user's) template, ``lmbff`` with the seed's searched template (and label words)."""
+    from transformers import AutoModelForMaskedLM
+
+    if mode == "lmbff":
+        template = auto.template
+        verbalizer = auto.words or verbalizer
+
+    def make() -> DemoPromptLearner:
+        model = AutoModelForMaskedLM.from_pretrained(path)
+        return DemoPromptLearner(
+            model, tokenizer, task, template, verbalizer, max_length, support, seed,
+            demo_samples(task, demos.samples), embedder, demos.filter_rate,
+        )  # fmt: skip
+
+    make()  # fail early on a template, label word or split that does not fit
+    return make
