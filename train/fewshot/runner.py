@@ -137,11 +137,12 @@ def evaluate_runs(
     }
     demos = demos or DemoOptions()
     auto = _auto_prompts(demos, tasks, modes, [r.k for r in runs], seeds)
-    embedder = None
-    if demos.filter_model and any(m in DEMO_MODES for m in modes):
-        embedder = SentenceEmbedder(demos.filter_model, device)
     options = {mode: _mode_options(mode, distill, demos) for mode in modes}
     plan = _Plan(runs, modes, tasks, seeds, ledger, options)
+    embedder = None
+    filtered = [(r, m, t) for r in runs for m in modes if m in DEMO_MODES for t in tasks]
+    if demos.filter_model and not all(plan.finished(*group) for group in filtered):
+        embedder = SentenceEmbedder(demos.filter_model, device)
     dev = torch.device(device)
     stores: dict = {}  # the distill modes' stores, read once
     out = []
