@@ -161,7 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     kshot.add_argument("--kshot-data", type=Path, help="k-shot root holding TASK/K-SEED folders")
     kshot.add_argument("--kshot-tasks", nargs="+", help="downstream tasks (SST-2 MNLI ...)")
     kshot.add_argument("--kshot-seeds", nargs="+", type=int, default=[13, 21, 42, 87, 100])
-    kshot.add_argument("--kshot-k", type=int, default=16, help="examples per label (16)")
+    kshot.add_argument(
+        "--kshot-k",
+        type=int,
+        nargs="+",
+        default=[16],
+        help="examples per label (16); several K (16 32 64 128 256) for a learning curve",
+    )
     kshot.add_argument(
         "--kshot-splits",
         nargs="+",

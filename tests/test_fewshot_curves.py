@@ -12,6 +12,7 @@ from fewshot_support import cli_error
 from smash.precompute.kshot.splits import make_kshot
 from smash.precompute.kshot.tasks import get_task
 from smash.train.export import export_student
+from smash.train.fewshot import runner
 from smash.train.fewshot.cli import main
 from smash.train.fewshot.curves import export_step, series_name, step_points
 from smash.train.fewshot.metrics import aggregate
@@ -210,10 +211,10 @@ def test_curve_over_paper_k_uses_paper_steps(tiny, tmp_path):
     _assert_png(tmp_path / "out" / "curve.png")
 
 
-def test_resume_evaluates_only_new_exports(tiny, kshot, run_dir, tmp_path, capsys):
-    """--resume keeps the finished points (their weights are not even read again) and adds
-    an export written since; points.jsonl made with other settings is refused, and so is a
-    rerun into the same folder without --resume."""
+def test_resume_evaluates_only_new_exports(tiny, kshot, run_dir, tmp_path, capsys, monkeypatch):
+    """--resume keeps the finished points (no model is loaded for them) and adds an export
+    written since; points.jsonl made with other settings is refused, and so is a rerun into
+    the same folder without --resume."""
     exports = tmp_path / "ce" / "exports"
     for step in STEPS[:2]:
         shutil.copytree(
@@ -222,10 +223,13 @@ def test_resume_evaluates_only_new_exports(tiny, kshot, run_dir, tmp_path, capsy
     argv = ["--curve", "steps", "--model", str(exports / "*"), "--data", str(kshot), "--k", "8",
             "--max-steps", "4", *TINY]  # fmt: skip
     first = _curve(argv, tmp_path / "out")
-    for step in STEPS[:2]:
-        (exports / f"student_step{step}" / "model.safetensors").unlink()
     shutil.copytree(run_dir / "exports" / "student_step10000", exports / "student_step10000")
+    loaded = []
+    factory = runner._factory
+    monkeypatch.setattr(runner, "_factory", lambda mode, path, *a: loaded.append(path) or
+                        factory(mode, path, *a))  # fmt: skip
     second = _curve([*argv, "--resume"], tmp_path / "out")
+    assert loaded == [str(exports / "student_step10000")]
     assert [p["x"] for p in second["points"]] == list(STEPS)
     assert second["points"][:2] == first["points"]
     assert second["lines"][0]["mean"][:2] == first["lines"][0]["mean"]

@@ -442,12 +442,20 @@ def test_cli_lmbff_with_searched_label_words(tiny, tiny_tokenizer, kshot, tmp_pa
     assert main(argv) == 0
     used = json.loads((out / "results.json").read_text())["config"]["lmbff_prompts_read"]
     assert used["SST-2 16-13"]["words"] == ["great", "terrible"]
-    # the learners of mode lmbff read the seed's searched template and words
+    # the learners of mode lmbff read the seed's searched template and words: the units of
+    # each seed are keyed by them
+    units = [json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()[1:]]
+    for unit in units:
+        seed = unit["unit"]["seed"]
+        inputs = json.loads(unit["unit"]["inputs"])
+        assert inputs["template"] == read_auto_prompt(prompts, get_task("SST-2"), 16, seed).template
+        assert inputs["words"] == ["great", "terrible"]
+    assert {u["unit"]["seed"] for u in units} == {13, 21}
     task = get_task("SST-2")
     auto = read_auto_prompt(prompts, task, 16, 21)
-    make = _demo_factory("lmbff", str(tiny["student"]), tiny_tokenizer, task, 64, task.template,
-                         task.verbalizer, load_kshot(kshot, task, 16, 21).train, 21,
-                         DemoOptions(auto_words=True), None, auto)  # fmt: skip
+    make = _demo_factory(str(tiny["student"]), tiny_tokenizer, task, 64, auto.template,
+                         auto.words, load_kshot(kshot, task, 16, 21).train, 21,
+                         DemoOptions(auto_words=True), None)  # fmt: skip
     learner = make()
     great, terrible = (tiny_tokenizer.encode(" " + w, add_special_tokens=False)[0]
                        for w in ("great", "terrible"))  # fmt: skip

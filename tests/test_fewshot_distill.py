@@ -339,3 +339,21 @@ def test_kshot_pass_reruns_and_refuses_another_configuration(tiny, kshot, tmp_pa
     assert kshot_pass(tiny, kshot, out, *args[:2], "--kshot-seeds", "13", "21", "--overwrite") == 0
     files = load_manifest(out / "SST-2").producer["task_options"]["files"]
     assert sorted(files) == ["SST-2/8-13/train.tsv", "SST-2/8-21/train.tsv"]
+
+
+def test_one_store_serves_several_k(tiny, tiny_tokenizer, tmp_path):
+    """--kshot-k 4 8: one store holds both K's soft labels (a learning curve over K)."""
+    task = get_task("SST-2")
+    data = tmp_path / "data"
+    make_kshot(ORIGINAL, data, [task], seeds=[13], k=[4, 8])
+    out = tmp_path / "store"
+    assert kshot_pass(tiny, data, out, "--kshot-tasks", "SST-2", "--kshot-seeds", "13",
+                      "--kshot-k", "4", "8") == 0  # fmt: skip
+    files = load_manifest(out / task.dirname).producer["task_options"]["files"]
+    assert sorted(files) == ["SST-2/4-13/train.tsv", "SST-2/8-13/train.tsv"]
+    settings, stores = DistillSettings(store=out), {}
+    for k in (4, 8):
+        split = load_kshot(data, task, k, 13)
+        _, labels = prepare_distill(settings, "distill", task, k, 13, split, data, tiny_tokenizer,
+                                    task.template, 64, stores)  # fmt: skip
+        assert labels.ids.shape[0] == len(split.train) == 2 * k

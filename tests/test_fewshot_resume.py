@@ -2,6 +2,7 @@
 a killed evaluation continues without repeating one, and a finished one re-renders at once."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,8 +92,28 @@ def test_resume_adds_new_seeds_and_refuses_other_settings(tiny, kshot, tmp_path,
     assert len(calls) == 6  # seed 21 only: 2 tasks x (2 grid points + zero-shot)
     err = cli_error(capsys, argv)
     assert f"{out / 'points.jsonl'} holds 12 finished units of an earlier evaluation" in err
-    err = cli_error(capsys, [*argv, "--resume", "--max-length", "32"])
-    assert "was made with other settings (max_length differ)" in err
+    err = cli_error(capsys, [*argv, "--resume", "--eval-batch-size", "8"])
+    assert "was made with other settings (eval_batch_size differ)" in err
+
+
+def test_resume_trains_again_what_reads_changed_inputs(tiny, kshot, tmp_path, monkeypatch):
+    """A unit is keyed by what it reads, by content: a longer max length, or a split file
+    edited in place, makes new units; the others are reused."""
+    out = tmp_path / "out"
+    data = tmp_path / "data"
+    shutil.copytree(kshot, data)
+    argv = _argv(tiny, data, out)
+    assert main(argv) == 0
+    calls = _count_units(monkeypatch)
+    assert main([*argv, "--resume", "--max-length", "48"]) == 0
+    assert len(calls) == 12  # every unit reads the prompt at the new length
+    calls.clear()
+    test = data / "SST-2" / "8-13" / "test.tsv"
+    test.write_text(test.read_text() + "A new row was great.\t1\n")
+    assert main([*argv, "--resume"]) == 0
+    assert len(calls) == 3  # SST-2 seed 13: 2 grid points and zero-shot
+    tests = {(e["task"], s["seed"]): s["tests"] for e in _entries(out) for s in e["seeds"]}
+    assert set(tests) == {(t, s) for t in ("SST-2", "MRPC") for s in (13, 21)}
 
 
 def _key(seed: int = 13, lr: float | None = 1e-3) -> UnitKey:
@@ -110,6 +131,10 @@ def test_ledger_round_trip_and_a_line_cut_by_a_kill(tmp_path):
     ledger.record(_key(21), _result(float("nan")), seconds=1.0)
     with path.open("a") as f:
         f.write('{"unit": {"model": "m", "pa')  # the kill came mid-line
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="pass --resume"):
+        Ledger(path, SETTINGS, resume=False)
+    assert path.read_bytes() == before  # a refused open changes nothing
     again = Ledger(path, SETTINGS, resume=True)
     assert len(again) == 2 and again.get(_key(13)) == _result(0.75)
     assert again.get(_key(21)).tests["SST-2"] != again.get(_key(21)).tests["SST-2"]  # NaN
@@ -130,3 +155,10 @@ def test_ledger_errors(tmp_path):
     path.write_text("\n".join([lines[0], '{"unit": {}}', lines[1]]) + "\n")
     with pytest.raises(ValueError, match=f"{path}:2: not a line this program writes"):
         Ledger(path, SETTINGS, resume=True)
+
+
+def test_two_models_of_one_name_are_refused(tiny, kshot, tmp_path, capsys):
+    argv = _argv(tiny, kshot, tmp_path / "out")
+    argv[2:2] = [str(tiny["student"])]  # the same folder twice: both named "student"
+    err = cli_error(capsys, argv)
+    assert "two models are named 'student' (one row each): give each a name with --name" in err

@@ -11,6 +11,7 @@ from fewshot_support import cli_error
 from smash.precompute.kshot.data import Example, load_kshot
 from smash.precompute.kshot.splits import make_kshot
 from smash.precompute.kshot.tasks import get_task
+from smash.train.fewshot import protocol as protocol_module
 from smash.train.fewshot.cli import main
 from smash.train.fewshot.learners import (
     FinetuneLearner,
@@ -20,7 +21,13 @@ from smash.train.fewshot.learners import (
     interpolation_predict,
 )
 from smash.train.fewshot.metrics import aggregate, select_best
-from smash.train.fewshot.protocol import Protocol, SeedResult, run_seed, zero_shot
+from smash.train.fewshot.protocol import (
+    Protocol,
+    SeedResult,
+    choose,
+    run_point,
+    zero_shot,
+)
 from smash.train.fewshot.report import Entry, delta_rows, table_rows
 
 ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
@@ -110,10 +117,17 @@ def test_grid_keeps_best_dev_checkpoint(tiny, tiny_tokenizer, kshot):
         return learners[-1]
 
     protocol = Protocol(learning_rates=(1e-6, 3e-3), batch_sizes=(4,), max_steps=40, eval_every=10)
-    res = run_seed(make, data, 13, protocol, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    points = [run_point(make, data, 13, lr, bs, protocol, cpu) for lr, bs in protocol.grid]
+    res = choose(13, points)
     assert len(res.grid_dev) == 2
     assert res.dev == max(res.grid_dev) and res.lr == protocol.grid[select_best(res.grid_dev)][0]
     assert res.step in (10, 20, 30, 40)
+    winner = learners[select_best(res.grid_dev)]  # holds its best dev checkpoint's weights
+    again = protocol_module.test_metrics(
+        winner, "SST-2", winner.encode(data.tests["SST-2"]), 32, cpu
+    )
+    assert again == res.tests
     z = zero_shot(make(), data, 13, 32, torch.device("cpu"))
     assert set(z.tests) == {"SST-2"} and z.lr is None
 

@@ -90,8 +90,8 @@ def test_same_seed_same_files(kshot, augmented, translator, tiny_t5, tmp_path):
 
 
 def test_errors(kshot, augmented, translator, tiny_t5, tmp_path, capsys):
-    with pytest.raises(ValueError, match="exists; pass --overwrite"):
-        make_augment(kshot, augmented, [get_task("SST-2")], [13], 4, translator, copies=2)
+    with pytest.raises(ValueError, match="exists, made from another file or with other settings"):
+        make_augment(kshot, augmented, [get_task("SST-2")], [13], 4, translator, copies=1)
     with pytest.raises(DataError, match="no 4-shot split of SST-2 for seed 21"):
         make_augment(kshot, tmp_path / "x", [get_task("SST-2")], [21], 4, translator, copies=2)
     with pytest.raises(DataError, match=f"{kshot / 'SST-2' / '4-13'}: not an augmented split"):
@@ -117,7 +117,12 @@ def test_make_augment_command(kshot, tiny_t5, tmp_path, capsys):
     assert record["forward"] == str(tiny_t5["teacher"]) and record["copies"] == 1
     assert record["generation"]["do_sample"] and record["generation"]["max_new_tokens"] == 6
     written = files(out)
-    assert main(argv) == 2 and "exists; pass --overwrite" in capsys.readouterr().err
+    (out / "SST-2" / ".4-13.tmp999").mkdir()  # as a killed run leaves it
+    assert main(argv) == 0 and files(out) == written  # a rerun keeps what was made alike
+    assert sorted(p.name for p in (out / "SST-2").iterdir()) == ["4-13"]  # and cleans up
+    capsys.readouterr()
+    assert main([*argv, "--copies", "2"]) == 2
+    assert "exists, made from another file or with other settings" in capsys.readouterr().err
     assert main([*argv, "--overwrite"]) == 0  # replaced, the same files, no temporary left
     assert files(out) == written and sorted(p.name for p in (out / "SST-2").iterdir()) == ["4-13"]
 

@@ -178,7 +178,7 @@ def _augment_split(task: Task, src: Path, dst: Path, translator: BackTranslator,
         "format": FORMAT,
         "version": 1,
         "source": str(train),
-        "source_sha256": "sha256:" + hashlib.sha256(train.read_bytes()).hexdigest(),
+        "source_sha256": _sha256(train),
         "originals": len(rows),
         "copies": copies,
         **translator.config(),
@@ -211,13 +211,35 @@ def make_augment(
                 raise DataError(f"{src}: no {k}-shot split of {task.name} for seed {seed}")
             if src.resolve() == dst.resolve():
                 raise ValueError(f"--out {out} is --data: write the augmented splits elsewhere")
-            if dst.exists() and any(dst.iterdir()) and not overwrite:
-                raise ValueError(f"{dst} exists; pass --overwrite to replace it")
             list(read_rows(task, src / f"train.{task.fmt}"))  # every input checked first
+            for stale in dst.parent.glob(f".{dst.name}.tmp*"):  # left by a killed run
+                shutil.rmtree(stale, ignore_errors=True)
+            if not overwrite and _made_alike(dst, src / f"train.{task.fmt}", copies, translator):
+                continue  # a rerun (after a kill) keeps the splits already made alike
+            if dst.exists() and any(dst.iterdir()) and not overwrite:
+                raise ValueError(
+                    f"{dst} exists, made from another file or with other settings; pass "
+                    "--overwrite to replace it"
+                )
             todo.append((task, src, dst))
     for task, src, dst in todo:
         _augment_split(task, src, dst, translator, copies)
-    return [dst for _, _, dst in todo]
+    return [kshot_dir(out, t, k, s) for t in tasks for s in seeds]
+
+
+def _made_alike(dst: Path, train: Path, copies: int, translator: BackTranslator) -> bool:
+    """Whether ``dst`` is a finished augmentation of ``train`` with these settings."""
+    try:
+        record = json.loads((dst / AUGMENT_SIDECAR).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    made = {k: record.get(k) for k in ("source_sha256", "copies", *translator.config())}
+    asked = {"source_sha256": _sha256(train), "copies": copies, **translator.config()}
+    return json.loads(json.dumps(made)) == json.loads(json.dumps(asked))
+
+
+def _sha256(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,8 +57,8 @@ def split_file(task: Task, k: int, seed: int, split: str) -> str:
 class KShotTeacherTask:
     """One downstream task's k-shot splits as a teacher-pass task (``precompute/tasks.py``).
 
-    Examples come from the files, not from a corpus: every row of each (seed, split) file in
-    file order, seeds in the given order. The template and max length are the few-shot
+    Examples come from the files, not from a corpus: every row of each (K, seed, split) file
+    in file order, K and seeds in the given order (one store serves a learning curve over K). The template and max length are the few-shot
     learner's (the student's prompt must be the same ids, which the trainer checks), and so is
     LM-BFF's first-sentence limit (``sentence_limits``).
     """
@@ -69,7 +69,7 @@ class KShotTeacherTask:
         self,
         task: Task,
         root: str | Path,
-        k: int,
+        ks: Sequence[int],
         seeds: Sequence[int],
         splits: Sequence[str] = ("train",),
         template: str | None = None,
@@ -77,7 +77,7 @@ class KShotTeacherTask:
     ):
         if not seeds:
             raise ValueError("--kshot-seeds: give at least one seed")
-        self.task, self.k = task, k
+        self.task, self.ks = task, list(dict.fromkeys(ks))
         self.seeds, self.splits = list(seeds), list(dict.fromkeys(splits))
         self.template = template or task.template
         parse_template(self.template)  # a bad template fails before anything is read
@@ -87,7 +87,7 @@ class KShotTeacherTask:
         root = Path(root)
         self.files: dict[str, dict[str, Any]] = {}
         self._examples: list[TaskExample] = []
-        for seed in self.seeds:
+        for k, seed in ((k, seed) for k in self.ks for seed in self.seeds):
             if not kshot_dir(root, task, k, seed).is_dir():
                 raise DataError(
                     f"{kshot_dir(root, task, k, seed)}: no {k}-shot split of {task.name} for "
@@ -121,7 +121,7 @@ class KShotTeacherTask:
     def config(self) -> dict[str, Any]:
         return {
             "kshot_task": self.task.name,
-            "k": self.k,
+            "k": self.ks,
             "seeds": self.seeds,
             "splits": self.splits,
             "sentence_limits": [list(pair) for pair in self.sentence_limits],

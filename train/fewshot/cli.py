@@ -45,7 +45,7 @@ from smash.train.fewshot.protocol import Protocol, paper_max_steps
 from smash.train.fewshot.report import write_report
 from smash.train.fewshot.runner import MODES, Run, evaluate_models, evaluate_runs
 
-__all__ = ["evaluate_models", "main"]
+__all__ = ["main"]
 
 
 def _overrides(items: Sequence[str], flag: str) -> dict[str, str]:
@@ -333,6 +333,11 @@ def _table(args, tasks, steps, options, config) -> list[Path]:
     for model in models:
         require_folder_or_hub_name("--model", model)
     names = args.name or [Path(m).name for m in models]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(
+            f"two models are named {repeated[0]!r} (one row each): give each a name with --name"
+        )
     paper = None if args.compare_paper is None else parse_compare(args.compare_paper, names)
     k = args.k[0]
     entries = evaluate_models(
@@ -400,14 +405,14 @@ def _check_demo_paths(args: argparse.Namespace) -> None:
         )
 
 
-# What every unit of OUT/points.jsonl shares; models, K, step budgets, modes, tasks, seeds and
-# grid values are part of each unit's key instead, so a --resume may add to them.
-_SETTINGS = ("eval_every", "eval_batch_size", "max_grad_norm", "max_length", "template",
-             "verbalizer")  # fmt: skip
+# What every unit of OUT/points.jsonl shares: how units are trained and evaluated. What a unit
+# reads (model, split, prompt, stores...) is part of its key instead, by content, so a --resume
+# may add models, modes, tasks, seeds and grid values, and a changed input makes new units.
+_SETTINGS = ("eval_every", "eval_batch_size", "max_grad_norm", "device")
 
 
 def _ledger(args: argparse.Namespace, config: dict) -> Ledger:
-    settings = {"data": str(Path(args.data).resolve()), **{k: config[k] for k in _SETTINGS}}
+    settings = {k: config[k] for k in _SETTINGS}
     return Ledger(Path(args.out) / LEDGER_NAME, settings, args.resume)
 
 

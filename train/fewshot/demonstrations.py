@@ -315,6 +315,13 @@ class DemoPromptLearner:
                 )
         self.support_emb = None
         if embedder is not None:
+            limit = int((len(self.support) - 1) // self.num_bins * filter_rate)
+            if limit < 1:
+                raise ValueError(
+                    f"{task.name} seed {seed}: a filter rate of {filter_rate} keeps "
+                    f"int({len(self.support) - 1} // {self.num_bins} x {filter_rate}) = {limit} "
+                    "demonstration candidates per label: raise --demo-filter-rate or K"
+                )
             self.support_emb = embedder.embed([embedding_text(ex) for ex in self.support])
 
     def _candidates(self, query_emb: np.ndarray | None, exclude: int | None) -> list[int]:

@@ -177,7 +177,8 @@ class KShotStore:
             covered = ", ".join(sorted(self.files)) or "none"
             raise ValueError(
                 f"{self.path}: no soft labels for {file} (the store covers {covered}); run "
-                f"precompute-teacher --task kshot with --kshot-k {k} --kshot-seeds {seed}"
+                f"precompute-teacher --task kshot with every K and seed evaluated (--kshot-k, "
+                f"--kshot-seeds) into a new --out"
             )
         recorded = self.files[rel]
         if file_sha256(file) != recorded["sha256"]:

@@ -39,7 +39,7 @@ class UnitKey:
     seed: int
     lr: float | None = None
     batch_size: int | None = None
-    options: str = ""  # a mode's own settings (its stores, its loss weight...) as JSON
+    inputs: str = ""  # what the result depends on by content, as JSON (runner._UnitInputs)
 
     def as_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -79,10 +79,7 @@ class Ledger:
         """Take the units of an existing file; False when it holds none (it is rewritten)."""
         raw = self.path.read_bytes()
         lines = raw.split(b"\n")
-        if lines[-1]:  # the last unit's line was cut short by a kill: drop it
-            with self.path.open("r+b") as f:
-                f.truncate(len(raw) - len(lines[-1]))
-        lines = lines[:-1]
+        cut = lines.pop()  # b"" unless the last unit's line was cut short by a kill
         if len(lines) < 2:
             return False
         if not resume:
@@ -103,6 +100,9 @@ class Ledger:
                     f"{self.path}:{number}: not a line this program writes ({err!r}); "
                     "pass another --out"
                 ) from None
+        if cut:  # dropped only now that the file is taken up again
+            with self.path.open("r+b") as f:
+                f.truncate(len(raw) - len(cut))
         return True
 
     def _check_settings(self, found: dict) -> None:

@@ -51,7 +51,8 @@ _TABLE2 = {
     ("roberta-large", "prompt"): ("RoBERTa-large PT†",
         "68.3 (2.3) 74.5 (5.3) 65.5 (5.3) 77.2 (3.7) 64.5 (4.2) 69.1 (3.6)",
         "70.5 (1.9) 71.0 (7.0) 92.7 (0.9) 47.4 (2.5) 87.0 (1.2) 90.3 (1.0)"),
-    # Table 4 (T5, prompt-based fine-tuning): MNLI (matched), QQP, MRPC
+    # Table 4 (T5, prompt-based fine-tuning) prints MNLI, QQP, MRPC; here in Table 2's order
+    # (MNLI-m, MRPC, QQP)
     ("t5-small", "prompt"): ("T5-small (Table 4)",
         "42.5 (2.0) 65.2 (5.8) 54.0 (3.5) - - -", "- - - - - -"),
     ("smash-t5", "prompt"): ("SMASH T5-small (Table 4)",

@@ -31,7 +31,6 @@ __all__ = [
     "paper_max_steps",
     "predict",
     "run_point",
-    "run_seed",
     "test_metrics",
     "zero_shot",
 ]
@@ -190,21 +189,6 @@ def choose(seed: int, points: Sequence[PointResult]) -> SeedResult:
         step=best.step,
         grid_dev=[p.dev for p in points],
     )
-
-
-def run_seed(
-    make_learner: Callable[[], object],
-    data: KShotData,
-    seed: int,
-    protocol: Protocol,
-    device: torch.device,
-) -> SeedResult:
-    """Grid-search one k-shot split: every grid point trained and tested, the best dev one
-    reported."""
-    points = [
-        run_point(make_learner, data, seed, lr, bs, protocol, device) for lr, bs in protocol.grid
-    ]
-    return choose(seed, points)
 
 
 def _train(

@@ -7,7 +7,7 @@ some K). Every split of every run is read and checked before any training starts
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from smash.precompute.kshot.data import load_kshot
+from smash.precompute.kshot.data import kshot_dir, load_kshot
 from smash.precompute.kshot.splits import SEEDS
 from smash.precompute.kshot.tasks import Task
+from smash.precompute.provenance import local_model_fingerprint
 from smash.precompute.shared.adapters import auto_model_class, family_of, max_sequence_length
 from smash.train.fewshot.auto_prompts import AutoPrompt, check_label_words, read_auto_prompt
 from smash.train.fewshot.demonstrations import (
@@ -137,53 +138,56 @@ def evaluate_runs(
     }
     demos = demos or DemoOptions()
     auto = _auto_prompts(demos, tasks, modes, [r.k for r in runs], seeds)
-    options = {mode: _mode_options(mode, distill, demos) for mode in modes}
-    plan = _Plan(runs, modes, tasks, seeds, ledger, options)
+
+    def prompt(mode: str, task: Task, k: int, seed: int) -> tuple[str, Sequence[str], int]:
+        """The template, label words and max length a mode's learner of (task, K, seed) uses."""
+        template = templates.get(task.name, task.template)
+        words = verbalizers.get(task.name, task.verbalizer)
+        length = max_length or task.max_length
+        if mode == "lmbff":
+            searched = auto[(task.name, k, seed)]
+            template, words = searched.template, searched.words or words
+        return template, words, demo_max_length(task, length) if mode in DEMO_MODES else length
+
+    inputs = _UnitInputs(data, distill, demos, prompt)
+    plan = _Plan(runs, modes, tasks, seeds, ledger, inputs)
     embedder = None
     filtered = [(r, m, t) for r in runs for m in modes if m in DEMO_MODES for t in tasks]
     if demos.filter_model and not all(plan.finished(*group) for group in filtered):
         embedder = SentenceEmbedder(demos.filter_model, device)
-    dev = torch.device(device)
+    # every unfinished (run, mode, task) is set up, and so checked, before any unit trains; a
+    # finished one does not even load its tokenizer
     stores: dict = {}  # the distill modes' stores, read once
+    setups = {}
+    for run in runs:
+        todo = [(m, t) for m in modes for t in tasks if not plan.finished(run, m, t)]
+        tokenizer = AutoTokenizer.from_pretrained(run.path) if todo else None
+        if any(m in DEMO_MODES for m, _ in todo):
+            _check_demo_run(run, tokenizer, auto)
+        for mode, task in todo:
+            _, _, length = prompt(mode, task, run.k, seeds[0])
+            _check_length(run.path, length, task, length != (max_length or task.max_length))
+            for seed in seeds:
+                template, words, length = prompt(mode, task, run.k, seed)
+                args = (run.path, tokenizer, task, length, template, words)
+                split = splits[(task.name, run.k, seed)]
+                if mode in DEMO_MODES:
+                    make = _demo_factory(*args, split.train, seed, demos, embedder)
+                elif mode in DISTILL_MODES:
+                    split, labels = prepare_distill(distill, mode, task, run.k, seed, split, data,
+                                                    tokenizer, template, length, stores)  # fmt: skip
+                    make = _distill_factory(_factory(mode, *args), labels, split, distill)
+                else:  # one factory serves every seed
+                    make = setups.get((run.name, mode, task.name, seeds[0]), (None,))[0]
+                    make = make or _factory(mode, *args)
+                setups[(run.name, mode, task.name, seed)] = (make, split)
+    dev = torch.device(device)
     out = []
     # the bar closes on an error too, so that the error message gets a line of its own
     with tqdm(
         total=plan.total, initial=plan.done, desc="few-shot", unit="unit", dynamic_ncols=True
     ) as bar:
         for i, run in enumerate(runs):
-            # every unfinished (mode, task) of the run is set up, and so checked, before any
-            # of them trains; a finished one does not even load the tokenizer
-            todo = [(m, t) for m in modes for t in tasks if not plan.finished(run, m, t)]
-            tokenizer = AutoTokenizer.from_pretrained(run.path) if todo else None
-            if any(m in DEMO_MODES for m, _ in todo):
-                _check_demo_run(run, tokenizer, auto)
-            setups = {}
-            for mode, task in todo:
-                length = max_length or task.max_length
-                if mode in DEMO_MODES:
-                    length = demo_max_length(task, length)
-                doubled = length != (max_length or task.max_length)
-                _check_length(run.path, length, task, doubled)
-                template = templates.get(task.name, task.template)
-                args = (run.path, tokenizer, task, length, template,
-                        verbalizers.get(task.name, task.verbalizer))  # fmt: skip
-                make = None if mode in DEMO_MODES else _factory(mode, *args)
-                for seed in seeds:
-                    split = splits[(task.name, run.k, seed)]
-                    if mode in DEMO_MODES:
-                        setups[(mode, task.name, seed)] = (_demo_factory(
-                            mode, *args, split.train, seed, demos, embedder,
-                            auto.get((task.name, run.k, seed))), split)  # fmt: skip
-                    elif mode in DISTILL_MODES:
-                        split, labels = prepare_distill(distill, mode, task, run.k, seed, split,
-                                                        data, tokenizer, template, length,
-                                                        stores)  # fmt: skip
-                        setups[(mode, task.name, seed)] = (
-                            _distill_factory(make, labels, split, distill),
-                            split,
-                        )
-                    else:
-                        setups[(mode, task.name, seed)] = (make, split)  # fmt: skip
             entries = []
             for mode in modes:
                 for task in tasks:
@@ -195,7 +199,7 @@ def evaluate_runs(
                             found = plan.get(key)
                             if found is None:
                                 bar.set_postfix_str(plan.postfix(key), refresh=False)
-                                make, split = setups[(mode, task.name, seed)]
+                                make, split = setups[(run.name, mode, task.name, seed)]
                                 found, seconds = _unit(make, key, split, run, dev, cache)
                                 plan.record(key, found, seconds)
                                 bar.update(1)
@@ -209,34 +213,58 @@ def evaluate_runs(
     return out
 
 
-def _mode_options(mode: str, distill: DistillSettings, demos: DemoOptions) -> str:
-    """What, beside the shared settings, a mode's units depend on, as canonical JSON (part of
-    each unit's key, so a resume with other stores or loss weights adds units)."""
-    if mode in DISTILL_MODES:
-        fields = dataclasses.asdict(distill)
-        if mode == "distill":
-            fields.pop("augmented_data")
-            fields.pop("augmented_store")
-        else:
-            fields.pop("store")
-        return _canonical(fields)
-    if mode in DEMO_MODES:
-        fields = dataclasses.asdict(demos)
-        if mode == "prompt-demo":
-            fields.pop("prompts")
-            fields.pop("auto_words")
-        return _canonical(fields)
-    return ""
+class _UnitInputs:
+    """What a unit's result depends on beyond the ledger's shared settings, by content: the
+    model's files, the split's files, the prompt (template, label words, max length, sentence
+    limits) and the mode's own inputs (the distill stores and augmented split, the
+    demonstration options). Part of each unit's key, so a resume after any of them changed,
+    even in place, trains new units instead of reusing old ones."""
 
+    def __init__(self, data, distill: DistillSettings, demos: DemoOptions, prompt) -> None:
+        self.data, self.distill, self.demos, self.prompt = data, distill, demos, prompt
+        self._memo: dict = {}
 
-def _canonical(fields: dict) -> str:
-    """``fields`` as sorted JSON, folders as absolute paths (a hub name stays a name)."""
-    paths = {
-        k: str(Path(v).resolve())
-        for k, v in fields.items()
-        if isinstance(v, Path | str) and Path(v).exists()
-    }
-    return json.dumps({**fields, **paths}, sort_keys=True, default=str)
+    def __call__(self, run: Run, mode: str, task: Task, seed: int) -> str:
+        template, words, length = self.prompt(mode, task, run.k, seed)
+        inputs = {
+            "model": self._model(run.path),
+            "split": self._folder(kshot_dir(self.data, task, run.k, seed)),
+            "template": template if mode != "finetune" else None,
+            "words": list(words) if mode != "finetune" else None,
+            "max_length": length,
+            "limits": [task.first_sent_limit, task.other_sent_limit],
+        }
+        if mode in DISTILL_MODES:
+            d = self.distill
+            bt10 = mode == "distill-bt10"
+            store = Path(d.augmented_store if bt10 else d.store)
+            own = store / task.dirname  # KShotStore also takes a task's store given directly
+            inputs["store"] = self._folder(own if (own / "manifest.json").is_file() else store)
+            inputs["loss"] = [d.weight, d.temperature, d.tail]
+            if bt10:
+                inputs["augmented"] = self._folder(kshot_dir(d.augmented_data, task, run.k, seed))
+        if mode in DEMO_MODES:
+            filter_model = self.demos.filter_model
+            inputs["demos"] = [self.demos.samples, self.demos.filter_rate if filter_model else None,
+                               filter_model and self._model(filter_model)]  # fmt: skip
+        return json.dumps(inputs, sort_keys=True)
+
+    def _model(self, path: str) -> str:
+        """A local folder's fingerprint (its config and weights), or the hub name."""
+        if path not in self._memo:
+            self._memo[path] = local_model_fingerprint(path) or path
+        return self._memo[path]
+
+    def _folder(self, folder: Path) -> str | None:
+        """sha256 over the names and bytes of the files directly in ``folder``."""
+        key = ("folder", str(folder))
+        if key not in self._memo:
+            files = sorted(f for f in folder.iterdir() if f.is_file()) if folder.is_dir() else []
+            h = hashlib.sha256()
+            for f in files:
+                h.update(f.name.encode() + b"\0" + f.read_bytes())
+            self._memo[key] = "sha256:" + h.hexdigest() if files else None
+        return self._memo[key]
 
 
 def _unit(make, key: UnitKey, split, run: Run, dev, cache) -> tuple[PointResult, float]:
@@ -261,9 +289,10 @@ class _Plan:
     """Every unit of an evaluation, which of them are finished, and progress counts for the
     bar (units are grid points; a (task, seed) is done when all of its units are)."""
 
-    def __init__(self, runs, modes, tasks, seeds, ledger: Ledger | None, options) -> None:
+    def __init__(self, runs, modes, tasks, seeds, ledger: Ledger | None, inputs) -> None:
         self.runs, self.modes, self.tasks, self.seeds = runs, modes, tasks, seeds
-        self.ledger, self.options = ledger, options
+        self.ledger, self.inputs = ledger, inputs
+        self._keys: dict[tuple, list[UnitKey]] = {}
         self._new: dict[UnitKey, PointResult] = {}
         self.total = self.done = 0
         for key in self._all_keys():
@@ -271,11 +300,20 @@ class _Plan:
             self.done += self.get(key) is not None
 
     def keys(self, run: Run, mode: str, task: Task, seed: int) -> list[UnitKey]:
-        head = (run.name, str(run.path), run.k, run.protocol.max_steps, mode, task.name, seed)
-        options = self.options[mode]
-        if mode == "zero-shot":
-            return [UnitKey(*head, options=options)]
-        return [UnitKey(*head, lr, bs, options) for lr, bs in run.protocol.grid]
+        memo = (run.name, run.path, run.k, run.protocol, mode, task.name, seed)
+        if memo not in self._keys:
+            self._keys[memo] = self._make_keys(run, mode, task, seed)
+        return self._keys[memo]
+
+    def _make_keys(self, run: Run, mode: str, task: Task, seed: int) -> list[UnitKey]:
+        zero_shot = mode == "zero-shot"
+        steps = 0 if zero_shot else run.protocol.max_steps  # zero-shot trains no step
+        path = str(Path(run.path).resolve()) if Path(run.path).is_dir() else str(run.path)
+        head = (run.name, path, run.k, steps, mode, task.name, seed)
+        inputs = self.inputs(run, mode, task, seed)
+        if zero_shot:
+            return [UnitKey(*head, inputs=inputs)]
+        return [UnitKey(*head, lr, bs, inputs) for lr, bs in run.protocol.grid]
 
     def _all_keys(self):
         for run in self.runs:
@@ -401,7 +439,6 @@ def _check_demo_run(run: Run, tokenizer, auto: dict[tuple, AutoPrompt]) -> None:
 
 
 def _demo_factory(
-    mode: str,
     path: str,
     tokenizer,
     task: Task,
@@ -412,15 +449,11 @@ def _demo_factory(
     seed: int,
     demos: DemoOptions,
     embedder: SentenceEmbedder | None,
-    auto: AutoPrompt | None,
 ) -> Callable[[], DemoPromptLearner]:
-    """Learners with demonstrations for one seed: ``prompt-demo`` with the task's (or the
-    user's) template, ``lmbff`` with the seed's searched template (and label words)."""
+    """Learners with demonstrations for one seed, drawn from ``support`` (its training set):
+    ``prompt-demo``'s with the task's (or the user's) template, ``lmbff``'s with the seed's
+    searched template (and label words)."""
     from transformers import AutoModelForMaskedLM
-
-    if mode == "lmbff":
-        template = auto.template
-        verbalizer = auto.words or verbalizer
 
     def make() -> DemoPromptLearner:
         model = AutoModelForMaskedLM.from_pretrained(path)
