@@ -33,7 +33,7 @@ from ..shared.precisions import PRECISIONS
 from ..shared.templates import answer_token_id
 from ..teacher_pass import PassConfig, finalize, run_teacher_pass
 from .data import DataError
-from .tasks import get_task
+from .tasks import get_task, per_task
 from .teacher import KEY_FIELDS, KShotTeacherTask
 
 __all__ = ["main_kshot"]
@@ -60,7 +60,7 @@ def main_kshot(args: argparse.Namespace) -> int:
         from ..cli import _target_width
 
         width = _target_width(args)
-        templates = _templates(args.kshot_template)
+        templates = per_task(args.kshot_template, "--kshot-template")
         tasks = [
             KShotTeacherTask(
                 task,
@@ -110,16 +110,6 @@ def main_kshot(args: argparse.Namespace) -> int:
     except (ConfigMismatch, StoreError, DataError, ValueError, OSError) as err:
         print(f"precompute-teacher: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-
-
-def _templates(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, sep, spec = item.partition("=")
-        if not sep or not spec:
-            raise ValueError(f"--kshot-template {item!r}: expected TASK=SPEC")
-        out[get_task(name).name] = spec
-    return out
 
 
 def _one_store(args, task: KShotTeacherTask, model, tokenizer, family, fingerprint, width, device):

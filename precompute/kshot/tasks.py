@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["TASKS", "Task", "get_task"]
+__all__ = ["TASKS", "Task", "get_task", "per_task"]
 
 
 @dataclass(frozen=True)
@@ -124,3 +124,14 @@ def get_task(name: str) -> Task:
     if task is None:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return task
+
+
+def per_task(items: list[str], flag: str) -> dict[str, str]:
+    """``TASK=VALUE`` flag values (``--template SST-2=...``) as {task name: value}."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not value:
+            raise ValueError(f"{flag} {item!r}: expected TASK=VALUE")
+        out[get_task(name).name] = value
+    return out

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from smash.precompute.kshot.data import DataError
 from smash.precompute.kshot.splits import SEEDS
-from smash.precompute.kshot.tasks import TASKS, get_task
+from smash.precompute.kshot.tasks import TASKS, get_task, per_task
 from smash.precompute.shared.model_paths import require_folder_or_hub_name
 from smash.store import StoreError
 from smash.train.fewshot.auto_prompts import read_auto_prompt
@@ -48,16 +48,6 @@ from smash.train.fewshot.runner import MODES, Run, evaluate_models, evaluate_run
 __all__ = ["main"]
 
 
-def _overrides(items: Sequence[str], flag: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        task, sep, value = item.partition("=")
-        if not sep or not value:
-            raise ValueError(f"{flag} {item!r}: expected TASK=VALUE")
-        out[get_task(task).name] = value
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line; returns the exit status (2, with one line on stderr, on bad input).
 
@@ -76,9 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps = _steps_per_k(args)
         tasks = [get_task(t) for t in args.tasks]
         options = {
-            "templates": _overrides(args.template, "--template"),
+            "templates": per_task(args.template, "--template"),
             "verbalizers": {
-                t: w.split(",") for t, w in _overrides(args.verbalizer, "--verbalizer").items()
+                t: w.split(",") for t, w in per_task(args.verbalizer, "--verbalizer").items()
             },
             "max_length": args.max_length,
             "device": args.device,

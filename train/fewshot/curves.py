@@ -33,7 +33,7 @@ from smash.train.fewshot.report import (
     entry_to_json,
     json_safe,
 )
-from smash.train.fewshot.runner import Run
+from smash.train.fewshot.units import Run
 
 __all__ = [
     "AXES",

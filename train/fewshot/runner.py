@@ -7,18 +7,14 @@ some K). Every split of every run is read and checked before any training starts
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from smash.precompute.kshot.data import kshot_dir, load_kshot
+from smash.precompute.kshot.data import load_kshot
 from smash.precompute.kshot.splits import SEEDS
 from smash.precompute.kshot.tasks import Task
-from smash.precompute.provenance import local_model_fingerprint
 from smash.precompute.shared.adapters import auto_model_class, family_of, max_sequence_length
 from smash.train.fewshot.auto_prompts import AutoPrompt, check_label_words, read_auto_prompt
 from smash.train.fewshot.demonstrations import (
@@ -47,21 +43,12 @@ from smash.train.fewshot.protocol import (
     zero_shot,
 )
 from smash.train.fewshot.report import Entry
+from smash.train.fewshot.units import Plan, Run, UnitInputs
 from tqdm.auto import tqdm
 
 __all__ = ["MODES", "Run", "evaluate_models", "evaluate_runs"]
 
 MODES = ("prompt", "zero-shot", "finetune", *DISTILL_MODES, *DEMO_MODES)
-
-
-@dataclass(frozen=True)
-class Run:
-    """One model folder (shown as ``name``) evaluated on K-shot splits with ``protocol``."""
-
-    name: str
-    path: str
-    k: int
-    protocol: Protocol
 
 
 def evaluate_models(
@@ -149,8 +136,8 @@ def evaluate_runs(
             template, words = searched.template, searched.words or words
         return template, words, demo_max_length(task, length) if mode in DEMO_MODES else length
 
-    inputs = _UnitInputs(data, distill, demos, prompt)
-    plan = _Plan(runs, modes, tasks, seeds, ledger, inputs)
+    inputs = UnitInputs(data, distill, demos, prompt)
+    plan = Plan(runs, modes, tasks, seeds, ledger, inputs)
     embedder = None
     filtered = [(r, m, t) for r in runs for m in modes if m in DEMO_MODES for t in tasks]
     if demos.filter_model and not all(plan.finished(*group) for group in filtered):
@@ -213,60 +200,6 @@ def evaluate_runs(
     return out
 
 
-class _UnitInputs:
-    """What a unit's result depends on beyond the ledger's shared settings, by content: the
-    model's files, the split's files, the prompt (template, label words, max length, sentence
-    limits) and the mode's own inputs (the distill stores and augmented split, the
-    demonstration options). Part of each unit's key, so a resume after any of them changed,
-    even in place, trains new units instead of reusing old ones."""
-
-    def __init__(self, data, distill: DistillSettings, demos: DemoOptions, prompt) -> None:
-        self.data, self.distill, self.demos, self.prompt = data, distill, demos, prompt
-        self._memo: dict = {}
-
-    def __call__(self, run: Run, mode: str, task: Task, seed: int) -> str:
-        template, words, length = self.prompt(mode, task, run.k, seed)
-        inputs = {
-            "model": self._model(run.path),
-            "split": self._folder(kshot_dir(self.data, task, run.k, seed)),
-            "template": template if mode != "finetune" else None,
-            "words": list(words) if mode != "finetune" else None,
-            "max_length": length,
-            "limits": [task.first_sent_limit, task.other_sent_limit],
-        }
-        if mode in DISTILL_MODES:
-            d = self.distill
-            bt10 = mode == "distill-bt10"
-            store = Path(d.augmented_store if bt10 else d.store)
-            own = store / task.dirname  # KShotStore also takes a task's store given directly
-            inputs["store"] = self._folder(own if (own / "manifest.json").is_file() else store)
-            inputs["loss"] = [d.weight, d.temperature, d.tail]
-            if bt10:
-                inputs["augmented"] = self._folder(kshot_dir(d.augmented_data, task, run.k, seed))
-        if mode in DEMO_MODES:
-            filter_model = self.demos.filter_model
-            inputs["demos"] = [self.demos.samples, self.demos.filter_rate if filter_model else None,
-                               filter_model and self._model(filter_model)]  # fmt: skip
-        return json.dumps(inputs, sort_keys=True)
-
-    def _model(self, path: str) -> str:
-        """A local folder's fingerprint (its config and weights), or the hub name."""
-        if path not in self._memo:
-            self._memo[path] = local_model_fingerprint(path) or path
-        return self._memo[path]
-
-    def _folder(self, folder: Path) -> str | None:
-        """sha256 over the names and bytes of the files directly in ``folder``."""
-        key = ("folder", str(folder))
-        if key not in self._memo:
-            files = sorted(f for f in folder.iterdir() if f.is_file()) if folder.is_dir() else []
-            h = hashlib.sha256()
-            for f in files:
-                h.update(f.name.encode() + b"\0" + f.read_bytes())
-            self._memo[key] = "sha256:" + h.hexdigest() if files else None
-        return self._memo[key]
-
-
 def _unit(make, key: UnitKey, split, run: Run, dev, cache) -> tuple[PointResult, float]:
     """Train (or zero-shot) one unit; returns its result and the seconds it took."""
     start = time.perf_counter()
@@ -283,75 +216,6 @@ def _seed_result(mode: str, seed: int, points: list[PointResult]) -> SeedResult:
     if mode == "zero-shot":
         return SeedResult(seed=seed, dev=points[0].dev, tests=dict(points[0].tests))
     return choose(seed, points)
-
-
-class _Plan:
-    """Every unit of an evaluation, which of them are finished, and progress counts for the
-    bar (units are grid points; a (task, seed) is done when all of its units are)."""
-
-    def __init__(self, runs, modes, tasks, seeds, ledger: Ledger | None, inputs) -> None:
-        self.runs, self.modes, self.tasks, self.seeds = runs, modes, tasks, seeds
-        self.ledger, self.inputs = ledger, inputs
-        self._keys: dict[tuple, list[UnitKey]] = {}
-        self._new: dict[UnitKey, PointResult] = {}
-        self.total = self.done = 0
-        for key in self._all_keys():
-            self.total += 1
-            self.done += self.get(key) is not None
-
-    def keys(self, run: Run, mode: str, task: Task, seed: int) -> list[UnitKey]:
-        memo = (run.name, run.path, run.k, run.protocol, mode, task.name, seed)
-        if memo not in self._keys:
-            self._keys[memo] = self._make_keys(run, mode, task, seed)
-        return self._keys[memo]
-
-    def _make_keys(self, run: Run, mode: str, task: Task, seed: int) -> list[UnitKey]:
-        zero_shot = mode == "zero-shot"
-        steps = 0 if zero_shot else run.protocol.max_steps  # zero-shot trains no step
-        path = str(Path(run.path).resolve()) if Path(run.path).is_dir() else str(run.path)
-        head = (run.name, path, run.k, steps, mode, task.name, seed)
-        inputs = self.inputs(run, mode, task, seed)
-        if zero_shot:
-            return [UnitKey(*head, inputs=inputs)]
-        return [UnitKey(*head, lr, bs, inputs) for lr, bs in run.protocol.grid]
-
-    def _all_keys(self):
-        for run in self.runs:
-            for mode in self.modes:
-                for task in self.tasks:
-                    for seed in self.seeds:
-                        yield from self.keys(run, mode, task, seed)
-
-    def get(self, key: UnitKey) -> PointResult | None:
-        if key in self._new:
-            return self._new[key]
-        return self.ledger.get(key) if self.ledger is not None else None
-
-    def record(self, key: UnitKey, result: PointResult, seconds: float) -> None:
-        self._new[key] = result
-        if self.ledger is not None:
-            self.ledger.record(key, result, seconds)
-
-    def finished(self, run: Run, mode: str, task: Task) -> bool:
-        return all(
-            self.get(key) is not None for s in self.seeds for key in self.keys(run, mode, task, s)
-        )
-
-    def postfix(self, key: UnitKey) -> str:
-        """Where the evaluation is: the unit now trained, and the (model, mode, task)
-        groups and seeds already finished."""
-        groups = [(r, m, t) for r in self.runs for m in self.modes for t in self.tasks]
-        tasks_done = sum(self.finished(*g) for g in groups)
-        seeds_done = sum(
-            all(self.get(k) is not None for k in self.keys(*g, s))
-            for g in groups
-            for s in self.seeds
-        )
-        grid = "" if key.lr is None else f" lr {key.lr:g} bs {key.batch_size}"
-        return (
-            f"{key.model} {key.mode} {key.task} seed {key.seed}{grid} | done: tasks "
-            f"{tasks_done}/{len(groups)}, seeds {seeds_done}/{len(groups) * len(self.seeds)}"
-        )
 
 
 def _distill_factory(make, labels, split, settings) -> Callable[[], DistillLearner]:
