@@ -160,20 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     kshot = p.add_argument_group("--task kshot: one store per task, OUT/<task folder>/")
     kshot.add_argument("--kshot-data", type=Path, help="k-shot root holding TASK/K-SEED folders")
     kshot.add_argument("--kshot-tasks", nargs="+", help="downstream tasks (SST-2 MNLI ...)")
-    kshot.add_argument("--kshot-seeds", nargs="+", type=int, default=[13, 21, 42, 87, 100])
+    kshot.add_argument(
+        "--kshot-seeds", nargs="+", type=int, help="the splits' seeds (13 21 42 87 100)"
+    )
     kshot.add_argument(
         "--kshot-k",
         type=int,
         nargs="+",
-        default=[16],
         help="examples per label (16); several K (16 32 64 128 256) for a learning curve",
     )
     kshot.add_argument(
         "--kshot-splits",
         nargs="+",
         choices=("train", "dev"),
-        default=["train"],
-        help="which files get soft labels (train: what distill trains on)",
+        help="which files get soft labels (train, what distill trains on)",
     )
     kshot.add_argument(
         "--kshot-template",
@@ -259,10 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         _import_plugins(args.plugin)
         if args.corpus is None:
             raise ValueError(f"--task {args.task} reads a --corpus")
-        if args.kshot_data is not None or args.kshot_tasks or args.kshot_template:
-            raise ValueError(
-                "--kshot-data, --kshot-tasks and --kshot-template are for --task kshot"
-            )
+        kshot = ("kshot_data", "kshot_tasks", "kshot_seeds", "kshot_k", "kshot_splits")
+        given = [f"--{n.replace('_', '-')}" for n in kshot if getattr(args, n) is not None]
+        if given or args.kshot_template:
+            flags = ", ".join(given + ["--kshot-template"] * bool(args.kshot_template))
+            raise ValueError(f"{flags}: for --task kshot, not --task {args.task}")
         width = _target_width(args)
         if args.num_examples < 1 or args.shard_size < 1:
             raise ValueError("--num-examples and --shard-size must be positive")

@@ -278,8 +278,8 @@ def test_kshot_pass_refuses_bad_input(tiny, kshot, tmp_path, capsys):
     err = refused(*base, "--kshot-data", str(kshot), "--kshot-tasks", "SST-2", "--corpus", "x")
     assert "--corpus is for the corpus tasks, not --task kshot" in err
     err = refused(*base[2:], "--task", "sentiment", "--corpus", str(tiny["corpus"]),
-                  "--kshot-data", str(kshot))  # fmt: skip
-    assert "--kshot-data, --kshot-tasks and --kshot-template are for --task kshot" in err
+                  "--kshot-data", str(kshot), "--kshot-k", "8")  # fmt: skip
+    assert "--kshot-data, --kshot-k: for --task kshot, not --task sentiment" in err
     assert not (tmp_path / "o").exists()
 
 

@@ -87,7 +87,10 @@ class BackTranslator:
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         if batch_size < 1 or max_new_tokens < 1 or top_k < 0 or not temperature > 0:
-            raise ValueError("--batch-size, --max-new-tokens and --temperature must be positive")
+            raise ValueError(
+                "--batch-size, --max-new-tokens and --temperature must be positive, --top-k "
+                f"at least 0; got {batch_size}, {max_new_tokens}, {temperature}, {top_k}"
+            )
         self.device = torch.device(device)
         self.models = [
             (
@@ -254,7 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backward", default="Helsinki-NLP/opus-mt-de-en", help="pivot -> source")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=32, help="sentences per generate call")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=128,
+        help="longest translation, in tokens (128; raise it for long premises, e.g. RTE's)",
+    )
     p.add_argument("--top-k", type=int, default=50, help="sampling: top-k (0: the whole vocab)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)

@@ -33,6 +33,7 @@ from ..shared.precisions import PRECISIONS
 from ..shared.templates import answer_token_id
 from ..teacher_pass import PassConfig, finalize, run_teacher_pass
 from .data import DataError
+from .splits import SEEDS
 from .tasks import get_task, per_task
 from .teacher import KEY_FIELDS, KShotTeacherTask
 
@@ -65,9 +66,9 @@ def main_kshot(args: argparse.Namespace) -> int:
             KShotTeacherTask(
                 task,
                 args.kshot_data,
-                args.kshot_k,
-                args.kshot_seeds,
-                args.kshot_splits,
+                args.kshot_k or [16],
+                args.kshot_seeds or list(SEEDS),
+                args.kshot_splits or ["train"],
                 templates.get(task.name),
                 args.max_length,
             )
