@@ -58,9 +58,9 @@ class DistillSettings:
     ``--augmented-store`` (for ``distill-bt10``), and the soft term's weight, temperature and
     tail mode (``smash.kernels.soft_ce``)."""
 
-    store: Path | None = None
-    augmented_data: Path | None = None
-    augmented_store: Path | None = None
+    store: str | Path | None = None
+    augmented_data: str | Path | None = None
+    augmented_store: str | Path | None = None
     weight: float = 1.0
     temperature: float = 1.0
     tail: str = "bucket"

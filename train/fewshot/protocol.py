@@ -147,8 +147,8 @@ class PointResult:
     """One grid point of one seed: its best dev metric, at which step, and that checkpoint's
     test metrics."""
 
-    lr: float
-    batch_size: int
+    lr: float | None  # None for a zero-shot unit (no training)
+    batch_size: int | None
     dev: float
     step: int
     tests: dict[str, float]
