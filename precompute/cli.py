@@ -36,7 +36,7 @@ from .provenance import (
     recorded_teacher_name,
 )
 from .sentences import SentenceSplitter
-from .shared.adapters import auto_model_class, family_of, max_sequence_length
+from .shared.adapters import family_of, load_teacher, max_sequence_length
 from .shared.model_paths import require_folder_or_hub_name
 from .shared.precisions import PRECISIONS
 from .shared.templates import answer_token_id
@@ -332,17 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             verify_existing=args.verify_existing,
         )
         preparer = start_preparer(task, tokenizer, cfg)  # starts while the model loads
-        model = (
-            auto_model_class(family)
-            .from_pretrained(
-                args.teacher,
-                revision=args.revision,
-                dtype=PRECISIONS[args.dtype],
-                attn_implementation="sdpa",
-            )
-            .to(device)
-            .eval()
-        )
+        model = load_teacher(args.teacher, family, args.revision, PRECISIONS[args.dtype], device)
         if task.max_length > max_sequence_length(model.config):
             raise ValueError(
                 f"task {task.name!r} makes examples of up to {task.max_length} "

@@ -27,7 +27,7 @@ from ..provenance import (
     producer_config,
     recorded_teacher_name,
 )
-from ..shared.adapters import auto_model_class, family_of, max_sequence_length
+from ..shared.adapters import family_of, load_teacher, max_sequence_length
 from ..shared.model_paths import require_folder_or_hub_name
 from ..shared.precisions import PRECISIONS
 from ..shared.templates import answer_token_id
@@ -86,17 +86,7 @@ def main_kshot(args: argparse.Namespace) -> int:
                 f"({len(tokenizer)} tokens)"
             )
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = (
-            auto_model_class(family)
-            .from_pretrained(
-                args.teacher,
-                revision=args.revision,
-                dtype=PRECISIONS[args.dtype],
-                attn_implementation="sdpa",
-            )
-            .to(device)
-            .eval()
-        )
+        model = load_teacher(args.teacher, family, args.revision, PRECISIONS[args.dtype], device)
         limit = max_sequence_length(model.config)
         for task in tasks:
             if task.max_length > limit:

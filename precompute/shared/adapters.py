@@ -45,6 +45,7 @@ __all__ = [
     "adapter_for",
     "auto_model_class",
     "family_of",
+    "load_teacher",
     "max_sequence_length",
     "store_family",
 ]
@@ -217,6 +218,16 @@ def auto_model_class(family: str):
     from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
     return AutoModelForSeq2SeqLM if family == "t5" else AutoModelForMaskedLM
+
+
+def load_teacher(
+    name: str, family: str, revision: str | None, dtype: torch.dtype, device: torch.device
+) -> nn.Module:
+    """A teacher of ``family`` in eval mode on ``device``, with SDPA attention."""
+    model = auto_model_class(family).from_pretrained(
+        name, revision=revision, dtype=dtype, attn_implementation="sdpa"
+    )
+    return model.to(device).eval()
 
 
 def store_family(producer: Mapping) -> str:

@@ -292,6 +292,7 @@ class DistillLearner:
         self.prompt, self.soft, self.settings = prompt, soft, settings
         self.model, self.tokenizer, self.task = prompt.model, prompt.tokenizer, prompt.task
         self._rows = {ex: i for i, ex in enumerate(train)}
+        self._targets: tuple[torch.Tensor, ...] | None = None
 
     def encode(self, examples: Sequence[Example]) -> list[Features]:
         out = []
@@ -316,12 +317,12 @@ class DistillLearner:
         rows = outputs.teacher_rows
         if outputs.vocab is None or rows is None or bool((rows < 0).any()):
             raise ValueError(f"{self.task.name}: a training example has no soft label")
-        device = outputs.vocab.device
+        ids, logprobs, tail_logmass = self._targets_on(outputs.vocab.device)
         soft = soft_cross_entropy(
             outputs.vocab,
-            self.soft.ids.to(device)[rows],
-            self.soft.logprobs.to(device)[rows],
-            tail_logmass=self.soft.tail_logmass.to(device)[rows],
+            ids[rows],
+            logprobs[rows],
+            tail_logmass=tail_logmass[rows],
             tail=self.settings.tail,
             temperature=self.settings.temperature,
         )
@@ -329,3 +330,12 @@ class DistillLearner:
 
     def predict(self, outputs: DistillOutputs) -> torch.Tensor:
         return self.prompt.predict(outputs.words)
+
+    def _targets_on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """The soft labels on ``device``, copied there once, not at every step."""
+        if self._targets is None or self._targets[0].device != device:
+            soft = self.soft
+            self._targets = tuple(
+                t.to(device) for t in (soft.ids, soft.logprobs, soft.tail_logmass)
+            )
+        return self._targets
