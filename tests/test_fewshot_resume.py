@@ -162,3 +162,12 @@ def test_two_models_of_one_name_are_refused(tiny, kshot, tmp_path, capsys):
     argv[2:2] = [str(tiny["student"])]  # the same folder twice: both named "student"
     err = cli_error(capsys, argv)
     assert "two models are named 'student' (one row each): give each a name with --name" in err
+
+
+@pytest.mark.parametrize("flag", ["--template", "--verbalizer"])
+def test_a_per_task_flag_needs_task_equals_value(tiny, kshot, tmp_path, capsys, flag):
+    err = cli_error(capsys, [*_argv(tiny, kshot, tmp_path / "out"), flag, "SST-2"])
+    assert f"{flag} 'SST-2': expected TASK=VALUE" in err
+    err = cli_error(capsys, [*_argv(tiny, kshot, tmp_path / "out"), flag, "NOPE=x"])
+    assert "unknown task 'NOPE'" in err
+    assert not (tmp_path / "out").exists()

@@ -152,21 +152,23 @@ def evaluate_runs(
         if any(m in DEMO_MODES for m, _ in todo):
             _check_demo_run(run, tokenizer, auto)
         for mode, task in todo:
-            _, _, length = prompt(mode, task, run.k, seeds[0])
+            template, words, length = prompt(mode, task, run.k, seeds[0])
             _check_length(run.path, length, task, length != (max_length or task.max_length))
+            # only lmbff's prompt depends on the seed, and lmbff builds a learner per seed
+            shared = None
+            if mode not in DEMO_MODES:
+                shared = _factory(mode, run.path, tokenizer, task, length, template, words)
             for seed in seeds:
-                template, words, length = prompt(mode, task, run.k, seed)
-                args = (run.path, tokenizer, task, length, template, words)
                 split = splits[(task.name, run.k, seed)]
+                make = shared
                 if mode in DEMO_MODES:
-                    make = _demo_factory(*args, split.train, seed, demos, embedder)
+                    template, words, length = prompt(mode, task, run.k, seed)
+                    make = _demo_factory(run.path, tokenizer, task, length, template, words,
+                                         split.train, seed, demos, embedder)  # fmt: skip
                 elif mode in DISTILL_MODES:
                     split, labels = prepare_distill(distill, mode, task, run.k, seed, split, data,
                                                     tokenizer, template, length, stores)  # fmt: skip
-                    make = _distill_factory(_factory(mode, *args), labels, split, distill)
-                else:  # one factory serves every seed
-                    make = setups.get((run.name, mode, task.name, seeds[0]), (None,))[0]
-                    make = make or _factory(mode, *args)
+                    make = _distill_factory(shared, labels, split, distill)
                 setups[(run.name, mode, task.name, seed)] = (make, split)
     dev = torch.device(device)
     out = []
