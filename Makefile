@@ -1,15 +1,21 @@
-# Everyday tasks. Each target creates .venv and installs the project on first use.
+# Everyday tasks. Each target creates .venv and installs the project on first use, at the
+# exact versions of constraints.txt (`make lock` refreshes it; `make test-latest` tries the
+# newest versions in .venv-latest).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := constraints.txt
+LATEST := .venv-latest
 
-.PHONY: demo test lint format bench clean gpu-wheels
+.PHONY: demo test lint format bench clean gpu-wheels lock test-latest
 
-$(STAMP): pyproject.toml
+# The build tools come from the lock too (no build isolation), so that a new setuptools
+# cannot change how the editable install maps smash.* onto the folders.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c $(LOCK) pip setuptools wheel
+	$(BIN)/pip install --quiet --no-build-isolation -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -35,7 +41,22 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_target_fidelity.py
 
 clean:
-	rm -rf $(VENV) demo-out demo-t5 benchmarks/out
+	rm -rf $(VENV) $(LATEST) demo-out demo-t5 benchmarks/out
+
+# Resolve the newest versions pyproject.toml allows and write them to constraints.txt.
+lock: $(STAMP)
+	$(BIN)/python .ci/lock.py
+
+# The test suite against the newest resolvable versions, in a fresh .venv-latest; it prints
+# where they differ from the lock and keeps them in .venv-latest/versions.txt.
+test-latest:
+	rm -rf $(LATEST)
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip setuptools wheel
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/versions.txt
+	$(LATEST)/bin/python .ci/lock.py --compare
+	$(LATEST)/bin/python -m pytest -q tests
 
 # Wheels the GPU machine lacks (Python 3.12, x86_64), for benchmarks/gpu_check.sh.
 # DeepSpeed ships only a source archive: build its (pure-Python, JIT-ops) wheel here.

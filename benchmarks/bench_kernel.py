@@ -38,12 +38,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from smash.kernels import (
-    TAIL_MODES,
-    fused_linear_soft_cross_entropy,
-    soft_cross_entropy,
-    soft_cross_entropy_reference,
-)
+from smash.kernels.fused_linear_soft_ce import fused_linear_soft_cross_entropy
+from smash.kernels.soft_ce import soft_cross_entropy
+from smash.kernels.soft_ce_inputs import TAIL_MODES
+from smash.kernels.soft_ce_reference import soft_cross_entropy_reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import device_name, measure_modes, peak_extra_bytes, time_ms, write_result

@@ -30,9 +30,12 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import write_result
-from smash.store import FIELDS as SCHEMA
-from smash.store import TEACHER_FIELDS, ChunkLayout, ShardFile, ShardInfo, read_shard
-from smash.store.codec import canonical_order
+from smash.store.codec import ChunkLayout, canonical_order
+from smash.store.manifest import ShardInfo
+from smash.store.schema import FIELDS as SCHEMA
+from smash.store.schema import TEACHER_FIELDS
+from smash.store.shards import read_shard
+from smash.store.writer import ShardFile
 from synthetic_teacher import synthetic_examples
 
 FIELDS = tuple(f.name for f in SCHEMA if f.level != "example")  # the per-token and per-mask arrays

@@ -88,7 +88,9 @@ def chunk_bytes(store: Path) -> int:
 def prompt_only_bytes(store: Path, work: Path) -> int:
     """Chunk bytes of ``store``'s examples written again with no teacher targets (k = 0)."""
     import numpy as np
-    from smash.store import StoreDataset, StoreWriter, finalize_store, load_manifest
+    from smash.store.manifest import finalize_store, load_manifest
+    from smash.store.reader import StoreDataset
+    from smash.store.writer import StoreWriter
 
     manifest = load_manifest(store)
     writer = StoreWriter(work, producer={}, tokenizer=manifest.tokenizer, k=0)
@@ -110,7 +112,7 @@ def prompt_only_bytes(store: Path, work: Path) -> int:
 
 
 def store_sizes(store: Path, baseline: int) -> dict:
-    from smash.store import load_manifest
+    from smash.store.manifest import load_manifest
 
     manifest = load_manifest(store)
     masks = manifest.num_samples  # one mask per sentence-pair example
@@ -155,7 +157,8 @@ def train_config(run: Path, student: Path, store: Path, args, seed: int, **extra
 def heldout_fidelity(student_dir: Path, heldout: Path, pad_id: int) -> dict:
     """Exact KL(teacher || student) and the student's ECE at the held-out masks (k = V store)."""
     from smash.precompute.shared.adapters import adapter_for
-    from smash.store import StoreDataset, collate_examples
+    from smash.store.collate import collate_examples
+    from smash.store.reader import StoreDataset
     from smash.train.evaluate import masked_kl_rows
     from transformers import AutoModelForMaskedLM
 

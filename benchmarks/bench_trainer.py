@@ -97,7 +97,9 @@ def masked_text(examples: list[dict], vocab: int, mask_id: int, seed: int) -> li
 
 
 def write_store(path: Path, tok, examples: list[dict], producer: dict) -> None:
-    from smash.store import StoreWriter, finalize_store, tokenizer_record
+    from smash.store.fingerprint import tokenizer_record
+    from smash.store.manifest import finalize_store
+    from smash.store.writer import StoreWriter
 
     writer = StoreWriter(path, producer=producer, tokenizer=tokenizer_record(tok), k=K)
     per_shard = max(len(examples) // 8, 1)

@@ -31,7 +31,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 def check_soft_ce(cases, n, vocab, k, tail, temperature, dtype, device, gen) -> dict:
     """Ratios of the worst error to the allowed one (<= 1 passes) for loss and gradient."""
-    from smash.kernels import soft_cross_entropy
+    from smash.kernels.soft_ce import soft_cross_entropy
 
     ids, lp, tail_logmass = cases.make_teacher(n, vocab, k, gen, full_mass_rows=[0])
     logits = cases.make_logits(n, vocab, dtype, gen)
@@ -59,7 +59,8 @@ def check_soft_ce(cases, n, vocab, k, tail, temperature, dtype, device, gen) -> 
 
 
 def check_fused(cases, n, vocab, hidden, tail, dtype, device, gen) -> dict:
-    from smash.kernels import fused_linear_soft_cross_entropy, soft_cross_entropy_reference
+    from smash.kernels.fused_linear_soft_ce import fused_linear_soft_cross_entropy
+    from smash.kernels.soft_ce_reference import soft_cross_entropy_reference
 
     ids, lp, tail_logmass = cases.make_teacher(n, vocab, 64, gen)
     h = torch.randn(n, hidden, generator=gen).to(dtype)
@@ -109,7 +110,7 @@ def main() -> int:
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are first imported
     import soft_ce_cases as cases
     from harness import write_result
-    from smash.kernels import TAIL_MODES
+    from smash.kernels.soft_ce_inputs import TAIL_MODES
 
     student = args.student
     vocab, hidden = lm_head_shape(student) if device == "cuda" else (1003, 48)

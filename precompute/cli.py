@@ -22,7 +22,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-from smash.store import StoreError, tokenizer_record
+from smash.store.errors import StoreError
+from smash.store.fingerprint import tokenizer_record
 
 from .corpus import Corpus, CorpusError, HFCorpus, open_corpus
 from .kshot.pass_cli import main_kshot

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from smash.store import StoreWriter
+from smash.store.writer import StoreWriter
 
 from .background import offer
 from .shard_prep import PreparedExample

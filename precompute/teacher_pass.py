@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from smash.store import ShardInfo, StoreWriter, finalize_store, shard_name, tokenizer_record
 from smash.store.codec import ChunkLayout
-from smash.store.manifest import read_parts
+from smash.store.fingerprint import tokenizer_record
+from smash.store.manifest import ShardInfo, finalize_store, read_parts
+from smash.store.writer import StoreWriter, shard_name
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 

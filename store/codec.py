@@ -137,13 +137,25 @@ def _parts(examples: Sequence[Mapping[str, Any]], f: Field, k: int) -> list[np.n
     return out
 
 
+def _has(example: Mapping[str, Any], f: Field) -> bool | None:
+    """Whether ``example`` gives optional field ``f``; None when it cannot tell (no rows).
+
+    A value that is the field's default throughout is what a chunk without the column decodes
+    to, so it counts as not given: a decoded example encodes back to the chunk it came from."""
+    value = example.get(f.name)
+    if value is None:
+        return False
+    arr = np.asarray(value)
+    return None if arr.size == 0 else not bool((arr == f.default).all())
+
+
 def _present(examples: Sequence[Mapping[str, Any]], f: Field) -> bool:
     """Whether a chunk stores field ``f``: always, unless it is optional and no example has it
     (an optional field given for some examples of a chunk but not all is an error)."""
     if not f.optional:
         return True
-    given = [ex.get(f.name) is not None for ex in examples]
-    if any(given) and not all(given):
+    given = [_has(ex, f) for ex in examples]
+    if any(given) and False in given:
         missing = given.index(False)
         raise ValueError(
             f"example {missing} has no {f.name!r}, which other examples of its chunk have: "

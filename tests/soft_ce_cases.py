@@ -5,8 +5,8 @@ rule), and a direct call of the Triton launcher. No pytest here: the GPU check i
 import math
 
 import torch
-from smash.kernels import soft_cross_entropy_reference
 from smash.kernels.soft_ce_inputs import check_inputs
+from smash.kernels.soft_ce_reference import soft_cross_entropy_reference
 from smash.kernels.soft_ce_triton import soft_ce_fwd_triton
 
 V = 1000  # not a multiple of BLOCK_V

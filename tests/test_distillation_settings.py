@@ -10,7 +10,9 @@ from smash.precompute.corpus import open_corpus
 from smash.precompute.masked_lm import MaskedLMTask
 from smash.precompute.sentences import SentenceSplitter
 from smash.precompute.shared.masking import Masking, example_rng
-from smash.store import STEP_KEYS, StoreDataset, load_manifest
+from smash.store.manifest import load_manifest
+from smash.store.reader import StoreDataset
+from smash.store.schema import STEP_KEYS
 from smash.train.config import ConfigError, load_config
 from smash.train.dynamic_masking import remask, restored_ids
 from smash.train.metrics import read_metrics

@@ -14,9 +14,11 @@ from smash.precompute.cli import main as precompute
 from smash.precompute.kshot.data import load_kshot
 from smash.precompute.kshot.splits import make_kshot
 from smash.precompute.kshot.tasks import get_task
-from smash.store import StoreDataset, StoreWriter, finalize_store, load_manifest
 from smash.store.cli import main as smash_store
 from smash.store.cli import verify_store
+from smash.store.manifest import finalize_store, load_manifest
+from smash.store.reader import StoreDataset
+from smash.store.writer import StoreWriter
 from smash.train.fewshot.cli import main
 from smash.train.fewshot.distill import DistillLearner, DistillSettings, prepare_distill
 from smash.train.fewshot.learners import PromptLearner, collate

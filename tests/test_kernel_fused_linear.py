@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-from smash.kernels import fused_linear_soft_cross_entropy, soft_cross_entropy_reference
-from smash.kernels.fused_linear_soft_ce import chunk_rows
+from smash.kernels.fused_linear_soft_ce import chunk_rows, fused_linear_soft_cross_entropy
+from smash.kernels.soft_ce_reference import soft_cross_entropy_reference
 from soft_ce_cases import FUSED_TOL, assert_close
 
 N, H, V, K = 37, 24, 300, 9  # odd sizes; chunk_size=8 leaves a partial last chunk

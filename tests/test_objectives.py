@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from smash.store import STEP_KEYS
+from smash.store.schema import STEP_KEYS
 from smash.train.config import ConfigError, load_config
 from smash.train.metrics import read_metrics
 from smash.train.objectives import Objective, objective_names, register_objective

@@ -5,8 +5,8 @@ import os
 
 import pytest
 from smash.precompute.tasks import TaskExample, register_task
-from smash.store import StoreWriter
 from smash.store.cli import verify_store
+from smash.store.writer import StoreWriter
 from test_precompute import assert_same_store, run
 
 

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 from smash.precompute.shared.sampled_targets import counter_uniforms, targets_record
-from smash.store import StoreDataset, StoreWriter, finalize_store, load_manifest, tokenizer_record
 from smash.store.cli import main as store_main
 from smash.store.cli import verify_store
+from smash.store.fingerprint import tokenizer_record
+from smash.store.manifest import finalize_store, load_manifest
+from smash.store.reader import StoreDataset
+from smash.store.writer import StoreWriter
 from test_precompute import assert_same_store, kill_after_one_shard, run
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 

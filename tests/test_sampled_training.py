@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from smash.kernels import soft_cross_entropy
+from smash.kernels.soft_ce import soft_cross_entropy
 from smash.precompute.shared.adapters import adapter_for
 from smash.precompute.shared.sampled_targets import counter_uniforms, sample_rows
-from smash.store import StoreDataset, collate_examples
+from smash.store.collate import collate_examples
+from smash.store.reader import StoreDataset
 from smash.train.config import load_config
 from smash.train.evaluate import heldout_kl
 from smash.train.objectives.hard import hard_labels

@@ -5,7 +5,8 @@ import math
 
 import pytest
 import torch
-from smash.kernels import soft_cross_entropy, soft_cross_entropy_reference
+from smash.kernels.soft_ce import soft_cross_entropy
+from smash.kernels.soft_ce_reference import soft_cross_entropy_reference
 from soft_ce_cases import (
     GRAD_TOL,
     LOSS_TOL,

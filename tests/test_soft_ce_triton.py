@@ -6,8 +6,8 @@ import zlib
 
 import pytest
 import torch
-from smash.kernels import TAIL_MODES, soft_cross_entropy
-from smash.kernels.soft_ce_inputs import check_inputs
+from smash.kernels.soft_ce import soft_cross_entropy
+from smash.kernels.soft_ce_inputs import TAIL_MODES, check_inputs
 from smash.kernels.soft_ce_triton import soft_ce_fwd_triton
 from soft_ce_cases import (
     BLOCK_V,

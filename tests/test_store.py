@@ -5,22 +5,13 @@ import tarfile
 
 import numpy as np
 import pytest
-from smash.store import (
-    FORMAT_VERSION,
-    ChunkLayout,
-    DecodedChunk,
-    FingerprintMismatch,
-    ManifestError,
-    ShardError,
-    StoreDataset,
-    StoreWriter,
-    encode_chunk,
-    finalize_store,
-    load_manifest,
-    tokenizer_fingerprint,
-)
-from smash.store.codec import canonical_order
+from smash.store.codec import ChunkLayout, DecodedChunk, canonical_order, encode_chunk
+from smash.store.errors import FingerprintMismatch, ManifestError, ShardError
+from smash.store.fingerprint import tokenizer_fingerprint
+from smash.store.manifest import FORMAT_VERSION, finalize_store, load_manifest
+from smash.store.reader import StoreDataset
 from smash.store.shards import read_shard
+from smash.store.writer import StoreWriter
 
 VOCAB = 50_265
 

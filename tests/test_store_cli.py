@@ -6,8 +6,10 @@ import sys
 
 import numpy as np
 import pytest
-from smash.store import ChunkLayout, StoreWriter, finalize_store
 from smash.store.cli import main, teacher_statistics
+from smash.store.codec import ChunkLayout
+from smash.store.manifest import finalize_store
+from smash.store.writer import StoreWriter
 from test_store import VOCAB, make_examples, write_store
 
 

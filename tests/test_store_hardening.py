@@ -9,16 +9,11 @@ import threading
 import time
 
 import pytest
-from smash.store import (
-    FingerprintMismatch,
-    ManifestError,
-    ShardError,
-    StoreDataset,
-    finalize_store,
-    load_manifest,
-    tokenizer_fingerprint,
-)
 from smash.store.cli import main, verify_store
+from smash.store.errors import FingerprintMismatch, ManifestError, ShardError
+from smash.store.fingerprint import tokenizer_fingerprint
+from smash.store.manifest import finalize_store, load_manifest
+from smash.store.reader import StoreDataset
 from test_store import make_examples, write_store
 
 SAMPLED = {

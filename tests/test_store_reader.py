@@ -9,7 +9,11 @@ from collections import Counter
 
 import pytest
 import torch
-from smash.store import StoreDataset, StoreError, StoreWriter, collate_examples, finalize_store
+from smash.store.collate import collate_examples
+from smash.store.errors import StoreError
+from smash.store.manifest import finalize_store
+from smash.store.reader import StoreDataset
+from smash.store.writer import StoreWriter
 from test_store import VOCAB, assert_same, canonical, make_examples, write_store
 from torchdata.stateful_dataloader import StatefulDataLoader
 

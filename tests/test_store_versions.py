@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from smash.store import StoreDataset, check_tokenizer, load_manifest
 from smash.store.cli import verify_store
+from smash.store.fingerprint import check_tokenizer
+from smash.store.manifest import load_manifest
+from smash.store.reader import StoreDataset
 from smash.train.config import load_config
 from smash.train.trainer import Trainer
 from train_support import tiny_config
@@ -17,7 +19,7 @@ OLD_STORES = sorted(p.parent for p in STORES.glob("v*/*/expected.json"))
 
 
 def test_every_older_version_has_a_checked_in_store():
-    from smash.store import FORMAT_VERSION
+    from smash.store.manifest import FORMAT_VERSION
 
     versions = {int(p.parent.name[1:]) for p in OLD_STORES}
     assert set(range(1, FORMAT_VERSION)) <= versions

@@ -8,7 +8,8 @@ import pytest
 import torch
 from smash.precompute.shared.adapters import adapter_for
 from smash.precompute.shared.model_paths import require_folder_or_hub_name
-from smash.store import FingerprintMismatch, Manifest, load_manifest
+from smash.store.errors import FingerprintMismatch
+from smash.store.manifest import Manifest, load_manifest
 from smash.train.cli import main as train_student
 from smash.train.cli import parse_store
 from smash.train.config import ConfigError, StoreSpec, load_config
@@ -417,7 +418,7 @@ def test_output_folder_with_checkpoints_needs_resume(tiny, pair_store, tmp_path,
 
 
 def test_mixed_batches_follow_the_weights_and_resume(pair_store, sentiment_store):
-    from smash.store import StoreDataset
+    from smash.store.reader import StoreDataset
     from smash.train.data import MixedBatches
 
     def mixed():

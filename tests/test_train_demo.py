@@ -47,7 +47,7 @@ def test_run_outputs_lists_what_exists(tmp_path):
 
 @pytest.mark.parametrize("asked", [None, 10**6])
 def test_the_demo_asks_the_corpus_for_no_more_than_it_gives(tiny, tmp_path, capsys, asked):
-    from smash.store import load_manifest
+    from smash.store.manifest import load_manifest
     from smash.train.demo import _precompute
 
     _precompute("sentence-pair", tiny["corpus"], tiny["teacher"], tmp_path / "s", 8, asked, 0)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from smash.store import load_manifest
+from smash.store.manifest import load_manifest
 from smash.train.metrics import read_metrics
 from train_support import (
     PAIR_EXAMPLES,

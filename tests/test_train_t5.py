@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from smash.store import load_manifest
+from smash.store.manifest import load_manifest
 from smash.train.cli import main as train_student
 from smash.train.objectives.ce import PredictionDistillation
 from smash.train.objectives.hard import HardLabels, HardStore

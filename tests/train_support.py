@@ -160,7 +160,8 @@ def mlm_store_of(tiny, tmp_path_factory):
 
 
 def first_batch(store, n, pad_id):
-    from smash.store import StoreDataset, collate_examples
+    from smash.store.collate import collate_examples
+    from smash.store.reader import StoreDataset
 
     stream = iter(StoreDataset(store, shuffle=False))
     return collate_examples([next(stream) for _ in range(n)], pad_id)
@@ -168,7 +169,7 @@ def first_batch(store, n, pad_id):
 
 def loss_and_grads(module, batch):
     """One forward and backward of a ``DistillStudent`` on ``batch``: (loss, gradients)."""
-    from smash.store import STEP_KEYS
+    from smash.store.schema import STEP_KEYS
 
     module.zero_grad(set_to_none=True)
     loss = module(**{k: batch[k] for k in STEP_KEYS if k in batch})

@@ -19,7 +19,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from smash.kernels import IMPLS, TAIL_MODES
+from smash.kernels.dispatch import IMPLS
+from smash.kernels.soft_ce_inputs import TAIL_MODES
 from smash.precompute.shared.precisions import PRECISIONS
 
 from .config import ConfigError, load_config
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from smash.store import StoreError
+    from smash.store.errors import StoreError
 
     from .trainer import Trainer
 

@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smash.kernels import IMPLS, TAIL_MODES
-from smash.store import DEFAULT_STALL_TIMEOUT, TEACHER_FIELDS
+from smash.kernels.dispatch import IMPLS
+from smash.kernels.soft_ce_inputs import TAIL_MODES
+from smash.store.locations import DEFAULT_STALL_TIMEOUT
+from smash.store.schema import TEACHER_FIELDS
 
 from .objectives import TEACHER_INTERNALS, objective_class, objective_names
 from .objectives.ce import LOSS_IMPLS

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from smash.store import DEFAULT_STALL_TIMEOUT, StoreDataset, collate_examples
+from smash.store.collate import collate_examples
+from smash.store.locations import DEFAULT_STALL_TIMEOUT
+from smash.store.reader import StoreDataset
 from torch.utils.data import IterableDataset, get_worker_info
 
 if TYPE_CHECKING:

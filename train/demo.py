@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from smash.precompute.shared.adapters import auto_model_class
     from smash.precompute.tiny import build_tiny_setup
     from smash.precompute.tiny_t5 import build_tiny_t5_setup
-    from smash.store import load_manifest
+    from smash.store.manifest import load_manifest
     from smash.train.cli import main as train_student
     from smash.train.metrics import read_metrics
     from transformers import AutoTokenizer

@@ -25,7 +25,9 @@ from typing import Any
 
 import torch
 from smash.precompute.shared.adapters import adapter_for
-from smash.store import DEFAULT_STALL_TIMEOUT, StoreDataset, collate_examples
+from smash.store.collate import collate_examples
+from smash.store.locations import DEFAULT_STALL_TIMEOUT
+from smash.store.reader import StoreDataset
 
 __all__ = ["heldout_kl", "masked_kl_rows", "sampled_kl_rows"]
 

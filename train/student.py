@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from smash.precompute.shared.adapters import adapter_for, auto_model_class, family_of
 from smash.precompute.shared.teacher_targets import topk_targets
-from smash.store import TEACHER_FIELDS
+from smash.store.schema import TEACHER_FIELDS
 from torch import nn
 
 from .objectives import Objective, StudentOutputs

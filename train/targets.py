@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from smash.store import Manifest
+from smash.store.manifest import Manifest
 
 __all__ = ["check_estimators", "estimator_of", "importance_weighted", "kernel_targets"]
 

@@ -37,13 +37,10 @@ from smash.precompute.shared.masking import Masking, example_rng
 from smash.precompute.shared.model_paths import require_folder_or_hub_name
 from smash.precompute.shared.precisions import PRECISIONS
 from smash.precompute.shared.templates import answer_token_id
-from smash.store import (
-    STEP_KEYS,
-    FingerprintMismatch,
-    check_tokenizer,
-    load_manifest,
-    tokenizer_fingerprint,
-)
+from smash.store.errors import FingerprintMismatch
+from smash.store.fingerprint import check_tokenizer, tokenizer_fingerprint
+from smash.store.manifest import load_manifest
+from smash.store.schema import STEP_KEYS
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt

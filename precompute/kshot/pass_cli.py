@@ -17,7 +17,8 @@ import os
 import sys
 
 import torch
-from smash.store import StoreError, tokenizer_record
+from smash.store.errors import StoreError
+from smash.store.fingerprint import tokenizer_record
 
 from ..provenance import (
     ConfigMismatch,

@@ -27,7 +27,7 @@ from smash.precompute.kshot.data import DataError
 from smash.precompute.kshot.splits import SEEDS
 from smash.precompute.kshot.tasks import TASKS, get_task, per_task
 from smash.precompute.shared.model_paths import require_folder_or_hub_name
-from smash.store import StoreError
+from smash.store.errors import StoreError
 from smash.train.fewshot.auto_prompts import read_auto_prompt
 from smash.train.fewshot.curves import (
     Point,

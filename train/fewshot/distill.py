@@ -29,14 +29,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from smash.kernels import soft_cross_entropy
+from smash.kernels.soft_ce import soft_cross_entropy
 from smash.precompute.kshot.augment import read_augment_record
 from smash.precompute.kshot.data import Example, KShotData, kshot_dir, load_kshot
 from smash.precompute.kshot.tasks import Task
 from smash.precompute.kshot.teacher import KEY_FIELDS, KSHOT_TASK, file_sha256, split_file
 from smash.precompute.shared.templates import parse_template
-from smash.store import StoreError, check_tokenizer, load_manifest, read_shard
-from smash.store.manifest import manifest_location
+from smash.store.errors import StoreError
+from smash.store.fingerprint import check_tokenizer
+from smash.store.manifest import load_manifest, manifest_location
+from smash.store.shards import read_shard
 from smash.train.fewshot.learners import Batch, Features, PromptLearner
 
 __all__ = [

@@ -30,7 +30,7 @@ import torch
 from smash.precompute.shared.adapters import Answers, ModelAdapter
 
 if TYPE_CHECKING:
-    from smash.store import Manifest
+    from smash.store.manifest import Manifest
 
     from ..config import StoreSpec, TrainConfig
 

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
-from smash.kernels import fused_linear_soft_cross_entropy, soft_cross_entropy
+from smash.kernels.fused_linear_soft_ce import fused_linear_soft_cross_entropy
+from smash.kernels.soft_ce import soft_cross_entropy
 
 from ..targets import importance_weighted, kernel_targets
 from . import register_objective
