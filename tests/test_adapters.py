@@ -13,11 +13,12 @@ from smash.precompute.shared.adapters import (
     adapter_for,
     max_sequence_length,
 )
+from smash.precompute.shared.attention_probabilities import PROBABILITIES
 
 FP32 = {"rtol": 1e-5, "atol": 1e-5}
 
 
-def tiny_masked_lm(family: str):
+def tiny_masked_lm(family: str, attention_dropout: float = 0.0):
     from transformers import (
         BertConfig,
         BertForMaskedLM,
@@ -28,7 +29,8 @@ def tiny_masked_lm(family: str):
     )
 
     size = {"vocab_size": 97, "hidden_size": 24, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "intermediate_size": 48, "max_position_embeddings": 40}  # fmt: skip
+            "num_attention_heads": 4, "intermediate_size": 48, "max_position_embeddings": 40,
+            "attention_probs_dropout_prob": attention_dropout}  # fmt: skip
     torch.manual_seed(0)
     if family == "bert":
         return BertForMaskedLM(BertConfig(**size)).eval()
@@ -66,9 +68,12 @@ def test_answer_logits_are_the_models_own(family):
 def test_hidden_states_and_attentions_on_request():
     model = tiny_masked_lm("roberta")
     prompts = batch()
-    with pytest.raises(ValueError, match="attention probabilities need the eager attention path"):
+    with pytest.raises(ValueError, match="attention probabilities need the 'smash_probabilities'"):
         MaskedLMAdapter(model).answers(prompts, attentions=True)
-    model.set_attn_implementation("eager")
+    model.set_attn_implementation("eager")  # gives the weights after dropout: refused too
+    with pytest.raises(ValueError, match="it runs 'eager'"):
+        MaskedLMAdapter(model).answers(prompts, attentions=True)
+    model.set_attn_implementation(PROBABILITIES)
     answers = MaskedLMAdapter(model).answers(prompts, hidden_states=True, attentions=True)
     assert len(answers.hidden_states) == 3 and answers.hidden_states[0].shape == (3, 11, 24)
     assert len(answers.attentions) == 2 and answers.attentions[0].shape == (3, 4, 11, 11)
@@ -87,11 +92,11 @@ def test_an_unsupported_family_is_refused():
         adapter_for(model)
 
 
-def tiny_t5(tied: bool = True):
+def tiny_t5(tied: bool = True, dropout: float = 0.0):
     from transformers import T5Config, T5ForConditionalGeneration
 
     config = T5Config(vocab_size=97, d_model=24, d_kv=6, d_ff=48, num_layers=2, num_heads=4,
-                      dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                      dropout_rate=dropout, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
                       tie_word_embeddings=tied)  # fmt: skip
     torch.manual_seed(0)
     return T5ForConditionalGeneration(config).eval()
@@ -137,7 +142,7 @@ def test_t5_answers_need_one_slot_per_prompt_and_the_sentinel():
 
 def test_t5_encoder_states_on_request():
     model = tiny_t5()
-    model.set_attn_implementation("eager")
+    model.set_attn_implementation(PROBABILITIES)
     prompts = {**batch(), "mask_batch": torch.arange(3), "mask_positions": torch.tensor([1, 2, 3])}
     answers = adapter_for(model, sentinel_id=96).answers(prompts, hidden_states=True,
                                                          attentions=True)  # fmt: skip
@@ -148,3 +153,27 @@ def test_t5_encoder_states_on_request():
 def test_max_sequence_length_of_t5_and_roberta():
     assert max_sequence_length(tiny_t5().config) == 512
     assert max_sequence_length(tiny_masked_lm("roberta").config) == 40 - 2
+
+
+@pytest.mark.parametrize("family", ["roberta", "bert", "t5"])
+def test_the_probabilities_path_is_the_eager_one_returning_probabilities(family):
+    """Eval mode: the eager path's outputs and weights, bit for bit. Train mode with attention
+    dropout: the same outputs for the same RNG state, while the weights returned are the
+    probabilities (rows summing to 1), not the eager path's weights after dropout."""
+    model = tiny_t5(dropout=0.5) if family == "t5" else tiny_masked_lm(family, 0.5)
+    ids, mask = batch()["input_ids"], batch()["attention_mask"]
+    extra = {"decoder_input_ids": ids[:, :2]} if family == "t5" else {}
+
+    def run(path, train):
+        model.set_attn_implementation(path)
+        model.train(train)
+        torch.manual_seed(3)
+        out = model(input_ids=ids, attention_mask=mask, output_attentions=True, **extra)
+        return out.logits, out.encoder_attentions if family == "t5" else out.attentions
+
+    for train in (False, True):
+        (ours, probs), (eager, weights) = run(PROBABILITIES, train), run("eager", train)
+        assert torch.equal(ours, eager)
+        rows = probs[-1].sum(-1)
+        torch.testing.assert_close(rows, torch.ones_like(rows))
+        assert all(torch.equal(p, w) for p, w in zip(probs, weights)) != train

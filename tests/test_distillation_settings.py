@@ -2,6 +2,9 @@
 and DistilBERT's loss, each equal to a hand-written reference on the Hugging Face models' own
 outputs (losses and student gradients); the mlm task's store; dynamic masking; the refusals."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +22,7 @@ from smash.train.metrics import read_metrics
 from smash.train.objectives import objective_class
 from smash.train.objectives.ce import PredictionDistillation
 from smash.train.objectives.internals import layer_map
-from smash.train.student import DistillStudent, OnlineTeacher
+from smash.train.student import DistillStudent, OnlineTeacher, attention_path
 from smash.train.trainer import Trainer
 from train_support import first_batch, grads_of, mlm_store_of, pair_store_of, tiny_config
 from transformers import AutoModelForMaskedLM
@@ -44,11 +47,14 @@ def test_layer_map_is_the_uniform_strategy():
         layer_map(0, 12)
 
 
-def _step(tiny, batch, objectives, *, attentions=False):
+def _step(tiny, batch, objectives, *, attentions=False, student=None, train=False):
     """The objectives' loss and student gradients through ``DistillStudent`` with the online
-    teacher, and the teacher (to check that nothing reached it)."""
-    eager = {"attn_implementation": "eager"} if attentions else {}
-    model = AutoModelForMaskedLM.from_pretrained(tiny["student_wide"], **eager)
+    teacher, and the teacher (to check that nothing reached it). ``train``: the student in
+    train mode, its dropout on, as the trainer runs it."""
+    model = AutoModelForMaskedLM.from_pretrained(
+        student or tiny["student_wide"], **attention_path(attentions)
+    )
+    model.train(train)
     teacher = OnlineTeacher(str(tiny["teacher"]), torch.device("cpu"), attentions=attentions)
     needs = frozenset().union(*(o.needs for o, _ in objectives))
     inputs = teacher.fill({k: batch[k] for k in STEP_KEYS if k in batch}, needs)
@@ -58,10 +64,11 @@ def _step(tiny, batch, objectives, *, attentions=False):
     return loss.detach(), grads_of(model), teacher.adapter.model
 
 
-def _reference(tiny, batch, loss_of, *, attentions=False):
-    """``loss_of(student_outputs, teacher_outputs)`` on the HF models' own forward passes."""
+def _reference(tiny, batch, loss_of, *, attentions=False, student=None):
+    """``loss_of(student_outputs, teacher_outputs)`` on the HF models' own forward passes (eval
+    mode, where the eager path's attention weights are the probabilities)."""
     eager = {"attn_implementation": "eager"} if attentions else {}
-    model = AutoModelForMaskedLM.from_pretrained(tiny["student_wide"], **eager)
+    model = AutoModelForMaskedLM.from_pretrained(student or tiny["student_wide"], **eager)
     teacher = AutoModelForMaskedLM.from_pretrained(tiny["teacher"], **eager)
     args = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     flags = {"output_hidden_states": True, "output_attentions": attentions}
@@ -100,13 +107,11 @@ def test_hidden_state_distillation_is_eq_2(tiny, tiny_tokenizer, pair_store):
     assert all(p.grad is None for p in teacher.parameters())  # no gradient reaches the teacher
 
 
-def test_attention_distillation_is_eq_3(tiny, tiny_tokenizer, pair_store):
-    batch = first_batch(pair_store, 6, tiny_tokenizer.pad_token_id)
-    attn = objective_class("attn")()
-    loss, grads, teacher = _step(tiny, batch, [(attn, 1.0)], attentions=True)
+def eq3(batch):
+    """Eq. 3 by hand: student layer 1 <- teacher layer 2, every head, real (q, k) pairs."""
     real = batch["attention_mask"].bool()
 
-    def eq3(ours, theirs):  # student layer 1 <- teacher layer 2, every head, real (q, k) pairs
+    def loss(ours, theirs):
         a, t = ours.attentions[0], theirs.attentions[1]  # (B, heads, L, L)
         total = 0.0
         for h in range(a.shape[1]):
@@ -115,9 +120,35 @@ def test_attention_distillation_is_eq_3(tiny, tiny_tokenizer, pair_store):
             total = total + squares.mean()
         return total
 
-    _assert_same((loss, grads), _reference(tiny, batch, eq3, attentions=True))
+    return loss
+
+
+def test_attention_distillation_is_eq_3(tiny, tiny_tokenizer, pair_store):
+    batch = first_batch(pair_store, 6, tiny_tokenizer.pad_token_id)
+    attn = objective_class("attn")()
+    loss, grads, teacher = _step(tiny, batch, [(attn, 1.0)], attentions=True)
+    _assert_same((loss, grads), _reference(tiny, batch, eq3(batch), attentions=True))
     assert loss > 0
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_attention_distillation_takes_the_probabilities_before_dropout(
+    tiny, tiny_tokenizer, pair_store, tmp_path
+):
+    """The student in train mode with attention dropout 0.1 (DistilRoBERTa's): Eq. 3 on its
+    attention probabilities, not on the weights after dropout. Hidden dropout is off, so the
+    one student layer's probabilities are those of eval mode, and so are loss and gradients."""
+    student = tmp_path / "student"
+    shutil.copytree(tiny["student_wide"], student)
+    config = json.loads((student / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.1)
+    (student / "config.json").write_text(json.dumps(config))
+    batch = first_batch(pair_store, 6, tiny_tokenizer.pad_token_id)
+    attn = objective_class("attn")()
+    torch.manual_seed(0)
+    got = _step(tiny, batch, [(attn, 1.0)], attentions=True, student=student, train=True)
+    expected = _reference(tiny, batch, eq3(batch), attentions=True, student=student)
+    _assert_same(got[:2], expected)
 
 
 def test_distilbert_loss_is_5_ce_2_mlm_1_cos(tiny, tiny_tokenizer, mlm_store):

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from smash.precompute.shared.adapters import adapter_for, auto_model_class, family_of
+from smash.precompute.shared.attention_probabilities import PROBABILITIES
 from smash.precompute.shared.teacher_targets import topk_targets
 from smash.store.schema import TEACHER_FIELDS
 from torch import nn
@@ -27,9 +28,10 @@ __all__ = ["DistillStudent", "OnlineTeacher", "attention_path"]
 
 
 def attention_path(attentions: bool) -> dict[str, str]:
-    """``from_pretrained`` arguments: attention probabilities come only from the eager
-    attention path, chosen for runs whose objectives distil them; else the default (SDPA)."""
-    return {"attn_implementation": "eager"} if attentions else {}
+    """``from_pretrained`` arguments: attention probabilities (before dropout) come only from
+    the ``PROBABILITIES`` path, an eager one, chosen for runs whose objectives distil them;
+    else the default (SDPA)."""
+    return {"attn_implementation": PROBABILITIES} if attentions else {}
 
 
 class DistillStudent(nn.Module):
@@ -78,7 +80,7 @@ class OnlineTeacher:
 
     This is the only mode in which ``train-student`` loads a teacher. ``k`` defaults to the
     vocabulary, i.e. the full distribution (tail mass -inf). ``attentions``: load it on the
-    eager attention path, the one that gives attention probabilities. A T5 teacher is loaded
+    attention path that gives attention probabilities (``attention_path``). A T5 teacher is loaded
     with ``AutoModelForSeq2SeqLM`` and needs ``sentinel_id`` (its tokenizer's ``<extra_id_0>``).
     """
 

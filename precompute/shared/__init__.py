@@ -6,6 +6,7 @@ the options both take.
 ``teacher_targets``  the teacher's top-k and tail mass there (teacher pass and online teacher)
 ``model_paths``      telling a missing local model folder from a hub name, before loading
 ``precisions``       the floating-point precisions a run can ask for, by name
+``attention_probabilities``  an attention path that returns probabilities before dropout
 
 Data flows one way, ``precompute`` -> ``store`` -> ``kernels`` -> ``train``; this package sits
 upstream of both of its users.

@@ -22,7 +22,7 @@ everywhere. An adapter answers four questions:
 Masked LMs (RoBERTa/XLM-R/CamemBERT/Data2Vec-text ``lm_head``, BERT ``cls``) and T5
 (``T5ForConditionalGeneration``: the answer is the decoder's second token, paper appendix A)
 are supported; ``tests/test_adapters.py`` checks for each that ``logits`` equals the model's
-own forward at the answer, bit for bit. A new family is one class here plus its case in that
+own forward at the answer (to fp32 round-off: a head on R rows against one on every position). A new family is one class here plus its case in that
 test.
 """
 
@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .attention_probabilities import PROBABILITIES
 
 __all__ = [
     "Answers",
@@ -53,6 +55,17 @@ __all__ = [
 
 # A padded batch of prompts: input_ids, attention_mask (B, L); mask_batch, mask_positions (R,).
 Prompts = Mapping[str, torch.Tensor]
+
+
+def _check_gives_probabilities(model: nn.Module) -> None:
+    """Attention probabilities (before dropout) come only from the ``PROBABILITIES`` path."""
+    running = model.config._attn_implementation
+    if running != PROBABILITIES:
+        raise ValueError(
+            f"{type(model).__name__}: attention probabilities need the {PROBABILITIES!r} "
+            f"attention path (it runs {running!r}, which gives no probabilities or gives them "
+            f"after dropout); load the model with attn_implementation={PROBABILITIES!r}"
+        )
 
 
 @dataclass
@@ -116,12 +129,8 @@ class MaskedLMAdapter(ModelAdapter):
         return self._head.layer_norm(gelu(self._head.dense(hidden)))
 
     def answers(self, prompts: Prompts, *, hidden_states=False, attentions=False) -> Answers:
-        if attentions and self.model.config._attn_implementation != "eager":
-            raise ValueError(
-                f"{type(self.model).__name__}: attention probabilities need the eager attention "
-                f"path (it runs {self.model.config._attn_implementation!r}); load the model with "
-                f"attn_implementation='eager'"
-            )
+        if attentions:
+            _check_gives_probabilities(self.model)
         out = self.encoder(
             input_ids=prompts["input_ids"],
             attention_mask=prompts["attention_mask"],
@@ -168,12 +177,8 @@ class EncoderDecoderAdapter(ModelAdapter):
                 f"{type(self.model).__name__}: an encoder-decoder model gives one answer per "
                 f"prompt; got {rows.shape[0]} answer slots in {ids.shape[0]} prompts"
             )
-        if attentions and self.model.config._attn_implementation != "eager":
-            raise ValueError(
-                f"{type(self.model).__name__}: attention probabilities need the eager attention "
-                f"path (it runs {self.model.config._attn_implementation!r}); load the model with "
-                f"attn_implementation='eager'"
-            )
+        if attentions:
+            _check_gives_probabilities(self.model)
         encoded = self.model.get_encoder()(
             input_ids=ids,
             attention_mask=mask,

@@ -3,10 +3,20 @@
     Lattn = sum over m = 1..M_stu, h = 1..H of MSE(A_stu[m, h], A_tea[g(m), h])
 
 A[m, h] is head h's attention probabilities in layer m, g the layer map of ``internals.py``.
-Each MSE is the mean over the (query, key) pairs of real tokens of each example. Needs the
-online teacher, equal head counts, and attention probabilities, which only the eager attention
-path gives: runs with this objective load the student and the teacher with
-``attn_implementation="eager"`` (slower than SDPA; ``benchmarks/bench_trainer.py`` measures it).
+Probabilities means before attention dropout: the student trains in train mode, and with
+DistilRoBERTa's attention dropout of 0.1 the weights after dropout would add p/(1-p)·mean(a²) to
+the loss and pull the student towards uniform attention; both models are therefore loaded on
+the ``smash.precompute.shared.attention_probabilities`` path, which returns them before dropout
+(``train.student.attention_path``).
+
+Each MSE is the mean over every (query, key) pair of real tokens in the batch, pooled: each
+pair weighs the same, so a long example counts more than a short one, as in a token-level
+loss. (TinyBERT, whose uniform layer map the paper takes, fits the unnormalised scores instead
+of the probabilities and takes ``MSELoss`` over the whole (B, heads, L, L) tensor with padded
+entries set to 0, so its mean also counts the padded pairs; the paper says "MSE" and
+"attention", and we read the probabilities over real pairs.) Needs the online teacher and
+equal head counts; the attention path is an eager one (slower than SDPA;
+``benchmarks/bench_trainer.py`` measures it).
 """
 
 from __future__ import annotations
