@@ -76,7 +76,7 @@ def test_an_objective_on_the_teachers_internals_needs_the_teacher(tmp_path, pair
                          objective={"ce": 1.0, "test-last-hidden": 0.5})  # fmt: skip
     with pytest.raises(ConfigError, match="'test-last-hidden' distils the teacher's internals"):
         load_config(config)
-    with pytest.raises(ConfigError, match="its weight must be a number > 0"):
+    with pytest.raises(ConfigError, match="its weight must be a finite number > 0"):
         load_config({**config, "objective": {"ce": 0}})
 
 

@@ -229,3 +229,12 @@ def test_another_temperature_on_a_sampled_store_is_refused(tiny, sampled_pairs, 
     trainer = trainer_for(tmp_path, tiny, [(sampled_pairs, 1.0)], temperature=2.0)
     with pytest.raises(ValueError, match="sampled store estimates the teacher at temperature 1"):
         trainer.setup()
+
+
+@pytest.mark.parametrize("tail", ["renorm", "uniform"])
+def test_a_tail_mode_on_a_sampled_store_is_refused(tiny, sampled_pairs, tmp_path, tail):
+    """The tail mode says how a top-k store's tail mass enters the loss; a sampled store has
+    none, so another mode than the default would be silently ignored."""
+    trainer = trainer_for(tmp_path, tiny, [(sampled_pairs, 1.0)], tail=tail)
+    with pytest.raises(ValueError, match=f"tail='{tail}' says how a top-k store's tail mass"):
+        trainer.setup()

@@ -84,7 +84,7 @@ def test_a_warmup_as_long_as_the_run_is_warned_about():
             {"stores": [{"path": "a", "wieght": 2}]},
             r"stores\[0\]: unknown key 'wieght' \(did you mean 'weight'\?\)",
         ),
-        ({"stores": [{"path": "a", "weight": 0}]}, "weight must be > 0"),
+        ({"stores": [{"path": "a", "weight": 0}]}, "weight must be a finite number > 0"),
         ({"deepspeed": {"zero_optimization": {"stage": 3}}}, "stage must be 0, 1 or 2"),
         (
             {"deepspeed": {"gradient_acumulation_steps": 4}},
@@ -102,6 +102,47 @@ def test_config_errors_name_the_problem(tmp_path, change, message):
         config["deepspeed"].update(ds)
     with pytest.raises(ConfigError, match=message):
         load_config(config)
+
+
+BAD_NUMBERS = [
+    ("--temperature", "0", "temperature must be a finite number > 0"),
+    ("--temperature", "-1", "temperature must be a finite number > 0"),
+    ("--temperature", "nan", "temperature must be a finite number > 0"),
+    ("--temperature", "inf", "temperature must be a finite number > 0"),
+    ("--max-steps", "0", "max_steps must be >= 1"),
+    ("--max-steps", "-3", "max_steps must be >= 1"),
+    ("--seed", "-1", r"seed must be in \[0, 2\*\*32\)"),
+    ("--num-workers", "-1", "num_workers must be >= 0"),
+    ("--checkpoint-every", "-1", "checkpoint_every must be >= 0"),
+    ("--export-every", "-1", "export_every must be >= 0"),
+    ("--eval-every", "-1", "eval_every must be >= 0"),
+    ("--log-every", "0", "log_every must be >= 1"),
+    ("--teacher-k", "0", "teacher_k must be >= 1"),
+    ("--stall-timeout", "0", "stall_timeout must be a finite number of seconds > 0"),
+    ("--stall-timeout", "-5", "stall_timeout must be a finite number of seconds > 0"),
+    ("--stall-timeout", "nan", "stall_timeout must be a finite number of seconds > 0"),
+    ("--stall-timeout", "inf", "stall_timeout must be a finite number of seconds > 0"),
+    ("--stop-at-step", "0", "--stop-at-step must be >= 1"),
+    ("--stop-at-step", "-2", "--stop-at-step must be >= 1"),
+    ("--store", "s@0", r"stores\[0\].weight must be a finite number > 0"),
+    ("--store", "s@-1", r"stores\[0\].weight must be a finite number > 0"),
+    ("--store", "s@nan", r"stores\[0\].weight must be a finite number > 0"),
+    ("--store", "s@inf", r"stores\[0\].weight must be a finite number > 0"),
+    ("--objective", "ce@nan", "its weight must be a finite number > 0"),
+    ("--objective", "ce@inf", "its weight must be a finite number > 0"),
+    ("--objective", "ce@0", "its weight must be a finite number > 0"),
+]
+
+
+@pytest.mark.parametrize("flag, value, message", BAD_NUMBERS, ids=lambda x: str(x)[:24])
+def test_every_numeric_flag_is_checked_before_anything_runs(tmp_path, capsys, flag, value, message):
+    """At 0, below 0, nan and inf where meaningless: one line naming it, nothing written."""
+    config = write_config(tmp_path / "c.json", tiny_config(tmp_path / "run", "s", [("x", 1.0)]))
+    assert train_student(["--config", config, flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train-student: error: ") and err.count("\n") == 1
+    assert re.search(message, err), err
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_unknown_key_in_a_config_file_names_the_file(tmp_path, capsys):

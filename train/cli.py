@@ -163,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # per-load bars would bury the run's own progress bar
     if args.export_only and not args.resume:
         return _error("--export-only exports a checkpoint: add --resume")
+    if args.stop_at_step is not None and args.stop_at_step < 1:
+        return _error(f"--stop-at-step must be >= 1, got {args.stop_at_step}")
     overrides = {
         name: getattr(args, name)
         for name in (

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from smash.store.locations import DEFAULT_STALL_TIMEOUT
 from smash.store.schema import TEACHER_FIELDS
 
 from .objectives import TEACHER_INTERNALS, objective_class, objective_names
-from .objectives.ce import LOSS_IMPLS
+from .objectives.ce import DEFAULT_TAIL, LOSS_IMPLS
 
 __all__ = [
     "DEEPSPEED_KEYS",
@@ -164,7 +165,7 @@ class TrainConfig:
     loss: str = "logits"  # ce's loss: LM head then soft-CE, or fused_linear (never the logits)
     kernel_impl: str = "auto"  # smash.kernels impl=: auto | triton | torch
     temperature: float = 1.0
-    tail: str = "bucket"  # how the teacher's tail mass enters the loss
+    tail: str = DEFAULT_TAIL  # how a top-k teacher's tail mass enters the loss
     scale_t2: bool = False
     max_steps: int = 200_000  # optimizer steps
     max_length: int | None = None  # refuse stores whose examples may be longer
@@ -297,9 +298,13 @@ def _objective(raw: Any) -> str | dict[str, float]:
     for name, weight in given.items():
         if name not in names:
             raise ConfigError(f"objective must be one of {names}, got {name!r}")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not (math.isfinite(weight) and weight > 0)
+        ):
             raise ConfigError(
-                f"objective {name!r}: its weight must be a number > 0, got {weight!r}"
+                f"objective {name!r}: its weight must be a finite number > 0, got {weight!r}"
             )
     return raw if isinstance(raw, str) else {name: float(w) for name, w in given.items()}
 
@@ -315,8 +320,8 @@ def _store(raw: Any, index: int) -> StoreSpec:
         hint = f" (did you mean {close!r}?)" if close else f"; known: {sorted(allowed)}"
         raise ConfigError(f"stores[{index}]: unknown key {key!r}{hint}")
     weight = _typed(f"stores[{index}].weight", raw.get("weight", 1.0), "float")
-    if weight <= 0:
-        raise ConfigError(f"stores[{index}].weight must be > 0, got {weight}")
+    if not (math.isfinite(weight) and weight > 0):
+        raise ConfigError(f"stores[{index}].weight must be a finite number > 0, got {weight}")
     words = raw.get("verbalizer")
     if words is not None and (
         not isinstance(words, list) or not all(isinstance(w, str) for w in words) or len(words) < 2
@@ -368,8 +373,15 @@ def _check_ranges(cfg: TrainConfig) -> None:
     need(cfg.loss in LOSS_IMPLS, f"loss must be one of {LOSS_IMPLS}, got {cfg.loss!r}{loss_hint}")
     need(cfg.kernel_impl in IMPLS, f"kernel_impl must be one of {IMPLS}, got {cfg.kernel_impl!r}")
     need(cfg.tail in TAIL_MODES, f"tail must be one of {TAIL_MODES}, got {cfg.tail!r}")
-    need(cfg.temperature > 0, f"temperature must be > 0, got {cfg.temperature}")
-    need(cfg.stall_timeout > 0, f"stall_timeout must be > 0 seconds, got {cfg.stall_timeout}")
+    need(
+        math.isfinite(cfg.temperature) and cfg.temperature > 0,
+        f"temperature must be a finite number > 0, got {cfg.temperature}",
+    )
+    need(
+        math.isfinite(cfg.stall_timeout) and cfg.stall_timeout > 0,
+        f"stall_timeout must be a finite number of seconds > 0, got {cfg.stall_timeout}",
+    )
+    need(0 <= cfg.seed < 2**32, f"seed must be in [0, 2**32), got {cfg.seed}")
     need(cfg.max_steps >= 1, f"max_steps must be >= 1, got {cfg.max_steps}")
     for name in ("checkpoint_every", "export_every", "eval_every", "num_workers"):
         need(getattr(cfg, name) >= 0, f"{name} must be >= 0")

@@ -23,9 +23,10 @@ from .base import Objective, StoreContext, StudentOutputs
 if TYPE_CHECKING:
     from ..config import TrainConfig
 
-__all__ = ["LOSS_IMPLS", "PredictionDistillation"]
+__all__ = ["DEFAULT_TAIL", "LOSS_IMPLS", "PredictionDistillation"]
 
 LOSS_IMPLS = ("logits", "fused_linear")
+DEFAULT_TAIL = "bucket"  # the tail mode of top-k stores (sampled stores have no tail)
 
 
 @register_objective
@@ -36,7 +37,7 @@ class PredictionDistillation(Objective):
     def __init__(
         self,
         loss: str = "logits",
-        tail: str = "bucket",
+        tail: str = DEFAULT_TAIL,
         temperature: float = 1.0,
         scale_t2: bool = False,
         kernel_impl: str = "auto",
@@ -64,6 +65,12 @@ class PredictionDistillation(Objective):
                 f"{store.path}: a sampled store estimates the teacher at temperature 1; "
                 f"temperature={self.kernel_args['temperature']} would bias it (use 1.0, or a "
                 f"top-k store)"
+            )
+        if store.manifest.sampled and self.kernel_args["tail"] != DEFAULT_TAIL:
+            raise ValueError(
+                f"{store.path}: tail={self.kernel_args['tail']!r} says how a top-k store's tail "
+                f"mass enters the loss; a sampled store has none (its estimate needs none): "
+                f"leave tail at its default, {DEFAULT_TAIL!r}"
             )
         return importance_weighted(store.manifest)
 
