@@ -3,6 +3,7 @@ full teacher, for top-k targets (each tail mode) and sampled targets.
 
     python benchmarks/bench_target_fidelity.py                  # CPU, 3 seeds, a few minutes
     python benchmarks/bench_target_fidelity.py --seeds 5 --steps 300
+    python benchmarks/bench_target_fidelity.py --quick      # a check that it runs: ~1 minute
 
 Workspace (``smash.train.demo``'s pieces): a corpus of ``--docs`` documents from the tiny
 fixture grammar, split by document into train and held-out (the demo's 120 documents give
@@ -132,7 +133,7 @@ def train_config(run: Path, student: Path, store: Path, args, seed: int, **extra
         "seed": seed,
         "num_workers": 0,
         "checkpoint_every": 0,
-        "log_every": 10,
+        "log_every": max(1, min(10, args.steps // 4)),  # a few timing windows in any run
         "deepspeed": {
             "train_micro_batch_size_per_gpu": args.batch,
             "gradient_accumulation_steps": 1,
@@ -196,7 +197,8 @@ def run_one(config: dict, heldout: Path, pad_id: int) -> dict:
     trainer.train()
     trainer.cleanup()
     run = Path(config["output_dir"])
-    windows = [r for r in read_metrics(run) if "samples_per_s" in r][1:]
+    windows = [r for r in read_metrics(run) if "samples_per_s" in r]
+    windows = windows[1:] or windows  # the first window holds the start-up, when there are more
     batch = config["deepspeed"]["train_micro_batch_size_per_gpu"]
     ms = statistics.median(1000 * batch / r["samples_per_s"] for r in windows)
     return {**heldout_fidelity(run / "student", heldout, pad_id), "ms_per_step": ms}
@@ -291,7 +293,19 @@ def main() -> int:
     )
     p.add_argument("--work", type=Path, default=None, help="workspace (default: a temp folder)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a check that the benchmark runs (about a minute; its figures mean little): "
+        "1 seed, 40 steps, 300 documents, a 300-step teacher, top-4/64 bucket, N=12",
+    )
+    if p.parse_known_args()[0].quick:  # its sizes become the defaults; flags still win
+        p.set_defaults(seeds=1, steps=40, docs=300, teacher_steps=300, ks="4,64", tails="bucket",
+                       samples="12")  # fmt: skip
     args = p.parse_args()
+    for name in ("seeds", "steps", "batch", "docs", "teacher_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(1)
     from smash.precompute.tiny import build_tiny_setup, write_tiny_corpus
     from smash.train.demo import corpus_examples, sharpen_teacher, split_corpus
