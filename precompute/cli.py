@@ -18,6 +18,7 @@ import importlib
 import math
 import os
 import sys
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from smash.store.fingerprint import tokenizer_record
 from .corpus import Corpus, CorpusError, HFCorpus, open_corpus
 from .kshot.pass_cli import main_kshot
 from .kshot.teacher import KSHOT_TASK
+from .output_lock import output_lock
 from .provenance import (
     ConfigMismatch,
     check_output,
@@ -152,12 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite", action="store_true", help="replace a store of another configuration in --out"
     )
-    p.add_argument(
-        "--verify-existing",
-        action="store_true",
-        help="on a rerun, check the sha256 of every finished shard, not only its size, and "
-        "write again the ones that differ",
-    )
+    # A rerun always compares finished shards' sha256 now; the flag that asked for it is
+    # still accepted, so that scripts written for earlier versions keep working.
+    p.add_argument("--verify-existing", action="store_true", help=argparse.SUPPRESS)
     kshot = p.add_argument_group("--task kshot: one store per task, OUT/<task folder>/")
     kshot.add_argument("--kshot-data", type=Path, help="k-shot root holding TASK/K-SEED folders")
     kshot.add_argument("--kshot-tasks", nargs="+", help="downstream tasks (SST-2 MNLI ...)")
@@ -250,12 +249,18 @@ def _import_plugins(modules: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verify_existing:
+        print(
+            "precompute-teacher: note: --verify-existing is no longer needed: a rerun always "
+            "compares the sha256 of every finished shard with its record",
+            file=sys.stderr,
+        )
     if args.task == KSHOT_TASK:
         return main_kshot(args)
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    preparer, created = None, False
+    preparer, created, lock = None, False, ExitStack()
     try:
         _import_plugins(args.plugin)
         if args.corpus is None:
@@ -282,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{group}; making {args.num_examples - args.num_examples % group:,}",
                 file=sys.stderr,
             )
+        # The folder is taken now, before the corpus and the teacher load: a second run into
+        # it is refused at once (rank 0 holds the lock; see output_lock.py).
+        created = not args.out.exists()
+        args.out.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            lock.enter_context(output_lock(args.out))
         corpus = open_corpus(
             args.corpus, text_field=args.text_field, one_doc_per_file=args.one_doc_per_file
         )
@@ -330,7 +341,6 @@ def main(argv: list[str] | None = None) -> int:
             tokenize_workers=args.tokenize_workers
             if args.tokenize_workers is not None
             else min(8, max(1, (os.cpu_count() or 2) // world - 1)),
-            verify_existing=args.verify_existing,
         )
         preparer = start_preparer(task, tokenizer, cfg)  # starts while the model loads
         model = load_teacher(args.teacher, family, args.revision, PRECISIONS[args.dtype], device)
@@ -360,8 +370,6 @@ def main(argv: list[str] | None = None) -> int:
                 "nccl" if device.type == "cuda" else "gloo", timeout=timedelta(days=1)
             )
         # Every rank checks (and refuses alike); then rank 0 alone clears, between barriers.
-        created = not args.out.exists()
-        args.out.mkdir(parents=True, exist_ok=True)
         replace = check_output(
             args.out, producer, tokenizer_record(tokenizer), args.overwrite, cfg.targets_record()
         )
@@ -392,11 +400,14 @@ def main(argv: list[str] | None = None) -> int:
     except (CorpusError, ConfigMismatch, StoreError, ValueError, OSError) as err:
         if preparer is not None:
             preparer.close(wait=False)
+        lock.close()  # removes the lock file: the folder may be empty again
         if created:
             _remove_if_empty(args.out)
         # Under torchrun / the deepspeed launcher, this rank's exit ends the other ranks too.
         print(f"precompute-teacher: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        lock.close()
 
 
 def _target_width(args: argparse.Namespace) -> int:

@@ -72,7 +72,6 @@ class PassConfig:
     rank: int = 0
     world_size: int = 1
     tokenize_workers: int = 1  # processes tokenizing ahead; 0 = in a thread of this process
-    verify_existing: bool = False  # check finished shards' sha256, not only their size
     targets: str = "topk"  # "topk", or "sampled": k draws per mask (k = the number of samples)
     sample_seed: int | None = None  # seeds the draws of sampled targets (None: ``seed``)
     proposal_temperature: float = 1.0  # sampled targets: draw from the teacher at this T
@@ -127,20 +126,22 @@ def _shards(
         yield index, chunk
 
 
-def _damage(path: Path, records: list[ShardInfo], check_hash: bool) -> str | None:
+def _damage(path: Path, records: list[ShardInfo]) -> str | None:
     """Why a shard recorded as finished must be written again (None: it is intact).
 
-    Its size is compared with the records (cheap); with ``check_hash`` also its sha256.
+    Its size is compared with the records, then its sha256: the size alone says little, since
+    tar pads every small shard to 10,240 bytes (a shard of another run, or a flipped byte,
+    has the recorded size). Hashing reads each finished shard once, in the background thread
+    that feeds the teacher.
     """
     if not path.exists():
         return "its file is missing"
     size = path.stat().st_size
     if all(size != r.bytes for r in records):
         return f"its file has {size:,} bytes, the record {records[-1].bytes:,}"
-    if check_hash:
-        digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-        if all(digest != r.sha256 for r in records):
-            return "its checksum differs from the record"
+    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    if all(digest != r.sha256 for r in records):
+        return "its checksum differs from the record"
     return None
 
 
@@ -162,7 +163,7 @@ def _shard_jobs(
             continue
         name = shard_name(index)
         finished = name in done
-        if finished and (why := _damage(cfg.out / name, done[name], cfg.verify_existing)):
+        if finished and (why := _damage(cfg.out / name, done[name])):
             tqdm.write(f"[rank {cfg.rank}] {name} was finished, but {why}: writing it again")
             summary.redone_shards.append(name)
             finished = False
