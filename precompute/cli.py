@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import os
 import sys
 from contextlib import ExitStack
@@ -25,6 +24,16 @@ from pathlib import Path
 import torch
 from smash.store.errors import StoreError
 from smash.store.fingerprint import tokenizer_record
+from smash.store.flags import (
+    PROBABILITY,
+    SEED,
+    Distinct,
+    DistinctNames,
+    FlagParser,
+    integer,
+    number,
+    parse_flags,
+)
 
 from .corpus import Corpus, CorpusError, HFCorpus, open_corpus
 from .kshot.pass_cli import main_kshot
@@ -49,8 +58,8 @@ from .teacher_pass import PassConfig, PassSummary, finalize, run_teacher_pass, s
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> FlagParser:
+    p = FlagParser(
         prog="precompute-teacher",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -85,63 +94,65 @@ def build_parser() -> argparse.ArgumentParser:
         help="what a mask keeps of the teacher: its top-k with the tail mass, or --samples "
         "draws from its full distribution (distinct ids and counts: unbiased targets)",
     )
-    p.add_argument("--k", type=int, default=None, help="top-k entries kept per mask (64)")
+    p.add_argument("--k", type=integer(1), default=None, help="top-k entries kept per mask (64)")
     p.add_argument(
         "--samples",
-        type=int,
+        type=integer(1),
         default=None,
         help="--targets sampled: draws per mask (12), seeded by --sample-seed, example and mask",
     )
     p.add_argument(
         "--sample-seed",
-        type=int,
+        type=SEED,
         default=None,
         help="--targets sampled: the draws' seed (default: --seed); another one draws other "
         "tokens for the same examples",
     )
     p.add_argument(
         "--proposal-temperature",
-        type=float,
+        type=number(above=0),
         default=None,
         help="--targets sampled: draw from the teacher at this temperature (1.0; above 1 "
         "reaches further into the tail) and store each id's importance ratio",
     )
     p.add_argument(
         "--num-examples",
-        type=int,
+        type=integer(1),
         default=100_000,
         help="candidate examples (before a teacher filter), rounded down to a "
         "whole number of the task's groups (sentence-pair: 3, one per label)",
     )
-    p.add_argument("--shard-size", type=int, default=10_000, help="candidates per shard")
+    p.add_argument("--shard-size", type=integer(1), default=10_000, help="candidates per shard")
     p.add_argument(
         "--token-budget",
-        type=int,
+        type=integer(1),
         default=16_384,
         help="padded tokens per teacher batch (length-bucketed)",
     )
     p.add_argument(
         "--tokenize-workers",
-        type=int,
+        type=integer(0),
         default=None,
         help="processes tokenizing shards ahead of the teacher (default: the CPUs "
         "per rank minus one, at most 8; 0: in a thread)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp16")
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
-    p.add_argument("--min-words", type=int, default=4, help="shortest sentence kept")
-    p.add_argument("--max-words", type=int, default=60, help="longest sentence kept")
+    p.add_argument("--min-words", type=integer(1), default=4, help="shortest sentence kept")
+    p.add_argument("--max-words", type=integer(1), default=60, help="longest sentence kept")
     p.add_argument("--template", default=None, help="override the task's LM-BFF template")
-    p.add_argument("--max-length", type=int, default=None, help="override the task's max length")
-    p.add_argument("--filter-rule", default=None, help="sentiment: max-prob | polar | none")
-    p.add_argument("--threshold", type=float, default=None, help="sentiment filter threshold")
     p.add_argument(
-        "--segment-words", type=int, default=None, help="mlm: words per text segment (300)"
+        "--max-length", type=integer(1), default=None, help="override the task's max length"
+    )
+    p.add_argument("--filter-rule", default=None, help="sentiment: max-prob | polar | none")
+    p.add_argument("--threshold", type=PROBABILITY, default=None, help="sentiment filter threshold")
+    p.add_argument(
+        "--segment-words", type=integer(1), default=None, help="mlm: words per text segment (300)"
     )
     p.add_argument(
         "--mask-probability",
-        type=float,
+        type=number(above=0, maximum=1),
         default=None,
         help="mlm: share of each segment's tokens masked (0.15; 80/10/10 as BERT)",
     )
@@ -159,19 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-existing", action="store_true", help=argparse.SUPPRESS)
     kshot = p.add_argument_group("--task kshot: one store per task, OUT/<task folder>/")
     kshot.add_argument("--kshot-data", type=Path, help="k-shot root holding TASK/K-SEED folders")
-    kshot.add_argument("--kshot-tasks", nargs="+", help="downstream tasks (SST-2 MNLI ...)")
     kshot.add_argument(
-        "--kshot-seeds", nargs="+", type=int, help="the splits' seeds (13 21 42 87 100)"
+        "--kshot-tasks", nargs="+", action=DistinctNames, help="downstream tasks (SST-2 MNLI ...)"
+    )
+    kshot.add_argument(
+        "--kshot-seeds",
+        nargs="+",
+        type=SEED,
+        action=Distinct,
+        help="the splits' seeds (13 21 42 87 100)",
     )
     kshot.add_argument(
         "--kshot-k",
-        type=int,
+        type=integer(1),
         nargs="+",
+        action=Distinct,
         help="examples per label (16); several K (16 32 64 128 256) for a learning curve",
     )
     kshot.add_argument(
         "--kshot-splits",
         nargs="+",
+        action=Distinct,
         choices=("train", "dev"),
         help="which files get soft labels (train, what distill trains on)",
     )
@@ -183,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a task's template, as evaluate-fewshot --template (default: the paper's Table 6)",
     )
     p.add_argument(
-        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+        "--local_rank", "--local-rank", type=integer(0), default=None, help=argparse.SUPPRESS
     )  # passed by the deepspeed launcher; env is used
     return p
 
@@ -248,7 +267,9 @@ def _import_plugins(modules: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_flags(build_parser(), argv)
+    if args is None:
+        return 2
     if args.verify_existing:
         print(
             "precompute-teacher: note: --verify-existing is no longer needed: a rerun always "
@@ -271,8 +292,10 @@ def main(argv: list[str] | None = None) -> int:
             flags = ", ".join(given + ["--kshot-template"] * bool(args.kshot_template))
             raise ValueError(f"{flags}: for --task kshot, not --task {args.task}")
         width = _target_width(args)
-        if args.num_examples < 1 or args.shard_size < 1:
-            raise ValueError("--num-examples and --shard-size must be positive")
+        if args.min_words > args.max_words:
+            raise ValueError(
+                f"--min-words {args.min_words} is more than --max-words {args.max_words}"
+            )
         splitter = SentenceSplitter(args.min_words, args.max_words)
         task = make_task(args.task, splitter, **_task_options(args))
         group = getattr(task, "group_size", 1)
@@ -418,17 +441,10 @@ def _target_width(args: argparse.Namespace) -> int:
                 "--samples, --sample-seed and --proposal-temperature are for --targets sampled; "
                 "top-k targets take --k"
             )
-        width, option = (64 if args.k is None else args.k), "--k"
-    else:
-        if args.k is not None:
-            raise ValueError("--k is for --targets topk; sampled targets take --samples")
-        width, option = (12 if args.samples is None else args.samples), "--samples"
-        tau = args.proposal_temperature
-        if tau is not None and not (tau > 0 and math.isfinite(tau)):
-            raise ValueError(f"--proposal-temperature must be a positive number, got {tau}")
-    if width < 1:
-        raise ValueError(f"{option} must be positive, got {width}")
-    return width
+        return 64 if args.k is None else args.k
+    if args.k is not None:
+        raise ValueError("--k is for --targets topk; sampled targets take --samples")
+    return 12 if args.samples is None else args.samples
 
 
 def _remove_if_empty(out: Path) -> None:

@@ -55,8 +55,8 @@ def _acquire(out: Path, path: Path) -> int:
                 f"{out} is in use by another precompute-teacher run ({holder}); wait for it "
                 f"to end or choose another --out"
             ) from None
-        # The holder we waited for may have removed the file just before releasing it: then
-        # this lock is on a file no one else will open; take the one now under the name.
+        # A run that ends removes the file, then releases its lock: a lock taken in between
+        # is on a file that no longer has the name; try again with the one that has it.
         try:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 break

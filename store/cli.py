@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 from .codec import DecodedChunk
 from .errors import StoreError
+from .flags import FlagParser, integer, number, parse_flags
 from .locations import DEFAULT_STALL_TIMEOUT
 from .manifest import Manifest, ShardInfo, load_manifest, manifest_location
 from .shards import read_shard
 
-__all__ = ["main", "teacher_statistics", "verify_store"]
+__all__ = ["build_parser", "main", "teacher_statistics", "verify_store"]
 
 
 def _read_shards(
@@ -210,29 +211,19 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
-
-
 def _store_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", help="store directory, manifest.json path, URL or pipe: command")
     p.add_argument(
         "--stall-timeout",
-        type=_positive(float),
+        type=number(above=0),
         default=DEFAULT_STALL_TIMEOUT,
         metavar="SECONDS",
         help="give up on a read that receives nothing for this long (default: %(default)g)",
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def build_parser() -> FlagParser:
+    parser = FlagParser(
         prog="smash-store",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -242,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     _store_arguments(p)
     p.add_argument(
         "--max-shards",
-        type=_positive(int),
+        type=integer(1),
         default=None,
         help="compute statistics from the first N shards only",
     )
@@ -253,7 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     _store_arguments(p)
     p.set_defaults(run=_verify)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_flags(build_parser(), argv)
+    if args is None:
+        return 2
     try:
         return args.run(args)
     except StoreError as err:
