@@ -2,6 +2,7 @@
 k-shot files found: each is refused with one line naming what is wrong, before anything is
 written, and leaves no folder behind."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,55 @@ def test_a_task_folder_that_another_run_writes_is_refused(tiny, kshot, tmp_path,
         assert kshot_pass(tiny, kshot, tmp_path / "out") == 2
         assert f"{folder} is in use by another precompute-teacher run (pid " in refused(capsys)
         assert [p.name for p in folder.iterdir()] == [LOCK_NAME]
+
+
+# ------------------------------------------------------------------- bytes that are not UTF-8
+
+
+def with_latin1_word(path: Path, line: int) -> int:
+    """Put 'café' in Latin-1 (0xe9 for 'é') into the first sentence of line ``line`` (1-based)
+    of a UTF-8 file; the 1-based byte of the line where 0xe9 is."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[line - 1] = lines[line - 1].replace(b" ", " café ".encode("latin-1"), 1)
+    path.write_bytes(b"".join(lines))
+    return lines[line - 1].index(b"\xe9") + 1
+
+
+NOT_UTF8 = "not valid UTF-8 at byte {} of the line (b'"
+
+
+@pytest.mark.parametrize("task, name, line", [("SST-2", "train.tsv", 4), ("SST-5", "train.csv", 3)])
+def test_a_kshot_split_that_is_not_utf8_is_named_with_its_line(
+    tiny, tmp_path, capsys, task, name, line
+):
+    data = tmp_path / "data"
+    make_kshot(ORIGINAL, data, [get_task(task)], seeds=[13], k=8)
+    path = data / get_task(task).dirname / "8-13" / name
+    column = with_latin1_word(path, line)
+    out = tmp_path / "out"
+    assert kshot_pass(tiny, data, out, "--kshot-tasks", task) == 2
+    assert f"{path}:{line}: {NOT_UTF8.format(column)}" in refused(capsys)
+    assert not out.exists()
+
+
+def test_an_original_task_file_that_is_not_utf8_is_named_with_its_line(tmp_path, capsys):
+    from smash.precompute.kshot.splits import main as make_kshot_cli
+
+    original = tmp_path / "original"
+    shutil.copytree(ORIGINAL / "SST-2", original / "SST-2")
+    with_latin1_word(original / "SST-2" / "train.tsv", 5)
+    argv = ["--original", str(original), "--out", str(tmp_path / "out"), "--tasks", "SST-2"]
+    assert make_kshot_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"make-kshot: error: {original / 'SST-2' / 'train.tsv'}:5: not valid")
+    assert err.count("\n") == 1
+
+
+def test_an_lmbff_template_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    from smash.precompute.kshot.data import DataError
+    from smash.train.fewshot.auto_prompts import read_template
+
+    path = tmp_path / "16-13.sort.txt"
+    path.write_bytes(b"\n*cls**sent_0*_Tr\xe8s*mask*.*sep+*\n")
+    with pytest.raises(DataError, match=rf"^{path}:2: not valid UTF-8 at byte 17 of the line"):
+        read_template(path, get_task("SST-2"))

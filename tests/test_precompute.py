@@ -312,7 +312,7 @@ def test_changed_configuration_is_refused_and_nothing_is_lost(tiny, tmp_path, ca
     [
         ("empty", "corpus is empty"),
         ("one-sentence-docs", "no document has 3 or more sentences"),
-        ("latin1", "line 2 (byte 27) is not valid UTF-8"),
+        ("latin1", "corpus.txt:2: not valid UTF-8 at byte 4 of the line"),
         ("no-mask-template", "must contain exactly one *mask*"),
         ("big-k", "--k 5000 is larger than the vocabulary"),
         ("no-mask-tokenizer", "has neither a mask token nor <extra_id_0>"),

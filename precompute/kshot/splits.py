@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from smash.precompute.kshot.data import DataError, parse_label, read_rows, require_file
 from smash.precompute.kshot.tasks import TASKS, Task, get_task
+from smash.precompute.shared.text_files import utf8_lines
 from smash.store.flags import SEED, Distinct, DistinctNames, FlagParser, integer, parse_flags
 
 __all__ = ["SEEDS", "build_parser", "main", "make_kshot", "select_kshot"]
@@ -96,8 +97,7 @@ def _read_original(task: Task, path: Path) -> tuple[str, list, list]:
     lines = None
     require_file(task, path, hint="download the original task files into it")
     if task.fmt == "tsv":
-        with path.open(encoding="utf-8") as f:
-            lines = f.readlines()
+        lines = [text for _, text in utf8_lines(path, DataError)]
         header = lines[0] if lines else ""
     for line, row in read_rows(task, path):
         label = parse_label(task, row, path, line)
