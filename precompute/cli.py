@@ -51,7 +51,7 @@ from .sentences import SentenceSplitter
 from .shared.adapters import family_of, load_teacher, max_sequence_length
 from .shared.model_paths import require_folder_or_hub_name
 from .shared.precisions import PRECISIONS
-from .shared.templates import answer_token_id
+from .shared.templates import answer_token_id, parse_template, require_room
 from .tasks import make_task, task_names
 from .teacher_pass import PassConfig, PassSummary, finalize, run_teacher_pass, start_preparer
 
@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         splitter = SentenceSplitter(args.min_words, args.max_words)
         task = make_task(args.task, splitter, **_task_options(args))
+        if task.template is not None:
+            parse_template(task.template)  # a bad template fails before anything is made
         group = getattr(task, "group_size", 1)
         if args.num_examples < group:
             raise ValueError(
@@ -338,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         family = family_of(AutoConfig.from_pretrained(args.teacher, revision=args.revision))
         tokenizer = AutoTokenizer.from_pretrained(args.teacher, revision=args.revision)
         answer_token_id(tokenizer)  # raises when prompts would have no answer slot
+        if task.template is not None:
+            require_room(task.template, tokenizer, task.max_length)
         if family == "t5" and task.template is None:
             raise ValueError(
                 f"task {task.name!r} masks raw text, which needs a masked LM; {args.teacher!r} "

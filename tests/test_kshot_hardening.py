@@ -10,6 +10,7 @@ from smash.precompute.cli import main as precompute
 from smash.precompute.kshot.splits import make_kshot
 from smash.precompute.kshot.tasks import get_task
 from smash.precompute.output_lock import LOCK_NAME, output_lock
+from smash.store.reader import StoreDataset
 
 ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
 
@@ -22,10 +23,11 @@ def kshot_pass(tiny, data, out, *extra):
 
 
 def refused(capsys) -> str:
-    """The one error line of a refused run."""
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("precompute-teacher: error: "), err
-    return err[0]
+    """The one error line of a refused run (the last on stderr, after any progress bar)."""
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("precompute-teacher: error: ") and err.count("error:") == 1, err
+    return last
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +96,41 @@ def test_an_lmbff_template_file_that_is_not_utf8_is_named_with_its_line(tmp_path
     path.write_bytes(b"\n*cls**sent_0*_Tr\xe8s*mask*.*sep+*\n")
     with pytest.raises(DataError, match=rf"^{path}:2: not valid UTF-8 at byte 17 of the line"):
         read_template(path, get_task("SST-2"))
+
+
+# ------------------------------------------------------------------- prompts with no sentence
+
+NO_SENTENCE = "*cls*_It_was*mask*.*sep+*"
+
+
+def own_tokens(tokenizer, *texts: str) -> int:
+    """Tokens of a template's literal parts plus its <s>, <mask> and </s>."""
+    return 3 + sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in texts)
+
+
+def test_a_max_length_that_the_template_alone_fills_is_refused(tiny, tiny_tokenizer, kshot,
+                                                               tmp_path, capsys):  # fmt: skip
+    own = own_tokens(tiny_tokenizer, " It was", ".")  # SST-2: *cls**sent_0*_It_was*mask*.*sep+*
+    out = tmp_path / "out"
+    assert kshot_pass(tiny, kshot, out, "--max-length", str(own)) == 2
+    line = refused(capsys)
+    assert f"SST-2: {kshot / 'SST-2' / '8-13' / 'train.tsv'}:2 (row 0): max length {own}" in line
+    assert f"alone is {own} tokens; the minimum max length is {own + 1}" in line
+    assert not out.exists()
+    assert kshot_pass(tiny, kshot, out, "--max-length", str(own + 1)) == 0
+    examples = list(StoreDataset(out / "SST-2", shuffle=False))
+    assert examples and all(len(ex["input_ids"]) == own + 1 for ex in examples)
+
+
+def test_a_template_that_reads_no_sentence_is_refused(tiny, kshot, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert kshot_pass(tiny, kshot, out, "--kshot-template", f"SST-2={NO_SENTENCE}") == 2
+    assert f"template {NO_SENTENCE!r} reads no sentence (no *sent_i* part)" in refused(capsys)
+    assert not out.exists()
+
+
+def test_a_pass_refused_after_the_teacher_loaded_leaves_no_folder(tiny, kshot, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert kshot_pass(tiny, kshot, out, "--max-length", "64", "--token-budget", "8") == 2
+    assert "token budget 8 is smaller than the longest example" in refused(capsys)
+    assert not out.exists()

@@ -143,3 +143,24 @@ def test_a_folder_that_existed_is_kept(tiny, tmp_path, existing):
         out.mkdir()
     assert run(tiny, out, task="nothing-at-all") == 2
     assert out.exists() == existing
+
+
+# ------------------------------------------------------------------- prompts with no sentence
+
+
+def test_a_template_that_reads_no_sentence_is_refused(tiny, tmp_path, capsys):
+    template = "*cls*_It_was*mask*.*sep+*"
+    assert run(tiny, tmp_path / "out", "--template", template, task="sentiment") == 2
+    assert f"template {template!r} reads no sentence (no *sent_i* part)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_max_length_that_the_template_alone_fills_is_refused(tiny, tiny_tokenizer, tmp_path,
+                                                               capsys):  # fmt: skip
+    # sentence-pair: *cls**sent-_0*?*mask*,*+sentl_1**sep+*
+    own = 3 + sum(len(tiny_tokenizer.encode(t, add_special_tokens=False)) for t in ("?", ","))
+    assert run(tiny, tmp_path / "out", "--max-length", str(own)) == 2
+    err = capsys.readouterr().err
+    assert f"error: max length {own} leaves no sentence token in a prompt: template " in err
+    assert f"alone is {own} tokens; the minimum max length is {own + 1}" in err
+    assert not (tmp_path / "out").exists()

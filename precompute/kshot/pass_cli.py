@@ -90,6 +90,8 @@ def main_kshot(args: argparse.Namespace) -> int:
                 f"--k {width} is larger than the vocabulary of {args.teacher!r} "
                 f"({len(tokenizer)} tokens)"
             )
+        for task in tasks:
+            task.check_room(tokenizer)
         made: list[Path] = []  # the folders this run created
         with ExitStack() as locks:
             try:
