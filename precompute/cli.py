@@ -53,7 +53,15 @@ from .shared.model_paths import require_folder_or_hub_name
 from .shared.precisions import PRECISIONS
 from .shared.templates import answer_token_id, parse_template, require_room
 from .tasks import make_task, task_names
-from .teacher_pass import PassConfig, PassSummary, finalize, run_teacher_pass, start_preparer
+from .teacher_pass import (
+    NoExamples,
+    PassConfig,
+    PassSummary,
+    finalize,
+    nothing_kept,
+    run_teacher_pass,
+    start_preparer,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -420,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.distributed.barrier()
         if rank == 0:
             finalize(args.out, summary)
+            if summary.store_examples == 0:  # every example was filtered out
+                clear_output(args.out, everything=True)
+                raise NoExamples(nothing_kept(task, summary, world))
         _print_summary(summary, args.out, rank)
         if distributed:
             torch.distributed.destroy_process_group()

@@ -77,16 +77,27 @@ class SentimentTask:
         rng.shuffle(buffer)
         yield from buffer
 
-    def keep(self, verbalizer_logprobs: np.ndarray) -> np.ndarray | None:
-        """(R, 5) teacher log-probabilities of the verbalizer -> (R,) bool, or None (keep all)."""
+    def statistic(self, verbalizer_logprobs: np.ndarray) -> np.ndarray | None:
+        """(R, 5) teacher log-probabilities of the verbalizer -> (R,) what the filter compares
+        with ``threshold`` (the largest renormalised probability, or the larger polar mass);
+        None for the rule ``none``."""
         if self.filter_rule == "none":
             return None
         lp = verbalizer_logprobs.astype(np.float64)
         p = np.exp(lp - lp.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         if self.filter_rule == "max-prob":
-            return p.max(axis=1) >= self.threshold
-        return np.maximum(p[:, :2].sum(1), p[:, 3:].sum(1)) >= self.threshold
+            return p.max(axis=1)
+        return np.maximum(p[:, :2].sum(1), p[:, 3:].sum(1))
+
+    def keep(self, verbalizer_logprobs: np.ndarray) -> np.ndarray | None:
+        """(R, 5) teacher log-probabilities of the verbalizer -> (R,) bool, or None (keep all)."""
+        values = self.statistic(verbalizer_logprobs)
+        return None if values is None else values >= self.threshold
+
+    @property
+    def statistic_name(self) -> str:
+        return self.filter_rule
 
     def label(self, verbalizer_logprobs: np.ndarray) -> np.ndarray:
         return verbalizer_logprobs.argmax(axis=1)

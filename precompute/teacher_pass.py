@@ -56,6 +56,7 @@ __all__ = [
     "PassConfig",
     "PassSummary",
     "finalize",
+    "nothing_kept",
     "run_teacher_pass",
     "start_preparer",
 ]
@@ -97,6 +98,7 @@ class PassSummary:
     shards: int = 0  # shards written by this process in this run
     skipped_shards: int = 0  # finished in an earlier run
     redone_shards: list[str] = field(default_factory=list)  # recorded, but damaged or missing
+    statistics: list[np.ndarray] = field(default_factory=list)  # a filter's, per candidate
     bytes: int = 0
     real_tokens: int = 0
     computed_tokens: int = 0
@@ -112,7 +114,26 @@ class PassSummary:
 
 
 class NoExamples(ValueError):
-    """The task drew no example at all from the corpus."""
+    """The task drew no example at all from the corpus, or its filter kept none."""
+
+
+def nothing_kept(task: IntermediateTask, summary: PassSummary, world_size: int = 1) -> str:
+    """Why a pass made a store of no example: how many candidates its filter rejected and,
+    for a task with a ``statistic``, that number's spread against the ``threshold`` (over
+    this process's candidates)."""
+    rule = f" ({task.statistic_name} >= {task.threshold:g})" if summary.statistics else ""
+    rank = f" by rank 0 of {world_size}" if world_size > 1 else ""
+    text = (
+        f"task {task.name!r} kept no example: its filter{rule} rejected all "
+        f"{summary.examples:,} candidates sent through the teacher{rank}"
+    )
+    if not summary.statistics:
+        return text + "; nothing was kept"
+    low, median, high, top = np.quantile(np.concatenate(summary.statistics), [0, 0.5, 0.9, 1])
+    return text + (
+        f" ({task.statistic_name}: min {low:.3f}, median {median:.3f}, 90% {high:.3f}, "
+        f"max {top:.3f}); nothing was kept (lower --threshold)"
+    )
 
 
 def _shards(

@@ -3,7 +3,8 @@
     smash-store inspect STORE [--json]   summary, producer config, teacher statistics
     smash-store verify STORE             every shard's checksum, decoding, k and vocabulary
                                          (and keys, where the producer lists example_keys);
-                                         exit 1 naming the bad shards
+                                         exit 1 naming the bad shards, or a store of no
+                                         example
 
 STORE is a folder, a manifest.json path, an http(s):// URL or a pipe: command. A read that
 receives nothing for --stall-timeout seconds fails, naming the location.
@@ -203,12 +204,19 @@ def _verify(args: argparse.Namespace) -> int:
     bad = verify_store(args.store, args.stall_timeout, manifest)
     for name, problem in bad:
         print(f"BAD  {name}: {problem}", file=sys.stderr)
+    empty = manifest.num_samples == 0  # sound shards, but nothing to train on
+    if empty:
+        shards = f"{len(manifest.shards)} shard{'s' * (len(manifest.shards) > 1)}"
+        print(
+            f"BAD  {args.store}: the store holds no example ({shards}, 0 samples)", file=sys.stderr
+        )
     good = len(manifest.shards) - len(bad)
     print(
         f"{good}/{len(manifest.shards)} shards ok"
         + (f", {len(bad)} bad: {', '.join(n for n, _ in bad)}" if bad else "")
+        + ("; the store holds no example" if empty else "")
     )
-    return 1 if bad else 0
+    return 1 if bad or empty else 0
 
 
 def _store_arguments(p: argparse.ArgumentParser) -> None:

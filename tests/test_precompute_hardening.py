@@ -2,10 +2,13 @@
 shards, stale temporary files, and runs that made no example at all."""
 
 import os
+import re
 
 import pytest
 from smash.precompute.tasks import TaskExample, register_task
+from smash.store.cli import main as store_main
 from smash.store.cli import verify_store
+from smash.store.manifest import finalize_store
 from smash.store.writer import StoreWriter
 from test_precompute import assert_same_store, run
 
@@ -164,3 +167,43 @@ def test_a_max_length_that_the_template_alone_fills_is_refused(tiny, tiny_tokeni
     assert f"error: max length {own} leaves no sentence token in a prompt: template " in err
     assert f"alone is {own} tokens; the minimum max length is {own + 1}" in err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------- a filter that keeps nothing
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_a_filter_that_keeps_nothing_says_why_and_leaves_no_store(tiny, tmp_path, capsys,
+                                                                  existing):  # fmt: skip
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+        (out / "notes.txt").write_text("the user's")
+    # max-prob, the largest of five renormalised probabilities, never reaches 1 here
+    extra = ("--filter-rule", "max-prob", "--threshold", "1")
+    assert run(tiny, out, *extra, task="sentiment", n=60, shard=25) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(
+        "precompute-teacher: error: task 'sentiment' kept no example: its filter (max-prob >= 1) "
+        "rejected all 60 candidates sent through the teacher (max-prob: min "
+    ), err
+    quantiles = re.search(r"min ([\d.]+), median ([\d.]+), 90% ([\d.]+), max ([\d.]+)\)", err)
+    low, median, high, top = map(float, quantiles.groups())
+    assert 0.2 <= low <= median <= high <= top < 1
+    assert err.endswith("; nothing was kept (lower --threshold)")
+    if existing:
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    else:
+        assert not out.exists()
+
+
+def test_verify_refuses_a_store_of_no_example(tmp_path, capsys):
+    writer = StoreWriter(tmp_path, producer={}, tokenizer={"fingerprint": "x", "vocab_size": 9},
+                         k=2)  # fmt: skip
+    writer.write_shard(0, [])
+    finalize_store(tmp_path)
+    assert verify_store(str(tmp_path)) == []  # its one shard is sound
+    assert store_main(["verify", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert err == f"BAD  {tmp_path}: the store holds no example (1 shard, 0 samples)\n"
+    assert out == "1/1 shards ok; the store holds no example\n"
