@@ -41,7 +41,21 @@ import numpy as np
 from .corpus import Corpus
 from .sentences import SentenceSplitter
 
-__all__ = ["IntermediateTask", "TaskExample", "make_task", "register_task", "task_names"]
+__all__ = [
+    "META_POSITIONS",
+    "IntermediateTask",
+    "TaskExample",
+    "make_task",
+    "register_task",
+    "task_names",
+]
+
+# What the sentence tasks' ``meta`` positions count, recorded in their options: all of a
+# document's sentences (``SentenceSplitter.sentences``), for every sentence of an example.
+# Before, sentiment counted the kept sentences only and a cross-document pair had no position
+# for one of its sentences; the record makes a store begun that way another configuration,
+# rather than one resumed into a mix of both.
+META_POSITIONS = "all sentences"
 
 
 @dataclass(frozen=True)
