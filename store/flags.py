@@ -77,8 +77,11 @@ def number(
     *, above: float | None = None, minimum: float | None = None, maximum: float | None = None
 ) -> Callable[[str], float]:
     """A finite number ``> above`` (or ``>= minimum``) and ``<= maximum``."""
-    bounds = [f"> {above:g}" if above is not None else "", f">= {minimum:g}" if minimum is not None else "",
-              f"<= {maximum:g}" if maximum is not None else ""]  # fmt: skip
+    bounds = [
+        f"> {above:g}" if above is not None else "",
+        f">= {minimum:g}" if minimum is not None else "",
+        f"<= {maximum:g}" if maximum is not None else "",
+    ]
     wanted = " and ".join(b for b in bounds if b)
 
     def parse(text: str) -> float:
