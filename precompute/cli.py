@@ -15,19 +15,30 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import os
 import sys
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 from smash.store.errors import StoreError
 from smash.store.fingerprint import tokenizer_record
+from smash.store.flags import (
+    PROBABILITY,
+    SEED,
+    Distinct,
+    DistinctNames,
+    FlagParser,
+    integer,
+    number,
+    parse_flags,
+)
 
 from .corpus import Corpus, CorpusError, HFCorpus, open_corpus
 from .kshot.pass_cli import main_kshot
 from .kshot.teacher import KSHOT_TASK
+from .output_lock import output_lock
 from .provenance import (
     ConfigMismatch,
     check_output,
@@ -40,15 +51,23 @@ from .sentences import SentenceSplitter
 from .shared.adapters import family_of, load_teacher, max_sequence_length
 from .shared.model_paths import require_folder_or_hub_name
 from .shared.precisions import PRECISIONS
-from .shared.templates import answer_token_id
+from .shared.templates import answer_token_id, parse_template, require_room
 from .tasks import make_task, task_names
-from .teacher_pass import PassConfig, PassSummary, finalize, run_teacher_pass, start_preparer
+from .teacher_pass import (
+    NoExamples,
+    PassConfig,
+    PassSummary,
+    finalize,
+    nothing_kept,
+    run_teacher_pass,
+    start_preparer,
+)
 
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> FlagParser:
+    p = FlagParser(
         prog="precompute-teacher",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -83,63 +102,65 @@ def build_parser() -> argparse.ArgumentParser:
         help="what a mask keeps of the teacher: its top-k with the tail mass, or --samples "
         "draws from its full distribution (distinct ids and counts: unbiased targets)",
     )
-    p.add_argument("--k", type=int, default=None, help="top-k entries kept per mask (64)")
+    p.add_argument("--k", type=integer(1), default=None, help="top-k entries kept per mask (64)")
     p.add_argument(
         "--samples",
-        type=int,
+        type=integer(1),
         default=None,
         help="--targets sampled: draws per mask (12), seeded by --sample-seed, example and mask",
     )
     p.add_argument(
         "--sample-seed",
-        type=int,
+        type=SEED,
         default=None,
         help="--targets sampled: the draws' seed (default: --seed); another one draws other "
         "tokens for the same examples",
     )
     p.add_argument(
         "--proposal-temperature",
-        type=float,
+        type=number(above=0),
         default=None,
         help="--targets sampled: draw from the teacher at this temperature (1.0; above 1 "
         "reaches further into the tail) and store each id's importance ratio",
     )
     p.add_argument(
         "--num-examples",
-        type=int,
+        type=integer(1),
         default=100_000,
         help="candidate examples (before a teacher filter), rounded down to a "
         "whole number of the task's groups (sentence-pair: 3, one per label)",
     )
-    p.add_argument("--shard-size", type=int, default=10_000, help="candidates per shard")
+    p.add_argument("--shard-size", type=integer(1), default=10_000, help="candidates per shard")
     p.add_argument(
         "--token-budget",
-        type=int,
+        type=integer(1),
         default=16_384,
         help="padded tokens per teacher batch (length-bucketed)",
     )
     p.add_argument(
         "--tokenize-workers",
-        type=int,
+        type=integer(0),
         default=None,
         help="processes tokenizing shards ahead of the teacher (default: the CPUs "
         "per rank minus one, at most 8; 0: in a thread)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp16")
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
-    p.add_argument("--min-words", type=int, default=4, help="shortest sentence kept")
-    p.add_argument("--max-words", type=int, default=60, help="longest sentence kept")
+    p.add_argument("--min-words", type=integer(1), default=4, help="shortest sentence kept")
+    p.add_argument("--max-words", type=integer(1), default=60, help="longest sentence kept")
     p.add_argument("--template", default=None, help="override the task's LM-BFF template")
-    p.add_argument("--max-length", type=int, default=None, help="override the task's max length")
-    p.add_argument("--filter-rule", default=None, help="sentiment: max-prob | polar | none")
-    p.add_argument("--threshold", type=float, default=None, help="sentiment filter threshold")
     p.add_argument(
-        "--segment-words", type=int, default=None, help="mlm: words per text segment (300)"
+        "--max-length", type=integer(1), default=None, help="override the task's max length"
+    )
+    p.add_argument("--filter-rule", default=None, help="sentiment: max-prob | polar | none")
+    p.add_argument("--threshold", type=PROBABILITY, default=None, help="sentiment filter threshold")
+    p.add_argument(
+        "--segment-words", type=integer(1), default=None, help="mlm: words per text segment (300)"
     )
     p.add_argument(
         "--mask-probability",
-        type=float,
+        type=number(above=0, maximum=1),
         default=None,
         help="mlm: share of each segment's tokens masked (0.15; 80/10/10 as BERT)",
     )
@@ -152,27 +173,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite", action="store_true", help="replace a store of another configuration in --out"
     )
-    p.add_argument(
-        "--verify-existing",
-        action="store_true",
-        help="on a rerun, check the sha256 of every finished shard, not only its size, and "
-        "write again the ones that differ",
-    )
+    # A rerun always compares finished shards' sha256 now; the flag that asked for it is
+    # still accepted, so that scripts written for earlier versions keep working.
+    p.add_argument("--verify-existing", action="store_true", help=argparse.SUPPRESS)
     kshot = p.add_argument_group("--task kshot: one store per task, OUT/<task folder>/")
     kshot.add_argument("--kshot-data", type=Path, help="k-shot root holding TASK/K-SEED folders")
-    kshot.add_argument("--kshot-tasks", nargs="+", help="downstream tasks (SST-2 MNLI ...)")
     kshot.add_argument(
-        "--kshot-seeds", nargs="+", type=int, help="the splits' seeds (13 21 42 87 100)"
+        "--kshot-tasks", nargs="+", action=DistinctNames, help="downstream tasks (SST-2 MNLI ...)"
+    )
+    kshot.add_argument(
+        "--kshot-seeds",
+        nargs="+",
+        type=SEED,
+        action=Distinct,
+        help="the splits' seeds (13 21 42 87 100)",
     )
     kshot.add_argument(
         "--kshot-k",
-        type=int,
+        type=integer(1),
         nargs="+",
+        action=Distinct,
         help="examples per label (16); several K (16 32 64 128 256) for a learning curve",
     )
     kshot.add_argument(
         "--kshot-splits",
         nargs="+",
+        action=Distinct,
         choices=("train", "dev"),
         help="which files get soft labels (train, what distill trains on)",
     )
@@ -184,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a task's template, as evaluate-fewshot --template (default: the paper's Table 6)",
     )
     p.add_argument(
-        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+        "--local_rank", "--local-rank", type=integer(0), default=None, help=argparse.SUPPRESS
     )  # passed by the deepspeed launcher; env is used
     return p
 
@@ -249,13 +275,21 @@ def _import_plugins(modules: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_flags(build_parser(), argv)
+    if args is None:
+        return 2
+    if args.verify_existing:
+        print(
+            "precompute-teacher: note: --verify-existing is no longer needed: a rerun always "
+            "compares the sha256 of every finished shard with its record",
+            file=sys.stderr,
+        )
     if args.task == KSHOT_TASK:
         return main_kshot(args)
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    preparer, created = None, False
+    preparer, created, lock = None, False, ExitStack()
     try:
         _import_plugins(args.plugin)
         if args.corpus is None:
@@ -266,10 +300,14 @@ def main(argv: list[str] | None = None) -> int:
             flags = ", ".join(given + ["--kshot-template"] * bool(args.kshot_template))
             raise ValueError(f"{flags}: for --task kshot, not --task {args.task}")
         width = _target_width(args)
-        if args.num_examples < 1 or args.shard_size < 1:
-            raise ValueError("--num-examples and --shard-size must be positive")
+        if args.min_words > args.max_words:
+            raise ValueError(
+                f"--min-words {args.min_words} is more than --max-words {args.max_words}"
+            )
         splitter = SentenceSplitter(args.min_words, args.max_words)
         task = make_task(args.task, splitter, **_task_options(args))
+        if task.template is not None:
+            parse_template(task.template)  # a bad template fails before anything is made
         group = getattr(task, "group_size", 1)
         if args.num_examples < group:
             raise ValueError(
@@ -282,6 +320,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{group}; making {args.num_examples - args.num_examples % group:,}",
                 file=sys.stderr,
             )
+        # The folder is taken now, before the corpus and the teacher load: a second run into
+        # it is refused at once (rank 0 holds the lock; see output_lock.py).
+        created = not args.out.exists()
+        args.out.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            lock.enter_context(output_lock(args.out))
         corpus = open_corpus(
             args.corpus, text_field=args.text_field, one_doc_per_file=args.one_doc_per_file
         )
@@ -304,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         family = family_of(AutoConfig.from_pretrained(args.teacher, revision=args.revision))
         tokenizer = AutoTokenizer.from_pretrained(args.teacher, revision=args.revision)
         answer_token_id(tokenizer)  # raises when prompts would have no answer slot
+        if task.template is not None:
+            require_room(task.template, tokenizer, task.max_length)
         if family == "t5" and task.template is None:
             raise ValueError(
                 f"task {task.name!r} masks raw text, which needs a masked LM; {args.teacher!r} "
@@ -330,7 +376,6 @@ def main(argv: list[str] | None = None) -> int:
             tokenize_workers=args.tokenize_workers
             if args.tokenize_workers is not None
             else min(8, max(1, (os.cpu_count() or 2) // world - 1)),
-            verify_existing=args.verify_existing,
         )
         preparer = start_preparer(task, tokenizer, cfg)  # starts while the model loads
         model = load_teacher(args.teacher, family, args.revision, PRECISIONS[args.dtype], device)
@@ -360,8 +405,6 @@ def main(argv: list[str] | None = None) -> int:
                 "nccl" if device.type == "cuda" else "gloo", timeout=timedelta(days=1)
             )
         # Every rank checks (and refuses alike); then rank 0 alone clears, between barriers.
-        created = not args.out.exists()
-        args.out.mkdir(parents=True, exist_ok=True)
         replace = check_output(
             args.out, producer, tokenizer_record(tokenizer), args.overwrite, cfg.targets_record()
         )
@@ -385,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.distributed.barrier()
         if rank == 0:
             finalize(args.out, summary)
+            if summary.store_examples == 0:  # every example was filtered out
+                clear_output(args.out, everything=True)
+                raise NoExamples(nothing_kept(task, summary, world))
         _print_summary(summary, args.out, rank)
         if distributed:
             torch.distributed.destroy_process_group()
@@ -392,11 +438,14 @@ def main(argv: list[str] | None = None) -> int:
     except (CorpusError, ConfigMismatch, StoreError, ValueError, OSError) as err:
         if preparer is not None:
             preparer.close(wait=False)
+        lock.close()  # removes the lock file: the folder may be empty again
         if created:
             _remove_if_empty(args.out)
         # Under torchrun / the deepspeed launcher, this rank's exit ends the other ranks too.
         print(f"precompute-teacher: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        lock.close()
 
 
 def _target_width(args: argparse.Namespace) -> int:
@@ -407,17 +456,10 @@ def _target_width(args: argparse.Namespace) -> int:
                 "--samples, --sample-seed and --proposal-temperature are for --targets sampled; "
                 "top-k targets take --k"
             )
-        width, option = (64 if args.k is None else args.k), "--k"
-    else:
-        if args.k is not None:
-            raise ValueError("--k is for --targets topk; sampled targets take --samples")
-        width, option = (12 if args.samples is None else args.samples), "--samples"
-        tau = args.proposal_temperature
-        if tau is not None and not (tau > 0 and math.isfinite(tau)):
-            raise ValueError(f"--proposal-temperature must be a positive number, got {tau}")
-    if width < 1:
-        raise ValueError(f"{option} must be positive, got {width}")
-    return width
+        return 64 if args.k is None else args.k
+    if args.k is not None:
+        raise ValueError("--k is for --targets topk; sampled targets take --samples")
+    return 12 if args.samples is None else args.samples
 
 
 def _remove_if_empty(out: Path) -> None:

@@ -7,7 +7,7 @@ Accepted inputs (a file, or a folder whose files are read in sorted order):
   - ``.parquet``: a ``text`` column, read one row group at a time;
   - ``hf:NAME[:CONFIG][@REVISION]``: a Hugging Face dataset, streamed (``wikipedia`` extra).
 Documents are streamed, never all held in memory. Bytes that are not UTF-8 raise a
-``CorpusError`` naming the file, line and byte offset.
+``CorpusError`` naming the file, the line and the byte in it (``FILE:LINE``).
 """
 
 from __future__ import annotations
@@ -18,26 +18,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .shared.text_files import utf8_lines
+
 __all__ = ["Corpus", "CorpusError", "HFCorpus", "open_corpus"]
 
 
 class CorpusError(ValueError):
     """The corpus is missing, empty or unreadable; the message names the file."""
-
-
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    offset = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                yield lineno, raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise CorpusError(
-                    f"{path}: line {lineno} (byte {offset + err.start}) is not valid UTF-8: "
-                    f"{raw[max(err.start - 10, 0) : err.start + 10]!r}; re-encode the file "
-                    f"as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-                ) from None
-            offset += len(raw)
 
 
 @dataclass(frozen=True)
@@ -78,7 +65,7 @@ class Corpus:
         if suffix == ".parquet":
             yield from self._parquet(path)
         elif suffix in (".jsonl", ".json"):
-            for lineno, line in _text_lines(path):
+            for lineno, line in utf8_lines(path, CorpusError, newline="\n"):
                 if not line.strip():
                     continue
                 try:
@@ -92,10 +79,10 @@ class Corpus:
                     )
                 yield text
         elif self.one_doc_per_file:
-            yield "".join(line for _, line in _text_lines(path))
+            yield "".join(line for _, line in utf8_lines(path, CorpusError, newline="\n"))
         else:
             lines: list[str] = []
-            for _, line in _text_lines(path):
+            for _, line in utf8_lines(path, CorpusError, newline="\n"):
                 if line.strip():
                     lines.append(line.strip())
                 elif lines:

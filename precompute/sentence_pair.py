@@ -10,8 +10,9 @@ its sentences with a sentence of an earlier document, drawn from a bounded reser
 per label are equal by construction: every round yields one pair of each label.
 
 Adjacency is decided in the text, before the splitter drops short or long sentences: two kept
-sentences with a dropped one between them are not adjacent. ``meta`` records positions among
-all of a document's sentences (``i``, ``j``).
+sentences with a dropped one between them are not adjacent. ``meta`` locates both sentences:
+x1 is sentence ``i`` of document ``doc``, x2 sentence ``j`` of document ``other`` (label 0) or
+of ``doc``, positions among all of a document's sentences (``SentenceSplitter.sentences``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from .corpus import Corpus, CorpusError
 from .sentences import SentenceSplitter
-from .tasks import TaskExample, register_task
+from .tasks import META_POSITIONS, TaskExample, register_task
 
 __all__ = ["SentencePairTask"]
 
@@ -54,7 +55,7 @@ class SentencePairTask:
 
     def examples(self, corpus: Corpus, seed: int) -> Iterator[TaskExample]:
         rng = random.Random(seed)
-        pool: list[tuple[int, str]] = []  # reservoir of (document index, sentence) seen before
+        pool: list[tuple[int, int, str]] = []  # reservoir of (document, position, sentence)
         pooled = usable = made = 0
         for doc_index, document in enumerate(corpus):
             kept = self.splitter.split_positions(document)
@@ -65,12 +66,12 @@ class SentencePairTask:
                     for _ in range(self.pairs_per_doc):
                         yield from self._triple(rng, doc_index, kept, adjacent, pool)
                         made += 3
-            for _, s in kept:  # reservoir sampling: a uniform sample of all past sentences
+            for i, s in kept:  # reservoir sampling: a uniform sample of all past sentences
                 pooled += 1
                 if len(pool) < self.reservoir:
-                    pool.append((doc_index, s))
+                    pool.append((doc_index, i, s))
                 elif (j := rng.randrange(pooled)) < self.reservoir:
-                    pool[j] = (doc_index, s)
+                    pool[j] = (doc_index, i, s)
         if usable == 0:
             raise CorpusError(
                 f"{corpus.path}: no document has 3 or more sentences of "
@@ -94,7 +95,7 @@ class SentencePairTask:
         doc: int,
         kept: list[tuple[int, str]],
         adjacent: list[int],
-        pool: list[tuple[int, str]],
+        pool: list[tuple[int, int, str]],
     ) -> Iterator[TaskExample]:
         """One adjacent (2), one same-document non-adjacent (1), one cross-document (0) pair.
 
@@ -109,15 +110,23 @@ class SentencePairTask:
         while abs(i - j) == 1:
             (i, first), (j, second) = rng.sample(kept, 2)
         yield TaskExample((first, second), 1, {"doc": doc, "i": i, "j": j})
-        other_doc, other = pool[rng.randrange(len(pool))]
+        other_doc, k, other = pool[rng.randrange(len(pool))]
         i, sentence = kept[rng.randrange(len(kept))]
         if rng.random() < 0.5:
-            yield TaskExample((sentence, other), 0, {"doc": doc, "i": i, "other": other_doc})
+            yield TaskExample(
+                (sentence, other), 0, {"doc": doc, "i": i, "other": other_doc, "j": k}
+            )
         else:
-            yield TaskExample((other, sentence), 0, {"doc": other_doc, "other": doc, "j": i})
+            yield TaskExample(
+                (other, sentence), 0, {"doc": other_doc, "i": k, "other": doc, "j": i}
+            )
 
     def keep(self, verbalizer_logprobs: np.ndarray) -> None:
         return None
 
     def config(self) -> dict[str, Any]:
-        return {"pairs_per_doc": self.pairs_per_doc, "reservoir": self.reservoir}
+        return {
+            "pairs_per_doc": self.pairs_per_doc,
+            "reservoir": self.reservoir,
+            "meta_positions": META_POSITIONS,
+        }

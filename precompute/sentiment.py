@@ -12,6 +12,8 @@ that yields the stored top-k, and ``keep`` decides from them. Rules (``--filter-
 - ``none``: keep every sentence.
 
 A kept example's label is the teacher's argmax over the verbalizer (0 = terrible ... 4 = great).
+Its ``meta`` locates the sentence: ``doc`` (the document's index in the corpus) and ``i`` (its
+position among all of the document's sentences, ``SentenceSplitter.sentences``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from .corpus import Corpus, CorpusError
 from .sentences import SentenceSplitter
-from .tasks import TaskExample, register_task
+from .tasks import META_POSITIONS, TaskExample, register_task
 
 __all__ = ["FILTER_RULES", "SentimentTask"]
 
@@ -63,7 +65,7 @@ class SentimentTask:
         buffer: list[TaskExample] = []
         made = 0
         for doc_index, document in enumerate(corpus):
-            for i, sentence in enumerate(self.splitter.split(document)):
+            for i, sentence in self.splitter.split_positions(document):
                 buffer.append(TaskExample((sentence,), -1, {"doc": doc_index, "i": i}))
                 if len(buffer) >= self.shuffle_buffer:
                     made += 1
@@ -77,16 +79,27 @@ class SentimentTask:
         rng.shuffle(buffer)
         yield from buffer
 
-    def keep(self, verbalizer_logprobs: np.ndarray) -> np.ndarray | None:
-        """(R, 5) teacher log-probabilities of the verbalizer -> (R,) bool, or None (keep all)."""
+    def statistic(self, verbalizer_logprobs: np.ndarray) -> np.ndarray | None:
+        """(R, 5) teacher log-probabilities of the verbalizer -> (R,) what the filter compares
+        with ``threshold`` (the largest renormalised probability, or the larger polar mass);
+        None for the rule ``none``."""
         if self.filter_rule == "none":
             return None
         lp = verbalizer_logprobs.astype(np.float64)
         p = np.exp(lp - lp.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         if self.filter_rule == "max-prob":
-            return p.max(axis=1) >= self.threshold
-        return np.maximum(p[:, :2].sum(1), p[:, 3:].sum(1)) >= self.threshold
+            return p.max(axis=1)
+        return np.maximum(p[:, :2].sum(1), p[:, 3:].sum(1))
+
+    def keep(self, verbalizer_logprobs: np.ndarray) -> np.ndarray | None:
+        """(R, 5) teacher log-probabilities of the verbalizer -> (R,) bool, or None (keep all)."""
+        values = self.statistic(verbalizer_logprobs)
+        return None if values is None else values >= self.threshold
+
+    @property
+    def statistic_name(self) -> str:
+        return self.filter_rule
 
     def label(self, verbalizer_logprobs: np.ndarray) -> np.ndarray:
         return verbalizer_logprobs.argmax(axis=1)
@@ -96,4 +109,5 @@ class SentimentTask:
             "filter_rule": self.filter_rule,
             "threshold": self.threshold,
             "shuffle_buffer": self.shuffle_buffer,
+            "meta_positions": META_POSITIONS,
         }

@@ -112,6 +112,9 @@ class ShardWriterThread(threading.Thread):
         labels = np.array([ex.label for ex in examples])
         if "verbalizer_logprobs" in out:
             verbalizer = out["verbalizer_logprobs"]
+            statistic = getattr(self.task, "statistic", None)
+            if statistic is not None and (values := statistic(verbalizer)) is not None:
+                self.summary.statistics.append(np.asarray(values, np.float32))
             decided = self.task.keep(verbalizer)
             if decided is not None:
                 keep = decided

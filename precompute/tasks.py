@@ -15,9 +15,12 @@ one, write a small module with a class like ``SentencePairTask`` and decorate it
         def keep(self, verbalizer_logprobs) -> np.ndarray | None: ...   # None: keep all
         def config(self) -> dict: ...       # recorded in the manifest
 
-Two optional hooks: ``label(verbalizer_logprobs) -> np.ndarray`` replaces the examples' labels
+Optional hooks: ``label(verbalizer_logprobs) -> np.ndarray`` replaces the examples' labels
 by what the teacher says (the sentiment task stores its argmax over the verbalizer), and
 ``group_size`` makes the teacher pass take a multiple of it (3 for the balanced pair labels).
+A filter that keeps the examples whose ``statistic(verbalizer_logprobs) -> np.ndarray | None``
+reaches ``threshold`` can expose both, with ``statistic_name``: when it keeps no example, the
+pass fails showing the statistic's spread (``teacher_pass.nothing_kept``).
 ``sentence_limits`` (pairs of sentence index and token cap) caps sentences before the template
 is assembled, as LM-BFF's ``first_sent_limit`` (the k-shot task, ``kshot/teacher.py``).
 A task with no template and a ``masking`` (``shared/masking.Masking``) gives raw text that the
@@ -38,7 +41,21 @@ import numpy as np
 from .corpus import Corpus
 from .sentences import SentenceSplitter
 
-__all__ = ["IntermediateTask", "TaskExample", "make_task", "register_task", "task_names"]
+__all__ = [
+    "META_POSITIONS",
+    "IntermediateTask",
+    "TaskExample",
+    "make_task",
+    "register_task",
+    "task_names",
+]
+
+# What the sentence tasks' ``meta`` positions count, recorded in their options: all of a
+# document's sentences (``SentenceSplitter.sentences``), for every sentence of an example.
+# Before, sentiment counted the kept sentences only and a cross-document pair had no position
+# for one of its sentences; the record makes a store begun that way another configuration,
+# rather than one resumed into a mix of both.
+META_POSITIONS = "all sentences"
 
 
 @dataclass(frozen=True)

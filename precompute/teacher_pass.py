@@ -56,6 +56,7 @@ __all__ = [
     "PassConfig",
     "PassSummary",
     "finalize",
+    "nothing_kept",
     "run_teacher_pass",
     "start_preparer",
 ]
@@ -72,7 +73,6 @@ class PassConfig:
     rank: int = 0
     world_size: int = 1
     tokenize_workers: int = 1  # processes tokenizing ahead; 0 = in a thread of this process
-    verify_existing: bool = False  # check finished shards' sha256, not only their size
     targets: str = "topk"  # "topk", or "sampled": k draws per mask (k = the number of samples)
     sample_seed: int | None = None  # seeds the draws of sampled targets (None: ``seed``)
     proposal_temperature: float = 1.0  # sampled targets: draw from the teacher at this T
@@ -98,6 +98,7 @@ class PassSummary:
     shards: int = 0  # shards written by this process in this run
     skipped_shards: int = 0  # finished in an earlier run
     redone_shards: list[str] = field(default_factory=list)  # recorded, but damaged or missing
+    statistics: list[np.ndarray] = field(default_factory=list)  # a filter's, per candidate
     bytes: int = 0
     real_tokens: int = 0
     computed_tokens: int = 0
@@ -113,7 +114,26 @@ class PassSummary:
 
 
 class NoExamples(ValueError):
-    """The task drew no example at all from the corpus."""
+    """The task drew no example at all from the corpus, or its filter kept none."""
+
+
+def nothing_kept(task: IntermediateTask, summary: PassSummary, world_size: int = 1) -> str:
+    """Why a pass made a store of no example: how many candidates its filter rejected and,
+    for a task with a ``statistic``, that number's spread against the ``threshold`` (over
+    this process's candidates)."""
+    rule = f" ({task.statistic_name} >= {task.threshold:g})" if summary.statistics else ""
+    rank = f" by rank 0 of {world_size}" if world_size > 1 else ""
+    text = (
+        f"task {task.name!r} kept no example: its filter{rule} rejected all "
+        f"{summary.examples:,} candidates sent through the teacher{rank}"
+    )
+    if not summary.statistics:
+        return text + "; nothing was kept"
+    low, median, high, top = np.quantile(np.concatenate(summary.statistics), [0, 0.5, 0.9, 1])
+    return text + (
+        f" ({task.statistic_name}: min {low:.3f}, median {median:.3f}, 90% {high:.3f}, "
+        f"max {top:.3f}); nothing was kept (lower --threshold)"
+    )
 
 
 def _shards(
@@ -127,20 +147,22 @@ def _shards(
         yield index, chunk
 
 
-def _damage(path: Path, records: list[ShardInfo], check_hash: bool) -> str | None:
+def _damage(path: Path, records: list[ShardInfo]) -> str | None:
     """Why a shard recorded as finished must be written again (None: it is intact).
 
-    Its size is compared with the records (cheap); with ``check_hash`` also its sha256.
+    Its size is compared with the records, then its sha256: the size alone says little, since
+    tar pads every small shard to 10,240 bytes (a shard of another run, or a flipped byte,
+    has the recorded size). Hashing reads each finished shard once, in the background thread
+    that feeds the teacher.
     """
     if not path.exists():
         return "its file is missing"
     size = path.stat().st_size
     if all(size != r.bytes for r in records):
         return f"its file has {size:,} bytes, the record {records[-1].bytes:,}"
-    if check_hash:
-        digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-        if all(digest != r.sha256 for r in records):
-            return "its checksum differs from the record"
+    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    if all(digest != r.sha256 for r in records):
+        return "its checksum differs from the record"
     return None
 
 
@@ -162,7 +184,7 @@ def _shard_jobs(
             continue
         name = shard_name(index)
         finished = name in done
-        if finished and (why := _damage(cfg.out / name, done[name], cfg.verify_existing)):
+        if finished and (why := _damage(cfg.out / name, done[name])):
             tqdm.write(f"[rank {cfg.rank}] {name} was finished, but {why}: writing it again")
             summary.redone_shards.append(name)
             finished = False

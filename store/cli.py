@@ -3,7 +3,8 @@
     smash-store inspect STORE [--json]   summary, producer config, teacher statistics
     smash-store verify STORE             every shard's checksum, decoding, k and vocabulary
                                          (and keys, where the producer lists example_keys);
-                                         exit 1 naming the bad shards
+                                         exit 1 naming the bad shards, or a store of no
+                                         example
 
 STORE is a folder, a manifest.json path, an http(s):// URL or a pipe: command. A read that
 receives nothing for --stall-timeout seconds fails, naming the location.
@@ -22,11 +23,12 @@ from tqdm import tqdm
 
 from .codec import DecodedChunk
 from .errors import StoreError
+from .flags import FlagParser, integer, number, parse_flags
 from .locations import DEFAULT_STALL_TIMEOUT
 from .manifest import Manifest, ShardInfo, load_manifest, manifest_location
 from .shards import read_shard
 
-__all__ = ["main", "teacher_statistics", "verify_store"]
+__all__ = ["build_parser", "main", "teacher_statistics", "verify_store"]
 
 
 def _read_shards(
@@ -202,37 +204,34 @@ def _verify(args: argparse.Namespace) -> int:
     bad = verify_store(args.store, args.stall_timeout, manifest)
     for name, problem in bad:
         print(f"BAD  {name}: {problem}", file=sys.stderr)
+    empty = manifest.num_samples == 0  # sound shards, but nothing to train on
+    if empty:
+        shards = f"{len(manifest.shards)} shard{'s' * (len(manifest.shards) > 1)}"
+        print(
+            f"BAD  {args.store}: the store holds no example ({shards}, 0 samples)", file=sys.stderr
+        )
     good = len(manifest.shards) - len(bad)
     print(
         f"{good}/{len(manifest.shards)} shards ok"
         + (f", {len(bad)} bad: {', '.join(n for n, _ in bad)}" if bad else "")
+        + ("; the store holds no example" if empty else "")
     )
-    return 1 if bad else 0
-
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
+    return 1 if bad or empty else 0
 
 
 def _store_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", help="store directory, manifest.json path, URL or pipe: command")
     p.add_argument(
         "--stall-timeout",
-        type=_positive(float),
+        type=number(above=0),
         default=DEFAULT_STALL_TIMEOUT,
         metavar="SECONDS",
         help="give up on a read that receives nothing for this long (default: %(default)g)",
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def build_parser() -> FlagParser:
+    parser = FlagParser(
         prog="smash-store",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -242,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     _store_arguments(p)
     p.add_argument(
         "--max-shards",
-        type=_positive(int),
+        type=integer(1),
         default=None,
         help="compute statistics from the first N shards only",
     )
@@ -253,7 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     _store_arguments(p)
     p.set_defaults(run=_verify)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_flags(build_parser(), argv)
+    if args is None:
+        return 2
     try:
         return args.run(args)
     except StoreError as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
+    "SAMPLED_ESTIMATOR",
     "TOPK_TARGETS",
     "Manifest",
     "ShardInfo",
@@ -44,6 +46,9 @@ FORMAT_NAME = "smash-teacher-store"
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 TOPK_TARGETS: dict[str, Any] = {"mode": "topk"}
+# The estimator of Eq. 1 that sampled targets are stored for (-sum (c_i/N) log s_i, unbiased;
+# ``precompute/shared/sampled_targets.py``): a store naming another is refused.
+SAMPLED_ESTIMATOR = "unbiased"
 MANIFEST_NAME = "manifest.json"
 _PART_PREFIX = "manifest.part-"
 _SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -198,11 +203,19 @@ def _targets(fields: _Fields, k: int) -> dict[str, Any]:
                 f"one entry per draw at most (k = samples)",
             )
         tau = fields.get("targets.proposal_temperature", float, targets)
-        if not tau > 0:
+        if not (math.isfinite(tau) and tau > 0):
             raise ManifestError(
-                fields.source, f"field 'targets.proposal_temperature' is {tau}; expected > 0"
+                fields.source,
+                f"field 'targets.proposal_temperature' is {json.dumps(tau)}; "
+                f"expected a finite number > 0",
             )
-        fields.get("targets.estimator", str, targets)
+        estimator = fields.get("targets.estimator", str, targets)
+        if estimator != SAMPLED_ESTIMATOR:
+            raise ManifestError(
+                fields.source,
+                f"field 'targets.estimator' is {estimator!r}; this version of smash knows "
+                f"{SAMPLED_ESTIMATOR!r} only",
+            )
         fields.count("targets.seed", targets)
     else:
         raise ManifestError(

@@ -92,6 +92,13 @@ FIELDS: tuple[Field, ...] = (
     # masked-LM stores: the token each masked position held before masking (-100: none)
     Field("mlm_labels", "mask", np.int64, "ids", "task", default=-100, optional=True),
     Field("label", "example", np.int64, "int8", "task", batch_key="labels", default=-1),
+    # provenance. Corpus tasks: the document (``doc``, its index among the corpus's non-blank
+    # documents, in reading order) and position of each sentence, counted among all of the
+    # document's sentences (``SentenceSplitter.sentences``, the dropped ones included):
+    # sentiment {doc, i}; mlm {doc, i} (the segment's first sentence); sentence pairs
+    # {doc, i, j}, plus ``other`` across documents: x1 is sentence i of doc, x2 sentence j of
+    # ``other`` (else of doc). k-shot stores: {task, k, seed, split, row} (``row``: 0-based
+    # data row of the split's file).
     Field("meta", "example", object, "json", "task"),
 )
 

@@ -117,7 +117,7 @@ def test_cli_several_k(tmp_path, capsys):
 def test_cli_k_must_be_positive(tmp_path, capsys):
     err = _cli_error(capsys, ["--original", str(ORIGINAL), "--out", str(tmp_path), "--tasks",
                               "SST-2", "--k", "4", "0"])  # fmt: skip
-    assert "K must be a positive number of examples per label, got [4, 0]" in err
+    assert "argument --k: expected a whole number >= 1, got '0'" in err
 
 
 def _cli_error(capsys, argv):

@@ -168,6 +168,35 @@ def test_adjacent_means_adjacent_in_the_text(tmp_path):
     assert all(abs(ex.meta["i"] - ex.meta["j"]) > 1 for ex in pairs if ex.label == 1)
 
 
+@pytest.mark.parametrize("name", ["sentence-pair", "sentiment", "mlm"])
+def test_meta_leads_back_to_every_sentence_of_the_corpus(tmp_path, name):
+    """meta: x1 is sentence ``i`` of document ``doc``, x2 sentence ``j`` of document ``other``
+    (or ``doc``), positions among all of a document's sentences, the dropped ones included."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "\n\n".join(
+            f"Short {d}. The river number {d} ran past the mill. Yes. The boat {d} drifted "
+            f"under the bridge. The fish {d} swam away from it. Then the night {d} fell."
+            for d in range(6)
+        )
+    )
+    splitter = SentenceSplitter()
+    documents = [splitter.sentences(d) for d in Corpus(corpus)]
+    options = {"sentiment": {"shuffle_buffer": 4}, "mlm": {"segment_words": 8}}.get(name, {})
+    task = make_task(name, splitter, **options)
+    examples = list(task.examples(Corpus(corpus), 0))
+    assert len(examples) >= 12
+    for ex in examples:
+        meta = ex.meta
+        first = documents[meta["doc"]][meta["i"]]
+        if name == "mlm":  # a segment starts with sentence i
+            assert ex.sentences[0].startswith(first)
+            continue
+        assert ex.sentences[0] == first
+        if name == "sentence-pair":
+            assert ex.sentences[1] == documents[meta.get("other", meta["doc"])][meta["j"]]
+
+
 def test_same_arguments_give_byte_identical_stores(tiny, pair_store, tmp_path):
     assert run(tiny, tmp_path) == 0
     assert_same_store(tmp_path, pair_store)
@@ -312,7 +341,7 @@ def test_changed_configuration_is_refused_and_nothing_is_lost(tiny, tmp_path, ca
     [
         ("empty", "corpus is empty"),
         ("one-sentence-docs", "no document has 3 or more sentences"),
-        ("latin1", "line 2 (byte 27) is not valid UTF-8"),
+        ("latin1", "corpus.txt:2: not valid UTF-8 at byte 4 of the line"),
         ("no-mask-template", "must contain exactly one *mask*"),
         ("big-k", "--k 5000 is larger than the vocabulary"),
         ("no-mask-tokenizer", "has neither a mask token nor <extra_id_0>"),

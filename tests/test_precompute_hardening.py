@@ -2,10 +2,13 @@
 shards, stale temporary files, and runs that made no example at all."""
 
 import os
+import re
 
 import pytest
 from smash.precompute.tasks import TaskExample, register_task
+from smash.store.cli import main as store_main
 from smash.store.cli import verify_store
+from smash.store.manifest import finalize_store
 from smash.store.writer import StoreWriter
 from test_precompute import assert_same_store, run
 
@@ -38,17 +41,18 @@ def test_a_missing_finished_shard_is_written_again(tiny, reference, tmp_path, ca
     assert_same_store(tmp_path, reference)
 
 
-def test_verify_existing_also_checks_the_checksums(tiny, reference, tmp_path, capsys):
+def test_a_rerun_compares_the_checksums(tiny, reference, tmp_path, capsys):
     assert run(tiny, tmp_path) == 0
     path = tmp_path / "shard-000000.tar"
     data = bytearray(path.read_bytes())
     data[700] ^= 0x10  # same size: only the checksum can tell
     path.write_bytes(bytes(data))
-    assert run(tiny, tmp_path) == 0  # the cheap check trusts it
     assert [name for name, _ in verify_store(str(tmp_path))] == ["shard-000000.tar"]
     capsys.readouterr()
-    assert run(tiny, tmp_path, "--verify-existing") == 0
-    assert "shard-000000.tar was finished, but its checksum differs" in capsys.readouterr().out
+    assert run(tiny, tmp_path, "--verify-existing") == 0  # the flag of old scripts: a note
+    out, err = capsys.readouterr()
+    assert "shard-000000.tar was finished, but its checksum differs" in out
+    assert "--verify-existing is no longer needed" in err
     assert_same_store(tmp_path, reference)
 
 
@@ -142,3 +146,64 @@ def test_a_folder_that_existed_is_kept(tiny, tmp_path, existing):
         out.mkdir()
     assert run(tiny, out, task="nothing-at-all") == 2
     assert out.exists() == existing
+
+
+# ------------------------------------------------------------------- prompts with no sentence
+
+
+def test_a_template_that_reads_no_sentence_is_refused(tiny, tmp_path, capsys):
+    template = "*cls*_It_was*mask*.*sep+*"
+    assert run(tiny, tmp_path / "out", "--template", template, task="sentiment") == 2
+    assert f"template {template!r} reads no sentence (no *sent_i* part)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_max_length_that_the_template_alone_fills_is_refused(tiny, tiny_tokenizer, tmp_path,
+                                                               capsys):  # fmt: skip
+    # sentence-pair: *cls**sent-_0*?*mask*,*+sentl_1**sep+*
+    own = 3 + sum(len(tiny_tokenizer.encode(t, add_special_tokens=False)) for t in ("?", ","))
+    assert run(tiny, tmp_path / "out", "--max-length", str(own)) == 2
+    err = capsys.readouterr().err
+    assert f"error: max length {own} leaves no sentence token in a prompt: template " in err
+    assert f"alone is {own} tokens; the minimum max length is {own + 1}" in err
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------- a filter that keeps nothing
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_a_filter_that_keeps_nothing_says_why_and_leaves_no_store(tiny, tmp_path, capsys,
+                                                                  existing):  # fmt: skip
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+        (out / "notes.txt").write_text("the user's")
+    # max-prob, the largest of five renormalised probabilities, never reaches 1 here
+    extra = ("--filter-rule", "max-prob", "--threshold", "1")
+    assert run(tiny, out, *extra, task="sentiment", n=60, shard=25) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(
+        "precompute-teacher: error: task 'sentiment' kept no example: its filter (max-prob >= 1) "
+        "rejected all 60 candidates sent through the teacher (max-prob: min "
+    ), err
+    quantiles = re.search(r"min ([\d.]+), median ([\d.]+), 90% ([\d.]+), max ([\d.]+)\)", err)
+    low, median, high, top = map(float, quantiles.groups())
+    assert 0.2 <= low <= median <= high <= top < 1
+    assert err.endswith("; nothing was kept (lower --threshold)")
+    if existing:
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    else:
+        assert not out.exists()
+
+
+def test_verify_refuses_a_store_of_no_example(tmp_path, capsys):
+    writer = StoreWriter(tmp_path, producer={}, tokenizer={"fingerprint": "x", "vocab_size": 9},
+                         k=2)  # fmt: skip
+    writer.write_shard(0, [])
+    finalize_store(tmp_path)
+    assert verify_store(str(tmp_path)) == []  # its one shard is sound
+    assert store_main(["verify", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert err == f"BAD  {tmp_path}: the store holds no example (1 shard, 0 samples)\n"
+    assert out == "1/1 shards ok; the store holds no example\n"

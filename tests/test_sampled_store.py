@@ -199,9 +199,12 @@ def test_inspect_and_verify_a_sampled_store(sampled_store, capsys):
         (("--proposal-temperature", "2"), "--proposal-temperature are for --targets sampled"),
         (
             ("--targets", "sampled", "--proposal-temperature", "0"),
-            "--proposal-temperature must be a positive number, got 0.0",
+            "argument --proposal-temperature: expected a finite number > 0, got '0'",
         ),
-        (("--targets", "sampled", "--samples", "0"), "--samples must be positive"),
+        (
+            ("--targets", "sampled", "--samples", "0"),
+            "argument --samples: expected a whole number >= 1, got '0'",
+        ),
     ],
 )
 def test_conflicting_target_options_are_refused(tiny, tmp_path, capsys, extra, expected):

@@ -4,6 +4,7 @@ that tokenize differently. Each is refused or reported with a message naming wha
 import functools
 import http.server
 import json
+import math
 import shutil
 import threading
 import time
@@ -95,7 +96,19 @@ def test_shard_names_must_be_plain_file_names(store, capsys, name):
         ),
         (
             lambda m: m.update(targets={**SAMPLED, "proposal_temperature": 0.0}),
-            r"'targets.proposal_temperature' is 0.0; expected > 0",
+            r"'targets.proposal_temperature' is 0.0; expected a finite number > 0",
+        ),
+        (
+            lambda m: m.update(targets={**SAMPLED, "proposal_temperature": math.inf}),
+            r"'targets.proposal_temperature' is Infinity; expected a finite number > 0",
+        ),
+        (
+            lambda m: m.update(targets={**SAMPLED, "proposal_temperature": math.nan}),
+            r"'targets.proposal_temperature' is NaN; expected a finite number > 0",
+        ),
+        (
+            lambda m: m.update(targets={**SAMPLED, "estimator": "self-normalised"}),
+            r"'targets.estimator' is 'self-normalised'; this version of smash knows 'unbiased'",
         ),
         (
             lambda m: m.update(format_version=2),

@@ -21,7 +21,6 @@ pure function of (seed, inputs, models, batch size, generation flags).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
@@ -34,12 +33,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from smash.store.flags import (
+    SEED,
+    Distinct,
+    DistinctNames,
+    FlagParser,
+    integer,
+    number,
+    parse_flags,
+)
 from tqdm.auto import tqdm
 
 from .data import DataError, kshot_dir, read_rows
 from .tasks import Task, get_task
 
-__all__ = ["AUGMENT_SIDECAR", "BackTranslator", "main", "make_augment", "read_augment_record"]
+__all__ = [
+    "AUGMENT_SIDECAR",
+    "BackTranslator",
+    "build_parser",
+    "main",
+    "make_augment",
+    "read_augment_record",
+]
 
 AUGMENT_SIDECAR = "train.augment.json"
 FORMAT = "smash-kshot-augment"
@@ -245,29 +260,37 @@ def _sha256(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="make-augment", description=__doc__.split("\n\n")[0])
+def build_parser() -> FlagParser:
+    p = FlagParser(prog="make-augment", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="k-shot root holding TASK/K-SEED folders")
     p.add_argument("--out", required=True, help="root for the augmented TASK/K-SEED folders")
-    p.add_argument("--tasks", nargs="+", required=True)
-    p.add_argument("--seeds", nargs="+", type=int, default=[13, 21, 42, 87, 100])
-    p.add_argument("--k", type=int, default=16)
-    p.add_argument("--copies", type=int, default=10, help="back-translations per row (10)")
+    p.add_argument("--tasks", nargs="+", action=DistinctNames, required=True)
+    p.add_argument("--seeds", nargs="+", type=SEED, action=Distinct, default=[13, 21, 42, 87, 100])
+    p.add_argument("--k", type=integer(1), default=16)
+    p.add_argument("--copies", type=integer(1), default=10, help="back-translations per row (10)")
     p.add_argument("--forward", default="Helsinki-NLP/opus-mt-en-de", help="source -> pivot")
     p.add_argument("--backward", default="Helsinki-NLP/opus-mt-de-en", help="pivot -> source")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-size", type=int, default=32, help="sentences per generate call")
+    p.add_argument("--batch-size", type=integer(1), default=32, help="sentences per generate call")
     p.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=integer(1),
         default=128,
         help="longest translation, in tokens (128; raise it for long premises, e.g. RTE's)",
     )
-    p.add_argument("--top-k", type=int, default=50, help="sampling: top-k (0: the whole vocab)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--top-k", type=integer(0), default=50, help="sampling: top-k (0: the whole vocab)"
+    )
+    p.add_argument("--temperature", type=number(above=0), default=1.0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_flags(build_parser(), argv)
+    if args is None:
+        return 2
     try:
         tasks = [get_task(name) for name in args.tasks]
         for task in tasks:

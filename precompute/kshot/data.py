@@ -1,8 +1,8 @@
 """Read task files (LM-BFF's k-shot layout and the original task files) into examples.
 
-Every row is checked as it is read: a wrong column count, a label outside the task's set or an
-unparsable STS-B score raises :class:`DataError` naming the file and the 1-based line, so a bad
-download is found before any training starts.
+Every row is checked as it is read: bytes that are not UTF-8, a wrong column count, a label
+outside the task's set or an unparsable STS-B score raise :class:`DataError` naming the file
+and the 1-based line, so a bad download is found before any training starts.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smash.precompute.kshot.tasks import Task
+from smash.precompute.shared.text_files import utf8_lines
 
 __all__ = [
     "DataError",
@@ -97,33 +98,34 @@ def read_rows(task: Task, path: str | Path) -> Iterator[tuple[int, list[str]]]:
     header and exactly ``label,sentence`` per line; blank lines are skipped, as pandas does.
     """
     path = require_file(task, path)
-    with path.open(encoding="utf-8", newline="" if task.fmt == "csv" else None) as f:
-        if task.fmt == "csv":
-            reader = csv.reader(f)
-            for row in reader:
-                if not row:  # a blank line: pandas, which LM-BFF reads CSVs with, skips it
-                    continue
-                if len(row) != 2:
-                    raise DataError(
-                        f"{path}:{reader.line_num}: expected 2 comma-separated "
-                        f"columns (label,sentence), found {len(row)}"
-                    )
-                yield reader.line_num, row
-            return
-        header = f.readline().rstrip("\n").split("\t")
-        if len(header) < task.min_columns:
-            raise DataError(
-                f"{path}:1: header has {len(header)} tab-separated columns, "
-                f"{task.name} needs at least {task.min_columns}"
-            )
-        for line, text in enumerate(f, start=2):
-            row = text.rstrip("\n").split("\t")
-            if len(row) < len(header):
+    lines = utf8_lines(path, DataError, newline="" if task.fmt == "csv" else None)
+    if task.fmt == "csv":
+        reader = csv.reader(text for _, text in lines)
+        for row in reader:
+            if not row:  # a blank line: pandas, which LM-BFF reads CSVs with, skips it
+                continue
+            if len(row) != 2:
                 raise DataError(
-                    f"{path}:{line}: expected {len(header)} tab-separated columns "
-                    f"(as in the header), found {len(row)}"
+                    f"{path}:{reader.line_num}: expected 2 comma-separated "
+                    f"columns (label,sentence), found {len(row)}"
                 )
-            yield line, row
+            yield reader.line_num, row
+        return
+    _, first = next(lines, (1, ""))
+    header = first.rstrip("\n").split("\t")
+    if len(header) < task.min_columns:
+        raise DataError(
+            f"{path}:1: header has {len(header)} tab-separated columns, "
+            f"{task.name} needs at least {task.min_columns}"
+        )
+    for line, text in lines:
+        row = text.rstrip("\n").split("\t")
+        if len(row) < len(header):
+            raise DataError(
+                f"{path}:{line}: expected {len(header)} tab-separated columns "
+                f"(as in the header), found {len(row)}"
+            )
+        yield line, row
 
 
 _KSHOT_HINT = "make-kshot builds it from the original task files"

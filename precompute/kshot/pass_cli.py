@@ -15,11 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import ExitStack
+from pathlib import Path
 
 import torch
 from smash.store.errors import StoreError
 from smash.store.fingerprint import tokenizer_record
+from transformers import PreTrainedTokenizerBase
 
+from ..output_lock import output_lock
 from ..provenance import (
     ConfigMismatch,
     check_output,
@@ -59,7 +63,7 @@ def main_kshot(args: argparse.Namespace) -> int:
             raise ValueError("--task kshot stores top-k targets (--targets topk)")
         if args.kshot_data is None or not args.kshot_tasks:
             raise ValueError("--task kshot needs --kshot-data and --kshot-tasks")
-        from ..cli import _target_width
+        from ..cli import _remove_if_empty, _target_width
 
         width = _target_width(args)
         templates = per_task(args.kshot_template, "--kshot-template")
@@ -86,22 +90,55 @@ def main_kshot(args: argparse.Namespace) -> int:
                 f"--k {width} is larger than the vocabulary of {args.teacher!r} "
                 f"({len(tokenizer)} tokens)"
             )
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = load_teacher(args.teacher, family, args.revision, PRECISIONS[args.dtype], device)
-        limit = max_sequence_length(model.config)
         for task in tasks:
-            if task.max_length > limit:
-                raise ValueError(
-                    f"{task.task.name}: max length {task.max_length} exceeds the {limit} "
-                    f"positions of {args.teacher!r}; pass --max-length"
-                )
-        fingerprint = local_model_fingerprint(args.teacher)
-        for task in tasks:
-            _one_store(args, task, model, tokenizer, family, fingerprint, width, device)
+            task.check_room(tokenizer)
+        made: list[Path] = []  # the folders this run created
+        with ExitStack() as locks:
+            try:
+                _take_folders(args.out, tasks, locks, made)
+                _run_stores(args, tasks, family, tokenizer, width)
+            except BaseException:
+                locks.close()  # removes the lock files: the folders may be empty again
+                for folder in sorted(made, key=lambda f: len(f.parts), reverse=True):
+                    _remove_if_empty(folder)  # innermost first; one that holds anything stays
+                raise
         return 0
     except (ConfigMismatch, StoreError, DataError, ValueError, OSError) as err:
         print(f"precompute-teacher: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+
+
+def _take_folders(
+    root: Path, tasks: list[KShotTeacherTask], locks: ExitStack, made: list[Path]
+) -> None:
+    """Create and lock every task's ``ROOT/<task folder>`` (``output_lock``) before the teacher
+    loads, adding the folders created to ``made``."""
+    for task in tasks:
+        out = root / task.task.dirname
+        made += [f for f in (out, *out.parents) if not f.exists()]
+        out.mkdir(parents=True, exist_ok=True)
+        locks.enter_context(output_lock(out))
+
+
+def _run_stores(
+    args: argparse.Namespace,
+    tasks: list[KShotTeacherTask],
+    family: str,
+    tokenizer: PreTrainedTokenizerBase,
+    width: int,
+) -> None:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_teacher(args.teacher, family, args.revision, PRECISIONS[args.dtype], device)
+    limit = max_sequence_length(model.config)
+    for task in tasks:
+        if task.max_length > limit:
+            raise ValueError(
+                f"{task.task.name}: max length {task.max_length} exceeds the {limit} "
+                f"positions of {args.teacher!r}; pass --max-length"
+            )
+    fingerprint = local_model_fingerprint(args.teacher)
+    for task in tasks:
+        _one_store(args, task, model, tokenizer, family, fingerprint, width, device)
 
 
 def _one_store(args, task: KShotTeacherTask, model, tokenizer, family, fingerprint, width, device):
@@ -127,11 +164,9 @@ def _one_store(args, task: KShotTeacherTask, model, tokenizer, family, fingerpri
         token_budget=args.token_budget,
         seed=args.seed,
         tokenize_workers=0,  # a few hundred prompts: not worth a process
-        verify_existing=args.verify_existing,
     )
     producer = producer_config(task, tokenizer, teacher, cfg, task.fingerprint(), {})
     producer["example_keys"] = list(KEY_FIELDS)
-    out.mkdir(parents=True, exist_ok=True)
     replace = check_output(out, producer, tokenizer_record(tokenizer), args.overwrite)
     clear_output(out, everything=replace)
     summary = run_teacher_pass(task, task.examples(), model, tokenizer, cfg, producer, device)

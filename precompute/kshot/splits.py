@@ -17,7 +17,6 @@ Input: ``ORIGINAL/TASK/{train,dev}.tsv`` (MNLI: ``dev_matched``, ``dev_mismatche
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import sys
@@ -27,8 +26,10 @@ from pathlib import Path
 import numpy as np
 from smash.precompute.kshot.data import DataError, parse_label, read_rows, require_file
 from smash.precompute.kshot.tasks import TASKS, Task, get_task
+from smash.precompute.shared.text_files import utf8_lines
+from smash.store.flags import SEED, Distinct, DistinctNames, FlagParser, integer, parse_flags
 
-__all__ = ["SEEDS", "main", "make_kshot", "select_kshot"]
+__all__ = ["SEEDS", "build_parser", "main", "make_kshot", "select_kshot"]
 
 SEEDS = (13, 21, 42, 87, 100)
 
@@ -96,8 +97,7 @@ def _read_original(task: Task, path: Path) -> tuple[str, list, list]:
     lines = None
     require_file(task, path, hint="download the original task files into it")
     if task.fmt == "tsv":
-        with path.open(encoding="utf-8") as f:
-            lines = f.readlines()
+        lines = [text for _, text in utf8_lines(path, DataError)]
         header = lines[0] if lines else ""
     for line, row in read_rows(task, path):
         label = parse_label(task, row, path, line)
@@ -131,25 +131,34 @@ def _write(task: Task, path: Path, header: str, rows: list) -> None:
     path.write_text(buf.getvalue(), encoding="utf-8")
 
 
+def build_parser() -> FlagParser:
+    p = FlagParser(prog="make-kshot", description=__doc__.split("\n\n")[0])
+    p.add_argument("--original", required=True, help="folder of the original task folders")
+    p.add_argument("--out", required=True, help="k-shot root to write TASK/K-SEED into")
+    p.add_argument(
+        "--tasks", nargs="+", action=DistinctNames, default=list(TASKS), help="task names"
+    )
+    p.add_argument("--seeds", nargs="+", type=SEED, action=Distinct, default=list(SEEDS))
+    p.add_argument(
+        "--k",
+        nargs="+",
+        type=integer(1),
+        action=Distinct,
+        default=[16],
+        help="examples per label in train and dev; several values make one split set per K",
+    )
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``make-kshot --original data/original --out data/k-shot [--tasks ...]``.
 
     Returns the exit status: 2, with one line on stderr, for an unknown task, a missing or
     malformed original file (``FILE:LINE: what is wrong``) or an unwritable output folder.
     """
-    parser = argparse.ArgumentParser(prog="make-kshot", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--original", required=True, help="folder of the original task folders")
-    parser.add_argument("--out", required=True, help="k-shot root to write TASK/K-SEED into")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="task names")
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument(
-        "--k",
-        nargs="+",
-        type=int,
-        default=[16],
-        help="examples per label in train and dev; several values make one split set per K",
-    )
-    args = parser.parse_args(argv)
+    args = parse_flags(build_parser(), argv)
+    if args is None:
+        return 2
     try:
         tasks = [get_task(name) for name in args.tasks]
         written = make_kshot(args.original, args.out, tasks, args.seeds, args.k)

@@ -127,11 +127,15 @@ def get_task(name: str) -> Task:
 
 
 def per_task(items: list[str], flag: str) -> dict[str, str]:
-    """``TASK=VALUE`` flag values (``--template SST-2=...``) as {task name: value}."""
+    """``TASK=VALUE`` flag values (``--template SST-2=...``) as {task name: value}; a task
+    given twice is refused (one of its values would be dropped)."""
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not value:
             raise ValueError(f"{flag} {item!r}: expected TASK=VALUE")
-        out[get_task(name).name] = value
+        task = get_task(name).name
+        if task in out:
+            raise ValueError(f"{flag}: task {task} is given more than once; give it once")
+        out[task] = value
     return out

@@ -19,13 +19,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from smash.precompute.kshot.data import DataError, kshot_dir, read_examples
 from smash.precompute.kshot.tasks import Task
-from smash.precompute.shared.templates import parse_template
+from smash.precompute.shared.templates import parse_template, require_room
 from smash.precompute.tasks import TaskExample
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "KEY_FIELDS",
@@ -87,6 +90,7 @@ class KShotTeacherTask:
         root = Path(root)
         self.files: dict[str, dict[str, Any]] = {}
         self._examples: list[TaskExample] = []
+        self._first_row = ""  # FILE:LINE of the first example
         for k, seed in ((k, seed) for k in self.ks for seed in self.seeds):
             if not kshot_dir(root, task, k, seed).is_dir():
                 raise DataError(
@@ -96,11 +100,20 @@ class KShotTeacherTask:
             for split in self.splits:
                 rel = split_file(task, k, seed, split)
                 rows = read_examples(task, root / rel)
+                self._first_row = self._first_row or f"{root / rel}:{rows[0].line}"
                 self.files[rel] = {"sha256": file_sha256(root / rel), "rows": len(rows)}
                 for row, ex in enumerate(rows):
                     key = {"task": task.name, "k": k, "seed": seed, "split": split, "row": row}
                     label = -1 if task.is_regression else int(ex.label)
                     self._examples.append(TaskExample(ex.texts, label, key))
+
+    def check_room(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Refuse a max length that the template's own tokens fill: every prompt would lose
+        all its sentence tokens (named at the first row)."""
+        try:
+            require_room(self.template, tokenizer, self.max_length)
+        except ValueError as err:
+            raise DataError(f"{self.task.name}: {self._first_row} (row 0): {err}") from None
 
     def __len__(self) -> int:
         return len(self._examples)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from smash.store.manifest import SAMPLED_ESTIMATOR  # -sum (c_i/N) log s_i; see the module doc
 
 from .adapters import ModelAdapter
 
@@ -39,7 +40,6 @@ __all__ = [
     "targets_record",
 ]
 
-SAMPLED_ESTIMATOR = "unbiased"  # -sum (c_i/N) log s_i; see the module doc
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 

@@ -27,7 +27,9 @@ To a SentencePiece tokenizer (T5) each part starts a word, so a literal ``?`` be
 where the whole string ``x0?`` would give ``?`` (the paper does not say which it did).
 Truncation differs from LM-BFF on purpose: LM-BFF cuts the whole sequence's tail, which can drop
 the mask; here only sentence tokens are removed (longest sentence first, from its end), so the
-template words, special tokens and the mask always survive.
+template words, special tokens and the mask always survive. A max length that those alone fill
+is refused (``require_room``), as is a template that reads no sentence: either would make
+prompts with no input in them.
 
 Both the few-shot evaluation (``smash.train.fewshot``) and the intermediate tasks
 (``smash.precompute``) use this module, so a template means the same tokens everywhere.
@@ -51,6 +53,7 @@ __all__ = [
     "answer_token_id",
     "is_sentinel_tokenizer",
     "parse_template",
+    "require_room",
     "verbalizer_ids",
 ]
 
@@ -121,7 +124,7 @@ class Template:
         from the end of the currently longest sentence part (the first such part on ties).
         Sentences whose index is in ``truncate_first`` (demonstrations) are shortened that way
         first, and the others only once those are empty. Raises ValueError when a sentence is
-        missing or the template's own tokens alone exceed ``max_length``.
+        missing or the template's own tokens leave no room for a sentence token.
         """
         return self.encode_batch(
             tokenizer, [sentences], max_length, sentence_limits, truncate_first
@@ -144,23 +147,19 @@ class Template:
                     f"template {self.spec!r} reads {self.num_sentences} "
                     f"sentence(s), got {len(sentences)}"
                 )
-        columns: list[list[list[int]] | list[int]] = []  # per part: ids per example, or fixed
-        for part in self.parts:
-            if part.kind == "special":
-                columns.append(_special_ids(tokenizer, part.text, self.spec))
-            elif part.kind == "sentence":
-                columns.append(
-                    _encode_many(tokenizer, [part.sentence_text(s[part.index]) for s in batch])
-                )
-            else:
-                columns.append(_encode(tokenizer, part.text))
+        own = self._own_ids(tokenizer)
+        fixed = sum(len(ids) for ids in own if ids is not None)
+        if fixed >= max_length:
+            raise ValueError(_no_room(self.spec, fixed, max_length))
+        # per part: ids per example, or the template's own
+        columns: list[list[list[int]] | list[int]] = [
+            _encode_many(tokenizer, [part.sentence_text(s[part.index]) for s in batch])
+            if ids is None
+            else ids
+            for part, ids in zip(self.parts, own)
+        ]
         is_sentence = [p.kind == "sentence" for p in self.parts]
         is_first = [s and p.index in truncate_first for s, p in zip(is_sentence, self.parts)]
-        fixed = sum(len(ids) for ids, s in zip(columns, is_sentence) if not s)
-        if fixed > max_length:
-            raise ValueError(
-                f"template {self.spec!r} alone is {fixed} tokens, more than max_length={max_length}"
-            )
         mask_part = next(
             i for i, p in enumerate(self.parts) if p.kind == "special" and p.text == "mask"
         )
@@ -184,9 +183,41 @@ class Template:
             )
         return out
 
+    def own_length(self, tokenizer: PreTrainedTokenizerBase) -> int:
+        """Tokens of the template's own parts (special tokens and literal text): a prompt's
+        length without its sentences. A max length must exceed it, or no sentence token fits."""
+        return sum(len(ids) for ids in self._own_ids(tokenizer) if ids is not None)
+
+    def _own_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[list[int] | None]:
+        """Each part's ids; None for a sentence part."""
+        return [
+            None
+            if part.kind == "sentence"
+            else _special_ids(tokenizer, part.text, self.spec)
+            if part.kind == "special"
+            else _encode(tokenizer, part.text)
+            for part in self.parts
+        ]
+
+
+def require_room(spec: str, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+    """Raise ValueError when the prompts of template ``spec`` would keep no sentence token at
+    ``max_length`` (the template's own tokens fill it): checked before a run, since
+    ``encode_batch`` refuses it only once it tokenizes."""
+    own = parse_template(spec).own_length(tokenizer)
+    if own >= max_length:
+        raise ValueError(_no_room(spec, own, max_length))
+
+
+def _no_room(spec: str, own: int, max_length: int) -> str:
+    return (
+        f"max length {max_length} leaves no sentence token in a prompt: template {spec!r} "
+        f"alone is {own} tokens; the minimum max length is {own + 1}"
+    )
+
 
 def parse_template(spec: str) -> Template:
-    """Parse an LM-BFF template string; exactly one ``*mask*`` is required.
+    """Parse an LM-BFF template string; exactly one ``*mask*`` and a sentence are required.
 
     >>> parse_template("*cls**sent_0*_It_was*mask*.*sep+*").num_sentences
     1
@@ -217,6 +248,11 @@ def parse_template(spec: str) -> Template:
     masks = sum(p.kind == "special" and p.text == "mask" for p in parts)
     if masks != 1:
         raise ValueError(f"template {spec!r} must contain exactly one *mask*, found {masks}")
+    if not any(p.kind == "sentence" for p in parts):
+        raise ValueError(
+            f"template {spec!r} reads no sentence (no *sent_i* part): every prompt would be "
+            f"the same tokens"
+        )
     return Template(spec=spec, parts=tuple(parts))
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from smash.precompute.kshot.data import DataError
 from smash.precompute.kshot.tasks import Task
 from smash.precompute.shared.templates import parse_template, verbalizer_ids
+from smash.precompute.shared.text_files import utf8_lines
 
 __all__ = [
     "AutoPrompt",
@@ -128,5 +129,5 @@ def check_label_words(tokenizer, words: tuple[str, ...], source: str) -> None:
 def _lines(path: Path):
     if not path.is_file():
         raise DataError(f"{path}: file not found ({_HINT})")
-    with path.open(encoding="utf-8") as f:
-        yield from enumerate((text.rstrip("\n") for text in f), start=1)
+    for line, text in utf8_lines(path, DataError):
+        yield line, text.rstrip("\n")
