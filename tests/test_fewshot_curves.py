@@ -276,7 +276,7 @@ def test_curve_needs_matplotlib(tiny, kshot, tmp_path, monkeypatch, capsys):
     [
         (["--k", "8", "16"], "--k takes several values only with --curve k"),
         (["--baseline", "x"], "--baseline draws a reference line on a --curve steps plot"),
-        (["--curve", "k", "--k", "8", "8"], "--k needs distinct positive values, got 8 8"),
+        (["--curve", "k", "--k", "8", "8"], "--k 8 is given twice: give each once"),
     ],
 )
 def test_curve_flag_errors(flags, message, capsys):
