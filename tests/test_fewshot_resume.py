@@ -157,9 +157,71 @@ def test_ledger_errors(tmp_path):
         Ledger(path, SETTINGS, resume=True)
 
 
+def _ledger_lines(tmp_path) -> tuple[Path, list[str]]:
+    path = tmp_path / "points.jsonl"
+    ledger = Ledger(path, SETTINGS, resume=False)
+    ledger.record(_key(13), _result(0.75), seconds=1.5)
+    ledger.record(_key(21), _result(0.5), seconds=1.0)
+    return path, path.read_text().splitlines()
+
+
+def test_blank_lines_in_a_ledger_are_no_damage(tmp_path):
+    path, lines = _ledger_lines(tmp_path)
+    path.write_text("\n" + lines[0] + "\n\n" + lines[1] + "\n  \n" + lines[2] + "\n\n")
+    with pytest.raises(ValueError, match="holds 2 finished units"):
+        Ledger(path, SETTINGS, resume=False)
+    again = Ledger(path, SETTINGS, resume=True)
+    assert len(again) == 2 and again.get(_key(21)) == _result(0.5)
+    again.record(_key(42), _result(0.25), seconds=1.0)
+    assert len(Ledger(path, SETTINGS, resume=True)) == 3
+
+
+def _unit_line(line: str, **result) -> str:
+    item = json.loads(line)
+    item["result"].update(result)
+    return json.dumps(item)
+
+
+@pytest.mark.parametrize(
+    "edit, number, problem",
+    [
+        (lambda lines: ["[1, 2]", *lines[1:]], 1,
+         'the line is [1, 2], expected an object with "settings"'),
+        (lambda lines: ['{"settings": ["a"]}', *lines[1:]], 1,
+         'settings is ["a"], expected an object'),
+        (lambda lines: [lines[0], lines[1], _unit_line(lines[2], dev=None)], 3,
+         "result.dev is null, expected a number"),
+        (lambda lines: [lines[0], _unit_line(lines[1], dev="0.5"), lines[2]], 2,
+         'result.dev is "0.5", expected a number'),
+        (lambda lines: [lines[0], _unit_line(lines[1], tests={"SST-2": "x"}), lines[2]], 2,
+         'result.tests is {"SST-2": "x"}, expected an object of numbers'),
+        (lambda lines: [lines[0], _unit_line(lines[1], step=2.5), lines[2]], 2,
+         "result.step is 2.5, expected an integer"),
+        (lambda lines: [lines[0], '{"unit": {}, "result": {}}', lines[2]], 2,
+         "unit has no field 'model'"),
+        (lambda lines: [lines[0], lines[1].replace('"seed": 13', '"seed": 13, "x": 1'), lines[2]],
+         2, "unit has a field 'x' this program does not write"),
+        (lambda lines: [lines[0], "7", lines[2]], 2,
+         'the line is 7, expected an object with "unit"'),
+    ],
+)  # fmt: skip
+def test_a_hand_edited_ledger_names_the_line_and_what_is_wrong(tmp_path, edit, number, problem):
+    path, lines = _ledger_lines(tmp_path)
+    path.write_text("\n".join(edit(lines)) + "\n")
+    before = path.read_bytes()
+    with pytest.raises(ValueError) as err:
+        Ledger(path, SETTINGS, resume=True)
+    assert str(err.value) == (
+        f"{path}:{number}: not a line this program writes: {problem} (fix it, or pass another --out)"
+    )
+    assert path.read_bytes() == before
+
+
 def test_two_models_of_one_name_are_refused(tiny, kshot, tmp_path, capsys):
     argv = _argv(tiny, kshot, tmp_path / "out")
-    argv[2:2] = [str(tiny["student"])]  # the same folder twice: both named "student"
+    other = tmp_path / "copy" / "student"
+    shutil.copytree(tiny["student"], other)
+    argv[2:2] = [str(other)]  # two folders, both named "student" by default
     err = cli_error(capsys, argv)
     assert "two models are named 'student' (one row each): give each a name with --name" in err
 
