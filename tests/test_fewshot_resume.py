@@ -3,6 +3,8 @@ a killed evaluation continues without repeating one, and a finished one re-rende
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,49 @@ def test_resume_trains_again_what_reads_changed_inputs(tiny, kshot, tmp_path, mo
     assert len(calls) == 3  # SST-2 seed 13: 2 grid points and zero-shot
     tests = {(e["task"], s["seed"]): s["tests"] for e in _entries(out) for s in e["seeds"]}
     assert set(tests) == {(t, s) for t in ("SST-2", "MRPC") for s in (13, 21)}
+
+
+# Holds an exclusive flock on a folder, as a running evaluation does, until it is killed.
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_folder_another_evaluation_writes_to_is_refused(tiny, kshot, tmp_path, capsys, resume):
+    """Two evaluations in one OUT would take each other's ledger for their own: the second is
+    refused, naming the folder, and once the first is killed (the OS drops its lock), the
+    folder is free again."""
+    out = tmp_path / "out"
+    argv = _argv(tiny, kshot, out)
+    argv[argv.index("prompt")] = "zero-shot"
+    argv.remove("zero-shot")  # zero-shot only: 4 quick units
+    if resume:  # a finished evaluation, taken up again
+        assert main(argv) == 0
+    before = sorted(p.name for p in out.glob("*")) if out.exists() else []
+    out.mkdir(exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        err = cli_error(capsys, argv + ["--resume"] * resume)
+        assert f"--out {out}: another evaluation is writing to this folder" in err
+        assert sorted(p.name for p in out.glob("*")) == before  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(argv + ["--resume"] * resume) == 0
+    assert len((out / "points.jsonl").read_text().splitlines()) == 1 + 4
+
+
+def test_an_evaluation_refused_on_bad_input_leaves_no_folder(tiny, tmp_path, capsys):
+    out = tmp_path / "new" / "out"
+    err = cli_error(capsys, _argv(tiny, tmp_path / "no-data", out))
+    assert "no-data" in err and not (tmp_path / "new").exists()
 
 
 def _key(seed: int = 13, lr: float | None = 1e-3) -> UnitKey:

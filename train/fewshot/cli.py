@@ -40,6 +40,7 @@ from smash.train.fewshot.curves import (
 from smash.train.fewshot.demonstrations import DEMO_MODES, DemoOptions
 from smash.train.fewshot.distill import DistillSettings
 from smash.train.fewshot.flag_types import FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED
+from smash.train.fewshot.folder_lock import hold_folder
 from smash.train.fewshot.ledger import LEDGER_NAME, Ledger
 from smash.train.fewshot.paper import PAPER_MODELS, parse_compare
 from smash.train.fewshot.protocol import Protocol, paper_max_steps
@@ -98,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_steps_per_k": {str(k): v for k, v in steps.items()},
         }
         run = _curve if args.curve else _table
-        written = run(args, tasks, steps, options, config)
+        with hold_folder("--out", args.out):  # its ledger has one writer at a time
+            written = run(args, tasks, steps, options, config)
     except (DataError, StoreError, ValueError, OSError) as err:  # DataError: FILE:LINE: ...
         print(f"evaluate-fewshot: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
