@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import lmbff_rules
 import numpy as np
 import pytest
 import torch
@@ -134,30 +135,20 @@ def test_auto_label_word_must_be_one_token(tiny_tokenizer):
 # --- the input with demonstrations ----------------------------------------------------------
 
 
-def _lmbff_demo_template(template: str, num_labels: int) -> str:
-    """LM-BFF's run.py (the single-template path, --template_id): the reference."""
-    new = template
-    old = template.replace("*cls*", "")
-    sent_num = 2 if "_1" in old else 1
-    for label_id in range(num_labels):
-        sub = old
-        for sent_id in range(sent_num):
-            sub = sub.replace(f"_{sent_id}", f"_{sent_num + sent_num * label_id + sent_id}")
-        new += sub.replace("*mask*", f"*label_{label_id}*")
-    return new
-
-
 @pytest.mark.parametrize("task, seed", [("SST-2", 13), ("SST-2", 21), ("SST-5", 13),
                                         ("MRPC", 87), ("STS-B", 13), ("MNLI", 13)])  # fmt: skip
 def test_demo_template_is_lmbffs(task, seed):
     from smash.precompute.shared.templates import parse_template
-    from smash.train.fewshot.demonstrations import demo_template
+    from smash.train.fewshot.demonstrations import demo_label_words, demo_spec, demo_template
 
     task = get_task(task)
+    num_labels = len(task.labels) or 1  # LM-BFF's num_labels_mapping: STS-B has 1
     for spec in (read_auto_prompt(LMBFF, task, 16, seed).template, task.template):
-        words = ["w"] * (len(task.labels) or 2)
+        verbalizer = ["w"] * (len(task.labels) or 2)
+        words = demo_label_words(task, verbalizer)
         demo = demo_template(parse_template(spec), words, len(task.text_columns))
-        assert demo.spec == _lmbff_demo_template(spec, len(words))
+        assert demo.spec == lmbff_rules.demo_template(spec, num_labels)
+        assert demo_spec(task, spec, verbalizer) == demo.spec
         # and its parts are that string's, each label_j the literal ' w'
         as_text = demo.spec
         for j in range(len(words)):
@@ -203,6 +194,34 @@ def test_pair_input_equals_hand_assembled(student, tiny_tokenizer):
     expected += block("He left.", "She Stayed.", enc(" No"))
     expected += block("It is red.", "The Car is red.", enc(" Yes"))
     assert f.input_ids == expected and f.mask_position == 1 + len(enc("Yes it is."))
+
+
+STSB_SUPPORT = [
+    _ex("A man is playing a guitar.", "A man plays the guitar.", label=4.2),
+    _ex("A cat sleeps on the sofa.", "The stock market fell sharply.", label=0.4),
+    _ex("Two women are talking.", "Two women chat.", label=3.6),
+    _ex("A dog runs.", "It is raining in Paris.", label=2.5),  # <= 2.5: the low bin
+]
+
+
+@pytest.mark.parametrize("seed", [None, 13, 21, 42, 87, 100])
+def test_stsb_input_has_lmbffs_one_demonstration(student, tiny_tokenizer, seed):
+    """LM-BFF's STS-B has one label, so one demonstration block: the low bin's demonstration
+    with the low word ("No"); the high bin's is drawn but not in the input. The manual template
+    (seed None) and LM-BFF's five searched ones, id for id."""
+    tok, task = tiny_tokenizer, get_task("STS-B")
+    template = task.template if seed is None else read_auto_prompt(LMBFF, task, 16, seed).template
+    learner = _learner(student, tok, task, STSB_SUPPORT, template=template, max_length=128)
+    assert "*label_0*" in learner.template.spec and "label_1" not in learner.template.spec
+    query = _ex("Two dogs run in a park.", "Dogs are running outside.", label=3.8)
+    [f] = learner.encode_with([query], [[3, 0]])  # drawn: 3 from the low bin, 0 from the high
+    words = [tok.encode(" " + w, add_special_tokens=False)[0] for w in task.verbalizer]
+    sentences = [*query.texts, *STSB_SUPPORT[3].texts, *STSB_SUPPORT[0].texts]
+    lmbff = lmbff_rules.input_ids(tok, lmbff_rules.demo_template(template, 1), sentences, words,
+                                  128)  # fmt: skip
+    assert f.input_ids + [tok.pad_token_id] * (128 - len(f.input_ids)) == lmbff
+    assert f.input_ids[f.mask_position] == tok.mask_token_id
+    assert f.input_ids.count(words[0]) == 1 and words[1] not in f.input_ids  # " No" only
 
 
 def test_truncation_keeps_the_query_and_mask_and_cuts_demonstrations_first(student, tiny_tokenizer):

@@ -6,14 +6,20 @@ written with the same template minus ``*cls*`` and with the label's word where t
 
     <s> x It was <mask> . </s> d0 It was terrible . </s> d1 It was great . </s>
 
+STS-B gets one demonstration, not two: LM-BFF declares one label for it (``processors.py``,
+``"sts-b": 1``), so ``run.py`` builds a demonstration template of one block, ``*label_0*`` its
+low word, and only the demonstration drawn from the low bin (score <= 2.5) is in the input;
+the one drawn from the high bin is never read (``demo_label_words``).
+
 Sampling (LM-BFF's ``select_context``): the candidates are the training examples, minus the
 query itself when the query is a training example; a random permutation of them is walked and
 the first example of each label is kept. Training draws afresh each time an example is used
 (each epoch); evaluation draws ``samples`` demonstration sets per query once (LM-BFF's
 ``num_sample``, 16) and averages their label-word logits (their predicted scores for STS-B,
-whose model output LM-BFF averages). STS-B's "labels" are two bins: score <= 2.5 (the low word
-``No``) and above (``Yes``). The draws are NumPy generators seeded with the split's seed (and
-the epoch, for training), so every grid point sees the same demonstrations.
+whose model output LM-BFF averages). STS-B's "labels" are two bins when sampling and
+filtering: score <= 2.5 (the low word ``No``) and above (``Yes``). The draws are NumPy
+generators seeded with the split's seed (and the epoch, for training), so every grid point sees
+the same demonstrations.
 
 Filtering (LM-BFF's ``--demo_filter``): candidates are ranked by the cosine similarity of
 their sentence embedding to the query's (pair tasks embed ``x0 + ' ' + x1``), and only the top
@@ -40,7 +46,12 @@ import numpy as np
 import torch
 from smash.precompute.kshot.data import Example
 from smash.precompute.kshot.tasks import Task
-from smash.precompute.shared.templates import Part, Template, is_sentinel_tokenizer
+from smash.precompute.shared.templates import (
+    Part,
+    Template,
+    is_sentinel_tokenizer,
+    parse_template,
+)
 from smash.train.fewshot.learners import (
     Batch,
     Features,
@@ -55,8 +66,10 @@ __all__ = [
     "DemoPromptLearner",
     "SentenceEmbedder",
     "demo_bin",
+    "demo_label_words",
     "demo_max_length",
     "demo_samples",
+    "demo_spec",
     "demo_template",
     "ensemble_predict",
     "filter_by_similarity",
@@ -103,6 +116,20 @@ def demo_max_length(task: Task, max_length: int) -> int:
     """The max length with demonstrations: doubled for the tasks LM-BFF runs with
     ``--double_demo`` (SST-5, MR, CR)."""
     return 2 * max_length if task.double_demo else max_length
+
+
+def demo_label_words(task: Task, verbalizer: Sequence[str]) -> list[str]:
+    """The label words that get a demonstration, in label order: every label's, and for
+    regression the low word only. LM-BFF's STS-B has one label (``num_labels_mapping``), so its
+    demonstration template has one block (``label_0``, the low word ``'0'`` maps to), which
+    reads the sentences of the low bin's demonstration."""
+    return list(verbalizer[:1]) if task.is_regression else list(verbalizer)
+
+
+def demo_spec(task: Task, template: str, verbalizer: Sequence[str]) -> str:
+    """The demonstration template of ``template`` for ``task``, as LM-BFF's run.py spells it."""
+    words = demo_label_words(task, verbalizer)
+    return demo_template(parse_template(template), words, len(task.text_columns)).spec
 
 
 def demo_template(template: Template, words: Sequence[str], sentences: int) -> Template:
@@ -298,9 +325,10 @@ class DemoPromptLearner:
         self.max_length, self.seed, self.samples = max_length, seed, samples
         self.embedder, self.filter_rate, self.rows_per_pass = embedder, filter_rate, rows_per_pass
         n = len(task.text_columns)
-        self.num_bins = len(verbalizer)
-        self.template = demo_template(self.prompt.template, verbalizer, n)
-        total = n * (1 + self.num_bins)
+        self.num_bins = len(verbalizer)  # one demonstration drawn from each bin
+        words = demo_label_words(task, verbalizer)  # ... of which these are in the input
+        self.template = demo_template(self.prompt.template, words, n)
+        total = n * (1 + len(words))
         self.limits = {i: task.other_sent_limit for i in range(1, total) if task.other_sent_limit}
         if task.first_sent_limit:
             self.limits[0] = task.first_sent_limit
@@ -349,7 +377,8 @@ class DemoPromptLearner:
                 for q, ex in enumerate(examples)]  # fmt: skip
 
     def encode_with(self, queries: Sequence[Example], demos: Sequence[list[int]]) -> list[Features]:
-        """Each query followed by its demonstrations (support indices in label order)."""
+        """Each query followed by its demonstrations (support indices in label order; as in
+        LM-BFF, the template reads those it has a block for: all, or STS-B's low one)."""
         sentences = [
             [*q.texts, *(t for d in ds for t in self.support[d].texts)]
             for q, ds in zip(queries, demos)
