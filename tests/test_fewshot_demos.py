@@ -29,7 +29,7 @@ from smash.train.fewshot.demonstrations import (
     filter_by_similarity,
     sample_demos,
 )
-from smash.train.fewshot.learners import collate, interpolation_predict
+from smash.train.fewshot.learners import PromptLearner, collate, interpolation_predict
 
 ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
 LMBFF = Path(__file__).parent / "data" / "lmbff"  # lines of LM-BFF's files (SOURCE.md)
@@ -245,6 +245,56 @@ def test_truncation_keeps_the_query_and_mask_and_cuts_demonstrations_first(stude
             assert tok.encode(word, add_special_tokens=False)[0] in f.input_ids
     with pytest.raises(ValueError, match="alone is 16 tokens"):  # <s>, 3 x (It was W . </s>)
         _learner(student, tok, task, support, max_length=8).encode_with([query], [[0, 1]])
+
+
+QNLI_SUPPORT = [
+    _ex("What color is the sky?", "The sky is blue on a clear day.", label=0),
+    _ex(" ".join(["Who wrote the book over many years in a town?"] * 6), "Nobody knows.",
+        label=1),  # the label word comes after this long question
+    _ex("Is it cold?", "It is cold.", label=0),
+    _ex("Who came?", "A man.", label=1),
+]  # fmt: skip
+
+
+def test_lmbff_truncation_cuts_the_tail_as_lmbff_does(student, tiny_tokenizer):
+    """A QNLI input with demonstrations beyond the max length (128), as LM-BFF cuts it: the
+    tail of the whole input, here the last demonstration's label word with it."""
+    tok, task = tiny_tokenizer, get_task("QNLI")
+    query = _ex("Where is the station?", "The station is next to the old market.", label=0)
+    sentences = [*query.texts, *QNLI_SUPPORT[0].texts, *QNLI_SUPPORT[1].texts]
+    yes, no = (tok.encode(" " + w, add_special_tokens=False)[0] for w in task.verbalizer)
+
+    def encode(length, **kw):
+        learner = _learner(student, tok, task, QNLI_SUPPORT, max_length=length, **kw)
+        return learner.encode_with([query], [[0, 1]])[0]
+
+    whole = encode(10_000)
+    assert len(whole.input_ids) > 128 and no in whole.input_ids  # every label word
+    f = encode(128, truncation="lmbff")
+    lmbff = lmbff_rules.input_ids(tok, lmbff_rules.demo_template(task.template, 2), sentences,
+                                  [yes, no], 128)  # fmt: skip
+    assert f.input_ids == lmbff == whole.input_ids[:128]
+    assert f.input_ids[f.mask_position] == tok.mask_token_id
+    assert yes in f.input_ids and no not in f.input_ids  # the last label word is cut off
+    ours = encode(128)  # the default keeps every label word, shortening sentences instead
+    assert len(ours.input_ids) == 128 and yes in ours.input_ids and no in ours.input_ids
+
+
+def test_lmbff_truncation_of_a_prompt_without_demonstrations(tiny_tokenizer, student):
+    tok, task = tiny_tokenizer, get_task("QNLI")
+    example = _ex("Where is it?", " ".join(["It is next to the old market."] * 8), label=1)
+    words = [tok.encode(" " + w, add_special_tokens=False)[0] for w in task.verbalizer]
+    learner = PromptLearner(student, tok, task, task.template, task.verbalizer, 32, "lmbff")
+    [f] = learner.encode([example])
+    assert f.input_ids == lmbff_rules.input_ids(tok, task.template, list(example.texts), words, 32)
+    assert f.input_ids[-1] != tok.sep_token_id  # LM-BFF's cut takes the closing </s> too
+    [ours] = PromptLearner(student, tok, task, task.template, task.verbalizer, 32).encode([example])
+    assert len(ours.input_ids) == 32 and ours.input_ids[-1] == tok.sep_token_id
+    # a cut before the mask: LM-BFF's code fails on it too (no mask to find)
+    late = _ex(" ".join(["Where is it?"] * 20), "Here.", label=1)
+    with pytest.raises(ValueError, match="LM-BFF's truncation .--truncation lmbff. cuts an input "
+                       "of .* tokens at max_length=32, before its mask"):  # fmt: skip
+        learner.encode([late])
 
 
 def test_first_and_other_sentence_limits_as_lmbff(student, tiny_tokenizer):

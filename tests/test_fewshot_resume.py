@@ -202,6 +202,26 @@ def test_ledger_errors(tmp_path):
         Ledger(path, SETTINGS, resume=True)
 
 
+def test_the_truncation_rule_is_part_of_a_prompt_units_key(tiny, kshot, tmp_path, monkeypatch,
+                                                           capsys):  # fmt: skip
+    """--truncation lmbff makes new prompt units; standard fine-tuning's are not prompts."""
+    out = tmp_path / "out"
+    argv = _argv(tiny, kshot, out)
+    argv[argv.index("prompt")] = "finetune"
+    assert main(argv) == 0
+    calls = _count_units(monkeypatch)
+    assert main([*argv, "--resume", "--truncation", "lmbff"]) == 0
+    assert calls == ["zero-shot"] * 4  # 2 tasks x 2 seeds
+    lines = (out / "points.jsonl").read_text().splitlines()[1:]
+    units = [json.loads(line)["unit"] for line in lines]
+    rules = [(u["mode"], json.loads(u["inputs"]).get("truncation")) for u in units]
+    # the default's keys are as before there was a choice
+    assert set(rules) == {("finetune", None), ("zero-shot", None), ("zero-shot", "lmbff")}
+    err = cli_error(capsys, [*argv, "--resume", "--mode", "distill", "--distill-store",
+                             str(tmp_path), "--truncation", "lmbff"])  # fmt: skip
+    assert "--truncation lmbff does not apply to --mode distill / distill-bt10" in err
+
+
 def _ledger_lines(tmp_path) -> tuple[Path, list[str]]:
     path = tmp_path / "points.jsonl"
     ledger = Ledger(path, SETTINGS, resume=False)

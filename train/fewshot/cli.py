@@ -41,6 +41,7 @@ from smash.train.fewshot.demonstrations import DEMO_MODES, DemoOptions
 from smash.train.fewshot.distill import DistillSettings
 from smash.train.fewshot.flag_types import FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED
 from smash.train.fewshot.folder_lock import hold_folder
+from smash.train.fewshot.learners import TRUNCATIONS
 from smash.train.fewshot.ledger import LEDGER_NAME, Ledger
 from smash.train.fewshot.paper import PAPER_MODELS, parse_compare
 from smash.train.fewshot.protocol import Protocol, paper_max_steps
@@ -73,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 t: w.split(",") for t, w in per_task(args.verbalizer, "--verbalizer").items()
             },
             "max_length": args.max_length,
+            "truncation": args.truncation,
             "device": args.device,
             "distill": DistillSettings(
                 args.distill_store,
@@ -186,6 +188,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=POSITIVE_INT, default=100)
     p.add_argument("--eval-batch-size", type=POSITIVE_INT, default=32)
     p.add_argument("--max-length", type=POSITIVE_INT, help="override every task's max length")
+    p.add_argument(
+        "--truncation",
+        choices=TRUNCATIONS,
+        default="sentences",
+        help="how a prompt longer than the max length is shortened: 'sentences' removes "
+        "sentence tokens only, longest first, demonstrations' before the query's (template "
+        "words, label words and mask stay); 'lmbff' cuts the whole input's tail as LM-BFF's "
+        "code does, to reproduce its rows (not with the distill modes)",
+    )
     p.add_argument(
         "--template",
         action="append",

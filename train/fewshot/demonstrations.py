@@ -31,7 +31,8 @@ Length: the max length is doubled for SST-5, MR and CR (LM-BFF's ``--double_demo
 sentence is capped at ``first_sent_limit`` and every other sentence at ``other_sent_limit``
 (SST-5 20, MR and CR 50), as in LM-BFF. Beyond that, demonstration sentences are shortened
 first (longest first) and the query's only when the demonstrations are empty; template words,
-label words and the mask always stay (LM-BFF cuts the whole sequence's tail instead).
+label words and the mask always stay. LM-BFF cuts the whole sequence's tail instead, which
+``truncation="lmbff"`` reproduces (``learners.encode_prompts``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from smash.train.fewshot.learners import (
     Features,
     FeatureSets,
     PromptLearner,
+    encode_prompts,
     interpolation_predict,
 )
 
@@ -311,6 +313,7 @@ class DemoPromptLearner:
         embedder: SentenceEmbedder | None = None,
         filter_rate: float = 0.5,
         rows_per_pass: int = 64,
+        truncation: str = "sentences",
     ):
         if is_sentinel_tokenizer(tokenizer):
             raise ValueError(
@@ -320,7 +323,9 @@ class DemoPromptLearner:
         if samples < 1 or not 0 < filter_rate <= 1:
             raise ValueError(f"need samples >= 1 and 0 < filter rate <= 1, got {samples}, "
                              f"{filter_rate}")  # fmt: skip
-        self.prompt = PromptLearner(model, tokenizer, task, template, verbalizer, max_length)
+        self.prompt = PromptLearner(
+            model, tokenizer, task, template, verbalizer, max_length, truncation
+        )
         self.model, self.tokenizer, self.task = model, tokenizer, task
         self.max_length, self.seed, self.samples = max_length, seed, samples
         self.embedder, self.filter_rate, self.rows_per_pass = embedder, filter_rate, rows_per_pass
@@ -383,9 +388,8 @@ class DemoPromptLearner:
             [*q.texts, *(t for d in ds for t in self.support[d].texts)]
             for q, ds in zip(queries, demos)
         ]
-        enc = self.template.encode_batch(
-            self.tokenizer, sentences, self.max_length, self.limits, self.demo_sentences
-        )
+        enc = encode_prompts(self.template, self.tokenizer, sentences, self.max_length,
+                             self.limits, self.prompt.truncation, self.demo_sentences)  # fmt: skip
         return [Features(e.input_ids, e.mask_position, q.label) for e, q in zip(enc, queries)]
 
     def forward(self, batch: Batch) -> torch.Tensor:
