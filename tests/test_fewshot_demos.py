@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import lmbff_rules
 import numpy as np
 import pytest
 import torch
@@ -28,7 +29,7 @@ from smash.train.fewshot.demonstrations import (
     filter_by_similarity,
     sample_demos,
 )
-from smash.train.fewshot.learners import collate, interpolation_predict
+from smash.train.fewshot.learners import PromptLearner, collate, interpolation_predict
 
 ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
 LMBFF = Path(__file__).parent / "data" / "lmbff"  # lines of LM-BFF's files (SOURCE.md)
@@ -134,30 +135,20 @@ def test_auto_label_word_must_be_one_token(tiny_tokenizer):
 # --- the input with demonstrations ----------------------------------------------------------
 
 
-def _lmbff_demo_template(template: str, num_labels: int) -> str:
-    """LM-BFF's run.py (the single-template path, --template_id): the reference."""
-    new = template
-    old = template.replace("*cls*", "")
-    sent_num = 2 if "_1" in old else 1
-    for label_id in range(num_labels):
-        sub = old
-        for sent_id in range(sent_num):
-            sub = sub.replace(f"_{sent_id}", f"_{sent_num + sent_num * label_id + sent_id}")
-        new += sub.replace("*mask*", f"*label_{label_id}*")
-    return new
-
-
 @pytest.mark.parametrize("task, seed", [("SST-2", 13), ("SST-2", 21), ("SST-5", 13),
                                         ("MRPC", 87), ("STS-B", 13), ("MNLI", 13)])  # fmt: skip
 def test_demo_template_is_lmbffs(task, seed):
     from smash.precompute.shared.templates import parse_template
-    from smash.train.fewshot.demonstrations import demo_template
+    from smash.train.fewshot.demonstrations import demo_label_words, demo_spec, demo_template
 
     task = get_task(task)
+    num_labels = len(task.labels) or 1  # LM-BFF's num_labels_mapping: STS-B has 1
     for spec in (read_auto_prompt(LMBFF, task, 16, seed).template, task.template):
-        words = ["w"] * (len(task.labels) or 2)
+        verbalizer = ["w"] * (len(task.labels) or 2)
+        words = demo_label_words(task, verbalizer)
         demo = demo_template(parse_template(spec), words, len(task.text_columns))
-        assert demo.spec == _lmbff_demo_template(spec, len(words))
+        assert demo.spec == lmbff_rules.demo_template(spec, num_labels)
+        assert demo_spec(task, spec, verbalizer) == demo.spec
         # and its parts are that string's, each label_j the literal ' w'
         as_text = demo.spec
         for j in range(len(words)):
@@ -205,6 +196,34 @@ def test_pair_input_equals_hand_assembled(student, tiny_tokenizer):
     assert f.input_ids == expected and f.mask_position == 1 + len(enc("Yes it is."))
 
 
+STSB_SUPPORT = [
+    _ex("A man is playing a guitar.", "A man plays the guitar.", label=4.2),
+    _ex("A cat sleeps on the sofa.", "The stock market fell sharply.", label=0.4),
+    _ex("Two women are talking.", "Two women chat.", label=3.6),
+    _ex("A dog runs.", "It is raining in Paris.", label=2.5),  # <= 2.5: the low bin
+]
+
+
+@pytest.mark.parametrize("seed", [None, 13, 21, 42, 87, 100])
+def test_stsb_input_has_lmbffs_one_demonstration(student, tiny_tokenizer, seed):
+    """LM-BFF's STS-B has one label, so one demonstration block: the low bin's demonstration
+    with the low word ("No"); the high bin's is drawn but not in the input. The manual template
+    (seed None) and LM-BFF's five searched ones, id for id."""
+    tok, task = tiny_tokenizer, get_task("STS-B")
+    template = task.template if seed is None else read_auto_prompt(LMBFF, task, 16, seed).template
+    learner = _learner(student, tok, task, STSB_SUPPORT, template=template, max_length=128)
+    assert "*label_0*" in learner.template.spec and "label_1" not in learner.template.spec
+    query = _ex("Two dogs run in a park.", "Dogs are running outside.", label=3.8)
+    [f] = learner.encode_with([query], [[3, 0]])  # drawn: 3 from the low bin, 0 from the high
+    words = [tok.encode(" " + w, add_special_tokens=False)[0] for w in task.verbalizer]
+    sentences = [*query.texts, *STSB_SUPPORT[3].texts, *STSB_SUPPORT[0].texts]
+    lmbff = lmbff_rules.input_ids(tok, lmbff_rules.demo_template(template, 1), sentences, words,
+                                  128)  # fmt: skip
+    assert f.input_ids + [tok.pad_token_id] * (128 - len(f.input_ids)) == lmbff
+    assert f.input_ids[f.mask_position] == tok.mask_token_id
+    assert f.input_ids.count(words[0]) == 1 and words[1] not in f.input_ids  # " No" only
+
+
 def test_truncation_keeps_the_query_and_mask_and_cuts_demonstrations_first(student, tiny_tokenizer):
     tok, task = tiny_tokenizer, get_task("SST-2")
     long = " ".join(["the movie was good"] * 20)
@@ -226,6 +245,56 @@ def test_truncation_keeps_the_query_and_mask_and_cuts_demonstrations_first(stude
             assert tok.encode(word, add_special_tokens=False)[0] in f.input_ids
     with pytest.raises(ValueError, match="alone is 16 tokens"):  # <s>, 3 x (It was W . </s>)
         _learner(student, tok, task, support, max_length=8).encode_with([query], [[0, 1]])
+
+
+QNLI_SUPPORT = [
+    _ex("What color is the sky?", "The sky is blue on a clear day.", label=0),
+    _ex(" ".join(["Who wrote the book over many years in a town?"] * 6), "Nobody knows.",
+        label=1),  # the label word comes after this long question
+    _ex("Is it cold?", "It is cold.", label=0),
+    _ex("Who came?", "A man.", label=1),
+]  # fmt: skip
+
+
+def test_lmbff_truncation_cuts_the_tail_as_lmbff_does(student, tiny_tokenizer):
+    """A QNLI input with demonstrations beyond the max length (128), as LM-BFF cuts it: the
+    tail of the whole input, here the last demonstration's label word with it."""
+    tok, task = tiny_tokenizer, get_task("QNLI")
+    query = _ex("Where is the station?", "The station is next to the old market.", label=0)
+    sentences = [*query.texts, *QNLI_SUPPORT[0].texts, *QNLI_SUPPORT[1].texts]
+    yes, no = (tok.encode(" " + w, add_special_tokens=False)[0] for w in task.verbalizer)
+
+    def encode(length, **kw):
+        learner = _learner(student, tok, task, QNLI_SUPPORT, max_length=length, **kw)
+        return learner.encode_with([query], [[0, 1]])[0]
+
+    whole = encode(10_000)
+    assert len(whole.input_ids) > 128 and no in whole.input_ids  # every label word
+    f = encode(128, truncation="lmbff")
+    lmbff = lmbff_rules.input_ids(tok, lmbff_rules.demo_template(task.template, 2), sentences,
+                                  [yes, no], 128)  # fmt: skip
+    assert f.input_ids == lmbff == whole.input_ids[:128]
+    assert f.input_ids[f.mask_position] == tok.mask_token_id
+    assert yes in f.input_ids and no not in f.input_ids  # the last label word is cut off
+    ours = encode(128)  # the default keeps every label word, shortening sentences instead
+    assert len(ours.input_ids) == 128 and yes in ours.input_ids and no in ours.input_ids
+
+
+def test_lmbff_truncation_of_a_prompt_without_demonstrations(tiny_tokenizer, student):
+    tok, task = tiny_tokenizer, get_task("QNLI")
+    example = _ex("Where is it?", " ".join(["It is next to the old market."] * 8), label=1)
+    words = [tok.encode(" " + w, add_special_tokens=False)[0] for w in task.verbalizer]
+    learner = PromptLearner(student, tok, task, task.template, task.verbalizer, 32, "lmbff")
+    [f] = learner.encode([example])
+    assert f.input_ids == lmbff_rules.input_ids(tok, task.template, list(example.texts), words, 32)
+    assert f.input_ids[-1] != tok.sep_token_id  # LM-BFF's cut takes the closing </s> too
+    [ours] = PromptLearner(student, tok, task, task.template, task.verbalizer, 32).encode([example])
+    assert len(ours.input_ids) == 32 and ours.input_ids[-1] == tok.sep_token_id
+    # a cut before the mask: LM-BFF's code fails on it too (no mask to find)
+    late = _ex(" ".join(["Where is it?"] * 20), "Here.", label=1)
+    with pytest.raises(ValueError, match="LM-BFF's truncation .--truncation lmbff. cuts an input "
+                       "of .* tokens at max_length=32, before its mask"):  # fmt: skip
+        learner.encode([late])
 
 
 def test_first_and_other_sentence_limits_as_lmbff(student, tiny_tokenizer):

@@ -43,6 +43,12 @@ def test_parse_compare():
         parse_compare(["c=smash"], ["a", "b"])
     with pytest.raises(ValueError, match="say which paper model each of ours stands for"):
         parse_compare([], ["a"])
+    # one of our models named twice: the last would win without a word
+    with pytest.raises(ValueError, match="'a=distilroberta-base': 'a' is already compared with "
+                       "the paper's 'smash'; name each of our models once"):  # fmt: skip
+        parse_compare(["a=smash", "b=smash", "a=distilroberta-base"], ["a", "b"])
+    with pytest.raises(ValueError, match="'smash=smash': 'smash' is already compared"):
+        parse_compare(["smash", "smash=smash"], ["smash"])
 
 
 def test_report_beside_the_paper(tiny, tmp_path, capsys):
@@ -66,5 +72,8 @@ def test_report_beside_the_paper(tiny, tmp_path, capsys):
             mean = ours[(row["model"], row["mode"])][column][0]
             assert delta == pytest.approx(mean - row["paper"][column][0], abs=1e-12)
     assert [r["paper_row"] for r in result["paper"]] == ["zero-shot", "fine-tune"]
+    # the published rows are K=16; ours are K=8: said above the table and in results.json
+    assert "The paper's rows are K = 16 per label; ours are K = 8" in md
+    assert [(r["k"], r["paper_k"]) for r in result["paper"]] == [(8, 16), (8, 16)]
     err = cli_error(capsys, [*argv, "--resume", "--compare-paper", "after=smash"])
     assert "no evaluated model is named 'after' (models: before; name them with --name)" in err

@@ -3,6 +3,8 @@ a killed evaluation continues without repeating one, and a finished one re-rende
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,6 +118,49 @@ def test_resume_trains_again_what_reads_changed_inputs(tiny, kshot, tmp_path, mo
     assert set(tests) == {(t, s) for t in ("SST-2", "MRPC") for s in (13, 21)}
 
 
+# Holds an exclusive flock on a folder, as a running evaluation does, until it is killed.
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_folder_another_evaluation_writes_to_is_refused(tiny, kshot, tmp_path, capsys, resume):
+    """Two evaluations in one OUT would take each other's ledger for their own: the second is
+    refused, naming the folder, and once the first is killed (the OS drops its lock), the
+    folder is free again."""
+    out = tmp_path / "out"
+    argv = _argv(tiny, kshot, out)
+    argv[argv.index("prompt")] = "zero-shot"
+    argv.remove("zero-shot")  # zero-shot only: 4 quick units
+    if resume:  # a finished evaluation, taken up again
+        assert main(argv) == 0
+    before = sorted(p.name for p in out.glob("*")) if out.exists() else []
+    out.mkdir(exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        err = cli_error(capsys, argv + ["--resume"] * resume)
+        assert f"--out {out}: another evaluation is writing to this folder" in err
+        assert sorted(p.name for p in out.glob("*")) == before  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(argv + ["--resume"] * resume) == 0
+    assert len((out / "points.jsonl").read_text().splitlines()) == 1 + 4
+
+
+def test_an_evaluation_refused_on_bad_input_leaves_no_folder(tiny, tmp_path, capsys):
+    out = tmp_path / "new" / "out"
+    err = cli_error(capsys, _argv(tiny, tmp_path / "no-data", out))
+    assert "no-data" in err and not (tmp_path / "new").exists()
+
+
 def _key(seed: int = 13, lr: float | None = 1e-3) -> UnitKey:
     return UnitKey("m", "/m", 16, 100, "prompt", "SST-2", seed, lr, None if lr is None else 4)
 
@@ -157,9 +202,91 @@ def test_ledger_errors(tmp_path):
         Ledger(path, SETTINGS, resume=True)
 
 
+def test_the_truncation_rule_is_part_of_a_prompt_units_key(tiny, kshot, tmp_path, monkeypatch,
+                                                           capsys):  # fmt: skip
+    """--truncation lmbff makes new prompt units; standard fine-tuning's are not prompts."""
+    out = tmp_path / "out"
+    argv = _argv(tiny, kshot, out)
+    argv[argv.index("prompt")] = "finetune"
+    assert main(argv) == 0
+    calls = _count_units(monkeypatch)
+    assert main([*argv, "--resume", "--truncation", "lmbff"]) == 0
+    assert calls == ["zero-shot"] * 4  # 2 tasks x 2 seeds
+    lines = (out / "points.jsonl").read_text().splitlines()[1:]
+    units = [json.loads(line)["unit"] for line in lines]
+    rules = [(u["mode"], json.loads(u["inputs"]).get("truncation")) for u in units]
+    # the default's keys are as before there was a choice
+    assert set(rules) == {("finetune", None), ("zero-shot", None), ("zero-shot", "lmbff")}
+    err = cli_error(capsys, [*argv, "--resume", "--mode", "distill", "--distill-store",
+                             str(tmp_path), "--truncation", "lmbff"])  # fmt: skip
+    assert "--truncation lmbff does not apply to --mode distill / distill-bt10" in err
+
+
+def _ledger_lines(tmp_path) -> tuple[Path, list[str]]:
+    path = tmp_path / "points.jsonl"
+    ledger = Ledger(path, SETTINGS, resume=False)
+    ledger.record(_key(13), _result(0.75), seconds=1.5)
+    ledger.record(_key(21), _result(0.5), seconds=1.0)
+    return path, path.read_text().splitlines()
+
+
+def test_blank_lines_in_a_ledger_are_no_damage(tmp_path):
+    path, lines = _ledger_lines(tmp_path)
+    path.write_text("\n" + lines[0] + "\n\n" + lines[1] + "\n  \n" + lines[2] + "\n\n")
+    with pytest.raises(ValueError, match="holds 2 finished units"):
+        Ledger(path, SETTINGS, resume=False)
+    again = Ledger(path, SETTINGS, resume=True)
+    assert len(again) == 2 and again.get(_key(21)) == _result(0.5)
+    again.record(_key(42), _result(0.25), seconds=1.0)
+    assert len(Ledger(path, SETTINGS, resume=True)) == 3
+
+
+def _unit_line(line: str, **result) -> str:
+    item = json.loads(line)
+    item["result"].update(result)
+    return json.dumps(item)
+
+
+@pytest.mark.parametrize(
+    "edit, number, problem",
+    [
+        (lambda lines: ["[1, 2]", *lines[1:]], 1,
+         'the line is [1, 2], expected an object with "settings"'),
+        (lambda lines: ['{"settings": ["a"]}', *lines[1:]], 1,
+         'settings is ["a"], expected an object'),
+        (lambda lines: [lines[0], lines[1], _unit_line(lines[2], dev=None)], 3,
+         "result.dev is null, expected a number"),
+        (lambda lines: [lines[0], _unit_line(lines[1], dev="0.5"), lines[2]], 2,
+         'result.dev is "0.5", expected a number'),
+        (lambda lines: [lines[0], _unit_line(lines[1], tests={"SST-2": "x"}), lines[2]], 2,
+         'result.tests is {"SST-2": "x"}, expected an object of numbers'),
+        (lambda lines: [lines[0], _unit_line(lines[1], step=2.5), lines[2]], 2,
+         "result.step is 2.5, expected an integer"),
+        (lambda lines: [lines[0], '{"unit": {}, "result": {}}', lines[2]], 2,
+         "unit has no field 'model'"),
+        (lambda lines: [lines[0], lines[1].replace('"seed": 13', '"seed": 13, "x": 1'), lines[2]],
+         2, "unit has a field 'x' this program does not write"),
+        (lambda lines: [lines[0], "7", lines[2]], 2,
+         'the line is 7, expected an object with "unit"'),
+    ],
+)  # fmt: skip
+def test_a_hand_edited_ledger_names_the_line_and_what_is_wrong(tmp_path, edit, number, problem):
+    path, lines = _ledger_lines(tmp_path)
+    path.write_text("\n".join(edit(lines)) + "\n")
+    before = path.read_bytes()
+    with pytest.raises(ValueError) as err:
+        Ledger(path, SETTINGS, resume=True)
+    assert str(err.value) == (
+        f"{path}:{number}: not a line this program writes: {problem} (fix it, or pass another --out)"
+    )
+    assert path.read_bytes() == before
+
+
 def test_two_models_of_one_name_are_refused(tiny, kshot, tmp_path, capsys):
     argv = _argv(tiny, kshot, tmp_path / "out")
-    argv[2:2] = [str(tiny["student"])]  # the same folder twice: both named "student"
+    other = tmp_path / "copy" / "student"
+    shutil.copytree(tiny["student"], other)
+    argv[2:2] = [str(other)]  # two folders, both named "student" by default
     err = cli_error(capsys, argv)
     assert "two models are named 'student' (one row each): give each a name with --name" in err
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -39,6 +39,9 @@ from smash.train.fewshot.curves import (
 )
 from smash.train.fewshot.demonstrations import DEMO_MODES, DemoOptions
 from smash.train.fewshot.distill import DistillSettings
+from smash.train.fewshot.flag_types import FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED
+from smash.train.fewshot.folder_lock import hold_folder
+from smash.train.fewshot.learners import TRUNCATIONS
 from smash.train.fewshot.ledger import LEDGER_NAME, Ledger
 from smash.train.fewshot.paper import PAPER_MODELS, parse_compare
 from smash.train.fewshot.protocol import Protocol, paper_max_steps
@@ -71,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 t: w.split(",") for t, w in per_task(args.verbalizer, "--verbalizer").items()
             },
             "max_length": args.max_length,
+            "truncation": args.truncation,
             "device": args.device,
             "distill": DistillSettings(
                 args.distill_store,
@@ -97,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_steps_per_k": {str(k): v for k, v in steps.items()},
         }
         run = _curve if args.curve else _table
-        written = run(args, tasks, steps, options, config)
+        with hold_folder("--out", args.out):  # its ledger has one writer at a time
+            written = run(args, tasks, steps, options, config)
     except (DataError, StoreError, ValueError, OSError) as err:  # DataError: FILE:LINE: ...
         print(f"evaluate-fewshot: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
@@ -160,16 +165,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--k",
         nargs="+",
-        type=int,
+        type=POSITIVE_INT,
         default=[16],
         help="examples per label; several values with --curve k",
     )
-    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    p.add_argument("--lrs", nargs="+", type=float, default=[1e-5, 2e-5, 5e-5])
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 4])
+    p.add_argument("--seeds", nargs="+", type=SEED, default=list(SEEDS))
+    p.add_argument("--lrs", nargs="+", type=POSITIVE, default=[1e-5, 2e-5, 5e-5])
+    p.add_argument("--batch-sizes", nargs="+", type=POSITIVE_INT, default=[2, 4])
     p.add_argument(
         "--max-steps",
-        type=int,
+        type=POSITIVE_INT,
         help="training steps per grid point (default: the paper's for K: 1000 for K=16 and "
         "32, 2000 for 64 and 128, 4000 for 256; 1000 for other K)",
     )
@@ -180,9 +185,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K=STEPS",
         help="training steps for one K (repeatable), over --max-steps and the paper's",
     )
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--eval-batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, help="override every task's max length")
+    p.add_argument("--eval-every", type=POSITIVE_INT, default=100)
+    p.add_argument("--eval-batch-size", type=POSITIVE_INT, default=32)
+    p.add_argument("--max-length", type=POSITIVE_INT, help="override every task's max length")
+    p.add_argument(
+        "--truncation",
+        choices=TRUNCATIONS,
+        default="sentences",
+        help="how a prompt longer than the max length is shortened: 'sentences' removes "
+        "sentence tokens only, longest first, demonstrations' before the query's (template "
+        "words, label words and mask stay); 'lmbff' cuts the whole input's tail as LM-BFF's "
+        "code does, to reproduce its rows (not with the distill modes)",
+    )
     p.add_argument(
         "--template",
         action="append",
@@ -201,7 +215,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--demo-samples",
-        type=int,
+        type=POSITIVE_INT,
         help="with prompt-demo/lmbff: demonstration sets per evaluated example, whose logits "
         "are averaged (default: LM-BFF's num_sample, 16; 4 for MNLI, SNLI, QQP)",
     )
@@ -214,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--demo-filter-rate",
-        type=float,
+        type=FRACTION,
         help="with --demo-filter-model: the fraction of each label's candidates kept (0.5)",
     )
     p.add_argument(
@@ -241,9 +255,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--augmented-data", help="distill-bt10: make-augment's k-shot root")
     g.add_argument("--augmented-store", help="distill-bt10: the k-shot stores over it")
-    g.add_argument("--distill-weight", type=float, default=1.0, help="the soft term's weight (1)")
     g.add_argument(
-        "--distill-temperature", type=float, default=1.0, help="on student and teacher (1)"
+        "--distill-weight", type=NON_NEGATIVE, default=1.0, help="the soft term's weight (1)"
+    )
+    g.add_argument(
+        "--distill-temperature", type=POSITIVE, default=1.0, help="on student and teacher (1)"
     )
     g.add_argument(
         "--distill-tail",
@@ -256,10 +272,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Flag combinations that cannot work (argparse's usage error, exit 2)."""
-    if len(args.k) != len(set(args.k)) or min(args.k) < 1:
-        p.error(f"--k needs distinct positive values, got {' '.join(map(str, args.k))}")
-    if args.max_steps is not None and args.max_steps < 1:
-        p.error(f"--max-steps must be positive, got {args.max_steps}")
+    _check_repeats(p, args)
     if len(args.k) > 1 and args.curve != "k":
         p.error("--k takes several values only with --curve k")
     if args.compare_paper is not None and args.curve:
@@ -280,17 +293,46 @@ def _check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"{flag} applies to --mode lmbff")
     if "lmbff" in args.mode and args.lmbff_prompts is None:
         p.error("--mode lmbff needs --lmbff-prompts DIR (a checkout of princeton-nlp/LM-BFF)")
-    if args.demo_samples is not None and args.demo_samples < 1:
-        p.error(f"--demo-samples must be positive, got {args.demo_samples}")
-    rate = args.demo_filter_rate
-    if rate is not None and not (0 < rate <= 1 and args.demo_filter_model):
-        p.error(
-            f"--demo-filter-rate takes a fraction in (0, 1] with --demo-filter-model, got {rate}"
-        )
+    if args.demo_filter_rate is not None and not args.demo_filter_model:
+        p.error("--demo-filter-rate takes effect with --demo-filter-model only")
     groups = len(args.model) if args.curve == "steps" else sum(map(len, args.model))
     if args.name and len(args.name) != groups:
         what = "series (one per --model)" if args.curve == "steps" else "models"
         p.error(f"--name gives {len(args.name)} names for {groups} {what}")
+
+
+def _check_repeats(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A list flag's value given twice is refused, naming it: a seed would count twice in the
+    mean, a grid point train twice, or the last of two values for one task or K win."""
+
+    def folder(path: str) -> str:
+        return str(Path(path).resolve()) if Path(path).is_dir() else path
+
+    def task(item: str) -> str:  # the TASK (or K) of TASK=VALUE
+        return item.partition("=")[0]
+
+    def named(kind: str) -> Callable[[str], str]:
+        return lambda item: f"{kind}{task(item)}"
+
+    per_task = (lambda item: task(item).lower(), named("task "))
+    lists = {
+        "--model": ([m for group in args.model for m in group], folder, str),
+        "--tasks": (args.tasks, str.lower, str),
+        "--mode": (args.mode, str, str),
+        "--k": (args.k, int, str),
+        "--seeds": (args.seeds, int, str),
+        "--lrs": (args.lrs, float, "{:g}".format),
+        "--batch-sizes": (args.batch_sizes, int, str),
+        "--baseline": (args.baseline, folder, str),
+        "--template": (args.template, *per_task),
+        "--verbalizer": (args.verbalizer, *per_task),
+        "--k-steps": (args.k_steps, task, named("K=")),
+    }
+    for flag, (values, key, show) in lists.items():
+        keys = [key(v) for v in values]
+        for i, k in enumerate(keys):
+            if k in keys[:i]:
+                p.error(f"{flag} {show(values[i])} is given twice: give each once")
 
 
 def _steps_per_k(args: argparse.Namespace) -> dict[int, int]:

@@ -6,14 +6,20 @@ written with the same template minus ``*cls*`` and with the label's word where t
 
     <s> x It was <mask> . </s> d0 It was terrible . </s> d1 It was great . </s>
 
+STS-B gets one demonstration, not two: LM-BFF declares one label for it (``processors.py``,
+``"sts-b": 1``), so ``run.py`` builds a demonstration template of one block, ``*label_0*`` its
+low word, and only the demonstration drawn from the low bin (score <= 2.5) is in the input;
+the one drawn from the high bin is never read (``demo_label_words``).
+
 Sampling (LM-BFF's ``select_context``): the candidates are the training examples, minus the
 query itself when the query is a training example; a random permutation of them is walked and
 the first example of each label is kept. Training draws afresh each time an example is used
 (each epoch); evaluation draws ``samples`` demonstration sets per query once (LM-BFF's
 ``num_sample``, 16) and averages their label-word logits (their predicted scores for STS-B,
-whose model output LM-BFF averages). STS-B's "labels" are two bins: score <= 2.5 (the low word
-``No``) and above (``Yes``). The draws are NumPy generators seeded with the split's seed (and
-the epoch, for training), so every grid point sees the same demonstrations.
+whose model output LM-BFF averages). STS-B's "labels" are two bins when sampling and
+filtering: score <= 2.5 (the low word ``No``) and above (``Yes``). The draws are NumPy
+generators seeded with the split's seed (and the epoch, for training), so every grid point sees
+the same demonstrations.
 
 Filtering (LM-BFF's ``--demo_filter``): candidates are ranked by the cosine similarity of
 their sentence embedding to the query's (pair tasks embed ``x0 + ' ' + x1``), and only the top
@@ -25,7 +31,8 @@ Length: the max length is doubled for SST-5, MR and CR (LM-BFF's ``--double_demo
 sentence is capped at ``first_sent_limit`` and every other sentence at ``other_sent_limit``
 (SST-5 20, MR and CR 50), as in LM-BFF. Beyond that, demonstration sentences are shortened
 first (longest first) and the query's only when the demonstrations are empty; template words,
-label words and the mask always stay (LM-BFF cuts the whole sequence's tail instead).
+label words and the mask always stay. LM-BFF cuts the whole sequence's tail instead, which
+``truncation="lmbff"`` reproduces (``learners.encode_prompts``).
 """
 
 from __future__ import annotations
@@ -40,12 +47,18 @@ import numpy as np
 import torch
 from smash.precompute.kshot.data import Example
 from smash.precompute.kshot.tasks import Task
-from smash.precompute.shared.templates import Part, Template, is_sentinel_tokenizer
+from smash.precompute.shared.templates import (
+    Part,
+    Template,
+    is_sentinel_tokenizer,
+    parse_template,
+)
 from smash.train.fewshot.learners import (
     Batch,
     Features,
     FeatureSets,
     PromptLearner,
+    encode_prompts,
     interpolation_predict,
 )
 
@@ -55,8 +68,10 @@ __all__ = [
     "DemoPromptLearner",
     "SentenceEmbedder",
     "demo_bin",
+    "demo_label_words",
     "demo_max_length",
     "demo_samples",
+    "demo_spec",
     "demo_template",
     "ensemble_predict",
     "filter_by_similarity",
@@ -103,6 +118,20 @@ def demo_max_length(task: Task, max_length: int) -> int:
     """The max length with demonstrations: doubled for the tasks LM-BFF runs with
     ``--double_demo`` (SST-5, MR, CR)."""
     return 2 * max_length if task.double_demo else max_length
+
+
+def demo_label_words(task: Task, verbalizer: Sequence[str]) -> list[str]:
+    """The label words that get a demonstration, in label order: every label's, and for
+    regression the low word only. LM-BFF's STS-B has one label (``num_labels_mapping``), so its
+    demonstration template has one block (``label_0``, the low word ``'0'`` maps to), which
+    reads the sentences of the low bin's demonstration."""
+    return list(verbalizer[:1]) if task.is_regression else list(verbalizer)
+
+
+def demo_spec(task: Task, template: str, verbalizer: Sequence[str]) -> str:
+    """The demonstration template of ``template`` for ``task``, as LM-BFF's run.py spells it."""
+    words = demo_label_words(task, verbalizer)
+    return demo_template(parse_template(template), words, len(task.text_columns)).spec
 
 
 def demo_template(template: Template, words: Sequence[str], sentences: int) -> Template:
@@ -284,6 +313,7 @@ class DemoPromptLearner:
         embedder: SentenceEmbedder | None = None,
         filter_rate: float = 0.5,
         rows_per_pass: int = 64,
+        truncation: str = "sentences",
     ):
         if is_sentinel_tokenizer(tokenizer):
             raise ValueError(
@@ -293,14 +323,17 @@ class DemoPromptLearner:
         if samples < 1 or not 0 < filter_rate <= 1:
             raise ValueError(f"need samples >= 1 and 0 < filter rate <= 1, got {samples}, "
                              f"{filter_rate}")  # fmt: skip
-        self.prompt = PromptLearner(model, tokenizer, task, template, verbalizer, max_length)
+        self.prompt = PromptLearner(
+            model, tokenizer, task, template, verbalizer, max_length, truncation
+        )
         self.model, self.tokenizer, self.task = model, tokenizer, task
         self.max_length, self.seed, self.samples = max_length, seed, samples
         self.embedder, self.filter_rate, self.rows_per_pass = embedder, filter_rate, rows_per_pass
         n = len(task.text_columns)
-        self.num_bins = len(verbalizer)
-        self.template = demo_template(self.prompt.template, verbalizer, n)
-        total = n * (1 + self.num_bins)
+        self.num_bins = len(verbalizer)  # one demonstration drawn from each bin
+        words = demo_label_words(task, verbalizer)  # ... of which these are in the input
+        self.template = demo_template(self.prompt.template, words, n)
+        total = n * (1 + len(words))
         self.limits = {i: task.other_sent_limit for i in range(1, total) if task.other_sent_limit}
         if task.first_sent_limit:
             self.limits[0] = task.first_sent_limit
@@ -349,14 +382,14 @@ class DemoPromptLearner:
                 for q, ex in enumerate(examples)]  # fmt: skip
 
     def encode_with(self, queries: Sequence[Example], demos: Sequence[list[int]]) -> list[Features]:
-        """Each query followed by its demonstrations (support indices in label order)."""
+        """Each query followed by its demonstrations (support indices in label order; as in
+        LM-BFF, the template reads those it has a block for: all, or STS-B's low one)."""
         sentences = [
             [*q.texts, *(t for d in ds for t in self.support[d].texts)]
             for q, ds in zip(queries, demos)
         ]
-        enc = self.template.encode_batch(
-            self.tokenizer, sentences, self.max_length, self.limits, self.demo_sentences
-        )
+        enc = encode_prompts(self.template, self.tokenizer, sentences, self.max_length,
+                             self.limits, self.prompt.truncation, self.demo_sentences)  # fmt: skip
         return [Features(e.input_ids, e.mask_position, q.label) for e, q in zip(enc, queries)]
 
     def forward(self, batch: Batch) -> torch.Tensor:

@@ -22,6 +22,7 @@ the student's prompt: the stored prompt ids must equal the student's, example by
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,10 +80,10 @@ class DistillSettings:
                 "--mode distill-bt10 needs --augmented-data (make-augment) and --augmented-store "
                 "(precompute-teacher --task kshot over it)"
             )
-        if not self.weight >= 0 or not self.temperature > 0:
+        if not (0 <= self.weight < math.inf and 0 < self.temperature < math.inf):
             raise ValueError(
-                f"--distill-weight must be >= 0 and --distill-temperature > 0, got "
-                f"{self.weight} and {self.temperature}"
+                f"--distill-weight must be finite and >= 0, --distill-temperature finite and "
+                f"> 0, got {self.weight} and {self.temperature}"
             )
 
 

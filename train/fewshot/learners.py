@@ -8,11 +8,18 @@ labels from outputs. Prompt-based STS-B is regression by interpolation between t
 (LM-BFF, paper section 3.1); its loss is the KL divergence from the target two-word
 distribution, with the target given as probabilities (LM-BFF passes probabilities where its
 loss expects log-probabilities).
+
+A prompt longer than the max length is truncated by one of two rules (``TRUNCATIONS``):
+``sentences`` (the default) removes sentence tokens only, so the template words, label words and
+mask stay (``Template.encode``); ``lmbff`` is LM-BFF's own: the whole input is assembled (each
+sentence capped by its limit) and its tail is cut at the max length, whatever it holds, so that
+LM-BFF's rows can be reproduced exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +28,8 @@ from smash.precompute.kshot.data import Example
 from smash.precompute.kshot.tasks import Task
 from smash.precompute.shared.adapters import adapter_for
 from smash.precompute.shared.templates import (
+    EncodedPrompt,
+    Template,
     answer_token_id,
     is_sentinel_tokenizer,
     parse_template,
@@ -28,15 +37,51 @@ from smash.precompute.shared.templates import (
 )
 
 __all__ = [
+    "TRUNCATIONS",
     "Batch",
     "FeatureSets",
     "Features",
     "FinetuneLearner",
     "PromptLearner",
     "collate",
+    "encode_prompts",
     "interpolation_loss",
     "interpolation_predict",
 ]
+
+
+TRUNCATIONS = ("sentences", "lmbff")
+
+
+def encode_prompts(
+    template: Template,
+    tokenizer,
+    batch: Sequence[Sequence[str]],
+    max_length: int,
+    limits: Mapping[int, int] | None,
+    truncation: str = "sentences",
+    truncate_first: Collection[int] = (),
+) -> list[EncodedPrompt]:
+    """``template.encode_batch`` under one of the two truncation rules (``TRUNCATIONS``).
+
+    ``lmbff``: LM-BFF's ``tokenize_multipart_input`` pads and then keeps the first
+    ``max_length`` ids, which can drop template words, label words and whole demonstrations;
+    ValueError when it drops the mask (where LM-BFF's code fails too)."""
+    if truncation == "sentences":
+        return template.encode_batch(tokenizer, batch, max_length, limits, truncate_first)
+    if truncation != "lmbff":
+        raise ValueError(f"truncation {truncation!r}: one of {', '.join(TRUNCATIONS)}")
+    out = []
+    for whole in template.encode_batch(tokenizer, batch, sys.maxsize, limits):
+        if whole.mask_position >= max_length:
+            raise ValueError(
+                f"template {template.spec!r}: LM-BFF's truncation (--truncation lmbff) cuts an "
+                f"input of {len(whole.input_ids)} tokens at max_length={max_length}, before its "
+                f"mask (at {whole.mask_position}); use --truncation sentences or a longer "
+                "--max-length"
+            )
+        out.append(EncodedPrompt(whole.input_ids[:max_length], whole.mask_position))
+    return out
 
 
 @dataclass(frozen=True)
@@ -138,6 +183,7 @@ class PromptLearner:
         template: str,
         verbalizer: Sequence[str],
         max_length: int,
+        truncation: str = "sentences",
     ):
         self.model, self.tokenizer, self.task = model, tokenizer, task
         self.template = parse_template(template)
@@ -150,18 +196,16 @@ class PromptLearner:
         if len(verbalizer) != expected:
             raise ValueError(f"{task.name} needs {expected} label words, got {list(verbalizer)}")
         self.verbalizer = torch.tensor(verbalizer_ids(tokenizer, verbalizer))
-        self.max_length = max_length
+        self.max_length, self.truncation = max_length, truncation
         # LM-BFF caps the first sentence's tokens before the template is assembled
         self.limits = {0: task.first_sent_limit} if task.first_sent_limit else None
         # the head runs on the answer rows only; a T5 decoder starts from the sentinel
         self.adapter = adapter_for(model, answer_token_id(tokenizer))
 
     def encode(self, examples: Sequence[Example]) -> list[Features]:
-        out = []
-        for ex in examples:
-            enc = self.template.encode(self.tokenizer, ex.texts, self.max_length, self.limits)
-            out.append(Features(enc.input_ids, enc.mask_position, ex.label))
-        return out
+        enc = encode_prompts(self.template, self.tokenizer, [ex.texts for ex in examples],
+                             self.max_length, self.limits, self.truncation)  # fmt: skip
+        return [Features(e.input_ids, e.mask_position, ex.label) for e, ex in zip(enc, examples)]
 
     def head_features(self, batch: Batch) -> torch.Tensor:
         """The LM head's features at the answer slot, (B, H): the input of its vocabulary

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
+from types import UnionType
+from typing import Union, get_args, get_origin, get_type_hints
 
 from smash.train.fewshot.protocol import PointResult
 
@@ -76,29 +78,34 @@ class Ledger:
             os.fsync(f.fileno())
 
     def _read(self, resume: bool) -> bool:
-        """Take the units of an existing file; False when it holds none (it is rewritten)."""
+        """Take the units of an existing file; False when it holds none (it is rewritten).
+        Blank lines are skipped; any other line that is not one this program writes is
+        refused as ``FILE:LINE`` and what is wrong with it."""
         raw = self.path.read_bytes()
         lines = raw.split(b"\n")
         cut = lines.pop()  # b"" unless the last unit's line was cut short by a kill
-        if len(lines) < 2:
+        numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+        if len(numbered) < 2:
             return False
         if not resume:
             raise ValueError(
-                f"{self.path} holds {len(lines) - 1} finished units of an earlier evaluation: "
-                "pass --resume to continue it, or another --out"
+                f"{self.path} holds {len(numbered) - 1} finished units of an earlier "
+                "evaluation: pass --resume to continue it, or another --out"
             )
-        for number, line in enumerate(lines, 1):
+        for i, (number, line) in enumerate(numbered):
             try:
                 item = json.loads(line)
-                if number == 1:
-                    self._check_settings(item["settings"])
+                if i == 0:
+                    self._check_settings(_member(item, "settings"))
                 else:
-                    key = UnitKey(**item["unit"])
-                    self._done[key.as_json()] = PointResult(**item["result"])
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                    key = _typed(UnitKey, _member(item, "unit"), "unit")
+                    self._done[key.as_json()] = _typed(
+                        PointResult, _member(item, "result"), "result"
+                    )
+            except (_Malformed, json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise ValueError(
-                    f"{self.path}:{number}: not a line this program writes ({err!r}); "
-                    "pass another --out"
+                    f"{self.path}:{number}: not a line this program writes: {err} "
+                    "(fix it, or pass another --out)"
                 ) from None
         if cut:  # dropped only now that the file is taken up again
             with self.path.open("r+b") as f:
@@ -112,3 +119,69 @@ class Ledger:
                 f"{self.path} was made with other settings ({', '.join(differ)} differ); "
                 "pass the same settings to continue it, or another --out"
             )
+
+
+class _Malformed(ValueError):
+    """A ledger line that parses as JSON but is not what this program writes."""
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _member(item: object, name: str) -> dict:
+    """``item[name]``, which must be an object."""
+    if not isinstance(item, dict) or name not in item:
+        raise _Malformed(f"the line is {_show(item)}, expected an object with {json.dumps(name)}")
+    if not isinstance(item[name], dict):
+        raise _Malformed(f"{name} is {_show(item[name])}, expected an object")
+    return item[name]
+
+
+def _conforms(value: object, hint: object) -> bool:
+    """Whether a JSON value has the annotated type (a number for float, an int for int)."""
+    if get_origin(hint) in (Union, UnionType):
+        return any(_conforms(value, h) for h in get_args(hint))
+    if get_origin(hint) is dict:
+        key, item = get_args(hint)
+        return isinstance(value, dict) and all(
+            _conforms(k, key) and _conforms(v, item) for k, v in value.items()
+        )
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    if hint is type(None):
+        return value is None
+    return isinstance(value, hint)
+
+
+_NAMES = {float: "a number", int: "an integer", str: "a string", type(None): "null"}
+_PLURALS = {float: "numbers", int: "integers", str: "strings"}
+
+
+def _describe(hint: object) -> str:
+    if get_origin(hint) in (Union, UnionType):
+        return " or ".join(_describe(h) for h in get_args(hint))
+    if get_origin(hint) is dict:
+        return f"an object of {_PLURALS[get_args(hint)[1]]}"
+    return _NAMES.get(hint, str(hint))
+
+
+def _typed(cls: type, value: dict, name: str):
+    """``cls(**value)``, each field checked against ``cls``'s annotations: an unknown field, a
+    missing one without a default or a value of another type is named."""
+    hints = get_type_hints(cls)
+    unknown = sorted(set(value) - set(hints))
+    if unknown:
+        raise _Malformed(f"{name} has a field {unknown[0]!r} this program does not write")
+    for f in fields(cls):
+        if f.name not in value:
+            if f.default is MISSING:
+                raise _Malformed(f"{name} has no field {f.name!r}")
+        elif not _conforms(value[f.name], hints[f.name]):
+            raise _Malformed(
+                f"{name}.{f.name} is {_show(value[f.name])}, expected {_describe(hints[f.name])}"
+            )
+    return cls(**value)

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["PAPER_COLUMNS", "PAPER_MODELS", "paper_row", "parse_compare"]
+__all__ = ["PAPER_COLUMNS", "PAPER_K", "PAPER_MODELS", "paper_row", "parse_compare"]
+
+# Examples per label of every published row (LM-BFF's K = 16 splits, seeds 13, 21, 42, 87, 100)
+PAPER_K = 16
 
 # Table 2's columns in its order (its two halves side by side); Table 4 uses three of them.
 PAPER_COLUMNS = ("MNLI-m", "MRPC", "QQP", "SNLI", "QNLI", "RTE",
@@ -89,7 +92,8 @@ def paper_row(model: str, mode: str) -> tuple[str, dict[str, tuple[float, float]
 
 def parse_compare(items: Sequence[str], names: Sequence[str]) -> dict[str, str]:
     """``--compare-paper NAME=MODEL ...`` as {our model name: paper model}; a bare ``MODEL``
-    item (or none at all) matches our model of that very name."""
+    item (or none at all) matches our model of that very name. One of ours named twice is
+    refused (the last would win without a word); two of ours may stand for one paper model."""
     out = {}
     for item in items or [n for n in names if n in PAPER_MODELS]:
         name, _, model = item.rpartition("=") if "=" in item else (item, "=", item)
@@ -102,6 +106,11 @@ def parse_compare(items: Sequence[str], names: Sequence[str]) -> dict[str, str]:
             raise ValueError(
                 f"--compare-paper {item!r}: no evaluated model is named {name!r} "
                 f"(models: {', '.join(names)}; name them with --name)"
+            )
+        if name in out:
+            raise ValueError(
+                f"--compare-paper {item!r}: {name!r} is already compared with the paper's "
+                f"{out[name]!r}; name each of our models once"
             )
         out[name] = model
     if not out:

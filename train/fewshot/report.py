@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from smash.train.fewshot.metrics import aggregate
-from smash.train.fewshot.paper import PAPER_COLUMNS, paper_row
+from smash.train.fewshot.paper import PAPER_COLUMNS, PAPER_K, paper_row
 from smash.train.fewshot.protocol import SeedResult
 
 __all__ = [
@@ -108,14 +108,15 @@ def write_report(
             for m, mode, cells in rows + deltas
         ],
         "paper": [
-            {"model": m, "mode": mode, "paper_row": name, "paper": json_safe(published),
-             "delta": json_safe(diff)}
+            {"model": m, "mode": mode, "k": config["k"], "paper_row": name, "paper_k": PAPER_K,
+             "paper": json_safe(published), "delta": json_safe(diff)}
             for m, mode, name, published, diff in compared
         ],
     }  # fmt: skip
     paths = [out / "results.json", out / "results.md"]
     paths[0].write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    md = _markdown(columns, rows, deltas, config) + _paper_markdown(columns, rows, compared)
+    md = _markdown(columns, rows, deltas, config)
+    md += _paper_markdown(columns, rows, compared, config["k"])
     paths[1].write_text(md, encoding="utf-8")
     png = _plot(out / "results.png", columns, rows, compared)
     return paths + ([png] if png else [])
@@ -196,9 +197,17 @@ def _markdown(columns, rows, deltas, config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _paper_markdown(columns, rows, compared) -> str:
+def _paper_markdown(columns, rows, compared, k: int) -> str:
+    """The "Against the paper" table; at another K than the paper's, a line above it says so
+    (the rows stay: a smaller K is how a comparison is tried on a small machine)."""
     if not compared:
         return ""
+    other_k = (
+        f" The paper's rows are K = {PAPER_K} per label; ours are K = {k}, so ours − paper "
+        "also measures the change of K."
+        if k != PAPER_K
+        else ""
+    )
     shared = [c for c in columns if any(c in published for *_, published, _ in compared)]
     lines = [
         "",
@@ -207,7 +216,7 @@ def _paper_markdown(columns, rows, compared) -> str:
         (
             "Each of our rows, the paper's published row for the same model and method "
             "(Table 2; Table 4 for T5), and ours − paper. † rows are LM-BFF's, as the paper "
-            "marks them."
+            f"marks them.{other_k}"
         ),
         "",
         "| row | " + " | ".join(columns[c] for c in shared) + " |",

@@ -66,6 +66,7 @@ def evaluate_models(
     ledger: Ledger | None = None,
     distill: DistillSettings | None = None,
     demos: DemoOptions | None = None,
+    truncation: str = "sentences",
 ) -> list[Entry]:
     """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
     runs = [Run(name, path, k, protocol) for name, path in models]
@@ -82,6 +83,7 @@ def evaluate_models(
         ledger,
         distill,
         demos,
+        truncation=truncation,
     )
     return [entry for entries in per_run for entry in entries]
 
@@ -100,6 +102,7 @@ def evaluate_runs(
     distill: DistillSettings | None = None,
     demos: DemoOptions | None = None,
     on_run_done: Callable[[int, list[Entry]], None] = lambda i, entries: None,
+    truncation: str = "sentences",
 ) -> list[list[Entry]]:
     """The entries of each run, in run order; ``on_run_done(i, entries)`` is called as soon
     as run ``i`` is finished (a curve writes its files so far, so a long series shows
@@ -110,13 +113,21 @@ def evaluate_runs(
     The distill modes read ``distill``'s stores (``distill.py``), checked for every task and
     seed before the run trains. ``demos`` configures the modes with demonstrations
     (``prompt-demo``, ``lmbff``); ``lmbff`` reads LM-BFF's searched template of every (task, K,
-    seed) from ``demos.prompts`` before any training.
+    seed) from ``demos.prompts`` before any training. ``truncation`` is the rule that shortens
+    a prompt longer than its max length (``learners.TRUNCATIONS``); the distill modes take only
+    the default, the one their stores were made with.
     """
     from transformers import AutoTokenizer
 
     templates, verbalizers = templates or {}, verbalizers or {}
     distill = distill or DistillSettings()
     distill.check(modes)
+    if truncation != "sentences" and set(modes) & set(DISTILL_MODES):
+        raise ValueError(
+            f"--truncation {truncation} does not apply to --mode "
+            f"{' / '.join(DISTILL_MODES)}: their stores hold the teacher's prompts truncated "
+            "as --truncation sentences does; evaluate them in a command of their own"
+        )
     splits = {
         (t.name, k, s): load_kshot(data, t, k, s)
         for k in dict.fromkeys(r.k for r in runs)
@@ -136,7 +147,7 @@ def evaluate_runs(
             template, words = searched.template, searched.words or words
         return template, words, demo_max_length(task, length) if mode in DEMO_MODES else length
 
-    inputs = UnitInputs(data, distill, demos, prompt)
+    inputs = UnitInputs(data, distill, demos, prompt, truncation)
     plan = Plan(runs, modes, tasks, seeds, ledger, inputs)
     embedder = None
     filtered = [(r, m, t) for r in runs for m in modes if m in DEMO_MODES for t in tasks]
@@ -157,14 +168,15 @@ def evaluate_runs(
             # only lmbff's prompt depends on the seed, and lmbff builds a learner per seed
             shared = None
             if mode not in DEMO_MODES:
-                shared = _factory(mode, run.path, tokenizer, task, length, template, words)
+                shared = _factory(mode, run.path, tokenizer, task, length, template, words,
+                                  truncation)  # fmt: skip
             for seed in seeds:
                 split = splits[(task.name, run.k, seed)]
                 make = shared
                 if mode in DEMO_MODES:
                     template, words, length = prompt(mode, task, run.k, seed)
                     make = _demo_factory(run.path, tokenizer, task, length, template, words,
-                                         split.train, seed, demos, embedder)  # fmt: skip
+                                         split.train, seed, demos, embedder, truncation)  # fmt: skip
                 elif mode in DISTILL_MODES:
                     split, labels = prepare_distill(distill, mode, task, run.k, seed, split, data,
                                                     tokenizer, template, length, stores)  # fmt: skip
@@ -233,7 +245,10 @@ def _factory(
     max_length: int,
     template: str,
     verbalizer: Sequence[str],
+    truncation: str = "sentences",
 ) -> Callable[[], PromptLearner | FinetuneLearner]:
+    """A mode's learner for one (run, task); ``truncation`` applies to prompts (standard
+    fine-tuning cuts its inputs' tail, as LM-BFF does)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     family = family_of(AutoConfig.from_pretrained(path))
@@ -253,7 +268,9 @@ def _factory(
 
         def make() -> PromptLearner:
             model = auto_model_class(family).from_pretrained(path)
-            return PromptLearner(model, tokenizer, task, template, verbalizer, max_length)
+            return PromptLearner(
+                model, tokenizer, task, template, verbalizer, max_length, truncation
+            )
 
     make()  # fail early on a bad template, label word or model folder
     return make
@@ -315,6 +332,7 @@ def _demo_factory(
     seed: int,
     demos: DemoOptions,
     embedder: SentenceEmbedder | None,
+    truncation: str = "sentences",
 ) -> Callable[[], DemoPromptLearner]:
     """Learners with demonstrations for one seed, drawn from ``support`` (its training set):
     ``prompt-demo``'s with the task's (or the user's) template, ``lmbff``'s with the seed's
@@ -326,6 +344,7 @@ def _demo_factory(
         return DemoPromptLearner(
             model, tokenizer, task, template, verbalizer, max_length, support, seed,
             demo_samples(task, demos.samples), embedder, demos.filter_rate,
+            truncation=truncation,
         )  # fmt: skip
 
     make()  # fail early on a template, label word or split that does not fit

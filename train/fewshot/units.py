@@ -12,7 +12,7 @@ from pathlib import Path
 from smash.precompute.kshot.data import kshot_dir
 from smash.precompute.kshot.tasks import Task
 from smash.precompute.provenance import local_model_fingerprint
-from smash.train.fewshot.demonstrations import DEMO_MODES, DemoOptions
+from smash.train.fewshot.demonstrations import DEMO_MODES, DemoOptions, demo_spec
 from smash.train.fewshot.distill import DISTILL_MODES, DistillSettings
 from smash.train.fewshot.ledger import Ledger, UnitKey
 from smash.train.fewshot.protocol import PointResult, Protocol
@@ -36,14 +36,20 @@ class Run:
 class UnitInputs:
     """What a unit's result depends on beyond the ledger's shared settings, by content: the
     model's files, the split's files, the prompt (template, label words, max length, sentence
-    limits) and the mode's own inputs (the distill stores and augmented split, the
-    demonstration options). Part of each unit's key, so a resume after any of them changed,
+    limits, truncation rule) and the mode's own inputs (the distill stores and augmented split, the
+    demonstration options and template). Part of each unit's key, so a resume after any of them changed,
     even in place, trains new units instead of reusing old ones."""
 
     def __init__(
-        self, data, distill: DistillSettings, demos: DemoOptions, prompt: PromptOf
+        self,
+        data,
+        distill: DistillSettings,
+        demos: DemoOptions,
+        prompt: PromptOf,
+        truncation: str = "sentences",
     ) -> None:
         self.data, self.distill, self.demos, self.prompt = data, distill, demos, prompt
+        self.truncation = truncation
         self._memo: dict = {}
 
     def __call__(self, run: Run, mode: str, task: Task, seed: int) -> str:
@@ -56,6 +62,10 @@ class UnitInputs:
             "max_length": length,
             "limits": [task.first_sent_limit, task.other_sent_limit],
         }
+        # a prompt's truncation rule; the default adds nothing, so that the units recorded
+        # before there was a choice keep their keys
+        if self.truncation != "sentences" and mode != "finetune":
+            inputs["truncation"] = self.truncation
         if mode in DISTILL_MODES:
             d = self.distill
             bt10 = mode == "distill-bt10"
@@ -68,7 +78,8 @@ class UnitInputs:
         if mode in DEMO_MODES:
             filter_model = self.demos.filter_model
             inputs["demos"] = [self.demos.samples, self.demos.filter_rate if filter_model else None,
-                               filter_model and self._model(filter_model)]  # fmt: skip
+                               filter_model and self._model(filter_model),
+                               demo_spec(task, template, words)]  # fmt: skip
         return json.dumps(inputs, sort_keys=True)
 
     def _model(self, path: str) -> str:

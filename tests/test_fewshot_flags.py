@@ -1,0 +1,71 @@
+"""evaluate-fewshot's flags are checked while parsing, before anything runs: every numeric flag
+against its range, every list flag against repeats."""
+
+import pytest
+from smash.train.fewshot.cli import main
+
+INTEGER = "an integer >= 1"
+SEED = "an integer in [0, 4294967295]"
+POSITIVE = "a finite number > 0"
+
+
+def _refused(capsys, tmp_path, flags) -> str:
+    """Run evaluate-fewshot on folders that do not exist: only the flags can be refused (exit
+    2, argparse's one error line last), and nothing is written. Returns that line."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "m", "--data", "d", "--out", str(out), *flags])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert not out.exists()
+    return err.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "flag, values, allowed",
+    [
+        ("--k", ["0", "-1", "x"], INTEGER),
+        ("--seeds", ["-1", "4294967296", "1.5"], SEED),
+        ("--lrs", ["0", "-1", "nan", "inf", "x"], POSITIVE),
+        ("--batch-sizes", ["0", "-2"], INTEGER),
+        ("--max-steps", ["0", "-1"], INTEGER),
+        ("--eval-every", ["0", "-2"], INTEGER),
+        ("--eval-batch-size", ["0", "-4"], INTEGER),
+        ("--max-length", ["0", "-1"], INTEGER),
+        ("--demo-samples", ["0", "-1"], INTEGER),
+        ("--demo-filter-rate", ["0", "-0.5", "1.5", "nan", "inf"], "a number in (0, 1]"),
+        ("--distill-weight", ["-1", "nan", "inf"], "a finite number >= 0"),
+        ("--distill-temperature", ["0", "-1", "nan", "inf"], POSITIVE),
+    ],
+)
+def test_numeric_flags_out_of_range_are_refused_before_anything_runs(
+    capsys, tmp_path, flag, values, allowed
+):
+    for value in values:
+        line = _refused(capsys, tmp_path, [flag, value])
+        assert line == f"evaluate-fewshot: error: argument {flag}: must be {allowed}, got {value!r}"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--seeds", "13", "13", "21"], "--seeds 13 is given twice"),
+        (["--lrs", "1e-3", "0.001"], "--lrs 0.001 is given twice"),
+        (["--batch-sizes", "2", "4", "2"], "--batch-sizes 2 is given twice"),
+        (["--tasks", "SST-2", "sst-2"], "--tasks sst-2 is given twice"),
+        (["--mode", "prompt", "zero-shot", "prompt"], "--mode prompt is given twice"),
+        (["--model", "m", "--name", "a", "b"], "--model m is given twice"),
+        (["--curve", "k", "--k", "8", "8"], "--k 8 is given twice"),
+        (["--k-steps", "16=10", "--k-steps", "16=20"], "--k-steps K=16 is given twice"),
+        (["--template", "SST-2=*cls**sent_0**mask*.*sep+*", "--template",
+          "sst-2=*cls**mask**sent_0*.*sep+*"], "--template task sst-2 is given twice"),
+        (["--verbalizer", "SST-2=bad,good", "--verbalizer", "SST-2=good,bad"],
+         "--verbalizer task SST-2 is given twice"),
+        (["--curve", "steps", "--baseline", "b", "--baseline", "b"], "--baseline b is given twice"),
+    ],
+)  # fmt: skip
+def test_a_repeated_value_of_a_list_flag_is_refused(capsys, tmp_path, flags, message):
+    """A repeat would count a seed twice in the mean, train a grid point twice, or let the
+    last of two values win without a word."""
+    line = _refused(capsys, tmp_path, flags)
+    assert line == f"evaluate-fewshot: error: {message}: give each once"
