@@ -38,7 +38,6 @@ from smash.store.flags import (
 from .corpus import Corpus, CorpusError, HFCorpus, open_corpus
 from .kshot.pass_cli import main_kshot
 from .kshot.teacher import KSHOT_TASK
-from .output_lock import output_lock
 from .provenance import (
     ConfigMismatch,
     check_output,
@@ -49,6 +48,7 @@ from .provenance import (
 )
 from .sentences import SentenceSplitter
 from .shared.adapters import family_of, load_teacher, max_sequence_length
+from .shared.folder_lock import hold_folder
 from .shared.model_paths import require_folder_or_hub_name
 from .shared.precisions import PRECISIONS
 from .shared.templates import answer_token_id, parse_template, require_room
@@ -321,11 +321,11 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         # The folder is taken now, before the corpus and the teacher load: a second run into
-        # it is refused at once (rank 0 holds the lock; see output_lock.py).
+        # it is refused at once (rank 0 holds the lock; see shared/folder_lock.py).
         created = not args.out.exists()
         args.out.mkdir(parents=True, exist_ok=True)
         if rank == 0:
-            lock.enter_context(output_lock(args.out))
+            lock.enter_context(hold_folder(args.out, "precompute-teacher"))
         corpus = open_corpus(
             args.corpus, text_field=args.text_field, one_doc_per_file=args.one_doc_per_file
         )

@@ -11,6 +11,7 @@ import pytest
 from fewshot_support import cli_error
 from smash.precompute.kshot.splits import make_kshot
 from smash.precompute.kshot.tasks import get_task
+from smash.precompute.shared.folder_lock import LOCK_NAME
 from smash.train.fewshot import runner
 from smash.train.fewshot.cli import main
 from smash.train.fewshot.ledger import Ledger, UnitKey
@@ -120,11 +121,11 @@ def test_resume_trains_again_what_reads_changed_inputs(tiny, kshot, tmp_path, mo
 
 # Holds an exclusive flock on a folder, as a running evaluation does, until it is killed.
 HOLDER = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
-fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-print("locked", flush=True)
-time.sleep(600)
+import sys, time
+from smash.precompute.shared.folder_lock import hold_folder
+with hold_folder(sys.argv[1], "evaluate-fewshot"):
+    print("locked", flush=True)
+    time.sleep(600)
 """
 
 
@@ -146,8 +147,10 @@ def test_a_folder_another_evaluation_writes_to_is_refused(tiny, kshot, tmp_path,
     try:
         assert holder.stdout.readline() == "locked\n"
         err = cli_error(capsys, argv + ["--resume"] * resume)
-        assert f"--out {out}: another evaluation is writing to this folder" in err
-        assert sorted(p.name for p in out.glob("*")) == before  # nothing written
+        assert f"{out} is in use by another run (evaluate-fewshot, pid {holder.pid} on " in err
+        assert (
+            sorted(p.name for p in out.glob("*") if p.name != LOCK_NAME) == before
+        )  # none written
     finally:
         holder.kill()
         holder.wait()

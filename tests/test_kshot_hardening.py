@@ -9,7 +9,7 @@ import pytest
 from smash.precompute.cli import main as precompute
 from smash.precompute.kshot.splits import make_kshot
 from smash.precompute.kshot.tasks import get_task
-from smash.precompute.output_lock import LOCK_NAME, output_lock
+from smash.precompute.shared.folder_lock import LOCK_NAME, hold_folder
 from smash.store.reader import StoreDataset
 
 ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
@@ -40,9 +40,12 @@ def kshot(tmp_path_factory) -> Path:
 def test_a_task_folder_that_another_run_writes_is_refused(tiny, kshot, tmp_path, capsys):
     folder = tmp_path / "out" / "SST-2"
     folder.mkdir(parents=True)
-    with output_lock(folder):
+    with hold_folder(folder, "precompute-teacher --task kshot"):
         assert kshot_pass(tiny, kshot, tmp_path / "out") == 2
-        assert f"{folder} is in use by another precompute-teacher run (pid " in refused(capsys)
+        assert (
+            f"{folder} is in use by another run (precompute-teacher --task kshot, pid "
+            in refused(capsys)
+        )
         assert [p.name for p in folder.iterdir()] == [LOCK_NAME]
 
 

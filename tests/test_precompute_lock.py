@@ -5,8 +5,8 @@ import shutil
 import subprocess
 import sys
 
-from smash.precompute.output_lock import LOCK_NAME, OutputInUse, output_lock
 from smash.precompute.shard_writer import ShardWriterThread
+from smash.precompute.shared.folder_lock import LOCK_NAME, FolderInUse, hold_folder
 from smash.store.cli import verify_store
 from test_precompute import run, store_files
 
@@ -14,8 +14,8 @@ from test_precompute import run, store_files
 HOLDER = """
 import sys, time
 from pathlib import Path
-from smash.precompute.output_lock import output_lock
-with output_lock(Path(sys.argv[1])):
+from smash.precompute.shared.folder_lock import hold_folder
+with hold_folder(Path(sys.argv[1]), "precompute-teacher"):
     print("locked", flush=True)
     time.sleep(600)
 """
@@ -37,7 +37,7 @@ def test_a_second_run_is_refused_and_a_killed_holder_leaves_no_lock(tiny, tmp_pa
         assert sampled(tiny, out, 12) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1, err
-        assert f"{out} is in use by another precompute-teacher run (pid {holder.pid} on " in err[0]
+        assert f"{out} is in use by another run (precompute-teacher, pid {holder.pid} on " in err[0]
         assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written
     finally:
         holder.kill()
@@ -52,9 +52,9 @@ def test_the_folder_is_locked_while_shards_are_written(tiny, tmp_path, monkeypat
 
     def probing(self, *args):
         try:
-            with output_lock(tmp_path):
+            with hold_folder(tmp_path, "probe"):
                 seen.append("free")
-        except OutputInUse:
+        except FolderInUse:
             seen.append("held")
         return original(self, *args)
 

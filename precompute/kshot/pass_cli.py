@@ -23,7 +23,6 @@ from smash.store.errors import StoreError
 from smash.store.fingerprint import tokenizer_record
 from transformers import PreTrainedTokenizerBase
 
-from ..output_lock import output_lock
 from ..provenance import (
     ConfigMismatch,
     check_output,
@@ -33,6 +32,7 @@ from ..provenance import (
     recorded_teacher_name,
 )
 from ..shared.adapters import family_of, load_teacher, max_sequence_length
+from ..shared.folder_lock import hold_folder
 from ..shared.model_paths import require_folder_or_hub_name
 from ..shared.precisions import PRECISIONS
 from ..shared.templates import answer_token_id
@@ -111,13 +111,13 @@ def main_kshot(args: argparse.Namespace) -> int:
 def _take_folders(
     root: Path, tasks: list[KShotTeacherTask], locks: ExitStack, made: list[Path]
 ) -> None:
-    """Create and lock every task's ``ROOT/<task folder>`` (``output_lock``) before the teacher
+    """Create and lock every task's ``ROOT/<task folder>`` (``hold_folder``) before the teacher
     loads, adding the folders created to ``made``."""
     for task in tasks:
         out = root / task.task.dirname
         made += [f for f in (out, *out.parents) if not f.exists()]
         out.mkdir(parents=True, exist_ok=True)
-        locks.enter_context(output_lock(out))
+        locks.enter_context(hold_folder(out, "precompute-teacher --task kshot"))
 
 
 def _run_stores(

@@ -26,8 +26,10 @@ import torch
 from smash.precompute.kshot.data import DataError
 from smash.precompute.kshot.splits import SEEDS
 from smash.precompute.kshot.tasks import TASKS, get_task, per_task
+from smash.precompute.shared.folder_lock import hold_folder
 from smash.precompute.shared.model_paths import require_folder_or_hub_name
 from smash.store.errors import StoreError
+from smash.store.flags import SEED, FlagError, FlagParser, integer, number
 from smash.train.fewshot.auto_prompts import read_auto_prompt
 from smash.train.fewshot.curves import (
     Point,
@@ -39,8 +41,6 @@ from smash.train.fewshot.curves import (
 )
 from smash.train.fewshot.demonstrations import DEMO_MODES, DemoOptions
 from smash.train.fewshot.distill import DistillSettings
-from smash.train.fewshot.flag_types import FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED
-from smash.train.fewshot.folder_lock import hold_folder
 from smash.train.fewshot.learners import TRUNCATIONS
 from smash.train.fewshot.ledger import LEDGER_NAME, Ledger
 from smash.train.fewshot.paper import PAPER_MODELS, parse_compare
@@ -59,12 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for a curve also a glob that matches nothing, an export without a step, or no matplotlib.
     """
     p = _parser()
-    args = p.parse_args(argv)
+    try:  # a refused flag or combination of flags: one line, exit 2, before anything runs
+        args = p.parse_args(argv)
+        _check_flags(p, args)
+    except FlagError as err:
+        print(f"{p.prog}: error: {err}", file=sys.stderr)
+        return 2
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one weight-loading bar per grid point would bury ours
 
-    _check_flags(p, args)
     try:
         steps = _steps_per_k(args)
         tasks = [get_task(t) for t in args.tasks]
@@ -101,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_steps_per_k": {str(k): v for k, v in steps.items()},
         }
         run = _curve if args.curve else _table
-        with hold_folder("--out", args.out):  # its ledger has one writer at a time
+        with hold_folder(args.out, "evaluate-fewshot"):  # its ledger has one writer at a time
             written = run(args, tasks, steps, options, config)
     except (DataError, StoreError, ValueError, OSError) as err:  # DataError: FILE:LINE: ...
         print(f"evaluate-fewshot: error: {' '.join(str(err).split())}", file=sys.stderr)
@@ -111,8 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="evaluate-fewshot", description=__doc__.split("\n\n")[0])
+def _parser() -> FlagParser:
+    p = FlagParser(prog="evaluate-fewshot", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--model",
         action="append",
@@ -165,16 +169,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--k",
         nargs="+",
-        type=POSITIVE_INT,
+        type=integer(1),
         default=[16],
         help="examples per label; several values with --curve k",
     )
     p.add_argument("--seeds", nargs="+", type=SEED, default=list(SEEDS))
-    p.add_argument("--lrs", nargs="+", type=POSITIVE, default=[1e-5, 2e-5, 5e-5])
-    p.add_argument("--batch-sizes", nargs="+", type=POSITIVE_INT, default=[2, 4])
+    p.add_argument("--lrs", nargs="+", type=number(above=0), default=[1e-5, 2e-5, 5e-5])
+    p.add_argument("--batch-sizes", nargs="+", type=integer(1), default=[2, 4])
     p.add_argument(
         "--max-steps",
-        type=POSITIVE_INT,
+        type=integer(1),
         help="training steps per grid point (default: the paper's for K: 1000 for K=16 and "
         "32, 2000 for 64 and 128, 4000 for 256; 1000 for other K)",
     )
@@ -185,9 +189,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K=STEPS",
         help="training steps for one K (repeatable), over --max-steps and the paper's",
     )
-    p.add_argument("--eval-every", type=POSITIVE_INT, default=100)
-    p.add_argument("--eval-batch-size", type=POSITIVE_INT, default=32)
-    p.add_argument("--max-length", type=POSITIVE_INT, help="override every task's max length")
+    p.add_argument("--eval-every", type=integer(1), default=100)
+    p.add_argument("--eval-batch-size", type=integer(1), default=32)
+    p.add_argument("--max-length", type=integer(1), help="override every task's max length")
     p.add_argument(
         "--truncation",
         choices=TRUNCATIONS,
@@ -215,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--demo-samples",
-        type=POSITIVE_INT,
+        type=integer(1),
         help="with prompt-demo/lmbff: demonstration sets per evaluated example, whose logits "
         "are averaged (default: LM-BFF's num_sample, 16; 4 for MNLI, SNLI, QQP)",
     )
@@ -228,7 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--demo-filter-rate",
-        type=FRACTION,
+        type=number(above=0, maximum=1),
         help="with --demo-filter-model: the fraction of each label's candidates kept (0.5)",
     )
     p.add_argument(
@@ -256,10 +260,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--augmented-data", help="distill-bt10: make-augment's k-shot root")
     g.add_argument("--augmented-store", help="distill-bt10: the k-shot stores over it")
     g.add_argument(
-        "--distill-weight", type=NON_NEGATIVE, default=1.0, help="the soft term's weight (1)"
+        "--distill-weight", type=number(minimum=0), default=1.0, help="the soft term's weight (1)"
     )
     g.add_argument(
-        "--distill-temperature", type=POSITIVE, default=1.0, help="on student and teacher (1)"
+        "--distill-temperature",
+        type=number(above=0),
+        default=1.0,
+        help="on student and teacher (1)",
     )
     g.add_argument(
         "--distill-tail",
@@ -270,8 +277,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Flag combinations that cannot work (argparse's usage error, exit 2)."""
+def _check_flags(p: FlagParser, args: argparse.Namespace) -> None:
+    """Flag combinations that cannot work (``p.error`` raises FlagError)."""
     _check_repeats(p, args)
     if len(args.k) > 1 and args.curve != "k":
         p.error("--k takes several values only with --curve k")
@@ -301,7 +308,7 @@ def _check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--name gives {len(args.name)} names for {groups} {what}")
 
 
-def _check_repeats(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def _check_repeats(p: FlagParser, args: argparse.Namespace) -> None:
     """A list flag's value given twice is refused, naming it: a seed would count twice in the
     mean, a grid point train twice, or the last of two values for one task or K win."""
 
