@@ -3,6 +3,7 @@
     precompute-teacher --task sentence-pair --corpus wiki/ --teacher roberta-large \\
         --out stores/pairs --num-examples 2560000 --k 64 --dtype fp16
     precompute-teacher ... --targets sampled --samples 12   # 12 draws per mask, ids + counts
+    precompute-teacher ... --targets hybrid --k 8 --samples 12   # top-8 exact, 12 tail draws
     precompute-teacher --task kshot --kshot-data data/k-shot --kshot-tasks SST-2 MNLI \
         --kshot-seeds 13 21 --kshot-k 16 --teacher roberta-large --out stores/kshot
 
@@ -97,24 +98,31 @@ def build_parser() -> FlagParser:
     p.add_argument("--out", required=True, type=Path, help="store directory")
     p.add_argument(
         "--targets",
-        choices=("topk", "sampled"),
+        choices=("topk", "sampled", "hybrid"),
         default="topk",
-        help="what a mask keeps of the teacher: its top-k with the tail mass, or --samples "
-        "draws from its full distribution (distinct ids and counts: unbiased targets)",
+        help="what a mask keeps of the teacher: its top-k with the tail mass; --samples "
+        "draws from its full distribution (distinct ids and counts: unbiased targets); or "
+        "hybrid: the top-k exact and --samples draws from outside it (unbiased, lower variance)",
     )
-    p.add_argument("--k", type=integer(1), default=None, help="top-k entries kept per mask (64)")
+    p.add_argument(
+        "--k",
+        type=integer(1),
+        default=None,
+        help=f"top-k entries kept per mask ({DEFAULT_K['topk']}; hybrid: {DEFAULT_K['hybrid']})",
+    )
     p.add_argument(
         "--samples",
         type=integer(1),
         default=None,
-        help="--targets sampled: draws per mask (12), seeded by --sample-seed, example and mask",
+        help="--targets sampled or hybrid: draws per mask (12), seeded by --sample-seed, "
+        "example and mask",
     )
     p.add_argument(
         "--sample-seed",
         type=SEED,
         default=None,
-        help="--targets sampled: the draws' seed (default: --seed); another one draws other "
-        "tokens for the same examples",
+        help="--targets sampled or hybrid: the draws' seed (default: --seed); another one "
+        "draws other tokens for the same examples",
     )
     p.add_argument(
         "--proposal-temperature",
@@ -299,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         if given or args.kshot_template:
             flags = ", ".join(given + ["--kshot-template"] * bool(args.kshot_template))
             raise ValueError(f"{flags}: for --task kshot, not --task {args.task}")
-        width = _target_width(args)
+        width, samples = _target_widths(args)
         if args.min_words > args.max_words:
             raise ValueError(
                 f"--min-words {args.min_words} is more than --max-words {args.max_words}"
@@ -355,15 +363,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"task {task.name!r} masks raw text, which needs a masked LM; {args.teacher!r} "
                 f"is a T5 (encoder-decoder) model: use a template task"
             )
-        if width > len(tokenizer):
-            option = "--k" if args.targets == "topk" else "--samples"
+        if width + (samples or 0) > len(tokenizer):
+            option = {"topk": "--k", "sampled": "--samples", "hybrid": "--k + --samples"}
             raise ValueError(
-                f"{option} {width} is larger than the vocabulary of {args.teacher!r} "
-                f"({len(tokenizer)} tokens)"
+                f"{option[args.targets]} {width + (samples or 0)} is larger than the "
+                f"vocabulary of {args.teacher!r} ({len(tokenizer)} tokens)"
             )
         cfg = PassConfig(
             out=args.out,
             k=width,
+            samples=samples,
             targets=args.targets,
             sample_seed=args.sample_seed,
             proposal_temperature=args.proposal_temperature or 1.0,
@@ -448,18 +457,31 @@ def main(argv: list[str] | None = None) -> int:
         lock.close()
 
 
-def _target_width(args: argparse.Namespace) -> int:
-    """Entries per mask: --k for top-k targets, --samples for sampled ones (the other refused)."""
+DEFAULT_K = {"topk": 64, "hybrid": 8}
+DEFAULT_SAMPLES = 12
+
+
+def _target_widths(args: argparse.Namespace) -> tuple[int, int | None]:
+    """(entries per mask, a hybrid store's tail draws): --k for top-k targets, --samples for
+    sampled ones, both for hybrid ones; a flag the kind does not take is refused."""
+    samples = DEFAULT_SAMPLES if args.samples is None else args.samples
     if args.targets == "topk":
         if (args.samples, args.sample_seed, args.proposal_temperature) != (None, None, None):
             raise ValueError(
-                "--samples, --sample-seed and --proposal-temperature are for --targets sampled; "
-                "top-k targets take --k"
+                "--samples, --sample-seed and --proposal-temperature are for --targets sampled "
+                "or hybrid; top-k targets take --k"
             )
-        return 64 if args.k is None else args.k
+        return DEFAULT_K["topk"] if args.k is None else args.k, None
+    if args.targets == "hybrid":
+        if args.proposal_temperature is not None:
+            raise ValueError(
+                "--proposal-temperature is for --targets sampled; hybrid targets draw their "
+                "tail from the teacher itself"
+            )
+        return DEFAULT_K["hybrid"] if args.k is None else args.k, samples
     if args.k is not None:
-        raise ValueError("--k is for --targets topk; sampled targets take --samples")
-    return 12 if args.samples is None else args.samples
+        raise ValueError("--k is for --targets topk or hybrid; sampled targets take --samples")
+    return samples, None
 
 
 def _remove_if_empty(out: Path) -> None:

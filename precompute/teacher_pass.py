@@ -42,8 +42,11 @@ from .shard_prep import (
 from .shard_writer import BeginShard, EndShard, ShardWriterThread, TeacherBatch
 from .shared.adapters import ModelAdapter, adapter_for
 from .shared.sampled_targets import (
+    TeacherHybrid,
     TeacherSample,
     counter_uniforms,
+    hybrid_record,
+    hybrid_targets,
     sampled_targets,
     targets_record,
 )
@@ -73,7 +76,9 @@ class PassConfig:
     rank: int = 0
     world_size: int = 1
     tokenize_workers: int = 1  # processes tokenizing ahead; 0 = in a thread of this process
-    targets: str = "topk"  # "topk", or "sampled": k draws per mask (k = the number of samples)
+    targets: str = "topk"  # "topk"; "sampled": k draws per mask (k = the number of samples);
+    # "hybrid": the top-k and ``samples`` draws from outside it
+    samples: int | None = None  # hybrid targets' draws per mask
     sample_seed: int | None = None  # seeds the draws of sampled targets (None: ``seed``)
     proposal_temperature: float = 1.0  # sampled targets: draw from the teacher at this T
 
@@ -85,6 +90,8 @@ class PassConfig:
         """The manifest's ``targets`` section for this pass."""
         if self.targets == "topk":
             return {"mode": "topk"}
+        if self.targets == "hybrid":
+            return hybrid_record(self.samples, self.draw_seed)
         return targets_record(self.k, self.draw_seed, self.proposal_temperature)
 
 
@@ -340,18 +347,22 @@ def _targets(
     shard: int,
     batch: PreparedBatch,
     verbalizer_ids: torch.Tensor | None,
-) -> TeacherTopK | TeacherSample:
-    """The teacher's targets for a batch: top-k, or ``cfg.k`` draws per mask seeded by the
-    example's place in the task's stream (shard ``shard``, its row within it) and the mask's
-    place among the example's masks."""
+) -> TeacherTopK | TeacherSample | TeacherHybrid:
+    """The teacher's targets for a batch: top-k; or ``cfg.k`` draws per mask (hybrid: the
+    top-k and ``cfg.samples`` draws from outside it) seeded by the example's place in the
+    task's stream (shard ``shard``, its row within it) and the mask's place among the example's
+    masks."""
     if cfg.targets == "topk":
         return teacher_topk(adapter, prompts, cfg.k, verbalizer_ids)
     keys = shard * cfg.shard_size + batch.rows[batch.mask_batch].astype(np.int64)
     # an example's masks are consecutive rows: its first row's index is where its run starts
     masks = np.arange(len(batch.mask_batch)) - np.searchsorted(batch.mask_batch, batch.mask_batch)
-    uniforms = counter_uniforms(cfg.draw_seed, keys, masks.astype(np.int64), cfg.k)
+    draws = cfg.samples if cfg.targets == "hybrid" else cfg.k
+    uniforms = counter_uniforms(cfg.draw_seed, keys, masks.astype(np.int64), draws)
     hidden = adapter.answers(prompts).hidden
     uniforms = torch.from_numpy(uniforms).to(hidden.device)
+    if cfg.targets == "hybrid":
+        return hybrid_targets(adapter, hidden, cfg.k, uniforms, verbalizer_ids)
     return sampled_targets(adapter, hidden, uniforms, verbalizer_ids, cfg.proposal_temperature)
 
 

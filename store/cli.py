@@ -65,7 +65,8 @@ def teacher_statistics(
     Top-k stores: mean top-k mass and top-1 probability, and the entropy over the top-k
     entries plus the tail mass as one bucket (a lower bound of the teacher's full entropy).
     Sampled stores: distinct ids per mask, the share of the most drawn id, and the teacher's
-    exact entropy (stored).
+    exact entropy (stored). Hybrid stores: the top-k figures, distinct tail ids per mask and
+    the stored entropy.
     """
     manifest = manifest or load_manifest(store, stall_timeout=stall_timeout)
     shards = manifest.shards[:max_shards]
@@ -75,14 +76,14 @@ def teacher_statistics(
         if isinstance(chunks, StoreError):
             raise chunks
         for chunk in chunks:
-            rows = _sampled_rows(chunk) if manifest.sampled else _topk_rows(chunk)
+            rows = _ROWS[manifest.targets["mode"]](chunk)
             for key, values in rows.items():
                 per_row.setdefault(key, []).append(values)
             lengths.append(chunk.lengths)
             masks.append(chunk.n_masks)
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
     lengths, masks = cat(lengths), cat(masks)
-    names = ("distinct_ids", "top1_share") if manifest.sampled else ("topk_mass", "top1_prob")
+    names = _STATISTICS[manifest.targets["mode"]]
     out: dict[str, Any] = {
         "shards_read": len(shards),
         "examples": len(lengths),
@@ -118,6 +119,22 @@ def _sampled_rows(chunk: DecodedChunk) -> dict[str, np.ndarray]:
         "top1_share": counts.max(1) / np.maximum(counts.sum(1), 1),
         "entropy_nats": chunk["teacher_entropy"].astype(np.float64),
     }
+
+
+def _hybrid_rows(chunk: DecodedChunk) -> dict[str, np.ndarray]:
+    return {
+        **_topk_rows(chunk),
+        "tail_distinct_ids": (chunk["tail_counts"] > 0).sum(1).astype(np.float64),
+        "entropy_nats": chunk["teacher_entropy"].astype(np.float64),  # exact, stored
+    }
+
+
+_ROWS = {"topk": _topk_rows, "sampled": _sampled_rows, "hybrid": _hybrid_rows}
+_STATISTICS = {
+    "topk": ("topk_mass", "top1_prob"),
+    "sampled": ("distinct_ids", "top1_share"),
+    "hybrid": ("topk_mass", "top1_prob", "tail_distinct_ids"),
+}
 
 
 def verify_store(
@@ -189,12 +206,12 @@ def _inspect(args: argparse.Namespace) -> int:
     )
     print("producer")
     for key, value in manifest.producer.items():
-        print(f"  {key:<22}{json.dumps(value)}")
+        print(f"  {key:<24}{json.dumps(value)}")
     print(f"statistics  (from {stats['shards_read']} shards)")
     for key, value in stats.items():
         if key != "shards_read":
             print(
-                f"  {key:<22}{value:,.4f}" if isinstance(value, float) else f"  {key:<22}{value:,}"
+                f"  {key:<24}{value:,.4f}" if isinstance(value, float) else f"  {key:<24}{value:,}"
             )
     return 0
 

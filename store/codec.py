@@ -6,9 +6,10 @@ single zstd frame (with zstd's content checksum) over::
     uint32 header_length | header (JSON) | column bytes, one after another
 
 The JSON header holds the chunk's example count ``n``, its ``k``, the vocabulary size it was
-written for (from format version 2 on), its targets when they are ``sampled`` (format version
-3; absent: ``topk``) and each column's name, dtype, shape and the reversible transforms applied
-to it, so a chunk decodes by itself. Columns of a top-k chunk:
+written for (from format version 2 on), its targets when they are not ``topk`` (``sampled``
+from format version 3, ``hybrid`` from 4, which also records its draws per mask as
+``samples``) and each column's name, dtype, shape and the reversible transforms applied to it,
+so a chunk decodes by itself. Columns of a top-k chunk:
 
     length          (n,)       uint8/uint16   tokens per example
     input_ids       (sum L,)   uint16/uint32  concatenated token ids
@@ -23,13 +24,16 @@ to it, so a chunk decodes by itself. Columns of a top-k chunk:
 
 A sampled chunk (``schema.py``) has ``sample_counts`` (R, k) uint8 (uint16 past 255 draws),
 ``sample_logratios`` (R, k) float32 (all 0, so next to free, at proposal temperature 1) and
-``teacher_entropy`` (R,) float32 in place of ``topk_logprobs`` and ``tail_logmass``; its
-``topk_ids`` rows hold the distinct sampled ids, padded with count-0 entries.
+``teacher_entropy`` (R,) float16 (float32 in format 3) in place of ``topk_logprobs`` and
+``tail_logmass``; its ``topk_ids`` rows hold the distinct sampled ids, padded with count-0
+entries. A hybrid chunk has the columns of a top-k chunk, then ``tail_ids`` (R, N) and
+``tail_counts`` (R, N): the distinct ids drawn outside the top-k and their counts, and
+``teacher_entropy``.
 
 Transforms (all exactly invertible, so read-back values equal written values bit for bit):
 
-- rows are put in canonical order: descending log-probability (sampled: count), ties by
-  ascending id. The float16 bit patterns of negative numbers then *rise* along a row, so
+- rows are put in canonical order: descending log-probability (sampled draws: count), ties by
+  ascending id; a hybrid row's head and tail each in its own. The float16 bit patterns of negative numbers then *rise* along a row, so
   ``delta`` (differences of the uint16 patterns, modulo 2**16) turns them into small numbers;
 - ``planes`` splits multi-byte integers into byte planes (all low bytes, then all high
   bytes), which lets zstd see the near-constant high bytes of small ids and deltas.
@@ -112,7 +116,7 @@ def _unplanes(buf: memoryview, dtype: np.dtype, count: int) -> np.ndarray:
 
 # The column of per-example counts that cuts a level's concatenated values into examples.
 _COUNT_COLUMN = {"token": "length", "mask": "n_masks"}
-_DECODED_VIEW = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
+_FLOATS = {2: np.float16, 4: np.float32}  # a float column's precision, by its stored width
 
 
 def _value(example: Mapping[str, Any], f: Field) -> Any:
@@ -125,14 +129,14 @@ def _value(example: Mapping[str, Any], f: Field) -> Any:
     return value
 
 
-def _parts(examples: Sequence[Mapping[str, Any]], f: Field, k: int) -> list[np.ndarray]:
+def _parts(examples: Sequence[Mapping[str, Any]], f: Field, width: int) -> list[np.ndarray]:
     """Each example's value of field ``f`` as an array; an empty sequence (e.g. ``[]``,
     which numpy makes float64) becomes an empty array of the field's own dtype and shape."""
     out = []
     for ex in examples:
         arr = np.asarray(_value(ex, f))
         if arr.ndim == 1 and arr.size == 0:
-            arr = np.zeros(0 if f.width is None else (0, k), f.dtype)
+            arr = np.zeros(0 if f.width is None else (0, width), f.dtype)
         out.append(arr)
     return out
 
@@ -164,18 +168,20 @@ def _present(examples: Sequence[Mapping[str, Any]], f: Field) -> bool:
     return any(given)
 
 
-def _column(examples: Sequence[Mapping[str, Any]], f: Field, k: int) -> np.ndarray:
-    """One field of all examples, concatenated: (sum,) or, for a width-k field, (rows, k)."""
-    parts = _parts(examples, f, k)
+def _column(examples: Sequence[Mapping[str, Any]], f: Field, widths: dict[str, int]) -> np.ndarray:
+    """One field of all examples, concatenated: (sum,) or, for a field with a width, (rows,
+    width)."""
+    width = widths[f.width] if f.width else 0
+    parts = _parts(examples, f, width)
     if f.width is None:
         return np.concatenate([p.reshape(-1) for p in parts]) if parts else np.zeros(0, f.dtype)
     for i, p in enumerate(parts):
-        if p.ndim != 2 or p.shape[1] != k:
+        if p.ndim != 2 or p.shape[1] != width:
             raise ValueError(
-                f"example {i}: {f.name} must have one row of k={k} per mask "
+                f"example {i}: {f.name} must have one row of {f.width}={width} per mask "
                 f"position, got shape {p.shape}"
             )
-    return np.concatenate(parts, axis=0) if parts else np.zeros((0, k), f.dtype)
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, width), f.dtype)
 
 
 def _stored(f: Field, values: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -193,19 +199,32 @@ def _stored(f: Field, values: np.ndarray, vocab_size: int) -> np.ndarray:
             raise ValueError(f"{f.name} must be >= 0, got {values.min()}")
         return values.astype(_uint(int(values.max(initial=0))))
     if f.storage in ("float16", "float32"):
-        if values.dtype != np.dtype(f.storage):
+        stored = values.astype(f.storage)
+        # a wider float is taken when it holds the stored precision's values exactly (a
+        # decoded float16 column comes back as float32), never rounded without a word
+        same = stored.astype(values.dtype).view(f"u{values.dtype.itemsize}") == values.view(
+            f"u{values.dtype.itemsize}"
+        )
+        if values.dtype.kind != "f" or not same.all():
             raise TypeError(
                 f"{f.name} must be {f.storage} (the stored precision), got {values.dtype}"
+                + (" values that it would round" if values.dtype.kind == "f" else "")
             )
-        return values.view(np.uint16 if f.storage == "float16" else np.uint32)
+        return stored.view(np.uint16 if f.storage == "float16" else np.uint32)
     values = values.astype(np.int64)  # int8
     if values.size and (values.min() < -1 or values.max() > 127):
         raise ValueError(f"{f.name} must be in [-1, 127], got {values.min()}..{values.max()}")
     return values.astype(np.int8).view(np.uint8)
 
 
-# The width-k field whose values put a row of each kind of targets in canonical order.
-_ORDER_BY = {"topk": "topk_logprobs", "sampled": "sample_counts"}
+# The field whose values put each kind of targets' rows of a width in canonical order.
+_ORDER_BY = {
+    ("topk", "k"): "topk_logprobs",
+    ("sampled", "k"): "sample_counts",
+    ("hybrid", "k"): "topk_logprobs",
+    ("hybrid", "samples"): "tail_counts",
+}
+_ROW_IDS = {"k": "topk_ids", "samples": "tail_ids"}  # the ids a row of a width orders
 
 
 def encode_chunk(
@@ -215,44 +234,53 @@ def encode_chunk(
     vocab_size: int,
     layout: ChunkLayout = ChunkLayout(),
     targets: str = "topk",
+    samples: int | None = None,
 ) -> bytes:
     """Encode examples (``StoredExample`` dicts, the fields of ``schema.fields_of(targets)``)
-    into one chunk.
+    into one chunk; ``samples``: a hybrid store's draws per mask (N).
 
-    Float fields must come in their stored dtype (``topk_logprobs`` float16, ``tail_logmass``
-    float32): the store keeps exactly those bits. Rows are put in the layout's canonical
-    order. ``label`` may be missing or None (stored as -1), ``meta`` missing or None.
+    Float fields must come in their stored precision (``topk_logprobs`` and
+    ``teacher_entropy`` float16, ``tail_logmass`` float32), or in a wider float that holds
+    those values exactly: the store keeps exactly those bits. Rows are put in the layout's
+    canonical order. ``label`` may be missing or None (stored as -1), ``meta`` missing or None.
     """
     fields = fields_of(targets)
+    if (targets == "hybrid") != (samples is not None):
+        raise ValueError("samples (N) is given for hybrid targets, and only for them")
+    widths = {"k": k, "samples": samples or 0}
     counts = {
         "token": np.array([len(ex["input_ids"]) for ex in examples], dtype=np.int64),
         "mask": np.array([len(ex["mask_positions"]) for ex in examples], dtype=np.int64),
     }
     rows = int(counts["mask"].sum())
     values = {
-        f.name: _column(examples, f, k)
+        f.name: _column(examples, f, widths)
         for f in fields
         if f.storage != "json" and _present(examples, f)
     }
     for f in fields:
         if f.name not in values:
             continue
-        want = (rows, k) if f.width else (rows,) if f.level == "mask" else None
+        width = widths[f.width] if f.width else None
+        want = (rows, width) if f.width else (rows,) if f.level == "mask" else None
         if want is not None and values[f.name].shape != want:
+            of = f" of {f.width}={width}" if f.width else ""
             raise ValueError(
-                f"mask-row fields must have one row{f' of k={k}' if f.width else ''} per mask "
-                f"position ({rows} rows); got {f.name} {values[f.name].shape}"
+                f"mask-row fields must have one row{of} per mask position ({rows} rows); got "
+                f"{f.name} {values[f.name].shape}"
             )
     stored = {f.name: _stored(f, values[f.name], vocab_size) for f in fields if f.name in values}
     offsets = np.repeat(np.arange(len(examples)), counts["mask"])
     positions = values["mask_positions"]
     if positions.size and ((positions < 0).any() or (positions >= counts["token"][offsets]).any()):
         raise ValueError("mask_positions must lie inside their example's input_ids")
-    if k:
-        perm = canonical_order(values["topk_ids"], values[_ORDER_BY[targets]], layout.order)
-        for f in fields:
-            if f.width:
-                stored[f.name] = np.take_along_axis(stored[f.name], perm, axis=1)
+    for width in ("k", "samples"):
+        if widths[width] and (targets, width) in _ORDER_BY:
+            ids, by = values[_ROW_IDS[width]], values[_ORDER_BY[(targets, width)]]
+            perm = canonical_order(ids, by, layout.order)
+            for f in fields:
+                if f.width == width:
+                    stored[f.name] = np.take_along_axis(stored[f.name], perm, axis=1)
 
     header: dict[str, Any] = {
         "n": len(examples),
@@ -262,6 +290,8 @@ def encode_chunk(
     }
     if targets != "topk":  # absent: top-k, which keeps top-k chunks as format 2 wrote them
         header["targets"] = targets
+    if samples is not None:
+        header["samples"] = samples
     header["columns"] = []
     body = []
 
@@ -330,6 +360,7 @@ class DecodedChunk:
         self.k: int = header["k"]
         self.vocab_size: int | None = header.get("vocab_size")  # None: format version 1
         self.targets: str = header.get("targets", "topk")
+        self.samples: int | None = header.get("samples")  # a hybrid chunk's draws per mask
         fields = fields_of(self.targets)  # ValueError: an unknown kind
         cols: dict[str, Any] = {}
         pos = 4 + head_len
@@ -365,9 +396,11 @@ class DecodedChunk:
             elif f.optional and f.name not in cols:
                 rows = self.lengths.sum() if f.level == "token" else self.n_masks.sum()
                 self._columns[f.name] = np.full(int(rows), f.default, f.dtype)
-            elif f.storage in _DECODED_VIEW:
-                view = cols[f.name].view(_DECODED_VIEW[f.storage])
+            elif f.storage in ("float16", "float32"):  # the precision the column was written in
+                view = cols[f.name].view(_FLOATS[cols[f.name].dtype.itemsize])
                 self._columns[f.name] = view if view.dtype == f.dtype else view.astype(f.dtype)
+            elif f.storage == "int8":
+                self._columns[f.name] = cols[f.name].view(np.int8).astype(f.dtype)
             else:
                 self._columns[f.name] = cols[f.name].astype(f.dtype)
         # Per level: the offsets (Python ints: fast to index) and the columns cut by them.

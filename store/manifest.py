@@ -43,11 +43,15 @@ FORMAT_NAME = "smash-teacher-store"
 # optional columns (``schema.Field.optional``: a masked-LM store's original tokens,
 # ``mlm_labels``). Top-k chunks without them are unchanged, but a version-2 reader must refuse
 # such stores rather than misread them or drop a column without a word.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# 4: a store's targets may be hybrid (the top-k exact, N draws from outside it: ``targets``
+# has ``samples``, a chunk's header too) and ``teacher_entropy`` is float16 (format 3: float32;
+# a chunk's column says which). Top-k chunks are unchanged.
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 TOPK_TARGETS: dict[str, Any] = {"mode": "topk"}
-# The estimator of Eq. 1 that sampled targets are stored for (-sum (c_i/N) log s_i, unbiased;
-# ``precompute/shared/sampled_targets.py``): a store naming another is refused.
+# The estimator of Eq. 1 that sampled and hybrid targets are stored for (sampled:
+# -sum (c_i/N) log s_i; hybrid: the head exact plus the tail mass times that over the tail's
+# draws; both unbiased, ``precompute/shared/sampled_targets.py``): another name is refused.
 SAMPLED_ESTIMATOR = "unbiased"
 MANIFEST_NAME = "manifest.json"
 _PART_PREFIX = "manifest.part-"
@@ -80,6 +84,11 @@ class Manifest:
     @property
     def sampled(self) -> bool:
         return self.targets["mode"] == "sampled"
+
+    @property
+    def samples(self) -> int | None:
+        """A hybrid store's draws per mask from outside the top-k (N); None for other kinds."""
+        return self.targets["samples"] if self.targets["mode"] == "hybrid" else None
 
     @property
     def num_samples(self) -> int:
@@ -129,7 +138,12 @@ class Manifest:
             raise ManifestError(
                 source, f"field 'targets' appears in format version {version}; it is new in 3"
             )
-        targets = _targets(fields, k) if "targets" in data else dict(TOPK_TARGETS)
+        targets = _targets(fields, k, vocab) if "targets" in data else dict(TOPK_TARGETS)
+        if targets["mode"] == "hybrid" and version < 4:
+            raise ManifestError(
+                source,
+                f"field 'targets.mode' is 'hybrid' in format version {version}; it is new in 4",
+            )
         seen: set[str] = set()
         for i, shard in enumerate(shards):
             if unique_names and shard.name in seen:
@@ -187,12 +201,23 @@ _JSON_NAMES = {
 }
 
 
-def _targets(fields: _Fields, k: int) -> dict[str, Any]:
+def _targets(fields: _Fields, k: int, vocab: int) -> dict[str, Any]:
     """The validated ``targets`` section (absent in versions 1 and 2: top-k)."""
     targets = fields.get("targets", dict)
     mode = fields.get("targets.mode", str, targets)
     if mode == "topk":
         expected = {"mode"}
+    elif mode == "hybrid":
+        expected = {"mode", "samples", "estimator", "seed"}
+        samples = fields.count("targets.samples", targets, minimum=1)
+        if k + samples > vocab:
+            raise ManifestError(
+                fields.source,
+                f"field 'targets.samples' is {samples} and 'k' is {k}: more than "
+                f"tokenizer.vocab_size {vocab} ids per mask",
+            )
+        _check_estimator(fields, targets)
+        fields.count("targets.seed", targets)
     elif mode == "sampled":
         expected = {"mode", "samples", "proposal_temperature", "estimator", "seed"}
         samples = fields.count("targets.samples", targets, minimum=1)
@@ -209,17 +234,12 @@ def _targets(fields: _Fields, k: int) -> dict[str, Any]:
                 f"field 'targets.proposal_temperature' is {json.dumps(tau)}; "
                 f"expected a finite number > 0",
             )
-        estimator = fields.get("targets.estimator", str, targets)
-        if estimator != SAMPLED_ESTIMATOR:
-            raise ManifestError(
-                fields.source,
-                f"field 'targets.estimator' is {estimator!r}; this version of smash knows "
-                f"{SAMPLED_ESTIMATOR!r} only",
-            )
+        _check_estimator(fields, targets)
         fields.count("targets.seed", targets)
     else:
         raise ManifestError(
-            fields.source, f"field 'targets.mode' is {mode!r}; expected 'topk' or 'sampled'"
+            fields.source,
+            f"field 'targets.mode' is {mode!r}; expected 'topk', 'sampled' or 'hybrid'",
         )
     if set(targets) != expected:
         raise ManifestError(
@@ -227,6 +247,16 @@ def _targets(fields: _Fields, k: int) -> dict[str, Any]:
             f"field 'targets' has keys {sorted(targets)}; {mode} targets have {sorted(expected)}",
         )
     return targets
+
+
+def _check_estimator(fields: _Fields, targets: dict[str, Any]) -> None:
+    estimator = fields.get("targets.estimator", str, targets)
+    if estimator != SAMPLED_ESTIMATOR:
+        raise ManifestError(
+            fields.source,
+            f"field 'targets.estimator' is {estimator!r}; this version of smash knows "
+            f"{SAMPLED_ESTIMATOR!r} only",
+        )
 
 
 def _shard(fields: _Fields, i: int, raw: Any) -> ShardInfo:

@@ -3,7 +3,7 @@
 An example is a prompt (``input_ids``) with one or more answer positions (``mask_positions``),
 what the teacher said at each of them, for masked-LM text the token each position held before
 masking (``mlm_labels``), a label and provenance. What the teacher said takes one
-of two forms, the store's *targets* (``TARGET_KINDS``, recorded in its manifest):
+of three forms, the store's *targets* (``TARGET_KINDS``, recorded in its manifest):
 
     topk     the k most likely ids with their log-probabilities and the exact tail mass
              (``topk_ids``, ``topk_logprobs``, ``tail_logmass``)
@@ -12,9 +12,14 @@ of two forms, the store's *targets* (``TARGET_KINDS``, recorded in its manifest)
              ratio (``topk_ids``, ``sample_counts``, ``sample_logratios``; k = N, rows padded
              with count-0 entries), plus the teacher's entropy (``teacher_entropy``) for
              held-out KL
+    hybrid   the top-k as ``topk`` keeps it (the head, exact), and N tokens drawn from the
+             teacher restricted to the ids outside it (the tail), as distinct ids and counts
+             (``tail_ids``, ``tail_counts``; N columns, padded with count-0 entries), plus
+             ``teacher_entropy`` (format 4)
 
 A field belongs to the targets of its ``kinds``; a chunk holds the columns of its own kind.
-Each field has a *level*:
+A field with a ``width`` has a row of that many values per mask: ``k`` (the store's k) or
+``samples`` (a hybrid store's N). Each field has a *level*:
 
     token    one value per input token        concatenated over a chunk; padded to (B, L)
     mask     one value (or row of k) per answer position, a "mask row"; concatenated to (R, ...)
@@ -44,8 +49,9 @@ __all__ = [
 ]
 
 Level = Literal["token", "mask", "example"]
-TARGET_KINDS: tuple[str, ...] = ("topk", "sampled")
+TARGET_KINDS: tuple[str, ...] = ("topk", "sampled", "hybrid")
 Storage = Literal["ids", "index", "float16", "float32", "int8", "json"]
+Width = Literal["k", "samples"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +62,9 @@ class Field:
     smallest unsigned type that holds the vocabulary), ``index`` small non-negative integers
     (narrowed to their maximum), ``float16``/``float32`` the exact bit patterns of values that
     must be given in that dtype, ``int8`` integers in [-1, 127], ``json`` a JSON value per
-    example (only stored when some example has one). ``width="k"``: a row of the store's k
-    values per mask row. ``source``: who fills it (the prompt, the teacher, or the task).
+    example (only stored when some example has one); a float column written in another float
+    precision by an older version (format 3's float32 ``teacher_entropy``) is read as such.
+    ``width``: a row of the store's k (``"k"``) or N (``"samples"``) values per mask row. ``source``: who fills it (the prompt, the teacher, or the task).
     ``optional``: a column only in chunks whose examples have the field (all of them, or
     none); a chunk without it decodes to ``default`` (from format version 3 on).
     """
@@ -67,7 +74,7 @@ class Field:
     dtype: Any  # decoded numpy dtype (object for json)
     storage: Storage
     source: Literal["prompt", "teacher", "task"]
-    width: Literal["k"] | None = None
+    width: Width | None = None
     batch_key: str | None = None  # its name in a collated batch, when not ``name``
     default: Any = None  # what a writer stores when an example has none (None: required)
     kinds: tuple[str, ...] = TARGET_KINDS  # the stores' targets that carry this field
@@ -78,17 +85,23 @@ class Field:
         return self.batch_key or self.name
 
 
+_HEAD = ("topk", "hybrid")  # the kinds that keep the teacher's top-k with its tail mass
+
 FIELDS: tuple[Field, ...] = (
     Field("input_ids", "token", np.int64, "ids", "prompt"),
     Field("mask_positions", "mask", np.int64, "index", "prompt"),
     Field("topk_ids", "mask", np.int64, "ids", "teacher", width="k"),
-    Field("topk_logprobs", "mask", np.float16, "float16", "teacher", width="k", kinds=("topk",)),
-    Field("tail_logmass", "mask", np.float32, "float32", "teacher", kinds=("topk",)),
+    Field("topk_logprobs", "mask", np.float16, "float16", "teacher", width="k", kinds=_HEAD),
+    Field("tail_logmass", "mask", np.float32, "float32", "teacher", kinds=_HEAD),
     Field("sample_counts", "mask", np.int64, "index", "teacher", width="k", kinds=("sampled",)),
     Field(
         "sample_logratios", "mask", np.float32, "float32", "teacher", width="k", kinds=("sampled",)
     ),
-    Field("teacher_entropy", "mask", np.float32, "float32", "teacher", kinds=("sampled",)),
+    Field("tail_ids", "mask", np.int64, "ids", "teacher", width="samples", kinds=("hybrid",)),
+    Field("tail_counts", "mask", np.int64, "index", "teacher", width="samples", kinds=("hybrid",)),
+    # float16 from format 4 on (2 bytes a mask; held-out KL keeps its precision,
+    # benchmarks/RESULTS.md); format 3's sampled stores hold float32
+    Field("teacher_entropy", "mask", np.float32, "float16", "teacher", kinds=("sampled", "hybrid")),
     # masked-LM stores: the token each masked position held before masking (-100: none)
     Field("mlm_labels", "mask", np.int64, "ids", "task", default=-100, optional=True),
     Field("label", "example", np.int64, "int8", "task", batch_key="labels", default=-1),
@@ -134,7 +147,9 @@ class StoredExample(TypedDict, total=False):
     tail_logmass: np.ndarray  # (M,) float32 (top-k)
     sample_counts: np.ndarray  # (M, k) int64, draws per id, 0 on padding (sampled)
     sample_logratios: np.ndarray  # (M, k) float32, log(p/q) per id, 0 at tau = 1 (sampled)
-    teacher_entropy: np.ndarray  # (M,) float32, nats (sampled)
+    tail_ids: np.ndarray  # (M, N) int64, distinct ids drawn outside the top-k (hybrid)
+    tail_counts: np.ndarray  # (M, N) int64, draws per id, 0 on padding (hybrid)
+    teacher_entropy: np.ndarray  # (M,) float32, nats (sampled, hybrid)
     mlm_labels: np.ndarray  # (M,) int64, the original tokens (masked-LM stores; else -100)
     label: int  # -1: none
     meta: Any  # JSON, or None

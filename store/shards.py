@@ -13,6 +13,7 @@ import struct
 import tarfile
 from collections.abc import Iterator
 
+import numpy as np
 import zstandard
 
 from .codec import CHUNK_SUFFIX, DecodedChunk
@@ -90,10 +91,20 @@ def _check_chunk(
             f"member {name!r} was written for a vocabulary of {chunk.vocab_size}, the "
             f"manifest records {vocab_size}",
         )
-    if chunk.targets == "sampled":
-        drawn = chunk["sample_counts"].sum(axis=1)
-        if drawn.size and (drawn != targets["samples"]).any():
-            row = int((drawn != targets["samples"]).nonzero()[0][0])
+    if chunk.targets == "hybrid" and chunk.samples != targets["samples"]:
+        raise ShardError(
+            url,
+            f"member {name!r} holds samples={chunk.samples}, the manifest records "
+            f"samples={targets['samples']}",
+        )
+    if chunk.targets in ("sampled", "hybrid"):
+        counts = "sample_counts" if chunk.targets == "sampled" else "tail_counts"
+        drawn = chunk[counts].sum(axis=1)
+        wrong = drawn != targets["samples"]
+        if chunk.targets == "hybrid":  # a row whose top-k holds all the mass draws nothing
+            wrong &= ~((drawn == 0) & np.isneginf(chunk["tail_logmass"]))
+        if wrong.any():
+            row = int(wrong.nonzero()[0][0])
             raise ShardError(
                 url,
                 f"member {name!r}: mask row {row} counts {int(drawn[row])} draws, the manifest "

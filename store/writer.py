@@ -34,7 +34,8 @@ def shard_name(index: int, prefix: str = "shard") -> str:
 
 class ShardFile:
     """One shard being written: ``write`` examples, then ``close()`` (or ``abort()``).
-    ``targets``: the kind of teacher targets the examples carry (``schema.TARGET_KINDS``)."""
+    ``targets``: the kind of teacher targets the examples carry (``schema.TARGET_KINDS``);
+    ``samples``: a hybrid store's draws per mask."""
 
     def __init__(
         self,
@@ -45,9 +46,10 @@ class ShardFile:
         layout: ChunkLayout = DEFAULT_LAYOUT,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         targets: str = "topk",
+        samples: int | None = None,
     ):
         self.path = Path(path)
-        self.targets = targets
+        self.targets, self.draws = targets, samples
         self.k, self.vocab_size, self.layout, self.chunk_size = k, vocab_size, layout, chunk_size
         self._tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         self._file = open(self._tmp, "wb")  # noqa: SIM115 - open until close()/abort()
@@ -77,6 +79,7 @@ class ShardFile:
             vocab_size=self.vocab_size,
             layout=self.layout,
             targets=self.targets,
+            samples=self.draws,
         )
         self._tar.write({"__key__": f"{self._chunks:06d}", CHUNK_SUFFIX: blob})
         self.compressed_bytes += len(blob)
@@ -112,8 +115,8 @@ class StoreWriter:
     ``part`` names the part manifest (one per process, e.g. its rank). Finished shards already
     recorded in it (by an earlier, interrupted run) are kept; that part must have been written
     with the same producer, tokenizer, k, layout and targets (the manifest's ``targets``
-    section: ``{"mode": "topk"}`` or a sampled store's mode, samples, temperature, estimator
-    and seed). ``write_shard`` writes one whole shard
+    section: ``{"mode": "topk"}``, a sampled store's mode, samples, temperature, estimator
+    and seed, or a hybrid store's mode, samples, estimator and seed). ``write_shard`` writes one whole shard
     under a given index: the teacher pass assigns fixed example ranges to shard indices, so
     processes never clash and a rerun knows which shards are done.
     """
@@ -159,6 +162,7 @@ class StoreWriter:
             layout=self.layout,
             chunk_size=self.chunk_size,
             targets=self.manifest.targets["mode"],
+            samples=self.manifest.samples,
         )
         try:
             for example in examples:

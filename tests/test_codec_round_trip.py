@@ -4,8 +4,10 @@ chunks back byte for byte (a masked-LM store's optional column included, and its
 
 Fresh stores are compared compressed, as written (the same zstandard in one process); the
 checked-in stores of earlier versions are compared decompressed, so that the test does not
-depend on the compressor's version. A format-1 chunk re-encodes to the current format, which
-adds the vocabulary size to its header and keeps every column's bytes.
+depend on the compressor's version. An older chunk re-encodes to the current format: a
+format-1 chunk's header gains the vocabulary size, a format-3 sampled chunk's float32 teacher
+entropy becomes float16 (given rounded, as a format-4 writer would); every other column keeps
+its bytes.
 """
 
 import json
@@ -40,13 +42,14 @@ def stored_chunks(store: Path):
     return manifest, out
 
 
-def reencode(manifest, chunk: DecodedChunk) -> bytes:
+def reencode(manifest, chunk: DecodedChunk, examples=None) -> bytes:
     return encode_chunk(
-        [chunk.example(i) for i in range(chunk.n)],
+        examples or [chunk.example(i) for i in range(chunk.n)],
         k=chunk.k,
         vocab_size=manifest.vocab_size,
         layout=ChunkLayout(**manifest.layout),
         targets=chunk.targets,
+        samples=chunk.samples,
     )
 
 
@@ -61,6 +64,19 @@ def column_names(blob: bytes) -> list[str]:
     return [column["name"] for column in payload(blob)[0]["columns"]]
 
 
+def columns(blob: bytes) -> dict[str, bytes]:
+    """Each column's bytes, by name, as the header lays them out."""
+    head, body = payload(blob)
+    out, pos = {}, 0
+    for column in head["columns"]:
+        size = column["shape"][0] if column["dtype"] == "json" else (
+            np.dtype(column["dtype"]).itemsize * int(np.prod(column["shape"]))
+        )  # fmt: skip
+        out[column["name"]], pos = body[pos : pos + size], pos + size
+    assert pos == len(body)
+    return out
+
+
 @pytest.fixture(scope="module")
 def sampled_store(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("sampled") / "store"
@@ -69,12 +85,21 @@ def sampled_store(tiny, tmp_path_factory):
                       shard_size=12, extra=[*extra, "--filter-rule", "none"])  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["topk", "mlm", "sampled"])
+@pytest.fixture(scope="module")
+def hybrid_store(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hybrid") / "store"
+    extra = ["--targets", "hybrid", "--samples", "6", "--filter-rule", "none"]
+    return precompute("sentiment", tiny["corpus"], tiny["teacher"], out, k=4, n=30,
+                      shard_size=12, extra=extra)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["topk", "mlm", "sampled", "hybrid"])
 def test_a_fresh_store_encodes_back_to_its_stored_bytes(kind, tiny, tmp_path_factory, request):
     store = {
         "topk": lambda: sentiment_store_of(tiny, tmp_path_factory),
         "mlm": lambda: mlm_store_of(tiny, tmp_path_factory),
         "sampled": lambda: request.getfixturevalue("sampled_store"),
+        "hybrid": lambda: request.getfixturevalue("hybrid_store"),
     }[kind]()
     manifest, chunks = stored_chunks(store)
     assert chunks and {c.targets for _, c in chunks} == {manifest.targets["mode"]}
@@ -89,12 +114,26 @@ def test_a_checked_in_store_encodes_back_to_its_stored_columns(store):
     manifest, chunks = stored_chunks(store)
     assert chunks
     for blob, chunk in chunks:
-        head, columns = payload(blob)
-        again_head, again_columns = payload(reencode(manifest, chunk))
-        assert again_columns == columns
+        examples = [chunk.example(i) for i in range(chunk.n)]
+        float32_entropy = chunk.targets == "sampled" and manifest.format_version == 3
+        if float32_entropy:
+            examples = [{**ex, "teacher_entropy": ex["teacher_entropy"].astype(np.float16)}
+                        for ex in examples]  # fmt: skip
+        again = reencode(manifest, chunk, examples)
+        old, new = columns(blob), columns(again)
+        if float32_entropy:
+            del old["teacher_entropy"], new["teacher_entropy"]
+            entropy = chunk["teacher_entropy"].astype(np.float16).astype(np.float32)
+            assert np.array_equal(DecodedChunk(again)["teacher_entropy"], entropy)
+        assert new == old
+        head, again_head = payload(blob)[0], payload(again)[0]
         if manifest.format_version == 1:  # the current header names the vocabulary it was for
             assert "vocab_size" not in head
             head["vocab_size"] = manifest.vocab_size
+        for h in (head, again_head):
+            h["columns"] = [
+                c for c in h["columns"] if not (float32_entropy and c["name"] == "teacher_entropy")
+            ]
         assert again_head == head
 
 

@@ -135,10 +135,14 @@ def test_masked_lm_labels_round_trip_and_default_to_minus_100_where_not_stored()
 
 def test_encode_rejects_bad_input():
     ex = make_examples(1, k=4)[0]
-    with pytest.raises(TypeError, match="float16"):
-        encode_chunk(
-            [{**ex, "topk_logprobs": ex["topk_logprobs"].astype(np.float32)}], k=4, vocab_size=VOCAB
-        )
+    wide = ex["topk_logprobs"].astype(np.float32)  # the same values: taken, the same bytes
+    same = encode_chunk([{**ex, "topk_logprobs": wide}], k=4, vocab_size=VOCAB)
+    assert same == encode_chunk([ex], k=4, vocab_size=VOCAB)
+    with pytest.raises(TypeError, match="must be float16 .* float32 values that it would round"):
+        finer = wide + np.float32(1e-4)  # not float16 values: never rounded without a word
+        encode_chunk([{**ex, "topk_logprobs": finer}], k=4, vocab_size=VOCAB)
+    with pytest.raises(TypeError, match="must be float16"):
+        encode_chunk([{**ex, "topk_logprobs": ex["topk_ids"]}], k=4, vocab_size=VOCAB)
     with pytest.raises(ValueError, match="out of range"):
         encode_chunk([{**ex, "input_ids": np.array([VOCAB])}], k=4, vocab_size=VOCAB)
     with pytest.raises(ValueError, match="topk_ids must have one row of k=5.*got shape"):

@@ -63,9 +63,9 @@ def main_kshot(args: argparse.Namespace) -> int:
             raise ValueError("--task kshot stores top-k targets (--targets topk)")
         if args.kshot_data is None or not args.kshot_tasks:
             raise ValueError("--task kshot needs --kshot-data and --kshot-tasks")
-        from ..cli import _remove_if_empty, _target_width
+        from ..cli import _remove_if_empty, _target_widths
 
-        width = _target_width(args)
+        width, _ = _target_widths(args)
         templates = per_task(args.kshot_template, "--kshot-template")
         tasks = [
             KShotTeacherTask(

@@ -14,6 +14,17 @@ self-normalised one (dividing by ``W`` instead of N) has lower variance but is b
 ``tau != 1``. At ``tau = 1`` (the default) every ratio is 1, ``W = 1`` and the two are the same
 number: nothing is renormalised, nothing is dropped.
 
+*Hybrid* targets keep the teacher's top-k exactly (as a top-k store does: ids, float16
+log-probabilities, the tail mass ``r``) and draw N tokens from the teacher restricted to the
+ids outside it, ``p_v / r``, kept as distinct ids with counts. The estimate::
+
+    L = -sum_{i in K} p_i log s_i - r sum_j (c_j / N) log s_j
+
+is exact on the head and unbiased on the tail (``E[r c_j / N] = p_j``), so its variance is the
+tail's alone: a top-k store's fat tail, which its ``bucket`` mode spreads evenly (biased),
+is estimated without bias at a few bytes per draw. A row whose top-k holds all of the mass
+(``r = 0``) draws nothing (counts 0).
+
 The draws are a pure function of (seed, example key, mask index, draw index):
 ``counter_uniforms`` hashes those four integers (SplitMix64's finaliser, chained) into
 uniforms in [0, 1), with no generator state, and each uniform picks a token through the
@@ -30,12 +41,17 @@ import torch
 from smash.store.manifest import SAMPLED_ESTIMATOR  # -sum (c_i/N) log s_i; see the module doc
 
 from .adapters import ModelAdapter
+from .teacher_targets import TeacherTopK, topk_targets
 
 __all__ = [
     "SAMPLED_ESTIMATOR",
+    "TeacherHybrid",
     "TeacherSample",
     "counter_uniforms",
+    "hybrid_record",
+    "hybrid_targets",
     "sample_rows",
+    "sample_tail_rows",
     "sampled_targets",
     "targets_record",
 ]
@@ -68,7 +84,7 @@ class TeacherSample:
     ids: torch.Tensor  # (R, N) int64: the distinct drawn ids, then padding ids (count 0)
     counts: torch.Tensor  # (R, N) int64: draws of each id; they sum to N per row
     logratios: torch.Tensor  # (R, N) float32: log(p/q) of each id (0 at tau = 1 and on padding)
-    entropy: torch.Tensor  # (R,) float32: the teacher's entropy in nats (for held-out KL)
+    entropy: torch.Tensor  # (R,) float16: the teacher's entropy in nats (for held-out KL)
     verbalizer_logprobs: torch.Tensor | None = None  # (R, C) float32 at ``verbalizer_ids``
 
     def stored_fields(self) -> dict[str, torch.Tensor]:
@@ -81,9 +97,12 @@ class TeacherSample:
         }
 
 
-def _distinct(draws: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _distinct(
+    draws: torch.Tensor, vocab: int, exclude: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct ids and counts (R, N) of draws (R, N); the unused slots get count 0 and the
-    smallest ids not drawn in the row, so every row stays duplicate-free."""
+    smallest ids neither drawn in the row nor in its ``exclude`` (R, k) ids, so every row stays
+    duplicate-free (a hybrid row's tail beside its head too)."""
     n = draws.shape[1]
     ordered = draws.sort(dim=1).values
     new = torch.ones_like(ordered, dtype=torch.bool)
@@ -92,9 +111,10 @@ def _distinct(draws: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tens
     counts = torch.zeros_like(ordered).scatter_add_(1, slot, torch.ones_like(ordered))
     ids = torch.zeros_like(ordered).scatter_(1, slot, ordered)
     distinct = new.sum(1, keepdim=True)  # (R, 1)
-    # Padding: at most N ids are taken, so the first min(2N, V) ids hold N free ones.
-    candidates = torch.arange(min(2 * n, vocab), device=draws.device)
-    taken = (candidates[None, :, None] == ordered[:, None, :]).any(-1)  # (R, C)
+    # Padding: at most N + k ids are taken, so the first min(2N + k, V) ids hold N free ones.
+    others = ordered if exclude is None else torch.cat([ordered, exclude], dim=1)
+    candidates = torch.arange(min(n + others.shape[1], vocab), device=draws.device)
+    taken = (candidates[None, :, None] == others[:, None, :]).any(-1)  # (R, C)
     free = torch.where(taken, vocab, candidates[None, :]).sort(dim=1).values[:, :n]
     position = torch.arange(n, device=draws.device)[None, :]
     pad = free.gather(1, (position - distinct).clamp(min=0))
@@ -119,8 +139,39 @@ def sample_rows(
     ids, counts = _distinct(draws.clamp_(max=vocab - 1), vocab)
     ratios = (logp64 - logq).gather(1, ids)  # exactly 0 at temperature 1
     logratios = torch.where(counts > 0, ratios, 0.0).float()
-    entropy = -(logp64.exp() * logp64).nan_to_num(0.0).sum(-1)
-    return ids, counts, logratios, entropy.float()
+    return ids, counts, logratios, _entropy(logp64)
+
+
+def _entropy(logp64: torch.Tensor) -> torch.Tensor:
+    """(R,) float16: the rows' entropy in nats, as a store keeps it (2 bytes a mask)."""
+    return (-(logp64.exp() * logp64).nan_to_num(0.0).sum(-1)).to(torch.float16)
+
+
+def sample_tail_rows(
+    logp: torch.Tensor, head: torch.Tensor, uniforms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, counts) (R, N) of N draws per row from the teacher's log-probabilities ``logp``
+    (R, V) restricted to the ids outside ``head`` (R, k), one per column of ``uniforms``; a row
+    whose head holds all of the mass draws nothing (counts 0). Padding ids are never head ids."""
+    vocab, n = logp.shape[-1], uniforms.shape[1]
+    if head.shape[1] + n > vocab:
+        raise ValueError(
+            f"--k {head.shape[1]} + --samples {n} is more than the vocabulary ({vocab})"
+        )
+    tail = logp.double().scatter(1, head, float("-inf"))
+    cdf = tail.exp().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    empty = total[:, 0] <= 0  # all of the mass in the head: nothing to draw
+    # the first id whose cumulative probability exceeds u * total: never a head id (their
+    # probability is 0 here)
+    draws = torch.searchsorted(cdf, uniforms.to(cdf) * total, right=True).clamp_(max=vocab - 1)
+    if empty.any():  # draws of no mass: the smallest id outside the head, then dropped
+        candidates = torch.arange(head.shape[1] + 1, device=head.device)
+        in_head = (candidates[None, :, None] == head[empty][:, None, :]).any(-1)
+        draws[empty] = (~in_head).long().argmax(dim=1, keepdim=True).expand(-1, n)
+    ids, counts = _distinct(draws, vocab, exclude=head)
+    counts[empty] = 0
+    return ids, counts
 
 
 @torch.inference_mode()
@@ -139,6 +190,48 @@ def sampled_targets(
     drawn = sample_rows(logp, uniforms, proposal_temperature)
     verbalizer = logp[:, verbalizer_ids] if verbalizer_ids is not None else None
     return TeacherSample(*drawn, verbalizer)
+
+
+@dataclass
+class TeacherHybrid:
+    head: TeacherTopK  # the top-k, exact
+    tail_ids: torch.Tensor  # (R, N) int64: distinct ids drawn outside the top-k, then padding
+    tail_counts: torch.Tensor  # (R, N) int64: draws of each; they sum to N (0: no tail mass)
+    entropy: torch.Tensor  # (R,) float16: the teacher's entropy in nats (for held-out KL)
+
+    @property
+    def verbalizer_logprobs(self) -> torch.Tensor | None:
+        return self.head.verbalizer_logprobs
+
+    def stored_fields(self) -> dict[str, torch.Tensor]:
+        """The values under the names of a hybrid store's teacher fields (``schema.py``)."""
+        return {
+            **self.head.stored_fields(),
+            "tail_ids": self.tail_ids,
+            "tail_counts": self.tail_counts,
+            "teacher_entropy": self.entropy,
+        }
+
+
+@torch.inference_mode()
+def hybrid_targets(
+    adapter: ModelAdapter,
+    hidden: torch.Tensor,
+    k: int,
+    uniforms: torch.Tensor,
+    verbalizer_ids: torch.Tensor | None = None,
+) -> TeacherHybrid:
+    """The top-k of the answer rows ``hidden`` (R, H) (``topk_targets``) and N draws per row
+    from outside it, one per column of ``uniforms`` (R, N) (``counter_uniforms``)."""
+    head = topk_targets(adapter, hidden, k, verbalizer_ids)
+    logp = torch.log_softmax(adapter.logits(hidden).float(), dim=-1)  # (R, V), as topk's
+    ids, counts = sample_tail_rows(logp, head.ids, uniforms)
+    return TeacherHybrid(head, ids, counts, _entropy(logp.double()))
+
+
+def hybrid_record(samples: int, seed: int) -> dict:
+    """The manifest's ``targets`` section of a hybrid store."""
+    return {"mode": "hybrid", "samples": samples, "estimator": SAMPLED_ESTIMATOR, "seed": seed}
 
 
 def targets_record(samples: int, seed: int, proposal_temperature: float = 1.0) -> dict:

@@ -115,7 +115,7 @@ class KShotStore:
         self.manifest = load_manifest(path)
         producer = self.manifest.producer
         options = producer.get("task_options") or {}
-        if producer.get("task") != KSHOT_TASK or self.manifest.sampled:
+        if producer.get("task") != KSHOT_TASK or self.manifest.targets["mode"] != "topk":
             raise ValueError(
                 f"{path}: not a k-shot store (task {producer.get('task')!r}, targets "
                 f"{self.manifest.targets['mode']}); precompute-teacher --task kshot writes one"

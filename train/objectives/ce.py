@@ -57,20 +57,21 @@ class PredictionDistillation(Objective):
         return cls(cfg.loss, cfg.tail, cfg.temperature, cfg.scale_t2, cfg.kernel_impl)
 
     def for_store(self, store: StoreContext) -> bool:
-        """Whether the store's rows need their importance weights (``train/targets.py``).
-        Sampled targets estimate the teacher at T=1 only: ``softmax(log c / T)`` is not an
+        """Whether the store's rows need their weights (``train/targets.py``). Sampled and
+        hybrid targets estimate the teacher at T=1 only: ``softmax(log c / T)`` is not an
         estimate of the tempered teacher, so another temperature is refused."""
-        if store.manifest.sampled and self.kernel_args["temperature"] != 1.0:
+        mode = store.manifest.targets["mode"]
+        if mode != "topk" and self.kernel_args["temperature"] != 1.0:
             raise ValueError(
-                f"{store.path}: a sampled store estimates the teacher at temperature 1; "
+                f"{store.path}: a {mode} store estimates the teacher at temperature 1; "
                 f"temperature={self.kernel_args['temperature']} would bias it (use 1.0, or a "
                 f"top-k store)"
             )
-        if store.manifest.sampled and self.kernel_args["tail"] != DEFAULT_TAIL:
+        if mode != "topk" and self.kernel_args["tail"] != DEFAULT_TAIL:
             raise ValueError(
                 f"{store.path}: tail={self.kernel_args['tail']!r} says how a top-k store's tail "
-                f"mass enters the loss; a sampled store has none (its estimate needs none): "
-                f"leave tail at its default, {DEFAULT_TAIL!r}"
+                f"mass enters the loss; a {mode} store's estimate needs no such rule: leave "
+                f"tail at its default, {DEFAULT_TAIL!r}"
             )
         return importance_weighted(store.manifest)
 

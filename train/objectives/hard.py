@@ -72,6 +72,9 @@ class HardLabels(Objective):
         if state.stored_labels:
             targets = batch["labels"][batch["mask_batch"]]
         else:
-            ids, scores, _, _ = kernel_targets(batch)  # sampled: log(c w), -inf if not drawn
+            if "topk_logprobs" in batch:  # top-k, or a hybrid store's exact head
+                ids, scores = batch["topk_ids"], batch["topk_logprobs"]
+            else:  # sampled: log(c w), -inf if not drawn
+                ids, scores, _, _ = kernel_targets(batch)
             targets = hard_labels(ids, scores, verbalizer)
         return label_word_loss(student.adapter.logits_at(student.features, verbalizer), targets)
