@@ -9,16 +9,21 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def test_target_fidelity_quick_runs_even_shorter_than_a_logging_window(tmp_path):
-    """``--steps 10`` used to end in ``StatisticsError`` (no timing window after the first)."""
+def test_target_fidelity_quick_runs(tmp_path):
+    """``--quick`` with even fewer steps than a logging window, one teacher, two configs: the
+    paired ratios and their intervals come out for every config."""
     run = subprocess.run(
         [sys.executable, str(BENCHMARKS / "bench_target_fidelity.py"), "--quick", "--steps", "10",
+         "--teachers", "peaked", "--configs", "top4,hybrid2x4,fresh-sampled4",
          "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
         capture_output=True, text=True, check=False, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads((tmp_path / "out" / "target_fidelity.json").read_text())
-    assert result["setup"]["steps"] == 10 and result["setup"]["seeds"] == 1
+    assert result["setup"]["steps"] == 10 and result["setup"]["seeds"] == 2
     assert [r["config"] for r in result["rows"]] == [
-        "online", "top-4 bucket", "top-64 bucket", "sampled N=12"
+        "online", "online, another order", "top4", "hybrid2x4", "fresh-sampled4"
     ]  # fmt: skip
+    assert all(r["ci_low"] <= r["kl_ratio"] <= r["ci_high"] for r in result["rows"])
+    assert result["rows"][0]["kl_ratio"] == 1.0  # the reference against itself, paired
+    assert len(result["runs"]) == 2 * 5
