@@ -249,3 +249,26 @@ def test_a_temperature_or_tail_mode_is_refused(tiny, hybrid_store, tmp_path, ove
     trainer = trainer_for(tmp_path, tiny, [(hybrid_store, 1.0)], **overrides)
     with pytest.raises(ValueError, match=message):
         trainer.setup()
+
+
+def test_a_hybrid_store_damaged_or_mislabelled_is_named(hybrid_store, tmp_path):
+    import json
+    import shutil
+
+    from smash.store.errors import ManifestError
+
+    old = tmp_path / "old"
+    shutil.copytree(hybrid_store, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 3
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="'targets.mode' is 'hybrid' in format version 3"):
+        load_manifest(old)
+    other = tmp_path / "other"
+    shutil.copytree(hybrid_store, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["targets"]["samples"] = 7
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    problems = verify_store(str(other))
+    assert problems and all("holds samples=6, the manifest records samples=7" in why
+                            for _, why in problems)  # fmt: skip
