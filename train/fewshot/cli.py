@@ -47,6 +47,13 @@ from smash.train.fewshot.paper import PAPER_MODELS, parse_compare
 from smash.train.fewshot.protocol import Protocol, paper_max_steps
 from smash.train.fewshot.report import write_report
 from smash.train.fewshot.runner import MODES, Run, evaluate_models, evaluate_runs
+from smash.train.fewshot.soft_prompts import (
+    PPT_LEARNING_RATES,
+    SOFT_PROMPT_MODES,
+    SoftPromptOptions,
+    parse_prompt_folders,
+)
+from smash.train.soft_prompt import PPT_LENGTH
 
 __all__ = ["main"]
 
@@ -87,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.distill_weight,
                 args.distill_temperature,
                 args.distill_tail,
+            ),
+            "soft_prompts": SoftPromptOptions(
+                parse_prompt_folders(args.ppt_prompt), args.prompt_length or PPT_LENGTH
             ),
             "demos": DemoOptions(
                 samples=args.demo_samples,
@@ -274,6 +284,31 @@ def _parser() -> FlagParser:
         default="bucket",
         help="the teacher's mass outside its top-k (smash.kernels.soft_ce; as train-student)",
     )
+    g = p.add_argument_group(
+        "ppt, prompt-tuning (paper 4.1, Vanilla PPT): tune only a soft prompt, the model frozen"
+    )
+    g.add_argument(
+        "--ppt-prompt",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="[GROUP=]DIR",
+        help="ppt: a pre-trained prompt (train-student --config paper-ppt export) for the "
+        "sentence-pair or the sentiment (single-sentence) tasks, e.g. sentence-pair=runs/ppt-"
+        "pairs/student sentiment=runs/ppt-sent/student; DIR alone: for every task",
+    )
+    g.add_argument(
+        "--prompt-length",
+        type=integer(1),
+        help=f"prompt-tuning: soft-prompt vectors, sampled from the vocabulary ({PPT_LENGTH})",
+    )
+    g.add_argument(
+        "--prompt-tuning-lrs",
+        nargs="+",
+        type=number(above=0),
+        help="the learning rates these modes search (default PPT's: "
+        f"{' '.join(f'{lr:g}' for lr in PPT_LEARNING_RATES)}); --lrs is the other modes'",
+    )
     return p
 
 
@@ -300,6 +335,14 @@ def _check_flags(p: FlagParser, args: argparse.Namespace) -> None:
             p.error(f"{flag} applies to --mode lmbff")
     if "lmbff" in args.mode and args.lmbff_prompts is None:
         p.error("--mode lmbff needs --lmbff-prompts DIR (a checkout of princeton-nlp/LM-BFF)")
+    soft = {"--ppt-prompt": (args.ppt_prompt, ("ppt",)),
+            "--prompt-length": (args.prompt_length, ("prompt-tuning",)),
+            "--prompt-tuning-lrs": (args.prompt_tuning_lrs, SOFT_PROMPT_MODES)}  # fmt: skip
+    for flag, (value, modes) in soft.items():
+        if value and not set(args.mode) & set(modes):
+            p.error(f"{flag} applies to --mode {' or '.join(modes)}")
+    if "ppt" in args.mode and not args.ppt_prompt:
+        p.error("--mode ppt needs --ppt-prompt [GROUP=]DIR (train-student --config paper-ppt)")
     if args.demo_filter_rate is not None and not args.demo_filter_model:
         p.error("--demo-filter-rate takes effect with --demo-filter-model only")
     groups = len(args.model) if args.curve == "steps" else sum(map(len, args.model))
@@ -329,6 +372,7 @@ def _check_repeats(p: FlagParser, args: argparse.Namespace) -> None:
         "--k": (args.k, int, str),
         "--seeds": (args.seeds, int, str),
         "--lrs": (args.lrs, float, "{:g}".format),
+        "--prompt-tuning-lrs": (args.prompt_tuning_lrs or [], float, "{:g}".format),
         "--batch-sizes": (args.batch_sizes, int, str),
         "--baseline": (args.baseline, folder, str),
         "--template": (args.template, *per_task),
@@ -363,6 +407,7 @@ def _protocol(args: argparse.Namespace, max_steps: int) -> Protocol:
         max_steps=max_steps,
         eval_every=args.eval_every,
         eval_batch_size=args.eval_batch_size,
+        soft_prompt_learning_rates=tuple(args.prompt_tuning_lrs or PPT_LEARNING_RATES),
     )
 
 
