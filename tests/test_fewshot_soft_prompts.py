@@ -13,6 +13,7 @@ from smash.precompute.kshot.splits import make_kshot
 from smash.precompute.kshot.tasks import get_task
 from smash.train.cli import main as train_student
 from smash.train.fewshot.cli import main
+from smash.train.fewshot.paper import paper_row
 from smash.train.fewshot.protocol import Protocol, run_point
 from smash.train.fewshot.soft_prompts import SoftPromptOptions, soft_prompt_factory
 from smash.train.soft_prompt import load_soft_prompt
@@ -90,6 +91,7 @@ def test_ppt_and_prompt_tuning_end_to_end_beside_the_paper(tiny, kshot, pretrain
     assert keys["prompt-tuning"] == {"length": 3} and keys["ppt"]["prompt"].startswith("sha256:")
     md = (out / "results.md").read_text()
     assert "| paper: Vanilla PPT | 75.3 (2.9) |" in md and "83.6 (0.9)" in md
+    assert paper_row("distilroberta-base", "ppt")[1]["STS-B"] == (55.7, 3.0)
     # rerun: every unit is recorded, nothing trains again
     assert main([*argv, "--resume"]) == 0
 

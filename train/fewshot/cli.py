@@ -41,6 +41,7 @@ from smash.train.fewshot.curves import (
 )
 from smash.train.fewshot.demonstrations import DEMO_MODES, DemoOptions
 from smash.train.fewshot.distill import DistillSettings
+from smash.train.fewshot.ipet.soft_labels import IPET_MODES, IpetOptions
 from smash.train.fewshot.learners import TRUNCATIONS
 from smash.train.fewshot.ledger import LEDGER_NAME, Ledger
 from smash.train.fewshot.paper import PAPER_MODELS, parse_compare
@@ -95,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.distill_temperature,
                 args.distill_tail,
             ),
+            "ipet": IpetOptions(args.ipet_store),
             "soft_prompts": SoftPromptOptions(
                 parse_prompt_folders(args.ppt_prompt), args.prompt_length or PPT_LENGTH
             ),
@@ -153,7 +155,8 @@ def _parser() -> FlagParser:
         "--compare-paper",
         nargs="*",
         metavar="NAME=MODEL",
-        help="put each row beside the paper's published one (Table 2; Table 4 for T5), in "
+        help="put each row beside the paper's published one (Table 2; Tables 3, 5 for iPET; Table 4 "
+        "for T5), in "
         f"Table 2's column order: which paper model each --name stands for ({', '.join(PAPER_MODELS)}), "
         "e.g. before=distilroberta-base after=smash; bare, models named as the paper's",
     )
@@ -309,6 +312,15 @@ def _parser() -> FlagParser:
         help="the learning rates these modes search (default PPT's: "
         f"{' '.join(f'{lr:g}' for lr in PPT_LEARNING_RATES)}); --lrs is the other modes'",
     )
+    g = p.add_argument_group(
+        "ipet, ipet-pt (paper 4.3, Tables 3 and 5): iPET's final classifier on its soft labels"
+    )
+    g.add_argument(
+        "--ipet-store",
+        metavar="DIR",
+        help="run-ipet's OUT/store: the soft labels of every task's unlabelled set (STORE/<task "
+        "folder>/); ipet trains a sequence classifier on them, ipet-pt the prompt",
+    )
     return p
 
 
@@ -341,6 +353,10 @@ def _check_flags(p: FlagParser, args: argparse.Namespace) -> None:
     for flag, (value, modes) in soft.items():
         if value and not set(args.mode) & set(modes):
             p.error(f"{flag} applies to --mode {' or '.join(modes)}")
+    if args.ipet_store is not None and not set(args.mode) & set(IPET_MODES):
+        p.error(f"--ipet-store applies to --mode {' or '.join(IPET_MODES)}")
+    if set(args.mode) & set(IPET_MODES) and args.ipet_store is None:
+        p.error("--mode ipet / ipet-pt needs --ipet-store DIR (run-ipet's OUT/store)")
     if "ppt" in args.mode and not args.ppt_prompt:
         p.error("--mode ppt needs --ppt-prompt [GROUP=]DIR (train-student --config paper-ppt)")
     if args.demo_filter_rate is not None and not args.demo_filter_model:

@@ -215,7 +215,8 @@ def _paper_markdown(columns, rows, compared, k: int) -> str:
         "",
         (
             "Each of our rows, the paper's published row for the same model and method "
-            "(Table 2; Table 4 for T5), and ours − paper. † rows are LM-BFF's, as the paper "
+            "(Table 2; Tables 3 and 5 for iPET; Table 4 for T5), and ours − paper. † rows are "
+            "LM-BFF's, as the paper "
             f"marks them.{other_k}"
         ),
         "",
