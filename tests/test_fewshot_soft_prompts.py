@@ -91,6 +91,7 @@ def test_ppt_and_prompt_tuning_end_to_end_beside_the_paper(tiny, kshot, pretrain
     assert keys["prompt-tuning"] == {"length": 3} and keys["ppt"]["prompt"].startswith("sha256:")
     md = (out / "results.md").read_text()
     assert "| paper: Vanilla PPT | 75.3 (2.9) |" in md and "83.6 (0.9)" in md
+    assert "(ppt and prompt-tuning: lr {0.01, 0.05}, PPT's prompt-tuning rates)" in md
     assert paper_row("distilroberta-base", "ppt")[1]["STS-B"] == (55.7, 3.0)
     # rerun: every unit is recorded, nothing trains again
     assert main([*argv, "--resume"]) == 0
