@@ -164,6 +164,13 @@ def build_parser() -> FlagParser:
     p.add_argument("--filter-rule", default=None, help="sentiment: max-prob | polar | none")
     p.add_argument("--threshold", type=PROBABILITY, default=None, help="sentiment filter threshold")
     p.add_argument(
+        "--labeller",
+        metavar="PATH",
+        help="sentiment: label and filter with this 5-class AutoModelForSequenceClassification "
+        "(e.g. a RoBERTa-base fine-tuned on Yelp-5: 1..5 stars -> terrible..great) instead of "
+        "the teacher's label words (Vanilla PPT's data)",
+    )
+    p.add_argument(
         "--segment-words", type=integer(1), default=None, help="mlm: words per text segment (300)"
     )
     p.add_argument(
@@ -229,6 +236,7 @@ def _task_options(args: argparse.Namespace) -> dict:
         "max_length": args.max_length,
         "filter_rule": args.filter_rule,
         "threshold": args.threshold,
+        "labeller": args.labeller,
         "segment_words": args.segment_words,
         "mask_probability": args.mask_probability,
     }
@@ -388,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         preparer = start_preparer(task, tokenizer, cfg)  # starts while the model loads
         model = load_teacher(args.teacher, family, args.revision, PRECISIONS[args.dtype], device)
+        if getattr(task, "labeller", None) is not None:
+            task.labeller.load(device, PRECISIONS[args.dtype])
         if task.max_length > max_sequence_length(model.config):
             raise ValueError(
                 f"task {task.name!r} makes examples of up to {task.max_length} "

@@ -88,8 +88,10 @@ def producer_config(
         "verbalizer": verbalizer,
         "verbalizer_ids": verbalizer_ids(tokenizer, verbalizer) if verbalizer else [],
         # "teacher": labels are the teacher's argmax over the verbalizer (the task's label
-        # hook, e.g. sentiment); "task": the task's own labels (e.g. sentence-pair's rule)
-        "label_source": "teacher" if verbalizer and hasattr(task, "label") else "task",
+        # hook, e.g. sentiment); "task": the task's own labels (e.g. sentence-pair's rule);
+        # "labeller": a classifier's (sentiment's --labeller), as the task says
+        "label_source": getattr(task, "label_source", None)
+        or ("teacher" if verbalizer and hasattr(task, "label") else "task"),
         "teacher": teacher,
         "k": cfg.k,
         "seed": cfg.seed,

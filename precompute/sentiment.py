@@ -12,6 +12,12 @@ that yields the stored top-k, and ``keep`` decides from them. Rules (``--filter-
 - ``none``: keep every sentence.
 
 A kept example's label is the teacher's argmax over the verbalizer (0 = terrible ... 4 = great).
+
+``labeller`` (``--labeller PATH``, Vanilla PPT's data): a five-class
+``AutoModelForSequenceClassification`` (a RoBERTa-base fine-tuned on Yelp-5) labels and filters
+in the teacher's place: the rules read its log-probabilities of the sentence alone, class ``i``
+standing for label word ``i``, and the label is its argmax (the store's ``label_source`` is
+"labeller"); the teacher's top-k at the mask is stored as always.
 Its ``meta`` locates the sentence: ``doc`` (the document's index in the corpus) and ``i`` (its
 position among all of the document's sentences, ``SentenceSplitter.sentences``).
 """
@@ -19,12 +25,13 @@ position among all of the document's sentences, ``SentenceSplitter.sentences``).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from .corpus import Corpus, CorpusError
+from .labeller import SequenceLabeller
 from .sentences import SentenceSplitter
 from .tasks import META_POSITIONS, TaskExample, register_task
 
@@ -49,6 +56,7 @@ class SentimentTask:
         shuffle_buffer: int = 10_000,
         template: str | None = None,
         max_length: int | None = None,
+        labeller: str | None = None,
     ):
         if filter_rule not in FILTER_RULES:
             raise ValueError(f"unknown filter rule {filter_rule!r}; choose from {FILTER_RULES}")
@@ -58,6 +66,19 @@ class SentimentTask:
         self.shuffle_buffer = shuffle_buffer
         self.template = template or self.template
         self.max_length = max_length or self.max_length
+        self.labeller = SequenceLabeller(labeller, len(self.verbalizer)) if labeller else None
+
+    @property
+    def label_source(self) -> str:
+        """Who labels the examples: the teacher's label words, or the labeller."""
+        return "teacher" if self.labeller is None else "labeller"
+
+    def classify(self, examples: Sequence[TaskExample]) -> np.ndarray | None:
+        """(R, 5) the labeller's log-probabilities of the examples' sentences, which the filter
+        and the label read in place of the teacher's; None without a labeller."""
+        if self.labeller is None:
+            return None
+        return self.labeller.log_probs([ex.sentences[0] for ex in examples])
 
     def examples(self, corpus: Corpus, seed: int) -> Iterator[TaskExample]:
         """Sentences in a seeded, buffer-shuffled order (neighbours are not all one document)."""
@@ -105,9 +126,12 @@ class SentimentTask:
         return verbalizer_logprobs.argmax(axis=1)
 
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             "filter_rule": self.filter_rule,
             "threshold": self.threshold,
             "shuffle_buffer": self.shuffle_buffer,
             "meta_positions": META_POSITIONS,
         }
+        if self.labeller is not None:  # stores made without one keep their record
+            config["labeller"] = self.labeller.record()
+        return config

@@ -4,7 +4,9 @@ The thread driving the teacher sends typed messages through a bounded queue: ``B
 one ``TeacherBatch`` per teacher batch (answer positions in any order, results possibly still
 being copied off the GPU), then ``EndShard``. The writer puts each batch's rows back in example
 order, applies the task's filter and label hooks to the verbalizer log-probabilities, and
-writes the shard (``StoreWriter.write_shard``), so the bytes never depend on batching.
+writes the shard (``StoreWriter.write_shard``), so the bytes never depend on batching. A task
+with a ``classify`` hook (the sentiment task's labeller) gives those hooks its own scores of the
+shard's examples instead.
 """
 
 from __future__ import annotations
@@ -112,6 +114,9 @@ class ShardWriterThread(threading.Thread):
         labels = np.array([ex.label for ex in examples])
         if "verbalizer_logprobs" in out:
             verbalizer = out["verbalizer_logprobs"]
+            classify = getattr(self.task, "classify", None)  # a labeller in the teacher's place
+            if classify is not None and (scores := classify(examples)) is not None:
+                verbalizer = scores
             statistic = getattr(self.task, "statistic", None)
             if statistic is not None and (values := statistic(verbalizer)) is not None:
                 self.summary.statistics.append(np.asarray(values, np.float32))

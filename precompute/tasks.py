@@ -18,6 +18,9 @@ one, write a small module with a class like ``SentencePairTask`` and decorate it
 Optional hooks: ``label(verbalizer_logprobs) -> np.ndarray`` replaces the examples' labels
 by what the teacher says (the sentiment task stores its argmax over the verbalizer), and
 ``group_size`` makes the teacher pass take a multiple of it (3 for the balanced pair labels).
+``classify(examples) -> np.ndarray | None`` gives scores of a shard's examples that the filter
+and label hooks read in place of the teacher's verbalizer log-probabilities (with a
+``label_source`` for the manifest; the sentiment task's ``--labeller``).
 A filter that keeps the examples whose ``statistic(verbalizer_logprobs) -> np.ndarray | None``
 reaches ``threshold`` can expose both, with ``statistic_name``: when it keeps no example, the
 pass fails showing the statistic's spread (``teacher_pass.nothing_kept``).

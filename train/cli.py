@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="stop with an error when a store read receives nothing for this long (default 60)",
     )
+    p.add_argument(
+        "--soft-prompt-length",
+        type=int,
+        metavar="N",
+        help="freeze the student and train only N soft-prompt vectors in front of every input "
+        "(PPT's prompt pre-training: 100, with --objective hard); exported beside the model",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument(
         "--stop-at-step",
@@ -187,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "dynamic_masking",
             "eval_every",
             "stall_timeout",
+            "soft_prompt_length",
         )
     }
     overrides["objective"] = objective_value(args.objective)

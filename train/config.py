@@ -59,6 +59,9 @@ SHIPPED = {
     "paper-ce-attn": "paper_ce_attn.json",
     "paper-distilbert-offline": "paper_distilbert_offline.json",
     "paper-distilbert-online": "paper_distilbert_online.json",
+    # Vanilla PPT's prompt pre-training (Table 2): a 100-vector soft prompt, the student frozen,
+    # the hard objective on a store's labels, at PPT's pre-training lr, batch and steps
+    "paper-ppt": "paper_ppt.json",
 }
 
 # DeepSpeed's top-level config keys (deepspeed/runtime/config.py and the sub-configs it
@@ -184,6 +187,7 @@ class TrainConfig:
     teacher_k: int | None = None  # online mode: top-k of the live teacher (None: vocabulary)
     dynamic_masking: bool = False  # online mode, masked-text stores: new masks every step
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # seconds a store read may receive nothing
+    soft_prompt_length: int = 0  # > 0: freeze the student, train that many prompt vectors (PPT)
 
     @property
     def objectives(self) -> dict[str, float]:
@@ -404,6 +408,14 @@ def _check_ranges(cfg: TrainConfig) -> None:
         f"the teacher (online-teacher mode, 'teacher' / --teacher)",
     )
     need(cfg.teacher_k is None or cfg.teacher is not None, "teacher_k needs a teacher")
+    need(cfg.soft_prompt_length >= 0, "soft_prompt_length must be >= 0 (0: train the student)")
+    reads_states = sorted(n for n in cfg.objectives if objective_class(n).student_needs)
+    need(
+        not (cfg.soft_prompt_length and reads_states),
+        f"objective {' + '.join(map(repr, reads_states))} compares the student's hidden states "
+        f"or attentions, which a soft prompt lengthens: soft_prompt_length takes objectives "
+        f"that read the answers (ce, hard, rule, mlm)",
+    )
     need(
         not cfg.dynamic_masking or cfg.teacher is not None,
         "dynamic_masking needs the online teacher ('teacher' / --teacher): the stored teacher "

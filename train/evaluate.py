@@ -30,7 +30,7 @@ import itertools
 from typing import Any
 
 import torch
-from smash.precompute.shared.adapters import adapter_for
+from smash.precompute.shared.adapters import ModelAdapter, adapter_for
 from smash.store.collate import collate_examples
 from smash.store.locations import DEFAULT_STALL_TIMEOUT
 from smash.store.reader import StoreDataset
@@ -105,9 +105,11 @@ def heldout_kl(
     batch_size: int = 32,
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     sentinel_id: int | None = None,
+    adapter: ModelAdapter | None = None,
 ) -> dict[str, Any]:
     """Mean KL over the mask rows of the first ``max_examples`` examples of ``store``
-    (``sentinel_id``: a T5 model's ``<extra_id_0>``, see ``adapters.adapter_for``).
+    (``sentinel_id``: a T5 model's ``<extra_id_0>``, see ``adapters.adapter_for``;
+    ``adapter``: read ``model`` through this one instead, e.g. with its soft prompt).
 
     The examples are the store's first ``max_examples`` in order, whatever the number of
     ranks: under torch.distributed every rank reads the store whole (not its shard share)
@@ -124,7 +126,7 @@ def heldout_kl(
     examples = itertools.islice(stream, rank, max_examples, world)
     was_training = model.training
     model.eval()
-    adapter = adapter_for(model, sentinel_id)
+    adapter = adapter or adapter_for(model, sentinel_id)
     total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum KL, rows)
     while chunk := list(itertools.islice(examples, batch_size)):
         b = {k: v.to(device) for k, v in collate_examples(chunk, pad_id).items() if k != "keys"}

@@ -23,6 +23,7 @@ from smash.store.schema import TEACHER_FIELDS
 from torch import nn
 
 from .objectives import Objective, StudentOutputs
+from .soft_prompt import SoftPrompt, SoftPromptAdapter
 
 __all__ = ["DistillStudent", "OnlineTeacher", "attention_path"]
 
@@ -42,6 +43,8 @@ class DistillStudent(nn.Module):
         objectives: (objective, weight) pairs; the loss is the weighted sum.
         store_states: per store, per objective, what ``Objective.for_store`` prepared.
         sentinel_id: for T5, the tokenizer's ``<extra_id_0>`` (``templates.answer_token_id``).
+        soft_prompt: train only these vectors in front of every input, ``model`` frozen
+            (``smash.train.soft_prompt``; PPT's prompt pre-training).
     """
 
     def __init__(
@@ -51,12 +54,16 @@ class DistillStudent(nn.Module):
         store_states: Sequence[Sequence[Any]],
         *,
         sentinel_id: int | None = None,
+        soft_prompt: SoftPrompt | None = None,
     ):
         super().__init__()
         if not objectives:
             raise ValueError("DistillStudent needs at least one objective")
         self.model = model
         self.adapter = adapter_for(model, sentinel_id)
+        self.soft_prompt = soft_prompt
+        if soft_prompt is not None:
+            self.adapter = SoftPromptAdapter(self.adapter, soft_prompt)
         self.objectives = list(objectives)
         self.store_states = [list(states) for states in store_states]
         wanted = set().union(*(o.student_needs for o, _ in self.objectives))

@@ -14,7 +14,8 @@ Output folder::
     metrics.jsonl         loss, lr, grad norm, samples/s, tokens/s, held-out KL (rank 0)
     tensorboard/          the same scalars, when TensorBoard is installed
     checkpoints/          DeepSpeed checkpoints with every rank's stream and RNG state
-    <export_name>/        the exported student (HF folder), at the end
+    <export_name>/        the exported student (HF folder), at the end; with soft_prompt_length,
+                          the unchanged student and its soft prompt (soft_prompt.safetensors)
     exports/<export_name>_step<N>/   periodic exports (export_every)
     keys/rank<r>.jsonl    the sample keys of each step (record_keys)
 """
@@ -52,6 +53,7 @@ from .evaluate import heldout_kl
 from .export import check_export_path, export_student
 from .metrics import MetricsLogger
 from .objectives import StoreContext, make_objectives
+from .soft_prompt import SoftPrompt, backbone_record, freeze, save_soft_prompt
 from .student import DistillStudent, OnlineTeacher, attention_path
 from .targets import check_estimators
 
@@ -115,8 +117,15 @@ class Trainer:
         model = auto_model_class(self.family).from_pretrained(
             cfg.student, dtype=torch.float32, **attention_path("attentions" in student_needs)
         )
+        soft_prompt = None
+        if cfg.soft_prompt_length:  # PPT: the student frozen, only the prompt vectors train
+            soft_prompt = SoftPrompt.sampled(
+                freeze(model), cfg.soft_prompt_length, torch.Generator().manual_seed(cfg.seed)
+            )
         self._check_lengths(model)
-        self.module = DistillStudent(model, objectives, store_states, sentinel_id=self.sentinel_id)
+        self.module = DistillStudent(
+            model, objectives, store_states, sentinel_id=self.sentinel_id, soft_prompt=soft_prompt
+        )
         self.ds_config = resolve_deepspeed(
             cfg.deepspeed, max_steps=cfg.max_steps, precision=self.precision
         )
@@ -199,7 +208,8 @@ class Trainer:
 
     def _check_lengths(self, model: torch.nn.Module) -> None:
         """Refuse stores whose examples may not fit the config's or the student's length."""
-        limit = max_sequence_length(model.config)
+        limit = max_sequence_length(model.config) - self.cfg.soft_prompt_length
+        after = f" after its {self.cfg.soft_prompt_length} soft-prompt vectors"
         for spec, manifest in zip(self.cfg.stores, self.manifests):
             length = manifest.producer.get("max_length")
             if length is None:
@@ -213,6 +223,7 @@ class Trainer:
                 raise ValueError(
                     f"{spec.path}: examples up to {length} tokens, but the student "
                     f"{self.cfg.student} takes at most {limit}"
+                    f"{after if self.cfg.soft_prompt_length else ''}"
                 )
 
     def _store_maskings(self) -> list[Masking]:
@@ -392,7 +403,7 @@ class Trainer:
             device=self.device,
             max_examples=self.cfg.eval_examples,
             stall_timeout=self.cfg.stall_timeout,
-            sentinel_id=self.sentinel_id,
+            adapter=self.module.adapter,
         )
         self.logger.log(self.step, eval_kl=result["kl"], eval_rows=result["rows"])
         return result
@@ -421,6 +432,8 @@ class Trainer:
                 "config": self.cfg.to_json(),
             }
             export_student(self.module.model, self.tokenizer, out, info)
+            if self.module.soft_prompt is not None:  # beside the unchanged model
+                save_soft_prompt(self.module.soft_prompt, out, backbone_record(self.cfg.student))
         torch.distributed.barrier()
         return out
 

@@ -45,8 +45,8 @@ from .teacher import KEY_FIELDS, KShotTeacherTask
 __all__ = ["main_kshot"]
 
 # flags of the corpus tasks that a k-shot pass has no use for (refused, not ignored)
-_CORPUS_ONLY = ("corpus", "template", "filter_rule", "threshold", "segment_words",
-                "mask_probability")  # fmt: skip
+_CORPUS_ONLY = ("corpus", "template", "filter_rule", "threshold", "labeller",
+                "segment_words", "mask_probability")  # fmt: skip
 
 
 def main_kshot(args: argparse.Namespace) -> int:

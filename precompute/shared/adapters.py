@@ -46,6 +46,7 @@ __all__ = [
     "Prompts",
     "adapter_for",
     "auto_model_class",
+    "encoder_inputs",
     "family_of",
     "load_teacher",
     "max_sequence_length",
@@ -54,7 +55,15 @@ __all__ = [
 
 
 # A padded batch of prompts: input_ids, attention_mask (B, L); mask_batch, mask_positions (R,).
+# ``inputs_embeds`` (B, L, H) may stand in place of ``input_ids`` (a soft prompt's input).
 Prompts = Mapping[str, torch.Tensor]
+
+
+def encoder_inputs(prompts: Prompts) -> dict[str, torch.Tensor]:
+    """What the encoder reads of ``prompts``: the token ids, or the input embeddings given in
+    their place (``train/soft_prompt.py`` puts a soft prompt in front of the embedded ids)."""
+    key = "inputs_embeds" if "inputs_embeds" in prompts else "input_ids"
+    return {key: prompts[key], "attention_mask": prompts["attention_mask"]}
 
 
 def _check_gives_probabilities(model: nn.Module) -> None:
@@ -132,8 +141,7 @@ class MaskedLMAdapter(ModelAdapter):
         if attentions:
             _check_gives_probabilities(self.model)
         out = self.encoder(
-            input_ids=prompts["input_ids"],
-            attention_mask=prompts["attention_mask"],
+            **encoder_inputs(prompts),
             output_hidden_states=hidden_states,
             output_attentions=attentions,
         )
@@ -171,23 +179,22 @@ class EncoderDecoderAdapter(ModelAdapter):
             raise ValueError(f"{type(model).__name__}: config has no decoder_start_token_id")
 
     def answers(self, prompts: Prompts, *, hidden_states=False, attentions=False) -> Answers:
-        ids, mask, rows = prompts["input_ids"], prompts["attention_mask"], prompts["mask_batch"]
-        if rows.shape[0] != ids.shape[0]:
+        mask, rows = prompts["attention_mask"], prompts["mask_batch"]
+        if rows.shape[0] != mask.shape[0]:
             raise ValueError(
                 f"{type(self.model).__name__}: an encoder-decoder model gives one answer per "
-                f"prompt; got {rows.shape[0]} answer slots in {ids.shape[0]} prompts"
+                f"prompt; got {rows.shape[0]} answer slots in {mask.shape[0]} prompts"
             )
         if attentions:
             _check_gives_probabilities(self.model)
         encoded = self.model.get_encoder()(
-            input_ids=ids,
-            attention_mask=mask,
+            **encoder_inputs(prompts),
             output_hidden_states=hidden_states,
             output_attentions=attentions,
         )
-        start = torch.tensor([self.start_id, self.sentinel_id], device=ids.device)
+        start = torch.tensor([self.start_id, self.sentinel_id], device=mask.device)
         decoded = self.model.decoder(
-            input_ids=start.expand(ids.shape[0], 2),  # (B, 2): <pad> <extra_id_0>
+            input_ids=start.expand(mask.shape[0], 2),  # (B, 2): <pad> <extra_id_0>
             encoder_hidden_states=encoded.last_hidden_state,
             encoder_attention_mask=mask,
             use_cache=False,

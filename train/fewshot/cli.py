@@ -41,12 +41,20 @@ from smash.train.fewshot.curves import (
 )
 from smash.train.fewshot.demonstrations import DEMO_MODES, DemoOptions
 from smash.train.fewshot.distill import DistillSettings
+from smash.train.fewshot.ipet.soft_labels import IPET_MODES, IpetOptions
 from smash.train.fewshot.learners import TRUNCATIONS
 from smash.train.fewshot.ledger import LEDGER_NAME, Ledger
 from smash.train.fewshot.paper import PAPER_MODELS, parse_compare
 from smash.train.fewshot.protocol import Protocol, paper_max_steps
 from smash.train.fewshot.report import write_report
 from smash.train.fewshot.runner import MODES, Run, evaluate_models, evaluate_runs
+from smash.train.fewshot.soft_prompts import (
+    PPT_LEARNING_RATES,
+    SOFT_PROMPT_MODES,
+    SoftPromptOptions,
+    parse_prompt_folders,
+)
+from smash.train.soft_prompt import PPT_LENGTH
 
 __all__ = ["main"]
 
@@ -87,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.distill_weight,
                 args.distill_temperature,
                 args.distill_tail,
+            ),
+            "ipet": IpetOptions(args.ipet_store),
+            "soft_prompts": SoftPromptOptions(
+                parse_prompt_folders(args.ppt_prompt), args.prompt_length or PPT_LENGTH
             ),
             "demos": DemoOptions(
                 samples=args.demo_samples,
@@ -143,7 +155,8 @@ def _parser() -> FlagParser:
         "--compare-paper",
         nargs="*",
         metavar="NAME=MODEL",
-        help="put each row beside the paper's published one (Table 2; Table 4 for T5), in "
+        help="put each row beside the paper's published one (Table 2; Tables 3, 5 for iPET; Table 4 "
+        "for T5), in "
         f"Table 2's column order: which paper model each --name stands for ({', '.join(PAPER_MODELS)}), "
         "e.g. before=distilroberta-base after=smash; bare, models named as the paper's",
     )
@@ -274,6 +287,40 @@ def _parser() -> FlagParser:
         default="bucket",
         help="the teacher's mass outside its top-k (smash.kernels.soft_ce; as train-student)",
     )
+    g = p.add_argument_group(
+        "ppt, prompt-tuning (paper 4.1, Vanilla PPT): tune only a soft prompt, the model frozen"
+    )
+    g.add_argument(
+        "--ppt-prompt",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="[GROUP=]DIR",
+        help="ppt: a pre-trained prompt (train-student --config paper-ppt export) for the "
+        "sentence-pair or the sentiment (single-sentence) tasks, e.g. sentence-pair=runs/ppt-"
+        "pairs/student sentiment=runs/ppt-sent/student; DIR alone: for every task",
+    )
+    g.add_argument(
+        "--prompt-length",
+        type=integer(1),
+        help=f"prompt-tuning: soft-prompt vectors, sampled from the vocabulary ({PPT_LENGTH})",
+    )
+    g.add_argument(
+        "--prompt-tuning-lrs",
+        nargs="+",
+        type=number(above=0),
+        help="the learning rates these modes search (default PPT's: "
+        f"{' '.join(f'{lr:g}' for lr in PPT_LEARNING_RATES)}); --lrs is the other modes'",
+    )
+    g = p.add_argument_group(
+        "ipet, ipet-pt (paper 4.3, Tables 3 and 5): iPET's final classifier on its soft labels"
+    )
+    g.add_argument(
+        "--ipet-store",
+        metavar="DIR",
+        help="run-ipet's OUT/store: the soft labels of every task's unlabelled set (STORE/<task "
+        "folder>/); ipet trains a sequence classifier on them, ipet-pt the prompt",
+    )
     return p
 
 
@@ -300,6 +347,18 @@ def _check_flags(p: FlagParser, args: argparse.Namespace) -> None:
             p.error(f"{flag} applies to --mode lmbff")
     if "lmbff" in args.mode and args.lmbff_prompts is None:
         p.error("--mode lmbff needs --lmbff-prompts DIR (a checkout of princeton-nlp/LM-BFF)")
+    soft = {"--ppt-prompt": (args.ppt_prompt, ("ppt",)),
+            "--prompt-length": (args.prompt_length, ("prompt-tuning",)),
+            "--prompt-tuning-lrs": (args.prompt_tuning_lrs, SOFT_PROMPT_MODES)}  # fmt: skip
+    for flag, (value, modes) in soft.items():
+        if value and not set(args.mode) & set(modes):
+            p.error(f"{flag} applies to --mode {' or '.join(modes)}")
+    if args.ipet_store is not None and not set(args.mode) & set(IPET_MODES):
+        p.error(f"--ipet-store applies to --mode {' or '.join(IPET_MODES)}")
+    if set(args.mode) & set(IPET_MODES) and args.ipet_store is None:
+        p.error("--mode ipet / ipet-pt needs --ipet-store DIR (run-ipet's OUT/store)")
+    if "ppt" in args.mode and not args.ppt_prompt:
+        p.error("--mode ppt needs --ppt-prompt [GROUP=]DIR (train-student --config paper-ppt)")
     if args.demo_filter_rate is not None and not args.demo_filter_model:
         p.error("--demo-filter-rate takes effect with --demo-filter-model only")
     groups = len(args.model) if args.curve == "steps" else sum(map(len, args.model))
@@ -329,6 +388,7 @@ def _check_repeats(p: FlagParser, args: argparse.Namespace) -> None:
         "--k": (args.k, int, str),
         "--seeds": (args.seeds, int, str),
         "--lrs": (args.lrs, float, "{:g}".format),
+        "--prompt-tuning-lrs": (args.prompt_tuning_lrs or [], float, "{:g}".format),
         "--batch-sizes": (args.batch_sizes, int, str),
         "--baseline": (args.baseline, folder, str),
         "--template": (args.template, *per_task),
@@ -363,6 +423,7 @@ def _protocol(args: argparse.Namespace, max_steps: int) -> Protocol:
         max_steps=max_steps,
         eval_every=args.eval_every,
         eval_batch_size=args.eval_batch_size,
+        soft_prompt_learning_rates=tuple(args.prompt_tuning_lrs or PPT_LEARNING_RATES),
     )
 
 

@@ -99,7 +99,11 @@ class SoftLabels:
 
 
 class KShotStore:
-    """One task's k-shot store, read whole (it is small) and indexed by ``KEY_FIELDS``."""
+    """One task's k-shot store, read whole (it is small) and indexed by ``KEY_FIELDS``.
+    ``TASK`` and ``MAKER``: the producer's task of such a store and the command that makes it
+    (iPET's soft-label stores are the same kind, ``ipet/soft_labels.py``)."""
+
+    TASK, MAKER = KSHOT_TASK, "precompute-teacher --task kshot"
 
     def __init__(self, root: str | Path, task: Task):
         root = Path(root)
@@ -108,17 +112,17 @@ class KShotStore:
             if not (root / "manifest.json").is_file():
                 raise ValueError(
                     f"{root}: no k-shot store for {task.name} (expected {path}/manifest.json; "
-                    f"precompute-teacher --task kshot --kshot-tasks {task.name} writes it)"
+                    f"{self.MAKER} writes it)"
                 )
             path = root  # a task's store given directly
         self.path, self.task = path, task
         self.manifest = load_manifest(path)
         producer = self.manifest.producer
         options = producer.get("task_options") or {}
-        if producer.get("task") != KSHOT_TASK or self.manifest.targets["mode"] != "topk":
+        if producer.get("task") != self.TASK or self.manifest.targets["mode"] != "topk":
             raise ValueError(
-                f"{path}: not a k-shot store (task {producer.get('task')!r}, targets "
-                f"{self.manifest.targets['mode']}); precompute-teacher --task kshot writes one"
+                f"{path}: not a store of {self.MAKER} (task {producer.get('task')!r}, targets "
+                f"{self.manifest.targets['mode']})"
             )
         if options.get("kshot_task") != task.name:
             raise ValueError(

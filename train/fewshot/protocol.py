@@ -12,6 +12,7 @@ gives the seed's result.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch
 from smash.precompute.kshot.data import KShotData
 from smash.train.fewshot.learners import Features, FinetuneLearner, PromptLearner, collate
 from smash.train.fewshot.metrics import compute_metric, select_best
+from smash.train.fewshot.soft_prompts import PPT_LEARNING_RATES, SOFT_PROMPT_MODES
 
 __all__ = [
     "PAPER_MAX_STEPS",
@@ -56,10 +58,18 @@ class Protocol:
     eval_every: int = 100
     eval_batch_size: int = 32
     max_grad_norm: float = 1.0
+    # the soft-prompt modes' rates (PPT's prompt tuning: soft_prompts.PPT_LEARNING_RATES)
+    soft_prompt_learning_rates: tuple[float, ...] = PPT_LEARNING_RATES
 
     @property
     def grid(self) -> list[tuple[float, int]]:
         return [(lr, bs) for lr in self.learning_rates for bs in self.batch_sizes]
+
+    def for_mode(self, mode: str) -> Protocol:
+        """The protocol a mode trains with: the soft-prompt modes search their own rates."""
+        if mode in SOFT_PROMPT_MODES:
+            return dataclasses.replace(self, learning_rates=self.soft_prompt_learning_rates)
+        return self
 
 
 @dataclass

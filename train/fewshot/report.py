@@ -19,6 +19,7 @@ from pathlib import Path
 from smash.train.fewshot.metrics import aggregate
 from smash.train.fewshot.paper import PAPER_COLUMNS, PAPER_K, paper_row
 from smash.train.fewshot.protocol import SeedResult
+from smash.train.fewshot.soft_prompts import SOFT_PROMPT_MODES
 
 __all__ = [
     "METRIC_NAMES",
@@ -177,6 +178,15 @@ def _cell(mean: float, std: float, delta: bool) -> str:
     return f"{mean:.1f} ({std:.1f})"
 
 
+def _soft_prompt_rates(config: dict) -> str:
+    """The rates the soft-prompt modes search instead (``Protocol.for_mode``), when they ran."""
+    modes = [m for m in config.get("mode", ()) if m in SOFT_PROMPT_MODES]
+    if not modes:
+        return ""
+    rates = _join(config["soft_prompt_learning_rates"])
+    return f" ({' and '.join(modes)}: lr {{{rates}}}, PPT's prompt-tuning rates)"
+
+
 def _markdown(columns, rows, deltas, config) -> str:
     lines = [
         "# Few-shot results",
@@ -185,7 +195,8 @@ def _markdown(columns, rows, deltas, config) -> str:
             f"K = {config['k']} per label, seeds {config['seeds']}; prompt and fine-tune modes "
             f"pick the best dev checkpoint over lr {{{_join(config['learning_rates'])}}} × batch "
             f"{{{_join(config['batch_sizes'])}}}, up to {config['max_steps']} steps, dev every "
-            f"{config['eval_every']}. Cells: test metric × 100, mean (std) over seeds."
+            f"{config['eval_every']}{_soft_prompt_rates(config)}. Cells: test metric × 100, "
+            "mean (std) over seeds."
         ),
         "",
         "| model | mode | " + " | ".join(columns.values()) + " |",
@@ -215,7 +226,8 @@ def _paper_markdown(columns, rows, compared, k: int) -> str:
         "",
         (
             "Each of our rows, the paper's published row for the same model and method "
-            "(Table 2; Table 4 for T5), and ours − paper. † rows are LM-BFF's, as the paper "
+            "(Table 2; Tables 3 and 5 for iPET; Table 4 for T5), and ours − paper. † rows are "
+            "LM-BFF's, as the paper "
             f"marks them.{other_k}"
         ),
         "",

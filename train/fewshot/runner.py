@@ -32,6 +32,13 @@ from smash.train.fewshot.distill import (
     prepare_distill,
 )
 from smash.train.fewshot.encoder_head import T5EncoderClassifier
+from smash.train.fewshot.ipet.soft_labels import (
+    IPET_MODES,
+    IpetOptions,
+    base_mode,
+    ipet_factory,
+    prepare_ipet,
+)
 from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
 from smash.train.fewshot.ledger import Ledger, UnitKey
 from smash.train.fewshot.protocol import (
@@ -43,12 +50,18 @@ from smash.train.fewshot.protocol import (
     zero_shot,
 )
 from smash.train.fewshot.report import Entry
+from smash.train.fewshot.soft_prompts import (
+    SOFT_PROMPT_MODES,
+    SoftPromptOptions,
+    soft_prompt_factory,
+)
 from smash.train.fewshot.units import Plan, Run, UnitInputs
 from tqdm.auto import tqdm
 
 __all__ = ["MODES", "Run", "evaluate_models", "evaluate_runs"]
 
-MODES = ("prompt", "zero-shot", "finetune", *DISTILL_MODES, *DEMO_MODES)
+MODES = ("prompt", "zero-shot", "finetune", *DISTILL_MODES, *DEMO_MODES, *SOFT_PROMPT_MODES,
+         *IPET_MODES)  # fmt: skip
 
 
 def evaluate_models(
@@ -67,6 +80,8 @@ def evaluate_models(
     distill: DistillSettings | None = None,
     demos: DemoOptions | None = None,
     truncation: str = "sentences",
+    soft_prompts: SoftPromptOptions | None = None,
+    ipet: IpetOptions | None = None,
 ) -> list[Entry]:
     """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
     runs = [Run(name, path, k, protocol) for name, path in models]
@@ -84,6 +99,8 @@ def evaluate_models(
         distill,
         demos,
         truncation=truncation,
+        soft_prompts=soft_prompts,
+        ipet=ipet,
     )
     return [entry for entries in per_run for entry in entries]
 
@@ -103,6 +120,8 @@ def evaluate_runs(
     demos: DemoOptions | None = None,
     on_run_done: Callable[[int, list[Entry]], None] = lambda i, entries: None,
     truncation: str = "sentences",
+    soft_prompts: SoftPromptOptions | None = None,
+    ipet: IpetOptions | None = None,
 ) -> list[list[Entry]]:
     """The entries of each run, in run order; ``on_run_done(i, entries)`` is called as soon
     as run ``i`` is finished (a curve writes its files so far, so a long series shows
@@ -115,13 +134,17 @@ def evaluate_runs(
     (``prompt-demo``, ``lmbff``); ``lmbff`` reads LM-BFF's searched template of every (task, K,
     seed) from ``demos.prompts`` before any training. ``truncation`` is the rule that shortens
     a prompt longer than its max length (``learners.TRUNCATIONS``); the distill modes take only
-    the default, the one their stores were made with.
+    the default, the one their stores were made with. ``soft_prompts`` configures the modes
+    that tune a soft prompt (``ppt``, ``prompt-tuning``; ``soft_prompts.py``), ``ipet`` the final
+    classifiers of iPET (``ipet``, ``ipet-pt``: ``ipet/soft_labels.py``).
     """
     from transformers import AutoTokenizer
 
     templates, verbalizers = templates or {}, verbalizers or {}
     distill = distill or DistillSettings()
     distill.check(modes)
+    ipet = ipet or IpetOptions()
+    ipet.check(modes)
     if truncation != "sentences" and set(modes) & set(DISTILL_MODES):
         raise ValueError(
             f"--truncation {truncation} does not apply to --mode "
@@ -147,7 +170,8 @@ def evaluate_runs(
             template, words = searched.template, searched.words or words
         return template, words, demo_max_length(task, length) if mode in DEMO_MODES else length
 
-    inputs = UnitInputs(data, distill, demos, prompt, truncation)
+    soft_prompts = soft_prompts or SoftPromptOptions()
+    inputs = UnitInputs(data, distill, demos, prompt, truncation, soft_prompts, ipet)
     plan = Plan(runs, modes, tasks, seeds, ledger, inputs)
     embedder = None
     filtered = [(r, m, t) for r in runs for m in modes if m in DEMO_MODES for t in tasks]
@@ -167,9 +191,12 @@ def evaluate_runs(
             _check_length(run.path, length, task, length != (max_length or task.max_length))
             # only lmbff's prompt depends on the seed, and lmbff builds a learner per seed
             shared = None
-            if mode not in DEMO_MODES:
-                shared = _factory(mode, run.path, tokenizer, task, length, template, words,
-                                  truncation)  # fmt: skip
+            if mode in SOFT_PROMPT_MODES:
+                shared = soft_prompt_factory(mode, run.path, tokenizer, task, length, template,
+                                             words, soft_prompts, truncation)  # fmt: skip
+            elif mode not in DEMO_MODES:
+                shared = _factory(base_mode(mode), run.path, tokenizer, task, length, template,
+                                  words, truncation)  # fmt: skip
             for seed in seeds:
                 split = splits[(task.name, run.k, seed)]
                 make = shared
@@ -181,6 +208,10 @@ def evaluate_runs(
                     split, labels = prepare_distill(distill, mode, task, run.k, seed, split, data,
                                                     tokenizer, template, length, stores)  # fmt: skip
                     make = _distill_factory(shared, labels, split, distill)
+                elif mode in IPET_MODES:
+                    split, targets = prepare_ipet(ipet, mode, task, run.k, seed, split, data,
+                                                  tokenizer, template, length, stores)  # fmt: skip
+                    make = ipet_factory(shared, targets, split.train)
                 setups[(run.name, mode, task.name, seed)] = (make, split)
     dev = torch.device(device)
     out = []
@@ -222,7 +253,8 @@ def _unit(make, key: UnitKey, split, run: Run, dev, cache) -> tuple[PointResult,
         r = zero_shot(make(), split, key.seed, run.protocol.eval_batch_size, dev, cache)
         result = PointResult(lr=None, batch_size=None, dev=r.dev, step=0, tests=r.tests)
     else:
-        result = run_point(make, split, key.seed, key.lr, key.batch_size, run.protocol, dev)
+        protocol = run.protocol.for_mode(key.mode)
+        result = run_point(make, split, key.seed, key.lr, key.batch_size, protocol, dev)
     return result, time.perf_counter() - start
 
 

@@ -14,8 +14,10 @@ from smash.precompute.kshot.tasks import Task
 from smash.precompute.provenance import local_model_fingerprint
 from smash.train.fewshot.demonstrations import DEMO_MODES, DemoOptions, demo_spec
 from smash.train.fewshot.distill import DISTILL_MODES, DistillSettings
+from smash.train.fewshot.ipet.soft_labels import IPET_MODES, IpetOptions
 from smash.train.fewshot.ledger import Ledger, UnitKey
 from smash.train.fewshot.protocol import PointResult, Protocol
+from smash.train.fewshot.soft_prompts import SOFT_PROMPT_MODES, SoftPromptOptions
 
 __all__ = ["Plan", "Run", "UnitInputs"]
 
@@ -37,7 +39,7 @@ class UnitInputs:
     """What a unit's result depends on beyond the ledger's shared settings, by content: the
     model's files, the split's files, the prompt (template, label words, max length, sentence
     limits, truncation rule) and the mode's own inputs (the distill stores and augmented split, the
-    demonstration options and template). Part of each unit's key, so a resume after any of them changed,
+    demonstration options and template, the soft prompt, iPET's soft-label store). Part of each unit's key, so a resume after any of them changed,
     even in place, trains new units instead of reusing old ones."""
 
     def __init__(
@@ -47,9 +49,12 @@ class UnitInputs:
         demos: DemoOptions,
         prompt: PromptOf,
         truncation: str = "sentences",
+        soft_prompts: SoftPromptOptions | None = None,
+        ipet: IpetOptions | None = None,
     ) -> None:
         self.data, self.distill, self.demos, self.prompt = data, distill, demos, prompt
-        self.truncation = truncation
+        self.truncation, self.soft_prompts = truncation, soft_prompts or SoftPromptOptions()
+        self.ipet = ipet or IpetOptions()
         self._memo: dict = {}
 
     def __call__(self, run: Run, mode: str, task: Task, seed: int) -> str:
@@ -75,6 +80,10 @@ class UnitInputs:
             inputs["loss"] = [d.weight, d.temperature, d.tail]
             if bt10:
                 inputs["augmented"] = self._folder(kshot_dir(d.augmented_data, task, run.k, seed))
+        if mode in SOFT_PROMPT_MODES:
+            inputs["soft_prompt"] = self.soft_prompts.key(mode, task)
+        if mode in IPET_MODES:
+            inputs["store"] = self._folder(self.ipet.folder(task))
         if mode in DEMO_MODES:
             filter_model = self.demos.filter_model
             inputs["demos"] = [self.demos.samples, self.demos.filter_rate if filter_model else None,
@@ -128,7 +137,7 @@ class Plan:
         inputs = self.inputs(run, mode, task, seed)
         if zero_shot:
             return [UnitKey(*head, inputs=inputs)]
-        return [UnitKey(*head, lr, bs, inputs) for lr, bs in run.protocol.grid]
+        return [UnitKey(*head, lr, bs, inputs) for lr, bs in run.protocol.for_mode(mode).grid]
 
     def _all_keys(self):
         for run in self.runs:

@@ -2,7 +2,8 @@
 as prompt-based fine-tuning (cross-entropy over the label words' logits only, as LM-BFF does).
 
 Where the teacher pass already labelled the examples so (the manifest's ``label_source`` is
-"teacher", e.g. sentiment) those exact labels are used; otherwise the argmax is read from the
+"teacher", e.g. sentiment) those exact labels are used, and so are a labeller's (``label_source``
+"labeller": sentiment's ``--labeller``, whose class ``i`` is label word ``i``); otherwise the argmax is read from the
 stored top-k, which leaves out rows whose top-k holds none of the label words. On a sampled
 store it is the label word drawn most often, an estimate of the teacher's argmax; rows where no label word was drawn are left out.
 """
@@ -62,8 +63,15 @@ class HardLabels(Objective):
                 f"{producer.get('task')!r}) records no verbalizer; give the store a "
                 f"'verbalizer' in the config"
             )
-        stored = not store.spec.verbalizer and producer.get("label_source") == "teacher"
-        return HardStore(verbalizer_of(store, tuple(producer.get("verbalizer", ()))), stored)
+        source = producer.get("label_source")
+        words = verbalizer_of(store, tuple(producer.get("verbalizer", ())))
+        if source == "labeller" and len(words) != len(producer["verbalizer"]):
+            raise ValueError(
+                f"{store.path}: its labels are a classifier's {len(producer['verbalizer'])} "
+                f"classes; give the store as many label words, not {len(words)}"
+            )
+        stored = source == "labeller" or (not store.spec.verbalizer and source == "teacher")
+        return HardStore(words, stored)
 
     def loss(
         self, student: StudentOutputs, batch: Mapping[str, torch.Tensor], state: HardStore
