@@ -298,7 +298,7 @@ def run_teacher_pass(
                     "mask_batch": rows.to(device, non_blocking=True),
                     "mask_positions": positions.to(device, non_blocking=True),
                 }
-                top = _targets(adapter, prompts, cfg, index, batch, verbalizer_ids)
+                top = _targets(adapter, prompts, cfg, index, batch, verbalizer_ids, vocab)
                 out = top.stored_fields()
                 if top.verbalizer_logprobs is not None:
                     out["verbalizer_logprobs"] = top.verbalizer_logprobs
@@ -347,6 +347,7 @@ def _targets(
     shard: int,
     batch: PreparedBatch,
     verbalizer_ids: torch.Tensor | None,
+    vocab: int,
 ) -> TeacherTopK | TeacherSample | TeacherHybrid:
     """The teacher's targets for a batch: top-k; or ``cfg.k`` draws per mask (hybrid: the
     top-k and ``cfg.samples`` draws from outside it) seeded by the example's place in the
@@ -362,8 +363,10 @@ def _targets(
     hidden = adapter.answers(prompts).hidden
     uniforms = torch.from_numpy(uniforms).to(hidden.device)
     if cfg.targets == "hybrid":
-        return hybrid_targets(adapter, hidden, cfg.k, uniforms, verbalizer_ids)
-    return sampled_targets(adapter, hidden, uniforms, verbalizer_ids, cfg.proposal_temperature)
+        return hybrid_targets(adapter, hidden, cfg.k, uniforms, verbalizer_ids, vocab)
+    return sampled_targets(
+        adapter, hidden, uniforms, verbalizer_ids, cfg.proposal_temperature, vocab
+    )
 
 
 def finalize(out: Path, summary: PassSummary) -> None:

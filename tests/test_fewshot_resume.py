@@ -222,7 +222,10 @@ def test_the_truncation_rule_is_part_of_a_prompt_units_key(tiny, kshot, tmp_path
     assert set(rules) == {("finetune", None), ("zero-shot", None), ("zero-shot", "lmbff")}
     err = cli_error(capsys, [*argv, "--resume", "--mode", "distill", "--distill-store",
                              str(tmp_path), "--truncation", "lmbff"])  # fmt: skip
-    assert "--truncation lmbff does not apply to --mode distill / distill-bt10" in err
+    assert "--truncation lmbff does not apply to --mode distill / distill-bt10 / ipet-pt" in err
+    err = cli_error(capsys, [*argv, "--resume", "--mode", "ipet-pt", "--ipet-store",
+                             str(tmp_path), "--truncation", "lmbff"])  # fmt: skip
+    assert "--truncation lmbff does not apply to --mode distill / distill-bt10 / ipet-pt" in err
 
 
 def _ledger_lines(tmp_path) -> tuple[Path, list[str]]:

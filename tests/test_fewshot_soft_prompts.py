@@ -17,6 +17,7 @@ from smash.train.fewshot.paper import paper_row
 from smash.train.fewshot.protocol import Protocol, run_point
 from smash.train.fewshot.soft_prompts import SoftPromptOptions, soft_prompt_factory
 from smash.train.soft_prompt import load_soft_prompt
+from test_fewshot_resume import _count_units
 from train_support import sentiment_store_of, tiny_config, write_config
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
@@ -74,7 +75,9 @@ def test_only_the_prompt_moves_from_where_ppt_left_it(tiny, kshot, pretrained):
         assert torch.equal(value, original[name]), name
 
 
-def test_ppt_and_prompt_tuning_end_to_end_beside_the_paper(tiny, kshot, pretrained, tmp_path):
+def test_ppt_and_prompt_tuning_end_to_end_beside_the_paper(
+    tiny, kshot, pretrained, tmp_path, monkeypatch
+):
     out = tmp_path / "out"
     argv = [*common(tiny, kshot, out), "--tasks", "SST-2", "MRPC", "--mode", "ppt",
             "prompt-tuning", "--ppt-prompt", f"sentiment={pretrained}",
@@ -94,7 +97,9 @@ def test_ppt_and_prompt_tuning_end_to_end_beside_the_paper(tiny, kshot, pretrain
     assert "(ppt and prompt-tuning: lr {0.01, 0.05}, PPT's prompt-tuning rates)" in md
     assert paper_row("distilroberta-base", "ppt")[1]["STS-B"] == (55.7, 3.0)
     # rerun: every unit is recorded, nothing trains again
+    trained = _count_units(monkeypatch)
     assert main([*argv, "--resume"]) == 0
+    assert trained == []
 
 
 def test_refusals(tiny, kshot, pretrained, tmp_path, capsys):

@@ -272,3 +272,24 @@ def test_a_hybrid_store_damaged_or_mislabelled_is_named(hybrid_store, tmp_path):
     problems = verify_store(str(other))
     assert problems and all("holds samples=6, the manifest records samples=7" in why
                             for _, why in problems)  # fmt: skip
+
+
+def test_draws_never_pick_an_output_row_the_tokenizer_lacks():
+    """A model may have more output rows than its tokenizer has ids (T5: 32,128 for 32,100):
+    sampled and hybrid draws stay below the tokenizer's size, even when those rows dominate."""
+    from smash.precompute.shared.sampled_targets import hybrid_targets, sampled_targets
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    torch.manual_seed(0)
+    model = RobertaForMaskedLM(RobertaConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=32))  # fmt: skip
+    with torch.no_grad():
+        model.lm_head.bias[50:] = 20.0  # the rows a 50-token tokenizer lacks: most of the mass
+    adapter = adapter_for(model.eval())
+    hidden = torch.randn(4, 16)
+    u = torch.from_numpy(counter_uniforms(0, np.arange(4), np.zeros(4, dtype=np.int64), 8))
+    drawn = sampled_targets(adapter, hidden, u, vocab=50)
+    hybrid = hybrid_targets(adapter, hidden, 3, u, vocab=50)
+    for ids in (drawn.ids, hybrid.head.ids, hybrid.tail_ids):
+        assert int(ids.max()) < 50
+    assert int(sampled_targets(adapter, hidden, u).ids.max()) >= 50  # without the bound

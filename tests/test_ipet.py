@@ -161,7 +161,9 @@ def test_a_kill_in_generation_two_resumes_without_retraining_generation_one(
     first = {f: f.stat().st_mtime_ns for f in (out / "SST-2" / f"{K}-{SEED}" / "g0").glob("*.npz")}
     trained.clear()
     assert run_ipet(ipet_argv(tiny, kshot, out, "--resume")) == 0
-    assert trained == [1, 1, 2, 2, 2, 2]  # generation 1's models are not trained again
+    # generations counted from 0: the first (0) is not trained again, nor the two finished
+    # models of the second (1); its two others and the third (2) are
+    assert trained == [1, 1, 2, 2, 2, 2]
     assert {f: f.stat().st_mtime_ns for f in first} == first
     ours = {
         e["__key__"]: e["topk_logprobs"].tobytes() for e in StoreDataset(out / "store" / "SST-2")

@@ -20,8 +20,9 @@ store gives the same estimate with its exact head and its tail's draws (``target
 
     KL ~ -sum_{i in K} p_i log s_i - r sum_j (c_j / N) log s_j - H
 
-The entropy is stored in float16 (format 4): a rounding of at most 2**-11 relative per row,
-unbiased, so a few hundred held-out rows average it below 1e-4 nats.
+The entropy is stored in float16 (format 4): a rounding of at most 2**-11 relative per row
+(round to nearest, so its errors mostly cancel over the held-out rows; at worst 2**-11 of the
+mean entropy).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ import torch
 from smash.store.manifest import SAMPLED_ESTIMATOR  # -sum (c_i/N) log s_i; see the module doc
 
 from .adapters import ModelAdapter
-from .teacher_targets import TeacherTopK, topk_targets
+from .teacher_targets import TeacherTopK, topk_of
 
 __all__ = [
     "SAMPLED_ESTIMATOR",
@@ -174,6 +174,16 @@ def sample_tail_rows(
     return ids, counts
 
 
+def _teacher_logp(adapter: ModelAdapter, hidden: torch.Tensor, vocab: int | None) -> torch.Tensor:
+    """(R, V) float32 log-probabilities over the tokenizer's ``vocab`` ids: a model may have
+    more output rows than its tokenizer has tokens (T5: 32,128 for 32,100), ids no store can
+    hold and no draw may pick."""
+    logits = adapter.logits(hidden).float()
+    if vocab is not None and vocab < logits.shape[-1]:
+        logits[:, vocab:] = float("-inf")
+    return torch.log_softmax(logits, dim=-1)
+
+
 @torch.inference_mode()
 def sampled_targets(
     adapter: ModelAdapter,
@@ -181,12 +191,13 @@ def sampled_targets(
     uniforms: torch.Tensor,
     verbalizer_ids: torch.Tensor | None = None,
     proposal_temperature: float = 1.0,
+    vocab: int | None = None,
 ) -> TeacherSample:
-    """N draws per answer row ``hidden`` (R, H) from the teacher's full distribution at
-    ``proposal_temperature``, one per column of ``uniforms`` (R, N) (``counter_uniforms``);
-    with ``verbalizer_ids`` also the label words' log-probabilities, as ``topk_targets``
-    gives them."""
-    logp = torch.log_softmax(adapter.logits(hidden).float(), dim=-1)  # (R, V)
+    """N draws per answer row ``hidden`` (R, H) from the teacher's full distribution (over the
+    first ``vocab`` ids, the tokenizer's) at ``proposal_temperature``, one per column of
+    ``uniforms`` (R, N) (``counter_uniforms``); with ``verbalizer_ids`` also the label words'
+    log-probabilities, as ``topk_targets`` gives them."""
+    logp = _teacher_logp(adapter, hidden, vocab)  # (R, V)
     drawn = sample_rows(logp, uniforms, proposal_temperature)
     verbalizer = logp[:, verbalizer_ids] if verbalizer_ids is not None else None
     return TeacherSample(*drawn, verbalizer)
@@ -220,11 +231,13 @@ def hybrid_targets(
     k: int,
     uniforms: torch.Tensor,
     verbalizer_ids: torch.Tensor | None = None,
+    vocab: int | None = None,
 ) -> TeacherHybrid:
-    """The top-k of the answer rows ``hidden`` (R, H) (``topk_targets``) and N draws per row
-    from outside it, one per column of ``uniforms`` (R, N) (``counter_uniforms``)."""
-    head = topk_targets(adapter, hidden, k, verbalizer_ids)
-    logp = torch.log_softmax(adapter.logits(hidden).float(), dim=-1)  # (R, V), as topk's
+    """The top-k of the answer rows ``hidden`` (R, H) (as ``topk_targets``) and N draws per
+    row from outside it (over the first ``vocab`` ids, the tokenizer's), one per column of
+    ``uniforms`` (R, N) (``counter_uniforms``)."""
+    logp = _teacher_logp(adapter, hidden, vocab)  # (R, V)
+    head = topk_of(logp, k, verbalizer_ids)
     ids, counts = sample_tail_rows(logp, head.ids, uniforms)
     return TeacherHybrid(head, ids, counts, _entropy(logp.double()))
 

@@ -16,7 +16,7 @@ import torch
 
 from .adapters import ModelAdapter, Prompts
 
-__all__ = ["TeacherTopK", "teacher_topk", "topk_targets"]
+__all__ = ["TeacherTopK", "teacher_topk", "topk_of", "topk_targets"]
 
 
 @dataclass
@@ -44,10 +44,14 @@ def topk_targets(
 ) -> TeacherTopK:
     """Top-k of the float32 log-softmax of the answer rows ``hidden`` (R, H); with
     ``verbalizer_ids`` (the task's label words) also their log-probabilities."""
-    logits = adapter.logits(hidden).float()  # (R, V)
-    if k > logits.shape[-1]:
-        raise ValueError(f"k={k} is larger than the vocabulary ({logits.shape[-1]})")
-    logp = torch.log_softmax(logits, dim=-1)
+    logp = torch.log_softmax(adapter.logits(hidden).float(), dim=-1)  # (R, V)
+    return topk_of(logp, k, verbalizer_ids)
+
+
+def topk_of(logp: torch.Tensor, k: int, verbalizer_ids: torch.Tensor | None = None) -> TeacherTopK:
+    """``topk_targets`` of float32 log-probabilities ``logp`` (R, V) already computed."""
+    if k > logp.shape[-1]:
+        raise ValueError(f"k={k} is larger than the vocabulary ({logp.shape[-1]})")
     top = torch.topk(logp, k, dim=-1, sorted=True)
     rest = logp.scatter(1, top.indices, float("-inf"))
     tail_logmass = (

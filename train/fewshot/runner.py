@@ -145,11 +145,12 @@ def evaluate_runs(
     distill.check(modes)
     ipet = ipet or IpetOptions()
     ipet.check(modes)
-    if truncation != "sentences" and set(modes) & set(DISTILL_MODES):
+    stored_prompts = (*DISTILL_MODES, "ipet-pt")
+    if truncation != "sentences" and set(modes) & set(stored_prompts):
         raise ValueError(
             f"--truncation {truncation} does not apply to --mode "
-            f"{' / '.join(DISTILL_MODES)}: their stores hold the teacher's prompts truncated "
-            "as --truncation sentences does; evaluate them in a command of their own"
+            f"{' / '.join(stored_prompts)}: their stores hold prompts truncated as "
+            "--truncation sentences does; evaluate them in a command of their own"
         )
     splits = {
         (t.name, k, s): load_kshot(data, t, k, s)

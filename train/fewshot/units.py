@@ -14,7 +14,7 @@ from smash.precompute.kshot.tasks import Task
 from smash.precompute.provenance import local_model_fingerprint
 from smash.train.fewshot.demonstrations import DEMO_MODES, DemoOptions, demo_spec
 from smash.train.fewshot.distill import DISTILL_MODES, DistillSettings
-from smash.train.fewshot.ipet.soft_labels import IPET_MODES, IpetOptions
+from smash.train.fewshot.ipet.soft_labels import IPET_MODES, IpetOptions, base_mode
 from smash.train.fewshot.ledger import Ledger, UnitKey
 from smash.train.fewshot.protocol import PointResult, Protocol
 from smash.train.fewshot.soft_prompts import SOFT_PROMPT_MODES, SoftPromptOptions
@@ -59,17 +59,18 @@ class UnitInputs:
 
     def __call__(self, run: Run, mode: str, task: Task, seed: int) -> str:
         template, words, length = self.prompt(mode, task, run.k, seed)
+        prompted = base_mode(mode) != "finetune"  # ipet's classifier reads no prompt
         inputs = {
             "model": self._model(run.path),
             "split": self._folder(kshot_dir(self.data, task, run.k, seed)),
-            "template": template if mode != "finetune" else None,
-            "words": list(words) if mode != "finetune" else None,
+            "template": template if prompted else None,
+            "words": list(words) if prompted else None,
             "max_length": length,
             "limits": [task.first_sent_limit, task.other_sent_limit],
         }
         # a prompt's truncation rule; the default adds nothing, so that the units recorded
         # before there was a choice keep their keys
-        if self.truncation != "sentences" and mode != "finetune":
+        if self.truncation != "sentences" and prompted:
             inputs["truncation"] = self.truncation
         if mode in DISTILL_MODES:
             d = self.distill
