@@ -241,3 +241,44 @@ def test_final_classifiers_refuse_what_does_not_fit(tiny, kshot, finished, tmp_p
     assert "made with max_length 64, the student's prompt has 48" in cli_error(capsys, longer)
     empty = [*base, "--mode", "ipet", "--ipet-store", str(tmp_path)]  # the last one counts
     assert "no k-shot store for SST-2" in cli_error(capsys, empty)
+
+
+# PET's pattern parts for RTE and Yelp, as its pvp.py lists them (text_a parts, text_b parts);
+# "A"/"B" stand for the example's first and second sentence, "M" for the mask
+PET_PARTS = {
+    ("RTE", 0): (['"', "B", '" ?'], ["M", ', "', "A", '"']),
+    ("RTE", 1): (["B", "?"], ["M", ",", "A"]),
+    ("RTE", 2): (['"', "B", '" ?'], ["M", '. "', "A", '"']),
+    ("RTE", 3): (["B", "?"], ["M", ".", "A"]),
+    ("MNLI", 0): (['"', "A", '" ?'], ["M", ', "', "B", '"']),
+    ("MNLI", 1): (["A", "?"], ["M", ",", "B"]),
+    ("SST-2", 0): (["It was", "M", ".", "A"], []),
+    ("SST-2", 1): (["A", ". All in all, it was", "M", "."], []),
+    ("SST-2", 2): (["Just", "M", "!"], ["A"]),
+    ("SST-2", 3): (["A"], ["In summary, the movie is", "M", "."]),
+}
+
+
+@pytest.mark.parametrize("task_name, pattern", sorted(PET_PARTS))
+def test_a_pattern_encodes_as_pets_encode_does(tiny_tokenizer, task_name, pattern):
+    """PET tokenizes each part on its own with a space in front (add_prefix_space, RoBERTa's
+    GPT-2 tokenizer), then joins the two segments as a pair: the same ids here."""
+    from smash.precompute.kshot.data import Example
+    from smash.precompute.shared.templates import parse_template
+    from smash.train.fewshot.learners import encode_prompts
+
+    tok = tiny_tokenizer
+    task = get_task(task_name)
+    chosen = patterns_for(task, [pattern])[0]
+    texts = ("the cat sat on the mat.", "a dog ran in the park!")[: len(task.text_columns)]
+    example = chosen.apply(Example(texts=texts, label=0, line=1))
+    fill = {"A": example.texts[0], "B": example.texts[-1], "M": tok.mask_token}
+
+    def part(text: str) -> list[int]:
+        return tok.encode(" " + fill.get(text, text), add_special_tokens=False)
+
+    a, b = ([i for x in seg for i in part(x)] for seg in PET_PARTS[(task_name, pattern)])
+    cls, sep = tok.cls_token_id, tok.sep_token_id  # RoBERTa's <s> a </s> and <s> a </s></s> b </s>
+    pet = [cls, *a, sep] + ([sep, *b, sep] if b else [])
+    [ours] = encode_prompts(parse_template(chosen.template), tok, [example.texts], 256, None)
+    assert ours.input_ids == pet

@@ -1,9 +1,11 @@
 """PET's pattern-verbalizer pairs (PVPs) for the tasks of the SMASH paper's Tables 3 and 5.
 
 Each pattern is written in LM-BFF's template language (``precompute/shared/templates.py``), part
-for part as PET's ``pvp.py`` builds it: PET tokenizes every part on its own (no space added, as
-here), and a pattern of two segments (``text_a`` parts, then ``text_b`` parts) is RoBERTa's pair
-encoding, ``<s> a </s></s> b </s>`` (``*sep**sep*`` between them). Where PET removes a sentence's
+for part as PET's ``pvp.py`` builds it: PET tokenizes every part on its own with a space in
+front (``add_prefix_space=True`` for RoBERTa's GPT-2 tokenizer), so here every part starts with
+one (``_`` before text, ``*+sent_i*`` for a sentence; the mask token absorbs its space), and a
+pattern of two segments (``text_a`` parts, then ``text_b`` parts) is RoBERTa's pair encoding,
+``<s> a </s></s> b </s>`` (``*sep**sep*`` between them). Where PET removes a sentence's
 final punctuation (``remove_final_punc``), the pattern lists its index in ``strip``; label words
 are in the task's label order and get a leading space, as PET's ``get_verbalization_ids`` gives
 RoBERTa's.
@@ -58,16 +60,16 @@ class Pattern:
 
 def _yelp(words: tuple[str, ...], topic: str) -> tuple[Pattern, ...]:
     return (
-        Pattern("*cls*It_was*mask*.*sent_0**sep+*", words),
-        Pattern("*cls**sent_0*._All_in_all,_it_was*mask*.*sep+*", words),
-        Pattern("*cls*Just*mask*!*sep**sep**sent_0**sep+*", words),
-        Pattern(f"*cls**sent_0**sep**sep*In_summary,_the_{topic}_is*mask*.*sep+*", words),
+        Pattern("*cls*_It_was*mask*_.*+sent_0**sep+*", words),
+        Pattern("*cls**+sent_0*_._All_in_all,_it_was*mask*_.*sep+*", words),
+        Pattern("*cls*_Just*mask*_!*sep**sep**+sent_0**sep+*", words),
+        Pattern(f"*cls**+sent_0**sep**sep*_In_summary,_the_{topic}_is*mask*_.*sep+*", words),
     )
 
 
 def _mnli() -> tuple[Pattern, ...]:
-    quoted = '*cls*"*sent_0*"_?*sep**sep**mask*,_"*sent_1*"*sep+*'
-    plain = "*cls**sent_0*?*sep**sep**mask*,*sent_1**sep+*"
+    quoted = '*cls*_"*+sent_0*_"_?*sep**sep**mask*_,_"*+sent_1*_"*sep+*'
+    plain = "*cls**+sent_0*_?*sep**sep**mask*_,*+sent_1**sep+*"
     a, b = ("Wrong", "Right", "Maybe"), ("No", "Yes", "Maybe")  # contradiction, entailment, neutral
     return tuple(Pattern(t, w, (0,)) for w in (a, b) for t in (quoted, plain))
 
@@ -79,10 +81,10 @@ def _question(words: tuple[str, ...], asked: int) -> tuple[Pattern, ...]:
     return tuple(
         Pattern(t, words, (asked,))
         for t in (
-            f'*cls*"*{q}*"_?*sep**sep**mask*,_"*{other}*"*sep+*',
-            f"*cls**{q}*?*sep**sep**mask*,*{other}**sep+*",
-            f'*cls*"*{q}*"_?*sep**sep**mask*._"*{other}*"*sep+*',
-            f"*cls**{q}*?*sep**sep**mask*.*{other}**sep+*",
+            f'*cls*_"*+{q}*_"_?*sep**sep**mask*_,_"*+{other}*_"*sep+*',
+            f"*cls**+{q}*_?*sep**sep**mask*_,*+{other}**sep+*",
+            f'*cls*_"*+{q}*_"_?*sep**sep**mask*_._"*+{other}*_"*sep+*',
+            f"*cls**+{q}*_?*sep**sep**mask*_.*+{other}**sep+*",
         )
     )
 
