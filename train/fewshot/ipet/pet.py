@@ -7,7 +7,9 @@ non-special tokens chosen (80% ``<mask>``, 10% random, 10% kept; ``precompute/sh
 and the whole vocabulary's cross-entropy at those positions. ``alpha`` is PET's 0.9999 (the
 paper's 1e-4 for the MLM term). AdamW (weight decay 0.01 except biases and LayerNorm weights,
 epsilon 1e-8), a linear decay without warmup over ``steps``, clipping at 1.0, batches drawn from
-fresh permutations each epoch. PET's defaults (``cli.py``) and its README's 250 steps.
+fresh permutations each epoch: PET's defaults (``cli.py``) and its README's 250 steps, except
+that the MLM term is always on, as the PET paper trains (PET's command line turns it on with
+``--lm_training``, off by default).
 """
 
 from __future__ import annotations
