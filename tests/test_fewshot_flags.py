@@ -30,6 +30,7 @@ def _refused(capsys, tmp_path, flags) -> str:
         ("--max-steps", ["0", "-1"], INTEGER),
         ("--eval-every", ["0", "-2"], INTEGER),
         ("--eval-batch-size", ["0", "-4"], INTEGER),
+        ("--eval-token-budget", ["0", "-1", "1e9", "inf"], INTEGER),
         ("--max-length", ["0", "-1"], INTEGER),
         ("--demo-samples", ["0", "-1"], INTEGER),
         ("--demo-filter-rate", ["0", "-0.5", "1.5", "nan", "inf"], "a finite number > 0 and <= 1"),
@@ -45,6 +46,15 @@ def test_numeric_flags_out_of_range_are_refused_before_anything_runs(
         assert line == (
             f"evaluate-fewshot: error: argument {flag}: expected {allowed}, got {value!r}"
         )
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_is_refused_off_cuda(capsys, tmp_path, precision):
+    line = _refused(capsys, tmp_path, ["--precision", precision, "--device", "cpu"])
+    assert line == (
+        f"evaluate-fewshot: error: --precision {precision} needs a CUDA --device (autocast runs "
+        "on CUDA only), got --device cpu"
+    )
 
 
 @pytest.mark.parametrize(

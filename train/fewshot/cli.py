@@ -44,7 +44,7 @@ from smash.train.fewshot.distill import DistillSettings
 from smash.train.fewshot.learners import TRUNCATIONS
 from smash.train.fewshot.ledger import LEDGER_NAME, Ledger
 from smash.train.fewshot.paper import PAPER_MODELS, parse_compare
-from smash.train.fewshot.protocol import Protocol, paper_max_steps
+from smash.train.fewshot.protocol import PRECISIONS, Protocol, paper_max_steps
 from smash.train.fewshot.report import write_report
 from smash.train.fewshot.runner import MODES, Run, evaluate_models, evaluate_runs
 
@@ -80,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_length": args.max_length,
             "truncation": args.truncation,
             "device": args.device,
+            "test_every_point": args.test_every_point,
             "distill": DistillSettings(
                 args.distill_store,
                 args.augmented_data,
@@ -190,7 +191,32 @@ def _parser() -> FlagParser:
         help="training steps for one K (repeatable), over --max-steps and the paper's",
     )
     p.add_argument("--eval-every", type=integer(1), default=100)
-    p.add_argument("--eval-batch-size", type=integer(1), default=32)
+    p.add_argument(
+        "--eval-batch-size",
+        type=integer(1),
+        default=256,
+        help="dev and test passes: at most this many examples per batch (256)",
+    )
+    p.add_argument(
+        "--eval-token-budget",
+        type=integer(1),
+        default=16384,
+        help="dev and test passes: length-sorted batches of at most this many padded tokens "
+        "(16384; an example of S demonstration sets counts S times)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default="fp32",
+        help="dev and test passes under autocast to bf16 or fp16 (CUDA only); training and "
+        "the default stay fp32",
+    )
+    p.add_argument(
+        "--test-every-point",
+        action="store_true",
+        help="test every grid point's best checkpoint, as LM-BFF does (the ledger then holds "
+        "every point's test metrics); by default only the point each seed chooses is tested",
+    )
     p.add_argument("--max-length", type=integer(1), help="override every task's max length")
     p.add_argument(
         "--truncation",
@@ -300,6 +326,9 @@ def _check_flags(p: FlagParser, args: argparse.Namespace) -> None:
             p.error(f"{flag} applies to --mode lmbff")
     if "lmbff" in args.mode and args.lmbff_prompts is None:
         p.error("--mode lmbff needs --lmbff-prompts DIR (a checkout of princeton-nlp/LM-BFF)")
+    if args.precision != "fp32" and not args.device.startswith("cuda"):
+        p.error(f"--precision {args.precision} needs a CUDA --device (autocast runs on CUDA "
+                f"only), got --device {args.device}")  # fmt: skip
     if args.demo_filter_rate is not None and not args.demo_filter_model:
         p.error("--demo-filter-rate takes effect with --demo-filter-model only")
     groups = len(args.model) if args.curve == "steps" else sum(map(len, args.model))
@@ -363,6 +392,8 @@ def _protocol(args: argparse.Namespace, max_steps: int) -> Protocol:
         max_steps=max_steps,
         eval_every=args.eval_every,
         eval_batch_size=args.eval_batch_size,
+        eval_token_budget=args.eval_token_budget,
+        precision=args.precision,
     )
 
 
@@ -447,7 +478,14 @@ def _check_demo_paths(args: argparse.Namespace) -> None:
 # What every unit of OUT/points.jsonl shares: how units are trained and evaluated. What a unit
 # reads (model, split, prompt, stores...) is part of its key instead, by content, so a --resume
 # may add models, modes, tasks, seeds and grid values, and a changed input makes new units.
-_SETTINGS = ("eval_every", "eval_batch_size", "max_grad_norm", "device")
+_SETTINGS = (
+    "eval_every",
+    "eval_batch_size",
+    "eval_token_budget",
+    "precision",
+    "max_grad_norm",
+    "device",
+)
 
 
 def _ledger(args: argparse.Namespace, config: dict) -> Ledger:

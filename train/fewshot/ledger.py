@@ -10,13 +10,23 @@ models, tasks, seeds or grid values only add units. The file is written from the
 finished unit on, so an evaluation that stopped on bad input leaves nothing to resume. Each line is written whole and flushed to
 disk before the next unit starts; a line cut short by a kill is dropped when the file is read
 again, and nothing else is ever rewritten.
+
+Two kinds of line follow the settings:
+
+- ``{"unit": KEY, "result": {lr, batch_size, dev, step, tests}, "seconds": S}``: a finished
+  unit. A grid point's ``tests`` are its best-dev checkpoint's test metrics when it was tested
+  at once (``--test-every-point``, a zero-shot unit, or a ledger of an earlier version, which
+  tested every point), else ``{}``: only the grid point a seed chooses is tested, once every
+  point of the seed is recorded.
+- ``{"tested": KEY, "tests": {...}, "seconds": S}``: the test metrics of the unit ``KEY``
+  recorded above it (the seed's chosen point). Read back, they are that unit's ``tests``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from types import UnionType
 from typing import Union, get_args, get_origin, get_type_hints
@@ -64,14 +74,19 @@ class Ledger:
         return self._done.get(key.as_json())
 
     def record(self, key: UnitKey, result: PointResult, seconds: float) -> None:
+        self._done[key.as_json()] = result
+        self._append({"unit": asdict(key), "result": asdict(result), "seconds": seconds})
+
+    def record_tests(self, key: UnitKey, tests: dict[str, float], seconds: float) -> None:
+        """The test metrics of a recorded unit, tested after it was recorded."""
+        self._done[key.as_json()] = replace(self._done[key.as_json()], tests=tests)
+        self._append({"tested": asdict(key), "tests": tests, "seconds": seconds})
+
+    def _append(self, line: dict) -> None:
         if not self._started:  # the file is written from its first unit on
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps({"settings": self.settings}, sort_keys=True) + "\n")
             self._started = True
-        self._done[key.as_json()] = result
-        self._append({"unit": asdict(key), "result": asdict(result), "seconds": seconds})
-
-    def _append(self, line: dict) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(line, sort_keys=True) + "\n")
             f.flush()
@@ -88,8 +103,9 @@ class Ledger:
         if len(numbered) < 2:
             return False
         if not resume:
+            units = sum(b'"tested":' not in line for _, line in numbered[1:])
             raise ValueError(
-                f"{self.path} holds {len(numbered) - 1} finished units of an earlier "
+                f"{self.path} holds {units} finished units of an earlier "
                 "evaluation: pass --resume to continue it, or another --out"
             )
         for i, (number, line) in enumerate(numbered):
@@ -97,6 +113,8 @@ class Ledger:
                 item = json.loads(line)
                 if i == 0:
                     self._check_settings(_member(item, "settings"))
+                elif isinstance(item, dict) and "tested" in item:
+                    self._read_tested(item)
                 else:
                     key = _typed(UnitKey, _member(item, "unit"), "unit")
                     self._done[key.as_json()] = _typed(
@@ -111,6 +129,15 @@ class Ledger:
             with self.path.open("r+b") as f:
                 f.truncate(len(raw) - len(cut))
         return True
+
+    def _read_tested(self, item: dict) -> None:
+        key = _typed(UnitKey, _member(item, "tested"), "tested").as_json()
+        tests = item.get("tests")
+        if not _conforms(tests, dict[str, float]) or not tests:
+            raise _Malformed(f"tests is {_show(tests)}, expected an object of numbers")
+        if key not in self._done:
+            raise _Malformed("tested names a unit that no line above records")
+        self._done[key] = replace(self._done[key], tests=tests)
 
     def _check_settings(self, found: dict) -> None:
         differ = sorted(k for k in {*found, *self.settings} if found.get(k) != self.settings.get(k))

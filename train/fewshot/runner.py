@@ -7,16 +7,15 @@ some K). Every split of every run is read and checked before any training starts
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
 from smash.precompute.kshot.data import load_kshot
 from smash.precompute.kshot.splits import SEEDS
 from smash.precompute.kshot.tasks import Task
 from smash.precompute.shared.adapters import auto_model_class, family_of, max_sequence_length
 from smash.train.fewshot.auto_prompts import AutoPrompt, check_label_words, read_auto_prompt
+from smash.train.fewshot.checkpoints import CHECKPOINTS_NAME, BestCheckpoints
 from smash.train.fewshot.demonstrations import (
     DEMO_MODES,
     DemoOptions,
@@ -31,20 +30,14 @@ from smash.train.fewshot.distill import (
     DistillSettings,
     prepare_distill,
 )
+from smash.train.fewshot.driver import Driver
 from smash.train.fewshot.encoder_head import T5EncoderClassifier
+from smash.train.fewshot.jobs import UnitWork
 from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
 from smash.train.fewshot.ledger import Ledger, UnitKey
-from smash.train.fewshot.protocol import (
-    PointResult,
-    Protocol,
-    SeedResult,
-    choose,
-    run_point,
-    zero_shot,
-)
+from smash.train.fewshot.protocol import Protocol
 from smash.train.fewshot.report import Entry
 from smash.train.fewshot.units import Plan, Run, UnitInputs
-from tqdm.auto import tqdm
 
 __all__ = ["MODES", "Run", "evaluate_models", "evaluate_runs"]
 
@@ -67,6 +60,7 @@ def evaluate_models(
     distill: DistillSettings | None = None,
     demos: DemoOptions | None = None,
     truncation: str = "sentences",
+    test_every_point: bool = False,
 ) -> list[Entry]:
     """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
     runs = [Run(name, path, k, protocol) for name, path in models]
@@ -84,6 +78,7 @@ def evaluate_models(
         distill,
         demos,
         truncation=truncation,
+        test_every_point=test_every_point,
     )
     return [entry for entries in per_run for entry in entries]
 
@@ -103,6 +98,7 @@ def evaluate_runs(
     demos: DemoOptions | None = None,
     on_run_done: Callable[[int, list[Entry]], None] = lambda i, entries: None,
     truncation: str = "sentences",
+    test_every_point: bool = False,
 ) -> list[list[Entry]]:
     """The entries of each run, in run order; ``on_run_done(i, entries)`` is called as soon
     as run ``i`` is finished (a curve writes its files so far, so a long series shows
@@ -115,7 +111,8 @@ def evaluate_runs(
     (``prompt-demo``, ``lmbff``); ``lmbff`` reads LM-BFF's searched template of every (task, K,
     seed) from ``demos.prompts`` before any training. ``truncation`` is the rule that shortens
     a prompt longer than its max length (``learners.TRUNCATIONS``); the distill modes take only
-    the default, the one their stores were made with.
+    the default, the one their stores were made with. Only each seed's chosen grid point is
+    tested, unless ``test_every_point`` (``driver.py``).
     """
     from transformers import AutoTokenizer
 
@@ -182,54 +179,14 @@ def evaluate_runs(
                                                     tokenizer, template, length, stores)  # fmt: skip
                     make = _distill_factory(shared, labels, split, distill)
                 setups[(run.name, mode, task.name, seed)] = (make, split)
-    dev = torch.device(device)
-    out = []
-    # the bar closes on an error too, so that the error message gets a line of its own
-    with tqdm(
-        total=plan.total, initial=plan.done, desc="few-shot", unit="unit", dynamic_ncols=True
-    ) as bar:
-        for i, run in enumerate(runs):
-            entries = []
-            for mode in modes:
-                for task in tasks:
-                    results = []
-                    cache: dict = {}  # zero-shot test metrics, shared by the seeds
-                    for seed in seeds:
-                        points = []
-                        for key in plan.keys(run, mode, task, seed):
-                            found = plan.get(key)
-                            if found is None:
-                                bar.set_postfix_str(plan.postfix(key), refresh=False)
-                                make, split = setups[(run.name, mode, task.name, seed)]
-                                found, seconds = _unit(make, key, split, run, dev, cache)
-                                plan.record(key, found, seconds)
-                                bar.update(1)
-                            points.append(found)
-                        results.append(_seed_result(mode, seed, points))
-                    entries.append(
-                        Entry(run.name, str(run.path), mode, task.name, task.metric, results)
-                    )
-            on_run_done(i, entries)
-            out.append(entries)
-    return out
+    checkpoints = BestCheckpoints(None if ledger is None else ledger.path.parent / CHECKPOINTS_NAME)
 
+    def work_of(key: UnitKey) -> UnitWork:
+        make, split = setups[(key.model, key.mode, key.task, key.seed)]
+        return UnitWork(key, make, split)
 
-def _unit(make, key: UnitKey, split, run: Run, dev, cache) -> tuple[PointResult, float]:
-    """Train (or zero-shot) one unit; returns its result and the seconds it took."""
-    start = time.perf_counter()
-    if key.mode == "zero-shot":
-        torch.manual_seed(key.seed)
-        r = zero_shot(make(), split, key.seed, run.protocol.eval_batch_size, dev, cache)
-        result = PointResult(lr=None, batch_size=None, dev=r.dev, step=0, tests=r.tests)
-    else:
-        result = run_point(make, split, key.seed, key.lr, key.batch_size, run.protocol, dev)
-    return result, time.perf_counter() - start
-
-
-def _seed_result(mode: str, seed: int, points: list[PointResult]) -> SeedResult:
-    if mode == "zero-shot":
-        return SeedResult(seed=seed, dev=points[0].dev, tests=dict(points[0].tests))
-    return choose(seed, points)
+    driver = Driver(plan, work_of, checkpoints, device, test_every_point)
+    return driver.run(on_run_done)
 
 
 def _distill_factory(make, labels, split, settings) -> Callable[[], DistillLearner]:

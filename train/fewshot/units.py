@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from smash.precompute.kshot.data import kshot_dir
@@ -15,6 +15,7 @@ from smash.precompute.provenance import local_model_fingerprint
 from smash.train.fewshot.demonstrations import DEMO_MODES, DemoOptions, demo_spec
 from smash.train.fewshot.distill import DISTILL_MODES, DistillSettings
 from smash.train.fewshot.ledger import Ledger, UnitKey
+from smash.train.fewshot.metrics import select_best
 from smash.train.fewshot.protocol import PointResult, Protocol
 
 __all__ = ["Plan", "Run", "UnitInputs"]
@@ -102,7 +103,8 @@ class UnitInputs:
 
 class Plan:
     """Every unit of an evaluation, which of them are finished, and progress counts for the
-    bar (units are grid points; a (task, seed) is done when all of its units are)."""
+    bar (units are grid points; a (task, seed) is done when all of its units are recorded and
+    the grid point it chooses is tested)."""
 
     def __init__(self, runs, modes, tasks, seeds, ledger: Ledger | None, inputs) -> None:
         self.runs, self.modes, self.tasks, self.seeds = runs, modes, tasks, seeds
@@ -110,11 +112,21 @@ class Plan:
         self._keys: dict[tuple, list[UnitKey]] = {}
         self._new: dict[UnitKey, PointResult] = {}
         self.total = self.done = 0
-        for key in self._all_keys():
-            self.total += 1
-            self.done += self.get(key) is not None
+        for seed_group in self.seed_groups():
+            for key in self.keys(*seed_group):
+                self.total += 1
+                self.done += self.get(key) is not None
+
+    def seed_groups(self) -> Iterator[tuple[Run, str, Task, int]]:
+        """Every (run, mode, task, seed), in evaluation order."""
+        for run in self.runs:
+            for mode in self.modes:
+                for task in self.tasks:
+                    for seed in self.seeds:
+                        yield run, mode, task, seed
 
     def keys(self, run: Run, mode: str, task: Task, seed: int) -> list[UnitKey]:
+        """The units of one seed, in grid order (the order that breaks ties)."""
         memo = (run.name, run.path, run.k, run.protocol, mode, task.name, seed)
         if memo not in self._keys:
             self._keys[memo] = self._make_keys(run, mode, task, seed)
@@ -130,13 +142,6 @@ class Plan:
             return [UnitKey(*head, inputs=inputs)]
         return [UnitKey(*head, lr, bs, inputs) for lr, bs in run.protocol.grid]
 
-    def _all_keys(self):
-        for run in self.runs:
-            for mode in self.modes:
-                for task in self.tasks:
-                    for seed in self.seeds:
-                        yield from self.keys(run, mode, task, seed)
-
     def get(self, key: UnitKey) -> PointResult | None:
         if key in self._new:
             return self._new[key]
@@ -147,21 +152,34 @@ class Plan:
         if self.ledger is not None:
             self.ledger.record(key, result, seconds)
 
+    def record_tests(self, key: UnitKey, tests: dict[str, float], seconds: float) -> None:
+        """The test metrics of a recorded unit (its seed's chosen point)."""
+        self._new[key] = replace(self.get(key), tests=tests)
+        if self.ledger is not None:
+            self.ledger.record_tests(key, tests, seconds)
+
+    def chosen(self, run: Run, mode: str, task: Task, seed: int) -> UnitKey | None:
+        """The unit whose test metrics are the seed's (best dev, earliest on ties), once
+        every unit of the seed is recorded; else None."""
+        keys = self.keys(run, mode, task, seed)
+        points = [self.get(key) for key in keys]
+        if any(p is None for p in points):
+            return None
+        return keys[select_best([p.dev for p in points])]
+
+    def seed_finished(self, run: Run, mode: str, task: Task, seed: int) -> bool:
+        chosen = self.chosen(run, mode, task, seed)
+        return chosen is not None and bool(self.get(chosen).tests)
+
     def finished(self, run: Run, mode: str, task: Task) -> bool:
-        return all(
-            self.get(key) is not None for s in self.seeds for key in self.keys(run, mode, task, s)
-        )
+        return all(self.seed_finished(run, mode, task, s) for s in self.seeds)
 
     def postfix(self, key: UnitKey) -> str:
         """Where the evaluation is: the unit now trained, and the (model, mode, task)
         groups and seeds already finished."""
         groups = [(r, m, t) for r in self.runs for m in self.modes for t in self.tasks]
         tasks_done = sum(self.finished(*g) for g in groups)
-        seeds_done = sum(
-            all(self.get(k) is not None for k in self.keys(*g, s))
-            for g in groups
-            for s in self.seeds
-        )
+        seeds_done = sum(self.seed_finished(*g) for g in self.seed_groups())
         grid = "" if key.lr is None else f" lr {key.lr:g} bs {key.batch_size}"
         return (
             f"{key.model} {key.mode} {key.task} seed {key.seed}{grid} | done: tasks "

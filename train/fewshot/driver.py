@@ -1,0 +1,166 @@
+"""Drives an evaluation: which jobs run, what is recorded as each ends, which test passes
+follow, and each run's entries once it is complete.
+
+Jobs (``jobs.py``) go to an executor, which runs them and hands back what they return; the
+driver alone records (so one process writes the ledger, whatever runs the jobs). As a unit is
+recorded, its checkpoint is kept if it is its seed's best so far (``checkpoints.py``); once
+every unit of a seed is recorded, the seed's chosen grid point, unless already tested, gets a
+test pass. The executor here, :class:`LocalExecutor`, runs one job at a time in this process,
+a test pass before the jobs still waiting.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+
+from smash.train.fewshot.checkpoints import BestCheckpoints
+from smash.train.fewshot.jobs import CheckpointTest, Job, UnitOutcome, UnitWork
+from smash.train.fewshot.ledger import UnitKey
+from smash.train.fewshot.metrics import select_best
+from smash.train.fewshot.protocol import PointResult, SeedResult, choose
+from smash.train.fewshot.report import Entry
+from smash.train.fewshot.units import Plan, Run
+from tqdm.auto import tqdm
+
+__all__ = ["Driver", "LocalExecutor"]
+
+AnyJob = Job | CheckpointTest
+
+
+class LocalExecutor:
+    """Runs jobs one at a time in this process, in the order submitted; a test pass goes
+    before the jobs still waiting, so that its checkpoint is let go early."""
+
+    def __init__(self) -> None:
+        self._queue: deque[AnyJob] = deque()
+        self._caches: dict[tuple, dict] = {}  # zero-shot test metrics per (model, mode, task)
+
+    def submit(self, job: AnyJob) -> None:
+        if isinstance(job, CheckpointTest):
+            self._queue.appendleft(job)
+        else:
+            self._queue.append(job)
+
+    def completed(self, started: Callable[[AnyJob], None]) -> Iterator[tuple[AnyJob, object]]:
+        """Each job with what it returned, as it ends; ``started(job)`` as it starts."""
+        while self._queue:
+            job = self._queue.popleft()
+            started(job)
+            if isinstance(job, Job):
+                yield job, job(self._caches.setdefault(job.group, {}))
+            else:
+                yield job, job()
+
+
+class Driver:
+    """One evaluation: ``plan``'s units, ``work_of(key)`` what each reads."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        work_of: Callable[[UnitKey], UnitWork],
+        checkpoints: BestCheckpoints,
+        device: str,
+        test_every_point: bool = False,
+        executor: LocalExecutor | None = None,
+    ) -> None:
+        self.plan, self.work_of, self.checkpoints = plan, work_of, checkpoints
+        self.device, self.test_every_point = device, test_every_point
+        self.executor = executor or LocalExecutor()
+        self._seed_of = {key: group for group in plan.seed_groups() for key in plan.keys(*group)}
+        self._testing: set[UnitKey] = set()  # the chosen units whose test is submitted
+
+    def run(self, on_run_done: Callable[[int, list[Entry]], None]) -> list[list[Entry]]:
+        """Every run's entries, in run order; ``on_run_done(i, entries)`` as soon as run ``i``
+        (and every run before it) is complete."""
+        plan, out = self.plan, []
+        for group in plan.seed_groups():
+            for key in plan.keys(*group):
+                if plan.get(key) is None:
+                    self.executor.submit(Job((self.work_of(key),), group[0].protocol,
+                                             self.device, self.test_every_point))  # fmt: skip
+        for group in plan.seed_groups():  # seeds recorded whole by a run killed before its test
+            self._test_if_ready(group)
+        # the bar closes on an error too, so that the error message gets a line of its own
+        with tqdm(total=plan.total, initial=plan.done, desc="few-shot", unit="unit",
+                  dynamic_ncols=True) as bar:  # fmt: skip
+
+            def started(job: AnyJob) -> None:
+                key = job.unit.key if isinstance(job, CheckpointTest) else job.keys[0]
+                what = "test pass: " if isinstance(job, CheckpointTest) else ""
+                bar.set_postfix_str(what + plan.postfix(key), refresh=False)
+
+            self._finish_runs(out, on_run_done)
+            for job, output in self.executor.completed(started):
+                if isinstance(job, CheckpointTest):
+                    tests, seconds = output
+                    key = job.unit.key
+                    plan.record_tests(key, tests, seconds)
+                    self.checkpoints.drop(plan.keys(*self._seed_of[key]))
+                else:
+                    for outcome in output:
+                        self._record(outcome)
+                        bar.update(1)
+                    for key in job.keys:
+                        self._test_if_ready(self._seed_of[key])
+                self._finish_runs(out, on_run_done)
+        return out
+
+    def _record(self, outcome: UnitOutcome) -> None:
+        """Record a trained unit; keep its checkpoint (before its line is written) when it is
+        its seed's best so far, and then drop the seed's others."""
+        key, keys = outcome.key, self.plan.keys(*self._seed_of[outcome.key])
+        best = outcome.state is not None and self._best_so_far(keys, key, outcome.result)
+        if best:
+            self.checkpoints.keep(key, outcome.state)
+        self.plan.record(key, outcome.result, outcome.seconds)
+        if best:
+            self.checkpoints.drop(k for k in keys if k != key)
+
+    def _best_so_far(self, keys: list[UnitKey], key: UnitKey, result: PointResult) -> bool:
+        """Whether ``key`` (with ``result``) wins among its seed's recorded units (grid order
+        breaks ties, as ``choose`` does, whatever order they finish in)."""
+        found = [(k, result if k == key else self.plan.get(k)) for k in keys]
+        recorded = [(k, r) for k, r in found if r is not None]
+        return recorded[select_best([r.dev for _, r in recorded])][0] == key
+
+    def _test_if_ready(self, group: tuple) -> None:
+        """Submit the test pass of the seed's chosen unit once every unit is recorded."""
+        chosen = self.plan.chosen(*group)
+        if chosen is None or self.plan.get(chosen).tests or chosen in self._testing:
+            return
+        self._testing.add(chosen)
+        state = self.checkpoints.load(chosen)
+        if state is None:
+            tqdm.write(
+                f"evaluate-fewshot: note: the checkpoint of {self.plan.postfix(chosen)} is "
+                "gone (checkpoints/ emptied?); training it again for its test pass"
+            )
+        self.executor.submit(
+            CheckpointTest(self.work_of(chosen), state, group[0].protocol, self.device)
+        )
+
+    def _finish_runs(self, out: list, on_run_done: Callable[[int, list[Entry]], None]) -> None:
+        """Hand over the next runs in order whose every seed is finished."""
+        plan = self.plan
+        while len(out) < len(plan.runs):
+            run = plan.runs[len(out)]
+            if not all(plan.finished(run, m, t) for m in plan.modes for t in plan.tasks):
+                return
+            entries = [self._entry(run, mode, task) for mode in plan.modes for task in plan.tasks]
+            on_run_done(len(out), entries)
+            out.append(entries)
+
+    def _entry(self, run: Run, mode: str, task) -> Entry:
+        results = []
+        for seed in self.plan.seeds:
+            points = [self.plan.get(key) for key in self.plan.keys(run, mode, task, seed)]
+            results.append(_seed_result(mode, seed, points))
+        return Entry(run.name, str(run.path), mode, task.name, task.metric, results)
+
+
+def _seed_result(mode: str, seed: int, points: Sequence[PointResult]) -> SeedResult:
+    if mode == "zero-shot":
+        return SeedResult(seed=seed, dev=points[0].dev, tests=dict(points[0].tests))
+    return choose(seed, points)
