@@ -88,7 +88,7 @@ def every_point(tiny, kshot, tmp_path_factory) -> Path:
 
 
 def test_only_the_chosen_points_are_tested_and_the_report_is_the_same(
-    tiny, kshot, tmp_path, monkeypatch, every_point
+    tiny, kshot, tmp_path, monkeypatch, capsys, every_point
 ):
     """The same results.json entries and table, results.md and every unit's dev metric and
     step; the ledger holds the test metrics of each seed's chosen point only (in a test line
@@ -98,6 +98,13 @@ def test_only_the_chosen_points_are_tested_and_the_report_is_the_same(
     calls = _watch(monkeypatch)
     assert main(_argv(tiny, kshot, out)) == 0
     assert calls == {"units": 16, "tests": 4}  # one test pass per trained seed
+    err = capsys.readouterr().err
+    assert (
+        "evaluate-fewshot: 16 units, 0 recorded, 16 to train in 16 jobs, one at a time in this "
+        "process on cpu; 8 test passes (one per seed, of the grid point it chooses, and one per "
+        "zero-shot unit)\n"
+    ) in err
+    assert " units/h | student zero-shot STS-B seed 21 |" in err  # the bar's last state
     assert _report(out) == _report(every_point)
     units, tested = _ledger(out)
     all_units, none = _ledger(every_point)
@@ -123,7 +130,7 @@ def test_only_the_chosen_points_are_tested_and_the_report_is_the_same(
     ],
 )
 def test_a_kill_at_any_point_resumes_exactly(
-    tiny, kshot, tmp_path, monkeypatch, every_point, kill, units_before, tests_after
+    tiny, kshot, tmp_path, monkeypatch, capsys, every_point, kill, units_before, tests_after
 ):
     out = tmp_path / "out"
     _watch(monkeypatch, **kill)
@@ -132,8 +139,13 @@ def test_a_kill_at_any_point_resumes_exactly(
     units, _ = _ledger(out)
     assert len(units) == units_before and any((out / CHECKPOINTS_NAME).glob("*.pt"))
     calls = _watch(monkeypatch)
+    capsys.readouterr()
     assert main([*_argv(tiny, kshot, out), "--resume"]) == 0
     assert calls == {"units": 16 - units_before, "tests": tests_after}
+    assert (
+        f"16 units, {units_before} recorded, {16 - units_before} to train in "
+        f"{16 - units_before} jobs, one at a time in this process on cpu; {tests_after + 4} test"
+    ) in capsys.readouterr().err
     assert _report(out) == _report(every_point)
     assert not any((out / CHECKPOINTS_NAME).glob("*"))
 

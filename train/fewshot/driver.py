@@ -11,6 +11,8 @@ a test pass before the jobs still waiting.
 
 from __future__ import annotations
 
+import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
@@ -35,6 +37,9 @@ class LocalExecutor:
     def __init__(self) -> None:
         self._queue: deque[AnyJob] = deque()
         self._caches: dict[tuple, dict] = {}  # zero-shot test metrics per (model, mode, task)
+
+    def describe(self, device: str) -> str:
+        return f"one at a time in this process on {device}"
 
     def submit(self, job: AnyJob) -> None:
         if isinstance(job, CheckpointTest):
@@ -75,13 +80,18 @@ class Driver:
         """Every run's entries, in run order; ``on_run_done(i, entries)`` as soon as run ``i``
         (and every run before it) is complete."""
         plan, out = self.plan, []
-        for group in plan.seed_groups():
-            for key in plan.keys(*group):
-                if plan.get(key) is None:
-                    self.executor.submit(Job((self.work_of(key),), group[0].protocol,
-                                             self.device, self.test_every_point))  # fmt: skip
+        jobs = [
+            Job((self.work_of(key),), group[0].protocol, self.device, self.test_every_point)
+            for group in plan.seed_groups()
+            for key in plan.keys(*group)
+            if plan.get(key) is None
+        ]
+        tqdm.write(self._summary(jobs), file=sys.stderr)
+        for job in jobs:
+            self.executor.submit(job)
         for group in plan.seed_groups():  # seeds recorded whole by a run killed before its test
             self._test_if_ready(group)
+        start, trained = time.perf_counter(), [0]
         # the bar closes on an error too, so that the error message gets a line of its own
         with tqdm(total=plan.total, initial=plan.done, desc="few-shot", unit="unit",
                   dynamic_ncols=True) as bar:  # fmt: skip
@@ -89,7 +99,9 @@ class Driver:
             def started(job: AnyJob) -> None:
                 key = job.unit.key if isinstance(job, CheckpointTest) else job.keys[0]
                 what = "test pass: " if isinstance(job, CheckpointTest) else ""
-                bar.set_postfix_str(what + plan.postfix(key), refresh=False)
+                hours = (time.perf_counter() - start) / 3600
+                rate = f"{trained[0] / hours:.0f} units/h | " if trained[0] else ""
+                bar.set_postfix_str(rate + what + plan.postfix(key), refresh=False)
 
             self._finish_runs(out, on_run_done)
             for job, output in self.executor.completed(started):
@@ -102,10 +114,30 @@ class Driver:
                     for outcome in output:
                         self._record(outcome)
                         bar.update(1)
+                        trained[0] += 1
                     for key in job.keys:
                         self._test_if_ready(self._seed_of[key])
                 self._finish_runs(out, on_run_done)
         return out
+
+    def _summary(self, jobs: list[Job]) -> str:
+        """What is about to run: units, where, and how many test passes."""
+        plan = self.plan
+        todo = [key for job in jobs for key in job.keys]
+        zero_shot = sum(key.mode == "zero-shot" for key in todo)
+        seeds = [g for g in plan.seed_groups() if g[1] != "zero-shot"]
+        if self.test_every_point:  # and the seeds recorded whole, whose chosen point is not
+            waiting = sum(plan.chosen(*g) is not None and not plan.seed_finished(*g) for g in seeds)
+            tests, why = len(todo) + waiting, "one per unit: --test-every-point"
+        else:
+            tests = zero_shot + sum(not plan.seed_finished(*g) for g in seeds)
+            why = "one per seed, of the grid point it chooses"
+            why += ", and one per zero-shot unit" if zero_shot else ""
+        return (
+            f"evaluate-fewshot: {plan.total} units, {plan.done} recorded, {len(todo)} to train "
+            f"in {len(jobs)} jobs, {self.executor.describe(self.device)}; {tests} test passes "
+            f"({why})"
+        )
 
     def _record(self, outcome: UnitOutcome) -> None:
         """Record a trained unit; keep its checkpoint (before its line is written) when it is
