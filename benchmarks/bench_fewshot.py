@@ -168,7 +168,7 @@ def components(work: Path, args) -> dict:
     import torch
     from smash.precompute.kshot.data import load_kshot
     from smash.precompute.kshot.tasks import get_task
-    from smash.train.fewshot.protocol import Protocol, evaluate, test_checkpoint, train_point
+    from smash.train.fewshot.protocol import Protocol, checkpoint_tests, evaluate, train_point
     from smash.train.fewshot.runner import _factory
     from transformers import AutoTokenizer
 
@@ -207,7 +207,7 @@ def components(work: Path, args) -> dict:
     n = max(args.steps, 2)
     step_s = {str(bs): (training(n, bs) - training(n // 2, bs)) / (n - n // 2) for bs in (2, 4)}
     _, state = train_point(make, split, SEEDS[0], 1e-5, 4, replace(protocol, max_steps=2), device)
-    test_s = timed(lambda: test_checkpoint(learner, split, state, protocol, device), 2)
+    test_s = timed(lambda: checkpoint_tests(learner, split, state, protocol, device), 2)
     test_tokens = sum(len(f.input_ids) for f in learner.encode(split.tests[TASK]))
     return {
         "load_s": load_s,

@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "truncation": args.truncation,
             "device": args.device,
             "test_every_point": args.test_every_point,
+            "batch_units": args.batch_units,
             "distill": DistillSettings(
                 args.distill_store,
                 args.augmented_data,
@@ -210,6 +211,14 @@ def _parser() -> FlagParser:
         default="fp32",
         help="dev and test passes under autocast to bf16 or fp16 (CUDA only); training and "
         "the default stay fp32",
+    )
+    p.add_argument(
+        "--batch-units",
+        type=integer(1),
+        default=1,
+        help="train up to this many units together, their weights stacked (grid points and "
+        "seeds of one mode, task and batch size; 1, the default: one at a time). Equal to "
+        "one at a time up to fp32 round-off with dropout off; each has its own dropout stream",
     )
     p.add_argument(
         "--test-every-point",
@@ -479,6 +488,7 @@ def _check_demo_paths(args: argparse.Namespace) -> None:
 # reads (model, split, prompt, stores...) is part of its key instead, by content, so a --resume
 # may add models, modes, tasks, seeds and grid values, and a changed input makes new units.
 _SETTINGS = (
+    "batch_units",
     "eval_every",
     "eval_batch_size",
     "eval_token_budget",

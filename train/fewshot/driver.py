@@ -11,6 +11,7 @@ a test pass before the jobs still waiting.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import deque
@@ -69,9 +70,10 @@ class Driver:
         device: str,
         test_every_point: bool = False,
         executor: LocalExecutor | None = None,
+        batch_units: int = 1,
     ) -> None:
         self.plan, self.work_of, self.checkpoints = plan, work_of, checkpoints
-        self.device, self.test_every_point = device, test_every_point
+        self.device, self.test_every_point, self.batch_units = device, test_every_point, batch_units
         self.executor = executor or LocalExecutor()
         self._seed_of = {key: group for group in plan.seed_groups() for key in plan.keys(*group)}
         self._testing: set[UnitKey] = set()  # the chosen units whose test is submitted
@@ -80,12 +82,7 @@ class Driver:
         """Every run's entries, in run order; ``on_run_done(i, entries)`` as soon as run ``i``
         (and every run before it) is complete."""
         plan, out = self.plan, []
-        jobs = [
-            Job((self.work_of(key),), group[0].protocol, self.device, self.test_every_point)
-            for group in plan.seed_groups()
-            for key in plan.keys(*group)
-            if plan.get(key) is None
-        ]
+        jobs = self._jobs()
         tqdm.write(self._summary(jobs), file=sys.stderr)
         for job in jobs:
             self.executor.submit(job)
@@ -111,10 +108,9 @@ class Driver:
                     plan.record_tests(key, tests, seconds)
                     self.checkpoints.drop(plan.keys(*self._seed_of[key]))
                 else:
-                    for outcome in output:
-                        self._record(outcome)
-                        bar.update(1)
-                        trained[0] += 1
+                    self._record(output)
+                    bar.update(len(output))
+                    trained[0] += len(output)
                     for key in job.keys:
                         self._test_if_ready(self._seed_of[key])
                 self._finish_runs(out, on_run_done)
@@ -139,21 +135,47 @@ class Driver:
             f"({why})"
         )
 
-    def _record(self, outcome: UnitOutcome) -> None:
-        """Record a trained unit; keep its checkpoint (before its line is written) when it is
-        its seed's best so far, and then drop the seed's others."""
-        key, keys = outcome.key, self.plan.keys(*self._seed_of[outcome.key])
-        best = outcome.state is not None and self._best_so_far(keys, key, outcome.result)
-        if best:
-            self.checkpoints.keep(key, outcome.state)
-        self.plan.record(key, outcome.result, outcome.seconds)
-        if best:
-            self.checkpoints.drop(k for k in keys if k != key)
+    def _jobs(self) -> list[Job]:
+        """The jobs of the units not recorded yet. One unit each, in plan order; or, with
+        ``batch_units`` > 1, the units of each (run, mode, task) that train alike (one batch
+        size and prompt: ``lmbff``'s differs by seed) in chunks of ``batch_units``, seed by
+        seed. A chunk is cut from every unit of the plan, recorded or not, so a resumed
+        evaluation trains each unit among the ones an uninterrupted run would."""
+        plan = self.plan
+        per_group: dict[tuple, list[UnitKey]] = {}
+        for run, mode, task, seed in plan.seed_groups():
+            group = per_group.setdefault((run.name, mode, task.name), [])
+            group.extend(plan.keys(run, mode, task, seed))
+        chunks = []
+        for keys in per_group.values():
+            alike: dict[tuple, list[UnitKey]] = {}
+            for key in keys:
+                alike.setdefault(_trains_alike(key, self.batch_units), []).append(key)
+            for same in alike.values():
+                step = self.batch_units
+                chunks += [same[i : i + step] for i in range(0, len(same), step)]
+        return [
+            Job(tuple(self.work_of(k) for k in todo), self._seed_of[todo[0]][0].protocol,
+                self.device, self.test_every_point)
+            for todo in ([k for k in chunk if plan.get(k) is None] for chunk in chunks)
+            if todo
+        ]  # fmt: skip
 
-    def _best_so_far(self, keys: list[UnitKey], key: UnitKey, result: PointResult) -> bool:
-        """Whether ``key`` (with ``result``) wins among its seed's recorded units (grid order
-        breaks ties, as ``choose`` does, whatever order they finish in)."""
-        found = [(k, result if k == key else self.plan.get(k)) for k in keys]
+    def _record(self, outcomes: list[UnitOutcome]) -> None:
+        """Record a job's units in one write; first keep (on disk) the checkpoint of each
+        that is now its seed's best, and then drop that seed's others."""
+        new = {o.key: o.result for o in outcomes}
+        best = [o for o in outcomes if o.state is not None and self._best_so_far(o.key, new)]
+        for o in best:
+            self.checkpoints.keep(o.key, o.state)
+        self.plan.record([(o.key, o.result, o.seconds) for o in outcomes])
+        for o in best:
+            self.checkpoints.drop(k for k in self.plan.keys(*self._seed_of[o.key]) if k != o.key)
+
+    def _best_so_far(self, key: UnitKey, new: dict[UnitKey, PointResult]) -> bool:
+        """Whether ``key`` wins among its seed's units recorded or ``new`` (grid order breaks
+        ties, as ``choose`` does, whatever order they finish in)."""
+        found = [(k, new.get(k) or self.plan.get(k)) for k in self.plan.keys(*self._seed_of[key])]
         recorded = [(k, r) for k, r in found if r is not None]
         return recorded[select_best([r.dev for _, r in recorded])][0] == key
 
@@ -190,6 +212,15 @@ class Driver:
             points = [self.plan.get(key) for key in self.plan.keys(run, mode, task, seed)]
             results.append(_seed_result(mode, seed, points))
         return Entry(run.name, str(run.path), mode, task.name, task.metric, results)
+
+
+def _trains_alike(key: UnitKey, batch_units: int) -> tuple:
+    """What units of one (run, mode, task) must share to train together: a batch size and
+    a prompt (template and label words); with ``batch_units`` 1, nothing is shared."""
+    if batch_units == 1 or key.lr is None:
+        return (key.seed, key.lr, key.batch_size)
+    inputs = json.loads(key.inputs)
+    return key.batch_size, inputs.get("template"), str(inputs.get("words"))
 
 
 def _seed_result(mode: str, seed: int, points: Sequence[PointResult]) -> SeedResult:

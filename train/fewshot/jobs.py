@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from smash.precompute.kshot.data import KShotData
+from smash.train.fewshot.batched import can_batch, train_together
 from smash.train.fewshot.ledger import UnitKey
 from smash.train.fewshot.protocol import (
     PointResult,
     Protocol,
+    checkpoint_tests,
     run_point,
-    test_checkpoint,
     train_point,
     zero_shot,
 )
@@ -52,7 +53,7 @@ class UnitOutcome:
 @dataclass(frozen=True)
 class Job:
     """Units of one run trained with ``protocol`` on ``device``; ``test``: test each
-    trained checkpoint at once."""
+    trained checkpoint at once. Several units are of one (mode, task, batch size, prompt)."""
 
     units: tuple[UnitWork, ...]
     protocol: Protocol
@@ -70,8 +71,36 @@ class Job:
         return key.model, key.path, key.k, key.mode, key.task
 
     def __call__(self, cache: dict | None = None) -> list[UnitOutcome]:
-        """Run it; ``cache`` memoises zero-shot test metrics across the seeds of a task."""
+        """Run it; ``cache`` memoises zero-shot test metrics across the seeds of a task.
+        Several units train together when their learners can (``batched.py``), else one at
+        a time."""
+        if len(self.units) > 1:
+            together = self._together()
+            if together is not None:
+                return together
         return [self._unit(u, {} if cache is None else cache) for u in self.units]
+
+    def _together(self) -> list[UnitOutcome] | None:
+        """The units trained batched; None (before any training) when their kind is not."""
+        start = time.perf_counter()
+        device, learners = torch.device(self.device), []
+        for unit in self.units:
+            torch.manual_seed(unit.key.seed)  # as alone: a fresh head is its seed's
+            learners.append(unit.make())
+            if not can_batch(learners[0]):
+                return None
+        keys = self.keys
+        trained = train_together(learners, [u.split for u in self.units], [k.seed for k in keys],
+                                 [k.lr for k in keys], keys[0].batch_size, self.protocol,
+                                 device)  # fmt: skip
+        outcomes = []
+        for unit, learner, (result, state, _) in zip(self.units, learners, trained):
+            if self.test:
+                tests = checkpoint_tests(learner, unit.split, state, self.protocol, device)
+                result, state = replace(result, tests=tests), None
+            outcomes.append(UnitOutcome(unit.key, result, state, 0.0))
+        seconds = (time.perf_counter() - start) / len(outcomes)
+        return [replace(o, seconds=seconds) for o in outcomes]
 
     def _unit(self, unit: UnitWork, cache: dict) -> UnitOutcome:
         start = time.perf_counter()
@@ -109,5 +138,5 @@ class CheckpointTest:
             _, state = train_point(self.unit.make, self.unit.split, key.seed, key.lr,
                                    key.batch_size, self.protocol, device)  # fmt: skip
         learner = self.unit.make()
-        tests = test_checkpoint(learner, self.unit.split, state, self.protocol, device)
+        tests = checkpoint_tests(learner, self.unit.split, state, self.protocol, device)
         return tests, time.perf_counter() - start

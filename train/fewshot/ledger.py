@@ -74,21 +74,27 @@ class Ledger:
         return self._done.get(key.as_json())
 
     def record(self, key: UnitKey, result: PointResult, seconds: float) -> None:
-        self._done[key.as_json()] = result
-        self._append({"unit": asdict(key), "result": asdict(result), "seconds": seconds})
+        self.record_all([(key, result, seconds)])
+
+    def record_all(self, units: list[tuple[UnitKey, PointResult, float]]) -> None:
+        """Units trained together, in one write: a kill keeps all of them or none (but for
+        a line cut short, which is dropped)."""
+        for key, result, _ in units:
+            self._done[key.as_json()] = result
+        self._append(*({"unit": asdict(k), "result": asdict(r), "seconds": s} for k, r, s in units))
 
     def record_tests(self, key: UnitKey, tests: dict[str, float], seconds: float) -> None:
         """The test metrics of a recorded unit, tested after it was recorded."""
         self._done[key.as_json()] = replace(self._done[key.as_json()], tests=tests)
         self._append({"tested": asdict(key), "tests": tests, "seconds": seconds})
 
-    def _append(self, line: dict) -> None:
+    def _append(self, *lines: dict) -> None:
         if not self._started:  # the file is written from its first unit on
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps({"settings": self.settings}, sort_keys=True) + "\n")
             self._started = True
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(line, sort_keys=True) + "\n")
+            f.write("".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
             f.flush()
             os.fsync(f.fileno())
 

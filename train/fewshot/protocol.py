@@ -7,7 +7,7 @@ is evaluated on dev every ``eval_every`` steps. The best dev checkpoint is kept 
 copy of the weights, never a file. Each grid point is so a self-contained :class:`PointResult`
 (a long evaluation records it and never trains it again); across the grid the point with the
 best dev metric (earliest on ties) gives the seed's result, and only its checkpoint needs a
-test pass (``train_point`` + ``test_checkpoint``); ``run_point`` tests every point's, as
+test pass (``train_point`` + ``checkpoint_tests``); ``run_point`` tests every point's, as
 LM-BFF does.
 
 Dev and test passes run under ``torch.inference_mode`` in length-sorted batches of at most
@@ -34,12 +34,13 @@ __all__ = [
     "PointResult",
     "Protocol",
     "SeedResult",
+    "checkpoint_tests",
     "choose",
+    "cpu_state",
     "evaluate",
     "paper_max_steps",
     "predict",
     "run_point",
-    "test_checkpoint",
     "test_metrics",
     "train_point",
     "zero_shot",
@@ -216,7 +217,7 @@ def train_point(
     return result, state
 
 
-def test_checkpoint(
+def checkpoint_tests(
     learner, data: KShotData, state: dict, protocol: Protocol, device: torch.device
 ) -> dict[str, float]:
     """The test metrics of ``learner`` with the weights ``state``, on every test set."""
@@ -243,7 +244,7 @@ def run_point(
     learner, result, state = _train_point(
         make_learner, data, seed, lr, batch_size, protocol, device
     )
-    tests = test_checkpoint(learner, data, state, protocol, device)
+    tests = checkpoint_tests(learner, data, state, protocol, device)
     return replace(result, tests=tests)
 
 
@@ -270,6 +271,11 @@ def choose(seed: int, points: Sequence[PointResult]) -> SeedResult:
         step=best.step,
         grid_dev=[p.dev for p in points],
     )
+
+
+def cpu_state(model: torch.nn.Module) -> dict:
+    """A checkpoint as the protocol keeps it: the state dict, copied to the CPU."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _train(
@@ -315,9 +321,7 @@ def _train(
                                  **protocol.inference)  # fmt: skip
                 if best_state is None or select_best([best_score, score]) == 1:
                     best_score, best_step = score, step
-                    best_state = {
-                        k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-                    }
+                    best_state = cpu_state(model)
             if step == total:
                 break
     return best_score, best_state, best_step

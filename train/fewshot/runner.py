@@ -61,6 +61,7 @@ def evaluate_models(
     demos: DemoOptions | None = None,
     truncation: str = "sentences",
     test_every_point: bool = False,
+    batch_units: int = 1,
 ) -> list[Entry]:
     """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
     runs = [Run(name, path, k, protocol) for name, path in models]
@@ -79,6 +80,7 @@ def evaluate_models(
         demos,
         truncation=truncation,
         test_every_point=test_every_point,
+        batch_units=batch_units,
     )
     return [entry for entries in per_run for entry in entries]
 
@@ -99,6 +101,7 @@ def evaluate_runs(
     on_run_done: Callable[[int, list[Entry]], None] = lambda i, entries: None,
     truncation: str = "sentences",
     test_every_point: bool = False,
+    batch_units: int = 1,
 ) -> list[list[Entry]]:
     """The entries of each run, in run order; ``on_run_done(i, entries)`` is called as soon
     as run ``i`` is finished (a curve writes its files so far, so a long series shows
@@ -112,7 +115,8 @@ def evaluate_runs(
     seed) from ``demos.prompts`` before any training. ``truncation`` is the rule that shortens
     a prompt longer than its max length (``learners.TRUNCATIONS``); the distill modes take only
     the default, the one their stores were made with. Only each seed's chosen grid point is
-    tested, unless ``test_every_point`` (``driver.py``).
+    tested, unless ``test_every_point`` (``driver.py``). Up to ``batch_units`` units that
+    train alike train together (``batched.py``).
     """
     from transformers import AutoTokenizer
 
@@ -185,7 +189,8 @@ def evaluate_runs(
         make, split = setups[(key.model, key.mode, key.task, key.seed)]
         return UnitWork(key, make, split)
 
-    driver = Driver(plan, work_of, checkpoints, device, test_every_point)
+    driver = Driver(plan, work_of, checkpoints, device, test_every_point,
+                    batch_units=batch_units)  # fmt: skip
     return driver.run(on_run_done)
 
 

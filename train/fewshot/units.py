@@ -147,10 +147,12 @@ class Plan:
             return self._new[key]
         return self.ledger.get(key) if self.ledger is not None else None
 
-    def record(self, key: UnitKey, result: PointResult, seconds: float) -> None:
-        self._new[key] = result
+    def record(self, units: list[tuple[UnitKey, PointResult, float]]) -> None:
+        """Finished units (``(key, result, seconds)``), recorded in one write."""
+        for key, result, _ in units:
+            self._new[key] = result
         if self.ledger is not None:
-            self.ledger.record(key, result, seconds)
+            self.ledger.record_all(units)
 
     def record_tests(self, key: UnitKey, tests: dict[str, float], seconds: float) -> None:
         """The test metrics of a recorded unit (its seed's chosen point)."""
