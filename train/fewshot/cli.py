@@ -17,9 +17,10 @@ seeds and K are flags so that the same command runs tiny on a CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from smash.precompute.kshot.tasks import TASKS, get_task, per_task
 from smash.precompute.shared.folder_lock import hold_folder
 from smash.precompute.shared.model_paths import require_folder_or_hub_name
 from smash.store.errors import StoreError
-from smash.store.flags import SEED, FlagError, FlagParser, integer, number
+from smash.store.flags import SEED, FlagError, FlagParser, integer, number, shard
 from smash.train.fewshot.auto_prompts import read_auto_prompt
 from smash.train.fewshot.curves import (
     Point,
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "device": args.device,
             "test_every_point": args.test_every_point,
             "batch_units": args.batch_units,
+            "shard": args.shard,
             "distill": DistillSettings(
                 args.distill_store,
                 args.augmented_data,
@@ -107,13 +109,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_steps_per_k": {str(k): v for k, v in steps.items()},
         }
         run = _curve if args.curve else _table
-        with hold_folder(args.out, "evaluate-fewshot"):  # its ledger has one writer at a time
+        with _hold(args):  # each ledger has one writer at a time
             written = run(args, tasks, steps, options, config)
     except (DataError, StoreError, ValueError, OSError) as err:  # DataError: FILE:LINE: ...
         print(f"evaluate-fewshot: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     for path in written:
         print(path)
+    if args.shard:
+        i, n = args.shard
+        print(f"evaluate-fewshot: shard {i}/{n} is done ({Path(args.out) / _ledger_name(args)}); "
+              "once every shard is, the same command without --shard, with --resume, merges "
+              "them and writes the report", file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -219,6 +226,14 @@ def _parser() -> FlagParser:
         help="train up to this many units together, their weights stacked (grid points and "
         "seeds of one mode, task and batch size; 1, the default: one at a time). Equal to "
         "one at a time up to fp32 round-off with dropout off; each has its own dropout stream",
+    )
+    p.add_argument(
+        "--shard",
+        type=shard,
+        metavar="I/N",
+        help="evaluate only every N-th (model, mode, task) from the I-th on, into a ledger of "
+        "its own (OUT/points.shard-I-of-N.jsonl), for a job array; once every shard is done, "
+        "the same command without --shard, with --resume, merges them and writes the report",
     )
     p.add_argument(
         "--test-every-point",
@@ -430,6 +445,8 @@ def _table(args, tasks, steps, options, config) -> list[Path]:
         **options,
         ledger=_ledger(args, config),
     )
+    if args.shard:  # the report is the merging run's
+        return []
     return write_report(args.out, entries, {**config, "k": k}, paper)
 
 
@@ -442,13 +459,14 @@ def _curve(args, tasks, steps, options, config) -> list[Path]:
 
     def done(i: int, entries) -> None:
         finished.append((points[i], entries))
-        write_curve(out, args.curve, finished, config)
+        if not args.shard:  # the curve is the merging run's
+            write_curve(out, args.curve, finished, config)
 
     runs = [pt.run for pt in points]
     ledger = _ledger(args, config)
     evaluate_runs(runs, tasks, args.data, args.mode, args.seeds, **options, ledger=ledger,
                   on_run_done=done)  # fmt: skip
-    return write_curve(out, args.curve, finished, config)
+    return [] if args.shard else write_curve(out, args.curve, finished, config)
 
 
 def _lmbff_prompts_read(args: argparse.Namespace, tasks) -> dict:
@@ -498,9 +516,36 @@ _SETTINGS = (
 )
 
 
+_SHARD_LEDGER = "points.shard-{}-of-{}.jsonl"  # a shard's own ledger, beside LEDGER_NAME
+
+
+def _ledger_name(args: argparse.Namespace) -> str:
+    return LEDGER_NAME if args.shard is None else _SHARD_LEDGER.format(*args.shard)
+
+
 def _ledger(args: argparse.Namespace, config: dict) -> Ledger:
+    """This run's ledger: a shard reads its own; a whole run also reads the shards'."""
     settings = {k: config[k] for k in _SETTINGS}
-    return Ledger(Path(args.out) / LEDGER_NAME, settings, args.resume)
+    out = Path(args.out)
+    others = [] if args.shard else sorted(out.glob(_SHARD_LEDGER.format("*", "*")))
+    return Ledger(out / _ledger_name(args), settings, args.resume, others)
+
+
+@contextlib.contextmanager
+def _hold(args: argparse.Namespace) -> Iterator[None]:
+    """The folder lock: a whole run holds OUT alone; shards hold it together, each holding
+    its own ledger alone."""
+    if args.shard is None:
+        with hold_folder(args.out, "evaluate-fewshot"):
+            yield
+        return
+    i, n = args.shard
+    command = f"evaluate-fewshot --shard {i}/{n}"
+    with (
+        hold_folder(args.out, command, shared=True),
+        hold_folder(args.out, command, name=f".smash.shard-{i}-of-{n}.lock"),
+    ):
+        yield
 
 
 def _points(args: argparse.Namespace, steps: dict[int, int]) -> list[Point]:

@@ -129,8 +129,9 @@ class Driver:
             tests = zero_shot + sum(not plan.seed_finished(*g) for g in seeds)
             why = "one per seed, of the grid point it chooses"
             why += ", and one per zero-shot unit" if zero_shot else ""
+        shard = "" if plan.shard is None else "shard {}/{}: ".format(*plan.shard)
         return (
-            f"evaluate-fewshot: {plan.total} units, {plan.done} recorded, {len(todo)} to train "
+            f"evaluate-fewshot: {shard}{plan.total} units, {plan.done} recorded, {len(todo)} to train "
             f"in {len(jobs)} jobs, {self.executor.describe(self.device)}; {tests} test passes "
             f"({why})"
         )

@@ -62,6 +62,7 @@ def evaluate_models(
     truncation: str = "sentences",
     test_every_point: bool = False,
     batch_units: int = 1,
+    shard: tuple[int, int] | None = None,
 ) -> list[Entry]:
     """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
     runs = [Run(name, path, k, protocol) for name, path in models]
@@ -81,6 +82,7 @@ def evaluate_models(
         truncation=truncation,
         test_every_point=test_every_point,
         batch_units=batch_units,
+        shard=shard,
     )
     return [entry for entries in per_run for entry in entries]
 
@@ -102,6 +104,7 @@ def evaluate_runs(
     truncation: str = "sentences",
     test_every_point: bool = False,
     batch_units: int = 1,
+    shard: tuple[int, int] | None = None,
 ) -> list[list[Entry]]:
     """The entries of each run, in run order; ``on_run_done(i, entries)`` is called as soon
     as run ``i`` is finished (a curve writes its files so far, so a long series shows
@@ -116,7 +119,9 @@ def evaluate_runs(
     a prompt longer than its max length (``learners.TRUNCATIONS``); the distill modes take only
     the default, the one their stores were made with. Only each seed's chosen grid point is
     tested, unless ``test_every_point`` (``driver.py``). Up to ``batch_units`` units that
-    train alike train together (``batched.py``).
+    train alike train together (``batched.py``). With ``shard`` = (I, N) only every N-th
+    (run, mode, task) from the I-th on is evaluated, and no run is complete unless all of its
+    groups are this shard's (``Plan.groups``).
     """
     from transformers import AutoTokenizer
 
@@ -149,9 +154,9 @@ def evaluate_runs(
         return template, words, demo_max_length(task, length) if mode in DEMO_MODES else length
 
     inputs = UnitInputs(data, distill, demos, prompt, truncation)
-    plan = Plan(runs, modes, tasks, seeds, ledger, inputs)
+    plan = Plan(runs, modes, tasks, seeds, ledger, inputs, shard)
     embedder = None
-    filtered = [(r, m, t) for r in runs for m in modes if m in DEMO_MODES for t in tasks]
+    filtered = [(r, m, t) for r, m, t in plan.groups() if m in DEMO_MODES]
     if demos.filter_model and not all(plan.finished(*group) for group in filtered):
         embedder = SentenceEmbedder(demos.filter_model, device)
     # every unfinished (run, mode, task) is set up, and so checked, before any unit trains; a
@@ -159,7 +164,7 @@ def evaluate_runs(
     stores: dict = {}  # the distill modes' stores, read once
     setups = {}
     for run in runs:
-        todo = [(m, t) for m in modes for t in tasks if not plan.finished(run, m, t)]
+        todo = [(m, t) for r, m, t in plan.groups() if r is run and not plan.finished(r, m, t)]
         tokenizer = AutoTokenizer.from_pretrained(run.path) if todo else None
         if any(m in DEMO_MODES for m, _ in todo):
             _check_demo_run(run, tokenizer, auto)

@@ -106,9 +106,12 @@ class Plan:
     bar (units are grid points; a (task, seed) is done when all of its units are recorded and
     the grid point it chooses is tested)."""
 
-    def __init__(self, runs, modes, tasks, seeds, ledger: Ledger | None, inputs) -> None:
+    def __init__(
+        self, runs, modes, tasks, seeds, ledger: Ledger | None, inputs,
+        shard: tuple[int, int] | None = None,
+    ) -> None:  # fmt: skip
         self.runs, self.modes, self.tasks, self.seeds = runs, modes, tasks, seeds
-        self.ledger, self.inputs = ledger, inputs
+        self.ledger, self.inputs, self.shard = ledger, inputs, shard
         self._keys: dict[tuple, list[UnitKey]] = {}
         self._new: dict[UnitKey, PointResult] = {}
         self.total = self.done = 0
@@ -117,13 +120,20 @@ class Plan:
                 self.total += 1
                 self.done += self.get(key) is not None
 
+    def groups(self) -> list[tuple[Run, str, Task]]:
+        """Every (run, mode, task) of this evaluation (of its shard: ``shard`` = (I, N) takes
+        every N-th group, from the I-th on), in evaluation order."""
+        every = [(r, m, t) for r in self.runs for m in self.modes for t in self.tasks]
+        if self.shard is None:
+            return every
+        i, n = self.shard
+        return every[i - 1 :: n]
+
     def seed_groups(self) -> Iterator[tuple[Run, str, Task, int]]:
-        """Every (run, mode, task, seed), in evaluation order."""
-        for run in self.runs:
-            for mode in self.modes:
-                for task in self.tasks:
-                    for seed in self.seeds:
-                        yield run, mode, task, seed
+        """Every (run, mode, task, seed) of ``groups``, in evaluation order."""
+        for run, mode, task in self.groups():
+            for seed in self.seeds:
+                yield run, mode, task, seed
 
     def keys(self, run: Run, mode: str, task: Task, seed: int) -> list[UnitKey]:
         """The units of one seed, in grid order (the order that breaks ties)."""
@@ -179,7 +189,7 @@ class Plan:
     def postfix(self, key: UnitKey) -> str:
         """Where the evaluation is: the unit now trained, and the (model, mode, task)
         groups and seeds already finished."""
-        groups = [(r, m, t) for r in self.runs for m in self.modes for t in self.tasks]
+        groups = self.groups()
         tasks_done = sum(self.finished(*g) for g in groups)
         seeds_done = sum(self.seed_finished(*g) for g in self.seed_groups())
         grid = "" if key.lr is None else f" lr {key.lr:g} bs {key.batch_size}"
