@@ -31,6 +31,9 @@ def _refused(capsys, tmp_path, flags) -> str:
         ("--eval-every", ["0", "-2"], INTEGER),
         ("--eval-batch-size", ["0", "-4"], INTEGER),
         ("--eval-token-budget", ["0", "-1", "1e9", "inf"], INTEGER),
+        ("--batch-units", ["0", "-1"], INTEGER),
+        ("--gpus-per-unit", ["-0.5", "1.5", "nan"], "a finite number >= 0 and <= 1"),
+        ("--cpus-per-unit", ["0", "-1", "inf"], POSITIVE),
         ("--max-length", ["0", "-1"], INTEGER),
         ("--demo-samples", ["0", "-1"], INTEGER),
         ("--demo-filter-rate", ["0", "-0.5", "1.5", "nan", "inf"], "a finite number > 0 and <= 1"),
@@ -55,6 +58,21 @@ def test_autocast_is_refused_off_cuda(capsys, tmp_path, precision):
         f"evaluate-fewshot: error: --precision {precision} needs a CUDA --device (autocast runs "
         "on CUDA only), got --device cpu"
     )
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--gpus-per-unit", "0.5"], "--gpus-per-unit applies to --ray"),
+        (["--cpus-per-unit", "2"], "--cpus-per-unit applies to --ray"),
+        (["--ray", "--shard", "1/2"], ("--shard splits the evaluation for a job array; --ray "
+                                       "runs all of it on a cluster: give one of them")),
+        (["--ray-address", "auto", "--device", "cuda", "--gpus-per-unit", "0"],
+         "--device cuda needs --gpus-per-unit above 0 under --ray"),
+    ],
+)  # fmt: skip
+def test_flags_that_do_not_go_together_are_refused(capsys, tmp_path, flags, message):
+    assert _refused(capsys, tmp_path, flags) == f"evaluate-fewshot: error: {message}"
 
 
 @pytest.mark.parametrize(

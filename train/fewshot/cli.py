@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -84,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "test_every_point": args.test_every_point,
             "batch_units": args.batch_units,
             "shard": args.shard,
+            "executor": _executor(args),
             "distill": DistillSettings(
                 args.distill_store,
                 args.augmented_data,
@@ -235,6 +237,22 @@ def _parser() -> FlagParser:
         "its own (OUT/points.shard-I-of-N.jsonl), for a job array; once every shard is done, "
         "the same command without --shard, with --resume, merges them and writes the report",
     )
+    g = p.add_argument_group(
+        "Ray (pip install 'smash-distill[ray]'): every job a Ray task; the driver alone writes "
+        "the ledger"
+    )
+    g.add_argument("--ray", action="store_true", help="run the jobs as Ray tasks (a local Ray "
+                   "unless --ray-address)")  # fmt: skip
+    g.add_argument("--ray-address", metavar="ADDR", help="a Ray cluster's address (implies --ray)")
+    g.add_argument(
+        "--gpus-per-unit",
+        type=number(minimum=0, maximum=1),
+        help="the share of a GPU a unit's task takes (0.25: four on a GPU; a job of several "
+        "units takes as many shares, one GPU at most); default 1 with a CUDA --device, else 0",
+    )
+    g.add_argument(
+        "--cpus-per-unit", type=number(above=0), help="the CPUs a task takes (default 1)"
+    )
     p.add_argument(
         "--test-every-point",
         action="store_true",
@@ -350,6 +368,7 @@ def _check_flags(p: FlagParser, args: argparse.Namespace) -> None:
             p.error(f"{flag} applies to --mode lmbff")
     if "lmbff" in args.mode and args.lmbff_prompts is None:
         p.error("--mode lmbff needs --lmbff-prompts DIR (a checkout of princeton-nlp/LM-BFF)")
+    _check_ray(p, args)
     if args.precision != "fp32" and not args.device.startswith("cuda"):
         p.error(f"--precision {args.precision} needs a CUDA --device (autocast runs on CUDA "
                 f"only), got --device {args.device}")  # fmt: skip
@@ -359,6 +378,20 @@ def _check_flags(p: FlagParser, args: argparse.Namespace) -> None:
     if args.name and len(args.name) != groups:
         what = "series (one per --model)" if args.curve == "steps" else "models"
         p.error(f"--name gives {len(args.name)} names for {groups} {what}")
+
+
+def _check_ray(p: FlagParser, args: argparse.Namespace) -> None:
+    """The Ray flags: with --ray only, not with --shard, and a GPU share on CUDA."""
+    args.ray = args.ray or args.ray_address is not None
+    for flag, value in {"--gpus-per-unit": args.gpus_per_unit,
+                        "--cpus-per-unit": args.cpus_per_unit}.items():  # fmt: skip
+        if value is not None and not args.ray:
+            p.error(f"{flag} applies to --ray")
+    if args.ray and args.shard:
+        p.error("--shard splits the evaluation for a job array; --ray runs all of it on a "
+                "cluster: give one of them")  # fmt: skip
+    if args.ray and args.device.startswith("cuda") and args.gpus_per_unit == 0:
+        p.error(f"--device {args.device} needs --gpus-per-unit above 0 under --ray")
 
 
 def _check_repeats(p: FlagParser, args: argparse.Namespace) -> None:
@@ -514,6 +547,18 @@ _SETTINGS = (
     "max_grad_norm",
     "device",
 )
+
+
+def _executor(args: argparse.Namespace) -> Callable[[], object] | None:
+    """What makes the Ray executor, under --ray (the jobs run in this process otherwise)."""
+    if not args.ray:
+        return None
+    from smash.train.fewshot.ray_executor import RayExecutor
+
+    gpus = args.gpus_per_unit
+    if gpus is None:
+        gpus = 1.0 if args.device.startswith("cuda") else 0.0
+    return functools.partial(RayExecutor, args.ray_address, gpus, args.cpus_per_unit or 1.0)
 
 
 _SHARD_LEDGER = "points.shard-{}-of-{}.jsonl"  # a shard's own ledger, beside LEDGER_NAME

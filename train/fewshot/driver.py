@@ -42,6 +42,9 @@ class LocalExecutor:
     def describe(self, device: str) -> str:
         return f"one at a time in this process on {device}"
 
+    def close(self) -> None:
+        """Nothing runs beside the driver: nothing to stop."""
+
     def submit(self, job: AnyJob) -> None:
         if isinstance(job, CheckpointTest):
             self._queue.appendleft(job)
@@ -60,7 +63,8 @@ class LocalExecutor:
 
 
 class Driver:
-    """One evaluation: ``plan``'s units, ``work_of(key)`` what each reads."""
+    """One evaluation: ``plan``'s units, ``work_of(key)`` what each reads; ``executor`` runs
+    the jobs (``LocalExecutor``, or ``ray_executor.RayExecutor``)."""
 
     def __init__(
         self,
@@ -69,7 +73,7 @@ class Driver:
         checkpoints: BestCheckpoints,
         device: str,
         test_every_point: bool = False,
-        executor: LocalExecutor | None = None,
+        executor=None,
         batch_units: int = 1,
     ) -> None:
         self.plan, self.work_of, self.checkpoints = plan, work_of, checkpoints
@@ -81,6 +85,12 @@ class Driver:
     def run(self, on_run_done: Callable[[int, list[Entry]], None]) -> list[list[Entry]]:
         """Every run's entries, in run order; ``on_run_done(i, entries)`` as soon as run ``i``
         (and every run before it) is complete."""
+        try:
+            return self._run(on_run_done)
+        finally:
+            self.executor.close()
+
+    def _run(self, on_run_done: Callable[[int, list[Entry]], None]) -> list[list[Entry]]:
         plan, out = self.plan, []
         jobs = self._jobs()
         tqdm.write(self._summary(jobs), file=sys.stderr)

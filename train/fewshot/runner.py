@@ -63,6 +63,7 @@ def evaluate_models(
     test_every_point: bool = False,
     batch_units: int = 1,
     shard: tuple[int, int] | None = None,
+    executor: Callable[[], object] | None = None,
 ) -> list[Entry]:
     """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
     runs = [Run(name, path, k, protocol) for name, path in models]
@@ -83,6 +84,7 @@ def evaluate_models(
         test_every_point=test_every_point,
         batch_units=batch_units,
         shard=shard,
+        executor=executor,
     )
     return [entry for entries in per_run for entry in entries]
 
@@ -105,6 +107,7 @@ def evaluate_runs(
     test_every_point: bool = False,
     batch_units: int = 1,
     shard: tuple[int, int] | None = None,
+    executor: Callable[[], object] | None = None,
 ) -> list[list[Entry]]:
     """The entries of each run, in run order; ``on_run_done(i, entries)`` is called as soon
     as run ``i`` is finished (a curve writes its files so far, so a long series shows
@@ -121,7 +124,9 @@ def evaluate_runs(
     tested, unless ``test_every_point`` (``driver.py``). Up to ``batch_units`` units that
     train alike train together (``batched.py``). With ``shard`` = (I, N) only every N-th
     (run, mode, task) from the I-th on is evaluated, and no run is complete unless all of its
-    groups are this shard's (``Plan.groups``).
+    groups are this shard's (``Plan.groups``). ``executor()`` makes what runs the jobs
+    (``driver.py``; by default they run one at a time in this process), once every input is
+    checked.
     """
     from transformers import AutoTokenizer
 
@@ -194,8 +199,8 @@ def evaluate_runs(
         make, split = setups[(key.model, key.mode, key.task, key.seed)]
         return UnitWork(key, make, split)
 
-    driver = Driver(plan, work_of, checkpoints, device, test_every_point,
-                    batch_units=batch_units)  # fmt: skip
+    runs_jobs = executor() if executor is not None else None  # started once all is checked
+    driver = Driver(plan, work_of, checkpoints, device, test_every_point, runs_jobs, batch_units)
     return driver.run(on_run_done)
 
 

@@ -1,8 +1,12 @@
-"""``--shard I/N``: a job array's shards each evaluate every N-th (model, mode, task) into a
-ledger of their own, beside each other in one OUT; the run without ``--shard`` merges them
-and writes the report of one process."""
+"""An evaluation over many processes gives the report of one process, and loses or repeats no
+finished unit when one of them is killed: ``--shard I/N`` (a job array's shards each evaluate
+every N-th (model, mode, task) into a ledger of their own, beside each other in one OUT; the
+run without ``--shard`` merges them) and ``--ray`` (every job a Ray task on a local Ray, two
+at a time on this machine's CPUs; the driver alone writes the ledger)."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +16,13 @@ from fewshot_support import cli_error
 from smash.precompute.kshot.splits import make_kshot
 from smash.precompute.kshot.tasks import get_task
 from smash.train.fewshot.cli import main
+from smash.train.fewshot.driver import Driver
 from smash.train.fewshot.jobs import Job
+from smash.train.fewshot.ledger import Ledger
+from smash.train.fewshot.protocol import Protocol
+from smash.train.fewshot.ray_executor import RayExecutor, run_job
+from smash.train.fewshot.report import entry_to_json
+from smash.train.fewshot.runner import evaluate_models
 
 ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
 REAL_UNIT = Job._unit
@@ -129,3 +139,80 @@ def test_a_shard_outside_its_range_is_refused(tiny, kshot, tmp_path, capsys, val
         f"evaluate-fewshot: error: argument --shard: expected I/N with 1 <= I <= N (e.g. 2/8), "
         f"got {value!r}"
     )
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for the module's tests (its start takes seconds): two CPUs, so two tasks
+    run at a time. An evaluation finds it initialised and leaves it running."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _ledger_units(path: Path) -> list[str]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+    return [json.dumps(line["unit"], sort_keys=True) for line in lines if "unit" in line]
+
+
+def test_ray_gives_the_report_of_one_process(tiny, kshot, tmp_path, capsys, ray_session, whole):
+    out = tmp_path / "out"
+    assert main([*_argv(tiny, kshot, out), "--ray"]) == 0
+    assert _report(out) == _report(whole)
+    assert (
+        "12 units, 0 recorded, 12 to train in 12 jobs, as Ray tasks on cpu (2 CPU, 0 GPU; 1 CPU "
+        "and 0 GPU a unit, 2 at a time)"
+    ) in capsys.readouterr().err
+    assert sorted(_ledger_units(out / "points.jsonl")) == sorted(
+        _ledger_units(whole / "points.jsonl")
+    )
+
+
+def test_a_killed_ray_driver_resumes_without_repeating_a_unit(
+    tiny, kshot, tmp_path, monkeypatch, ray_session, whole
+):
+    out = tmp_path / "out"
+    record = Driver._record
+
+    def killed_after_five(driver, outcomes):
+        if len(driver.plan.ledger) >= 5:
+            raise KeyboardInterrupt  # its running tasks are cancelled, as by the driver's death
+        record(driver, outcomes)
+
+    monkeypatch.setattr(Driver, "_record", killed_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        main([*_argv(tiny, kshot, out), "--ray"])
+    assert len(_ledger_units(out / "points.jsonl")) == 5
+    monkeypatch.setattr(Driver, "_record", record)
+    assert main([*_argv(tiny, kshot, out), "--ray", "--resume"]) == 0
+    units = _ledger_units(out / "points.jsonl")
+    assert len(units) == len(set(units)) == 12  # each unit recorded once
+    assert _report(out) == _report(whole)
+
+
+def test_a_killed_ray_worker_is_run_again(tiny, kshot, tmp_path, ray_session, whole):
+    """The worker of the first task kills itself (SIGKILL) before its job: Ray runs the task
+    again, and every unit is recorded once, as one process records it."""
+    marker = tmp_path / "died"
+
+    def dies_once(job):  # pickled by value: runs in the worker
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return run_job(job)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    ledger = Ledger(out / "points.jsonl", {}, resume=False)
+    protocol = Protocol(learning_rates=(1e-3,), batch_sizes=(2, 4), max_steps=4, eval_every=2)
+    tasks = [get_task("SST-2"), get_task("MRPC")]
+    entries = evaluate_models([("student", str(tiny["student"]))], tasks, kshot,
+                              ["prompt", "zero-shot"], protocol, [13, 21], k=8, max_length=64,
+                              ledger=ledger, executor=lambda: RayExecutor(run=dies_once))  # fmt: skip
+    assert marker.exists()
+    assert [entry_to_json(e) for e in entries] == _report(whole)[0]
+    units = _ledger_units(out / "points.jsonl")
+    assert len(units) == len(set(units)) == 12
