@@ -8,9 +8,12 @@ Three measurements, on one device in one run:
 1. Side by side: one ``evaluate-fewshot`` process over every (seed, grid point) of a prompt
    task, against LM-BFF's way, one fresh process per grid point (start, load, train, dev,
    test: ``evaluate-fewshot`` on that one point with ``--test-every-point``). Units per hour
-   of each, and whether every seed's chosen point, step, dev and test metrics are identical.
+   of each, and whether every seed's chosen point, step, dev and test metrics are identical
+   (ours trains ``--batch-units`` together: 1 on a CPU, where stacking gains little, 6 on a
+   GPU; batched, the metrics agree to round-off, and the choices are compared).
 2. One unit split into its parts, in a process of its own: process start (the imports a
-   fresh process pays), model load, a training step (batch 2 and 4), a dev pass, a test pass.
+   fresh process pays), model load, a training step (batch 2 and 4; and a unit's share of a
+   step of ``--batch-units`` trained together), a dev pass, a test pass.
 3. From those parts, the device-seconds of the paper's Table 2 for one student: 8 trained rows
    x 11 tasks (MNLI's one training tests MNLI-m and MNLI-mm) x 5 seeds x 6 grid points, 1000
    steps each, a dev pass every 100 steps, with every task's real test-set size; the LM-BFF
@@ -121,7 +124,8 @@ def side_by_side(work: Path, args) -> dict:
     seeds = [str(s) for s in SEEDS[: args.seeds]]
     ours_out = work / "ours"
     ours_s = evaluate([*common_flags(args, work), "--seeds", *seeds, "--lrs", *LRS,
-                       "--batch-sizes", *BATCH_SIZES, "--out", str(ours_out)])  # fmt: skip
+                       "--batch-sizes", *BATCH_SIZES, "--batch-units", str(args.batch_units),
+                       "--out", str(ours_out)])  # fmt: skip
     baseline_s, points = 0.0, {}
     for seed in seeds:
         for lr in LRS:
@@ -139,7 +143,7 @@ def side_by_side(work: Path, args) -> dict:
         "ours_units_per_hour": 3600 * units / ours_s,
         "baseline_units_per_hour": 3600 * units / baseline_s,
         "speedup": baseline_s / ours_s,
-        "identical": _same_choices(ours_out, points),
+        **_compare(ours_out, points),
     }
 
 
@@ -148,19 +152,29 @@ def _ledger_point(out: Path) -> dict:
     return line["result"]
 
 
-def _same_choices(ours_out: Path, points: dict) -> bool:
-    """Whether every seed of ours chose what the baseline's points give: the best dev metric
-    (earliest on ties, in grid order), with the same step, dev and test metrics."""
+def _compare(ours_out: Path, points: dict) -> dict:
+    """Ours against the baseline's points: ``identical`` when every seed chose what the
+    baseline's points give (the best dev metric, earliest on ties, in grid order) with the same
+    step, dev and test metrics; ``same_choices`` when the chosen grid points and steps match;
+    ``max_metric_difference`` over every grid point's dev metric and the chosen test metrics
+    (round-off when units train batched)."""
     from smash.train.fewshot.metrics import select_best
 
     [entry] = json.loads((ours_out / "results.json").read_text())["entries"]
+    identical = same_choices = True
+    worst = 0.0
     for seed in entry["seeds"]:
         grid = [points[(seed["seed"], float(lr), int(bs))] for lr in LRS for bs in BATCH_SIZES]
         best = grid[select_best([p["dev"] for p in grid])]
         mine = {k: seed[k] for k in ("lr", "batch_size", "step", "dev", "tests")}
-        if mine != {k: best[k] for k in mine} or seed["grid_dev"] != [p["dev"] for p in grid]:
-            return False
-    return True
+        identical &= mine == {k: best[k] for k in mine} and seed["grid_dev"] == [
+            p["dev"] for p in grid
+        ]
+        same_choices &= all(mine[k] == best[k] for k in ("lr", "batch_size", "step"))
+        pairs = [*zip(seed["grid_dev"], (p["dev"] for p in grid)),
+                 *((v, best["tests"][c]) for c, v in seed["tests"].items())]  # fmt: skip
+        worst = max([worst, *(abs(a - b) for a, b in pairs)])
+    return {"identical": identical, "same_choices": same_choices, "max_metric_difference": worst}
 
 
 def components(work: Path, args) -> dict:
@@ -168,6 +182,7 @@ def components(work: Path, args) -> dict:
     import torch
     from smash.precompute.kshot.data import load_kshot
     from smash.precompute.kshot.tasks import get_task
+    from smash.train.fewshot.batched import train_together
     from smash.train.fewshot.protocol import Protocol, checkpoint_tests, evaluate, train_point
     from smash.train.fewshot.runner import _factory
     from transformers import AutoTokenizer
@@ -203,15 +218,27 @@ def components(work: Path, args) -> dict:
         once = replace(protocol, max_steps=steps, eval_every=steps)
         return timed(lambda: train_point(make, split, SEEDS[0], 1e-5, bs, once, device), 1)
 
+    def together(steps: int, bs: int) -> float:  # batch_units units, one dev pass each
+        once = replace(protocol, max_steps=steps, eval_every=steps)
+        learners = [make() for _ in range(args.batch_units)]
+        return timed(lambda: train_together(learners, [split] * len(learners),
+                                            [SEEDS[0]] * len(learners), [1e-5] * len(learners),
+                                            bs, once, device), 1)  # fmt: skip
+
     # a step: the difference of two trainings, which share every cost but their steps
     n = max(args.steps, 2)
     step_s = {str(bs): (training(n, bs) - training(n // 2, bs)) / (n - n // 2) for bs in (2, 4)}
+    batched_step_s = {}
+    if args.batch_units > 1:  # a unit's share of a step of batch_units units
+        batched_step_s = {str(bs): (together(n, bs) - together(n // 2, bs)) / (n - n // 2)
+                          / args.batch_units for bs in (2, 4)}  # fmt: skip
     _, state = train_point(make, split, SEEDS[0], 1e-5, 4, replace(protocol, max_steps=2), device)
     test_s = timed(lambda: checkpoint_tests(learner, split, state, protocol, device), 2)
     test_tokens = sum(len(f.input_ids) for f in learner.encode(split.tests[TASK]))
     return {
         "load_s": load_s,
         "step_s": step_s,
+        "batched_step_s": batched_step_s,
         "dev_pass_s": dev_s,
         "test_pass_s": test_s,
         "test_examples": len(split.tests[TASK]),
@@ -234,11 +261,16 @@ def process_start() -> float:
 
 def table2(parts: dict, start_s: float) -> dict:
     """Device-seconds of Table 2 for one student, ours and LM-BFF's way, from one unit's
-    parts: every unit trains 1000 steps (half of them at batch 2, half at 4) with 10 dev
-    passes of 16 x labels examples; a test pass costs its tokens at the measured rate, pair
-    tasks' inputs twice a sentence's length, LM-BFF's each of its demonstration sets (a query
-    and one demonstration per label, so 1 + labels times the query's tokens)."""
-    train_s = 1000 * (parts["step_s"]["2"] + parts["step_s"]["4"]) / 2
+    parts: every unit trains 1000 steps (half of them at batch 2, half at 4; ours batched when
+    the parts were measured so) with 10 dev passes of 16 x labels examples; a test pass costs
+    its tokens at the measured rate, pair tasks' inputs twice a sentence's length, LM-BFF's
+    each of its demonstration sets (a query and one demonstration per label, so 1 + labels
+    times the query's tokens)."""
+
+    def train_s(steps: dict) -> float:
+        return 1000 * (steps["2"] + steps["4"]) / 2
+
+    ours_steps = parts["batched_step_s"] or parts["step_s"]  # ours trains batched, if it does
     dev_per_example = parts["dev_pass_s"] / 32
     ours = baseline = 0.0
     units = 0
@@ -247,9 +279,11 @@ def table2(parts: dict, start_s: float) -> dict:
             sets = (FEWER_DEMO_SETS.get(name, 16) * (1 + labels)) if row == "LM-BFF" else 1
             tokens = sum(tests) * parts["mean_test_tokens"] * sentences * sets
             test_s = tokens / parts["test_tokens_per_s"]
-            unit = parts["load_s"] + train_s + 10 * dev_per_example * 16 * labels * sentences
-            ours += 5 * (6 * unit + test_s)  # one test pass per seed
-            baseline += 5 * 6 * (start_s + unit + test_s)  # a process and a test per point
+            dev_s = 10 * dev_per_example * 16 * labels * sentences
+            unit = parts["load_s"] + dev_s
+            ours += 5 * (6 * (unit + train_s(ours_steps)) + test_s)  # one test pass per seed
+            # a process, a load, a training and a test pass per grid point
+            baseline += 5 * 6 * (start_s + unit + train_s(parts["step_s"]) + test_s)
             units += 5 * 6
     return {"units": units, "ours_s": ours, "baseline_s": baseline, "speedup": baseline / ours,
             "ours_hours": ours / 3600, "baseline_hours": baseline / 3600}  # fmt: skip
@@ -276,13 +310,23 @@ def print_table(result: dict) -> None:
           f"{s['ours_units_per_hour']:>12.0f}")  # fmt: skip
     print(f"{'LM-BFF-style (process per point)':<34}{s['baseline_s']:>10.1f}"
           f"{s['baseline_units_per_hour']:>12.0f}")  # fmt: skip
-    print(f"speedup {s['speedup']:.2f}x; results identical: {s['identical']}")
+    print(
+        f"speedup {s['speedup']:.2f}x; results identical: {s['identical']} (same choices: "
+        f"{s['same_choices']}, largest metric difference {s['max_metric_difference']:.2g}); "
+        f"ours with --batch-units {result['batch_units']}"
+    )
     print(
         f"\none unit: process start {result['process_start_s']:.2f} s, model load "
         f"{p['load_s']:.2f} s, a training step {1e3 * p['step_s']['2']:.1f} ms (batch 2) / "
         f"{1e3 * p['step_s']['4']:.1f} ms (batch 4), a dev pass {1e3 * p['dev_pass_s']:.0f} ms, "
         f"a test pass {p['test_pass_s']:.2f} s ({p['test_tokens_per_s']:.0f} tokens/s)"
     )
+    if p["batched_step_s"]:
+        print(
+            f"trained {result['batch_units']} together, a unit's share of a step: "
+            f"{1e3 * p['batched_step_s']['2']:.1f} ms (batch 2) / "
+            f"{1e3 * p['batched_step_s']['4']:.1f} ms (batch 4)"
+        )
     print(
         f"Table 2 for one student ({t['units']} units, 1000 steps): ours "
         f"{t['ours_hours']:.1f} device-hours, LM-BFF-style {t['baseline_hours']:.1f} "
@@ -302,6 +346,7 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, help="dev every (steps / 10)")
     p.add_argument("--test-size", type=int, default=872, help="test examples (SST-2's 872)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--batch-units", type=int, help="ours: units trained together (1 CPU, 6 GPU)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -311,6 +356,7 @@ def main() -> None:
     args.seeds = args.seeds or (5 if gpu else 2)
     args.steps = args.steps or (1000 if gpu else 100)
     args.eval_every = args.eval_every or max(args.steps // 10, 1)
+    args.batch_units = args.batch_units or (6 if gpu else 1)
     if args.child:
         print(json.dumps(components(args.work, args)))
         return
@@ -325,6 +371,7 @@ def main() -> None:
     start_s = process_start()
     result = {
         "precision": args.precision,
+        "batch_units": args.batch_units,
         "scale": args.scale,
         "shapes": shapes,
         "shape_note": "DistilRoBERTa's shape"
