@@ -161,3 +161,24 @@ def test_a_killed_batched_evaluation_resumes_exactly(
     assert jobs == [2, 4, 2, 1, 1]  # the rest of batch 2, batch 4; zero-shot one at a time
     assert "14 units, 4 recorded, 10 to train in 5 jobs" in capsys.readouterr().err
     assert _entries(out) == _entries(batched)
+
+
+def test_a_learner_without_a_batched_path_trains_alone_in_its_job(
+    tiny_t5, kshot, tmp_path, monkeypatch
+):
+    """T5 has no batched path: the two units of its job train one after the other, as they do
+    with --batch-units 1, to the same ledger."""
+    jobs = []
+    monkeypatch.setattr(Job, "__call__", lambda self, cache=None: jobs.append(len(self.units))
+                        or REAL_JOB(self, cache))  # fmt: skip
+    units = {}
+    for batch_units in ("2", "1"):
+        out = tmp_path / batch_units
+        assert main(["--model", str(tiny_t5["student"]), "--tasks", "SST-2", "--data", str(kshot),
+                     "--mode", "prompt", "--k", "8", "--seeds", "13", "--lrs", "1e-3", "1e-2",
+                     "--batch-sizes", "4", "--max-steps", "2", "--eval-every", "2",
+                     "--max-length", "64", "--device", "cpu", "--out", str(out),
+                     "--batch-units", batch_units]) == 0  # fmt: skip
+        lines = (out / "points.jsonl").read_text().splitlines()[1:]
+        units[batch_units] = [json.loads(line)["result"] for line in lines if '"unit"' in line]
+    assert jobs == [2, 1, 1] and units["2"] == units["1"]

@@ -31,15 +31,18 @@ from collections.abc import Callable, Sequence
 
 import torch
 from smash.train.fewshot.demonstrations import DemoPromptLearner
+from smash.train.fewshot.distill import DISTILL_MODES
 from smash.train.fewshot.learners import Batch, Features, FinetuneLearner, PromptLearner, collate
 from smash.train.fewshot.metrics import select_best
 from smash.train.fewshot.protocol import PointResult, Protocol, cpu_state, evaluate
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-__all__ = ["BATCHED_LEARNERS", "can_batch", "train_together"]
+__all__ = ["BATCHED_LEARNERS", "UNBATCHED_MODES", "can_batch", "train_together"]
 
 BATCHED_LEARNERS = (PromptLearner, DemoPromptLearner, FinetuneLearner)
+# modes whose units never train together (zero-shot trains nothing), so never share a job
+UNBATCHED_MODES = ("zero-shot", *DISTILL_MODES)
 _BETAS, _EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, as the protocol uses them
 
 

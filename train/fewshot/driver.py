@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
+from smash.train.fewshot.batched import UNBATCHED_MODES
 from smash.train.fewshot.checkpoints import BestCheckpoints
 from smash.train.fewshot.jobs import CheckpointTest, Job, UnitOutcome, UnitWork
 from smash.train.fewshot.ledger import UnitKey
@@ -227,8 +228,9 @@ class Driver:
 
 def _trains_alike(key: UnitKey, batch_units: int) -> tuple:
     """What units of one (run, mode, task) must share to train together: a batch size and
-    a prompt (template and label words); with ``batch_units`` 1, nothing is shared."""
-    if batch_units == 1 or key.lr is None:
+    a prompt (template and label words); with ``batch_units`` 1, or in a mode that does not
+    batch, nothing is shared."""
+    if batch_units == 1 or key.mode in UNBATCHED_MODES:
         return (key.seed, key.lr, key.batch_size)
     inputs = json.loads(key.inputs)
     return key.batch_size, inputs.get("template"), str(inputs.get("words"))

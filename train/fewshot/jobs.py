@@ -83,13 +83,16 @@ class Job:
     def _together(self) -> list[UnitOutcome] | None:
         """The units trained batched; None (before any training) when their kind is not."""
         start = time.perf_counter()
-        device, learners = torch.device(self.device), []
-        for unit in self.units:
+
+        def made(unit: UnitWork):
             torch.manual_seed(unit.key.seed)  # as alone: a fresh head is its seed's
-            learners.append(unit.make())
-            if not can_batch(learners[0]):
-                return None
-        keys = self.keys
+            return unit.make()
+
+        first = made(self.units[0])
+        if not can_batch(first):
+            return None
+        learners = [first, *map(made, self.units[1:])]
+        device, keys = torch.device(self.device), self.keys
         trained = train_together(learners, [u.split for u in self.units], [k.seed for k in keys],
                                  [k.lr for k in keys], keys[0].batch_size, self.protocol,
                                  device)  # fmt: skip
