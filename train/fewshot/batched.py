@@ -183,7 +183,7 @@ def _stack(batches: list[list[Features]], pad: int, regression: bool, device) ->
 
 def _per_unit(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(U,) values shaped to broadcast over ``like`` (U, ...)."""
-    return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
 @torch.no_grad()
@@ -202,8 +202,8 @@ def _adamw_(params: dict, moments: dict, lrs: torch.Tensor, step: int) -> None:
     """``torch.optim.AdamW`` (no weight decay, the protocol's) with a learning rate per unit;
     gradients are cleared after."""
     beta1, beta2 = _BETAS
-    step_size = lrs / (1 - beta1**step)
     root = math.sqrt(1 - beta2**step)
+    step_sizes: dict = {}  # per device and dtype, copied there once a step
     for name, p in params.items():
         if p.grad is None:
             continue
@@ -211,5 +211,8 @@ def _adamw_(params: dict, moments: dict, lrs: torch.Tensor, step: int) -> None:
         m.lerp_(p.grad, 1 - beta1)
         v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
         denom = (v.sqrt() / root).add_(_EPS)
-        p.sub_(_per_unit(step_size.to(p.device), p) * (m / denom))
+        where = (p.device, p.dtype)
+        if where not in step_sizes:
+            step_sizes[where] = (lrs / (1 - beta1**step)).to(p.device, p.dtype)
+        p.sub_(_per_unit(step_sizes[where], p) * (m / denom))
         p.grad = None
