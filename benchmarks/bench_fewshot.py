@@ -5,10 +5,12 @@
 
 Three measurements, on one device in one run:
 
-1. Side by side: one ``evaluate-fewshot`` process over every (seed, grid point) of a prompt
-   task, against LM-BFF's way, one fresh process per grid point (start, load, train, dev,
-   test: ``evaluate-fewshot`` on that one point with ``--test-every-point``). Units per hour
-   of each, and whether every seed's chosen point, step, dev and test metrics are identical
+1. Side by side: per seed, one ``evaluate-fewshot`` process over the seed's grid points of a
+   prompt task, against LM-BFF's way, one fresh process per grid point (start, load, train,
+   dev, test: ``evaluate-fewshot`` on that one point with ``--test-every-point``), the two
+   one after the other, which first alternating by seed. Units per hour of each (wall
+   time; and the processes' CPU seconds, which a shared machine's other jobs change least),
+   and whether every seed's chosen point, step, dev and test metrics are identical
    (ours trains ``--batch-units`` together: 1 on a CPU, where stacking gains little, 6 on a
    GPU; batched, the metrics agree to round-off, and the choices are compared).
 2. One unit split into its parts, in a process of its own: process start (the imports a
@@ -22,7 +24,8 @@ Three measurements, on one device in one run:
 The model is DistilRoBERTa's published config (``shapes.py``; widths and depths divided by
 ``--scale`` on a CPU) with random weights; the task is SST-2's layout, made by ``make-kshot``
 from generated sentences of SST-2's lengths (K=16, dev 32 examples, a test set of
-``--test-size``). Results (table and JSON) go to ``--out``.
+``--test-size``). On a CPU every measured process runs torch on one thread (``child_env``).
+Results (table and JSON) go to ``--out``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -107,43 +111,83 @@ def common_flags(args, work: Path) -> list[str]:
             str(args.eval_every), "--device", args.device, "--precision", args.precision]  # fmt: skip
 
 
-def evaluate(flags: list[str]) -> float:
-    """Wall seconds of one ``evaluate-fewshot`` process."""
+def child_env(args) -> dict[str, str]:
+    """The environment of every process measured: offline, and on a CPU one thread (as the
+    other CPU benchmarks: on a shared machine, threads that outnumber the free cores spin and
+    wait, which makes a step an order of magnitude slower at random)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    if args.device == "cpu":
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return env
+
+
+def evaluate(flags: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, all its threads) of one ``evaluate-fewshot``
+    process: CPU seconds are what other jobs on a shared machine change least."""
     command = [sys.executable, "-m", "smash.train.fewshot.cli", *flags]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"evaluate-fewshot failed:\n{done.stderr[-3000:]}")
-    return seconds
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return seconds, cpu
+
+
+def _add(total: tuple[float, float], run: tuple[float, float]) -> tuple[float, float]:
+    return total[0] + run[0], total[1] + run[1]
+
+
+def run_ours(work: Path, args, seed: str) -> tuple[float, float]:
+    """One process over the seed's grid points."""
+    return evaluate([*common_flags(args, work), "--seeds", seed, "--lrs", *LRS, "--batch-sizes",
+                     *BATCH_SIZES, "--batch-units", str(args.batch_units), "--out",
+                     str(work / "ours" / seed)], child_env(args))  # fmt: skip
+
+
+def run_baseline(work: Path, args, seed: str, points: dict) -> tuple[float, float]:
+    """A process per grid point of the seed, each testing its point; their results into
+    ``points``."""
+    total = (0.0, 0.0)
+    for lr in LRS:
+        for bs in BATCH_SIZES:
+            out = work / "baseline" / f"{seed}-{lr}-{bs}"
+            total = _add(total, evaluate([*common_flags(args, work), "--seeds", seed, "--lrs", lr,
+                                          "--batch-sizes", bs, "--test-every-point", "--out",
+                                          str(out)], child_env(args)))  # fmt: skip
+            points[(int(seed), float(lr), int(bs))] = _ledger_point(out)
+    return total
 
 
 def side_by_side(work: Path, args) -> dict:
-    """Ours (one process, the whole grid) and LM-BFF's way (a process per grid point)."""
-    seeds = [str(s) for s in SEEDS[: args.seeds]]
-    ours_out = work / "ours"
-    ours_s = evaluate([*common_flags(args, work), "--seeds", *seeds, "--lrs", *LRS,
-                       "--batch-sizes", *BATCH_SIZES, "--batch-units", str(args.batch_units),
-                       "--out", str(ours_out)])  # fmt: skip
-    baseline_s, points = 0.0, {}
-    for seed in seeds:
-        for lr in LRS:
-            for bs in BATCH_SIZES:
-                out = work / "baseline" / f"{seed}-{lr}-{bs}"
-                baseline_s += evaluate([*common_flags(args, work), "--seeds", seed, "--lrs", lr,
-                                        "--batch-sizes", bs, "--test-every-point", "--out",
-                                        str(out)])  # fmt: skip
-                points[(int(seed), float(lr), int(bs))] = _ledger_point(out)
+    """Per seed, ours and LM-BFF's way one after the other, which first alternating by seed
+    (a load that drifts on a shared machine then weighs on both)."""
+    ours = baseline = (0.0, 0.0)
+    points, compared = {}, []
+    for i, seed in enumerate(str(s) for s in SEEDS[: args.seeds]):
+        if i % 2 == 0:
+            ours = _add(ours, run_ours(work, args, seed))
+            baseline = _add(baseline, run_baseline(work, args, seed, points))
+        else:
+            baseline = _add(baseline, run_baseline(work, args, seed, points))
+            ours = _add(ours, run_ours(work, args, seed))
+        compared.append(_compare(work / "ours" / seed, points))
     units = len(points)
     return {
         "units": units,
-        "ours_s": ours_s,
-        "baseline_s": baseline_s,
-        "ours_units_per_hour": 3600 * units / ours_s,
-        "baseline_units_per_hour": 3600 * units / baseline_s,
-        "speedup": baseline_s / ours_s,
-        **_compare(ours_out, points),
+        "ours_s": ours[0],
+        "baseline_s": baseline[0],
+        "ours_cpu_s": ours[1],
+        "baseline_cpu_s": baseline[1],
+        "ours_units_per_hour": 3600 * units / ours[0],
+        "baseline_units_per_hour": 3600 * units / baseline[0],
+        "speedup": baseline[0] / ours[0],
+        "speedup_cpu_time": baseline[1] / ours[1],
+        "identical": all(c["identical"] for c in compared),
+        "same_choices": all(c["same_choices"] for c in compared),
+        "max_metric_difference": max(c["max_metric_difference"] for c in compared),
     }
 
 
@@ -247,14 +291,15 @@ def components(work: Path, args) -> dict:
     }
 
 
-def process_start() -> float:
+def process_start(args) -> float:
     """Seconds a fresh process takes to import what an evaluation runs on."""
     code = ("import torch, transformers, smash.train.fewshot.cli, smash.train.fewshot.runner; "
             "from transformers import AutoModelForMaskedLM, AutoTokenizer")  # fmt: skip
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                       env=child_env(args))  # fmt: skip
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -290,7 +335,7 @@ def table2(parts: dict, start_s: float) -> dict:
 
 
 def run_child(work: Path, args) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = child_env(args)
     command = [sys.executable, __file__, "--child", "--work", str(work), *sys.argv[1:]]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -305,11 +350,12 @@ def print_table(result: dict) -> None:
         f"{s['units']} units ({result['seeds']} seeds x 6 grid points), {result['steps']} "
         f"steps, dev every {result['eval_every']}, test {p['test_examples']} examples"
     )
-    print(f"{'':<34}{'seconds':>10}{'units/hour':>12}")
-    print(f"{'evaluate-fewshot (one process)':<34}{s['ours_s']:>10.1f}"
+    print(f"{'':<36}{'seconds':>10}{'CPU seconds':>13}{'units/hour':>12}")
+    print(f"{'evaluate-fewshot (a process/seed)':<36}{s['ours_s']:>10.1f}{s['ours_cpu_s']:>13.1f}"
           f"{s['ours_units_per_hour']:>12.0f}")  # fmt: skip
-    print(f"{'LM-BFF-style (process per point)':<34}{s['baseline_s']:>10.1f}"
-          f"{s['baseline_units_per_hour']:>12.0f}")  # fmt: skip
+    print(f"{'LM-BFF-style (a process/point)':<36}{s['baseline_s']:>10.1f}"
+          f"{s['baseline_cpu_s']:>13.1f}{s['baseline_units_per_hour']:>12.0f}")  # fmt: skip
+    print(f"in CPU seconds: {s['speedup_cpu_time']:.2f}x")
     print(
         f"speedup {s['speedup']:.2f}x; results identical: {s['identical']} (same choices: "
         f"{s['same_choices']}, largest metric difference {s['max_metric_difference']:.2g}); "
@@ -368,7 +414,7 @@ def main() -> None:
     side = side_by_side(work, args)
     print(f"side by side: ours {side['ours_s']:.1f} s, baseline {side['baseline_s']:.1f} s")
     parts = run_child(work, args)
-    start_s = process_start()
+    start_s = process_start(args)
     result = {
         "precision": args.precision,
         "batch_units": args.batch_units,

@@ -183,8 +183,11 @@ def test_evaluation_batches_hold_the_token_budget_and_predict_the_same(tiny, tin
     assert batched == pytest.approx(alone, abs=1e-5)
     assert all(rows * width <= budget for rows, width in shapes) and len(shapes) < len(features)
     assert sum(rows for rows, _ in shapes) == len(features)
+    lengths = sorted(len(f.input_ids) for f in features)
+    budget = lengths[len(lengths) // 2]  # the longer half is over it: each of them alone
     shapes.clear()
-    assert predict(learner, features, 100, torch.device("cpu"), token_budget=1) == pytest.approx(
-        alone, abs=1e-5
-    )
-    assert [rows for rows, _ in shapes] == [1] * len(features)
+    batched = predict(learner, features, 100, torch.device("cpu"), token_budget=budget)
+    assert batched == pytest.approx(alone, abs=1e-5)
+    over = [(1, n) for n in lengths if n > budget]
+    assert sorted(s for s in shapes if s[0] * s[1] > budget) == over
+    assert sum(rows for rows, _ in shapes) == len(features)

@@ -113,9 +113,11 @@ def predict(
     if token_budget is None:
         order = sorted(range(len(features)), key=lengths.__getitem__)
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    else:  # a budget below the longest example puts that example alone
-        budget = max([token_budget, *lengths])
-        batches = [b.tolist() for b in token_budget_batches(lengths, budget, batch_size)]
+    else:  # an example longer than the budget is a batch of its own
+        within = [i for i, n in enumerate(lengths) if n <= token_budget]
+        fits = token_budget_batches([lengths[i] for i in within], token_budget, batch_size)
+        batches = [[within[j] for j in b] for b in fits]
+        batches += [[i] for i, n in enumerate(lengths) if n > token_budget]
     dtype = PRECISIONS[precision]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     preds: list[float] = [0.0] * len(features)
