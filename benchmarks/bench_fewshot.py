@@ -292,11 +292,14 @@ def components(work: Path, args) -> dict:
 
 
 def process_start(args) -> float:
-    """Seconds a fresh process takes to import what an evaluation runs on."""
+    """Seconds a fresh process takes to import what an evaluation runs on (and to start CUDA;
+    median of 3 on a CPU, one on a GPU, whose check is timed)."""
     code = ("import torch, transformers, smash.train.fewshot.cli, smash.train.fewshot.runner; "
             "from transformers import AutoModelForMaskedLM, AutoTokenizer")  # fmt: skip
+    if args.device == "cuda":
+        code += "; torch.zeros(1, device='cuda')"
     times = []
-    for _ in range(3):
+    for _ in range(1 if args.device == "cuda" else 3):
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                        env=child_env(args))  # fmt: skip
