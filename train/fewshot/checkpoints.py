@@ -49,11 +49,12 @@ class BestCheckpoints:
         return state
 
     def drop(self, keys: Iterable[UnitKey]) -> None:
-        """Forget the checkpoints of ``keys`` (those kept)."""
+        """Forget the checkpoints of ``keys`` (those kept, and a file a kill cut short)."""
         for key in keys:
             self._memory.pop(key.as_json(), None)
             if self.folder is not None:
                 self._path(key).unlink(missing_ok=True)
+                self._path(key).with_suffix(".partial").unlink(missing_ok=True)
 
     def _path(self, key: UnitKey) -> Path:
         return self.folder / f"{hashlib.sha256(key.as_json().encode()).hexdigest()[:32]}.pt"
