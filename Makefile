@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_kernel.py --device cpu
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_trainer.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_target_fidelity.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_fewshot.py
 
 clean:
 	rm -rf $(VENV) $(LATEST) demo-out demo-t5 benchmarks/out

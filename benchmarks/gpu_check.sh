@@ -42,4 +42,8 @@ step bench_teacher   100 python3 benchmarks/bench_teacher_pass.py --device cuda 
 # against ce online with its RoBERTa-base teacher; two repeats keep it within the step's time
 step bench_trainer   100 python3 benchmarks/bench_trainer.py --device cuda --out "$OUT" \
   --modes online-base ce+attn --repeats 2
+# evaluate-fewshot against one process per grid point (LM-BFF's way) at DistilRoBERTa's shape:
+# one seed x 6 grid points x 100 steps side by side, the unit's parts, the Table 2 estimate
+step bench_fewshot    90 python3 benchmarks/bench_fewshot.py --device cuda --seeds 1 --steps 100 \
+  --out "$OUT"
 exit $status

@@ -32,6 +32,7 @@ __all__ = [
     "integer",
     "number",
     "parse_flags",
+    "shard",
 ]
 
 
@@ -99,6 +100,14 @@ def number(
         return value
 
     return parse
+
+
+def shard(text: str) -> tuple[int, int]:
+    """``I/N``: the I-th of N parts of a job, 1 <= I <= N."""
+    i, sep, n = text.partition("/")
+    if sep and i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n):
+        return int(i), int(n)
+    raise argparse.ArgumentTypeError(f"expected I/N with 1 <= I <= N (e.g. 2/8), got {text!r}")
 
 
 # NumPy's legacy seeding (np.random.RandomState, which LM-BFF's k-shot splits use) takes these.

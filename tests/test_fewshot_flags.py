@@ -30,6 +30,10 @@ def _refused(capsys, tmp_path, flags) -> str:
         ("--max-steps", ["0", "-1"], INTEGER),
         ("--eval-every", ["0", "-2"], INTEGER),
         ("--eval-batch-size", ["0", "-4"], INTEGER),
+        ("--eval-token-budget", ["0", "-1", "1e9", "inf"], INTEGER),
+        ("--batch-units", ["0", "-1"], INTEGER),
+        ("--gpus-per-unit", ["-0.5", "1.5", "nan"], "a finite number >= 0 and <= 1"),
+        ("--cpus-per-unit", ["0", "-1", "inf"], POSITIVE),
         ("--max-length", ["0", "-1"], INTEGER),
         ("--demo-samples", ["0", "-1"], INTEGER),
         ("--demo-filter-rate", ["0", "-0.5", "1.5", "nan", "inf"], "a finite number > 0 and <= 1"),
@@ -45,6 +49,30 @@ def test_numeric_flags_out_of_range_are_refused_before_anything_runs(
         assert line == (
             f"evaluate-fewshot: error: argument {flag}: expected {allowed}, got {value!r}"
         )
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_is_refused_off_cuda(capsys, tmp_path, precision):
+    line = _refused(capsys, tmp_path, ["--precision", precision, "--device", "cpu"])
+    assert line == (
+        f"evaluate-fewshot: error: --precision {precision} needs a CUDA --device (autocast runs "
+        "on CUDA only), got --device cpu"
+    )
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--gpus-per-unit", "0.5"], "--gpus-per-unit applies to --ray"),
+        (["--cpus-per-unit", "2"], "--cpus-per-unit applies to --ray"),
+        (["--ray", "--shard", "1/2"], ("--shard splits the evaluation for a job array; --ray "
+                                       "runs all of it on a cluster: give one of them")),
+        (["--ray-address", "auto", "--device", "cuda", "--gpus-per-unit", "0"],
+         "--device cuda needs --gpus-per-unit above 0 under --ray"),
+    ],
+)  # fmt: skip
+def test_flags_that_do_not_go_together_are_refused(capsys, tmp_path, flags, message):
+    assert _refused(capsys, tmp_path, flags) == f"evaluate-fewshot: error: {message}"
 
 
 @pytest.mark.parametrize(

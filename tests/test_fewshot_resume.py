@@ -14,11 +14,12 @@ from smash.precompute.kshot.tasks import get_task
 from smash.precompute.shared.folder_lock import LOCK_NAME
 from smash.train.fewshot import runner
 from smash.train.fewshot.cli import main
+from smash.train.fewshot.jobs import Job
 from smash.train.fewshot.ledger import Ledger, UnitKey
 from smash.train.fewshot.protocol import PointResult
 
 ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
-REAL_UNIT = runner._unit
+REAL_UNIT = Job._unit
 SETTINGS = {"data": "/d", "eval_every": 2, "template": ["SST-2=x"]}
 
 
@@ -48,14 +49,20 @@ def _count_units(monkeypatch, fail_after: int | None = None) -> list[str]:
     """Count the units trained (or zero-shot), optionally dying like a kill after some."""
     calls = []
 
-    def unit(make, key, *args):
+    def unit(job, work, cache):
         if fail_after is not None and len(calls) == fail_after:
             raise Killed
-        calls.append(key.mode)
-        return REAL_UNIT(make, key, *args)
+        calls.append(work.key.mode)
+        return REAL_UNIT(job, work, cache)
 
-    monkeypatch.setattr(runner, "_unit", unit)
+    monkeypatch.setattr(Job, "_unit", unit)
     return calls
+
+
+def _unit_lines(out: Path) -> list[dict]:
+    """The ledger's unit lines (not its settings or test lines)."""
+    lines = [json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()]
+    return [line for line in lines if "unit" in line]
 
 
 def test_killed_evaluation_resumes_without_repeating_a_point(tiny, kshot, tmp_path, monkeypatch):
@@ -69,7 +76,7 @@ def test_killed_evaluation_resumes_without_repeating_a_point(tiny, kshot, tmp_pa
     with pytest.raises(Killed):
         main(_argv(tiny, kshot, killed))
     assert len(calls) == 5 and not (killed / "results.json").exists()
-    assert len((killed / "points.jsonl").read_text().splitlines()) == 1 + 5
+    assert len(_unit_lines(killed)) == 5
 
     calls = _count_units(monkeypatch)
     assert main([*_argv(tiny, kshot, killed), "--resume"]) == 0
@@ -155,7 +162,7 @@ def test_a_folder_another_evaluation_writes_to_is_refused(tiny, kshot, tmp_path,
         holder.kill()
         holder.wait()
     assert main(argv + ["--resume"] * resume) == 0
-    assert len((out / "points.jsonl").read_text().splitlines()) == 1 + 4
+    assert len((out / "points.jsonl").read_text().splitlines()) == 1 + 4  # zero-shot: no test lines
 
 
 def test_an_evaluation_refused_on_bad_input_leaves_no_folder(tiny, tmp_path, capsys):
@@ -215,8 +222,7 @@ def test_the_truncation_rule_is_part_of_a_prompt_units_key(tiny, kshot, tmp_path
     calls = _count_units(monkeypatch)
     assert main([*argv, "--resume", "--truncation", "lmbff"]) == 0
     assert calls == ["zero-shot"] * 4  # 2 tasks x 2 seeds
-    lines = (out / "points.jsonl").read_text().splitlines()[1:]
-    units = [json.loads(line)["unit"] for line in lines]
+    units = [line["unit"] for line in _unit_lines(out)]
     rules = [(u["mode"], json.loads(u["inputs"]).get("truncation")) for u in units]
     # the default's keys are as before there was a choice
     assert set(rules) == {("finetune", None), ("zero-shot", None), ("zero-shot", "lmbff")}

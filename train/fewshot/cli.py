@@ -17,9 +17,11 @@ seeds and K are flags so that the same command runs tiny on a CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -29,7 +31,7 @@ from smash.precompute.kshot.tasks import TASKS, get_task, per_task
 from smash.precompute.shared.folder_lock import hold_folder
 from smash.precompute.shared.model_paths import require_folder_or_hub_name
 from smash.store.errors import StoreError
-from smash.store.flags import SEED, FlagError, FlagParser, integer, number
+from smash.store.flags import SEED, FlagError, FlagParser, integer, number, shard
 from smash.train.fewshot.auto_prompts import read_auto_prompt
 from smash.train.fewshot.curves import (
     Point,
@@ -45,7 +47,7 @@ from smash.train.fewshot.ipet.soft_labels import IPET_MODES, IpetOptions
 from smash.train.fewshot.learners import TRUNCATIONS
 from smash.train.fewshot.ledger import LEDGER_NAME, Ledger
 from smash.train.fewshot.paper import PAPER_MODELS, parse_compare
-from smash.train.fewshot.protocol import Protocol, paper_max_steps
+from smash.train.fewshot.protocol import PRECISIONS, Protocol, paper_max_steps
 from smash.train.fewshot.report import write_report
 from smash.train.fewshot.runner import MODES, Run, evaluate_models, evaluate_runs
 from smash.train.fewshot.soft_prompts import (
@@ -88,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_length": args.max_length,
             "truncation": args.truncation,
             "device": args.device,
+            "test_every_point": args.test_every_point,
+            "batch_units": args.batch_units,
+            "shard": args.shard,
+            "executor": _executor(args),
             "distill": DistillSettings(
                 args.distill_store,
                 args.augmented_data,
@@ -117,13 +123,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_steps_per_k": {str(k): v for k, v in steps.items()},
         }
         run = _curve if args.curve else _table
-        with hold_folder(args.out, "evaluate-fewshot"):  # its ledger has one writer at a time
+        with _hold(args):  # each ledger has one writer at a time
             written = run(args, tasks, steps, options, config)
     except (DataError, StoreError, ValueError, OSError) as err:  # DataError: FILE:LINE: ...
         print(f"evaluate-fewshot: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     for path in written:
         print(path)
+    if args.shard:
+        i, n = args.shard
+        print(f"evaluate-fewshot: shard {i}/{n} is done ({Path(args.out) / _ledger_name(args)}); "
+              "once every shard is, the same command without --shard, with --resume, merges "
+              "them and writes the report", file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -203,7 +214,64 @@ def _parser() -> FlagParser:
         help="training steps for one K (repeatable), over --max-steps and the paper's",
     )
     p.add_argument("--eval-every", type=integer(1), default=100)
-    p.add_argument("--eval-batch-size", type=integer(1), default=32)
+    p.add_argument(
+        "--eval-batch-size",
+        type=integer(1),
+        default=256,
+        help="dev and test passes: at most this many examples per batch (256)",
+    )
+    p.add_argument(
+        "--eval-token-budget",
+        type=integer(1),
+        default=16384,
+        help="dev and test passes: length-sorted batches of at most this many padded tokens "
+        "(16384; an example of S demonstration sets counts S times)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default="fp32",
+        help="dev and test passes under autocast to bf16 or fp16 (CUDA only); training and "
+        "the default stay fp32",
+    )
+    p.add_argument(
+        "--batch-units",
+        type=integer(1),
+        default=1,
+        help="train up to this many units together, their weights stacked (grid points and "
+        "seeds of one mode, task and batch size; 1, the default: one at a time). Equal to "
+        "one at a time up to fp32 round-off with dropout off; each has its own dropout stream",
+    )
+    p.add_argument(
+        "--shard",
+        type=shard,
+        metavar="I/N",
+        help="evaluate only every N-th (model, mode, task) from the I-th on, into a ledger of "
+        "its own (OUT/points.shard-I-of-N.jsonl), for a job array; once every shard is done, "
+        "the same command without --shard, with --resume, merges them and writes the report",
+    )
+    g = p.add_argument_group(
+        "Ray (pip install 'smash-distill[ray]'): every job a Ray task; the driver alone writes "
+        "the ledger"
+    )
+    g.add_argument("--ray", action="store_true", help="run the jobs as Ray tasks (a local Ray "
+                   "unless --ray-address)")  # fmt: skip
+    g.add_argument("--ray-address", metavar="ADDR", help="a Ray cluster's address (implies --ray)")
+    g.add_argument(
+        "--gpus-per-unit",
+        type=number(minimum=0, maximum=1),
+        help="the share of a GPU a unit's task takes (0.25: four on a GPU; a job of several "
+        "units takes as many shares, one GPU at most); default 1 with a CUDA --device, else 0",
+    )
+    g.add_argument(
+        "--cpus-per-unit", type=number(above=0), help="the CPUs a task takes (default 1)"
+    )
+    p.add_argument(
+        "--test-every-point",
+        action="store_true",
+        help="test every grid point's best checkpoint, as LM-BFF does (the ledger then holds "
+        "every point's test metrics); by default only the point each seed chooses is tested",
+    )
     p.add_argument("--max-length", type=integer(1), help="override every task's max length")
     p.add_argument(
         "--truncation",
@@ -359,12 +427,30 @@ def _check_flags(p: FlagParser, args: argparse.Namespace) -> None:
         p.error("--mode ipet / ipet-pt needs --ipet-store DIR (run-ipet's OUT/store)")
     if "ppt" in args.mode and not args.ppt_prompt:
         p.error("--mode ppt needs --ppt-prompt [GROUP=]DIR (train-student --config paper-ppt)")
+    _check_ray(p, args)
+    if args.precision != "fp32" and not args.device.startswith("cuda"):
+        p.error(f"--precision {args.precision} needs a CUDA --device (autocast runs on CUDA "
+                f"only), got --device {args.device}")  # fmt: skip
     if args.demo_filter_rate is not None and not args.demo_filter_model:
         p.error("--demo-filter-rate takes effect with --demo-filter-model only")
     groups = len(args.model) if args.curve == "steps" else sum(map(len, args.model))
     if args.name and len(args.name) != groups:
         what = "series (one per --model)" if args.curve == "steps" else "models"
         p.error(f"--name gives {len(args.name)} names for {groups} {what}")
+
+
+def _check_ray(p: FlagParser, args: argparse.Namespace) -> None:
+    """The Ray flags: with --ray only, not with --shard, and a GPU share on CUDA."""
+    args.ray = args.ray or args.ray_address is not None
+    for flag, value in {"--gpus-per-unit": args.gpus_per_unit,
+                        "--cpus-per-unit": args.cpus_per_unit}.items():  # fmt: skip
+        if value is not None and not args.ray:
+            p.error(f"{flag} applies to --ray")
+    if args.ray and args.shard:
+        p.error("--shard splits the evaluation for a job array; --ray runs all of it on a "
+                "cluster: give one of them")  # fmt: skip
+    if args.ray and args.device.startswith("cuda") and args.gpus_per_unit == 0:
+        p.error(f"--device {args.device} needs --gpus-per-unit above 0 under --ray")
 
 
 def _check_repeats(p: FlagParser, args: argparse.Namespace) -> None:
@@ -424,6 +510,8 @@ def _protocol(args: argparse.Namespace, max_steps: int) -> Protocol:
         eval_every=args.eval_every,
         eval_batch_size=args.eval_batch_size,
         soft_prompt_learning_rates=tuple(args.prompt_tuning_lrs or PPT_LEARNING_RATES),
+        eval_token_budget=args.eval_token_budget,
+        precision=args.precision,
     )
 
 
@@ -451,6 +539,8 @@ def _table(args, tasks, steps, options, config) -> list[Path]:
         **options,
         ledger=_ledger(args, config),
     )
+    if args.shard:  # the report is the merging run's
+        return []
     return write_report(args.out, entries, {**config, "k": k}, paper)
 
 
@@ -463,13 +553,14 @@ def _curve(args, tasks, steps, options, config) -> list[Path]:
 
     def done(i: int, entries) -> None:
         finished.append((points[i], entries))
-        write_curve(out, args.curve, finished, config)
+        if not args.shard:  # the curve is the merging run's
+            write_curve(out, args.curve, finished, config)
 
     runs = [pt.run for pt in points]
     ledger = _ledger(args, config)
     evaluate_runs(runs, tasks, args.data, args.mode, args.seeds, **options, ledger=ledger,
                   on_run_done=done)  # fmt: skip
-    return write_curve(out, args.curve, finished, config)
+    return [] if args.shard else write_curve(out, args.curve, finished, config)
 
 
 def _lmbff_prompts_read(args: argparse.Namespace, tasks) -> dict:
@@ -508,12 +599,59 @@ def _check_demo_paths(args: argparse.Namespace) -> None:
 # What every unit of OUT/points.jsonl shares: how units are trained and evaluated. What a unit
 # reads (model, split, prompt, stores...) is part of its key instead, by content, so a --resume
 # may add models, modes, tasks, seeds and grid values, and a changed input makes new units.
-_SETTINGS = ("eval_every", "eval_batch_size", "max_grad_norm", "device")
+_SETTINGS = (
+    "batch_units",
+    "eval_every",
+    "eval_batch_size",
+    "eval_token_budget",
+    "precision",
+    "max_grad_norm",
+    "device",
+)
+
+
+def _executor(args: argparse.Namespace) -> Callable[[], object] | None:
+    """What makes the Ray executor, under --ray (the jobs run in this process otherwise)."""
+    if not args.ray:
+        return None
+    from smash.train.fewshot.ray_executor import RayExecutor
+
+    gpus = args.gpus_per_unit
+    if gpus is None:
+        gpus = 1.0 if args.device.startswith("cuda") else 0.0
+    return functools.partial(RayExecutor, args.ray_address, gpus, args.cpus_per_unit or 1.0)
+
+
+_SHARD_LEDGER = "points.shard-{}-of-{}.jsonl"  # a shard's own ledger, beside LEDGER_NAME
+
+
+def _ledger_name(args: argparse.Namespace) -> str:
+    return LEDGER_NAME if args.shard is None else _SHARD_LEDGER.format(*args.shard)
 
 
 def _ledger(args: argparse.Namespace, config: dict) -> Ledger:
+    """This run's ledger: a shard reads its own; a whole run also reads the shards'."""
     settings = {k: config[k] for k in _SETTINGS}
-    return Ledger(Path(args.out) / LEDGER_NAME, settings, args.resume)
+    out = Path(args.out)
+    others = [] if args.shard else sorted(out.glob(_SHARD_LEDGER.format("*", "*")))
+    return Ledger(out / _ledger_name(args), settings, args.resume, others)
+
+
+@contextlib.contextmanager
+def _hold(args: argparse.Namespace) -> Iterator[None]:
+    """The folder lock: a whole run holds OUT alone; shards hold it together, each holding
+    its own ledger alone."""
+    if args.shard is None:
+        with hold_folder(args.out, "evaluate-fewshot"):
+            yield
+        return
+    i, n = args.shard
+    command = f"evaluate-fewshot --shard {i}/{n}"
+    with (
+        hold_folder(args.out, command, shared=True),
+        hold_folder(args.out, command, name=f".smash.shard-{i}-of-{n}.lock"),
+    ):
+        yield
 
 
 def _points(args: argparse.Namespace, steps: dict[int, int]) -> list[Point]:

@@ -4,20 +4,26 @@ For each (learning rate, batch size) of the grid the model starts afresh from it
 (seeded, so a new head is the same for every grid point), trains up to ``max_steps`` with
 AdamW and a linear decay (HF Trainer defaults: no warmup, no weight decay, clipping at 1.0), and
 is evaluated on dev every ``eval_every`` steps. The best dev checkpoint is kept as an in-memory
-copy of the weights, never a file, and is evaluated on the test set(s), as LM-BFF does. Each
-grid point is so a self-contained :class:`PointResult` (a long evaluation records it and
-never trains it again); across the grid the point with the best dev metric (earliest on ties)
-gives the seed's result.
+copy of the weights, never a file. Each grid point is so a self-contained :class:`PointResult`
+(a long evaluation records it and never trains it again); across the grid the point with the
+best dev metric (earliest on ties) gives the seed's result, and only its checkpoint needs a
+test pass (``train_point`` + ``checkpoint_tests``); ``run_point`` tests every point's, as
+LM-BFF does.
+
+Dev and test passes run under ``torch.inference_mode`` in length-sorted batches of at most
+``eval_batch_size`` rows and ``eval_token_budget`` padded tokens (an example longer than the
+budget is a batch of its own), with autocast to ``precision`` on CUDA (``PRECISIONS``;
+training stays fp32).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
+from smash.precompute.batching import token_budget_batches
 from smash.precompute.kshot.data import KShotData
 from smash.train.fewshot.learners import Features, FinetuneLearner, PromptLearner, collate
 from smash.train.fewshot.metrics import compute_metric, select_best
@@ -25,19 +31,26 @@ from smash.train.fewshot.soft_prompts import PPT_LEARNING_RATES, SOFT_PROMPT_MOD
 
 __all__ = [
     "PAPER_MAX_STEPS",
+    "PRECISIONS",
     "PointResult",
     "Protocol",
     "SeedResult",
+    "checkpoint_tests",
     "choose",
+    "cpu_state",
     "evaluate",
     "paper_max_steps",
     "predict",
     "run_point",
     "test_metrics",
+    "train_point",
     "zero_shot",
 ]
 
 Learner = PromptLearner | FinetuneLearner
+
+# --precision: the autocast dtype of dev and test passes on CUDA (None: fp32, no autocast)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Training steps per K of the paper's Figure 4 (appendix A, "Experiments in Section 4.6").
 PAPER_MAX_STEPS = {16: 1000, 32: 1000, 64: 2000, 128: 2000, 256: 4000}
@@ -56,7 +69,9 @@ class Protocol:
     batch_sizes: tuple[int, ...] = (2, 4)
     max_steps: int = 1000
     eval_every: int = 100
-    eval_batch_size: int = 32
+    eval_batch_size: int = 256
+    eval_token_budget: int | None = 16384
+    precision: str = "fp32"
     max_grad_norm: float = 1.0
     # the soft-prompt modes' rates (PPT's prompt tuning: soft_prompts.PPT_LEARNING_RATES)
     soft_prompt_learning_rates: tuple[float, ...] = PPT_LEARNING_RATES
@@ -68,8 +83,13 @@ class Protocol:
     def for_mode(self, mode: str) -> Protocol:
         """The protocol a mode trains with: the soft-prompt modes search their own rates."""
         if mode in SOFT_PROMPT_MODES:
-            return dataclasses.replace(self, learning_rates=self.soft_prompt_learning_rates)
+            return replace(self, learning_rates=self.soft_prompt_learning_rates)
         return self
+
+    @property
+    def inference(self) -> dict:
+        """``predict``'s keywords for dev and test passes."""
+        return {"token_budget": self.eval_token_budget, "precision": self.precision}
 
 
 @dataclass
@@ -85,28 +105,52 @@ class SeedResult:
     grid_dev: list[float] = field(default_factory=list)
 
 
-@torch.no_grad()
 def predict(
-    learner: Learner, features: Sequence[Features], batch_size: int, device: torch.device
+    learner: Learner,
+    features: Sequence[Features],
+    batch_size: int,
+    device: torch.device,
+    *,
+    token_budget: int | None = None,
+    precision: str = "fp32",
 ) -> list[float]:
-    """Predictions for ``features`` in their order, in length-sorted batches (little padding)."""
+    """Predictions for ``features`` in their order, in length-sorted batches (little padding)
+    of at most ``batch_size`` examples and, given one, ``token_budget`` padded tokens (an
+    example of S demonstration sets counts S times its longest)."""
     learner.model.eval()
-    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
+    lengths = [len(f.input_ids) * len(getattr(f, "sets", (f,))) for f in features]
+    if token_budget is None:
+        order = sorted(range(len(features)), key=lengths.__getitem__)
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    else:  # an example longer than the budget is a batch of its own
+        within = [i for i, n in enumerate(lengths) if n <= token_budget]
+        fits = token_budget_batches([lengths[i] for i in within], token_budget, batch_size)
+        batches = [[within[j] for j in b] for b in fits]
+        batches += [[i] for i, n in enumerate(lengths) if n > token_budget]
+    dtype = PRECISIONS[precision]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     preds: list[float] = [0.0] * len(features)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = collate(
-            [features[i] for i in idx], learner.tokenizer.pad_token_id, learner.task.is_regression
-        ).to(device)
-        for i, p in zip(idx, learner.predict(learner.forward(batch)).tolist()):
-            preds[i] = p
+    with torch.inference_mode(), autocast:
+        for idx in batches:
+            batch = collate(
+                [features[i] for i in idx],
+                learner.tokenizer.pad_token_id,
+                learner.task.is_regression,
+            ).to(device)
+            for i, p in zip(idx, learner.predict(learner.forward(batch)).tolist()):
+                preds[i] = p
     return preds
 
 
 def evaluate(
-    learner: Learner, features: Sequence[Features], batch_size: int, device: torch.device
+    learner: Learner,
+    features: Sequence[Features],
+    batch_size: int,
+    device: torch.device,
+    **inference,
 ) -> float:
-    preds = predict(learner, features, batch_size, device)
+    """The task's metric over ``features``; ``inference``: ``predict``'s keywords."""
+    preds = predict(learner, features, batch_size, device, **inference)
     return compute_metric(learner.task.metric, preds, [f.label for f in features])
 
 
@@ -116,10 +160,11 @@ def test_metrics(
     features: Sequence[Features],
     batch_size: int,
     device: torch.device,
+    **inference,
 ) -> dict[str, float]:
     """One results column's test metrics from one prediction pass: the task's metric under
     ``column``, each of its extra metrics under ``column:name`` (``STS-B:spearman``)."""
-    preds = predict(learner, features, batch_size, device)
+    preds = predict(learner, features, batch_size, device, **inference)
     labels = [f.label for f in features]
     task = learner.task
     out = {column: compute_metric(task.metric, preds, labels)}
@@ -134,11 +179,13 @@ def zero_shot(
     batch_size: int,
     device: torch.device,
     cache: dict | None = None,
+    **inference,
 ) -> SeedResult:
     """The untrained model through the same template and label words.
 
     GLUE test sets are the same file for every seed, so test metrics are memoised in ``cache``
     (keyed by the examples themselves) when one is given; dev is evaluated per seed.
+    ``inference``: ``predict``'s keywords.
     """
     learner.model.to(device)
     cache = {} if cache is None else cache
@@ -146,22 +193,53 @@ def zero_shot(
     for col, examples in data.tests.items():
         key = (col, tuple(examples))
         if key not in cache:
-            cache[key] = test_metrics(learner, col, learner.encode(examples), batch_size, device)
+            features = learner.encode(examples)
+            cache[key] = test_metrics(learner, col, features, batch_size, device, **inference)
         tests.update(cache[key])
-    dev = evaluate(learner, learner.encode(data.dev), batch_size, device)
+    dev = evaluate(learner, learner.encode(data.dev), batch_size, device, **inference)
     return SeedResult(seed=seed, dev=dev, tests=tests)
 
 
 @dataclass(frozen=True)
 class PointResult:
     """One grid point of one seed: its best dev metric, at which step, and that checkpoint's
-    test metrics."""
+    test metrics (empty until it is tested: only the seed's chosen point is, unless every
+    point is)."""
 
     lr: float | None  # None for a zero-shot unit (no training)
     batch_size: int | None
     dev: float
     step: int
     tests: dict[str, float]
+
+
+def train_point(
+    make_learner: Callable[[], object],
+    data: KShotData,
+    seed: int,
+    lr: float,
+    batch_size: int,
+    protocol: Protocol,
+    device: torch.device,
+) -> tuple[PointResult, dict]:
+    """Train one grid point from the model's folder: its result, untested, and its best-dev
+    checkpoint (a state dict on the CPU)."""
+    _, result, state = _train_point(make_learner, data, seed, lr, batch_size, protocol, device)
+    return result, state
+
+
+def checkpoint_tests(
+    learner, data: KShotData, state: dict, protocol: Protocol, device: torch.device
+) -> dict[str, float]:
+    """The test metrics of ``learner`` with the weights ``state``, on every test set."""
+    learner.model.to(device)
+    learner.model.load_state_dict(state)
+    tests: dict[str, float] = {}
+    for col, examples in data.tests.items():
+        features = learner.encode(examples)
+        tests.update(test_metrics(learner, col, features, protocol.eval_batch_size, device,
+                                  **protocol.inference))  # fmt: skip
+    return tests
 
 
 def run_point(
@@ -174,17 +252,22 @@ def run_point(
     device: torch.device,
 ) -> PointResult:
     """Train one grid point from the model's folder and test its best-dev checkpoint."""
+    learner, result, state = _train_point(
+        make_learner, data, seed, lr, batch_size, protocol, device
+    )
+    tests = checkpoint_tests(learner, data, state, protocol, device)
+    return replace(result, tests=tests)
+
+
+def _train_point(make_learner, data, seed, lr, batch_size, protocol, device):
+    """(the trained learner, its untested result, its best-dev checkpoint)."""
     torch.manual_seed(seed)
     learner = make_learner()
     learner.model.to(device)
     train, dev = learner.encode(data.train), learner.encode(data.dev)
     score, state, step = _train(learner, train, dev, lr, batch_size, seed, protocol, device)
-    learner.model.load_state_dict(state)
-    tests: dict[str, float] = {}
-    for col, examples in data.tests.items():
-        features = learner.encode(examples)
-        tests.update(test_metrics(learner, col, features, protocol.eval_batch_size, device))
-    return PointResult(lr=lr, batch_size=batch_size, dev=score, step=step, tests=tests)
+    result = PointResult(lr=lr, batch_size=batch_size, dev=score, step=step, tests={})
+    return learner, result, state
 
 
 def choose(seed: int, points: Sequence[PointResult]) -> SeedResult:
@@ -199,6 +282,11 @@ def choose(seed: int, points: Sequence[PointResult]) -> SeedResult:
         step=best.step,
         grid_dev=[p.dev for p in points],
     )
+
+
+def cpu_state(model: torch.nn.Module) -> dict:
+    """A checkpoint as the protocol keeps it: the state dict, copied to the CPU."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _train(
@@ -240,12 +328,11 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if step % protocol.eval_every == 0 or step == total:
-                score = evaluate(learner, dev, protocol.eval_batch_size, device)
+                score = evaluate(learner, dev, protocol.eval_batch_size, device,
+                                 **protocol.inference)  # fmt: skip
                 if best_state is None or select_best([best_score, score]) == 1:
                     best_score, best_step = score, step
-                    best_state = {
-                        k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-                    }
+                    best_state = cpu_state(model)
             if step == total:
                 break
     return best_score, best_state, best_step

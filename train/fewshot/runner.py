@@ -7,16 +7,15 @@ some K). Every split of every run is read and checked before any training starts
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
 from smash.precompute.kshot.data import load_kshot
 from smash.precompute.kshot.splits import SEEDS
 from smash.precompute.kshot.tasks import Task
 from smash.precompute.shared.adapters import auto_model_class, family_of, max_sequence_length
 from smash.train.fewshot.auto_prompts import AutoPrompt, check_label_words, read_auto_prompt
+from smash.train.fewshot.checkpoints import CHECKPOINTS_NAME, BestCheckpoints
 from smash.train.fewshot.demonstrations import (
     DEMO_MODES,
     DemoOptions,
@@ -31,6 +30,7 @@ from smash.train.fewshot.distill import (
     DistillSettings,
     prepare_distill,
 )
+from smash.train.fewshot.driver import Driver
 from smash.train.fewshot.encoder_head import T5EncoderClassifier
 from smash.train.fewshot.ipet.soft_labels import (
     IPET_MODES,
@@ -39,16 +39,10 @@ from smash.train.fewshot.ipet.soft_labels import (
     ipet_factory,
     prepare_ipet,
 )
+from smash.train.fewshot.jobs import UnitWork
 from smash.train.fewshot.learners import FinetuneLearner, PromptLearner
 from smash.train.fewshot.ledger import Ledger, UnitKey
-from smash.train.fewshot.protocol import (
-    PointResult,
-    Protocol,
-    SeedResult,
-    choose,
-    run_point,
-    zero_shot,
-)
+from smash.train.fewshot.protocol import Protocol
 from smash.train.fewshot.report import Entry
 from smash.train.fewshot.soft_prompts import (
     SOFT_PROMPT_MODES,
@@ -56,7 +50,6 @@ from smash.train.fewshot.soft_prompts import (
     soft_prompt_factory,
 )
 from smash.train.fewshot.units import Plan, Run, UnitInputs
-from tqdm.auto import tqdm
 
 __all__ = ["MODES", "Run", "evaluate_models", "evaluate_runs"]
 
@@ -82,6 +75,10 @@ def evaluate_models(
     truncation: str = "sentences",
     soft_prompts: SoftPromptOptions | None = None,
     ipet: IpetOptions | None = None,
+    test_every_point: bool = False,
+    batch_units: int = 1,
+    shard: tuple[int, int] | None = None,
+    executor: Callable[[], object] | None = None,
 ) -> list[Entry]:
     """Run every (model, mode, task, seed); ``models`` are ``(name, path)`` pairs."""
     runs = [Run(name, path, k, protocol) for name, path in models]
@@ -101,6 +98,10 @@ def evaluate_models(
         truncation=truncation,
         soft_prompts=soft_prompts,
         ipet=ipet,
+        test_every_point=test_every_point,
+        batch_units=batch_units,
+        shard=shard,
+        executor=executor,
     )
     return [entry for entries in per_run for entry in entries]
 
@@ -122,6 +123,10 @@ def evaluate_runs(
     truncation: str = "sentences",
     soft_prompts: SoftPromptOptions | None = None,
     ipet: IpetOptions | None = None,
+    test_every_point: bool = False,
+    batch_units: int = 1,
+    shard: tuple[int, int] | None = None,
+    executor: Callable[[], object] | None = None,
 ) -> list[list[Entry]]:
     """The entries of each run, in run order; ``on_run_done(i, entries)`` is called as soon
     as run ``i`` is finished (a curve writes its files so far, so a long series shows
@@ -133,10 +138,17 @@ def evaluate_runs(
     seed before the run trains. ``demos`` configures the modes with demonstrations
     (``prompt-demo``, ``lmbff``); ``lmbff`` reads LM-BFF's searched template of every (task, K,
     seed) from ``demos.prompts`` before any training. ``truncation`` is the rule that shortens
-    a prompt longer than its max length (``learners.TRUNCATIONS``); the distill modes take only
-    the default, the one their stores were made with. ``soft_prompts`` configures the modes
-    that tune a soft prompt (``ppt``, ``prompt-tuning``; ``soft_prompts.py``), ``ipet`` the final
-    classifiers of iPET (``ipet``, ``ipet-pt``: ``ipet/soft_labels.py``).
+    a prompt longer than its max length (``learners.TRUNCATIONS``); the distill modes and
+    ``ipet-pt`` take only the default, the one their stores were made with. ``soft_prompts``
+    configures the modes that tune a soft prompt (``ppt``, ``prompt-tuning``;
+    ``soft_prompts.py``), ``ipet`` the final classifiers of iPET (``ipet``, ``ipet-pt``:
+    ``ipet/soft_labels.py``). Only each seed's chosen grid point is
+    tested, unless ``test_every_point`` (``driver.py``). Up to ``batch_units`` units that
+    train alike train together (``batched.py``). With ``shard`` = (I, N) only every N-th
+    (run, mode, task) from the I-th on is evaluated, and no run is complete unless all of its
+    groups are this shard's (``Plan.groups``). ``executor()`` makes what runs the jobs
+    (``driver.py``; by default they run one at a time in this process), once every input is
+    checked.
     """
     from transformers import AutoTokenizer
 
@@ -173,9 +185,9 @@ def evaluate_runs(
 
     soft_prompts = soft_prompts or SoftPromptOptions()
     inputs = UnitInputs(data, distill, demos, prompt, truncation, soft_prompts, ipet)
-    plan = Plan(runs, modes, tasks, seeds, ledger, inputs)
+    plan = Plan(runs, modes, tasks, seeds, ledger, inputs, shard)
     embedder = None
-    filtered = [(r, m, t) for r in runs for m in modes if m in DEMO_MODES for t in tasks]
+    filtered = [(r, m, t) for r, m, t in plan.groups() if m in DEMO_MODES]
     if demos.filter_model and not all(plan.finished(*group) for group in filtered):
         embedder = SentenceEmbedder(demos.filter_model, device)
     # every unfinished (run, mode, task) is set up, and so checked, before any unit trains; a
@@ -183,7 +195,7 @@ def evaluate_runs(
     stores: dict = {}  # the distill modes' stores, read once
     setups = {}
     for run in runs:
-        todo = [(m, t) for m in modes for t in tasks if not plan.finished(run, m, t)]
+        todo = [(m, t) for r, m, t in plan.groups() if r is run and not plan.finished(r, m, t)]
         tokenizer = AutoTokenizer.from_pretrained(run.path) if todo else None
         if any(m in DEMO_MODES for m, _ in todo):
             _check_demo_run(run, tokenizer, auto)
@@ -214,55 +226,15 @@ def evaluate_runs(
                                                   tokenizer, template, length, stores)  # fmt: skip
                     make = ipet_factory(shared, targets, split.train)
                 setups[(run.name, mode, task.name, seed)] = (make, split)
-    dev = torch.device(device)
-    out = []
-    # the bar closes on an error too, so that the error message gets a line of its own
-    with tqdm(
-        total=plan.total, initial=plan.done, desc="few-shot", unit="unit", dynamic_ncols=True
-    ) as bar:
-        for i, run in enumerate(runs):
-            entries = []
-            for mode in modes:
-                for task in tasks:
-                    results = []
-                    cache: dict = {}  # zero-shot test metrics, shared by the seeds
-                    for seed in seeds:
-                        points = []
-                        for key in plan.keys(run, mode, task, seed):
-                            found = plan.get(key)
-                            if found is None:
-                                bar.set_postfix_str(plan.postfix(key), refresh=False)
-                                make, split = setups[(run.name, mode, task.name, seed)]
-                                found, seconds = _unit(make, key, split, run, dev, cache)
-                                plan.record(key, found, seconds)
-                                bar.update(1)
-                            points.append(found)
-                        results.append(_seed_result(mode, seed, points))
-                    entries.append(
-                        Entry(run.name, str(run.path), mode, task.name, task.metric, results)
-                    )
-            on_run_done(i, entries)
-            out.append(entries)
-    return out
+    checkpoints = BestCheckpoints(None if ledger is None else ledger.path.parent / CHECKPOINTS_NAME)
 
+    def work_of(key: UnitKey) -> UnitWork:
+        make, split = setups[(key.model, key.mode, key.task, key.seed)]
+        return UnitWork(key, make, split)
 
-def _unit(make, key: UnitKey, split, run: Run, dev, cache) -> tuple[PointResult, float]:
-    """Train (or zero-shot) one unit; returns its result and the seconds it took."""
-    start = time.perf_counter()
-    if key.mode == "zero-shot":
-        torch.manual_seed(key.seed)
-        r = zero_shot(make(), split, key.seed, run.protocol.eval_batch_size, dev, cache)
-        result = PointResult(lr=None, batch_size=None, dev=r.dev, step=0, tests=r.tests)
-    else:
-        protocol = run.protocol.for_mode(key.mode)
-        result = run_point(make, split, key.seed, key.lr, key.batch_size, protocol, dev)
-    return result, time.perf_counter() - start
-
-
-def _seed_result(mode: str, seed: int, points: list[PointResult]) -> SeedResult:
-    if mode == "zero-shot":
-        return SeedResult(seed=seed, dev=points[0].dev, tests=dict(points[0].tests))
-    return choose(seed, points)
+    runs_jobs = executor() if executor is not None else None  # started once all is checked
+    driver = Driver(plan, work_of, checkpoints, device, test_every_point, runs_jobs, batch_units)
+    return driver.run(on_run_done)
 
 
 def _distill_factory(make, labels, split, settings) -> Callable[[], DistillLearner]:

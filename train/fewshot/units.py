@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from smash.precompute.kshot.data import kshot_dir
@@ -16,6 +16,7 @@ from smash.train.fewshot.demonstrations import DEMO_MODES, DemoOptions, demo_spe
 from smash.train.fewshot.distill import DISTILL_MODES, DistillSettings
 from smash.train.fewshot.ipet.soft_labels import IPET_MODES, IpetOptions, base_mode
 from smash.train.fewshot.ledger import Ledger, UnitKey
+from smash.train.fewshot.metrics import select_best
 from smash.train.fewshot.protocol import PointResult, Protocol
 from smash.train.fewshot.soft_prompts import SOFT_PROMPT_MODES, SoftPromptOptions
 
@@ -112,19 +113,40 @@ class UnitInputs:
 
 class Plan:
     """Every unit of an evaluation, which of them are finished, and progress counts for the
-    bar (units are grid points; a (task, seed) is done when all of its units are)."""
+    bar (units are grid points; a (task, seed) is done when all of its units are recorded and
+    the grid point it chooses is tested)."""
 
-    def __init__(self, runs, modes, tasks, seeds, ledger: Ledger | None, inputs) -> None:
+    def __init__(
+        self, runs, modes, tasks, seeds, ledger: Ledger | None, inputs,
+        shard: tuple[int, int] | None = None,
+    ) -> None:  # fmt: skip
         self.runs, self.modes, self.tasks, self.seeds = runs, modes, tasks, seeds
-        self.ledger, self.inputs = ledger, inputs
+        self.ledger, self.inputs, self.shard = ledger, inputs, shard
         self._keys: dict[tuple, list[UnitKey]] = {}
         self._new: dict[UnitKey, PointResult] = {}
         self.total = self.done = 0
-        for key in self._all_keys():
-            self.total += 1
-            self.done += self.get(key) is not None
+        for seed_group in self.seed_groups():
+            for key in self.keys(*seed_group):
+                self.total += 1
+                self.done += self.get(key) is not None
+
+    def groups(self) -> list[tuple[Run, str, Task]]:
+        """Every (run, mode, task) of this evaluation (of its shard: ``shard`` = (I, N) takes
+        every N-th group, from the I-th on), in evaluation order."""
+        every = [(r, m, t) for r in self.runs for m in self.modes for t in self.tasks]
+        if self.shard is None:
+            return every
+        i, n = self.shard
+        return every[i - 1 :: n]
+
+    def seed_groups(self) -> Iterator[tuple[Run, str, Task, int]]:
+        """Every (run, mode, task, seed) of ``groups``, in evaluation order."""
+        for run, mode, task in self.groups():
+            for seed in self.seeds:
+                yield run, mode, task, seed
 
     def keys(self, run: Run, mode: str, task: Task, seed: int) -> list[UnitKey]:
+        """The units of one seed, in grid order (the order that breaks ties)."""
         memo = (run.name, run.path, run.k, run.protocol, mode, task.name, seed)
         if memo not in self._keys:
             self._keys[memo] = self._make_keys(run, mode, task, seed)
@@ -140,38 +162,46 @@ class Plan:
             return [UnitKey(*head, inputs=inputs)]
         return [UnitKey(*head, lr, bs, inputs) for lr, bs in run.protocol.for_mode(mode).grid]
 
-    def _all_keys(self):
-        for run in self.runs:
-            for mode in self.modes:
-                for task in self.tasks:
-                    for seed in self.seeds:
-                        yield from self.keys(run, mode, task, seed)
-
     def get(self, key: UnitKey) -> PointResult | None:
         if key in self._new:
             return self._new[key]
         return self.ledger.get(key) if self.ledger is not None else None
 
-    def record(self, key: UnitKey, result: PointResult, seconds: float) -> None:
-        self._new[key] = result
+    def record(self, units: list[tuple[UnitKey, PointResult, float]]) -> None:
+        """Finished units (``(key, result, seconds)``), recorded in one write."""
+        for key, result, _ in units:
+            self._new[key] = result
         if self.ledger is not None:
-            self.ledger.record(key, result, seconds)
+            self.ledger.record_all(units)
+
+    def record_tests(self, key: UnitKey, tests: dict[str, float], seconds: float) -> None:
+        """The test metrics of a recorded unit (its seed's chosen point)."""
+        self._new[key] = replace(self.get(key), tests=tests)
+        if self.ledger is not None:
+            self.ledger.record_tests(key, tests, seconds)
+
+    def chosen(self, run: Run, mode: str, task: Task, seed: int) -> UnitKey | None:
+        """The unit whose test metrics are the seed's (best dev, earliest on ties), once
+        every unit of the seed is recorded; else None."""
+        keys = self.keys(run, mode, task, seed)
+        points = [self.get(key) for key in keys]
+        if any(p is None for p in points):
+            return None
+        return keys[select_best([p.dev for p in points])]
+
+    def seed_finished(self, run: Run, mode: str, task: Task, seed: int) -> bool:
+        chosen = self.chosen(run, mode, task, seed)
+        return chosen is not None and bool(self.get(chosen).tests)
 
     def finished(self, run: Run, mode: str, task: Task) -> bool:
-        return all(
-            self.get(key) is not None for s in self.seeds for key in self.keys(run, mode, task, s)
-        )
+        return all(self.seed_finished(run, mode, task, s) for s in self.seeds)
 
     def postfix(self, key: UnitKey) -> str:
         """Where the evaluation is: the unit now trained, and the (model, mode, task)
         groups and seeds already finished."""
-        groups = [(r, m, t) for r in self.runs for m in self.modes for t in self.tasks]
+        groups = self.groups()
         tasks_done = sum(self.finished(*g) for g in groups)
-        seeds_done = sum(
-            all(self.get(k) is not None for k in self.keys(*g, s))
-            for g in groups
-            for s in self.seeds
-        )
+        seeds_done = sum(self.seed_finished(*g) for g in self.seed_groups())
         grid = "" if key.lr is None else f" lr {key.lr:g} bs {key.batch_size}"
         return (
             f"{key.model} {key.mode} {key.task} seed {key.seed}{grid} | done: tasks "
