@@ -229,6 +229,16 @@ class Workspace:
     student_config: object
 
 
+def student_config(student: Path, hidden: int):
+    """The tiny student's configuration at ``hidden`` units (2 heads, FFN 2x, 1 layer)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(student)
+    config.update({"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_attention_heads": 2,
+                   "num_hidden_layers": 1})  # fmt: skip
+    return config
+
+
 def batches(examples: list[dict], pad_id: int, size: int) -> list[dict]:
     from smash.store.collate import collate_examples
 
@@ -415,6 +425,13 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=2000, help="student optimizer steps per run")
     p.add_argument("--eval-every", type=int, default=100, help="the reference's KL curve")
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument(
+        "--student-hidden",
+        type=int,
+        default=16,
+        help="the student's hidden size (2 heads, 1 layer, FFN 2x): small enough that distilled "
+        "online it stays well away from the teacher, as a real student does",
+    )
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--teacher-steps", type=int, default=4000)
     p.add_argument("--teacher-lr", type=float, default=5e-4)
@@ -431,7 +448,15 @@ def main() -> int:
         p.set_defaults(seeds=2, steps=60, eval_every=30, docs=300, teacher_steps=300,
                        configs="top16,sampled12,hybrid4x8")  # fmt: skip
     args = p.parse_args()
-    for name in ("seeds", "steps", "eval_every", "batch", "docs", "teacher_steps"):
+    for name in (
+        "seeds",
+        "steps",
+        "eval_every",
+        "batch",
+        "docs",
+        "teacher_steps",
+        "student_hidden",
+    ):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     teachers = args.teachers.split(",")
@@ -443,7 +468,7 @@ def main() -> int:
     from smash.store.manifest import load_manifest
     from smash.train.demo import corpus_examples, sharpen_teacher, split_corpus
     from smash.train.targets import importance_weighted
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -480,7 +505,7 @@ def main() -> int:
             train_logp=full_logp(train_examples, vocab),
             heldout=batches(read(heldout), tok.pad_token_id, 256),
             pad_id=tok.pad_token_id,
-            student_config=AutoConfig.from_pretrained(tiny["student"]),
+            student_config=student_config(tiny["student"], args.student_hidden),
         )
         setup[f"{teacher_name}_teacher"] = teacher_statistics(ws.train_logp)
         baseline = prompt_only_bytes(train_examples, load_manifest(full).tokenizer,
