@@ -282,3 +282,21 @@ def test_a_pattern_encodes_as_pets_encode_does(tiny_tokenizer, task_name, patter
     pet = [cls, *a, sep] + ([sep, *b, sep] if b else [])
     [ours] = encode_prompts(parse_template(chosen.template), tok, [example.texts], 256, None)
     assert ours.input_ids == pet
+
+
+def test_a_resume_rewrites_a_damaged_store_shard_of_the_recorded_size(tiny, kshot, finished,
+                                                                        tmp_path):  # fmt: skip
+    """A finished shard is kept only when its bytes are the recorded ones: tar pads small
+    shards to one size, so a flipped byte (or another run's shard) keeps the size."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    shard = out / "store" / "SST-2" / "shard-000000.tar"
+    good = shard.read_bytes()
+    damaged = bytearray(good)
+    damaged[600] ^= 0xFF
+    shard.write_bytes(bytes(damaged))
+    assert verify_store(str(out / "store" / "SST-2"))  # named as damaged
+    assert run_ipet(ipet_argv(tiny, kshot, out, "--resume")) == 0
+    assert shard.read_bytes() == good and verify_store(str(out / "store" / "SST-2")) == []

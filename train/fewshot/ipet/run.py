@@ -42,8 +42,10 @@ from smash.precompute.kshot.teacher import KEY_FIELDS, file_sha256, split_file
 from smash.precompute.kshot.unlabelled import PET_PER_LABEL, unlabelled_examples
 from smash.precompute.provenance import local_model_fingerprint
 from smash.precompute.shared.templates import parse_template, verbalizer_ids
+from smash.store.errors import ShardError
 from smash.store.fingerprint import tokenizer_record
-from smash.store.manifest import finalize_store
+from smash.store.manifest import ShardInfo, finalize_store
+from smash.store.shards import check_shard_bytes
 from smash.store.writer import StoreWriter, shard_name
 from smash.train.fewshot.ipet import rules
 from smash.train.fewshot.ipet.patterns import patterns_for
@@ -246,7 +248,7 @@ def run_ipet(
         for task in tasks:
             mine = [r for r in runs if r.split.task is task]
             writer = _store_writer(out, task, mine, settings, tokenizer, data)
-            done = {s.name for s in writer.manifest.shards if (writer.root / s.name).is_file()}
+            done = {s.name for s in writer.manifest.shards if _intact(writer.root, s)}
             for index, generations in enumerate(mine):
                 if shard_name(index) in done:  # finished in an earlier run
                     bar.update(per_split)
@@ -331,3 +333,14 @@ def _soft_examples(split: Split, mean: np.ndarray, tokenizer, settings: IpetSett
                 "texts": list(ex.texts),
             },
         }
+
+
+def _intact(root: Path, info: ShardInfo) -> bool:
+    """Whether a shard recorded as finished is the one recorded (bytes and sha256): a shard
+    that is missing, cut or another run's is written again."""
+    path = root / info.name
+    try:
+        check_shard_bytes(str(path), path.read_bytes(), info)
+    except (OSError, ShardError):
+        return False
+    return True
