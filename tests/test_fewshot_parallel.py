@@ -24,8 +24,11 @@ from smash.train.fewshot.ray_executor import RayExecutor, run_job
 from smash.train.fewshot.report import entry_to_json
 from smash.train.fewshot.runner import evaluate_models
 
-ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
+# 2 tasks x (prompt: 2 seeds x 2 grid points; zero-shot: 2 seeds): 4 groups, 12 units
+from test_fewshot_resume import _argv
+
 REAL_UNIT = Job._unit
+ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +36,6 @@ def kshot(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("kshot")
     make_kshot(ORIGINAL, root, [get_task(t) for t in ("SST-2", "MRPC")], seeds=[13, 21], k=8)
     return root
-
-
-def _argv(tiny, kshot, out) -> list[str]:
-    """2 tasks x (prompt: 2 seeds x 2 grid points; zero-shot: 2 seeds): 4 groups, 12 units."""
-    return ["--model", str(tiny["student"]), "--tasks", "SST-2", "MRPC", "--data", str(kshot),
-            "--mode", "prompt", "zero-shot", "--k", "8", "--seeds", "13", "21", "--lrs", "1e-3",
-            "--batch-sizes", "2", "4", "--max-steps", "4", "--eval-every", "2", "--max-length",
-            "64", "--device", "cpu", "--out", str(out)]  # fmt: skip
 
 
 def _report(out: Path) -> tuple:
