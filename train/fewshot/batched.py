@@ -7,7 +7,8 @@ and backward for all of them (``torch.func.vmap`` over ``functional_call``), and
 step, with each unit's own
 
 - learning rate (AdamW written out over the stacked tensors, the per-unit learning rate a
-  tensor: ``torch.optim.AdamW``'s formula, its linear decay, its bias corrections),
+  tensor: ``torch.optim.AdamW``'s formula, its linear decay, its bias corrections; the
+  vocabulary tables updated by rows, as ``row_adamw.RowAdamW`` does),
 - gradient clipping (each unit's norm over its own gradients),
 - data order (its seed's generator, as alone) and, with demonstrations, its own draws,
 - dropout stream (``vmap(randomness="different")``; drawn from one generator seeded by the
@@ -35,6 +36,7 @@ from smash.train.fewshot.distill import DISTILL_MODES
 from smash.train.fewshot.learners import Batch, Features, FinetuneLearner, PromptLearner, collate
 from smash.train.fewshot.metrics import select_best
 from smash.train.fewshot.protocol import PointResult, Protocol, cpu_state, evaluate
+from smash.train.fewshot.row_adamw import BETAS, EPS, seen_rows, update_rows_
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -43,7 +45,6 @@ __all__ = ["BATCHED_LEARNERS", "UNBATCHED_MODES", "can_batch", "train_together"]
 BATCHED_LEARNERS = (PromptLearner, DemoPromptLearner, FinetuneLearner)
 # modes whose units never train together (zero-shot trains nothing), so never share a job
 UNBATCHED_MODES = ("zero-shot", *DISTILL_MODES)
-_BETAS, _EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, as the protocol uses them
 
 
 def can_batch(learner) -> bool:
@@ -117,6 +118,8 @@ def _train(learners, splits, seeds, lrs, batch_size, protocol, device, params, b
 
     trainable = {n: p for n, p in params.items() if p.requires_grad}
     moments = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in trainable.items()}
+    by_rows = protocol.adamw == "rows"  # the rows of a stacked table (U, rows, ...): dim 1
+    seen = {n: seen_rows(p, 1) if by_rows else None for n, p in trainable.items()}
     base_lr = torch.tensor(lrs, dtype=torch.float64)
     data = [(lr.encode(s.train), lr.encode(s.dev)) for lr, s in zip(learners, splits)]
     sizes = {len(train) for train, _ in data}
@@ -145,7 +148,7 @@ def _train(learners, splits, seeds, lrs, batch_size, protocol, device, params, b
             factor = max(0.0, 1 - step / total)  # LambdaLR's linear decay before this step
             step += 1
             _clip_(trainable, protocol.max_grad_norm)
-            _adamw_(trainable, moments, base_lr * factor, step)
+            _adamw_(trainable, moments, seen, base_lr * factor, step)
             losses.append(loss.detach())
             if step % protocol.eval_every == 0 or step == total:
                 for u in units:
@@ -198,21 +201,26 @@ def _clip_(params: dict[str, torch.Tensor], max_norm: float) -> None:
 
 
 @torch.no_grad()
-def _adamw_(params: dict, moments: dict, lrs: torch.Tensor, step: int) -> None:
-    """``torch.optim.AdamW`` (no weight decay, the protocol's) with a learning rate per unit;
-    gradients are cleared after."""
-    beta1, beta2 = _BETAS
+def _adamw_(params: dict, moments: dict, seen: dict, lrs: torch.Tensor, step: int) -> None:
+    """``torch.optim.AdamW`` (no weight decay, the protocol's) with a learning rate per unit,
+    a stacked vocabulary table's rows updated once any unit has had a gradient there (``seen``:
+    ``row_adamw.update_rows_``; None in it for ``--adamw dense``); gradients are cleared after."""
+    beta1, beta2 = BETAS
     root = math.sqrt(1 - beta2**step)
     step_sizes: dict = {}  # per device and dtype, copied there once a step
     for name, p in params.items():
         if p.grad is None:
             continue
-        m, v = moments[name]
-        m.lerp_(p.grad, 1 - beta1)
-        v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-        denom = (v.sqrt() / root).add_(_EPS)
         where = (p.device, p.dtype)
         if where not in step_sizes:
             step_sizes[where] = (lrs / (1 - beta1**step)).to(p.device, p.dtype)
-        p.sub_(_per_unit(step_sizes[where], p) * (m / denom))
+        size = step_sizes[where]
+
+        def adamw(p, g, m, v, size=size) -> None:
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = (v.sqrt() / root).add_(EPS)
+            p.sub_(_per_unit(size, p) * (m / denom))
+
+        update_rows_(p, p.grad, moments[name], seen[name], 1, adamw)
         p.grad = None

@@ -33,6 +33,7 @@ from smash.precompute.shared.model_paths import require_folder_or_hub_name
 from smash.store.errors import StoreError
 from smash.store.flags import SEED, FlagError, FlagParser, integer, number, shard
 from smash.train.fewshot.auto_prompts import read_auto_prompt
+from smash.train.fewshot.cpu_allocator import keep_freed_memory
 from smash.train.fewshot.curves import (
     Point,
     k_points,
@@ -49,6 +50,7 @@ from smash.train.fewshot.ledger import LEDGER_NAME, Ledger
 from smash.train.fewshot.paper import PAPER_MODELS, parse_compare
 from smash.train.fewshot.protocol import PRECISIONS, Protocol, paper_max_steps
 from smash.train.fewshot.report import write_report
+from smash.train.fewshot.row_adamw import ADAMW_KINDS
 from smash.train.fewshot.runner import MODES, Run, evaluate_models, evaluate_runs
 from smash.train.fewshot.soft_prompts import (
     PPT_LEARNING_RATES,
@@ -78,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one weight-loading bar per grid point would bury ours
+    if args.device == "cpu":
+        keep_freed_memory()  # each step's dense vocabulary gradients: no fresh pages each time
 
     try:
         steps = _steps_per_k(args)
@@ -233,6 +237,14 @@ def _parser() -> FlagParser:
         default="fp32",
         help="dev and test passes under autocast to bf16 or fp16 (CUDA only); training and "
         "the default stay fp32",
+    )
+    p.add_argument(
+        "--adamw",
+        choices=ADAMW_KINDS,
+        default="rows",
+        help="rows (the default): AdamW updates only the vocabulary rows that have had a "
+        "gradient, the same update without weight decay (the protocol's) and a fraction of "
+        "the work; dense: torch.optim.AdamW over every row, as LM-BFF's HF Trainer",
     )
     p.add_argument(
         "--batch-units",
@@ -512,6 +524,7 @@ def _protocol(args: argparse.Namespace, max_steps: int) -> Protocol:
         soft_prompt_learning_rates=tuple(args.prompt_tuning_lrs or PPT_LEARNING_RATES),
         eval_token_budget=args.eval_token_budget,
         precision=args.precision,
+        adamw=args.adamw,
     )
 
 
@@ -599,6 +612,7 @@ def _check_demo_paths(args: argparse.Namespace) -> None:
 # What every unit of OUT/points.jsonl shares: how units are trained and evaluated. What a unit
 # reads (model, split, prompt, stores...) is part of its key instead, by content, so a --resume
 # may add models, modes, tasks, seeds and grid values, and a changed input makes new units.
+# --adamw is not one: both kinds make the same update.
 _SETTINGS = (
     "batch_units",
     "eval_every",

@@ -2,7 +2,8 @@
 
 For each (learning rate, batch size) of the grid the model starts afresh from its folder
 (seeded, so a new head is the same for every grid point), trains up to ``max_steps`` with
-AdamW and a linear decay (HF Trainer defaults: no warmup, no weight decay, clipping at 1.0), and
+AdamW and a linear decay (HF Trainer defaults: no warmup, no weight decay, clipping at 1.0; by
+default AdamW touches only the vocabulary rows that have had a gradient, ``row_adamw.py``), and
 is evaluated on dev every ``eval_every`` steps. The best dev checkpoint is kept as an in-memory
 copy of the weights, never a file. Each grid point is so a self-contained :class:`PointResult`
 (a long evaluation records it and never trains it again); across the grid the point with the
@@ -27,6 +28,7 @@ from smash.precompute.batching import token_budget_batches
 from smash.precompute.kshot.data import KShotData
 from smash.train.fewshot.learners import Features, FinetuneLearner, PromptLearner, collate
 from smash.train.fewshot.metrics import compute_metric, select_best
+from smash.train.fewshot.row_adamw import make_adamw
 from smash.train.fewshot.soft_prompts import PPT_LEARNING_RATES, SOFT_PROMPT_MODES
 
 __all__ = [
@@ -73,6 +75,9 @@ class Protocol:
     eval_token_budget: int | None = 16384
     precision: str = "fp32"
     max_grad_norm: float = 1.0
+    # AdamW updating only the vocabulary rows that have had a gradient, or every row as
+    # torch.optim.AdamW (row_adamw.ADAMW_KINDS): the same result either way
+    adamw: str = "rows"
     # the soft-prompt modes' rates (PPT's prompt tuning: soft_prompts.PPT_LEARNING_RATES)
     soft_prompt_learning_rates: tuple[float, ...] = PPT_LEARNING_RATES
 
@@ -302,7 +307,7 @@ def _train(
     """Train one configuration; returns (best dev metric, its weights on CPU, its step)."""
     model = learner.model
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    optimizer = make_adamw(protocol.adamw, params, lr)
     total = protocol.max_steps
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
     order = torch.Generator().manual_seed(seed)
