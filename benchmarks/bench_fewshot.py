@@ -5,17 +5,21 @@
 
 Three measurements, on one device in one run:
 
-1. Side by side: per seed, one ``evaluate-fewshot`` process over the seed's grid points of a
-   prompt task, against LM-BFF's way, one fresh process per grid point (start, load, train,
-   dev, test: ``evaluate-fewshot`` on that one point with ``--test-every-point``), the two
-   one after the other, which first alternating by seed. Units per hour of each (wall
-   time; and the processes' CPU seconds, which a shared machine's other jobs change least),
-   and whether every seed's chosen point, step, dev and test metrics are identical
-   (ours trains ``--batch-units`` together: 1 on a CPU, where stacking gains little, 6 on a
-   GPU; batched, the metrics agree to round-off, and the choices are compared).
+1. Side by side: one ``evaluate-fewshot`` process over every seed's grid points of a prompt
+   task (as one runs an evaluation), against LM-BFF's way, one fresh process per grid point
+   (start, load, train, dev, test: ``evaluate-fewshot`` on that one point with
+   ``--test-every-point`` and ``--adamw dense``, torch's AdamW over every vocabulary row as
+   LM-BFF's HF Trainer), ours between the baseline's first and second half of the seeds.
+   Units per hour of each (wall time; and the processes' CPU seconds, which a shared
+   machine's other jobs change least), and whether every seed's chosen point, step, dev and
+   test metrics are identical (ours trains ``--batch-units`` together: 1 on a CPU, 6 on a
+   GPU, seeds and learning rates of one batch size; the model has DistilRoBERTa's dropout,
+   and stacked units draw dropout streams of their own, so batched results are not those of
+   one at a time).
 2. One unit split into its parts, in a process of its own: process start (the imports a
-   fresh process pays), model load, a training step (batch 2 and 4; and a unit's share of a
-   step of ``--batch-units`` trained together), a dev pass, a test pass.
+   fresh process pays), model load, a training step (batch 2 and 4, AdamW by rows and dense;
+   and a unit's share of a step of ``--batch-units`` trained together), a dev pass, a test
+   pass.
 3. From those parts, the device-seconds of the paper's Table 2 for one student: 8 trained rows
    x 11 tasks (MNLI's one training tests MNLI-m and MNLI-mm) x 5 seeds x 6 grid points, 1000
    steps each, a dev pass every 100 steps, with every task's real test-set size; the LM-BFF
@@ -67,18 +71,17 @@ FEWER_DEMO_SETS = {"MNLI": 4, "SNLI": 4, "QQP": 4}  # LM-BFF's run_experiment.sh
 
 
 def build_workspace(work: Path, args) -> dict:
-    """A tokenizer padded to RoBERTa's vocabulary, a random student, SST-2 k-shot splits."""
+    """The tiny tokenizer, a random student with RoBERTa's vocabulary (rows beyond the
+    tokenizer's are never read: padding the tokenizer with 49,665 added tokens made its load
+    take 2.3 s, where RoBERTa's takes a fraction of that), SST-2 k-shot splits."""
     import torch
     from smash.precompute.kshot.splits import make_kshot
     from smash.precompute.kshot.tasks import get_task
     from smash.precompute.tiny import train_tiny_tokenizer, write_tiny_corpus
-    from tokenizers import AddedToken
     from transformers import RobertaForMaskedLM
 
-    vocab = model_config(STUDENT).vocab_size
     corpus = write_tiny_corpus(work / "corpus.txt")
     tok = train_tiny_tokenizer([corpus], work / "tok")
-    tok.add_tokens([AddedToken(f"<unused{i}>", special=True) for i in range(vocab - len(tok))])
     config = model_config(STUDENT, args.scale, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     RobertaForMaskedLM(config).save_pretrained(work / "student")
@@ -140,11 +143,11 @@ def _add(total: tuple[float, float], run: tuple[float, float]) -> tuple[float, f
     return total[0] + run[0], total[1] + run[1]
 
 
-def run_ours(work: Path, args, seed: str) -> tuple[float, float]:
-    """One process over the seed's grid points."""
-    return evaluate([*common_flags(args, work), "--seeds", seed, "--lrs", *LRS, "--batch-sizes",
-                     *BATCH_SIZES, "--batch-units", str(args.batch_units), "--out",
-                     str(work / "ours" / seed)], child_env(args))  # fmt: skip
+def run_ours(work: Path, args, seeds: list[str]) -> tuple[float, float]:
+    """One process over every seed's grid points, as one runs an evaluation."""
+    return evaluate([*common_flags(args, work), "--seeds", *seeds, "--lrs", *LRS,
+                     "--batch-sizes", *BATCH_SIZES, "--batch-units", str(args.batch_units),
+                     "--out", str(work / "ours")], child_env(args))  # fmt: skip
 
 
 def run_baseline(work: Path, args, seed: str, points: dict) -> tuple[float, float]:
@@ -155,25 +158,24 @@ def run_baseline(work: Path, args, seed: str, points: dict) -> tuple[float, floa
         for bs in BATCH_SIZES:
             out = work / "baseline" / f"{seed}-{lr}-{bs}"
             total = _add(total, evaluate([*common_flags(args, work), "--seeds", seed, "--lrs", lr,
-                                          "--batch-sizes", bs, "--test-every-point", "--out",
-                                          str(out)], child_env(args)))  # fmt: skip
+                                          "--batch-sizes", bs, "--test-every-point", "--adamw",
+                                          "dense", "--out", str(out)], child_env(args)))  # fmt: skip
             points[(int(seed), float(lr), int(bs))] = _ledger_point(out)
     return total
 
 
 def side_by_side(work: Path, args) -> dict:
-    """Per seed, ours and LM-BFF's way one after the other, which first alternating by seed
-    (a load that drifts on a shared machine then weighs on both)."""
-    ours = baseline = (0.0, 0.0)
-    points, compared = {}, []
-    for i, seed in enumerate(str(s) for s in SEEDS[: args.seeds]):
-        if i % 2 == 0:
-            ours = _add(ours, run_ours(work, args, seed))
-            baseline = _add(baseline, run_baseline(work, args, seed, points))
-        else:
-            baseline = _add(baseline, run_baseline(work, args, seed, points))
-            ours = _add(ours, run_ours(work, args, seed))
-        compared.append(_compare(work / "ours" / seed, points))
+    """Ours between the two halves of LM-BFF's way (the first half of the seeds before, the
+    rest after), so that a load that drifts on a shared machine weighs on both."""
+    seeds = [str(s) for s in SEEDS[: args.seeds]]
+    first, rest = seeds[: len(seeds) // 2], seeds[len(seeds) // 2 :]
+    baseline, points = (0.0, 0.0), {}
+    for seed in first:
+        baseline = _add(baseline, run_baseline(work, args, seed, points))
+    ours = run_ours(work, args, seeds)
+    for seed in rest:
+        baseline = _add(baseline, run_baseline(work, args, seed, points))
+    compared = [_compare(work / "ours", points)]
     units = len(points)
     return {
         "units": units,
@@ -204,7 +206,7 @@ def _compare(ours_out: Path, points: dict) -> dict:
     (round-off when units train batched)."""
     from smash.train.fewshot.metrics import select_best
 
-    [entry] = json.loads((ours_out / "results.json").read_text())["entries"]
+    [entry] = json.loads((ours_out / "results.json").read_text())["entries"]  # every seed
     identical = same_choices = True
     worst = 0.0
     for seed in entry["seeds"]:
@@ -227,18 +229,22 @@ def components(work: Path, args) -> dict:
     from smash.precompute.kshot.data import load_kshot
     from smash.precompute.kshot.tasks import get_task
     from smash.train.fewshot.batched import train_together
+    from smash.train.fewshot.cpu_allocator import keep_freed_memory
     from smash.train.fewshot.protocol import Protocol, checkpoint_tests, evaluate, train_point
+    from smash.train.fewshot.row_adamw import ADAMW_KINDS
     from smash.train.fewshot.runner import _factory
     from transformers import AutoTokenizer
 
     device = torch.device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as evaluate-fewshot does on a CPU
     task = get_task(TASK)
     split = load_kshot(work / "k-shot", task, 16, SEEDS[0])
     tok = AutoTokenizer.from_pretrained(work / "student")
     make = _factory("prompt", str(work / "student"), tok, task, task.max_length, task.template,
                     task.verbalizer)  # fmt: skip
 
-    def timed(fn, repeats: int = 3) -> float:
+    def timed(fn, repeats: int = 3) -> float:  # the median
         times = []
         for _ in range(repeats):
             if device.type == "cuda":
@@ -258,9 +264,9 @@ def components(work: Path, args) -> dict:
     dev_s = timed(lambda: evaluate(learner, dev, protocol.eval_batch_size, device,
                                    **protocol.inference))  # fmt: skip
 
-    def training(steps: int, bs: int) -> float:  # with one dev pass, at the end
-        once = replace(protocol, max_steps=steps, eval_every=steps)
-        return timed(lambda: train_point(make, split, SEEDS[0], 1e-5, bs, once, device), 1)
+    def training(steps: int, bs: int, adamw: str = "rows") -> float:  # one dev pass, at the end
+        once = replace(protocol, max_steps=steps, eval_every=steps, adamw=adamw)
+        return timed(lambda: train_point(make, split, SEEDS[0], 1e-5, bs, once, device))
 
     def together(steps: int, bs: int) -> float:  # batch_units units, one dev pass each
         once = replace(protocol, max_steps=steps, eval_every=steps)
@@ -271,7 +277,11 @@ def components(work: Path, args) -> dict:
 
     # a step: the difference of two trainings, which share every cost but their steps
     n = max(args.steps, 2)
-    step_s = {str(bs): (training(n, bs) - training(n // 2, bs)) / (n - n // 2) for bs in (2, 4)}
+    step_s = {
+        kind: {str(bs): (training(n, bs, kind) - training(n // 2, bs, kind)) / (n - n // 2)
+               for bs in (2, 4)}
+        for kind in ADAMW_KINDS
+    }  # fmt: skip
     batched_step_s = {}
     if args.batch_units > 1:  # a unit's share of a step of batch_units units
         batched_step_s = {str(bs): (together(n, bs) - together(n // 2, bs)) / (n - n // 2)
@@ -318,7 +328,8 @@ def table2(parts: dict, start_s: float) -> dict:
     def train_s(steps: dict) -> float:
         return 1000 * (steps["2"] + steps["4"]) / 2
 
-    ours_steps = parts["batched_step_s"] or parts["step_s"]  # ours trains batched, if it does
+    # ours trains by rows, batched if it does; LM-BFF's AdamW is dense
+    ours_steps = parts["batched_step_s"] or parts["step_s"]["rows"]
     dev_per_example = parts["dev_pass_s"] / 32
     ours = baseline = 0.0
     units = 0
@@ -331,7 +342,7 @@ def table2(parts: dict, start_s: float) -> dict:
             unit = parts["load_s"] + dev_s
             ours += 5 * (6 * (unit + train_s(ours_steps)) + test_s)  # one test pass per seed
             # a process, a load, a training and a test pass per grid point
-            baseline += 5 * 6 * (start_s + unit + train_s(parts["step_s"]) + test_s)
+            baseline += 5 * 6 * (start_s + unit + train_s(parts["step_s"]["dense"]) + test_s)
             units += 5 * 6
     return {"units": units, "ours_s": ours, "baseline_s": baseline, "speedup": baseline / ours,
             "ours_hours": ours / 3600, "baseline_hours": baseline / 3600}  # fmt: skip
@@ -354,7 +365,7 @@ def print_table(result: dict) -> None:
         f"steps, dev every {result['eval_every']}, test {p['test_examples']} examples"
     )
     print(f"{'':<36}{'seconds':>10}{'CPU seconds':>13}{'units/hour':>12}")
-    print(f"{'evaluate-fewshot (a process/seed)':<36}{s['ours_s']:>10.1f}{s['ours_cpu_s']:>13.1f}"
+    print(f"{'evaluate-fewshot (one process)':<36}{s['ours_s']:>10.1f}{s['ours_cpu_s']:>13.1f}"
           f"{s['ours_units_per_hour']:>12.0f}")  # fmt: skip
     print(f"{'LM-BFF-style (a process/point)':<36}{s['baseline_s']:>10.1f}"
           f"{s['baseline_cpu_s']:>13.1f}{s['baseline_units_per_hour']:>12.0f}")  # fmt: skip
@@ -364,10 +375,12 @@ def print_table(result: dict) -> None:
         f"{s['same_choices']}, largest metric difference {s['max_metric_difference']:.2g}); "
         f"ours with --batch-units {result['batch_units']}"
     )
+    rows, dense = p["step_s"]["rows"], p["step_s"]["dense"]
     print(
         f"\none unit: process start {result['process_start_s']:.2f} s, model load "
-        f"{p['load_s']:.2f} s, a training step {1e3 * p['step_s']['2']:.1f} ms (batch 2) / "
-        f"{1e3 * p['step_s']['4']:.1f} ms (batch 4), a dev pass {1e3 * p['dev_pass_s']:.0f} ms, "
+        f"{p['load_s']:.2f} s, a training step (batch 2 / 4) {1e3 * rows['2']:.1f} / "
+        f"{1e3 * rows['4']:.1f} ms with AdamW by rows, {1e3 * dense['2']:.1f} / "
+        f"{1e3 * dense['4']:.1f} ms dense, a dev pass {1e3 * p['dev_pass_s']:.0f} ms, "
         f"a test pass {p['test_pass_s']:.2f} s ({p['test_tokens_per_s']:.0f} tokens/s)"
     )
     if p["batched_step_s"]:

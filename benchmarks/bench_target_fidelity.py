@@ -41,7 +41,9 @@ gives the mean ratio and its 95% t-interval over seeds, and says whether the int
 end is within 2% (1.02). ``online, another order`` (the reference in another data order) shows
 the benchmark's resolution: its interval must lie within ±2% for the others' to mean anything.
 ``fresh`` rows draw their samples anew each epoch (from the k = V store), where a store's draws
-are fixed: whether fixed draws cost fidelity. The reference's KL against steps (``curve``)
+are fixed: whether fixed draws cost fidelity. ``@M`` rows (``hybrid8x24@12``) train on a store
+of N draws taking another M of them each epoch (``train-student --draws-per-epoch M``; not
+drawn in the plot). The reference's KL against steps (``curve``)
 shows where training has stopped improving, and the held-out KL's own standard error (over
 rows) is printed: it must be below 1% of the KL.
 
@@ -90,28 +92,37 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 @dataclass(frozen=True)
 class Config:
     """One kind of targets: ``kind`` topk / sampled / hybrid (``k`` head, ``n`` draws);
-    ``fresh``: draws made anew each epoch instead of read from a store."""
+    ``fresh``: draws made anew each epoch instead of read from a store; ``per_epoch``: a store
+    of ``n`` draws of which each epoch takes that many (``smash.store.draw_subsets``)."""
 
     name: str
     kind: str
     k: int = 0
     n: int = 0
     fresh: bool = False
+    per_epoch: int = 0
 
     @classmethod
     def parse(cls, text: str) -> Config:
         fresh = text.startswith("fresh-")
-        body = text.removeprefix("fresh-")
-        if body.startswith("top") and not fresh:
-            return cls(text, "topk", k=int(body[3:]))
-        if body.startswith("sampled"):
-            return cls(text, "sampled", n=int(body[7:]), fresh=fresh)
-        if body.startswith("hybrid") and "x" in body:
-            k, n = body[6:].split("x")
-            return cls(text, "hybrid", k=int(k), n=int(n), fresh=fresh)
+        body, _, per_epoch = text.removeprefix("fresh-").partition("@")
+        try:
+            m = int(per_epoch) if per_epoch else 0
+            if fresh and m:
+                raise ValueError
+            if body.startswith("top") and not fresh and not m:
+                return cls(text, "topk", k=int(body[3:]))
+            if body.startswith("sampled") and m <= int(body[7:]):
+                return cls(text, "sampled", n=int(body[7:]), fresh=fresh, per_epoch=m)
+            if body.startswith("hybrid") and "x" in body:
+                k, n = body[6:].split("x")
+                if m <= int(n):
+                    return cls(text, "hybrid", k=int(k), n=int(n), fresh=fresh, per_epoch=m)
+        except ValueError:
+            pass
         raise argparse.ArgumentTypeError(
-            f"unknown target config {text!r}: topK, sampledN, hybridKxN, fresh-sampledN or "
-            f"fresh-hybridKxN"
+            f"unknown target config {text!r}: topK, sampledN, hybridKxN, fresh-sampledN, "
+            f"fresh-hybridKxN, or sampledN@M / hybridKxN@M (M of the N draws each epoch)"
         )
 
     def precompute_flags(self) -> list[str]:
@@ -290,12 +301,15 @@ def train(
     args,
     fresh: Config | None = None,
     curve: list | None = None,
+    per_epoch: Config | None = None,
 ) -> tuple[float, float]:
     """Distil a student initialised from ``seed`` on ``examples`` (one store's) in the data
     order of ``order``; returns its held-out KL and that KL's standard error over the rows
-    (``curve``: (step, KL) appended every ``--eval-every`` steps)."""
+    (``curve``: (step, KL) appended every ``--eval-every`` steps; ``per_epoch``: each epoch
+    another subset of the store's draws, as ``train-student --draws-per-epoch`` takes them)."""
     from smash.precompute.shared.adapters import adapter_for
     from smash.store.collate import collate_examples
+    from smash.store.draw_subsets import COUNT_FIELDS, draws_for_epoch
     from smash.train.objectives.base import StudentOutputs
     from smash.train.objectives.ce import PredictionDistillation
     from transformers import AutoModelForMaskedLM
@@ -317,7 +331,12 @@ def train(
         perm = torch.randperm(len(examples), generator=gen).tolist()
         for start in range(0, len(perm) - args.batch + 1, args.batch):
             idx = perm[start : start + args.batch]
-            batch = collate_examples([examples[i] for i in idx], ws.pad_id)
+            chosen = [examples[i] for i in idx]
+            if per_epoch is not None:
+                field = COUNT_FIELDS[per_epoch.kind]
+                chosen = [draws_for_epoch(ex, field, per_epoch.per_epoch, order, epoch, 0, i)
+                          for ex, i in zip(chosen, idx)]  # fmt: skip
+            batch = collate_examples(chosen, ws.pad_id)
             if fresh is not None:  # the full rows' targets give way to this epoch's draws
                 for name in ("topk_ids", "topk_logprobs", "tail_logmass"):
                     del batch[name]
@@ -420,7 +439,9 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--teachers", default="fat,peaked", help="fat, peaked or both")
-    p.add_argument("--configs", default=DEFAULT_CONFIGS, help="topK, sampledN, hybridKxN, fresh-*")
+    p.add_argument(
+        "--configs", default=DEFAULT_CONFIGS, help="topK, sampledN, hybridKxN, fresh-*, *@M"
+    )
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--steps", type=int, default=2000, help="student optimizer steps per run")
     p.add_argument("--eval-every", type=int, default=100, help="the reference's KL curve")
@@ -536,7 +557,8 @@ def main() -> int:
                     results[cfg.name] = train(ws, ws.train, True, seed, seed, args, fresh=cfg)[0]
                 else:
                     examples, weighted = stores[cfg.name]
-                    results[cfg.name] = train(ws, examples, weighted, seed, seed, args)[0]
+                    results[cfg.name] = train(ws, examples, weighted, seed, seed, args,
+                                              per_epoch=cfg if cfg.per_epoch else None)[0]  # fmt: skip
             for name, kl in results.items():
                 runs.append({"teacher": teacher_name, "config": name, "seed": seed, "kl": kl,
                              "kl_ratio": kl / reference})  # fmt: skip

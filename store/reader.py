@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .draw_subsets import COUNT_FIELDS, draws_for_epoch
 from .errors import StoreError
 from .fingerprint import check_tokenizer
 from .locations import DEFAULT_STALL_TIMEOUT
@@ -55,6 +56,26 @@ def _check_readers(rank: int | None, world_size: int | None) -> tuple[int | None
     return rank, world_size
 
 
+def _draws_field(manifest: Manifest, source: str, draws: int | None) -> str | None:
+    """The counts field to take ``draws`` of each epoch, None to keep every draw; refuses a
+    count that the store's targets cannot give."""
+    if draws is None:
+        return None
+    mode = manifest.targets["mode"]
+    if mode not in COUNT_FIELDS:
+        raise StoreError(
+            f"{source}: draws_per_epoch {draws} needs sampled or hybrid targets; this store "
+            f"keeps {mode} targets"
+        )
+    samples = manifest.targets["samples"]
+    if not 1 <= draws <= samples:
+        raise StoreError(
+            f"{source}: draws_per_epoch must be between 1 and the store's {samples} draws per "
+            f"mask, got {draws}"
+        )
+    return None if draws == samples else COUNT_FIELDS[mode]
+
+
 class StoreDataset(IterableDataset):
     """Stream the examples of a store (directory, ``manifest.json`` path or URL).
 
@@ -73,6 +94,8 @@ class StoreDataset(IterableDataset):
         stall_timeout: seconds a manifest or shard read from a URL or a ``pipe:`` command may
             receive nothing before it fails with a ``StoreError`` naming the location
             (``locations.py``; local files are read directly).
+        draws_per_epoch: a sampled or hybrid store's examples keep this many of their N draws
+            per mask, another subset each epoch (``draw_subsets.py``); None or N: all of them.
     """
 
     def __init__(
@@ -88,10 +111,13 @@ class StoreDataset(IterableDataset):
         tokenizer: Any = None,
         verify: bool = True,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        draws_per_epoch: int | None = None,
     ):
         super().__init__()
         self.source = str(store)
         self.manifest: Manifest = load_manifest(store, stall_timeout=stall_timeout)
+        self._draws = _draws_field(self.manifest, self.source, draws_per_epoch)
+        self.draws_per_epoch = draws_per_epoch
         if tokenizer is not None:
             check_tokenizer(self.manifest, tokenizer, self.source)
         _, self._base = manifest_location(store)
@@ -192,6 +218,9 @@ class StoreDataset(IterableDataset):
                 for i in samples[first:]:
                     c = chunk_of[i]
                     example = chunks[c].example(int(i - chunk_start[c]))
+                    if self._draws is not None:
+                        example = draws_for_epoch(example, self._draws, self.draws_per_epoch,
+                                                  self.seed, epoch, shard_index, int(i))  # fmt: skip
                     example["__key__"] = f"{info.name}/{int(i)}"
                     position += 1
                     self._position = position

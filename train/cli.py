@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="online-teacher mode: compute targets with this live teacher")
     p.add_argument("--teacher-k", type=int, help="online mode: teacher top-k (default: vocab)")
     p.add_argument(
+        "--draws-per-epoch",
+        type=int,
+        help="sampled and hybrid stores: each epoch another subset of this many of a mask's "
+        "N draws (default: all N, every epoch)",
+    )
+    p.add_argument(
         "--dynamic-masking",
         action="store_true",
         default=None,

@@ -188,6 +188,8 @@ class TrainConfig:
     dynamic_masking: bool = False  # online mode, masked-text stores: new masks every step
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # seconds a store read may receive nothing
     soft_prompt_length: int = 0  # > 0: freeze the student, train that many prompt vectors (PPT)
+    # sampled/hybrid stores: each epoch another subset of this many of a mask's N draws
+    draws_per_epoch: int | None = None
 
     @property
     def objectives(self) -> dict[str, float]:
@@ -393,6 +395,14 @@ def _check_ranges(cfg: TrainConfig) -> None:
         need(getattr(cfg, name) >= 1, f"{name} must be >= 1")
     need(cfg.max_length is None or cfg.max_length >= 3, "max_length must be >= 3")
     need(cfg.teacher_k is None or cfg.teacher_k >= 1, "teacher_k must be >= 1")
+    need(
+        cfg.draws_per_epoch is None or cfg.draws_per_epoch >= 1,
+        f"draws_per_epoch must be >= 1 (or null: every draw), got {cfg.draws_per_epoch}",
+    )
+    need(
+        cfg.draws_per_epoch is None or cfg.teacher is None,
+        "draws_per_epoch subsets a store's draws; an online teacher (teacher) has none",
+    )
     need(cfg.eval_every == 0 or cfg.eval_store is not None, "eval_every needs an eval_store")
     needs = {name: objective_class(name).needs for name in cfg.objectives}
     teacher_free = [n for n, wants in needs.items() if not wants & (TEACHER_OUTPUTS)]

@@ -107,17 +107,27 @@ def make_loader(
     num_workers: int,
     pin_memory: bool = False,
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    draws_per_epoch: int | None = None,
 ) -> StatefulDataLoader:
     """A ``StatefulDataLoader`` over ``MixedBatches`` of the given store paths.
 
-    Shards are verified against their checksums as they are read; a bad shard, or a read
+    ``draws_per_epoch``: sampled and hybrid stores give each epoch that many of a mask's
+    draws (``smash.store.draw_subsets``). Shards are verified against their checksums as they
+    are read; a bad shard, or a read
     that receives nothing for ``stall_timeout`` seconds, raises ``ShardError`` naming it
     (inside a worker, the DataLoader re-raises it with that text).
     """
     from torchdata.stateful_dataloader import StatefulDataLoader
 
     datasets = [
-        StoreDataset(path, seed=seed, shuffle=True, epochs=None, stall_timeout=stall_timeout)
+        StoreDataset(
+            path,
+            seed=seed,
+            shuffle=True,
+            epochs=None,
+            stall_timeout=stall_timeout,
+            draws_per_epoch=draws_per_epoch,
+        )
         for path in stores
     ]
     mixed = MixedBatches(datasets, weights, batch_size, pad_id, seed=seed)

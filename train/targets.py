@@ -38,7 +38,9 @@ def kernel_targets(
     ``log(counts) + log-ratios`` with an empty tail and the row weights ``W``."""
     if "tail_counts" in batch:  # hybrid: the head exact, the tail's draws weighted by its mass
         counts = batch["tail_counts"].float()
-        tail = batch["tail_logmass"].float()[:, None] + (counts / counts.shape[1]).log()
+        # c_j / N, N the row's draws: the store's, or an epoch's subset of them (draws_per_epoch)
+        drawn = counts.sum(dim=1, keepdim=True).clamp(min=1)
+        tail = batch["tail_logmass"].float()[:, None] + (counts / drawn).log()
         logw = torch.cat([batch["topk_logprobs"].float(), tail], dim=1)  # -inf on padding
         ids = torch.cat([batch["topk_ids"], batch["tail_ids"]], dim=1)
         return ids, logw, _no_tail(counts), torch.exp(logw).sum(dim=1)

@@ -153,6 +153,7 @@ class Trainer:
             num_workers=cfg.num_workers,
             pin_memory=self.device.type == "cuda",
             stall_timeout=cfg.stall_timeout,
+            draws_per_epoch=cfg.draws_per_epoch,
         )
         if self.resume:
             directory = self.out / "checkpoints"
