@@ -10,11 +10,12 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_target_fidelity_quick_runs(tmp_path):
-    """``--quick`` with even fewer steps than a logging window, one teacher, two configs: the
-    paired ratios and their intervals come out for every config."""
+    """``--quick`` with even fewer steps than a logging window, one teacher, four configs (one
+    of them M of N draws per epoch): the paired ratios and their intervals come out for every
+    config and both controls."""
     run = subprocess.run(
         [sys.executable, str(BENCHMARKS / "bench_target_fidelity.py"), "--quick", "--steps", "10",
-         "--teachers", "peaked", "--configs", "top4,hybrid2x4,fresh-sampled4",
+         "--teachers", "peaked", "--configs", "top4,hybrid2x4,fresh-sampled4,hybrid2x4@2",
          "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
         capture_output=True, text=True, check=False, timeout=600,
     )  # fmt: skip
@@ -22,8 +23,10 @@ def test_target_fidelity_quick_runs(tmp_path):
     result = json.loads((tmp_path / "out" / "target_fidelity.json").read_text())
     assert result["setup"]["steps"] == 10 and result["setup"]["seeds"] == 2
     assert [r["config"] for r in result["rows"]] == [
-        "online", "online, another order", "top4", "hybrid2x4", "fresh-sampled4"
+        "online", "online, nudged 1e-6", "online, another order", "top4", "hybrid2x4",
+        "fresh-sampled4", "hybrid2x4@2"
     ]  # fmt: skip
     assert all(r["ci_low"] <= r["kl_ratio"] <= r["ci_high"] for r in result["rows"])
     assert result["rows"][0]["kl_ratio"] == 1.0  # the reference against itself, paired
-    assert len(result["runs"]) == 2 * 5
+    assert len(result["runs"]) == 2 * 7
+    assert {"peaked_resolution", "peaked_order_spread"} <= result["setup"].keys()
