@@ -111,10 +111,10 @@ class Config:
     @classmethod
     def parse(cls, text: str) -> Config:
         fresh = text.startswith("fresh-")
-        body, _, per_epoch = text.removeprefix("fresh-").partition("@")
+        body, at, per_epoch = text.removeprefix("fresh-").partition("@")
         try:
-            m = int(per_epoch) if per_epoch else 0
-            if fresh and m:
+            m = int(per_epoch) if at else 0
+            if at and (fresh or m < 1):
                 raise ValueError
             if body.startswith("top") and not fresh and not m:
                 return cls(text, "topk", k=int(body[3:]))

@@ -26,12 +26,22 @@ COUNT_FIELDS = {"sampled": "sample_counts", "hybrid": "tail_counts"}
 
 def subset_counts(counts: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     """(R, N) counts of N draws per row -> the counts of ``m`` of each row's draws, chosen
-    without replacement (multivariate hypergeometric). A row with at most ``m`` draws (a hybrid
-    row whose head holds all the mass has none) stays as it is."""
+    uniformly without replacement (the m draws with the smallest of N random keys). A row with
+    at most ``m`` draws (a hybrid row whose head holds all the mass has none) stays as it is."""
+    width = counts.shape[1]
+    drawn = counts.sum(axis=1)
     out = counts.copy()
-    for row, drawn in enumerate(counts):
-        if drawn.sum() > m:
-            out[row] = rng.multivariate_hypergeometric(drawn, m)
+    full = np.flatnonzero(drawn > m)
+    if not len(full):
+        return out
+    n = int(drawn[full[0]])
+    if (drawn[full] != n).any():
+        raise ValueError(f"rows hold {sorted(set(drawn[full].tolist()))} draws; expected one N")
+    # each draw's slot (the distinct id it counts for), row by row: (rows, n)
+    slots = np.repeat(np.tile(np.arange(width), len(full)), counts[full].ravel()).reshape(-1, n)
+    keep = np.argpartition(rng.random(slots.shape), m - 1, axis=1)[:, :m]
+    chosen = np.take_along_axis(slots, keep, axis=1) + np.arange(len(full))[:, None] * width
+    out[full] = np.bincount(chosen.ravel(), minlength=len(full) * width).reshape(-1, width)
     return out
 
 

@@ -24,7 +24,7 @@ def test_a_subset_keeps_m_of_each_rows_draws():
     assert (subset_counts(counts, 6, rng) == counts).all()  # m = N: every draw
 
 
-def test_a_subset_is_a_function_of_seed_epoch_and_sample():
+def test_a_subset_is_a_function_of_seed_epoch_shard_and_sample():
     example = {"tail_counts": np.array([[5, 4, 3, 0]]), "tail_ids": np.array([[1, 2, 3, 9]])}
     one = draws_for_epoch(example, "tail_counts", 6, 42, 3, 0, 7)
     assert (one["tail_counts"] == draws_for_epoch(example, "tail_counts", 6, 42, 3, 0, 7)
@@ -32,6 +32,9 @@ def test_a_subset_is_a_function_of_seed_epoch_and_sample():
     others = {tuple(draws_for_epoch(example, "tail_counts", 6, 42, e, 0, 7)["tail_counts"][0])
               for e in range(20)}  # fmt: skip
     assert len(others) > 1 and one["tail_ids"] is example["tail_ids"]
+    shards = {tuple(draws_for_epoch(example, "tail_counts", 6, 42, 3, s, 7)["tail_counts"][0])
+              for s in range(20)}  # fmt: skip
+    assert len(shards) > 1
 
 
 def test_the_estimate_with_m_of_n_draws_stays_unbiased(problem):  # noqa: F811
@@ -62,6 +65,21 @@ def hybrid_store(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("hybrid")
     assert run(tiny, out, *HYBRID, k=4) == 0  # 6 draws per mask
     return out
+
+
+@pytest.fixture(scope="module")
+def sampled_store(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sampled")
+    assert run(tiny, out, "--targets", "sampled", "--samples", "6", k=None) == 0
+    return out
+
+
+def test_a_sampled_store_stream_takes_m_draws_each_epoch(sampled_store):
+    full, sub = _stream(sampled_store), _stream(sampled_store, draws_per_epoch=4)
+    for whole, part in zip(full, sub, strict=True):
+        assert (whole["sample_counts"].sum(1) == 6).all()
+        assert (part["sample_counts"].sum(1) == 4).all()
+        assert (part["sample_counts"] <= whole["sample_counts"]).all()
 
 
 def _stream(store, **kw) -> list[dict]:
@@ -123,10 +141,12 @@ def test_a_config_with_no_draws_is_refused(tiny, hybrid_store, tmp_path, value):
                                 draws_per_epoch=value))  # fmt: skip
 
 
-def test_a_run_trains_on_m_of_n_draws(tiny, hybrid_store, tmp_path):
+@pytest.mark.parametrize("kind", ["hybrid", "sampled"])
+def test_a_run_trains_on_m_of_n_draws(tiny, hybrid_store, sampled_store, tmp_path, kind):
     from smash.train.trainer import Trainer
 
-    cfg = load_config(tiny_config(tmp_path / "run", tiny["student"], [(hybrid_store, 1.0)],
+    store = hybrid_store if kind == "hybrid" else sampled_store
+    cfg = load_config(tiny_config(tmp_path / "run", tiny["student"], [(store, 1.0)],
                                   draws_per_epoch=2, max_steps=3))  # fmt: skip
     trainer = Trainer(cfg)
     trainer.setup()

@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one weight-loading bar per grid point would bury ours
-    if args.device == "cpu":
+    if torch.device(args.device).type == "cpu":
         keep_freed_memory()  # each step's dense vocabulary gradients: no fresh pages each time
 
     try:

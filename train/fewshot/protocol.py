@@ -28,7 +28,7 @@ from smash.precompute.batching import token_budget_batches
 from smash.precompute.kshot.data import KShotData
 from smash.train.fewshot.learners import Features, FinetuneLearner, PromptLearner, collate
 from smash.train.fewshot.metrics import compute_metric, select_best
-from smash.train.fewshot.row_adamw import make_adamw
+from smash.train.fewshot.row_adamw import ADAMW_KINDS, make_adamw
 from smash.train.fewshot.soft_prompts import PPT_LEARNING_RATES, SOFT_PROMPT_MODES
 
 __all__ = [
@@ -80,6 +80,10 @@ class Protocol:
     adamw: str = "rows"
     # the soft-prompt modes' rates (PPT's prompt tuning: soft_prompts.PPT_LEARNING_RATES)
     soft_prompt_learning_rates: tuple[float, ...] = PPT_LEARNING_RATES
+
+    def __post_init__(self) -> None:
+        if self.adamw not in ADAMW_KINDS:
+            raise ValueError(f"adamw must be one of {ADAMW_KINDS}, got {self.adamw!r}")
 
     @property
     def grid(self) -> list[tuple[float, int]]:
@@ -295,11 +299,13 @@ def _clip_grad_norm_(params: list[torch.nn.Parameter], max_norm: float) -> None:
     sync, the multiplication by exactly 1 (a pass over the vocabulary table's dense gradient)
     is skipped, with the same result."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads or grads[0].device.type != "cpu":
+    split = hasattr(torch.nn.utils, "get_total_norm")  # torch >= 2.6
+    if not grads or grads[0].device.type != "cpu" or not split:
         torch.nn.utils.clip_grad_norm_(params, max_norm)
         return
     total = torch.nn.utils.get_total_norm(grads)
-    if max_norm / (total + 1e-6) < 1.0:  # torch's coefficient, before its clamp at 1
+    # torch's coefficient before its clamp at 1; a NaN or infinite norm scales as torch does
+    if not max_norm / (total + 1e-6) >= 1.0:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
 
 

@@ -20,6 +20,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from smash.train.fewshot.cpu_allocator import keep_freed_memory
 from smash.train.fewshot.jobs import CheckpointTest, Job
 
 __all__ = ["RETRIES", "RayExecutor", "run_job"]
@@ -30,7 +31,10 @@ AnyJob = Job | CheckpointTest
 
 
 def run_job(job: AnyJob) -> object:
-    """What a Ray task runs: the job, in the worker."""
+    """What a Ray task runs: the job, in the worker (which keeps freed memory on a CPU device,
+    as ``evaluate-fewshot`` does)."""
+    if job.device.startswith("cpu"):
+        keep_freed_memory()
     return job()
 
 

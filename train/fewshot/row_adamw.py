@@ -8,9 +8,10 @@ weight decay (the protocol's, HF Trainer's default), a row whose gradient has be
 step so far has both moments zero, and AdamW leaves it where it is; so updating only the rows
 that have had a gradient is the same update. :class:`RowAdamW` applies
 ``torch.optim.AdamW``'s single-tensor arithmetic, operation for operation, to those rows (and
-to every other tensor whole): on a CPU its parameters stay bitwise equal to AdamW's
-(``tests/test_row_adamw.py``). The batched trainer (``batched.py``) updates its stacked
-tables the same way through :func:`update_rows_`.
+to every other tensor whole): on a CPU its parameters stay bitwise equal to those of the
+locked torch's AdamW (``tests/test_row_adamw.py``; a torch that takes the bias correction's
+square root another way, e.g. ``math.sqrt``, rounds differently now and then). The batched
+trainer (``batched.py``) updates its stacked tables the same way through :func:`update_rows_`.
 
 What it saves is the optimizer's passes; the gradient of a table is still dense (a sparse
 embedding gradient would need every model's embedding and tied head changed).
@@ -28,8 +29,9 @@ __all__ = [
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, as the protocol uses them
 # tensors with at least this many rows (along their row dimension) are updated by rows: the
-# vocabulary tables and their biases; position tables (514 rows) and layers are updated whole
-MIN_ROWS = 4096
+# vocabulary tables and their biases (30,522 rows in BERT, 32,128 in T5, 50,265 in RoBERTa);
+# position tables (514 rows) and layers (up to 4,096 rows in the large models) are updated whole
+MIN_ROWS = 20_000
 # --adamw: "rows" (RowAdamW, the default) or "dense" (torch.optim.AdamW, as LM-BFF's HF Trainer)
 ADAMW_KINDS = ("rows", "dense")
 
@@ -58,6 +60,9 @@ def update_rows_(
     nonzero = grad.contiguous().view(torch.uint8).unflatten(-1, (-1, grad.element_size()))
     others = tuple(d for d in range(nonzero.dim()) if d != dim)
     seen |= nonzero.amax(dim=others) != 0
+    if bool(seen.all()):  # every row has had a gradient: the whole tensor, without gathers
+        update(param, grad, exp_avg, exp_avg_sq)
+        return
     rows = seen.nonzero().squeeze(1)
     parts = [t.index_select(dim, rows) for t in (param, grad, exp_avg, exp_avg_sq)]
     update(*parts)
@@ -103,6 +108,8 @@ class RowAdamW(torch.optim.Optimizer):
                     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                     p.addcdiv_(m, (v.sqrt() / root).add_(EPS), value=-step_size)
 
+                if state["seen"] is not None and state["seen"].dtype != torch.bool:
+                    state["seen"] = state["seen"].bool()  # load_state_dict casts it to floats
                 moments = (state["exp_avg"], state["exp_avg_sq"])
                 update_rows_(param, param.grad, moments, state["seen"], 0, adamw)
 
