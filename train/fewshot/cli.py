@@ -242,9 +242,10 @@ def _parser() -> FlagParser:
         "--adamw",
         choices=ADAMW_KINDS,
         default="rows",
-        help="rows (the default): AdamW updates only the vocabulary rows that have had a "
-        "gradient, the same update without weight decay (the protocol's) and a fraction of "
-        "the work; dense: torch.optim.AdamW over every row, as LM-BFF's HF Trainer",
+        help="rows (the default): on a CPU, AdamW updates only the vocabulary rows that have "
+        "had a gradient, the same update without weight decay (the protocol's) and a fraction "
+        "of the work (on a GPU, torch.optim.AdamW); dense: torch.optim.AdamW over every row, "
+        "as LM-BFF's HF Trainer",
     )
     p.add_argument(
         "--batch-units",

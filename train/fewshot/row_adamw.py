@@ -71,8 +71,9 @@ def update_rows_(
 
 
 def seen_rows(param: torch.Tensor, dim: int) -> torch.Tensor | None:
-    """A fresh ``seen`` vector for ``param`` if it is updated by rows along ``dim``, else None."""
-    if param.dim() <= dim or param.shape[dim] < MIN_ROWS:
+    """A fresh ``seen`` vector for ``param`` if it is updated by rows along ``dim``, else None:
+    tables on a CPU only (on a GPU, finding the rows would sync the device at every step)."""
+    if param.device.type != "cpu" or param.dim() <= dim or param.shape[dim] < MIN_ROWS:
         return None
     return torch.zeros(param.shape[dim], dtype=torch.bool, device=param.device)
 
@@ -115,9 +116,11 @@ class RowAdamW(torch.optim.Optimizer):
 
 
 def make_adamw(kind: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    """The protocol's optimizer: ``kind`` one of ``ADAMW_KINDS``."""
-    if kind == "rows":
+    """The protocol's optimizer: ``kind`` one of ``ADAMW_KINDS``. By rows on a CPU; on a GPU
+    ``rows`` is ``torch.optim.AdamW`` too (its multi-tensor path is cheap there, and finding
+    the rows would sync the device at every step)."""
+    if kind == "rows" and all(p.device.type == "cpu" for p in params):
         return RowAdamW(params, lr=lr)
-    if kind == "dense":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    raise ValueError(f"adamw must be one of {ADAMW_KINDS}, got {kind!r}")
+    if kind not in ADAMW_KINDS:
+        raise ValueError(f"adamw must be one of {ADAMW_KINDS}, got {kind!r}")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
