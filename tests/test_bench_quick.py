@@ -29,4 +29,7 @@ def test_target_fidelity_quick_runs(tmp_path):
     assert all(r["ci_low"] <= r["kl_ratio"] <= r["ci_high"] for r in result["rows"])
     assert result["rows"][0]["kl_ratio"] == 1.0  # the reference against itself, paired
     assert len(result["runs"]) == 2 * 7
-    assert {"peaked_resolution", "peaked_order_spread"} <= result["setup"].keys()
+    assert {"peaked_resolution", "peaked_order_spread", "peaked_heldout_paired_relative_se"} <= (
+        result["setup"].keys()
+    )
+    assert all(r["paired_relative_se"] >= 0 for r in result["runs"])
