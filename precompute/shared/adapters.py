@@ -29,7 +29,7 @@ test.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +91,9 @@ class ModelAdapter(abc.ABC):
 
     model: nn.Module
     decoder: nn.Linear
+    # how ``logits_at`` reads rows of ``decoder.weight`` (None: by indexing it); the few-shot
+    # trainer points it at rows it gathered for a step (``train/fewshot/table_rows.py``)
+    rows_of: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @abc.abstractmethod
     def answers(self, prompts: Prompts, *, hidden_states=False, attentions=False) -> Answers: ...
@@ -105,7 +108,8 @@ class ModelAdapter(abc.ABC):
         """The logits of the vocabulary entries ``token_ids`` (C,) alone, from the head's
         ``features`` (R, H): (R, C), as prompt-based fine-tuning scores its label words."""
         bias = self.decoder.bias[token_ids] if self.decoder.bias is not None else None
-        return F.linear(features, self.decoder.weight[token_ids], bias)
+        rows = self.decoder.weight[token_ids] if self.rows_of is None else self.rows_of(token_ids)
+        return F.linear(features, rows, bias)
 
 
 class MaskedLMAdapter(ModelAdapter):

@@ -19,6 +19,7 @@ training stays fp32).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,7 @@ from smash.train.fewshot.learners import Features, FinetuneLearner, PromptLearne
 from smash.train.fewshot.metrics import compute_metric, select_best
 from smash.train.fewshot.row_adamw import ADAMW_KINDS, make_adamw
 from smash.train.fewshot.soft_prompts import PPT_LEARNING_RATES, SOFT_PROMPT_MODES
+from smash.train.fewshot.table_rows import TableRows, table_rows_for
 
 __all__ = [
     "PAPER_MAX_STEPS",
@@ -293,11 +295,14 @@ def choose(seed: int, points: Sequence[PointResult]) -> SeedResult:
     )
 
 
-def _clip_grad_norm_(params: list[torch.nn.Parameter], max_norm: float) -> None:
+def _clip_grad_norm_(
+    params: list[torch.nn.Parameter], max_norm: float, table: TableRows | None = None
+) -> None:
     """``torch.nn.utils.clip_grad_norm_``, which multiplies every gradient by
     ``min(1, max_norm / (norm + 1e-6))``: on a CPU, where reading the norm costs no device
     sync, the multiplication by exactly 1 (a pass over the vocabulary table's dense gradient)
-    is skipped, with the same result."""
+    is skipped, and with ``table`` only its gathered rows are multiplied, with the same
+    result."""
     grads = [p.grad for p in params if p.grad is not None]
     split = hasattr(torch.nn.utils, "get_total_norm")  # torch >= 2.6
     if not grads or grads[0].device.type != "cpu" or not split:
@@ -306,7 +311,10 @@ def _clip_grad_norm_(params: list[torch.nn.Parameter], max_norm: float) -> None:
     total = torch.nn.utils.get_total_norm(grads)
     # torch's coefficient before its clamp at 1; a NaN or infinite norm scales as torch does
     if not max_norm / (total + 1e-6) >= 1.0:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+        if table is None:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+        else:
+            table.clip_(params, max_norm, total)
 
 
 def cpu_state(model: torch.nn.Module) -> dict:
@@ -328,6 +336,8 @@ def _train(
     model = learner.model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_adamw(protocol.adamw, params, lr)
+    # on a CPU the vocabulary table's gradient is kept by rows where that is exact
+    table = table_rows_for(learner, optimizer)
     total = protocol.max_steps
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
     order = torch.Generator().manual_seed(seed)
@@ -336,28 +346,31 @@ def _train(
     step = epoch = 0
     # demonstrations (DemoPromptLearner) are drawn afresh each epoch, as LM-BFF draws them
     for_epoch = getattr(train, "for_epoch", lambda epoch: train)
-    while step < total:
-        features = for_epoch(epoch)
-        epoch += 1
-        perm = torch.randperm(len(features), generator=order).tolist()
-        for start in range(0, len(perm), batch_size):
-            model.train()
-            batch = collate(
-                [features[i] for i in perm[start : start + batch_size]], pad, regression
-            ).to(device)
-            loss = learner.loss(learner.forward(batch), batch.labels)
-            loss.backward()
-            _clip_grad_norm_(params, protocol.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % protocol.eval_every == 0 or step == total:
-                score = evaluate(learner, dev, protocol.eval_batch_size, device,
-                                 **protocol.inference)  # fmt: skip
-                if best_state is None or select_best([best_score, score]) == 1:
-                    best_score, best_step = score, step
-                    best_state = cpu_state(model)
-            if step == total:
-                break
+    with table or contextlib.nullcontext():
+        while step < total:
+            features = for_epoch(epoch)
+            epoch += 1
+            perm = torch.randperm(len(features), generator=order).tolist()
+            for start in range(0, len(perm), batch_size):
+                model.train()
+                batch = collate(
+                    [features[i] for i in perm[start : start + batch_size]], pad, regression
+                ).to(device)
+                loss = learner.loss(learner.forward(batch), batch.labels)
+                loss.backward()
+                if table is not None:
+                    table.gather()
+                _clip_grad_norm_(params, protocol.max_grad_norm, table)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if step % protocol.eval_every == 0 or step == total:
+                    score = evaluate(learner, dev, protocol.eval_batch_size, device,
+                                     **protocol.inference)  # fmt: skip
+                    if best_state is None or select_best([best_score, score]) == 1:
+                        best_score, best_step = score, step
+                        best_state = cpu_state(model)
+                if step == total:
+                    break
     return best_score, best_state, best_step

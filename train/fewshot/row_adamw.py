@@ -13,8 +13,8 @@ locked torch's AdamW (``tests/test_row_adamw.py``; a torch that takes the bias c
 square root another way, e.g. ``math.sqrt``, rounds differently now and then). The batched
 trainer (``batched.py``) updates its stacked tables the same way through :func:`update_rows_`.
 
-What it saves is the optimizer's passes; the gradient of a table is still dense (a sparse
-embedding gradient would need every model's embedding and tied head changed).
+What it saves is the optimizer's passes. The trainer's ``table_rows.py`` also spares the
+table's gradient most of its dense passes, and tells the optimizer its rows (``expect_rows``).
 """
 
 from __future__ import annotations
@@ -46,20 +46,27 @@ def update_rows_(
     seen: torch.Tensor | None,
     dim: int,
     update: Update,
+    nonzero_rows: torch.Tensor | None = None,
 ) -> None:
     """``update(param, grad, exp_avg, exp_avg_sq)`` in place, on the whole tensors when ``seen``
     is None, else on the rows along ``dim`` that have had a nonzero gradient at this or any
-    earlier step (``seen``, a bool vector over those rows, is updated)."""
+    earlier step (``seen``, a bool vector over those rows, is updated). ``nonzero_rows``, when
+    the caller knows them, are indices of rows outside which ``grad`` is zero: they spare the
+    pass that finds the rows (rows of zeros among them are harmless, see below)."""
     exp_avg, exp_avg_sq = moments
     if seen is None:
         update(param, grad, exp_avg, exp_avg_sq)
         return
-    # A row has had a gradient where one of its bytes is not zero: one pass over the bytes,
-    # where ``ne(0).any`` is eight times slower. That counts a row of -0.0 too, which AdamW
-    # with zero moments leaves bitwise as it is (p - 0 * (0 / eps) = p), as it does a row of +0.
-    nonzero = grad.contiguous().view(torch.uint8).unflatten(-1, (-1, grad.element_size()))
-    others = tuple(d for d in range(nonzero.dim()) if d != dim)
-    seen |= nonzero.amax(dim=others) != 0
+    if nonzero_rows is not None:
+        seen[nonzero_rows] = True
+    else:
+        # A row has had a gradient where one of its bytes is not zero: one pass over the
+        # bytes, where ``ne(0).any`` is eight times slower. That counts a row of -0.0 too,
+        # which AdamW with zero moments leaves bitwise as it is (p - 0 * (0 / eps) = p), as
+        # it does a row of +0.
+        nonzero = grad.contiguous().view(torch.uint8).unflatten(-1, (-1, grad.element_size()))
+        others = tuple(d for d in range(nonzero.dim()) if d != dim)
+        seen |= nonzero.amax(dim=others) != 0
     if bool(seen.all()):  # every row has had a gradient: the whole tensor, without gathers
         update(param, grad, exp_avg, exp_avg_sq)
         return
@@ -84,6 +91,15 @@ class RowAdamW(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float) -> None:
         super().__init__(params, {"lr": lr})
+        self._nonzero_rows: dict[torch.Tensor, torch.Tensor] = {}
+
+    def expect_rows(self, param: torch.Tensor, rows: torch.Tensor | None) -> None:
+        """Say that at the next step ``param``'s gradient is zero outside ``rows`` (indices
+        along its first dimension; None: unknown, found from the gradient)."""
+        if rows is None:
+            self._nonzero_rows.pop(param, None)
+        else:
+            self._nonzero_rows[param] = rows
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:
@@ -112,7 +128,8 @@ class RowAdamW(torch.optim.Optimizer):
                 if state["seen"] is not None and state["seen"].dtype != torch.bool:
                     state["seen"] = state["seen"].bool()  # load_state_dict casts it to floats
                 moments = (state["exp_avg"], state["exp_avg_sq"])
-                update_rows_(param, param.grad, moments, state["seen"], 0, adamw)
+                update_rows_(param, param.grad, moments, state["seen"], 0, adamw,
+                             self._nonzero_rows.pop(param, None))  # fmt: skip
 
 
 def make_adamw(kind: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
