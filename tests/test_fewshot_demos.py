@@ -100,6 +100,11 @@ def test_auto_template_skips_blank_lines_as_lmbff(tmp_path):
         ("template", "*cls**sent_0*_So*mask**mask*.*sep+*\n", ":1: template"),
         ("template", "*cls**sent_0**mask*,*+sentl_1**sep+*\n", ":1: template '*cls**sent_0**m"),
         ("template", "", ": no template (the file is empty)"),
+        (
+            "template",
+            "*cls*_It_was*mask*.*sep+*\n",
+            ":1: template '*cls*_It_was*mask*.*sep+*' reads no sentence (no *sent_i* part)",
+        ),
         ("mapping", "['bad', 'good']\n", ":1: expected a dict of label to word"),
         ("mapping", "{'0': 'bad', '1': 'good'\n", ":1: expected a dict of label to word"),
         ("mapping", "{'0': 'bad', '2': 'good'}\n", ":1: labels ['0', '2'] are not SST-2's"),
@@ -532,6 +537,14 @@ def test_cli_lmbff_with_searched_label_words(tiny, tiny_tokenizer, kshot, tmp_pa
     assert learner.prompt.verbalizer.tolist() == [great, terrible]
     assert learner.template.spec.startswith("*cls**sent_0*_A*mask*_film.*sep+**sent_1*_A*label_0")
     assert learner.seed == 21 and learner.samples == 16
+
+
+def test_cli_template_that_reads_no_sentence_is_refused(tiny, kshot, tmp_path, capsys):
+    out = tmp_path / "out"
+    template = "*cls*_It_was*mask*.*sep+*"
+    err = cli_error(capsys, _argv(tiny, kshot, out, "--template", f"SST-2={template}"))
+    assert f"template {template!r} reads no sentence (no *sent_i* part)" in err
+    assert not (out / "points.jsonl").exists()
 
 
 def test_cli_lmbff_errors(tiny, tiny_t5, kshot, tmp_path, capsys):

@@ -20,27 +20,30 @@ def _refused(capsys, tmp_path, flags) -> str:
     return err.rstrip("\n")
 
 
-@pytest.mark.parametrize(
-    "flag, values, allowed",
-    [
-        ("--k", ["0", "-1", "x"], INTEGER),
-        ("--seeds", ["-1", "4294967296", "1.5"], SEED),
-        ("--lrs", ["0", "-1", "nan", "inf", "x"], POSITIVE),
-        ("--batch-sizes", ["0", "-2"], INTEGER),
-        ("--max-steps", ["0", "-1"], INTEGER),
-        ("--eval-every", ["0", "-2"], INTEGER),
-        ("--eval-batch-size", ["0", "-4"], INTEGER),
-        ("--eval-token-budget", ["0", "-1", "1e9", "inf"], INTEGER),
-        ("--batch-units", ["0", "-1"], INTEGER),
-        ("--gpus-per-unit", ["-0.5", "1.5", "nan"], "a finite number >= 0 and <= 1"),
-        ("--cpus-per-unit", ["0", "-1", "inf"], POSITIVE),
-        ("--max-length", ["0", "-1"], INTEGER),
-        ("--demo-samples", ["0", "-1"], INTEGER),
-        ("--demo-filter-rate", ["0", "-0.5", "1.5", "nan", "inf"], "a finite number > 0 and <= 1"),
-        ("--distill-weight", ["-1", "nan", "inf"], "a finite number >= 0"),
-        ("--distill-temperature", ["0", "-1", "nan", "inf"], POSITIVE),
-    ],
-)
+# every numeric flag: its bad values and what the error says is allowed
+RANGES = [
+    ("--k", ["0", "-1", "x"], INTEGER),
+    ("--seeds", ["-1", "4294967296", "1.5"], SEED),
+    ("--lrs", ["0", "-1", "nan", "inf", "x"], POSITIVE),
+    ("--batch-sizes", ["0", "-2"], INTEGER),
+    ("--max-steps", ["0", "-1"], INTEGER),
+    ("--eval-every", ["0", "-2"], INTEGER),
+    ("--eval-batch-size", ["0", "-4"], INTEGER),
+    ("--eval-token-budget", ["0", "-1", "1e9", "inf"], INTEGER),
+    ("--batch-units", ["0", "-1"], INTEGER),
+    ("--gpus-per-unit", ["-0.5", "1.5", "nan"], "a finite number >= 0 and <= 1"),
+    ("--cpus-per-unit", ["0", "-1", "inf"], POSITIVE),
+    ("--max-length", ["0", "-1"], INTEGER),
+    ("--demo-samples", ["0", "-1"], INTEGER),
+    ("--demo-filter-rate", ["0", "-0.5", "1.5", "nan", "inf"], "a finite number > 0 and <= 1"),
+    ("--distill-weight", ["-1", "nan", "inf"], "a finite number >= 0"),
+    ("--distill-temperature", ["0", "-1", "nan", "inf"], POSITIVE),
+    ("--prompt-length", ["0", "-1"], INTEGER),
+    ("--prompt-tuning-lrs", ["0", "-1", "nan", "inf"], POSITIVE),
+]
+
+
+@pytest.mark.parametrize("flag, values, allowed", RANGES)
 def test_numeric_flags_out_of_range_are_refused_before_anything_runs(
     capsys, tmp_path, flag, values, allowed
 ):
@@ -49,6 +52,13 @@ def test_numeric_flags_out_of_range_are_refused_before_anything_runs(
         assert line == (
             f"evaluate-fewshot: error: argument {flag}: expected {allowed}, got {value!r}"
         )
+
+
+def test_every_numeric_flag_is_range_checked_and_tested():
+    from smash.train.fewshot.cli import _parser
+    from test_cli_flags import _numeric_flags
+
+    assert _numeric_flags(_parser()) == {flag for flag, _, _ in RANGES}
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

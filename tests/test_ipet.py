@@ -300,3 +300,90 @@ def test_a_resume_rewrites_a_damaged_store_shard_of_the_recorded_size(tiny, ksho
     assert verify_store(str(out / "store" / "SST-2"))  # named as damaged
     assert run_ipet(ipet_argv(tiny, kshot, out, "--resume")) == 0
     assert shard.read_bytes() == good and verify_store(str(out / "store" / "SST-2")) == []
+
+
+WHOLE = "expected a whole number >= 1"
+# every numeric flag of run-ipet with its bad values and what the error says is allowed
+IPET_RANGES = [
+    ("--k", ["0", "-1"], WHOLE),
+    ("--seeds", ["-1", "4294967296"], "expected a whole number in [0, 4294967295]"),
+    ("--patterns", ["-1", "4"], "expected a whole number in [0, 3]"),
+    ("--repetitions", ["0", "-1"], WHOLE),
+    ("--generations", ["0", "-1"], WHOLE),
+    ("--scale-factor", ["1", "0", "-1", "nan", "inf"], "expected a finite number > 1"),
+    ("--fraction", ["0", "-0.5", "1.5", "nan"], "expected a finite number > 0 and <= 1"),
+    ("--temperature", ["0", "-1", "nan", "inf"], "expected a finite number > 0"),
+    ("--per-label", ["0", "-1"], WHOLE),
+    ("--steps", ["0", "-1"], WHOLE),
+    ("--lr", ["0", "-1", "nan", "inf"], "expected a finite number > 0"),
+    ("--batch-size", ["0", "-1"], WHOLE),
+    ("--unlabelled-batch-size", ["0", "-1"], WHOLE),
+    # at 0 the task's loss would vanish and the models learn the MLM term alone
+    ("--alpha", ["0", "-0.5", "1.5", "nan"], "expected a finite number > 0 and <= 1"),
+    ("--max-length", ["0", "-1"], WHOLE),
+    ("--student-max-length", ["0", "-1"], WHOLE),
+    ("--eval-batch-size", ["0", "-1"], WHOLE),
+]
+
+
+@pytest.mark.parametrize("flag, value, allowed",
+                         [(f, v, a) for f, values, a in IPET_RANGES for v in values])  # fmt: skip
+def test_a_run_ipet_number_out_of_range_is_refused_before_anything_runs(
+    flag, value, allowed, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    argv = ["--original", "o", "--data", "d", "--tasks", "SST-2", "--out", str(out)]
+    assert run_ipet([*argv, f"{flag}={value}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{flag}: {allowed}, got {value!r}" in err, err
+    assert not out.exists()
+
+
+def test_every_run_ipet_numeric_flag_is_range_checked_and_tested():
+    from smash.train.fewshot.ipet.cli import _parser
+    from test_cli_flags import _numeric_flags
+
+    assert _numeric_flags(_parser()) == {flag for flag, _, _ in IPET_RANGES}
+
+
+def test_pets_mlm_term_is_the_cross_entropy_at_the_masked_tokens(tiny, tiny_tokenizer, kshot):
+    """PET's auxiliary loss: unlabelled prompts masked as in pre-training (special tokens
+    never), the cross-entropy of the whole vocabulary at the masks against the original tokens;
+    and it moves the model (alpha < 1 trains other weights than alpha = 1)."""
+    from smash.precompute.shared.masking import Masking, example_rng
+    from smash.train.fewshot.ipet.pet import PetLearner, PetSettings, _mlm_loss, train_pet_model
+    from transformers import AutoModelForMaskedLM
+
+    task = get_task("SST-2")
+    split = load_kshot(kshot, task, K, SEED)
+    pattern = patterns_for(task, [0])[0]
+
+    def learner():
+        model = AutoModelForMaskedLM.from_pretrained(tiny["teacher"]).eval()
+        return PetLearner(model, tiny_tokenizer, task, pattern, 64)
+
+    pet = learner()
+    features = pet.encode(split.dev[:3])
+    loss = _mlm_loss(pet, features, example_rng(SEED, 0), torch.device("cpu"))
+    rng, special = example_rng(SEED, 0), np.fromiter(tiny_tokenizer.all_special_ids, np.int64)
+    expected = []
+    for f in features:
+        ids = np.asarray(f.input_ids, np.int64)
+        masked = Masking().apply(ids, ~np.isin(ids, special), rng,
+                                 mask_id=tiny_tokenizer.mask_token_id,
+                                 vocab_size=len(tiny_tokenizer))  # fmt: skip
+        assert not np.isin(ids[masked.mask_positions], special).any()
+        with torch.no_grad():
+            logits = pet.model(input_ids=torch.from_numpy(masked.input_ids)[None]).logits[0]
+        expected.append(torch.nn.functional.cross_entropy(
+            logits[torch.tensor(masked.mask_positions)],
+            torch.tensor(masked.original_ids), reduction="none"))  # fmt: skip
+    torch.testing.assert_close(loss, torch.cat(expected).mean(), rtol=1e-5, atol=1e-6)
+
+    weights = []
+    for alpha in (0.5, 1.0):
+        pet = learner()
+        settings = PetSettings(steps=2, batch_size=2, unlabelled_batch_size=2, alpha=alpha)
+        train_pet_model(pet, split.train, split.dev, settings, SEED, torch.device("cpu"))
+        weights.append(pet.model.lm_head.dense.weight.detach().clone())
+    assert not torch.equal(*weights)

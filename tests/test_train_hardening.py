@@ -138,3 +138,33 @@ def test_a_full_disk_during_a_checkpoint_is_named_and_the_last_one_kept(
     small_disk.grow(one * 8)
     assert train_student(["--config", path, "--resume"]) == 0
     assert resume_tag(out / "checkpoints") == "step3"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--objective", "ce@1", "--objective", "ce@0.5"],
+         "--objective ce is given more than once (ce@1.0, ce@0.5); give each objective once"),
+        (["--objective", "ce", "--objective", "hard@0.5", "--objective", "ce"],
+         "--objective ce is given more than once (ce, ce)"),
+        (["--store", "{store}", "--store", "{store}@2"],
+         "stores[1]: '{store}' is the store of stores[0] ('{store}') again"),
+        (["--store", "{store}", "--store", "{store}/."], "is the store of stores[0]"),
+    ],
+)  # fmt: skip
+def test_a_repeated_objective_or_store_is_refused_before_anything_runs(
+    tiny, pair_store, tmp_path, capsys, flags, message
+):
+    """A repeated objective would keep its last weight, a repeated store take twice its share."""
+    path = config_file(tmp_path, tiny, pair_store, tmp_path / "run")
+    flags = [f.format(store=pair_store) for f in flags]
+    assert train_student(["--config", path, *flags]) == 2
+    assert message.format(store=pair_store) in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_listing_a_store_twice_is_refused(tiny, pair_store, tmp_path, capsys):
+    path = write_config(tmp_path / "config.json", tiny_config(
+        tmp_path / "run", tiny["student"], [(pair_store, 1.0), (pair_store, 3.0)]))  # fmt: skip
+    assert train_student(["--config", path]) == 2
+    assert "stores[1]" in capsys.readouterr().err

@@ -58,6 +58,13 @@ def objective_value(given: list[tuple[str, float | None]] | None) -> str | dict 
     without a weight stays a name, anything else a {name: weight} object (weight 1 if none)."""
     if not given:
         return None
+    names = [name for name, _ in given]
+    for name in dict.fromkeys(names):
+        if names.count(name) > 1:
+            again = ", ".join(f"{n}@{w}" if w is not None else n for n, w in given if n == name)
+            raise ConfigError(
+                f"--objective {name} is given more than once ({again}); give each objective once"
+            )
     if len(given) == 1 and given[0][1] is None:
         return given[0][0]
     return {name: 1.0 if weight is None else weight for name, weight in given}
@@ -201,13 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "eval_every",
             "stall_timeout",
             "soft_prompt_length",
+            "draws_per_epoch",
         )
     }
-    overrides["objective"] = objective_value(args.objective)
     overrides["stores"] = args.store
     overrides["eval_store"] = args.eval_store
     trainer = None
     try:
+        overrides["objective"] = objective_value(args.objective)
         config = load_config(args.config, **overrides)
         trainer = Trainer(config, precision=args.precision, resume=args.resume)
         trainer.setup()

@@ -262,6 +262,7 @@ def _validate(data: dict[str, Any], path: Path | None) -> TrainConfig:
             raise ConfigError(f"config key {name!r} is required")
     values = dict(data)
     values["stores"] = tuple(_store(s, i) for i, s in enumerate(data.get("stores", [])))
+    _check_distinct_stores(values["stores"])
     values["deepspeed"] = _deepspeed_section(data["deepspeed"], path and path.parent)
     if "objective" in values:
         values["objective"] = _objective(values["objective"])
@@ -336,6 +337,18 @@ def _store(raw: Any, index: int) -> StoreSpec:
     return StoreSpec(
         path=str(raw["path"]), weight=weight, verbalizer=tuple(words) if words is not None else None
     )
+
+
+def _check_distinct_stores(stores: tuple[StoreSpec, ...]) -> None:
+    """A store listed twice would be mixed in at twice its weight without a word."""
+    first: dict[Path, int] = {}
+    for i, spec in enumerate(stores):
+        j = first.setdefault(Path(spec.path).resolve(), i)
+        if j != i:
+            raise ConfigError(
+                f"stores[{i}]: {spec.path!r} is the store of stores[{j}] ({stores[j].path!r}) "
+                f"again; give each store once (its weight sets its share of the mix)"
+            )
 
 
 def _deepspeed_section(raw: Any, base: Path | None) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def _parser() -> FlagParser:
     p.add_argument("--batch-size", type=integer(1), default=4)
     p.add_argument("--unlabelled-batch-size", type=integer(1), default=4,
                    help="unlabelled examples per step for the MLM term (4)")  # fmt: skip
-    p.add_argument("--alpha", type=number(minimum=0, maximum=1), default=0.9999,
+    p.add_argument("--alpha", type=number(above=0, maximum=1), default=0.9999,
                    help="the task loss's weight; 1 - alpha the MLM term's (0.9999)")  # fmt: skip
     p.add_argument("--max-length", type=integer(1), default=256, help="PET models' inputs (256)")
     p.add_argument("--student-max-length", type=integer(1),
