@@ -128,3 +128,18 @@ def test_refusals(tiny, kshot, pretrained, tmp_path, capsys):
     assert "a soft prompt trained with" in cli_error(capsys, other)
     long = [*base, "--mode", "prompt-tuning", "--max-length", "128"]  # the last one counts
     assert "exceed the 130 positions" in cli_error(capsys, long)
+
+
+def test_prompt_tuning_end_to_end_on_a_t5(tiny_t5, kshot, tmp_path):
+    """A T5 student, its prompt in front of the encoder's input (the prompt's equality with
+    tokens in front is ``test_soft_prompt.py``'s), through the whole runner."""
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_t5["student"]), "--data", str(kshot), "--k", "8", "--seeds", "13",
+            "--batch-sizes", "4", "--max-steps", "2", "--eval-every", "2", "--max-length", "64",
+            "--device", "cpu", "--out", str(out), "--tasks", "SST-2", "--mode", "prompt-tuning",
+            "--prompt-length", "3", "--prompt-tuning-lrs", "5e-2"]  # fmt: skip
+    assert main(argv) == 0
+    (entry,) = json.loads((out / "results.json").read_text())["entries"]
+    assert (entry["mode"], entry["task"], entry["seeds"][0]["lr"]) == ("prompt-tuning", "SST-2",
+                                                                       5e-2)  # fmt: skip
+    assert 0 <= entry["seeds"][0]["tests"]["SST-2"] <= 1

@@ -387,3 +387,27 @@ def test_pets_mlm_term_is_the_cross_entropy_at_the_masked_tokens(tiny, tiny_toke
         train_pet_model(pet, split.train, split.dev, settings, SEED, torch.device("cpu"))
         weights.append(pet.model.lm_head.dense.weight.detach().clone())
     assert not torch.equal(*weights)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_the_final_classifiers_loss_is_pets_distillation_at_its_temperature(temperature):
+    """``T**2`` times the cross-entropy of ``softmax(logits / T)`` against the ensemble's
+    ``softmax(mean / T)``, from the stored log-probabilities at T = 1, averaged over rows."""
+    from smash.train.fewshot.ipet.soft_labels import SoftLabelLearner, SoftTargets
+
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(5, 3, generator=g) * 3  # the ensemble's mean label-word logits
+    stored = torch.log_softmax(mean, dim=-1).half()  # what the store holds
+    targets = SoftTargets(stored, [[0]] * 5, temperature, "store")
+
+    class Inner:  # the loss reads nothing of the inner learner
+        model = tokenizer = None
+        task = get_task("SST-2")
+
+    learner = SoftLabelLearner(Inner(), targets, [])
+    logits = torch.randn(3, 3, generator=g)
+    rows = torch.tensor([4, 0, 2])
+    loss = learner.loss((logits, rows), None)
+    target = torch.softmax(stored[rows].float() / temperature, dim=-1)
+    expected = -(target * torch.log_softmax(logits / temperature, dim=-1)).sum(-1).mean()
+    torch.testing.assert_close(loss, temperature**2 * expected, rtol=1e-5, atol=1e-6)
