@@ -7,6 +7,7 @@ never shadow an installed distribution of the same name: transformers 5 imports 
 Face's ``kernels``, and ``store``, ``train``, ``precompute`` are generic names too.
 """
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,35 @@ def test_an_installed_distribution_of_a_folders_name_wins_from_the_root(tmp_path
     out = run.stdout.splitlines()
     assert out[:4] == [f"installed {folder}" for folder in FOLDERS]
     assert out[4:] == [str(ROOT / "kernels" / "soft_ce.py"), str(ROOT / "store" / "reader.py")]
+
+
+def _lock_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lock", ROOT / ".ci" / "lock.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_lock_pins_every_dependency_once_without_local_labels():
+    """What `make test` installs: one exact, label-free pin per distribution (a CUDA machine
+    installs the same lock), the project's own requirements among them, torch in its range."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    lock = _lock_module()
+    lines = [line for line in lock.LOCK.read_text().splitlines() if not line.startswith("#")]
+    names = [lock.canonical(line.split("==")[0]) for line in lines]
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+==[0-9][A-Za-z0-9.]*", line) for line in lines)
+    assert len(names) == len(set(names)) and "+" not in "".join(lines)
+    pins = lock.read_lock()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    required = [Requirement(r) for r in [*project["dependencies"],
+                                         *project["optional-dependencies"]["dev"]]]  # fmt: skip
+    for req in required:
+        if req.marker is None or req.marker.evaluate():
+            assert lock.canonical(req.name) in pins, req.name
+            assert req.specifier.contains(pins[lock.canonical(req.name)]), (req, pins[req.name])
+    assert {"pip", "setuptools", "wheel"} <= set(pins)
+    assert lock.public("2.13.0+cpu") == "2.13.0" and lock.canonical("Foo_Bar.baz") == "foo-bar-baz"
