@@ -17,7 +17,8 @@ Three measurements, on one device in one run:
    and stacked units draw dropout streams of their own, so batched results are not those of
    one at a time).
 2. One unit split into its parts, in a process of its own: process start (the imports a
-   fresh process pays), model load, a training step (batch 2 and 4, AdamW by rows and dense;
+   fresh process pays), model load, a training step (batch 2 and 4, ``--adamw rows``: AdamW
+   and the vocabulary table's gradient by rows, and dense;
    and a unit's share of a step of ``--batch-units`` trained together), a dev pass, a test
    pass.
 3. From those parts, the device-seconds of the paper's Table 2 for one student: 8 trained rows
@@ -384,7 +385,7 @@ def print_table(result: dict) -> None:
     print(
         f"\none unit: process start {result['process_start_s']:.2f} s, model load "
         f"{p['load_s']:.2f} s, a training step (batch 2 / 4) {1e3 * rows['2']:.1f} / "
-        f"{1e3 * rows['4']:.1f} ms with AdamW by rows, {1e3 * dense['2']:.1f} / "
+        f"{1e3 * rows['4']:.1f} ms with --adamw rows, {1e3 * dense['2']:.1f} / "
         f"{1e3 * dense['4']:.1f} ms dense, a dev pass {1e3 * p['dev_pass_s']:.0f} ms, "
         f"a test pass {p['test_pass_s']:.2f} s ({p['test_tokens_per_s']:.0f} tokens/s)"
     )
