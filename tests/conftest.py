@@ -51,3 +51,12 @@ def tiny_t5(tmp_path_factory, tiny) -> dict:
         "teacher": root / "teacher",
         "student": root / "student",
     }
+
+
+@pytest.fixture(scope="session")
+def dropout_student(tiny, tmp_path_factory):
+    """The tiny student with the paper's dropout (0.1): tiny models default to none, which
+    hides what dropout changes (RNG states to restore, streams to keep apart)."""
+    from train_support import student_with_dropout
+
+    return student_with_dropout(tiny, tmp_path_factory.mktemp("dropout") / "student")

@@ -18,7 +18,6 @@ from smash.train.fewshot.cpu_allocator import keep_freed_memory
 from smash.train.fewshot.learners import PromptLearner
 from smash.train.fewshot.protocol import Protocol, train_point
 from smash.train.fewshot.row_adamw import RowAdamW, make_adamw
-from train_support import student_with_dropout
 
 ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
 
@@ -140,12 +139,6 @@ def kshot(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def student(tiny, tmp_path_factory) -> Path:
-    """The tiny student with the paper's dropout (0.1)."""
-    return student_with_dropout(tiny, tmp_path_factory.mktemp("dropout") / "student")
-
-
 @pytest.fixture
 def small_tables(monkeypatch) -> list[int]:
     """The tiny vocabulary (600 rows) updated by rows, as a real one is; the number of rows of
@@ -164,17 +157,19 @@ def small_tables(monkeypatch) -> list[int]:
     return tracked
 
 
-def _make(student: Path, tokenizer, task):
+def _make(dropout_student: Path, tokenizer, task):
     from transformers import AutoModelForMaskedLM
 
     def make():
-        model = AutoModelForMaskedLM.from_pretrained(student)
+        model = AutoModelForMaskedLM.from_pretrained(dropout_student)
         return PromptLearner(model, tokenizer, task, task.template, task.verbalizer, 64)
 
     return make
 
 
-def test_a_unit_trains_the_same_by_rows_and_dense(student, tiny_tokenizer, kshot, small_tables):
+def test_a_unit_trains_the_same_by_rows_and_dense(
+    dropout_student, tiny_tokenizer, kshot, small_tables
+):
     """One grid point with dropout on: the same dev metric, step and checkpoint, bitwise."""
     task = get_task("SST-2")
     split = load_kshot(kshot, task, 8, 13)
@@ -182,7 +177,7 @@ def test_a_unit_trains_the_same_by_rows_and_dense(student, tiny_tokenizer, kshot
     results = {}
     for kind in row_adamw.ADAMW_KINDS:
         protocol = Protocol(max_steps=6, eval_every=2, adamw=kind)
-        results[kind] = train_point(_make(student, tiny_tokenizer, task), split, 13, 1e-2, 2,
+        results[kind] = train_point(_make(dropout_student, tiny_tokenizer, task), split, 13, 1e-2, 2,
                                     protocol, cpu)  # fmt: skip
     (rows, rows_state), (dense, dense_state) = results["rows"], results["dense"]
     assert (rows.dev, rows.step) == (dense.dev, dense.step)
@@ -193,7 +188,7 @@ def test_a_unit_trains_the_same_by_rows_and_dense(student, tiny_tokenizer, kshot
 
 
 def test_units_trained_together_are_the_same_by_rows_and_dense(
-    student, tiny_tokenizer, kshot, small_tables
+    dropout_student, tiny_tokenizer, kshot, small_tables
 ):
     """Two seeds x two learning rates stacked: the same by rows as dense, bitwise (each unit's
     own dropout stream, drawn alike in both runs)."""
@@ -207,7 +202,7 @@ def test_units_trained_together_are_the_same_by_rows_and_dense(
         learners = []
         for seed in seeds:
             torch.manual_seed(seed)
-            learners.append(_make(student, tiny_tokenizer, task)())
+            learners.append(_make(dropout_student, tiny_tokenizer, task)())
         protocol = Protocol(max_steps=4, eval_every=2, adamw=kind)
         runs[kind] = train_together(learners, splits, seeds, lrs, 2, protocol, cpu)
     for (result, state, losses), (d_result, d_state, d_losses) in zip(runs["rows"], runs["dense"]):
@@ -216,31 +211,31 @@ def test_units_trained_together_are_the_same_by_rows_and_dense(
     assert small_tables.count(len(tiny_tokenizer)) == 2  # the stacked table and bias, by rows
 
 
-def _argv(student: Path, kshot: Path, out: Path) -> list[str]:
-    return ["--model", str(student), "--tasks", "SST-2", "--data", str(kshot), "--mode", "prompt",
+def _argv(dropout_student: Path, kshot: Path, out: Path) -> list[str]:
+    return ["--model", str(dropout_student), "--tasks", "SST-2", "--data", str(kshot), "--mode", "prompt",
             "--k", "8", "--seeds", "13", "--lrs", "1e-3", "1e-2", "--batch-sizes", "2",
             "--max-steps", "4", "--eval-every", "2", "--max-length", "64", "--device", "cpu",
             "--out", str(out)]  # fmt: skip
 
 
-def test_adamw_flag_gives_the_same_results(student, kshot, tmp_path, small_tables):
+def test_adamw_flag_gives_the_same_results(dropout_student, kshot, tmp_path, small_tables):
     entries = {}
     for kind in row_adamw.ADAMW_KINDS:
         out = tmp_path / kind
-        assert main([*_argv(student, kshot, out), "--adamw", kind]) == 0
+        assert main([*_argv(dropout_student, kshot, out), "--adamw", kind]) == 0
         entries[kind] = json.loads((out / "results.json").read_text())["entries"]
     assert entries["rows"] == entries["dense"]
 
 
-def test_a_resume_may_change_adamw(student, kshot, tmp_path, small_tables):
+def test_a_resume_may_change_adamw(dropout_student, kshot, tmp_path, small_tables):
     """Both kinds make the same update, so the ledger's settings leave it out."""
     out = tmp_path / "out"
-    assert main([*_argv(student, kshot, out), "--adamw", "dense"]) == 0
-    assert main([*_argv(student, kshot, out), "--resume"]) == 0
+    assert main([*_argv(dropout_student, kshot, out), "--adamw", "dense"]) == 0
+    assert main([*_argv(dropout_student, kshot, out), "--resume"]) == 0
 
 
-def test_an_unknown_adamw_flag_is_refused(student, kshot, tmp_path, capsys):
-    assert main([*_argv(student, kshot, tmp_path / "out"), "--adamw", "sparse"]) == 2
+def test_an_unknown_adamw_flag_is_refused(dropout_student, kshot, tmp_path, capsys):
+    assert main([*_argv(dropout_student, kshot, tmp_path / "out"), "--adamw", "sparse"]) == 2
     assert "--adamw" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

@@ -15,7 +15,6 @@ from smash.train.fewshot.learners import FinetuneLearner, PromptLearner, collate
 from smash.train.fewshot.protocol import Protocol, _clip_grad_norm_, train_point
 from smash.train.fewshot.row_adamw import RowAdamW
 from smash.train.fewshot.table_rows import TableRows, table_rows_for
-from train_support import student_with_dropout
 
 ORIGINAL = Path(__file__).parent / "data" / "kshot" / "original"
 CPU = torch.device("cpu")
@@ -26,12 +25,6 @@ def kshot(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("kshot")
     make_kshot(ORIGINAL, root, [get_task("SST-2")], seeds=[13], k=8)
     return root
-
-
-@pytest.fixture(scope="module")
-def student(tiny, tmp_path_factory) -> Path:
-    """The tiny student with the paper's dropout (0.1)."""
-    return student_with_dropout(tiny, tmp_path_factory.mktemp("dropout") / "student")
 
 
 @pytest.fixture
@@ -51,14 +44,14 @@ def tables(monkeypatch) -> list[TableRows]:
     return made
 
 
-def _learner(kind: str, student: Path, tokenizer, split):
+def _learner(kind: str, dropout_student: Path, tokenizer, split):
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     task = get_task("SST-2")
     if kind == "finetune":
-        model = AutoModelForSequenceClassification.from_pretrained(student, num_labels=2)
+        model = AutoModelForSequenceClassification.from_pretrained(dropout_student, num_labels=2)
         return FinetuneLearner(model, tokenizer, task, 64)
-    model = AutoModelForMaskedLM.from_pretrained(student)
+    model = AutoModelForMaskedLM.from_pretrained(dropout_student)
     if kind == "prompt-demo":
         return DemoPromptLearner(model, tokenizer, task, task.template, task.verbalizer, 64,
                                  split.train, seed=13, samples=2)  # fmt: skip
@@ -68,7 +61,7 @@ def _learner(kind: str, student: Path, tokenizer, split):
 @pytest.mark.parametrize("kind", ["prompt", "prompt-demo", "finetune"])
 @pytest.mark.parametrize("max_grad_norm", [1.0, 1e-4])  # 1e-4: every step clipped
 def test_a_unit_trains_bitwise_as_with_the_dense_table(
-    kind, max_grad_norm, student, tiny_tokenizer, kshot, tables, monkeypatch
+    kind, max_grad_norm, dropout_student, tiny_tokenizer, kshot, tables, monkeypatch
 ):
     split = load_kshot(kshot, get_task("SST-2"), 8, 13)
     settings = Protocol(max_steps=6, eval_every=2, max_grad_norm=max_grad_norm)
@@ -76,7 +69,7 @@ def test_a_unit_trains_bitwise_as_with_the_dense_table(
     for by_rows in (True, False):
         if not by_rows:
             monkeypatch.setattr(protocol, "table_rows_for", lambda learner, optimizer: None)
-        make = lambda: _learner(kind, student, tiny_tokenizer, split)
+        make = lambda: _learner(kind, dropout_student, tiny_tokenizer, split)
         results.append(train_point(make, split, 13, 1e-2, 2, settings, CPU))
     (point, state), (dense_point, dense_state) = results
     assert (point.dev, point.step) == (dense_point.dev, dense_point.step)
@@ -103,7 +96,7 @@ def _step(learner, batch, table: TableRows | None, max_grad_norm: float, scale: 
 @pytest.mark.parametrize("scale", [1.0, float("inf"), float("nan")])
 @pytest.mark.parametrize("max_grad_norm", [1e3, 1e-4])
 def test_gradients_and_clipping_are_autograds(
-    scale, max_grad_norm, student, tiny_tokenizer, kshot, monkeypatch
+    scale, max_grad_norm, dropout_student, tiny_tokenizer, kshot, monkeypatch
 ):
     """Two steps on different batches (the first one's rows zeroed again at the second), each
     table's gradient equal to autograd's dense one, also past an infinite or NaN norm."""
@@ -111,7 +104,7 @@ def test_gradients_and_clipping_are_autograds(
     split = load_kshot(kshot, get_task("SST-2"), 8, 13)
     runs = []
     for by_rows in (True, False):
-        learner = _learner("prompt", student, tiny_tokenizer, split)
+        learner = _learner("prompt", dropout_student, tiny_tokenizer, split)
         optimizer = RowAdamW([p for p in learner.model.parameters() if p.requires_grad], 1e-3)
         table = table_rows_for(learner, optimizer) if by_rows else None
         features = learner.encode(split.train)
@@ -129,11 +122,11 @@ def test_gradients_and_clipping_are_autograds(
             torch.testing.assert_close(mine[name], dense[name], rtol=0, atol=0, equal_nan=True)
 
 
-def test_it_is_used_only_where_exact(student, tiny_tokenizer, kshot, tiny_t5, monkeypatch):
+def test_it_is_used_only_where_exact(dropout_student, tiny_tokenizer, kshot, tiny_t5, monkeypatch):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     split = load_kshot(kshot, get_task("SST-2"), 8, 13)
-    learner = _learner("prompt", student, tiny_tokenizer, split)
+    learner = _learner("prompt", dropout_student, tiny_tokenizer, split)
     params = list(learner.model.parameters())
     assert table_rows_for(learner, RowAdamW(params, 1e-3)) is None  # 600 rows: not a table
     monkeypatch.setattr(row_adamw, "MIN_ROWS", 64)
@@ -153,10 +146,12 @@ def test_it_is_used_only_where_exact(student, tiny_tokenizer, kshot, tiny_t5, mo
     assert table_rows_for(whole, RowAdamW(params, 1e-3)) is None
 
 
-def test_a_learner_reading_the_whole_table_is_refused(student, tiny_tokenizer, kshot, monkeypatch):
+def test_a_learner_reading_the_whole_table_is_refused(
+    dropout_student, tiny_tokenizer, kshot, monkeypatch
+):
     monkeypatch.setattr(row_adamw, "MIN_ROWS", 64)
     split = load_kshot(kshot, get_task("SST-2"), 8, 13)
-    learner = _learner("prompt", student, tiny_tokenizer, split)
+    learner = _learner("prompt", dropout_student, tiny_tokenizer, split)
     table = table_rows_for(learner, RowAdamW(list(learner.model.parameters()), 1e-3))
     batch = collate(learner.encode(split.train[:2]), tiny_tokenizer.pad_token_id, False)
     with table:
@@ -173,12 +168,12 @@ def test_a_learner_reading_the_whole_table_is_refused(student, tiny_tokenizer, k
             learner.forward(batch)
 
 
-def test_evaluation_reads_the_table_itself(student, tiny_tokenizer, kshot, monkeypatch):
+def test_evaluation_reads_the_table_itself(dropout_student, tiny_tokenizer, kshot, monkeypatch):
     """No gradient or eval mode: the hook leaves the module's output alone, and after the
     context the adapter indexes its weight again."""
     monkeypatch.setattr(row_adamw, "MIN_ROWS", 64)
     split = load_kshot(kshot, get_task("SST-2"), 8, 13)
-    learner = _learner("prompt", student, tiny_tokenizer, split)
+    learner = _learner("prompt", dropout_student, tiny_tokenizer, split)
     batch = collate(learner.encode(split.dev[:4]), tiny_tokenizer.pad_token_id, False)
     learner.model.eval()
     with torch.inference_mode():
