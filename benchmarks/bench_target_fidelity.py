@@ -480,6 +480,13 @@ def main() -> int:
     p.add_argument("--teacher-steps", type=int, default=4000)
     p.add_argument("--teacher-lr", type=float, default=5e-4)
     p.add_argument("--docs", type=int, default=6000, help="documents in the generated corpus")
+    p.add_argument(
+        "--heldout-docs",
+        type=int,
+        default=0,
+        help="more generated documents for the held-out set only (about 3 pairs each): a "
+        "larger held-out set, whose own noise in a paired ratio falls as 1/sqrt(rows)",
+    )
     p.add_argument("--work", type=Path, default=None, help="workspace (default: a temp folder)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     p.add_argument(
@@ -503,6 +510,8 @@ def main() -> int:
     ):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.heldout_docs < 0:
+        p.error(f"--heldout-docs must be >= 0, got {args.heldout_docs}")
     teachers = args.teachers.split(",")
     if not set(teachers) <= {"fat", "peaked"} or len(set(teachers)) != len(teachers):
         p.error(f"--teachers takes fat and/or peaked, each once; got {args.teachers!r}")
@@ -521,6 +530,10 @@ def main() -> int:
     tiny = build_tiny_setup(work / "tiny")
     corpus = write_tiny_corpus(work / "corpus.txt", n_docs=args.docs, seed=1)
     train_corpus, heldout_corpus = split_corpus(corpus, work / "corpus")
+    if args.heldout_docs:  # another seed's documents, appended to the held-out ones
+        extra = write_tiny_corpus(work / "heldout-extra.txt", n_docs=args.heldout_docs, seed=2)
+        text = heldout_corpus.read_text(encoding="utf-8").rstrip("\n")
+        heldout_corpus.write_text(f"{text}\n\n{extra.read_text(encoding='utf-8')}", "utf-8")
     first, last = sharpen_teacher(
         tiny["teacher"], train_corpus, steps=args.teacher_steps, lr=args.teacher_lr
     )
@@ -530,7 +543,7 @@ def main() -> int:
     n_held = corpus_examples("sentence-pair", heldout_corpus, 0) // 3 * 3
     setup = {"seeds": args.seeds, "steps": args.steps, "batch": args.batch, "lr": args.lr,
              "teacher_mlm_loss": [first, last], "train_examples": n, "heldout_examples": n_held,
-             "vocab": vocab, "docs": args.docs}  # fmt: skip
+             "vocab": vocab, "docs": args.docs, "heldout_docs": args.heldout_docs}  # fmt: skip
     runs, sizes, curves, tables = [], {}, {}, []
     for teacher_name in teachers:
         root = work / teacher_name
