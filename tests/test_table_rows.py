@@ -2,6 +2,7 @@
 clipping and trained weights are bitwise those of autograd's dense table, with the paper's
 dropout on; it is used where that is exact and nowhere else."""
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -95,11 +96,12 @@ def _step(learner, batch, table: TableRows | None, max_grad_norm: float, scale: 
 
 @pytest.mark.parametrize("scale", [1.0, float("inf"), float("nan")])
 @pytest.mark.parametrize("max_grad_norm", [1e3, 1e-4])
-def test_gradients_and_clipping_are_autograds(
+def test_gradients_clipping_and_updates_are_autograds(
     scale, max_grad_norm, dropout_student, tiny_tokenizer, kshot, monkeypatch
 ):
-    """Two steps on different batches (the first one's rows zeroed again at the second), each
-    table's gradient equal to autograd's dense one, also past an infinite or NaN norm."""
+    """Two steps on different batches (the first one's rows zeroed again at the second): each
+    table's gradient after clipping and the weights after AdamW equal to those of autograd's
+    dense table, also after an infinite or NaN norm (which reaches every row)."""
     monkeypatch.setattr(row_adamw, "MIN_ROWS", 64)
     split = load_kshot(kshot, get_task("SST-2"), 8, 13)
     runs = []
@@ -107,19 +109,48 @@ def test_gradients_and_clipping_are_autograds(
         learner = _learner("prompt", dropout_student, tiny_tokenizer, split)
         optimizer = RowAdamW([p for p in learner.model.parameters() if p.requires_grad], 1e-3)
         table = table_rows_for(learner, optimizer) if by_rows else None
+        assert (table is not None) == by_rows
         features = learner.encode(split.train)
-        grads = []
-        with table or torch.no_grad():
-            torch.set_grad_enabled(True)
+        seen = []
+        with table or contextlib.nullcontext():
             for step, rows in enumerate((features[:2], features[5:9])):
                 batch = collate(rows, tiny_tokenizer.pad_token_id, False)
-                grads.append(_step(learner, batch, table, max_grad_norm, scale if step == 0 else 1))
-                learner.model.zero_grad(set_to_none=True)
-        runs.append(grads)
+                seen.append(_step(learner, batch, table, max_grad_norm, scale if step == 0 else 1))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                seen.append(dict(learner.model.named_parameters()))
+        runs.append(seen)
     for mine, dense in zip(*runs):
         assert mine.keys() == dense.keys()
         for name in dense:
-            torch.testing.assert_close(mine[name], dense[name], rtol=0, atol=0, equal_nan=True)
+            torch.testing.assert_close(mine[name].detach(), dense[name].detach(), rtol=0, atol=0,
+                                       equal_nan=True)  # fmt: skip
+
+
+def test_the_padding_row_and_repeated_ids_as_autograd():
+    """A lookup whose padding positions count in the loss (autograd gives the padding row no
+    gradient) and ids repeated in a batch; a head row that was not gathered is refused."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor([[5, 1, 1, 7, 5], [9, 5, 1, 3, 3]])
+    grads = []
+    for by_rows in (True, False):
+        embedding = torch.nn.Embedding(12, 4, padding_idx=1)
+        with torch.no_grad():
+            embedding.weight.copy_(torch.randn(12, 4, generator=torch.Generator().manual_seed(1)))
+        optimizer = RowAdamW([embedding.weight], 1e-3)
+        table = TableRows(embedding, optimizer) if by_rows else None
+        scale = torch.randn(2, 5, 4, generator=g)
+        with table or contextlib.nullcontext():
+            (embedding(ids) * scale).sum().backward()
+            if table is not None:
+                table.gather()
+                embedding(ids)
+                assert torch.equal(table._head_rows(torch.tensor([7, 3])), embedding.weight[[7, 3]])
+                with pytest.raises(RuntimeError, match=r"rows \[7, 11\], not all of which"):
+                    table._head_rows(torch.tensor([7, 11]))
+        grads.append(embedding.weight.grad.clone())
+        g = torch.Generator().manual_seed(0)
+    assert torch.equal(*grads) and not grads[0][1].any() and grads[0][5].any()
 
 
 def test_it_is_used_only_where_exact(dropout_student, tiny_tokenizer, kshot, tiny_t5, monkeypatch):

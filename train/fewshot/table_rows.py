@@ -104,7 +104,13 @@ class TableRows:
     def _head_rows(self, token_ids: torch.Tensor) -> torch.Tensor:
         if not (self._pending and torch.is_grad_enabled()):
             return self.weight[token_ids]
-        return self.gathered[torch.searchsorted(self.rows, token_ids)]
+        at = torch.searchsorted(self.rows, token_ids).clamp_(max=len(self.rows) - 1)
+        if not bool((self.rows[at] == token_ids).all()):
+            raise RuntimeError(
+                f"the head read vocabulary rows {token_ids.tolist()}, not all of which were "
+                f"gathered (its rows are gathered with the batch's tokens: {self.head_ids.tolist()})"
+            )
+        return self.gathered[at]
 
     def gather(self) -> None:
         """After the backward pass: the gathered rows' gradient into the table's ``.grad``."""
@@ -116,8 +122,8 @@ class TableRows:
         if not self._pending:  # no training forward read the table
             return
         self._pending = False
-        if self.gathered.grad is None:  # the loss did not depend on the table
-            self.gathered.grad = torch.zeros_like(self.gathered)
+        if self.gathered.grad is None:  # the loss did not reach the table: no .grad, as autograd
+            return
         if self._written is not None:
             self.buffer.index_fill_(0, self._written, 0.0)
         self.buffer.index_copy_(0, self.rows, self.gathered.grad)
@@ -142,7 +148,11 @@ class TableRows:
 def table_rows_for(learner, optimizer: torch.optim.Optimizer) -> TableRows | None:
     """A :class:`TableRows` for training ``learner`` with ``optimizer``, or None where the
     dense gradient is kept (see the module doc)."""
-    if not isinstance(optimizer, row_adamw.RowAdamW):
+    # before torch 2.6 clipping cannot be split into the norm and the scaling (protocol's
+    # _clip_grad_norm_), which a NaN or infinite norm needs to reach the whole table
+    if not isinstance(optimizer, row_adamw.RowAdamW) or not hasattr(
+        torch.nn.utils, "get_total_norm"
+    ):
         return None
     if type(learner) is DemoPromptLearner:
         learner = learner.prompt
