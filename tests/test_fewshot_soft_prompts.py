@@ -143,3 +143,25 @@ def test_prompt_tuning_end_to_end_on_a_t5(tiny_t5, kshot, tmp_path):
     assert (entry["mode"], entry["task"], entry["seeds"][0]["lr"]) == ("prompt-tuning", "SST-2",
                                                                        5e-2)  # fmt: skip
     assert 0 <= entry["seeds"][0]["tests"]["SST-2"] <= 1
+
+
+def test_a_checkpoint_keeps_the_prompt_not_the_frozen_model(tiny, kshot, pretrained):
+    """The best checkpoint holds what training changes (the prompt, and buffers), not the
+    frozen backbone; a fresh learner tested with it scores as the trained one; a checkpoint
+    that lacks the prompt is refused."""
+    from smash.train.fewshot.protocol import checkpoint_tests, load_checkpoint, train_point
+
+    task = get_task("SST-2")
+    tokenizer = AutoTokenizer.from_pretrained(tiny["student"])
+    make = soft_prompt_factory("ppt", str(tiny["student"]), tokenizer, task, 64, task.template,
+                               task.verbalizer, SoftPromptOptions({"": str(pretrained)}))  # fmt: skip
+    split = load_kshot(kshot, task, 8, 13)
+    protocol = Protocol(max_steps=3, eval_every=3)
+    cpu = torch.device("cpu")
+    _, state = train_point(make, split, 13, 5e-2, 4, protocol, cpu)
+    weights = [k for k, v in state.items() if v.is_floating_point()]
+    assert weights == ["prompt.embeddings"]
+    tested = run_point(make, split, 13, 5e-2, 4, protocol, cpu).tests
+    assert checkpoint_tests(make(), split, state, protocol, cpu) == tested
+    with pytest.raises(RuntimeError, match=r"missing \['prompt.embeddings'\]"):
+        load_checkpoint(make().model, {k: v for k, v in state.items() if k not in weights})

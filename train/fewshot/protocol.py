@@ -42,6 +42,7 @@ __all__ = [
     "checkpoint_tests",
     "choose",
     "cpu_state",
+    "load_checkpoint",
     "evaluate",
     "paper_max_steps",
     "predict",
@@ -244,7 +245,7 @@ def checkpoint_tests(
 ) -> dict[str, float]:
     """The test metrics of ``learner`` with the weights ``state``, on every test set."""
     learner.model.to(device)
-    learner.model.load_state_dict(state)
+    load_checkpoint(learner.model, state)
     tests: dict[str, float] = {}
     for col, examples in data.tests.items():
         features = learner.encode(examples)
@@ -317,9 +318,29 @@ def _clip_grad_norm_(
             table.clip_(params, max_norm, total)
 
 
+def _frozen(model: torch.nn.Module) -> set[str]:
+    """The state-dict names of ``model``'s frozen parameters (tied names included)."""
+    return {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
 def cpu_state(model: torch.nn.Module) -> dict:
-    """A checkpoint as the protocol keeps it: the state dict, copied to the CPU."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    """A checkpoint as the protocol keeps it: what training can change (the state dict without
+    the frozen parameters: a soft prompt's backbone stays as loaded), copied to the CPU."""
+    frozen = _frozen(model)
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+            if k not in frozen}  # fmt: skip
+
+
+def load_checkpoint(model: torch.nn.Module, state: dict) -> None:
+    """``cpu_state``'s checkpoint into ``model`` as loaded (its frozen parameters as they are),
+    refusing a checkpoint that lacks a trainable tensor or holds one the model does not."""
+    loaded = model.load_state_dict(state, strict=False)
+    missing = set(loaded.missing_keys) - _frozen(model)
+    if missing or loaded.unexpected_keys:
+        raise RuntimeError(
+            f"a checkpoint that does not fit {type(model).__name__}: missing "
+            f"{sorted(missing)[:5]}, unexpected {sorted(loaded.unexpected_keys)[:5]}"
+        )
 
 
 def _train(
