@@ -35,7 +35,7 @@ from smash.train.fewshot.demonstrations import DemoPromptLearner
 from smash.train.fewshot.distill import DISTILL_MODES
 from smash.train.fewshot.learners import Batch, Features, FinetuneLearner, PromptLearner, collate
 from smash.train.fewshot.metrics import select_best
-from smash.train.fewshot.protocol import PointResult, Protocol, cpu_state, evaluate
+from smash.train.fewshot.protocol import PointResult, Protocol, cpu_state, evaluate, frozen_names
 from smash.train.fewshot.row_adamw import BETAS, EPS, seen_rows, update_rows_
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
@@ -117,6 +117,7 @@ def _train(learners, splits, seeds, lrs, batch_size, protocol, device, params, b
         return functional_call(_Call(learners[u].model), weights, (fn,))
 
     trainable = {n: p for n, p in params.items() if p.requires_grad}
+    frozen = frozen_names(base.model)  # read unswapped: swapped weights are plain tensors
     moments = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in trainable.items()}
     by_rows = protocol.adamw == "rows"  # the rows of a stacked table (U, rows, ...): dim 1
     seen = {n: seen_rows(p, 1) if by_rows else None for n, p in trainable.items()}
@@ -156,7 +157,7 @@ def _train(learners, splits, seeds, lrs, batch_size, protocol, device, params, b
                         learners[u], data[u][1], protocol.eval_batch_size, device,
                         **protocol.inference))  # fmt: skip
                     if best[u][1] is None or select_best([best[u][0], score]) == 1:
-                        state = swapped(u, lambda u=u: cpu_state(learners[u].model))
+                        state = swapped(u, lambda u=u: cpu_state(learners[u].model, frozen))
                         best[u] = (score, state, step)
             if step == total:
                 break

@@ -42,8 +42,9 @@ __all__ = [
     "checkpoint_tests",
     "choose",
     "cpu_state",
-    "load_checkpoint",
     "evaluate",
+    "frozen_names",
+    "load_checkpoint",
     "paper_max_steps",
     "predict",
     "run_point",
@@ -318,15 +319,16 @@ def _clip_grad_norm_(
             table.clip_(params, max_norm, total)
 
 
-def _frozen(model: torch.nn.Module) -> set[str]:
+def frozen_names(model: torch.nn.Module) -> set[str]:
     """The state-dict names of ``model``'s frozen parameters (tied names included)."""
     return {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
 
-def cpu_state(model: torch.nn.Module) -> dict:
+def cpu_state(model: torch.nn.Module, frozen: set[str] | None = None) -> dict:
     """A checkpoint as the protocol keeps it: what training can change (the state dict without
-    the frozen parameters: a soft prompt's backbone stays as loaded), copied to the CPU."""
-    frozen = _frozen(model)
+    the ``frozen`` parameters, by default ``frozen_names(model)``: a soft prompt's backbone
+    stays as loaded), copied to the CPU."""
+    frozen = frozen_names(model) if frozen is None else frozen
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
             if k not in frozen}  # fmt: skip
 
@@ -335,7 +337,7 @@ def load_checkpoint(model: torch.nn.Module, state: dict) -> None:
     """``cpu_state``'s checkpoint into ``model`` as loaded (its frozen parameters as they are),
     refusing a checkpoint that lacks a trainable tensor or holds one the model does not."""
     loaded = model.load_state_dict(state, strict=False)
-    missing = set(loaded.missing_keys) - _frozen(model)
+    missing = set(loaded.missing_keys) - frozen_names(model)
     if missing or loaded.unexpected_keys:
         raise RuntimeError(
             f"a checkpoint that does not fit {type(model).__name__}: missing "
