@@ -17,10 +17,9 @@ Three measurements, on one device in one run:
    and stacked units draw dropout streams of their own, so batched results are not those of
    one at a time).
 2. One unit split into its parts, in a process of its own: process start (the imports a
-   fresh process pays), model load, a training step (batch 2 and 4, ``--adamw rows``: AdamW
-   and the vocabulary table's gradient by rows, and dense;
-   and a unit's share of a step of ``--batch-units`` trained together), a dev pass, a test
-   pass.
+   fresh process pays), model load, a training step (batch 2 and 4, with ``--adamw rows``,
+   AdamW and the vocabulary table's gradient by rows, and with ``--adamw dense``; and a unit's
+   share of a step of ``--batch-units`` trained together), a dev pass, a test pass.
 3. From those parts, the device-seconds of the paper's Table 2 for one student: 8 trained rows
    x 11 tasks (MNLI's one training tests MNLI-m and MNLI-mm) x 5 seeds x 6 grid points, 1000
    steps each, a dev pass every 100 steps, with every task's real test-set size; the LM-BFF
